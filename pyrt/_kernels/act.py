@@ -1,0 +1,31 @@
+"""Elementwise activation kernels for gated FFNs. Leaf: numpy/numba.
+
+silu(x) = x / (1 + exp(-x)); gelu uses ggml's tanh approximation.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .config import FASTMATH
+
+GELU_COEF_A = 0.044715
+SQRT_2_OVER_PI = 0.79788456080286535587989211986876
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def swiglu_f32(dst, gate, up):
+    """dst = silu(gate) * up.  dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate)."""
+    for t in prange(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            g = gate[t, i]
+            dst[t, i] = g / (np.float32(1.0) + np.exp(-g)) * up[t, i]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def geglu_tanh_f32(dst, gate, up):
+    """dst = gelu_tanh(gate) * up.  dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate)."""
+    for t in prange(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            g = gate[t, i]
+            y = 0.5 * g * (1.0 + np.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
+            dst[t, i] = np.float32(y) * up[t, i]

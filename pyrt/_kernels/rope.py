@@ -1,0 +1,68 @@
+"""Rotary position embedding kernels (norm = adjacent pairs, neox = split halves). Leaf: numpy/numba.
+
+The angle table is built once per ubatch (`rope_cache_f32`) and applied to every layer's Q and K.
+theta_i = pos * freq_scale * base^(-2i/n_rot) / freq_factor[i], as ggml_rope_ext without YaRN.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .config import FASTMATH
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def rope_cache_f32(cos, sin, pos, freq_base, freq_scale, freq_factors):
+    """Angle table for positions `pos`.
+
+    cos, sin: [n_tok, n_rot/2] f32 outputs; pos: [n_tok] int32; freq_factors: [n_rot/2] f32 (ones if unused).
+    """
+    half = cos.shape[1]
+    n_rot = 2 * half
+    for t in range(pos.shape[0]):
+        p = np.float64(pos[t]) * freq_scale
+        for i in range(half):
+            theta = p * freq_base ** (-2.0 * i / n_rot) / freq_factors[i]
+            cos[t, i] = np.cos(theta)
+            sin[t, i] = np.sin(theta)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def rope_norm_f32(x, cos, sin):
+    """In place, GPT-J style: rotates pairs (x[2i], x[2i+1]) of the first n_rot dims of each head.
+
+    x: [n_tok, n_head, head_dim] f32; cos, sin: [n_tok, n_rot/2] f32.
+    """
+    n_tok, n_head = x.shape[0], x.shape[1]
+    half = cos.shape[1]
+    for j in prange(n_tok * n_head):
+        t = j // n_head
+        h = j - t * n_head
+        row = x[t, h]
+        for i in range(half):
+            c = cos[t, i]
+            s = sin[t, i]
+            x0 = row[2 * i]
+            x1 = row[2 * i + 1]
+            row[2 * i] = x0 * c - x1 * s
+            row[2 * i + 1] = x0 * s + x1 * c
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def rope_neox_f32(x, cos, sin):
+    """In place, NeoX style: rotates pairs (x[i], x[i + n_rot/2]) of the first n_rot dims of each head.
+
+    x: [n_tok, n_head, head_dim] f32; cos, sin: [n_tok, n_rot/2] f32.
+    """
+    n_tok, n_head = x.shape[0], x.shape[1]
+    half = cos.shape[1]
+    for j in prange(n_tok * n_head):
+        t = j // n_head
+        h = j - t * n_head
+        row = x[t, h]
+        for i in range(half):
+            c = cos[t, i]
+            s = sin[t, i]
+            x0 = row[i]
+            x1 = row[i + half]
+            row[i] = x0 * c - x1 * s
+            row[i + half] = x0 * s + x1 * c

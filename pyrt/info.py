@@ -1,0 +1,69 @@
+"""`pyrt info`: what a GGUF file holds and what a context on it will cost in memory.
+
+Builds the model (which validates every tensor against the hyperparameters) but allocates no cache.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .io.gguf_file import GGUFFile
+from .models import build_model
+
+MiB = 1024.0 * 1024.0
+_CACHE_GGML = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
+               "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0}
+
+
+def cache_row_bytes(cache_type: str, n: int) -> int:
+    block, size = GGML_QUANT_SIZES[_CACHE_GGML[cache_type]]
+    return n // block * size
+
+
+def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f16", type_v: str = "f16") -> str:
+    f = GGUFFile(path)
+    model = build_model(f)
+    hp = model.hp
+    if n_ctx <= 0:
+        n_ctx = hp.n_ctx_train
+    lines = [f"file:            {f.path} ({f.file_size / MiB:.2f} MiB, GGUF v{f.version}, "
+             f"{len(f.tensors)} tensors, {len(f.metadata)} metadata keys)",
+             f"name:            {f.get('general.name', '?')}",
+             f"architecture:    {hp.arch}"]
+    for k in ("n_vocab", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_head_kv", "n_embd_head_k",
+              "n_embd_head_v", "n_ff", "n_rot", "f_norm_rms_eps", "rope_freq_base", "rope_freq_scale"):
+        lines.append(f"  {k:<16} = {getattr(hp, k)}")
+    for k, v in sorted(hp.extra.items()):
+        lines.append(f"  {k:<16} = {v}")
+    lines.append(f"  {'rope type':<16} = {'neox' if hp.rope_type == 2 else 'norm'}")
+    tok_model = f.get("tokenizer.ggml.model", "?")
+    lines.append(f"tokenizer:       {tok_model} (pre: {f.get('tokenizer.ggml.pre', 'default')}), "
+                 f"{len(f.get('tokenizer.ggml.tokens', []))} tokens")
+    by_type: dict[str, list] = defaultdict(lambda: [0, 0])
+    for w in f.tensors.values():
+        by_type[w.type_name][0] += 1
+        by_type[w.type_name][1] += w.nbytes
+    lines.append("tensor types:")
+    for name, (count, nbytes) in sorted(by_type.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"  {name:<6} {count:5d} tensors {nbytes / MiB:10.2f} MiB")
+    lines.append("largest tensors:")
+    for w in sorted(f.tensors.values(), key=lambda w: -w.nbytes)[:8]:
+        lines.append(f"  {w.name:<32} {w.type_name:<6} {str(list(w.shape)):<18} {w.nbytes / MiB:9.2f} MiB")
+
+    k_dims, v_dims = model.kv_dims()
+    k_bytes = sum(cache_row_bytes(type_k, d) for d in k_dims) * n_ctx
+    v_bytes = sum(cache_row_bytes(type_v, d) for d in v_dims if d) * n_ctx
+    n_out = max(1, n_ubatch)
+    # activations of one ubatch (x, norm, q/k/v, attention out, gate/up) + logits rows, f32
+    act = n_ubatch * (3 * hp.n_embd + hp.n_head * hp.n_embd_head_k + 2 * hp.n_embd_k_gqa + 2 * hp.n_ff) * 4
+    logits = n_out * hp.n_vocab * 4
+    lines += [
+        f"memory for n_ctx = {n_ctx}, n_ubatch = {n_ubatch}:",
+        f"  weights (mapped)   = {f.weights_bytes() / MiB:10.2f} MiB",
+        f"  KV self size       = {(k_bytes + v_bytes) / MiB:10.2f} MiB, K ({type_k}): {k_bytes / MiB:.2f} MiB, "
+        f"V ({type_v}): {v_bytes / MiB:.2f} MiB",
+        f"  scratch (ubatch)   = {act / MiB:10.2f} MiB activations + {logits / MiB:.2f} MiB logits (at most)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""GGUF files: header, metadata and tensor table, with the tensor data left in the memory map.
+
+Owns parsing and validation of the container. Tensors are exposed as read-only uint8 views of the
+mapped file (`Weight.raw`, [n_rows, row_bytes]); nothing is copied or dequantized here.
+Imports only numpy, gguf (constants) and pyrt.errors / pyrt.formats.
+
+Why not `gguf.GGUFReader` itself: it builds one numpy array per array element, which takes ~10 s for
+the 152k-token qwen2 vocabulary (measured here). We parse the same layout on the same `np.memmap`,
+use gguf's type tables, and cross-check every field against GGUFReader in tests/test_gguf_file.py.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from ..errors import ModelFileError, UnsupportedError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+# Hard limits that keep a corrupt header from making us loop or allocate for ever.
+MAX_COUNT = 1 << 24
+MAX_DIMS = 4
+
+_SCALAR = {
+    GGUFValueType.UINT8: ("<B", 1),
+    GGUFValueType.INT8: ("<b", 1),
+    GGUFValueType.UINT16: ("<H", 2),
+    GGUFValueType.INT16: ("<h", 2),
+    GGUFValueType.UINT32: ("<I", 4),
+    GGUFValueType.INT32: ("<i", 4),
+    GGUFValueType.FLOAT32: ("<f", 4),
+    GGUFValueType.BOOL: ("<?", 1),
+    GGUFValueType.UINT64: ("<Q", 8),
+    GGUFValueType.INT64: ("<q", 8),
+    GGUFValueType.FLOAT64: ("<d", 8),
+}
+_NP = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+    GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+    GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "?", GGUFValueType.UINT64: "<u8",
+    GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8",
+}
+
+
+def type_name(ggml_type: int) -> str:
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type#{ggml_type}"
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One tensor of the file. `shape` is numpy (row-major) order: the last axis is ggml's ne0."""
+
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+    raw: np.ndarray  # [prod(shape[:-1]), row_bytes] uint8, read-only view of the map
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.ggml_type)
+
+    @property
+    def n_per_row(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class _Cursor:
+    """Bounds-checked little-endian reader over the mapped bytes."""
+
+    def __init__(self, buf: memoryview, path: str):
+        self.buf = buf
+        self.pos = 0
+        self.path = path
+        self.size = len(buf)
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise ModelFileError(
+                f"{self.path}: truncated or corrupt GGUF file (reading {what} at byte {self.pos}, "
+                f"file has {self.size} bytes)"
+            )
+
+    def scalar(self, vtype: GGUFValueType, what: str):
+        fmt, n = _SCALAR[vtype]
+        self.need(n, what)
+        v = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += n
+        return v
+
+    def u32(self, what: str) -> int:
+        return self.scalar(GGUFValueType.UINT32, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar(GGUFValueType.UINT64, what)
+
+    def string(self, what: str) -> str:
+        n = self.u64(what + " length")
+        self.need(n, what)
+        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="surrogateescape")
+        self.pos += n
+        return s
+
+    def count(self, what: str) -> int:
+        n = self.u64(what)
+        if n > MAX_COUNT:
+            raise ModelFileError(f"{self.path}: corrupt GGUF file ({what} = {n} is implausible)")
+        return n
+
+    def value(self, vtype: int, key: str) -> Any:
+        try:
+            vtype = GGUFValueType(vtype)
+        except ValueError:
+            raise ModelFileError(f"{self.path}: corrupt GGUF file (unknown value type {vtype} for key {key!r})")
+        if vtype == GGUFValueType.STRING:
+            return self.string(key)
+        if vtype == GGUFValueType.ARRAY:
+            itype = self.u32(key + " array type")
+            n = self.count(key + " array length")
+            try:
+                itype = GGUFValueType(itype)
+            except ValueError:
+                raise ModelFileError(f"{self.path}: corrupt GGUF file (unknown array type {itype} for {key!r})")
+            if itype == GGUFValueType.STRING:
+                return self._string_array(n, key)
+            if itype == GGUFValueType.ARRAY:
+                return [self.value(GGUFValueType.ARRAY, key) for _ in range(n)]
+            dt = np.dtype(_NP[itype])
+            self.need(n * dt.itemsize, key)
+            arr = np.frombuffer(self.buf, dtype=dt, count=n, offset=self.pos).copy()
+            self.pos += n * dt.itemsize
+            return arr
+        return self.scalar(vtype, key)
+
+    def _string_array(self, n: int, key: str) -> list[str]:
+        buf, pos, size = self.buf, self.pos, self.size
+        out = []
+        append = out.append
+        unpack = struct.Struct("<Q").unpack_from
+        for _ in range(n):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, key)
+            ln = unpack(buf, pos)[0]
+            pos += 8
+            if pos + ln > size:
+                self.pos = pos
+                self.need(ln, key)
+            append(str(buf[pos:pos + ln], "utf-8", "surrogateescape"))
+            pos += ln
+        self.pos = pos
+        return out
+
+
+class GGUFFile:
+    """A parsed, validated GGUF file with its tensors mapped (or read, with use_mmap=False)."""
+
+    def __init__(self, path: str | os.PathLike, use_mmap: bool = True):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise ModelFileError(f"{self.path}: no such file")
+        if os.path.isdir(self.path):
+            raise ModelFileError(f"{self.path}: is a directory, not a GGUF file")
+        self.file_size = os.path.getsize(self.path)
+        if self.file_size < 24:
+            raise ModelFileError(f"{self.path}: not a GGUF file (only {self.file_size} bytes)")
+        try:
+            if use_mmap:
+                self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+            else:
+                self._data = np.fromfile(self.path, dtype=np.uint8)
+                self._data.flags.writeable = False
+        except OSError as e:
+            raise ModelFileError(f"{self.path}: cannot read: {e.strerror or e}")
+        self.use_mmap = use_mmap
+        self.metadata: dict[str, Any] = {}
+        self.tensors: dict[str, Weight] = {}
+        self._parse()
+
+    # -- parsing ---------------------------------------------------------------------------------
+    def _parse(self) -> None:
+        cur = _Cursor(memoryview(self._data), self.path)
+        cur.need(4, "magic")
+        magic = bytes(cur.buf[0:4])
+        if magic != GGUF_MAGIC:
+            raise ModelFileError(f"{self.path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+        cur.pos = 4
+        self.version = cur.u32("version")
+        if self.version not in (2, 3):
+            if self.version & 0xFFFFFF == 0 and (self.version >> 24) in (2, 3):
+                raise UnsupportedError(f"{self.path}: big-endian GGUF files are not supported")
+            raise ModelFileError(f"{self.path}: unsupported GGUF version {self.version} (supported: 2, 3)")
+        n_tensors = cur.count("tensor count")
+        n_kv = cur.count("metadata count")
+        for _ in range(n_kv):
+            key = cur.string("metadata key")
+            vtype = cur.u32(f"type of {key!r}")
+            self.metadata[key] = cur.value(vtype, key)
+
+        align = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise ModelFileError(f"{self.path}: invalid general.alignment {align!r}")
+        self.alignment = align
+
+        infos = []
+        for _ in range(n_tensors):
+            name = cur.string("tensor name")
+            n_dims = cur.u32(f"dimension count of {name!r}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise ModelFileError(f"{self.path}: tensor {name!r} has {n_dims} dimensions")
+            ne = [cur.u64(f"shape of {name!r}") for _ in range(n_dims)]
+            ttype = cur.u32(f"type of {name!r}")
+            offset = cur.u64(f"offset of {name!r}")
+            infos.append((name, ne, ttype, offset))
+
+        data_start = (cur.pos + align - 1) // align * align
+        self.data_offset = data_start
+        ends = []
+        for name, ne, ttype, offset in infos:
+            if name in self.tensors:
+                raise ModelFileError(f"{self.path}: duplicate tensor {name!r}")
+            try:
+                qt = GGMLQuantizationType(ttype)
+                block, tsize = GGML_QUANT_SIZES[qt]
+            except (ValueError, KeyError):
+                raise ModelFileError(f"{self.path}: tensor {name!r} has unknown type id {ttype}")
+            if any(d <= 0 or d > (1 << 40) for d in ne):
+                raise ModelFileError(f"{self.path}: tensor {name!r} has invalid shape {ne}")
+            if ne[0] % block:
+                raise ModelFileError(
+                    f"{self.path}: tensor {name!r} row length {ne[0]} is not a multiple of the "
+                    f"{qt.name} block size {block}")
+            row_bytes = ne[0] // block * tsize
+            n_rows = int(np.prod(ne[1:], dtype=np.int64)) if len(ne) > 1 else 1
+            nbytes = row_bytes * n_rows
+            if offset % align:
+                raise ModelFileError(f"{self.path}: tensor {name!r} offset {offset} is not aligned to {align}")
+            start = data_start + offset
+            if start + nbytes > self.file_size:
+                raise ModelFileError(
+                    f"{self.path}: truncated or corrupt GGUF file (tensor {name!r} needs bytes "
+                    f"[{start}, {start + nbytes}) but the file has {self.file_size})")
+            raw = self._data[start:start + nbytes].reshape(n_rows, row_bytes)
+            if raw.flags.writeable:
+                raw.flags.writeable = False
+            shape = tuple(int(d) for d in reversed(ne))
+            self.tensors[name] = Weight(name, int(ttype), shape, start, nbytes, raw)
+            ends.append((start, start + nbytes, name))
+        ends.sort()
+        for (s0, e0, n0), (s1, e1, n1) in zip(ends, ends[1:]):
+            if s1 < e0:
+                raise ModelFileError(f"{self.path}: corrupt GGUF file (tensors {n0!r} and {n1!r} overlap)")
+
+    # -- typed metadata access -------------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        arch = self.metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise ModelFileError(f"{self.path}: missing general.architecture")
+        return arch
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    def require(self, key: str, kind: type | tuple = (int, float, str, bool)) -> Any:
+        if key not in self.metadata:
+            raise ModelFileError(f"{self.path}: missing metadata key {key!r}")
+        v = self.metadata[key]
+        if not isinstance(v, kind):
+            raise ModelFileError(f"{self.path}: metadata key {key!r} has the wrong type ({type(v).__name__})")
+        return v
+
+    def tensor(self, name: str) -> Weight:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise ModelFileError(f"{self.path}: missing tensor {name!r}") from None
+
+    def weights_bytes(self) -> int:
+        return sum(w.nbytes for w in self.tensors.values())
+
+    def close(self) -> None:
+        self.tensors.clear()
+        mm = getattr(self._data, "_mmap", None)
+        self._data = None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # views still alive elsewhere; the GC closes it later
+                pass

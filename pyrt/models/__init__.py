@@ -1,0 +1,25 @@
+"""Architectures: one file per family; `build_model` maps general.architecture to its class."""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedError
+from ..io.gguf_file import GGUFFile
+
+
+def _registry():
+    from .llama import LlamaModel
+    reg = {arch: LlamaModel for arch in LlamaModel.ARCHS}
+    return reg
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_registry())
+
+
+def build_model(f: GGUFFile):
+    arch = f.architecture
+    cls = _registry().get(arch)
+    if cls is None:
+        raise UnsupportedError(f"{f.path}: architecture {arch!r} is not supported "
+                               f"(supported: {', '.join(supported_architectures())})")
+    return cls(f)

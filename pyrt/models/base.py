@@ -1,0 +1,168 @@
+"""Shared model plumbing: hyperparameters from GGUF metadata, the tensor table, the forward inputs.
+
+Models never import the context, the cache class, the CLI or the server: `forward` receives a
+`ForwardInputs` whose `kv` object offers `store(il, k, v)` and `attend(il, q, ...)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..errors import ModelFileError, UnsupportedError
+from ..io.gguf_file import GGUFFile, Weight
+from ..ops import matmul as mm
+
+
+class KVAccess(Protocol):
+    def store(self, il: int, k: np.ndarray, v: np.ndarray | None) -> None: ...
+    def attend(self, il: int, q: np.ndarray, scale: float, n_swa: int = 0, softcap: float = 0.0) -> np.ndarray: ...
+
+
+@dataclass
+class ForwardInputs:
+    tokens: np.ndarray    # [n_tok] int32
+    pos: np.ndarray       # [n_tok] int32
+    seq: np.ndarray       # [n_tok] int32
+    out_rows: np.ndarray  # [n_out] int32, rows of this ubatch whose logits are wanted
+    kv: KVAccess
+
+
+@dataclass
+class HParams:
+    arch: str
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_embd_head_k: int
+    n_embd_head_v: int
+    n_ff: int
+    n_rot: int
+    f_norm_rms_eps: float
+    rope_freq_base: float
+    rope_freq_scale: float
+    rope_type: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_embd_k_gqa(self) -> int:
+        return self.n_head_kv * self.n_embd_head_k
+
+    @property
+    def n_embd_v_gqa(self) -> int:
+        return self.n_head_kv * self.n_embd_head_v
+
+
+def _scalar_or_first(v: Any, key: str, path: str) -> int:
+    """Some files store per-layer arrays (e.g. head_count_kv); all our archs need them uniform."""
+    if isinstance(v, np.ndarray):
+        if v.size == 0 or np.any(v != v.flat[0]):
+            raise UnsupportedError(f"{path}: per-layer {key} values are not supported")
+        return int(v.flat[0])
+    return int(v)
+
+
+def read_hparams(f: GGUFFile, rope_type: int) -> HParams:
+    arch = f.architecture
+    a = lambda k: f"{arch}.{k}"  # noqa: E731
+
+    def req_int(key):
+        if key not in f.metadata:
+            raise ModelFileError(f"{f.path}: missing metadata key {key!r}")
+        return _scalar_or_first(f.metadata[key], key, f.path)
+
+    n_embd = req_int(a("embedding_length"))
+    n_layer = req_int(a("block_count"))
+    n_head = req_int(a("attention.head_count"))
+    n_head_kv = _scalar_or_first(f.get(a("attention.head_count_kv"), n_head), "head_count_kv", f.path)
+    n_ff = req_int(a("feed_forward_length"))
+    if n_head <= 0 or n_layer <= 0 or n_embd <= 0 or n_head_kv <= 0 or n_head % n_head_kv:
+        raise ModelFileError(f"{f.path}: inconsistent hyperparameters (n_embd={n_embd}, n_layer={n_layer}, "
+                             f"n_head={n_head}, n_head_kv={n_head_kv})")
+    head_k = int(f.get(a("attention.key_length"), n_embd // n_head))
+    head_v = int(f.get(a("attention.value_length"), n_embd // n_head))
+    n_rot = int(f.get(a("rope.dimension_count"), head_k))
+    if n_rot > head_k or n_rot % 2:
+        raise ModelFileError(f"{f.path}: rope.dimension_count {n_rot} does not fit heads of {head_k}")
+    tokens = f.get("tokenizer.ggml.tokens")
+    n_vocab = int(f.get(a("vocab_size"), len(tokens) if tokens is not None else 0))
+    scale_type = f.get(a("rope.scaling.type"), "none")
+    freq_scale = 1.0
+    if scale_type == "linear":
+        freq_scale = 1.0 / float(f.get(a("rope.scaling.factor"), 1.0))
+    elif scale_type not in ("none", None):
+        raise UnsupportedError(f"{f.path}: rope scaling {scale_type!r} is not supported for {arch}")
+    return HParams(
+        arch=arch, n_vocab=n_vocab, n_ctx_train=int(f.get(a("context_length"), 2048)), n_embd=n_embd,
+        n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv, n_embd_head_k=head_k, n_embd_head_v=head_v,
+        n_ff=n_ff, n_rot=n_rot, f_norm_rms_eps=float(f.get(a("attention.layer_norm_rms_epsilon"), 1e-5)),
+        rope_freq_base=float(f.get(a("rope.freq_base"), 10000.0)), rope_freq_scale=freq_scale,
+        rope_type=rope_type)
+
+
+class Linear:
+    """A 2D weight used in place from the map: y = x @ W.T (+ b)."""
+
+    __slots__ = ("w", "bias", "n_out", "n_in")
+
+    def __init__(self, w: Weight, bias: np.ndarray | None = None):
+        self.w = w
+        self.bias = bias
+        self.n_out, self.n_in = w.shape[-2], w.shape[-1]
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        y = mm.matmul(x, self.w.raw, self.w.ggml_type, out=out)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+def vector_f32(w: Weight) -> np.ndarray:
+    """A 1D tensor (norm weight, bias) as f32: a zero-copy view for F32, a small dequantized copy otherwise."""
+    if w.ggml_type == GGMLQuantizationType.F32:
+        return w.raw.view(np.float32).reshape(-1)
+    return mm.dequantize(w.raw, w.ggml_type, w.shape[-1]).reshape(-1)
+
+
+class TensorTable:
+    """Looks tensors up by GGUF name and checks their shapes against the hyperparameters."""
+
+    def __init__(self, f: GGUFFile):
+        self.f = f
+        self.used: set[str] = set()
+
+    def get(self, name: str, shape: tuple[int, ...], required: bool = True) -> Weight | None:
+        w = self.f.tensors.get(name)
+        if w is None:
+            if required:
+                raise ModelFileError(f"{self.f.path}: missing tensor {name!r}")
+            return None
+        if tuple(w.shape) != tuple(shape):
+            raise ModelFileError(f"{self.f.path}: tensor {name!r} has shape {list(w.shape)}, "
+                                 f"expected {list(shape)} from the hyperparameters")
+        from ..formats.qtypes import get_qtype
+        try:
+            get_qtype(w.ggml_type)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{self.f.path}: tensor {name!r}: {e}") from None
+        self.used.add(name)
+        return w
+
+    def linear(self, name: str, n_out: int, n_in: int, bias: bool | None = False) -> Linear | None:
+        """bias: False = none, True = required, None = optional."""
+        w = self.get(name + ".weight", (n_out, n_in))
+        b = None
+        if bias is not False:
+            bw = self.get(name + ".bias", (n_out,), required=bool(bias))
+            b = vector_f32(bw) if bw is not None else None
+        return Linear(w, b)
+
+    def vector(self, name: str, n: int, required: bool = True) -> np.ndarray | None:
+        w = self.get(name, (n,), required)
+        return vector_f32(w) if w is not None else None

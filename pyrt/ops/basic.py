@@ -1,0 +1,98 @@
+"""Norms, RoPE and gated activations: validation + kernel selection (CPU).
+
+Imports pyrt._kernels and pyrt.errors only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._kernels import act, norm, rope
+from ..errors import InvalidArgumentError
+
+ROPE_NORM = 0
+ROPE_NEOX = 2  # ggml's LLAMA_ROPE_TYPE_NEOX
+
+
+def _f32c(name: str, a: np.ndarray, ndim: int) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != ndim or not a.flags.c_contiguous:
+        raise InvalidArgumentError(
+            f"{name}: expected a C-contiguous float32 array with {ndim} dims, got "
+            f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """[n_rows, n] f32 -> rmsnorm(x) * w."""
+    _f32c("rms_norm x", x, 2)
+    _f32c("rms_norm w", w, 1)
+    if w.shape[0] != x.shape[1]:
+        raise InvalidArgumentError(f"rms_norm: weight has {w.shape[0]} values for rows of {x.shape[1]}")
+    if out is None:
+        out = np.empty_like(x)
+    elif out.shape != x.shape or out.dtype != np.float32:
+        raise InvalidArgumentError("rms_norm: bad output buffer")
+    norm.rms_norm_f32(out, x, w, float(eps))
+    return out
+
+
+def rms_norm_heads(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """In place on [n_tok, n_head, head_dim] f32 (QK-norm)."""
+    _f32c("rms_norm_heads x", x, 3)
+    _f32c("rms_norm_heads w", w, 1)
+    if w.shape[0] != x.shape[2]:
+        raise InvalidArgumentError(f"rms_norm_heads: weight has {w.shape[0]} values for heads of {x.shape[2]}")
+    norm.rms_norm_heads_f32(x, w, float(eps))
+    return x
+
+
+class RopeCache:
+    """cos/sin tables for one ubatch's positions, shared by every layer's Q and K."""
+
+    def __init__(self, pos: np.ndarray, n_rot: int, freq_base: float, freq_scale: float = 1.0,
+                 freq_factors: np.ndarray | None = None, mode: int = ROPE_NORM):
+        if n_rot <= 0 or n_rot % 2:
+            raise InvalidArgumentError(f"rope: n_rot must be a positive even number, got {n_rot}")
+        pos = np.ascontiguousarray(pos, dtype=np.int32)
+        half = n_rot // 2
+        if freq_factors is None:
+            freq_factors = np.ones(half, dtype=np.float32)
+        elif freq_factors.shape != (half,):
+            raise InvalidArgumentError(f"rope: freq_factors has shape {freq_factors.shape}, expected ({half},)")
+        self.cos = np.empty((pos.shape[0], half), dtype=np.float32)
+        self.sin = np.empty((pos.shape[0], half), dtype=np.float32)
+        rope.rope_cache_f32(self.cos, self.sin, pos, float(freq_base), float(freq_scale),
+                            np.ascontiguousarray(freq_factors, dtype=np.float32))
+        self.n_rot = n_rot
+        self.mode = mode
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """In place on [n_tok, n_head, head_dim] f32."""
+        _f32c("rope x", x, 3)
+        if x.shape[0] != self.cos.shape[0] or x.shape[2] < self.n_rot:
+            raise InvalidArgumentError(f"rope: x has shape {x.shape}, table is for {self.cos.shape[0]} "
+                                       f"tokens and {self.n_rot} dims")
+        if self.mode == ROPE_NEOX:
+            rope.rope_neox_f32(x, self.cos, self.sin)
+        else:
+            rope.rope_norm_f32(x, self.cos, self.sin)
+        return x
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up, written into gate."""
+    _f32c("swiglu gate", gate, 2)
+    _f32c("swiglu up", up, 2)
+    if gate.shape != up.shape:
+        raise InvalidArgumentError(f"swiglu: shapes differ {gate.shape} vs {up.shape}")
+    act.swiglu_f32(gate, gate, up)
+    return gate
+
+
+def geglu_tanh(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) * up, written into gate."""
+    _f32c("geglu gate", gate, 2)
+    _f32c("geglu up", up, 2)
+    if gate.shape != up.shape:
+        raise InvalidArgumentError(f"geglu: shapes differ {gate.shape} vs {up.shape}")
+    act.geglu_tanh_f32(gate, gate, up)
+    return gate

@@ -1,0 +1,190 @@
+"""The library front door: `pyrt.load(path, ...)` returns an `LLM` (model + tokenizer + context).
+
+Generation keeps the tokens that are in the cache and reuses the common prefix on the next call,
+as llama-cpp-python does. Load, compile/warm-up, prompt and generation times are kept apart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import numba
+import numpy as np
+
+from ..errors import ContextOverflowError, InvalidArgumentError
+from ..io.gguf_file import GGUFFile
+from ..models import build_model
+from .context import Batch, Context
+from .sampling import Sampler, SamplingParams
+from .tokenizer import Tokenizer
+
+
+def _set_threads(n_threads: int | None) -> int:
+    max_t = numba.config.NUMBA_NUM_THREADS
+    if n_threads is None or n_threads <= 0:
+        n_threads = max_t
+    if n_threads > max_t:
+        raise InvalidArgumentError(f"n_threads = {n_threads} exceeds the {max_t} threads Numba was started "
+                                   f"with (set NUMBA_NUM_THREADS before starting Python)")
+    numba.set_num_threads(n_threads)
+    return n_threads
+
+
+class LLM:
+    def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
+                 n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
+                 use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1):
+        t0 = time.perf_counter()
+        self.n_threads = _set_threads(n_threads)
+        self.file = GGUFFile(path, use_mmap=use_mmap)
+        self.tokenizer = Tokenizer.from_metadata(self.file.metadata)
+        self.model = build_model(self.file)
+        hp = self.model.hp
+        if self.tokenizer.n_vocab != hp.n_vocab:
+            from ..errors import ModelFileError
+            raise ModelFileError(f"{self.file.path}: vocabulary has {self.tokenizer.n_vocab} tokens but the "
+                                 f"embedding has {hp.n_vocab} rows")
+        if n_ctx <= 0:
+            n_ctx = hp.n_ctx_train
+        self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
+                           type_k=type_k, type_v=type_v, n_seq_max=n_seq_max)
+        self.t_load = time.perf_counter() - t0
+        self.t_warmup = 0.0
+        self._tokens: list[int] = []  # what sequence 0 holds in the cache, in order
+        if warmup:
+            self.warmup()
+
+    # -- basics -----------------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.model.hp.n_vocab
+
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """add_bos=None follows the vocabulary's add_bos/add_eos flags (llama.cpp's add_special)."""
+        if add_bos is None:
+            return self.tokenizer.tokenize(text, add_special=True, parse_special=special)
+        ids = self.tokenizer.tokenize(text, add_special=False, parse_special=special)
+        bos = self.tokenizer.bos_id
+        if add_bos and bos is not None:
+            ids = [bos] + ids
+        return ids
+
+    def detokenize(self, ids, special: bool = False) -> str:
+        return self.tokenizer.detokenize(list(ids), special=special)
+
+    def warmup(self) -> None:
+        """Runs the kernels once (compiling or loading them from Numba's cache), then clears the cache."""
+        t0 = time.perf_counter()
+        tok = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
+        n_big = min(self.ctx.n_ubatch, 64, self.n_ctx - 1)
+        if n_big > 1:
+            self.ctx.decode(Batch.from_tokens([tok] * n_big))
+            self.ctx.clear()
+        self.ctx.decode(Batch.from_tokens([tok]))
+        self.ctx.clear()
+        self.ctx.timings.reset()
+        self._tokens = []
+        self.t_warmup += time.perf_counter() - t0
+
+    def reset(self) -> None:
+        self.ctx.clear()
+        self._tokens = []
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def eval_logits(self, ids) -> np.ndarray:
+        """Clears the cache, evaluates `ids` from position 0, returns logits of every row [n, n_vocab]."""
+        ids = list(ids)
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(f"{len(ids)} tokens do not fit n_ctx = {self.n_ctx}")
+        self.reset()
+        out = []
+        for s in range(0, len(ids), self.ctx.n_batch):
+            chunk = ids[s:s + self.ctx.n_batch]
+            out.append(self.ctx.decode(Batch.from_tokens(chunk, pos0=s, logits="all")))
+        self._tokens = ids
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _ingest(self, ids: list[int]) -> np.ndarray:
+        """Makes the cache hold exactly `ids` (reusing the common prefix); returns the last logits."""
+        if not ids:
+            raise InvalidArgumentError("the prompt is empty (no tokens to evaluate)")
+        if len(ids) > self.n_ctx - 4:  # llama-cli's limit: room for at least a few generated tokens
+            raise ContextOverflowError(f"the prompt is too long ({len(ids)} tokens, n_ctx = {self.n_ctx})")
+        n_common = 0
+        for a, b in zip(self._tokens, ids):
+            if a != b:
+                break
+            n_common += 1
+        n_common = min(n_common, len(ids) - 1)  # re-evaluate at least one token to get its logits
+        self.ctx.seq_rm(0, n_common, -1)
+        self._tokens = self._tokens[:n_common]
+        logits = None
+        for s in range(n_common, len(ids), self.ctx.n_batch):
+            chunk = ids[s:s + self.ctx.n_batch]
+            last = s + len(chunk) == len(ids)
+            logits = self.ctx.decode(Batch.from_tokens(chunk, pos0=s, logits="last" if last else "none"))
+            self._tokens.extend(chunk)
+        return logits[-1]
+
+    def generate_ids(self, prompt_ids, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+                     top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                     repeat_last_n: int = 64, seed: int | None = None, ignore_eos: bool = False) -> Iterator[int]:
+        """Yields generated token ids; stops at an end-of-generation token, max_tokens or a full context."""
+        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        sampler = Sampler(params, self.n_ctx)
+        ids = [int(t) for t in prompt_ids]
+        logits = self._ingest(ids)
+        history = list(ids)
+        n = 0
+        while max_tokens < 0 or n < max_tokens:
+            tok = sampler.sample(logits, history)
+            if not ignore_eos and self.tokenizer.is_eog(tok):
+                return
+            yield tok
+            n += 1
+            history.append(tok)
+            if (max_tokens >= 0 and n >= max_tokens) or len(self._tokens) >= self.n_ctx:
+                return
+            pos = len(self._tokens)
+            logits = self.ctx.decode(Batch.from_tokens([tok], pos0=pos))[-1]
+            self._tokens.append(tok)
+
+    def generate(self, prompt: str, max_tokens: int = 128, add_bos: bool | None = None, **kw) -> Iterator[str]:
+        """Yields text pieces (never half a UTF-8 character). Keyword args as `generate_ids`."""
+        ids = self.tokenize(prompt, add_bos=add_bos)
+        dec = self.tokenizer.decoder()
+        for tok in self.generate_ids(ids, max_tokens=max_tokens, **kw):
+            piece = dec.feed(tok)
+            if piece:
+                yield piece
+        tail = dec.flush()
+        if tail:
+            yield tail
+
+    # -- reporting --------------------------------------------------------------------------------
+    def timings_report(self) -> str:
+        t = self.ctx.timings
+
+        def line(label, ms, n, unit):
+            per = ms / n if n else 0.0
+            tps = 1000.0 * n / ms if ms > 0 else 0.0
+            return (f"pyrt: {label:>16} = {ms:10.2f} ms / {n:5d} {unit:6} ({per:8.2f} ms per token, "
+                    f"{tps:8.2f} tokens per second)")
+
+        return "\n".join([
+            f"pyrt: {'load time':>16} = {self.t_load * 1000:10.2f} ms",
+            f"pyrt: {'compile/warm-up':>16} = {self.t_warmup * 1000:10.2f} ms",
+            line("prompt eval time", t.t_p_eval * 1000, t.n_p_eval, "tokens"),
+            line("eval time", t.t_eval * 1000, t.n_eval, "runs"),
+        ])
+
+
+def load(path: str | os.PathLike, **kw) -> LLM:
+    """Memory-maps a GGUF file and prepares a context. See `LLM` for the keyword arguments."""
+    return LLM(path, **kw)
