@@ -1,0 +1,52 @@
+"""Shared pytest fixtures: tools/ on sys.path, the synthetic GGUF models and their llama.cpp goldens.
+
+The models are written once per session into a temp dir by tools/synthetic.py; the goldens
+are read from tests/data/goldens (made by tools/make_goldens.py). Imports no pyrt module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+GOLDENS = os.path.join(ROOT, "tests", "data", "goldens")
+if TOOLS not in sys.path:
+    sys.path.insert(0, TOOLS)
+
+# Rows appended by tests/test_parity.py and printed at the end of the run.
+_PARITY_ROWS: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def synthetic_models(tmp_path_factory) -> dict:
+    """{variant name: (path, hparams)} for every model in synthetic.VARIANTS, written once."""
+    import synthetic
+    return synthetic.write_all(tmp_path_factory.mktemp("synthetic_models"))
+
+
+@pytest.fixture(scope="session")
+def goldens_dir() -> str:
+    return GOLDENS
+
+
+@pytest.fixture(scope="session")
+def goldens_manifest() -> dict:
+    with open(os.path.join(GOLDENS, "manifest.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def parity_report() -> list:
+    return _PARITY_ROWS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _PARITY_ROWS:
+        terminalreporter.section("pyrt vs llama.cpp parity (synthetic models)")
+        for row in _PARITY_ROWS:
+            terminalreporter.write_line(row)
