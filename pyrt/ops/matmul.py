@@ -1,0 +1,230 @@
+"""Matmul over raw GGUF weight rows, embedding row lookup and dequantization: validation + kernel choice.
+
+Everything is checked here before a Numba kernel (which has no bounds checks) sees it.
+Imports pyrt.formats, pyrt._kernels (through the registry) and pyrt.errors only.
+Shapes are numpy (row-major) order: weights are [n_out, row_bytes] uint8, y = x @ W.T.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..formats.qtypes import DOT_TYPES, QType, get_qtype
+
+# From this many tokens on, a weight tile is dequantized to f32 and multiplied with OpenBLAS
+# (np.matmul) instead of running the integer/half dot kernel. Measured on the 2-core dev machine
+# (Xeon with AVX-512, 1 thread as a proxy since both paths scale with threads, 5632x2048) with
+# `bench/bench_kernels.py --crossover`: legacy 36-44 tokens, float types 20-24, k-quants > 128
+# (their dequantizers are serial scalar code; re-measure when they change).
+BLAS_MIN_TOKENS = {
+    "F32": 24, "F16": 24, "BF16": 20,
+    "Q8_0": 40, "Q4_0": 40, "Q5_0": 36,
+    "Q4_K": 128, "Q5_K": 128, "Q6_K": 128,
+}
+# Bytes of the f32 weight tile of the BLAS path (one per worker thread; stays in L2).
+BLAS_TILE_BYTES = 2 << 20
+
+_tls = threading.local()
+
+
+def _scratch(name: str, dtype, shape) -> np.ndarray:
+    """A per-thread reusable buffer viewed as `shape` (grown when too small)."""
+    n = int(np.prod(shape))
+    buf = getattr(_tls, name, None)
+    if buf is None or buf.dtype != dtype or buf.size < n:
+        buf = np.empty(max(n, 1), dtype)
+        setattr(_tls, name, buf)
+    return buf[:n].reshape(shape)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    # One Numba specialization for weights: the runtime passes read-only mmap views.
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def _check_raw(raw, qt: QType, n_per_row: int, what: str) -> np.ndarray:
+    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+        raise InvalidArgumentError(f"{what}: weight rows must be a uint8 array, got {getattr(raw, 'dtype', type(raw))}")
+    rb = qt.row_bytes(n_per_row)
+    if raw.ndim == 1 and raw.size % rb == 0:
+        raw = raw.reshape(-1, rb)
+    if raw.ndim != 2 or raw.shape[1] != rb:
+        raise InvalidArgumentError(
+            f"{what}: {qt.name} rows of {n_per_row} values take {rb} bytes, got weight shape {raw.shape}")
+    if not raw.flags.c_contiguous:
+        raise InvalidArgumentError(f"{what}: weight rows must be C-contiguous")
+    return _readonly(np.asarray(raw))
+
+
+def _quantize_activations(x: np.ndarray, qt: QType) -> np.ndarray:
+    """x [n_tok, n_in] f32 -> the weight type's dot format ([n_tok, bytes] uint8 or [n_tok, n_in] u16/f32)."""
+    dt = qt.dot_type
+    if dt is None:
+        return x
+    if dt == "F16":
+        return x.astype(np.float16).view(np.uint16)
+    if dt == "BF16":
+        return _f32_to_bf16(x)
+    aq = DOT_TYPES[dt]
+    xq = _scratch("xq", np.uint8, (x.shape[0], aq.row_bytes(x.shape[1])))
+    aq.kernel("quantize_rows")(xq, x)
+    return xq
+
+
+def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round to nearest even like ggml's fp32->bf16 (NaN kept quiet). [n_tok, n] f32 -> uint16."""
+    u = x.view(np.uint32)
+    r = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        r[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(64)).astype(np.uint16)
+    return r
+
+
+def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | None = None,
+           *, path: str | None = None) -> np.ndarray:
+    """y = x @ W.T for W stored as raw GGUF rows.
+
+    x: [n_tok, n_in] f32 C-contiguous; raw: [n_out, row_bytes] uint8 (read-only mmap view, never
+    copied); out: optional [n_tok, n_out] f32 C-contiguous. Returns out.
+    path: None picks by n_tok; "dot" forces the quantized-activation kernel, "blas" forces
+    dequantize-tile + np.matmul (tests and benchmarks).
+    """
+    qt = get_qtype(ggml_type)
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
+        raise InvalidArgumentError(
+            f"matmul: x must be a C-contiguous float32 [n_tok, n_in] array, got "
+            f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+    n_tok, n_in = x.shape
+    if n_in == 0:
+        raise InvalidArgumentError("matmul: x has rows of 0 values")
+    raw = _check_raw(raw, qt, n_in, "matmul")
+    n_out = raw.shape[0]
+    if out is None:
+        out = np.empty((n_tok, n_out), np.float32)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n_tok, n_out)
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise InvalidArgumentError(f"matmul: out must be a writable C-contiguous float32 array of shape {(n_tok, n_out)}")
+    if n_tok == 0 or n_out == 0:
+        return out
+    if path is None:
+        path = "blas" if n_tok >= BLAS_MIN_TOKENS.get(qt.name, 32) else "dot"
+    if path == "dot":
+        qt.kernel("matmul")(out, raw, _quantize_activations(x, qt))
+    elif path == "blas":
+        _matmul_blas(out, x, raw, qt)
+    else:
+        raise InvalidArgumentError(f"matmul: unknown path {path!r} (use 'dot' or 'blas')")
+    return out
+
+
+def _openblas_local_threads():
+    """openblas_set_num_threads_local from the OpenBLAS numpy uses (None if not found)."""
+    import ctypes
+    import glob
+    import os
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "*openblas*")) + glob.glob(os.path.join(np.__path__[0], ".dylibs", "*openblas*")):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+class _BlasPool:
+    """Worker threads for the BLAS path; each runs OpenBLAS single-threaded.
+
+    Splitting output-row tiles over our own threads (dequantize + sgemm per tile) avoids OpenBLAS's
+    busy-waiting worker threads fighting Numba's for the cores; tiles are fixed, so the result does
+    not depend on the thread count.
+    """
+
+    def __init__(self):
+        self.set_local = _openblas_local_threads()
+        self.executor = None
+        self.n = 0
+
+    def map(self, fn, n_threads, items):
+        if self.set_local is None or n_threads <= 1:
+            prev = self.set_local(1) if self.set_local is not None else None  # 1 thread asked: 1 used
+            try:
+                for it in items:
+                    fn(it)
+            finally:
+                if prev is not None:
+                    self.set_local(prev)
+            return
+        if self.executor is None or self.n != n_threads:
+            from concurrent.futures import ThreadPoolExecutor
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+            self.executor = ThreadPoolExecutor(n_threads, thread_name_prefix="pyrt-blas",
+                                               initializer=self.set_local, initargs=(1,))
+            self.n = n_threads
+        chunks = [items[i::n_threads] for i in range(n_threads)]
+        for f in [self.executor.submit(lambda c=c: [fn(it) for it in c]) for c in chunks]:
+            f.result()
+
+
+_pool_lock = threading.Lock()
+_pool: _BlasPool | None = None
+
+
+def _blas_pool() -> _BlasPool:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = _BlasPool()
+        return _pool
+
+
+def _matmul_blas(out: np.ndarray, x: np.ndarray, raw: np.ndarray, qt: QType) -> None:
+    import numba
+
+    n_out, n_in = raw.shape[0], x.shape[1]
+    tile = max(16, min(n_out, BLAS_TILE_BYTES // (4 * n_in)))
+    deq = qt.kernel("dequant_rows")
+
+    def run(r0):
+        r1 = min(r0 + tile, n_out)
+        wt = _scratch("wtile", np.float32, (r1 - r0, n_in))  # [tile, n_in] f32, per worker thread
+        deq(wt, raw[r0:r1])
+        np.matmul(x, wt.T, out=out[:, r0:r1])
+
+    n_tiles = -(-n_out // tile)
+    _blas_pool().map(run, min(numba.get_num_threads(), n_tiles), list(range(0, n_out, tile)))
+
+
+def get_rows(raw: np.ndarray, ggml_type: int, ids, n_per_row: int) -> np.ndarray:
+    """Embedding lookup: dequantize only the rows `ids` of raw. Returns [len(ids), n_per_row] f32."""
+    qt = get_qtype(ggml_type)
+    raw = _check_raw(raw, qt, n_per_row, "get_rows")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise InvalidArgumentError(f"get_rows: ids must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= raw.shape[0]):
+        bad = ids[(ids < 0) | (ids >= raw.shape[0])][0]
+        raise InvalidArgumentError(f"get_rows: row id {int(bad)} out of range [0, {raw.shape[0]})")
+    out = np.empty((ids.size, n_per_row), np.float32)
+    if ids.size:
+        qt.kernel("dequant_rows")(out, _readonly(raw[ids.astype(np.int64)]))
+    return out
+
+
+def dequantize(raw: np.ndarray, ggml_type: int, n_per_row: int) -> np.ndarray:
+    """All rows of raw as f32 [n_rows, n_per_row] (raw: [n_rows, row_bytes] or flat uint8)."""
+    qt = get_qtype(ggml_type)
+    raw = _check_raw(raw, qt, n_per_row, "dequantize")
+    out = np.empty((raw.shape[0], n_per_row), np.float32)
+    if raw.shape[0]:
+        qt.kernel("dequant_rows")(out, raw)
+    return out

@@ -1,0 +1,204 @@
+"""pyrt.ops.matmul: every weight type's kernels vs float64 references, both dispatch paths,
+thread-count independence, get_rows/dequantize, and the validation errors."""
+
+import numba
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize
+
+from pyrt.errors import InvalidArgumentError, UnsupportedError
+from pyrt.formats.qtypes import DOT_TYPES, get_qtype
+from pyrt.ops import matmul as mm
+
+try:
+    import pyrt._kernels.quants_k  # noqa: F401
+    HAVE_K = True
+except ImportError:
+    HAVE_K = False
+
+# NMSE of matmul(x, W_q) against x @ W (unquantized weights and activations), per type; measured
+# on these shapes: F32 1e-14, F16 8e-8, BF16 5e-6, Q8_0 5e-5, Q5_0 1.8e-3, Q4_0 9e-3. For k-quants W
+# is the dequantized random weight, so only the Q8_K activation error is left (4e-5 .. 1e-4).
+NMSE = {"F32": 5e-14, "F16": 4e-7, "BF16": 2e-5, "Q8_0": 1.5e-4, "Q5_0": 4e-3, "Q4_0": 1.5e-2,
+        "Q6_K": 3e-4, "Q5_K": 2e-4, "Q4_K": 2e-4}
+TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q5_0]
+K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
+ALL = TYPES + [pytest.param(t, marks=pytest.mark.skipif(not HAVE_K, reason="quants_k not present")) for t in K_TYPES]
+N_IN, N_OUT = 512, 48
+
+
+def _case(t, n_tok=3, seed=0, n_in=N_IN, n_out=N_OUT):
+    rng = np.random.default_rng(seed + int(t))
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
+    if t in K_TYPES:  # gguf cannot quantize k-quants: random blocks with sane f16 scales
+        raw = random_k_blocks(rng, t, n_out, n_in)
+        w = gguf_dequantize(raw, t).reshape(n_out, n_in)
+    else:
+        raw = quantize(w, t).view(np.uint8).reshape(n_out, -1)
+    raw.flags.writeable = False
+    return w, x, raw
+
+
+def random_k_blocks(rng, t, n_out, n_in):
+    """[n_out, row_bytes] uint8 of random k-quant blocks whose f16 d (and dmin) lie in [1e-3, 1e-2]."""
+    bs, ts = {T.Q4_K: (256, 144), T.Q5_K: (256, 176), T.Q6_K: (256, 210)}[t]
+    nb = n_in // bs
+    raw = rng.integers(0, 256, (n_out, nb, ts), dtype=np.uint8)
+    d = rng.uniform(1e-3, 1e-2, (n_out, nb, 2)).astype(np.float16).view(np.uint8)
+    if t == T.Q6_K:
+        raw[..., 208:210] = d[..., :2]
+    else:
+        raw[..., 0:4] = d
+    return raw.reshape(n_out, nb * ts)
+
+
+def _activations_as_seen(x, qt):
+    """The activations the dot kernel multiplies with, in float64 (quantize, then dequantize)."""
+    if qt.dot_type is None:
+        return x.astype(np.float64)
+    if qt.dot_type in ("F16", "BF16"):
+        xq = mm._quantize_activations(x, qt).copy()
+        if qt.dot_type == "F16":
+            return xq.view(np.float16).astype(np.float64)
+        return (xq.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    xq = mm._quantize_activations(x, qt).copy()
+    if qt.dot_type == "Q8_0":
+        return gguf_dequantize(xq, T.Q8_0).reshape(x.shape).astype(np.float64)
+    # Q8_K: f32 d, int8 qs[256], int16 bsums[16]
+    blocks = xq.reshape(x.shape[0], -1, 292)
+    d = blocks[..., :4].copy().view(np.float32).astype(np.float64)
+    q = blocks[..., 4:260].copy().view(np.int8).astype(np.float64)
+    return (d * q).reshape(x.shape)
+
+
+@pytest.mark.parametrize("t", ALL)
+def test_dot_path_vs_reference(t):
+    qt = get_qtype(t)
+    w, x, raw = _case(t)
+    wd = gguf_dequantize(raw, t).reshape(w.shape).astype(np.float64)
+    out = mm.matmul(x, raw, t, path="dot")
+    xs = _activations_as_seen(x, qt)
+    ref = xs @ wd.T
+    bound = 2e-6 * (np.abs(xs) @ np.abs(wd).T) + 1e-30
+    assert np.all(np.abs(out - ref) <= bound), np.max(np.abs(out - ref) / bound)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T  # k-quants: w is already the dequantized weight
+    nmse = np.sum((out - exact) ** 2) / np.sum(exact ** 2)
+    assert nmse < NMSE[qt.name], nmse
+
+
+@pytest.mark.parametrize("t", ALL)
+def test_blas_path_vs_reference_and_dot(t):
+    w, x, raw = _case(t, n_tok=5)
+    wd = gguf_dequantize(raw, t).reshape(w.shape).astype(np.float64)
+    out = mm.matmul(x, raw, t, path="blas")
+    ref = x.astype(np.float64) @ wd.T
+    bound = 2e-6 * (np.abs(x.astype(np.float64)) @ np.abs(wd).T) + 1e-30
+    assert np.all(np.abs(out - ref) <= bound)
+    dot = mm.matmul(x, raw, t, path="dot")
+    rel = np.sum((dot - out) ** 2) / np.sum(out ** 2)
+    assert rel < NMSE[get_qtype(t).name]
+
+
+@pytest.mark.boundscheck
+def test_dispatch_picks_paths_by_n_tok():
+    t = T.Q4_0
+    th = mm.BLAS_MIN_TOKENS["Q4_0"]
+    w, x, raw = _case(t, n_tok=th)
+    small = x[: th - 1].copy()
+    assert np.array_equal(mm.matmul(small, raw, t), mm.matmul(small, raw, t, path="dot"))
+    assert np.array_equal(mm.matmul(x, raw, t), mm.matmul(x, raw, t, path="blas"))
+    assert not np.array_equal(mm.matmul(x, raw, t, path="dot"), mm.matmul(x, raw, t, path="blas"))
+
+
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16])
+def test_dot_path_rows_independent_of_batch(t):
+    """Token t of a batch is bit-identical to the same token alone (4-token groups + remainder)."""
+    _, x, raw = _case(t, n_tok=7)
+    full = mm.matmul(x, raw, t, path="dot")
+    for i in range(7):
+        assert np.array_equal(full[i:i + 1], mm.matmul(x[i:i + 1].copy(), raw, t, path="dot"))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16, T.BF16, T.F32]
+                         + ([T.Q4_K] if HAVE_K else []))
+def test_thread_count_independent(t, monkeypatch):
+    monkeypatch.setattr(mm, "BLAS_TILE_BYTES", 16 * N_IN * 4)  # several BLAS tiles over the workers
+    _, x, raw = _case(t, n_tok=4, n_out=101)
+    res = {}
+    old = numba.get_num_threads()
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            res[n] = (mm.matmul(x, raw, t, path="dot"), mm.matmul(x, raw, t, path="blas"))
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(res[1][0], res[2][0]) and np.array_equal(res[1][1], res[2][1])
+
+
+def test_out_argument_and_odd_sizes():
+    # F16 rows of a length that is not a multiple of the 32-lane vector step; n_out not a tile multiple
+    t = T.F16
+    w, x, raw = _case(t, n_tok=2, n_in=77, n_out=13)
+    out = np.full((2, 13), np.nan, np.float32)
+    assert mm.matmul(x, raw, t, out=out) is out
+    ref = _activations_as_seen(x, get_qtype(t)) @ gguf_dequantize(raw, t).reshape(13, 77).astype(np.float64).T
+    assert np.allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert mm.matmul(x[:0], raw, t).shape == (0, 13)
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16, T.BF16, T.F32])
+def test_get_rows_and_dequantize(t):
+    _, _, raw = _case(t, n_out=20, n_in=64)
+    full = gguf_dequantize(raw, t).reshape(20, 64)
+    assert np.array_equal(mm.dequantize(raw, t, 64).view(np.uint32), full.view(np.uint32))
+    ids = np.array([3, 0, 19, 3], np.int32)
+    assert np.array_equal(mm.get_rows(raw, t, ids, 64).view(np.uint32), full[ids].view(np.uint32))
+    assert mm.get_rows(raw, t, [], 64).shape == (0, 64)
+
+
+@pytest.mark.skipif(not HAVE_K, reason="quants_k not present")
+def test_get_rows_k_quant():
+    _, _, raw = _case(T.Q6_K, n_out=6, n_in=256)
+    full = gguf_dequantize(raw, T.Q6_K).reshape(6, 256)
+    assert np.array_equal(mm.get_rows(raw, T.Q6_K, [5, 1], 256), full[[5, 1]])
+
+
+def test_validation_errors():
+    _, x, raw = _case(T.Q4_0, n_tok=2)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x.astype(np.float64), raw, T.Q4_0)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(np.asfortranarray(x), raw, T.Q4_0)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x[:, :256], raw, T.Q4_0)                    # row bytes do not match n_in
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x, raw.view(np.int8), T.Q4_0)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x, raw[:, :-18][::2], T.Q4_0)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x, np.ascontiguousarray(raw[:, :18 * 15]), T.Q4_0)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x, raw, T.Q4_0, out=np.empty((2, N_OUT + 1), np.float32))
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(x, raw, T.Q4_0, path="fast")
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul(np.ones((1, 48), np.float32), np.zeros((1, 27), np.uint8), T.Q4_0)  # 48 % 32
+    with pytest.raises(UnsupportedError, match="Q2_K"):
+        mm.matmul(x, raw, T.Q2_K)
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        mm.get_rows(raw, T.Q4_0, [0, N_OUT], N_IN)
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        mm.get_rows(raw, T.Q4_0, [-1], N_IN)
+    with pytest.raises(InvalidArgumentError):
+        mm.get_rows(raw, T.Q4_0, [0.5], N_IN)
+    with pytest.raises(InvalidArgumentError):
+        mm.dequantize(raw, T.Q4_0, 500)
+
+
+def test_dot_types_registered():
+    assert DOT_TYPES["Q8_0"].type_size == 34 and DOT_TYPES["Q8_K"].type_size == 292

@@ -1,0 +1,174 @@
+"""Legacy/float block formats: dequantizers bit-exact vs gguf, the Q8_0 activation quantizer vs a
+transcription of llama.cpp's x86 quantize_row_q8_0, portable vs host SIMD block dots, the registry."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize, quantize
+from numba import njit
+
+from pyrt._kernels import quants_legacy as ql
+from pyrt._kernels import simd
+from pyrt.errors import InvalidArgumentError, UnsupportedError
+from pyrt.formats.qtypes import SUPPORTED_TYPES, get_qtype, row_bytes
+
+LEGACY = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q5_0": T.Q5_0}
+EDGE_F16 = np.array([0.0, -0.0, 6e-8, -6e-8, 1e-4, 65504.0, -65504.0, np.inf, -np.inf, np.nan, 1.0], np.float16)
+
+
+def _bits_equal(a, b):
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def _random_blocks(rng, t, n_rows, n):
+    """Fully random bytes (any scale bit pattern incl. inf/nan/subnormal), some scales forced to edges."""
+    bs, ts = GGML_QUANT_SIZES[t]
+    raw = rng.integers(0, 256, (n_rows, n // bs * ts), dtype=np.uint8)
+    if bs > 1:
+        blocks = raw.reshape(n_rows, -1, ts)
+        k = min(len(EDGE_F16), blocks.shape[1])
+        blocks[0, :k, :2] = EDGE_F16[:k].view(np.uint8).reshape(k, 2)
+    return raw
+
+
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_dequant_random_bits_exact(name):
+    rng = np.random.default_rng(1)
+    t = LEGACY[name]
+    raw = _random_blocks(rng, t, 7, 256)
+    out = np.empty((7, 256), np.float32)
+    getattr(ql, "dequant_rows_" + name)(out, raw)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/nan scales on purpose
+        ref = dequantize(raw, t).reshape(7, 256)
+    assert _bits_equal(out, ref)
+
+
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_dequant_real_shape_exact(name):
+    rng = np.random.default_rng(2)
+    t = LEGACY[name]
+    w = (rng.standard_normal((3, 5632)) * 0.02).astype(np.float32)
+    raw = quantize(w, t).view(np.uint8).reshape(3, -1)
+    out = np.empty((3, 5632), np.float32)
+    getattr(ql, "dequant_rows_" + name)(out, raw)
+    assert _bits_equal(out, dequantize(raw, t).reshape(3, 5632))
+
+
+def test_dequant_f16_all_bit_patterns():
+    raw = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(1, -1)
+    out = np.empty((1, 65536), np.float32)
+    ql.dequant_rows_f16(out, raw)
+    ref = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).reshape(1, -1)
+    assert _bits_equal(out, ref)
+
+
+def q8_0_x86_reference(x):
+    """numpy transcription of ggml-cpu/arch/x86 quantize_row_q8_0 (AVX2 path). x [n_rows, n] f32."""
+    xb = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore"):
+        idv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+        d16 = d.astype(np.float16)  # round to nearest even, overflow to inf (as F16C)
+    q = np.rint(xb * idv).astype(np.int8)  # _MM_ROUND_NEAREST: ties to even
+    out = np.concatenate([d16.view(np.uint8), q.view(np.uint8)], axis=-1)
+    return out.reshape(x.shape[0], -1)
+
+
+def _quantize_q8_0(x):
+    dst = np.empty((x.shape[0], x.shape[1] // 32 * 34), np.uint8)
+    ql.quantize_rows_q8_0(dst, x)
+    return dst
+
+
+@pytest.mark.boundscheck
+def test_quantize_q8_0_bit_exact_x86():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 2048)).astype(np.float32) * np.float32(3.0)
+    x[0, :32] = 0.0                                        # zero block: d = 0, q = 0
+    x[0, 32:64] = np.arange(32, dtype=np.float32) - 15.5    # amax 16.5 -> ties at .5 after scaling
+    x[1, :32] = np.float32(127.0)
+    x[1, 1:32:2] = np.float32(-0.5) + np.arange(16, dtype=np.float32)  # amax 127: id = 1, exact halves
+    x[2, :32] = np.float32(1e-30)                          # d underflows in f16
+    x[3, :32] *= np.float32(1e7)                            # d overflows f16 -> inf
+    assert np.array_equal(_quantize_q8_0(x), q8_0_x86_reference(x))
+
+
+def test_quantize_q8_0_close_to_ref():
+    """llama.cpp's reference (gguf.quants) rounds ties away from zero and scales by 1/d: same d, q within 1."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 1024)).astype(np.float32)
+    ours = _quantize_q8_0(x).reshape(4, -1, 34)
+    ref = quantize(x, T.Q8_0).view(np.uint8).reshape(4, -1, 34)
+    assert np.array_equal(ours[..., :2], ref[..., :2])
+    dq = ours[..., 2:].view(np.int8).astype(np.int32) - ref[..., 2:].view(np.int8).astype(np.int32)
+    assert np.abs(dq).max() <= 1 and np.count_nonzero(dq) <= dq.size * 1e-3
+
+
+# -------------------------------------------------------------- SIMD block dots: host vs portable IR
+
+
+@njit(cache=False)
+def _dots(kind, w, x, nb):
+    out = np.empty((2,), np.float32)
+    wp, xp = np.int64(w.ctypes.data), np.int64(x.ctypes.data)
+    if kind == 0:
+        out[0], out[1] = simd.dot_q8_0_q8_0(wp, xp, nb), simd.dot_q8_0_q8_0_generic(wp, xp, nb)
+    elif kind == 1:
+        out[0], out[1] = simd.dot_q4_0_q8_0(wp, xp, nb), simd.dot_q4_0_q8_0_generic(wp, xp, nb)
+    else:
+        out[0], out[1] = simd.dot_q5_0_q8_0(wp, xp, nb), simd.dot_q5_0_q8_0_generic(wp, xp, nb)
+    return out
+
+
+@pytest.mark.parametrize("kind,t", [(0, T.Q8_0), (1, T.Q4_0), (2, T.Q5_0)])
+def test_block_dot_host_and_portable(kind, t):
+    rng = np.random.default_rng(5 + kind)
+    n = 32 * 37
+    w = quantize(rng.standard_normal((1, n)).astype(np.float32), t).view(np.uint8).reshape(-1)
+    xq = _quantize_q8_0(rng.standard_normal((1, n)).astype(np.float32)).reshape(-1)
+    # extreme activations: +-127 everywhere (maddubs saturation would show up here)
+    xq_ext = xq.copy().reshape(-1, 34)
+    xq_ext[:, 2:] = np.where(np.arange(32) % 3 == 0, 129, 127).astype(np.uint8)  # -127 / 127
+    for x in (xq, xq_ext.reshape(-1)):
+        ref = (dequantize(w, t).astype(np.float64) * dequantize(x, T.Q8_0).astype(np.float64)).sum()
+        mag = np.abs(dequantize(w, t).astype(np.float64) * dequantize(x, T.Q8_0)).sum()
+        host, generic = _dots(kind, w, x, np.int64(n // 32))
+        assert abs(host - ref) <= 1e-5 * mag and abs(generic - ref) <= 1e-5 * mag
+
+
+# -------------------------------------------------------------------------------- registry
+
+
+def test_registry_sizes_match_gguf():
+    assert {q.name for q in SUPPORTED_TYPES.values()} == {
+        "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"}
+    for q in SUPPORTED_TYPES.values():
+        assert int(T[q.name]) == q.ggml_type
+        assert GGML_QUANT_SIZES[T(q.ggml_type)] == (q.block_size, q.type_size)
+        assert get_qtype(q.ggml_type) is q
+    assert get_qtype(T.Q4_0).dot_type == "Q8_0" and get_qtype(T.Q6_K).dot_type == "Q8_K"
+    assert row_bytes(T.Q4_0, 4096) == 4096 // 32 * 18 and row_bytes(T.F16, 7) == 14
+
+
+def test_registry_errors():
+    with pytest.raises(UnsupportedError, match=r"tensor type Q2_K is not supported \(supported: F32, F16"):
+        get_qtype(T.Q2_K)
+    with pytest.raises(UnsupportedError, match="not supported"):
+        get_qtype(9999)
+    with pytest.raises(InvalidArgumentError):
+        row_bytes(T.Q4_0, 48)
+    with pytest.raises(InvalidArgumentError):
+        row_bytes(T.Q6_K, 0)
+
+
+def test_registry_import_compiles_nothing():
+    code = ("import sys, pyrt.formats.qtypes as q; q.get_qtype(2).row_bytes(64); "
+            "assert not any(m.startswith('pyrt._kernels') for m in sys.modules), sorted(sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
