@@ -187,9 +187,39 @@ def _blas_pool() -> _BlasPool:
         return _pool
 
 
+def _activations_as_dotted(x: np.ndarray, qt: QType) -> np.ndarray:
+    """x rounded through the weight type's activation format and back to f32.
+
+    llama.cpp quantizes activations for prompt chunks too (vec_dot and llamafile sgemm alike), so the
+    BLAS path multiplies the same values the integer kernel would: prefill matches single decodes and
+    llama.cpp's prompt logits much more closely than raw f32 activations would.
+    """
+    dt = qt.dot_type
+    if dt is None:
+        return x
+    if dt == "F16":
+        return x.astype(np.float16).astype(np.float32)
+    if dt == "BF16":
+        return (_f32_to_bf16(x).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    xq = _quantize_activations(x, qt)  # [n_tok, nb*block_bytes] uint8
+    n_tok, n_in = x.shape
+    aq = DOT_TYPES[dt]
+    blocks = xq.reshape(n_tok, n_in // aq.block_size, aq.type_size)
+    if dt == "Q8_0":   # f16 d, int8 qs[32]
+        d = blocks[:, :, 0:2].copy().view(np.float16).astype(np.float32)
+        qs = blocks[:, :, 2:34].view(np.int8)
+    elif dt == "Q8_K":  # f32 d, int8 qs[256], int16 bsums[16]
+        d = blocks[:, :, 0:4].copy().view(np.float32)
+        qs = blocks[:, :, 4:260].view(np.int8)
+    else:
+        raise InvalidArgumentError(f"no activation round trip for {dt}")
+    return np.ascontiguousarray((d * qs).reshape(n_tok, n_in), dtype=np.float32)
+
+
 def _matmul_blas(out: np.ndarray, x: np.ndarray, raw: np.ndarray, qt: QType) -> None:
     import numba
 
+    x = _activations_as_dotted(x, qt)
     n_out, n_in = raw.shape[0], x.shape[1]
     tile = max(16, min(n_out, BLAS_TILE_BYTES // (4 * n_in)))
     deq = qt.kernel("dequant_rows")
