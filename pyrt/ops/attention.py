@@ -1,0 +1,145 @@
+"""Attention over the KV cache: validate shapes/dtypes/ranges, pick tiles, call the flash-attention kernel.
+
+Imports pyrt._kernels and pyrt.errors; takes the cache duck-typed (k, v, type_k, type_v, cells), so it
+does not import pyrt.kv. Nothing reaches the Numba kernel without passing these checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._kernels import attention as fa
+from ..errors import InvalidArgumentError
+
+_KINDS = {"f32": fa.KIND_F32, "f16": fa.KIND_F16, "bf16": fa.KIND_BF16, "q8_0": fa.KIND_Q8_0}
+_ELEM = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}  # elements, bytes per block
+
+KV_TILE = 64
+# work items wanted before splitting a small batch's KV range (a constant, so the split - and the
+# result - never depends on the thread count)
+MIN_ITEMS = 16
+MIN_SPLIT_CELLS = 256
+
+
+def _rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
+    """The integer view the kernel reads: uint32 for f32, uint16 for f16/bf16, uint8 for q8_0."""
+    if type_name == "f32":
+        return buf.view(np.uint32)
+    if type_name in ("f16", "bf16"):
+        return buf.view(np.uint16)
+    return buf
+
+
+def _n_elems(buf: np.ndarray, type_name: str) -> int:
+    blk, nbytes = _ELEM[type_name]
+    return buf.shape[1] if blk == 1 else buf.shape[1] // nbytes * blk
+
+
+def choose_tiles(n_tok: int, n_gqa: int, n_head_kv: int, n_kv: int) -> tuple[int, int, int]:
+    """(q_tile, kv_tile, n_split) for a ubatch: ~64 query rows per item; split the KV range for decode."""
+    q_tile = max(1, min(n_tok, 64 // max(1, n_gqa)))
+    items = n_head_kv * ((n_tok + q_tile - 1) // q_tile)
+    n_split = 1
+    if items < MIN_ITEMS:
+        n_split = max(1, min((MIN_ITEMS + items - 1) // items, n_kv // MIN_SPLIT_CELLS))
+    return q_tile, KV_TILE, n_split
+
+
+def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, type_v: str,
+                    cell_pos: np.ndarray, cell_seq: np.ndarray, q_pos: np.ndarray, q_seq: np.ndarray,
+                    scale: float, n_head_kv: int, head_dim_v: int, v_offset: int = 0, n_swa: int = 0,
+                    softcap: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Attention of q [n_tok, n_head, dk] f32 over cache rows k/v [n_kv, row] -> [n_tok, n_head*head_dim_v] f32.
+
+    k and v are cache buffers in their storage dtype (v may be the K buffer itself, read at v_offset).
+    """
+    if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
+        raise InvalidArgumentError(f"attention: q must be float32 [n_tok, n_head, head_dim], got "
+                                   f"{getattr(q, 'dtype', type(q))} {getattr(q, 'shape', '')}")
+    q = np.ascontiguousarray(q)
+    n_tok, n_head, dk = q.shape
+    if type_k not in _KINDS or type_v not in _KINDS:
+        raise InvalidArgumentError(f"attention: unsupported cache types {type_k!r}/{type_v!r}")
+    if n_head_kv <= 0 or n_head % n_head_kv:
+        raise InvalidArgumentError(f"attention: n_head ({n_head}) is not a multiple of n_head_kv ({n_head_kv})")
+    dv = int(head_dim_v)
+    if dv <= 0 or dk <= 0:
+        raise InvalidArgumentError("attention: head dims must be positive")
+    for name, buf, tname in (("K", k, type_k), ("V", v, type_v)):
+        if not isinstance(buf, np.ndarray) or buf.ndim != 2 or not buf.flags.c_contiguous:
+            raise InvalidArgumentError(f"attention: {name} rows must be a C-contiguous 2-D array")
+        want = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8}[tname]
+        if buf.dtype != want and not (tname in ("f16", "bf16") and buf.dtype in (np.uint16, np.float16)):
+            raise InvalidArgumentError(f"attention: {name} rows of type {tname} must be {np.dtype(want)}, got {buf.dtype}")
+    n_kv = k.shape[0]
+    if v.shape[0] != n_kv:
+        raise InvalidArgumentError(f"attention: K has {n_kv} rows, V has {v.shape[0]}")
+    if type_k == "q8_0" and dk % 32:
+        raise InvalidArgumentError(f"attention: q8_0 K needs head_dim % 32 == 0, got {dk}")
+    if type_v == "q8_0" and (dv % 32 or v_offset % 32):
+        raise InvalidArgumentError(f"attention: q8_0 V needs head_dim_v and v_offset multiples of 32")
+    if _n_elems(k, type_k) < n_head_kv * dk:
+        raise InvalidArgumentError(f"attention: K rows hold {_n_elems(k, type_k)} values, need {n_head_kv}*{dk}")
+    if v_offset < 0 or _n_elems(v, type_v) < v_offset + n_head_kv * dv:
+        raise InvalidArgumentError(f"attention: V rows hold {_n_elems(v, type_v)} values, need "
+                                   f"{v_offset}+{n_head_kv}*{dv}")
+    cell_pos = np.asarray(cell_pos)
+    cell_seq = np.asarray(cell_seq)
+    if cell_pos.dtype != np.int32 or cell_seq.dtype != np.uint64 or cell_pos.shape != (n_kv,) \
+            or cell_seq.shape != (n_kv,):
+        raise InvalidArgumentError(f"attention: cell_pos int32[{n_kv}] and cell_seq uint64[{n_kv}] required")
+    q_pos = np.ascontiguousarray(q_pos)
+    q_seq = np.ascontiguousarray(q_seq)
+    if q_pos.shape != (n_tok,) or q_seq.shape != (n_tok,) or q_pos.dtype.kind not in "iu" \
+            or q_seq.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"attention: q_pos and q_seq must be integer arrays of length {n_tok}")
+    if n_tok and (q_seq.min() < 0 or q_seq.max() >= 64):
+        raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
+    if n_swa < 0:
+        raise InvalidArgumentError(f"attention: n_swa must be >= 0, got {n_swa}")
+    if softcap < 0 or not np.isfinite(softcap) or not np.isfinite(scale):
+        raise InvalidArgumentError("attention: scale and softcap must be finite, softcap >= 0")
+    if out is None:
+        out = np.empty((n_tok, n_head * dv), dtype=np.float32)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n_tok, n_head * dv) \
+            or not out.flags.c_contiguous:
+        raise InvalidArgumentError(f"attention: out must be C-contiguous float32 ({n_tok}, {n_head * dv})")
+    if n_tok == 0:
+        return out
+    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head // n_head_kv, n_head_kv, n_kv)
+    fa.flash_attn(out.reshape(n_tok, n_head, dv), q, _rows_view(k, type_k), _rows_view(v, type_v),
+                  _KINDS[type_k], _KINDS[type_v], int(v_offset), int(n_head_kv),
+                  np.ascontiguousarray(cell_pos), np.ascontiguousarray(cell_seq),
+                  q_pos.astype(np.int32, copy=False), q_seq.astype(np.int32, copy=False),
+                  np.float32(scale), int(n_swa), np.float32(softcap), q_tile, kv_tile, n_split)
+    return out
+
+
+def attention(q: np.ndarray, cache, il: int, q_pos: np.ndarray, q_seq: np.ndarray, scale: float,
+              n_swa: int = 0, softcap: float = 0.0, out: np.ndarray | None = None, *,
+              n_head_kv: int | None = None, head_dim_v: int | None = None, v_offset: int = 0) -> np.ndarray:
+    """Attention of a ubatch's q [n_tok, n_head, head_dim_k] f32 over layer il of a KVCache -> [n_tok, n_head*head_dim_v].
+
+    Only cells [0, cache.cells.n_kv()) are scanned. n_head_kv defaults to n_embd_k / head_dim_k; head_dim_v
+    defaults to head_dim_k. A layer without V (MLA) reads V from the K rows at element offset v_offset.
+    """
+    if not 0 <= il < cache.n_layer:
+        raise InvalidArgumentError(f"attention: layer {il} out of range [0, {cache.n_layer})")
+    if not isinstance(q, np.ndarray) or q.ndim != 3:
+        raise InvalidArgumentError("attention: q must be [n_tok, n_head, head_dim]")
+    dk = q.shape[2]
+    if n_head_kv is None:
+        if cache.n_embd_k[il] % dk:
+            raise InvalidArgumentError(f"attention: K width {cache.n_embd_k[il]} is not a multiple of head_dim {dk}")
+        n_head_kv = cache.n_embd_k[il] // dk
+    if head_dim_v is None:
+        head_dim_v = dk if cache.v[il] is not None else cache.n_embd_k[il] // n_head_kv - v_offset
+    n_kv = cache.cells.n_kv()
+    k = cache.k[il][:n_kv]
+    if cache.v[il] is None:
+        v, type_v = k, cache.type_k
+    else:
+        v, type_v = cache.v[il][:n_kv], cache.type_v
+    return flash_attn_rows(q, k, cache.type_k, v, type_v, cache.cells.pos_array()[:n_kv],
+                           cache.cells.seq_array()[:n_kv], q_pos, q_seq, scale, n_head_kv, head_dim_v,
+                           v_offset=v_offset, n_swa=n_swa, softcap=softcap, out=out)
