@@ -18,7 +18,8 @@ CACHE_TYPES = ["f32", "f16", "bf16", "q8_0"]
 
 
 def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
-    p.add_argument("-m", "--model", required=True, help="path to a GGUF file")
+    p.add_argument("-m", "--model", default=None,
+                   help="path to a GGUF file (default: Gemma 3 270M from the [model] extra)")
     p.add_argument("-c", "--ctx-size", type=int, default=ctx_default,
                    help=f"context size in tokens (default: {ctx_default}, 0 = from the model)")
     p.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch size (default: 2048)")
@@ -58,6 +59,13 @@ def _build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _model_path(a: argparse.Namespace) -> str:
+    if a.model:
+        return a.model
+    from .default_model import default_model_path
+    return default_model_path()
+
+
 def _cmd_generate(a: argparse.Namespace) -> int:
     from .runtime.llm import load
 
@@ -71,8 +79,10 @@ def _cmd_generate(a: argparse.Namespace) -> int:
             raise PyrtError(f"cannot read prompt file {a.file}: {e.strerror}")
     else:
         prompt = a.prompt if a.prompt is not None else ""
+    a.model = _model_path(a)
     llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
                type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup)
+    llm.check_prompt(llm.tokenize(prompt))  # fail before printing anything
     err = sys.stderr
     print(f"pyrt: model {a.model}: {llm.model.hp.arch}, {llm.model.hp.n_layer} layers, "
           f"n_vocab = {llm.n_vocab}, n_threads = {llm.n_threads}", file=err)
@@ -99,7 +109,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
 def _cmd_info(a: argparse.Namespace) -> int:
     from .info import describe
 
-    print(describe(a.model, n_ctx=a.ctx_size, n_ubatch=a.ubatch_size, type_k=a.cache_type_k,
+    print(describe(_model_path(a), n_ctx=a.ctx_size, n_ubatch=a.ubatch_size, type_k=a.cache_type_k,
                    type_v=a.cache_type_v))
     return 0
 

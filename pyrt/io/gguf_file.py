@@ -177,7 +177,10 @@ class GGUFFile:
             raise ModelFileError(f"{self.path}: is a directory, not a GGUF file")
         self.file_size = os.path.getsize(self.path)
         if self.file_size < 24:
-            raise ModelFileError(f"{self.path}: not a GGUF file (only {self.file_size} bytes)")
+            with open(self.path, "rb") as fh:
+                head = fh.read(4)
+            what = "truncated GGUF file" if head == GGUF_MAGIC else "not a GGUF file"
+            raise ModelFileError(f"{self.path}: {what} (only {self.file_size} bytes)")
         try:
             if use_mmap:
                 self._data = np.memmap(self.path, dtype=np.uint8, mode="r")

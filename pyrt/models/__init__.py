@@ -7,8 +7,11 @@ from ..io.gguf_file import GGUFFile
 
 
 def _registry():
+    from .gemma3 import Gemma3Model
     from .llama import LlamaModel
-    reg = {arch: LlamaModel for arch in LlamaModel.ARCHS}
+    reg = {}
+    for cls in (LlamaModel, Gemma3Model):
+        reg.update({arch: cls for arch in cls.ARCHS})
     return reg
 
 

@@ -39,8 +39,8 @@ class LLM:
         t0 = time.perf_counter()
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
+        self.model = build_model(self.file)  # first: an unknown architecture is the clearer error
         self.tokenizer = Tokenizer.from_metadata(self.file.metadata)
-        self.model = build_model(self.file)
         hp = self.model.hp
         if self.tokenizer.n_vocab != hp.n_vocab:
             from ..errors import ModelFileError
@@ -110,12 +110,19 @@ class LLM:
         self._tokens = ids
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def _ingest(self, ids: list[int]) -> np.ndarray:
-        """Makes the cache hold exactly `ids` (reusing the common prefix); returns the last logits."""
+    def check_prompt(self, ids: list[int]) -> None:
+        """Raises if `ids` cannot be evaluated as a prompt in this context (nothing is touched)."""
         if not ids:
             raise InvalidArgumentError("the prompt is empty (no tokens to evaluate)")
         if len(ids) > self.n_ctx - 4:  # llama-cli's limit: room for at least a few generated tokens
             raise ContextOverflowError(f"the prompt is too long ({len(ids)} tokens, n_ctx = {self.n_ctx})")
+        bad = [t for t in ids if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InvalidArgumentError(f"token id {bad[0]} is out of range [0, {self.n_vocab})")
+
+    def _ingest(self, ids: list[int]) -> np.ndarray:
+        """Makes the cache hold exactly `ids` (reusing the common prefix); returns the last logits."""
+        self.check_prompt(ids)
         n_common = 0
         for a, b in zip(self._tokens, ids):
             if a != b:

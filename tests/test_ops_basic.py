@@ -1,0 +1,91 @@
+"""Norm, RoPE and activation kernels against float64 numpy references."""
+
+import numba
+import numpy as np
+import pytest
+
+from pyrt.errors import InvalidArgumentError
+from pyrt.ops import basic
+
+
+def _nmse(a, b):
+    return float(np.sum((a.astype(np.float64) - b) ** 2) / np.sum(b.astype(np.float64) ** 2))
+
+
+@pytest.mark.boundscheck
+def test_rms_norm():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 96)).astype(np.float32) * 3
+    w = rng.standard_normal(96).astype(np.float32)
+    ref = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(basic.rms_norm(x, w, 1e-6), ref, rtol=2e-6, atol=2e-6)
+    y = x.copy()
+    basic.rms_norm(y, w, 1e-6, out=y)  # in place
+    np.testing.assert_allclose(y, ref, rtol=2e-6, atol=2e-6)
+    h = x.reshape(5, 3, 32).copy()
+    basic.rms_norm_heads(h, w[:32].copy(), 1e-6)
+    xr = x.reshape(5, 3, 32).astype(np.float64)
+    ref_h = xr / np.sqrt(np.mean(xr ** 2, axis=2, keepdims=True) + 1e-6) * w[:32]
+    np.testing.assert_allclose(h, ref_h, rtol=2e-6, atol=2e-6)
+    with pytest.raises(InvalidArgumentError):
+        basic.rms_norm(x, w[:10].copy(), 1e-6)
+    with pytest.raises(InvalidArgumentError):
+        basic.rms_norm(x.astype(np.float64), w, 1e-6)
+
+
+def _rope_ref(x, pos, n_rot, base, scale, neox, factors=None):
+    x = x.astype(np.float64).copy()
+    half = n_rot // 2
+    i = np.arange(half)
+    theta = pos[:, None] * scale * base ** (-2.0 * i / n_rot)
+    if factors is not None:
+        theta = theta / factors
+    c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    if neox:
+        a, b = x[..., :half].copy(), x[..., half:n_rot].copy()
+        x[..., :half], x[..., half:n_rot] = a * c - b * s, a * s + b * c
+    else:
+        a, b = x[..., 0:n_rot:2].copy(), x[..., 1:n_rot:2].copy()
+        x[..., 0:n_rot:2], x[..., 1:n_rot:2] = a * c - b * s, a * s + b * c
+    return x
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("mode", [basic.ROPE_NORM, basic.ROPE_NEOX])
+@pytest.mark.parametrize("n_rot", [64, 32])
+def test_rope(mode, n_rot):
+    rng = np.random.default_rng(1)
+    pos = np.array([0, 1, 7, 100, 4095], dtype=np.int32)
+    x = rng.standard_normal((5, 4, 64)).astype(np.float32)
+    factors = rng.uniform(1, 4, n_rot // 2).astype(np.float32)
+    for ff in (None, factors):
+        rc = basic.RopeCache(pos, n_rot, 10000.0, 0.5, ff, mode)
+        got = rc.apply(x.copy())
+        ref = _rope_ref(x, pos.astype(np.float64), n_rot, 10000.0, 0.5, mode == basic.ROPE_NEOX, ff)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-5)
+        assert np.array_equal(got[..., n_rot:], x[..., n_rot:])  # dims past n_rot untouched
+    with pytest.raises(InvalidArgumentError):
+        basic.RopeCache(pos, 63, 10000.0)
+
+
+def test_activations():
+    rng = np.random.default_rng(2)
+    g = rng.standard_normal((3, 50)).astype(np.float32) * 4
+    u = rng.standard_normal((3, 50)).astype(np.float32)
+    gd, ud = g.astype(np.float64), u.astype(np.float64)
+    ref = gd / (1 + np.exp(-gd)) * ud
+    np.testing.assert_allclose(basic.swiglu(g.copy(), u), ref, rtol=1e-5, atol=1e-6)
+    ref = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * gd * (1 + 0.044715 * gd * gd))) * ud
+    np.testing.assert_allclose(basic.geglu_tanh(g.copy(), u), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_thread_count_independent():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((37, 256)).astype(np.float32)
+    w = rng.standard_normal(256).astype(np.float32)
+    outs = []
+    for nt in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(nt)
+        outs.append(basic.rms_norm(x, w, 1e-5))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert np.array_equal(outs[0], outs[1])
