@@ -29,3 +29,21 @@ def geglu_tanh_f32(dst, gate, up):
             g = gate[t, i]
             y = 0.5 * g * (1.0 + np.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
             dst[t, i] = np.float32(y) * up[t, i]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def geglu_table_f32(dst, gate, up, idx, table):
+    """dst = gelu(gate) * up with gelu from a table indexed by gate's f16 bits (ggml's GGML_GELU_FP16).
+
+    dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate); idx: [n_tok, n_ff] uint16 (f16 bits of gate);
+    table: [65536] f32.
+    """
+    for t in prange(gate.shape[0]):
+        for i in range(gate.shape[1]):
+            g = gate[t, i]
+            if g <= -10.0:
+                dst[t, i] = 0.0
+            elif g >= 10.0:
+                dst[t, i] = g * up[t, i]
+            else:
+                dst[t, i] = table[idx[t, i]] * up[t, i]

@@ -88,11 +88,32 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return gate
 
 
+_GELU_F16_TABLE: np.ndarray | None = None
+
+
+def _gelu_table() -> np.ndarray:
+    """gelu_tanh of every f16 value, rounded to f16 and widened to f32 (ggml's GGML_GELU_FP16 table)."""
+    global _GELU_F16_TABLE
+    if _GELU_F16_TABLE is None:
+        x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+        with np.errstate(all="ignore"):
+            y = np.float32(0.5) * x * (np.float32(1.0) + np.tanh(
+                np.float32(act.SQRT_2_OVER_PI) * x * (np.float32(1.0) + np.float32(act.GELU_COEF_A) * x * x)))
+        _GELU_F16_TABLE = y.astype(np.float16).astype(np.float32)
+    return _GELU_F16_TABLE
+
+
 def geglu_tanh(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """gelu_tanh(gate) * up, written into gate."""
+    """gelu_tanh(gate) * up, written into gate.
+
+    As ggml's CPU backend: inside (-10, 10) the input is rounded to f16 and looked up in a table of
+    f16 results; outside, 0 or the identity. Matching this keeps Gemma's logits on llama.cpp's.
+    """
     _f32c("geglu gate", gate, 2)
     _f32c("geglu up", up, 2)
     if gate.shape != up.shape:
         raise InvalidArgumentError(f"geglu: shapes differ {gate.shape} vs {up.shape}")
-    act.geglu_tanh_f32(gate, gate, up)
+    with np.errstate(over="ignore"):
+        idx = gate.astype(np.float16).view(np.uint16)
+    act.geglu_table_f32(gate, gate, up, idx, _gelu_table())
     return gate
