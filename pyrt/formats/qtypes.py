@@ -44,6 +44,12 @@ class QType:
 
     def kernel(self, op: str):
         """The Numba kernel `<op>_<type>` (e.g. op='matmul' or 'dequant_rows'); imported on first use."""
+        fn = _KERNEL_CACHE.get((self.name, op))
+        if fn is None:
+            fn = _KERNEL_CACHE[(self.name, op)] = self._lookup(op)
+        return fn
+
+    def _lookup(self, op: str):
         try:
             mod = importlib.import_module(self.module)
         except ImportError as e:
@@ -53,6 +59,8 @@ class QType:
             raise UnsupportedError(f"tensor type {self.name} has no {op} kernel")
         return fn
 
+
+_KERNEL_CACHE: dict[tuple[str, str], object] = {}  # the lookup runs once per (type, op), not per call
 
 SUPPORTED_TYPES: dict[int, QType] = {q.ggml_type: q for q in (
     QType("F32", int(_T.F32), 1, 4, None),

@@ -123,6 +123,15 @@ class Linear:
         return y
 
 
+def linear_multi(x: np.ndarray, *linears: Linear) -> list[np.ndarray]:
+    """Several projections of the same input (Q/K/V, gate/up); the activations are quantized once."""
+    outs = mm.matmul_multi(x, [(L.w.raw, L.w.ggml_type) for L in linears])
+    for L, y in zip(linears, outs):
+        if L.bias is not None:
+            y += L.bias
+    return outs
+
+
 def vector_f32(w: Weight) -> np.ndarray:
     """A 1D tensor (norm weight, bias) as f32: a zero-copy view for F32, a small dequantized copy otherwise."""
     if w.ggml_type == GGMLQuantizationType.F32:

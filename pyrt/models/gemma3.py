@@ -16,7 +16,7 @@ from ..errors import ModelFileError
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
-from .base import ForwardInputs, Linear, TensorTable, read_hparams
+from .base import ForwardInputs, Linear, TensorTable, linear_multi, read_hparams
 
 
 def swa_layers(f: GGUFFile, n_layer: int, default_pattern: int = 6) -> list[bool]:
@@ -91,9 +91,9 @@ class Gemma3Model:
             swa = self.is_swa[il]
             rope = rope_local if swa else rope_global
             basic.rms_norm(x, L.attn_norm, eps, out=h)
-            q = L.attn_q(h).reshape(n_tok, hp.n_head, hp.n_embd_head_k)
-            k = L.attn_k(h).reshape(n_tok, hp.n_head_kv, hp.n_embd_head_k)
-            v = L.attn_v(h)                                    # [n_tok, n_embd_v_gqa]
+            q, k, v = linear_multi(h, L.attn_q, L.attn_k, L.attn_v)
+            q = q.reshape(n_tok, hp.n_head, hp.n_embd_head_k)      # [n_tok, n_head, head_dim]
+            k = k.reshape(n_tok, hp.n_head_kv, hp.n_embd_head_k)   # [n_tok, n_head_kv, head_dim]
             basic.rms_norm_heads(q, L.attn_q_norm, eps)
             basic.rms_norm_heads(k, L.attn_k_norm, eps)
             rope.apply(q)
@@ -111,8 +111,7 @@ class Gemma3Model:
             basic.rms_norm(a, L.post_attention_norm, eps, out=a)
             x += a
             basic.rms_norm(x, L.ffn_norm, eps, out=h)
-            g = L.ffn_gate(h)
-            u = L.ffn_up(h)
+            g, u = linear_multi(h, L.ffn_gate, L.ffn_up)      # [n_tok, n_ff] each
             d = L.ffn_down(basic.geglu_tanh(g, u))
             basic.rms_norm(d, L.post_ffw_norm, eps, out=d)
             x += d

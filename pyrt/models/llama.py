@@ -14,7 +14,7 @@ import numpy as np
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
-from .base import ForwardInputs, HParams, Linear, TensorTable, read_hparams
+from .base import ForwardInputs, HParams, Linear, TensorTable, linear_multi, read_hparams
 
 
 class LlamaModel:
@@ -69,9 +69,9 @@ class LlamaModel:
         last = hp.n_layer - 1
         for il, L in enumerate(self.layers):
             basic.rms_norm(x, L.attn_norm, eps, out=h)
-            q = L.attn_q(h).reshape(n_tok, hp.n_head, hp.n_embd_head_k)
-            k = L.attn_k(h).reshape(n_tok, hp.n_head_kv, hp.n_embd_head_k)
-            v = L.attn_v(h)                                    # [n_tok, n_embd_v_gqa]
+            q, k, v = linear_multi(h, L.attn_q, L.attn_k, L.attn_v)
+            q = q.reshape(n_tok, hp.n_head, hp.n_embd_head_k)      # [n_tok, n_head, head_dim]
+            k = k.reshape(n_tok, hp.n_head_kv, hp.n_embd_head_k)   # [n_tok, n_head_kv, head_dim]
             rope.apply(q)
             rope.apply(k)
             inp.kv.store(il, k.reshape(n_tok, -1), v)
@@ -85,8 +85,7 @@ class LlamaModel:
                 h = np.empty_like(x)
             x += L.attn_output(attn)
             basic.rms_norm(x, L.ffn_norm, eps, out=h)
-            g = L.ffn_gate(h)
-            u = L.ffn_up(h)
+            g, u = linear_multi(h, L.ffn_gate, L.ffn_up)      # [n_tok, n_ff] each
             x += L.ffn_down(basic.swiglu(g, u))
         basic.rms_norm(x, self.output_norm, eps, out=x)
         return self.output(x)

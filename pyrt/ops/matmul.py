@@ -124,6 +124,33 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
     return out
 
 
+def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
+    """[x @ W.T for W in weights] sharing the activation quantization between weights of one dot type.
+
+    weights: sequence of (raw, ggml_type). Used for Q/K/V and gate/up, which read the same input.
+    """
+    n_tok = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else 0
+    outs: list = [None] * len(weights)
+    shared: dict[str, np.ndarray] = {}
+    for i, (raw, ggml_type) in enumerate(weights):
+        qt = get_qtype(ggml_type)
+        if n_tok and n_tok < BLAS_MIN_TOKENS.get(qt.name, 32) and qt.dot_type in DOT_TYPES:
+            # validate as matmul would, then reuse one quantized copy of x per dot type
+            if x.dtype != np.float32 or not x.flags.c_contiguous:
+                raise InvalidArgumentError("matmul: x must be a C-contiguous float32 [n_tok, n_in] array")
+            raw = _check_raw(raw, qt, x.shape[1], "matmul")
+            xq = shared.get(qt.dot_type)
+            if xq is None:
+                xq = shared[qt.dot_type] = _quantize_activations(x, qt).copy()
+            out = np.empty((n_tok, raw.shape[0]), np.float32)
+            if raw.shape[0]:
+                qt.kernel("matmul")(out, raw, xq)
+            outs[i] = out
+        else:
+            outs[i] = matmul(x, raw, ggml_type)
+    return outs
+
+
 def _openblas_local_threads():
     """openblas_set_num_threads_local from the OpenBLAS numpy uses (None if not found)."""
     import ctypes
