@@ -1,0 +1,656 @@
+"""k-quants: Q4_K/Q5_K/Q6_K weight rows (dequant, matmul against Q8_K activations) and Q8_K quantization.
+
+Layouts and integer dot products follow llama.cpp (ggml-common.h, ggml-quants.c, ggml-cpu/quants.c). The row dots
+are LLVM IR emitted by Numba intrinsics: AVX2 pmaddubsw/pmaddwd when the target has AVX2, portable vector IR
+otherwise. Leaf: imports numpy, numba and llvmlite only. Shapes are numpy (row-major) order.
+"""
+
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import cgutils, config as _nb_config, types
+from numba.extending import intrinsic
+
+from .config import FASTMATH
+
+QK_K = 256
+BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
+BLOCK_BYTES_Q5_K = 176  # f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
+BLOCK_BYTES_Q6_K = 210  # u8 ql[128], u8 qh[64], i8 scales[16], f16 d
+BLOCK_BYTES_Q8_K = 292  # f32 d, i8 qs[256], i16 bsums[16]
+
+# Output rows per prange work item of the matmuls.
+_ROW_TILE = 16
+# Software prefetch distance for the weight stream (hardware prefetchers alone leave DRAM bandwidth unused).
+_PREFETCH_BYTES = 2048
+
+# Dequant and quantize must be bit-exact against gguf-py / llama.cpp's reference: no contraction into FMAs,
+# no reciprocal-for-division, no reassociation.
+_EXACT_MATH = False
+
+
+def _target_features():
+    """(has_avx2, has_f16c) of the CPU Numba compiles for (honours NUMBA_CPU_NAME / NUMBA_CPU_FEATURES).
+
+    PYRT_NO_SIMD=1 forces the portable IR (debugging aid; use it with a fresh NUMBA_CACHE_DIR, since the disk
+    cache keys on the CPU, not on this switch).
+    """
+    if os.environ.get("PYRT_NO_SIMD", "") not in ("", "0"):
+        return False, False
+    if _nb_config.CPU_NAME:
+        feats = set((_nb_config.CPU_FEATURES or "").split(","))
+        return "+avx2" in feats, "+f16c" in feats
+    try:
+        import llvmlite.binding as llb
+
+        host = llb.get_host_cpu_features()
+        triple = llb.get_process_triple()
+    except Exception:  # pragma: no cover - exotic llvmlite builds
+        return False, False
+    if not (triple.startswith("x86_64") or triple.startswith("i686") or triple.startswith("i386")):
+        return False, False
+    return bool(host.get("avx2", False)), bool(host.get("f16c", False))
+
+
+# Compile-time constants: the disk cache is keyed by CPU name and features, so a cached AVX2 build is never
+# loaded on a CPU without AVX2.
+HAS_AVX2, _HAS_F16C = _target_features()
+
+# ----------------------------------------------------------------------------------------------------------
+# LLVM IR helpers (run at compile time inside the intrinsics' codegen)
+# ----------------------------------------------------------------------------------------------------------
+
+_I8 = ir.IntType(8)
+_I16 = ir.IntType(16)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+_V32I8 = ir.VectorType(_I8, 32)
+_V16I8 = ir.VectorType(_I8, 16)
+_V16I16 = ir.VectorType(_I16, 16)
+_V32I16 = ir.VectorType(_I16, 32)
+_V8I32 = ir.VectorType(_I32, 8)
+_V16I32 = ir.VectorType(_I32, 16)
+_V4I32 = ir.VectorType(_I32, 4)
+_V8F32 = ir.VectorType(_F32, 8)
+
+
+def _splat(vty, value):
+    return ir.Constant(vty, [ir.Constant(vty.element, value)] * vty.count)
+
+
+def _mask(idx):
+    return ir.Constant(ir.VectorType(_I32, len(idx)), [ir.Constant(_I32, i) for i in idx])
+
+
+def _byte_ptr(context, builder, aryty, ary, off):
+    """i8* to byte `off` of a uint8 array's buffer."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    data = builder.bitcast(data, _I8.as_pointer())
+    return builder.gep(data, [off])
+
+
+def _load(builder, p, ty):
+    return builder.load(builder.bitcast(p, ty.as_pointer()), align=1)
+
+
+def _f16_to_f32(builder, h):
+    """IEEE half (i16 bits) -> float, exact for all inputs (normals, subnormals, inf, nan)."""
+    if _HAS_F16C:
+        return builder.fpext(builder.bitcast(h, ir.HalfType()), _F32)
+    h32 = builder.zext(h, _I32)
+    mag = builder.shl(builder.and_(h32, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
+    # exponent rebias by multiplying with 2**112 (exact, also turns half subnormals into f32 normals)
+    f = builder.fmul(builder.bitcast(mag, _F32), ir.Constant(_F32, 2.0**112))
+    fbits = builder.bitcast(f, _I32)
+    is_special = builder.icmp_unsigned("==", builder.and_(h32, ir.Constant(_I32, 0x7C00)), ir.Constant(_I32, 0x7C00))
+    special = builder.or_(mag, ir.Constant(_I32, 0x7F800000))
+    bits = builder.select(is_special, special, fbits)
+    sign = builder.shl(builder.and_(h32, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
+    return builder.bitcast(builder.or_(bits, sign), _F32)
+
+
+def _maddubs(builder, a, b, simd):
+    """pmaddubsw: u8 a[32] x i8 b[32] -> i16[16], pairwise sums. Our operands never saturate (|sum| <= 2*63*127)."""
+    if simd:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw"
+        )
+        return builder.call(fn, [a, b])
+    p = builder.mul(builder.zext(a, _V32I16), builder.sext(b, _V32I16))
+    ev = builder.shuffle_vector(p, p, _mask(range(0, 32, 2)))
+    od = builder.shuffle_vector(p, p, _mask(range(1, 32, 2)))
+    return builder.add(ev, od)
+
+
+def _maddwd(builder, a, b, simd):
+    """pmaddwd: i16 a[16] x i16 b[16] -> i32[8], pairwise sums."""
+    if simd:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd"
+        )
+        return builder.call(fn, [a, b])
+    p = builder.mul(builder.sext(a, _V16I32), builder.sext(b, _V16I32))
+    ev = builder.shuffle_vector(p, p, _mask(range(0, 16, 2)))
+    od = builder.shuffle_vector(p, p, _mask(range(1, 16, 2)))
+    return builder.add(ev, od)
+
+
+def _bcast_f32(builder, f):
+    v = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), f, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, _mask([0] * 8))
+
+
+def _hsum_f32(builder, v):
+    """Fixed-order lane sum (pairwise tree), so results never depend on how the row was split."""
+    for width in (4, 2, 1):
+        lo = builder.shuffle_vector(v, v, _mask(range(width)))
+        hi = builder.shuffle_vector(v, v, _mask(range(width, 2 * width)))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _k4_scales_mins(builder, p):
+    """Unpack the 12-byte 6-bit scales/mins of Q4_K/Q5_K at p -> i16[16]: lanes 0..7 scales, 8..15 mins."""
+    u0 = _load(builder, p, _I32)
+    u1 = _load(builder, builder.gep(p, [ir.Constant(_I64, 4)]), _I32)
+    u2 = _load(builder, builder.gep(p, [ir.Constant(_I64, 8)]), _I32)
+    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
+    km1, km2, km3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
+    t3 = builder.or_(
+        builder.and_(builder.lshr(u2, c(4)), km2), builder.shl(builder.and_(builder.lshr(u1, c(6)), km3), c(4))
+    )
+    t2 = builder.and_(u1, km1)
+    t1 = builder.or_(builder.and_(u2, km2), builder.shl(builder.and_(builder.lshr(u0, c(6)), km3), c(4)))
+    t0 = builder.and_(u0, km1)
+    v = ir.Constant(_V4I32, ir.Undefined)
+    for i, t in enumerate((t0, t1, t2, t3)):
+        v = builder.insert_element(v, t, c(i))
+    return builder.zext(builder.bitcast(v, _V16I8), _V16I16)
+
+
+def _q8k_parts(builder, xp):
+    """(d f32, pointer to qs, bsums i16[16]) of the Q8_K block at xp."""
+    d = _load(builder, xp, _F32)
+    qs = builder.gep(xp, [ir.Constant(_I64, 4)])
+    bsums = _load(builder, builder.gep(xp, [ir.Constant(_I64, 4 + QK_K)]), _V16I16)
+    return d, qs, bsums
+
+
+def _gep(builder, p, off):
+    return builder.gep(p, [ir.Constant(_I64, off)])
+
+
+def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
+    """Dots of the Q4_K (high_bits=False) or Q5_K (True) block at wp with the Q8_K blocks at xps -> [f32[8]] lanes.
+
+    The weight block is unpacked once and reused for every activation block (several tokens).
+    """
+    dw = _f16_to_f32(builder, _load(builder, wp, _I16))
+    dminw = _f16_to_f32(builder, _load(builder, _gep(builder, wp, 2), _I16))
+    sm = _k4_scales_mins(builder, _gep(builder, wp, 4))
+    undef16 = ir.Constant(_V16I16, ir.Undefined)
+    qs_off = 16
+    if high_bits:
+        qh = _load(builder, _gep(builder, wp, 16), _V32I8)
+        qs_off = 48
+    m4 = _splat(_V32I8, 0x0F)
+    quants = []  # (u8[32] quants, i16[16] broadcast scale, byte offset in the Q8_K qs)
+    for j in range(QK_K // 64):
+        bits = _load(builder, _gep(builder, wp, qs_off + 32 * j), _V32I8)
+        lo = builder.and_(bits, m4)
+        hi = builder.lshr(bits, _splat(_V32I8, 4))
+        if high_bits:
+            one = _splat(_V32I8, 1)
+            h_lo = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j)), one)
+            h_hi = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j + 1)), one)
+            lo = builder.or_(lo, builder.shl(h_lo, _splat(_V32I8, 4)))
+            hi = builder.or_(hi, builder.shl(h_hi, _splat(_V32I8, 4)))
+        quants.append((lo, builder.shuffle_vector(sm, undef16, _mask([2 * j] * 16)), 64 * j))
+        quants.append((hi, builder.shuffle_vector(sm, undef16, _mask([2 * j + 1] * 16)), 64 * j + 32))
+    # mins term: sum_j m[j] * (bsums[2j] + bsums[2j+1])
+    mins2 = builder.shuffle_vector(sm, undef16, _mask([8 + i // 2 for i in range(16)]))
+    out = []
+    for xp in xps:
+        dx, q8, bsums = _q8k_parts(builder, xp)
+        acc = None
+        for q, sv, xo in quants:
+            xv = _load(builder, _gep(builder, q8, xo), _V32I8)
+            part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
+            acc = part if acc is None else builder.add(acc, part)
+        msum = _maddwd(builder, bsums, mins2, simd)
+        r = builder.fmul(builder.sitofp(acc, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx)))
+        m = builder.fmul(builder.sitofp(msum, _V8F32), _bcast_f32(builder, builder.fmul(dminw, dx)))
+        out.append(builder.fsub(r, m))
+    return out
+
+
+def _emit_vdot_q6_k(builder, wp, xps, simd):
+    """Dots of the Q6_K block at wp with the Q8_K blocks at xps -> [f32[8]] lanes (quants -32 via the bsums)."""
+    dw = _f16_to_f32(builder, _load(builder, _gep(builder, wp, 208), _I16))
+    sc = builder.sext(_load(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
+    undef16 = ir.Constant(_V16I16, ir.Undefined)
+    m4 = _splat(_V32I8, 0x0F)
+    m3 = _splat(_V32I8, 0x03)
+    quants = []  # (u8[32] quants 0..63, i16[16] scales (8 lanes per 16 quants), byte offset in the Q8_K qs)
+    for h in range(2):
+        ql0 = _load(builder, _gep(builder, wp, 64 * h), _V32I8)
+        ql1 = _load(builder, _gep(builder, wp, 64 * h + 32), _V32I8)
+        qh = _load(builder, _gep(builder, wp, 128 + 32 * h), _V32I8)
+        quads = (
+            (builder.and_(ql0, m4), 0),
+            (builder.and_(ql1, m4), 2),
+            (builder.lshr(ql0, _splat(_V32I8, 4)), 4),
+            (builder.lshr(ql1, _splat(_V32I8, 4)), 6),
+        )
+        for k, (low, shift) in enumerate(quads):
+            hb = builder.and_(builder.lshr(qh, _splat(_V32I8, shift)), m3) if shift else builder.and_(qh, m3)
+            q = builder.or_(low, builder.shl(hb, _splat(_V32I8, 4)))
+            sv = builder.shuffle_vector(sc, undef16, _mask([8 * h + 2 * k] * 8 + [8 * h + 2 * k + 1] * 8))
+            quants.append((q, sv, 128 * h + 32 * k))
+    out = []
+    for xp in xps:
+        dx, q8, bsums = _q8k_parts(builder, xp)
+        acc = None
+        for q, sv, xo in quants:
+            xv = _load(builder, _gep(builder, q8, xo), _V32I8)
+            part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
+            acc = part if acc is None else builder.add(acc, part)
+        off = _maddwd(builder, sc, bsums, simd)
+        sumi = builder.sub(acc, builder.shl(off, _splat(_V8I32, 5)))
+        out.append(builder.fmul(builder.sitofp(sumi, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx))))
+    return out
+
+
+def _is_u8_array(t):
+    # C layout only: the intrinsics address rows as base + r * row_bytes
+    return isinstance(t, types.Array) and t.dtype == types.uint8 and t.layout == "C"
+
+
+def _emit_vdots(kind, builder, wp, xps, simd):
+    if kind == "q4_k":
+        return _emit_vdot_q4_k(builder, wp, xps, simd, False)
+    if kind == "q5_k":
+        return _emit_vdot_q4_k(builder, wp, xps, simd, True)
+    return _emit_vdot_q6_k(builder, wp, xps, simd)
+
+
+_BLOCK_BYTES = {"q4_k": BLOCK_BYTES_Q4_K, "q5_k": BLOCK_BYTES_Q5_K, "q6_k": BLOCK_BYTES_Q6_K}
+
+
+def _make_vdot_rows(kind, simd, n_x):
+    """Intrinsic: dots of one weight row with n_x Q8_K rows, looping over the nb blocks in IR.
+
+    (w, wo, x, xo, xstride, nb): weight row at byte wo of w; Q8_K row i at byte xo + i*xstride of x.
+    Returns f32 (n_x == 1) or a tuple of n_x f32. Each token keeps 8 f32 lanes across blocks, reduced once at the
+    end in a fixed order, so a token's result does not depend on n_x or on the thread count.
+    """
+    bb = _BLOCK_BYTES[kind]
+
+    def vdot_rows(typingctx, w, wo, x, xo, xstride, nb):
+        ints = (wo, xo, xstride, nb)
+        if not (_is_u8_array(w) and _is_u8_array(x) and all(isinstance(a, types.Integer) for a in ints)):
+            return None
+        retty = types.float32 if n_x == 1 else types.UniTuple(types.float32, n_x)
+
+        def codegen(context, builder, sig, args):
+            i64 = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 3, 4, 5)]
+            wo64, xo64, xs64, nb64 = i64
+            w0 = _byte_ptr(context, builder, sig.args[0], args[0], wo64)
+            x0 = [
+                _byte_ptr(context, builder, sig.args[2], args[2], builder.add(xo64, builder.mul(xs64, ir.Constant(_I64, i))))
+                for i in range(n_x)
+            ]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(n_x)]
+            pf = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0"
+            )
+            with cgutils.for_range(builder, nb64) as loop:
+                b = loop.index
+                wp = builder.gep(w0, [builder.mul(b, ir.Constant(_I64, bb))])
+                # software prefetch of the weight stream: the hardware prefetchers alone leave DRAM bandwidth unused
+                for k in range(0, bb + 63, 64):
+                    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
+                    builder.call(pf, [_gep(builder, wp, _PREFETCH_BYTES + k), c(0), c(3), c(1)])
+                xoff = builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))
+                xps = [builder.gep(p, [xoff]) for p in x0]
+                for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
+                    builder.store(builder.fadd(builder.load(acc), v), acc)
+            vals = [_hsum_f32(builder, builder.load(acc)) for acc in accs]
+            return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
+
+        return retty(w, wo, x, xo, xstride, nb), codegen
+
+    vdot_rows.__name__ = f"_vdot{n_x}_{kind}_{'simd' if simd else 'portable'}"
+    return intrinsic(vdot_rows)
+
+
+_vdot1_q4_k = _make_vdot_rows("q4_k", HAS_AVX2, 1)
+_vdot1_q5_k = _make_vdot_rows("q5_k", HAS_AVX2, 1)
+_vdot1_q6_k = _make_vdot_rows("q6_k", HAS_AVX2, 1)
+_vdot4_q4_k = _make_vdot_rows("q4_k", HAS_AVX2, 4)
+_vdot4_q5_k = _make_vdot_rows("q5_k", HAS_AVX2, 4)
+_vdot4_q6_k = _make_vdot_rows("q6_k", HAS_AVX2, 4)
+# Portable-IR variants, used by the tests to check the non-AVX2 code path on any machine.
+_vdot1_q4_k_portable = _make_vdot_rows("q4_k", False, 1)
+_vdot1_q5_k_portable = _make_vdot_rows("q5_k", False, 1)
+_vdot1_q6_k_portable = _make_vdot_rows("q6_k", False, 1)
+
+
+@intrinsic
+def _load_f16(typingctx, a, off):
+    """f32 value of the little-endian IEEE half at byte `off` of uint8 array `a`."""
+    if not (_is_u8_array(a) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _byte_ptr(context, builder, sig.args[0], args[0], context.cast(builder, args[1], sig.args[1], types.int64))
+        return _f16_to_f32(builder, _load(builder, p, _I16))
+
+    return types.float32(a, off), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, f):
+    """Bit pattern of a float32 as int32."""
+    if f != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _I32)
+
+    return types.int32(f), codegen
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dequantization (bit-exact against gguf.quants.dequantize and llama.cpp's dequantize_row_*)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, fastmath=_EXACT_MATH)
+def _scale_min_k4(j, src, o):
+    """6-bit (scale, min) j of the 12 scale bytes at src[o:o+12] (get_scale_min_k4)."""
+    if j < 4:
+        return src[o + j] & 63, src[o + j + 4] & 63
+    sc = (src[o + j + 4] & 0xF) | ((src[o + j - 4] >> 6) << 4)
+    mn = (src[o + j + 4] >> 4) | ((src[o + j] >> 6) << 4)
+    return sc, mn
+
+
+@njit(cache=True, nogil=True, fastmath=_EXACT_MATH)
+def _dequant_rows_q45_k(dst, src, high_bits):
+    n_rows, n_per_row = dst.shape
+    bb = BLOCK_BYTES_Q5_K if high_bits else BLOCK_BYTES_Q4_K
+    nb = n_per_row // QK_K
+    if n_per_row % QK_K != 0 or src.shape[0] != n_rows or src.shape[1] != nb * bb:
+        raise ValueError("dequant_rows_q4_k/q5_k: shape mismatch")
+    qs_off = 48 if high_bits else 16
+    # [64] i32 scratch: one 64-element chunk of quants, so the scaling loop below is branch-free and vectorizes
+    q = np.empty(64, np.int32)
+    for r in range(n_rows):
+        s = src[r]
+        y = dst[r]
+        for b in range(nb):
+            o = b * bb
+            d = _load_f16(s, o)
+            dmin = _load_f16(s, o + 2)
+            for j in range(QK_K // 64):
+                qo = o + qs_off + 32 * j
+                for l in range(32):
+                    q[l] = s[qo + l] & 0xF
+                    q[32 + l] = s[qo + l] >> 4
+                if high_bits:
+                    for l in range(32):
+                        h = s[o + 16 + l]
+                        q[l] |= ((h >> (2 * j)) & 1) << 4
+                        q[32 + l] |= ((h >> (2 * j + 1)) & 1) << 4
+                sc, mn = _scale_min_k4(2 * j, s, o + 4)
+                d1 = d * np.float32(sc)
+                m1 = dmin * np.float32(mn)
+                sc, mn = _scale_min_k4(2 * j + 1, s, o + 4)
+                d2 = d * np.float32(sc)
+                m2 = dmin * np.float32(mn)
+                y0 = b * QK_K + 64 * j
+                for l in range(32):
+                    y[y0 + l] = d1 * np.float32(q[l]) - m1
+                for l in range(32):
+                    y[y0 + 32 + l] = d2 * np.float32(q[32 + l]) - m2
+
+
+@njit(cache=True, nogil=True, fastmath=_EXACT_MATH)
+def dequant_rows_q4_k(dst, src):
+    """Dequantize Q4_K rows (block: f16 d, f16 dmin, 12 B 6-bit scales/mins, 128 B nibbles; x = d*sc*q - dmin*m).
+
+    dst: [n_rows, n_per_row] f32, C-contiguous, n_per_row % 256 == 0
+    src: [n_rows, n_per_row / 256 * 144] uint8 (GGUF bytes, may be read-only)
+    """
+    _dequant_rows_q45_k(dst, src, False)
+
+
+@njit(cache=True, nogil=True, fastmath=_EXACT_MATH)
+def dequant_rows_q5_k(dst, src):
+    """Dequantize Q5_K rows (block: f16 d, f16 dmin, 12 B scales/mins, 32 B high bits, 128 B nibbles).
+
+    dst: [n_rows, n_per_row] f32, C-contiguous, n_per_row % 256 == 0
+    src: [n_rows, n_per_row / 256 * 176] uint8 (GGUF bytes, may be read-only)
+    """
+    _dequant_rows_q45_k(dst, src, True)
+
+
+@njit(cache=True, nogil=True, fastmath=_EXACT_MATH)
+def dequant_rows_q6_k(dst, src):
+    """Dequantize Q6_K rows (block: 128 B low nibbles, 64 B high 2-bit pairs, 16 i8 scales, f16 d; x = d*sc*(q-32)).
+
+    dst: [n_rows, n_per_row] f32, C-contiguous, n_per_row % 256 == 0
+    src: [n_rows, n_per_row / 256 * 210] uint8 (GGUF bytes, may be read-only)
+    """
+    n_rows, n_per_row = dst.shape
+    nb = n_per_row // QK_K
+    if n_per_row % QK_K != 0 or src.shape[0] != n_rows or src.shape[1] != nb * BLOCK_BYTES_Q6_K:
+        raise ValueError("dequant_rows_q6_k: shape mismatch")
+    for r in range(n_rows):
+        s = src[r]
+        y = dst[r]
+        for b in range(nb):
+            o = b * BLOCK_BYTES_Q6_K
+            d = _load_f16(s, o + 208)
+            for n in range(2):
+                ql = o + 64 * n
+                qh = o + 128 + 32 * n
+                sc = o + 192 + 8 * n
+                y0 = b * QK_K + 128 * n
+                for half in range(2):  # l in [16*half, 16*half+16) share one scale per quarter
+                    d1 = d * np.float32(np.int8(s[sc + half]))
+                    d2 = d * np.float32(np.int8(s[sc + half + 2]))
+                    d3 = d * np.float32(np.int8(s[sc + half + 4]))
+                    d4 = d * np.float32(np.int8(s[sc + half + 6]))
+                    for l in range(16 * half, 16 * half + 16):
+                        a = np.int32(s[ql + l])
+                        c = np.int32(s[ql + l + 32])
+                        h = np.int32(s[qh + l])
+                        y[y0 + l] = d1 * np.float32(((a & 0xF) | ((h & 3) << 4)) - 32)
+                        y[y0 + l + 32] = d2 * np.float32(((c & 0xF) | (((h >> 2) & 3) << 4)) - 32)
+                        y[y0 + l + 64] = d3 * np.float32(((a >> 4) | (((h >> 4) & 3) << 4)) - 32)
+                        y[y0 + l + 96] = d4 * np.float32(((c >> 4) | (((h >> 6) & 3) << 4)) - 32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Q8_K activations
+# ----------------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, fastmath=_EXACT_MATH)
+def quantize_rows_q8_k(dst, src):
+    """Quantize f32 rows to Q8_K exactly as llama.cpp's quantize_row_q8_K_ref (block: f32 d, i8 qs[256], i16 bsums[16]).
+
+    dst: [n_rows, n / 256 * 292] uint8, C-contiguous
+    src: [n_rows, n] f32, n % 256 == 0
+    """
+    n_rows, n = src.shape
+    nb = n // QK_K
+    if n % QK_K != 0 or dst.shape[0] != n_rows or dst.shape[1] != nb * BLOCK_BYTES_Q8_K:
+        raise ValueError("quantize_rows_q8_k: shape mismatch")
+    q = np.empty(QK_K, np.int32)  # [256] i32 scratch: straight-line loops below vectorize
+    for r in range(n_rows):
+        row = dst[r]
+        row_f32 = row.view(np.float32)  # [nb * 73] f32 (d at word 73*b)
+        row_i16 = row.view(np.int16)  # [nb * 146] i16 (bsums at 146*b + 130)
+        x = src[r]
+        for b in range(nb):
+            x0 = b * QK_K
+            o = b * BLOCK_BYTES_Q8_K
+            # max |x| on the bit patterns (integer max vectorizes; same order as floats for non-NaN values),
+            # then the first element that reaches it, as the reference's strict '>' scan picks
+            amax_bits = 0
+            for j in range(QK_K):
+                amax_bits = max(amax_bits, _f32_bits(x[x0 + j]) & 0x7FFFFFFF)
+            if amax_bits == 0:
+                for j in range(BLOCK_BYTES_Q8_K):
+                    row[o + j] = 0
+                continue
+            mx = np.float32(0.0)
+            for j in range(QK_K):
+                if (_f32_bits(x[x0 + j]) & 0x7FFFFFFF) == amax_bits:
+                    mx = x[x0 + j]
+                    break
+            iscale = np.float32(-127.0) / mx
+            for j in range(QK_K):
+                # nearest_int: round-half-even through the 1.5*2**23 trick, in f32
+                val = iscale * x[x0 + j] + np.float32(12582912.0)
+                q[j] = min(127, (_f32_bits(val) & 0x007FFFFF) - 0x00400000)
+            for j in range(QK_K):
+                row[o + 4 + j] = np.uint8(q[j] & 0xFF)
+            for s in range(QK_K // 16):
+                bsum = np.int32(0)
+                for ii in range(16):
+                    bsum += q[16 * s + ii]
+                row_i16[(o + 4 + QK_K) // 2 + s] = bsum
+            row_f32[o // 4] = np.float32(1.0) / iscale
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Matmuls: dst[t, r] = dot(dequant(w[r]), dequant(xq[t])) with integer block dots
+# ----------------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_q4_k(dst, w, xq):
+    """dst = xq @ w.T for Q4_K weights and Q8_K activations (llama.cpp vec_dot_q4_K_q8_K per block).
+
+    dst: [n_tok, n_out] f32
+    w:   [n_out, n_in / 256 * 144] uint8 (GGUF bytes, may be read-only)
+    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
+    """
+    n_tok = xq.shape[0]
+    n_out = w.shape[0]
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    if (
+        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
+        or w.shape[1] != nb * BLOCK_BYTES_Q4_K
+        or dst.shape[0] != n_tok
+        or dst.shape[1] != n_out
+    ):
+        raise ValueError("matmul_q4_k: shape mismatch")
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
+    n_tok4 = n_tok - n_tok % 4
+    for it in prange(n_tiles):
+        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
+            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
+            for t in range(0, n_tok4, 4):
+                a0, a1, a2, a3 = _vdot4_q4_k(w, r * wb, xq, t * xb, xb, nb)
+                dst[t, r] = a0
+                dst[t + 1, r] = a1
+                dst[t + 2, r] = a2
+                dst[t + 3, r] = a3
+            for t in range(n_tok4, n_tok):
+                dst[t, r] = _vdot1_q4_k(w, r * wb, xq, t * xb, xb, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_q5_k(dst, w, xq):
+    """dst = xq @ w.T for Q5_K weights and Q8_K activations (llama.cpp vec_dot_q5_K_q8_K per block).
+
+    dst: [n_tok, n_out] f32
+    w:   [n_out, n_in / 256 * 176] uint8 (GGUF bytes, may be read-only)
+    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
+    """
+    n_tok = xq.shape[0]
+    n_out = w.shape[0]
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    if (
+        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
+        or w.shape[1] != nb * BLOCK_BYTES_Q5_K
+        or dst.shape[0] != n_tok
+        or dst.shape[1] != n_out
+    ):
+        raise ValueError("matmul_q5_k: shape mismatch")
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
+    n_tok4 = n_tok - n_tok % 4
+    for it in prange(n_tiles):
+        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
+            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
+            for t in range(0, n_tok4, 4):
+                a0, a1, a2, a3 = _vdot4_q5_k(w, r * wb, xq, t * xb, xb, nb)
+                dst[t, r] = a0
+                dst[t + 1, r] = a1
+                dst[t + 2, r] = a2
+                dst[t + 3, r] = a3
+            for t in range(n_tok4, n_tok):
+                dst[t, r] = _vdot1_q5_k(w, r * wb, xq, t * xb, xb, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_q6_k(dst, w, xq):
+    """dst = xq @ w.T for Q6_K weights and Q8_K activations (llama.cpp vec_dot_q6_K_q8_K per block).
+
+    dst: [n_tok, n_out] f32
+    w:   [n_out, n_in / 256 * 210] uint8 (GGUF bytes, may be read-only)
+    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
+    """
+    n_tok = xq.shape[0]
+    n_out = w.shape[0]
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    if (
+        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
+        or w.shape[1] != nb * BLOCK_BYTES_Q6_K
+        or dst.shape[0] != n_tok
+        or dst.shape[1] != n_out
+    ):
+        raise ValueError("matmul_q6_k: shape mismatch")
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
+    n_tok4 = n_tok - n_tok % 4
+    for it in prange(n_tiles):
+        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
+            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
+            for t in range(0, n_tok4, 4):
+                a0, a1, a2, a3 = _vdot4_q6_k(w, r * wb, xq, t * xb, xb, nb)
+                dst[t, r] = a0
+                dst[t + 1, r] = a1
+                dst[t + 2, r] = a2
+                dst[t + 3, r] = a3
+            for t in range(n_tok4, n_tok):
+                dst[t, r] = _vdot1_q6_k(w, r * wb, xq, t * xb, xb, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _matmul_k_portable(dst, w, xq, kind):
+    """Serial matmul through the portable-IR block dots (kind 4/5/6); test aid for CPUs without AVX2."""
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    for r in range(w.shape[0]):
+        for t in range(xq.shape[0]):
+            if kind == 4:
+                dst[t, r] = _vdot1_q4_k_portable(w, r * wb, xq, t * xb, xb, nb)
+            elif kind == 5:
+                dst[t, r] = _vdot1_q5_k_portable(w, r * wb, xq, t * xb, xb, nb)
+            else:
+                dst[t, r] = _vdot1_q6_k_portable(w, r * wb, xq, t * xb, xb, nb)

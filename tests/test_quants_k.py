@@ -1,0 +1,299 @@
+"""k-quant kernels: dequant bit-exact vs gguf-py, Q8_K quantization bit-exact vs llama.cpp's reference (numpy
+transcription, and libggml when llama-cpp-python is installed), matmuls vs float64 references."""
+
+import ctypes
+import glob
+import os
+
+import numba
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize
+
+from pyrt._kernels import quants_k as qk
+
+TYPES = {
+    "q4_k": (T.Q4_K, qk.BLOCK_BYTES_Q4_K, qk.dequant_rows_q4_k, qk.matmul_q4_k, 4),
+    "q5_k": (T.Q5_K, qk.BLOCK_BYTES_Q5_K, qk.dequant_rows_q5_k, qk.matmul_q5_k, 5),
+    "q6_k": (T.Q6_K, qk.BLOCK_BYTES_Q6_K, qk.dequant_rows_q6_k, qk.matmul_q6_k, 6),
+}
+Q8K = qk.BLOCK_BYTES_Q8_K
+
+
+def rand_blocks(name, n_rows, n_in, seed, edge=False):
+    """Random k-quant rows [n_rows, n_in/256*bb] uint8 with sane f16 scales; edge=True plants extreme values."""
+    rng = np.random.default_rng(seed)
+    _, bb, _, _, _ = TYPES[name]
+    nb = n_in // 256
+    w = rng.integers(0, 256, (n_rows, nb, bb), dtype=np.uint8)
+    n_d = 1 if name == "q6_k" else 2
+    d = rng.uniform(1e-3, 2e-2, (n_rows, nb, n_d)) * rng.choice([-1.0, 1.0], (n_rows, nb, n_d))
+    d = d.astype(np.float16)
+    if edge:
+        flat = d.reshape(-1)
+        specials = np.array([0.0, -0.0, 65504.0, -65504.0, 6e-8, -6e-8, 6.1e-5, 1e-6], np.float16)
+        flat[: len(specials)] = specials[: len(flat)]
+        w[0, 0, :] = 0xFF
+        if nb > 1:
+            w[0, 1, :] = 0x00
+    d = d.view(np.uint8).reshape(n_rows, nb, 2 * n_d)
+    if name == "q6_k":
+        w[..., 208:210] = d
+    else:
+        w[..., 0:4] = d
+    return np.ascontiguousarray(w.reshape(n_rows, nb * bb))
+
+
+def dequant_q8_k_f64(xq):
+    """[n, nb*292] uint8 Q8_K rows -> [n, nb*256] float64."""
+    b = xq.reshape(xq.shape[0], -1, Q8K)
+    d = np.ascontiguousarray(b[..., 0:4]).view(np.float32).astype(np.float64)
+    qs = b[..., 4:260].view(np.int8).astype(np.float64)
+    return (d * qs).reshape(xq.shape[0], -1)
+
+
+def quantize_q8_k_ref(x):
+    """Plain numpy transcription of llama.cpp quantize_row_q8_K_ref, for f32 rows [n, k] -> [n, k/256*292] uint8."""
+    n, k = x.shape
+    out = np.zeros((n, k // 256, Q8K), np.uint8)
+    for r in range(n):
+        for b in range(k // 256):
+            blk = x[r, 256 * b : 256 * (b + 1)].astype(np.float32)
+            amax = np.float32(0.0)
+            mx = np.float32(0.0)
+            for v in blk:  # first strictly larger |x| wins
+                if abs(v) > amax:
+                    amax = np.float32(abs(v))
+                    mx = v
+            if amax == 0:
+                continue
+            iscale = np.float32(np.float32(-127.0) / mx)
+            prod = (iscale * blk).astype(np.float32)
+            val = (prod + np.float32(12582912.0)).astype(np.float32)
+            q = (val.view(np.int32) & 0x007FFFFF) - 0x00400000
+            q = np.minimum(127, q).astype(np.int8)
+            bsums = q.astype(np.int32).reshape(16, 16).sum(axis=1).astype(np.int16)
+            out[r, b, 0:4] = np.array([np.float32(1.0) / iscale], np.float32).view(np.uint8)
+            out[r, b, 4:260] = q.view(np.uint8)
+            out[r, b, 260:292] = bsums.view(np.uint8)
+    return out.reshape(n, -1)
+
+
+def q8k(x):
+    xq = np.empty((x.shape[0], x.shape[1] // 256 * Q8K), np.uint8)
+    qk.quantize_rows_q8_k(xq, x)
+    return xq
+
+
+# ------------------------------------------------------------------------------------------------ dequant
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name", list(TYPES))
+def test_dequant_bit_exact(name):
+    ty, _, deq, _, _ = TYPES[name]
+    for seed, edge in ((1, False), (2, True)):
+        w = rand_blocks(name, 5, 768, seed, edge)
+        ref = dequantize(w, ty)
+        out = np.empty((5, 768), np.float32)
+        deq(out, w)
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+def test_readonly_memmap_and_row_range(name, tmp_path):
+    ty, _, deq, matmul, _ = TYPES[name]
+    w = rand_blocks(name, 7, 512, 3)
+    path = tmp_path / "w.bin"
+    header = 24  # tensor data inside a file at an offset, as in a GGUF
+    with open(path, "wb") as f:
+        f.write(b"\0" * header)
+        f.write(w.tobytes())
+    mm = np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=w.shape)
+    assert not mm.flags.writeable
+    ref = dequantize(w, ty)
+    out = np.empty((7, 512), np.float32)
+    deq(out, mm)
+    np.testing.assert_array_equal(out, ref)
+    tile = np.empty((3, 512), np.float32)  # a row range into a preallocated tile
+    deq(tile, mm[2:5])
+    np.testing.assert_array_equal(tile, ref[2:5])
+    xq = q8k(np.random.default_rng(8).standard_normal((2, 512)).astype(np.float32))
+    got = np.empty((2, 7), np.float32)
+    want = np.empty((2, 7), np.float32)
+    matmul(got, mm, xq)
+    matmul(want, w, xq)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dequant_shape_mismatch():
+    w = rand_blocks("q4_k", 2, 512, 4)
+    with pytest.raises(ValueError):
+        qk.dequant_rows_q4_k(np.empty((2, 256), np.float32), w)
+
+
+# ------------------------------------------------------------------------------------------------ Q8_K
+
+
+def _q8k_inputs():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 1024)).astype(np.float32)
+    x[0, 256:512] = 0.0  # all-zero block
+    x[1, :256] = rng.integers(-126, 126, 256) + 0.5  # ties after scaling by iscale = 1: round half to even
+    x[1, 17] = -127.0
+    x[1, 300] = 1e30  # huge max, most quants 0
+    x[2, 512:768] *= 1e-30  # tiny values
+    x[3, 768:] = rng.choice([-2.0, 2.0], 256).astype(np.float32)  # |max| ties: first one wins
+    return x
+
+
+@pytest.mark.boundscheck
+def test_quantize_q8_k_bit_exact():
+    x = _q8k_inputs()
+    got = q8k(x)
+    np.testing.assert_array_equal(got, quantize_q8_k_ref(x))
+    b = got.reshape(4, 4, Q8K)
+    qs = b[..., 4:260].view(np.int8)
+    assert qs.min() >= -127 and qs.max() <= 127
+    np.testing.assert_array_equal(b[1, 0, 4 + 17 : 4 + 18].view(np.int8), [-127])
+
+
+def test_quantize_q8_k_shape_mismatch():
+    with pytest.raises(ValueError):
+        qk.quantize_rows_q8_k(np.empty((1, 292), np.uint8), np.zeros((1, 300), np.float32))
+
+
+# ------------------------------------------------------------------------------------------------ matmul
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+@pytest.mark.parametrize("n_tok", [1, 3, 17])
+def test_matmul_vs_f64(name, n_tok):
+    ty, _, _, mm, _ = TYPES[name]
+    n_out, n_in = 37, 768  # 37: a partial row tile
+    w = rand_blocks(name, n_out, n_in, 10 + n_tok)
+    wd = dequantize(w, ty).astype(np.float64)
+    x = np.random.default_rng(20 + n_tok).standard_normal((n_tok, n_in)).astype(np.float32)
+    xq = q8k(x)
+    dst = np.full((n_tok, n_out), np.nan, np.float32)
+    mm(dst, w, xq)
+    ref = dequant_q8_k_f64(xq) @ wd.T
+    scale = np.abs(dequant_q8_k_f64(xq)) @ np.abs(wd).T  # error bound relative to the sum of |terms|
+    assert np.all(np.abs(dst - ref) <= 1e-5 * scale + 1e-30)
+    ref_x = x.astype(np.float64) @ wd.T
+    nmse = np.sum((dst - ref_x) ** 2) / np.sum(ref_x**2)
+    assert nmse < 2e-3
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name", list(TYPES))
+def test_matmul_portable_path_matches(name):
+    _, _, _, mm, kind = TYPES[name]
+    w = rand_blocks(name, 19, 512, 30, edge=True)
+    xq = q8k(np.random.default_rng(31).standard_normal((5, 512)).astype(np.float32))
+    a = np.empty((5, 19), np.float32)
+    b = np.empty((5, 19), np.float32)
+    mm(a, w, xq)
+    qk._matmul_k_portable(b, w, xq, kind)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("name", list(TYPES))
+def test_matmul_thread_count_independent(name):
+    _, _, _, mm, _ = TYPES[name]
+    w = rand_blocks(name, 70, 512, 40)
+    xq = q8k(np.random.default_rng(41).standard_normal((5, 512)).astype(np.float32))
+    outs = []
+    old = numba.get_num_threads()
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            d = np.empty((5, 70), np.float32)
+            mm(d, w, xq)
+            outs.append(d)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+def test_matmul_batch_equals_single_tokens(name):
+    """Tokens dotted 4 at a time give bit-identical rows to the same tokens one by one (prefill == decode)."""
+    _, _, _, mm, _ = TYPES[name]
+    w = rand_blocks(name, 21, 512, 70)
+    xq = q8k(np.random.default_rng(71).standard_normal((6, 512)).astype(np.float32))
+    batch = np.empty((6, 21), np.float32)
+    mm(batch, w, xq)
+    for t in range(6):
+        one = np.empty((1, 21), np.float32)
+        mm(one, w, xq[t : t + 1])
+        np.testing.assert_array_equal(one[0], batch[t])
+
+
+def test_matmul_rejects_non_contiguous_weights():
+    w = rand_blocks("q4_k", 4, 512, 72)
+    wide = np.zeros((4, 2 * w.shape[1]), np.uint8)
+    wide[:, : w.shape[1]] = w
+    xq = q8k(np.zeros((1, 512), np.float32))
+    with pytest.raises(numba.core.errors.TypingError):
+        qk.matmul_q4_k(np.empty((1, 4), np.float32), wide[:, : w.shape[1]], xq)
+
+
+def test_matmul_shape_mismatch():
+    w = rand_blocks("q6_k", 4, 512, 50)
+    xq = q8k(np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError):
+        qk.matmul_q6_k(np.empty((1, 4), np.float32), w, xq)
+
+
+# ------------------------------------------------------------------------------------------------ libggml oracle
+
+
+def _libggml():
+    try:
+        import llama_cpp
+    except Exception:
+        return None
+    libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    paths = sorted(glob.glob(os.path.join(libdir, "libggml-cpu.so*")))
+    if not paths:
+        return None
+    try:
+        lib = ctypes.CDLL(paths[0])
+        lib.ggml_cpu_init()
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("name", list(TYPES))
+def test_against_libggml(name):
+    lib = _libggml()
+    if lib is None:
+        pytest.skip("llama-cpp-python (libggml-cpu) not installed")
+    vp = ctypes.c_void_p
+    qrow = lib.quantize_row_q8_K
+    qrow.argtypes = [vp, vp, ctypes.c_int64]
+    qrow.restype = None
+    vdot = getattr(lib, f"ggml_vec_dot_{name[:2]}_K_q8_K")
+    vdot.argtypes = [ctypes.c_int, vp, ctypes.c_size_t, vp, ctypes.c_size_t, vp, ctypes.c_size_t, ctypes.c_int]
+    vdot.restype = None
+    x = np.random.default_rng(60).standard_normal((2, 512)).astype(np.float32)
+    x[1, :256] *= 1e3
+    ours = q8k(x)
+    theirs = np.zeros_like(ours)
+    for t in range(2):
+        qrow(x[t].ctypes.data, theirs[t].ctypes.data, 512)
+    np.testing.assert_array_equal(ours, theirs)
+    _, _, _, mm, _ = TYPES[name]
+    w = rand_blocks(name, 9, 512, 61)
+    dst = np.empty((2, 9), np.float32)
+    mm(dst, w, ours)
+    s = ctypes.c_float()
+    for t in range(2):
+        for r in range(9):
+            vdot(512, ctypes.addressof(s), 0, w[r].ctypes.data, 0, ours[t].ctypes.data, 0, 1)
+            assert abs(dst[t, r] - s.value) <= 1e-5 * max(1.0, abs(s.value)), (t, r, dst[t, r], s.value)
