@@ -88,9 +88,10 @@ def test_activations():
     np.testing.assert_allclose(got, exact, rtol=2e-3, atol=2e-3)  # and close to the exact function
 
 
-def test_thread_count_independent():
+def test_thread_count_independent_and_serial_equals_parallel():
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((37, 256)).astype(np.float32)
+    x = rng.standard_normal((300, 256)).astype(np.float32)  # above PARALLEL_MIN_ELEMS
+    assert x.size >= basic.PARALLEL_MIN_ELEMS
     w = rng.standard_normal(256).astype(np.float32)
     outs = []
     for nt in (1, numba.config.NUMBA_NUM_THREADS):
@@ -98,3 +99,12 @@ def test_thread_count_independent():
         outs.append(basic.rms_norm(x, w, 1e-5))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert np.array_equal(outs[0], outs[1])
+    small = np.concatenate([basic.rms_norm(x[i:i + 100].copy(), w, 1e-5) for i in range(0, 300, 100)])
+    assert np.array_equal(small, outs[0])  # serial path (small inputs) == parallel path
+    pos = np.arange(300, dtype=np.int32)
+    q = rng.standard_normal((300, 4, 64)).astype(np.float32)
+    for mode in (basic.ROPE_NORM, basic.ROPE_NEOX):
+        big = basic.RopeCache(pos, 64, 1e4, 1.0, None, mode).apply(q.copy())
+        parts = [basic.RopeCache(pos[i:i + 50], 64, 1e4, 1.0, None, mode).apply(q[i:i + 50].copy())
+                 for i in range(0, 300, 50)]
+        assert np.array_equal(np.concatenate(parts), big)

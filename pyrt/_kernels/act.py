@@ -12,23 +12,37 @@ GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.79788456080286535587989211986876
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _swiglu_row(dst, gate, up):
+    for i in range(gate.shape[0]):
+        g = gate[i]
+        dst[i] = g / (np.float32(1.0) + np.exp(-g)) * up[i]
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def swiglu_f32(dst, gate, up):
     """dst = silu(gate) * up.  dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate)."""
     for t in prange(gate.shape[0]):
-        for i in range(gate.shape[1]):
-            g = gate[t, i]
-            dst[t, i] = g / (np.float32(1.0) + np.exp(-g)) * up[t, i]
+        _swiglu_row(dst[t], gate[t], up[t])
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def geglu_tanh_f32(dst, gate, up):
-    """dst = gelu_tanh(gate) * up.  dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate)."""
-    for t in prange(gate.shape[0]):
-        for i in range(gate.shape[1]):
-            g = gate[t, i]
-            y = 0.5 * g * (1.0 + np.tanh(SQRT_2_OVER_PI * g * (1.0 + GELU_COEF_A * g * g)))
-            dst[t, i] = np.float32(y) * up[t, i]
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def swiglu_f32_serial(dst, gate, up):
+    """As swiglu_f32 on the calling thread (small inputs)."""
+    for t in range(gate.shape[0]):
+        _swiglu_row(dst[t], gate[t], up[t])
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _geglu_table_row(dst, gate, up, idx, table):
+    for i in range(gate.shape[0]):
+        g = gate[i]
+        if g <= -10.0:
+            dst[i] = 0.0
+        elif g >= 10.0:
+            dst[i] = g * up[i]
+        else:
+            dst[i] = table[idx[i]] * up[i]
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -39,11 +53,11 @@ def geglu_table_f32(dst, gate, up, idx, table):
     table: [65536] f32.
     """
     for t in prange(gate.shape[0]):
-        for i in range(gate.shape[1]):
-            g = gate[t, i]
-            if g <= -10.0:
-                dst[t, i] = 0.0
-            elif g >= 10.0:
-                dst[t, i] = g * up[t, i]
-            else:
-                dst[t, i] = table[idx[t, i]] * up[t, i]
+        _geglu_table_row(dst[t], gate[t], up[t], idx[t], table)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def geglu_table_f32_serial(dst, gate, up, idx, table):
+    """As geglu_table_f32 on the calling thread (small inputs)."""
+    for t in range(gate.shape[0]):
+        _geglu_table_row(dst[t], gate[t], up[t], idx[t], table)

@@ -42,3 +42,18 @@ def rms_norm_heads_f32(x, w, eps):
         t = i // n_head
         h = i - t * n_head
         _rms_row(x[t, h], x[t, h], w, eps)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def rms_norm_f32_serial(dst, x, w, eps):
+    """As rms_norm_f32 on the calling thread (small inputs: a parallel launch costs more than the work)."""
+    for r in range(x.shape[0]):
+        _rms_row(dst[r], x[r], w, eps)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def rms_norm_heads_f32_serial(x, w, eps):
+    """As rms_norm_heads_f32 on the calling thread."""
+    for t in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            _rms_row(x[t, h], x[t, h], w, eps)

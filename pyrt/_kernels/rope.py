@@ -26,25 +26,39 @@ def rope_cache_f32(cos, sin, pos, freq_base, freq_scale, freq_factors):
             sin[t, i] = np.sin(theta)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _rope_norm_row(row, cos, sin):
+    for i in range(cos.shape[0]):
+        c = cos[i]
+        s = sin[i]
+        x0 = row[2 * i]
+        x1 = row[2 * i + 1]
+        row[2 * i] = x0 * c - x1 * s
+        row[2 * i + 1] = x0 * s + x1 * c
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _rope_neox_row(row, cos, sin):
+    half = cos.shape[0]
+    for i in range(half):
+        c = cos[i]
+        s = sin[i]
+        x0 = row[i]
+        x1 = row[i + half]
+        row[i] = x0 * c - x1 * s
+        row[i + half] = x0 * s + x1 * c
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def rope_norm_f32(x, cos, sin):
     """In place, GPT-J style: rotates pairs (x[2i], x[2i+1]) of the first n_rot dims of each head.
 
     x: [n_tok, n_head, head_dim] f32; cos, sin: [n_tok, n_rot/2] f32.
     """
-    n_tok, n_head = x.shape[0], x.shape[1]
-    half = cos.shape[1]
-    for j in prange(n_tok * n_head):
+    n_head = x.shape[1]
+    for j in prange(x.shape[0] * n_head):
         t = j // n_head
-        h = j - t * n_head
-        row = x[t, h]
-        for i in range(half):
-            c = cos[t, i]
-            s = sin[t, i]
-            x0 = row[2 * i]
-            x1 = row[2 * i + 1]
-            row[2 * i] = x0 * c - x1 * s
-            row[2 * i + 1] = x0 * s + x1 * c
+        _rope_norm_row(x[t, j - t * n_head], cos[t], sin[t])
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -53,16 +67,23 @@ def rope_neox_f32(x, cos, sin):
 
     x: [n_tok, n_head, head_dim] f32; cos, sin: [n_tok, n_rot/2] f32.
     """
-    n_tok, n_head = x.shape[0], x.shape[1]
-    half = cos.shape[1]
-    for j in prange(n_tok * n_head):
+    n_head = x.shape[1]
+    for j in prange(x.shape[0] * n_head):
         t = j // n_head
-        h = j - t * n_head
-        row = x[t, h]
-        for i in range(half):
-            c = cos[t, i]
-            s = sin[t, i]
-            x0 = row[i]
-            x1 = row[i + half]
-            row[i] = x0 * c - x1 * s
-            row[i + half] = x0 * s + x1 * c
+        _rope_neox_row(x[t, j - t * n_head], cos[t], sin[t])
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def rope_norm_f32_serial(x, cos, sin):
+    """As rope_norm_f32 on the calling thread (small inputs)."""
+    for t in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            _rope_norm_row(x[t, h], cos[t], sin[t])
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def rope_neox_f32_serial(x, cos, sin):
+    """As rope_neox_f32 on the calling thread (small inputs)."""
+    for t in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            _rope_neox_row(x[t, h], cos[t], sin[t])

@@ -10,6 +10,10 @@ import numpy as np
 from .._kernels import act, norm, rope
 from ..errors import InvalidArgumentError
 
+# Below this many elements an op runs on the calling thread: launching a parallel region costs
+# microseconds (much more when another process holds a core), more than a decode step's norm or rope.
+PARALLEL_MIN_ELEMS = 1 << 15
+
 ROPE_NORM = 0
 ROPE_NEOX = 2  # ggml's LLAMA_ROPE_TYPE_NEOX
 
@@ -31,7 +35,10 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = 
         out = np.empty_like(x)
     elif out.shape != x.shape or out.dtype != np.float32:
         raise InvalidArgumentError("rms_norm: bad output buffer")
-    norm.rms_norm_f32(out, x, w, float(eps))
+    if x.size < PARALLEL_MIN_ELEMS:
+        norm.rms_norm_f32_serial(out, x, w, float(eps))
+    else:
+        norm.rms_norm_f32(out, x, w, float(eps))
     return out
 
 
@@ -41,7 +48,10 @@ def rms_norm_heads(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     _f32c("rms_norm_heads w", w, 1)
     if w.shape[0] != x.shape[2]:
         raise InvalidArgumentError(f"rms_norm_heads: weight has {w.shape[0]} values for heads of {x.shape[2]}")
-    norm.rms_norm_heads_f32(x, w, float(eps))
+    if x.size < PARALLEL_MIN_ELEMS:
+        norm.rms_norm_heads_f32_serial(x, w, float(eps))
+    else:
+        norm.rms_norm_heads_f32(x, w, float(eps))
     return x
 
 
@@ -71,10 +81,11 @@ class RopeCache:
         if x.shape[0] != self.cos.shape[0] or x.shape[2] < self.n_rot:
             raise InvalidArgumentError(f"rope: x has shape {x.shape}, table is for {self.cos.shape[0]} "
                                        f"tokens and {self.n_rot} dims")
+        small = x.size < PARALLEL_MIN_ELEMS
         if self.mode == ROPE_NEOX:
-            rope.rope_neox_f32(x, self.cos, self.sin)
+            (rope.rope_neox_f32_serial if small else rope.rope_neox_f32)(x, self.cos, self.sin)
         else:
-            rope.rope_norm_f32(x, self.cos, self.sin)
+            (rope.rope_norm_f32_serial if small else rope.rope_norm_f32)(x, self.cos, self.sin)
         return x
 
 
@@ -84,7 +95,7 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     _f32c("swiglu up", up, 2)
     if gate.shape != up.shape:
         raise InvalidArgumentError(f"swiglu: shapes differ {gate.shape} vs {up.shape}")
-    act.swiglu_f32(gate, gate, up)
+    (act.swiglu_f32_serial if gate.size < PARALLEL_MIN_ELEMS else act.swiglu_f32)(gate, gate, up)
     return gate
 
 
@@ -115,5 +126,6 @@ def geglu_tanh(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         raise InvalidArgumentError(f"geglu: shapes differ {gate.shape} vs {up.shape}")
     with np.errstate(over="ignore"):
         idx = gate.astype(np.float16).view(np.uint16)
-    act.geglu_table_f32(gate, gate, up, idx, _gelu_table())
+    fn = act.geglu_table_f32_serial if gate.size < PARALLEL_MIN_ELEMS else act.geglu_table_f32
+    fn(gate, gate, up, idx, _gelu_table())
     return gate
