@@ -6,6 +6,14 @@
         print(piece, end="", flush=True)
 """
 
+import os as _os
+
+# Numba's OpenMP workers spin after each parallel region by default; on a 2-core machine that steals the
+# core our BLAS prompt-path threads (and any other process) need: pp512 1.6x and decode up to 3x slower
+# under load, measured here. Passive waiting costs a few microseconds per launch instead. Set before the
+# OpenMP runtime starts; a user's own setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .errors import (ContextOverflowError, InvalidArgumentError, ModelFileError, PyrtError, StateError,
                      TokenizerError, UnsupportedError)
 
