@@ -66,4 +66,8 @@ def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f
         f"V ({type_v}): {v_bytes / MiB:.2f} MiB",
         f"  scratch (ubatch)   = {act / MiB:10.2f} MiB activations + {logits / MiB:.2f} MiB logits (at most)",
     ]
+    if getattr(model, "is_mla", False):  # K-only latent cache (-mla 1..3): V is a view of each K row
+        lines.insert(-1, f"  MLA latent cache   : {k_dims[0]} values per cell and layer (kv_lora_rank + n_rot), "
+                         f"no V tensor; -mla 0 would need "
+                         f"{sum(cache_row_bytes(type_k, d) + cache_row_bytes(type_v, e) for d, e in zip(*model.kv_dims(0))) * n_ctx / MiB:.2f} MiB")
     return "\n".join(lines)

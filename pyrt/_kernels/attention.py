@@ -17,8 +17,10 @@ KIND_F32 = 0  # rows passed as uint32 bits
 KIND_F16 = 1  # uint16 bits
 KIND_BF16 = 2  # uint16 bits
 KIND_Q8_0 = 3  # uint8 bytes: per 32 values f16 d + 32 int8
+KIND_Q8_KV = 4  # uint8 bytes: per segment of `seg` values f32 d, int32 sum, seg int8 (ik_llama.cpp)
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
+Q8_KV_HEADER = 8
 
 
 def _int_to_width(builder, x, width):
@@ -75,8 +77,9 @@ def _exp_neg(x):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _load_row(out, j, src, c, e0, n, kind):
-    """out[j, :n] = f32 values [e0, e0+n) of cache row src[c] (e0, n multiples of 32 for q8_0)."""
+def _load_row(out, j, src, c, e0, n, kind, seg):
+    """out[j, :n] = f32 values [e0, e0+n) of cache row src[c] (e0, n multiples of 32 for q8_0;
+    for q8_KV [e0, e0+n) lies inside one segment of seg values)."""
     dst = out[j]  # 1-D views with zero-based indices: the loops vectorize (offset indices did not)
     if kind == KIND_F32:
         seg = src[c, e0:e0 + n]
@@ -90,6 +93,15 @@ def _load_row(out, j, src, c, e0, n, kind):
         seg = src[c, e0:e0 + n]
         for i in range(n):
             dst[i] = _bits_to_f32(np.uint32(seg[i]) << 16)
+    elif kind == KIND_Q8_KV:
+        s = e0 // seg
+        o = s * (seg + Q8_KV_HEADER)
+        d = _bits_to_f32(np.uint32(src[c, o]) | (np.uint32(src[c, o + 1]) << 8) | (np.uint32(src[c, o + 2]) << 16)
+                         | (np.uint32(src[c, o + 3]) << 24))
+        q0 = o + Q8_KV_HEADER + (e0 - s * seg)
+        qs = src[c, q0:q0 + n]
+        for i in range(n):
+            dst[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
     else:
         o0 = e0 // QK8_0 * Q8_0_BLOCK_BYTES
         for b in range(n // QK8_0):
@@ -102,9 +114,9 @@ def _load_row(out, j, src, c, e0, n, kind):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, v_off, cell_pos, cell_seq, q_pos, q_seq,
+def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq,
                scale, n_swa, softcap, g, t0, t1, c0, c1, kv_tile):
-    """One work item: kv head g, query tokens [t0, t1), cells [c0, c1). Unnormalized result.
+    """One work item: kv head g, query tokens [t0, t1), cells kv_idx[c0:c1]. Unnormalized result.
 
     acc [R, dv] f32, m [R] f32, l [R] f32 with R = (t1 - t0) * n_gqa, row r = (t - t0) * n_gqa + head in group.
     """
@@ -139,7 +151,7 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, v_off, cell_pos, cell_seq, q_
         nc = min(kv_tile, c1 - cb)
         any_vis = False
         for j in range(nc):
-            c = cb + j
+            c = kv_idx[cb + j]
             cs = cell_seq[c]
             cp = cell_pos[c]
             cv = False
@@ -157,8 +169,8 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, v_off, cell_pos, cell_seq, q_
         # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
         for j in range(nc):
             if cvis[j]:
-                _load_row(kt, j, k, cb + j, g * dk, dk, kind_k)
-                _load_row(vt, j, v, cb + j, v_off + g * dv, dv, kind_v)
+                _load_row(kt, j, k, kv_idx[cb + j], g * dk, dk, kind_k, seg_k)
+                _load_row(vt, j, v, kv_idx[cb + j], v_off + g * dv, dv, kind_v, seg_v)
         for j in range(nc):  # scores; 1-D row views keep the inner loops simple enough to vectorize
             kr = kt[j]
             for r in range(R):
@@ -228,18 +240,21 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, v_off, cell_pos, cell_seq, q_
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def flash_attn(dst, q, k, v, kind_k, kind_v, v_off, n_head_kv, cell_pos, cell_seq, q_pos, q_seq,
-               scale, n_swa, softcap, q_tile, kv_tile, n_split):
-    """Flash attention of a ubatch's queries over KV cache cells [0, n_kv) with on-the-fly masks.
+def flash_attn(dst, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, n_head_kv, cell_pos, cell_seq, kv_idx,
+               q_pos, q_seq, scale, n_swa, softcap, q_tile, kv_tile, n_split):
+    """Flash attention of a ubatch's queries over the KV cache cells kv_idx, in that order, with on-the-fly masks.
 
     dst      [n_tok, n_head, dv] f32       output (a query that sees no cell gets zeros)
     q        [n_tok, n_head, dk] f32
     k        [n_kv, >= n_head_kv*dk]       cache rows: uint32 (f32 bits) | uint16 (f16/bf16 bits) | uint8 (q8_0)
     v        [n_kv, >= v_off + n_head_kv*dv]  V rows in the same encodings; may be k itself (MLA)
-    kind_k, kind_v  KIND_F32 | KIND_F16 | KIND_BF16 | KIND_Q8_0
+    kind_k, kind_v  KIND_F32 | KIND_F16 | KIND_BF16 | KIND_Q8_0 | KIND_Q8_KV
+    seg_k, seg_v    q8_KV segment lengths (values per scale; ignored for the other kinds)
     v_off    int      element offset of V head 0 inside a V row (multiple of 32 for q8_0)
     n_head_kv int     n_head is a multiple of it; head h reads kv head h // (n_head / n_head_kv)
-    cell_pos [n_kv] int32, cell_seq [n_kv] uint64 (bitset), q_pos [n_tok] int32, q_seq [n_tok] int32
+    cell_pos [n_cells] int32, cell_seq [n_cells] uint64 (bitset), q_pos [n_tok] int32, q_seq [n_tok] int32
+    kv_idx   [n_kv] int32    the cells to scan, in scan order (the caller's canonical order makes the
+                             result independent of where the cells sit in the cache)
     scale    f32; n_swa int (0 = no window; cell masked when q_pos - cell_pos >= n_swa); softcap f32 (0 = none)
     q_tile   query tokens per work item; kv_tile cells per tile; n_split fixed KV splits (>= 1) per item
     Work items (kv head, query tile, split) run in parallel; splits are merged in a fixed order, so the
@@ -248,7 +263,7 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, v_off, n_head_kv, cell_pos, cell_se
     n_tok = q.shape[0]
     n_head = q.shape[1]
     dv = dst.shape[2]
-    n_kv = cell_pos.shape[0]
+    n_kv = kv_idx.shape[0]
     n_gqa = n_head // n_head_kv
     n_qt = (n_tok + q_tile - 1) // q_tile
     split_len = (n_kv + n_split - 1) // n_split
@@ -270,7 +285,7 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, v_off, n_head_kv, cell_pos, cell_se
         acc = np.empty((R, dv), dtype=np.float32)  # [R, dv]
         m = np.empty(R, dtype=np.float32)
         l = np.empty(R, dtype=np.float32)
-        _attn_item(acc, m, l, q, k, v, kind_k, kind_v, v_off, cell_pos, cell_seq, q_pos, q_seq,
+        _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq,
                    scale, n_swa, softcap, g, t0, t1, c0, c1, kv_tile)
         for r in range(R):
             t = t0 + r // n_gqa

@@ -1,18 +1,27 @@
-"""KV cache row stores and moves: f32 rows into cache rows of type f32 / f16 / bf16 / q8_0.
+"""KV cache row kernels: stores (f32 rows into f32 / f16 / bf16 / q8_0 / q8_KV rows), moves, K-shift.
 
 Leaf kernel module (numpy, numba only). Cache buffers are [size, row] arrays (numpy row-major shapes);
-f16 and bf16 rows are handled as uint16 bits, q8_0 rows as raw bytes (n/32 blocks of f16 d + 32 int8).
-Conversions are bit-exact: f16 like numpy's astype(float16), bf16 like ggml's GGML_FP32_TO_BF16,
-q8_0 like ggml's quantize_row_q8_0_ref.
+f16 and bf16 rows are handled as uint16 bits, q8_0 and q8_KV rows as raw bytes. q8_0: n/32 blocks of
+f16 d + 32 int8. q8_KV (ik_llama.cpp): per segment of `seg` values (one head), f32 d = amax/127, int32
+sum of the quants, then seg int8 (q = nearest-even(x/d)). Conversions are bit-exact: f16 like numpy's
+astype(float16), bf16 like ggml's GGML_FP32_TO_BF16, q8_0 like ggml's quantize_row_q8_0_ref.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .config import FASTMATH
 
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
+Q8_KV_HEADER = 8  # f32 d + int32 sum per segment
+
+# storage kinds, shared with pyrt._kernels.attention
+KIND_F32 = 0
+KIND_F16 = 1
+KIND_BF16 = 2
+KIND_Q8_0 = 3
+KIND_Q8_KV = 4
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -116,30 +125,87 @@ def store_rows_q8_0(dst, cells, src):
     """
     n = src.shape[1]
     nb = n // QK8_0
-    tmp = np.empty(1, dtype=np.float32)
-    tmp_bits = tmp.view(np.uint32)
     for t in range(cells.shape[0]):
         c = cells[t]
         for b in range(nb):
-            amax = np.float32(0.0)
-            for j in range(QK8_0):
-                a = abs(src[t, b * QK8_0 + j])
-                if a > amax:
-                    amax = a
-            d = amax / np.float32(127.0)
-            idv = np.float32(1.0) / d if d != np.float32(0.0) else np.float32(0.0)
-            tmp[0] = d
-            h = _f32_bits_to_f16_bits(tmp_bits[0])
-            o = b * Q8_0_BLOCK_BYTES
-            dst[c, o] = np.uint8(h & 0xFF)
-            dst[c, o + 1] = np.uint8(h >> 8)
-            for j in range(QK8_0):
-                x0 = np.float64(src[t, b * QK8_0 + j] * idv)  # f32 product, exact in f64
-                # roundf: half away from zero (f64 keeps |x0| + 0.5 exact)
-                r = np.int64(np.floor(abs(x0) + 0.5))
-                if x0 < 0:
-                    r = -r
-                dst[c, o + 2 + j] = np.uint8(r & 0xFF)
+            _quant_block_q8_0(dst[c], b, src[t])
+
+
+# No fastmath (see store_rows_q8_0).
+@njit(cache=True, nogil=True)
+def _quant_block_q8_0(row, b, x):
+    """Block b of x [n] f32 -> bytes of block b of row [n/32*34] uint8 (quantize_row_q8_0_ref)."""
+    amax = np.float32(0.0)
+    for j in range(QK8_0):
+        a = abs(x[b * QK8_0 + j])
+        if a > amax:
+            amax = a
+    # the f32 quotient via f64 (correctly rounded even if a fastmath caller inlines this and turns
+    # divisions into reciprocal multiplies)
+    d = np.float32(np.float64(amax) / 127.0)
+    idv = np.float32(1.0) / d if d != np.float32(0.0) else np.float32(0.0)
+    tmp = np.empty(1, dtype=np.float32)
+    tmp[0] = d
+    h = _f32_bits_to_f16_bits(tmp.view(np.uint32)[0])
+    o = b * Q8_0_BLOCK_BYTES
+    row[o] = np.uint8(h & 0xFF)
+    row[o + 1] = np.uint8(h >> 8)
+    for j in range(QK8_0):
+        x0 = np.float64(x[b * QK8_0 + j] * idv)  # f32 product, exact in f64
+        # roundf: half away from zero (f64 keeps |x0| + 0.5 exact)
+        r = np.int64(np.floor(abs(x0) + 0.5))
+        if x0 < 0:
+            r = -r
+        row[o + 2 + j] = np.uint8(r & 0xFF)
+
+
+# No fastmath: d = amax/127 and x*(1/d) must not be rewritten.
+@njit(cache=True, nogil=True)
+def _quant_seg_q8_kv(row, s, seg, x):
+    """Segment s of x [n] f32 -> bytes of segment s of row [n/seg*(8+seg)] uint8 (q8_KV).
+
+    Segment: f32 d = amax/127 (little-endian), int32 sum of q, then seg int8 q = nearest-even(x * (1/d)).
+    """
+    amax = np.float32(0.0)
+    e0 = s * seg
+    for j in range(seg):
+        a = abs(x[e0 + j])
+        if a > amax:
+            amax = a
+    d = np.float32(np.float64(amax) / 127.0)  # see _quant_block_q8_0
+    idv = np.float32(1.0) / d if d != np.float32(0.0) else np.float32(0.0)
+    o = s * (seg + Q8_KV_HEADER)
+    total = 0
+    for j in range(seg):
+        q = np.int64(np.rint(np.float64(x[e0 + j] * idv)))
+        if q > 127:
+            q = 127
+        elif q < -127:
+            q = -127
+        total += q
+        row[o + Q8_KV_HEADER + j] = np.uint8(q & 0xFF)
+    tmp = np.empty(2, dtype=np.float32)
+    tmp[0] = d
+    hdr = tmp.view(np.uint32)
+    hdr[1] = np.uint32(total & 0xFFFFFFFF)
+    hb = hdr.view(np.uint8)
+    for j in range(Q8_KV_HEADER):
+        row[o + j] = hb[j]
+
+
+@njit(cache=True, nogil=True)
+def store_rows_q8_kv(dst, cells, src, seg):
+    """Quantize token rows to q8_KV (one f32 scale and int32 sum per segment of seg values) into cache rows.
+
+    dst   [size, n/seg*(8+seg)] uint8
+    cells [n_tok] int32
+    src   [n_tok, n] f32          n a multiple of seg
+    """
+    n = src.shape[1]
+    for t in range(cells.shape[0]):
+        c = cells[t]
+        for s in range(n // seg):
+            _quant_seg_q8_kv(dst[c], s, seg, src[t])
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -157,3 +223,149 @@ def move_rows(buf, src_cells, dst_cells):
         if s != d:
             for j in range(n):
                 buf[d, j] = buf[s, j]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _dequant_row(out, row, kind, seg):
+    """out [n] f32 = the values of one cache row (row: uint32 / uint16 / uint8 view per kind)."""
+    n = out.shape[0]
+    if kind == KIND_F32:
+        tmp = out.view(np.uint32)
+        for i in range(n):
+            tmp[i] = np.uint32(row[i])
+    elif kind == KIND_F16:
+        tmp = out.view(np.uint32)
+        for i in range(n):
+            tmp[i] = _f16_bits_to_f32_bits(row[i])
+    elif kind == KIND_BF16:
+        tmp = out.view(np.uint32)
+        for i in range(n):
+            tmp[i] = np.uint32(row[i]) << 16
+    elif kind == KIND_Q8_0:
+        hdr = np.empty(1, dtype=np.uint32)
+        for b in range(n // QK8_0):
+            o = b * Q8_0_BLOCK_BYTES
+            hdr[0] = _f16_bits_to_f32_bits(np.int64(row[o]) | (np.int64(row[o + 1]) << 8))
+            d = hdr.view(np.float32)[0]
+            for j in range(QK8_0):
+                out[b * QK8_0 + j] = np.float32((np.int32(row[o + 2 + j]) ^ 0x80) - 0x80) * d
+    else:
+        hdr = np.empty(1, dtype=np.uint32)
+        for s in range(n // seg):
+            o = s * (seg + Q8_KV_HEADER)
+            hdr[0] = (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
+                      | (np.uint32(row[o + 3]) << 24))
+            d = hdr.view(np.float32)[0]
+            for j in range(seg):
+                out[s * seg + j] = np.float32((np.int32(row[o + Q8_KV_HEADER + j]) ^ 0x80) - 0x80) * d
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _f16_bits_to_f32_bits(h):
+    """uint16 bits of an f16 -> uint32 bits of the same value as f32 (exact, subnormals normalized)."""
+    h = np.int64(h)
+    sgn = (h & 0x8000) << 16
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        if m == 0:
+            return np.uint32(sgn)
+        e2 = 113
+        while (m & 0x400) == 0:
+            m <<= 1
+            e2 -= 1
+        return np.uint32(sgn | (e2 << 23) | ((m & 0x3FF) << 13))
+    if e == 31:
+        return np.uint32(sgn | 0x7F800000 | (m << 13))
+    return np.uint32(sgn | ((e + 112) << 23) | (m << 13))
+
+
+@njit(cache=True, nogil=True)
+def _requant_row(row, x, kind, seg, lo, hi):
+    """Write x [n] f32 back into one cache row, re-encoding only the blocks/segments overlapping [lo, hi)."""
+    n = x.shape[0]
+    if kind == KIND_F32:
+        xb = x.view(np.uint32)
+        for i in range(lo, hi):
+            row[i] = xb[i]
+    elif kind == KIND_F16:
+        xb = x.view(np.uint32)
+        for i in range(lo, hi):
+            row[i] = _f32_bits_to_f16_bits(xb[i])
+    elif kind == KIND_BF16:
+        xb = x.view(np.uint32)
+        for i in range(lo, hi):
+            row[i] = _f32_bits_to_bf16_bits(xb[i])
+    elif kind == KIND_Q8_0:
+        for b in range(lo // QK8_0, min(n // QK8_0, (hi + QK8_0 - 1) // QK8_0)):
+            _quant_block_q8_0(row, b, x)
+    else:
+        for s in range(lo // seg, min(n // seg, (hi + seg - 1) // seg)):
+            _quant_seg_q8_kv(row, s, seg, x)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, neox):
+    """Rotate the RoPE part of cached K rows by each cell's position delta (context shift).
+
+    buf    [size, row] uint32 (f32 bits) | uint16 (f16/bf16 bits) | uint8 (q8_0 / q8_KV bytes)
+    kind   KIND_*; seg: q8_KV segment length (values); n: values per cache row
+    cells  [m] int32 cells to rotate (distinct)
+    cos, sin [m, n_rot/2] f32   angle table of each cell's delta
+    n_head, head_stride, off    head h's rope part is values [off + h*head_stride, ... + n_rot)
+                                (MLA: n_head 1, rope part at a column offset of the 576-wide row)
+    neox   0: rotate pairs (2i, 2i+1); 1: pairs (i, i + n_rot/2)
+    Quantized rows are dequantized, rotated and requantized (only the touched blocks / segments).
+    """
+    half = cos.shape[1]
+    n_rot = 2 * half
+    lo = off
+    hi = off + (n_head - 1) * head_stride + n_rot
+    for t in prange(cells.shape[0]):
+        c = cells[t]
+        x = np.empty(n, dtype=np.float32)  # [n] f32 the dequantized row
+        row = buf[c]
+        _dequant_row(x, row, kind, seg)
+        for h in range(n_head):
+            b = off + h * head_stride
+            for i in range(half):
+                cs = cos[t, i]
+                sn = sin[t, i]
+                if neox:
+                    i0 = b + i
+                    i1 = b + i + half
+                else:
+                    i0 = b + 2 * i
+                    i1 = b + 2 * i + 1
+                x0 = x[i0]
+                x1 = x[i1]
+                x[i0] = x0 * cs - x1 * sn
+                x[i1] = x0 * sn + x1 * cs
+        _requant_row(row, x, kind, seg, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def dequant_rows(out, buf, kind, seg, cells):
+    """out [m, n] f32 = values of cache rows buf[cells] (tests, debugging, state checks)."""
+    for t in range(cells.shape[0]):
+        _dequant_row(out[t], buf[cells[t]], kind, seg)
+
+
+@njit(cache=True, nogil=True)
+def gather_rows(out, buf, cells):
+    """out [m, row] = buf[cells] (state save), any dtype."""
+    n = buf.shape[1]
+    for t in range(cells.shape[0]):
+        c = cells[t]
+        for j in range(n):
+            out[t, j] = buf[c, j]
+
+
+@njit(cache=True, nogil=True)
+def scatter_rows(buf, cells, src):
+    """buf[cells] = src [m, row] (state restore), any dtype."""
+    n = buf.shape[1]
+    for t in range(cells.shape[0]):
+        c = cells[t]
+        for j in range(n):
+            buf[c, j] = src[t, j]

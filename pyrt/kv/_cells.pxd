@@ -17,3 +17,4 @@ cdef class Cells:
     cdef int _check_seq(self, long seq_id, bint allow_all) except -1
     cdef int _free_cell(self, int c) noexcept
     cdef int _find(self, int32_t[::1] out, int n) noexcept
+    cdef int _move(self, int src, int dst) noexcept

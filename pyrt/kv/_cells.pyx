@@ -376,5 +376,90 @@ cdef class Cells:
         self._seq[src] = 0
         self._delta[src] = 0
 
+    # ------------------------------------------------------------------ defragmentation
+
+    def fragmentation(self):
+        """llama.cpp's measure: 1 - used / n_kv when n_kv >= 128, else 0 (small caches are never defragged)."""
+        cdef int n = self.n_kv()
+        if n < 128:
+            return 0.0
+        return 1.0 - <double>self.used / <double>n
+
+    def defrag_plan(self, long max_moves=-1):
+        """Plan (and apply to the metadata) the moves that compact the used cells into [0, used).
+
+        llama.cpp's defrag_prepare: each hole of nh free cells below `used` is filled with the last nh
+        used, not yet moved cells, scanning from the end. max_moves (< 0: no limit) caps the number of
+        contiguous source runs. Returns (src int32[m], dst int32[m]): the caller copies K/V rows
+        src[i] -> dst[i]. Every source lies at or above `used` and every destination below it, so the
+        copies never overlap and their order does not matter.
+        """
+        cdef int n_kv = self.n_kv()
+        cdef int n_used = self.used
+        ids_np = np.full(max(n_kv, 1), n_kv, dtype=np.int32)  # ids[c] = destination of cell c (n_kv: stays)
+        cdef int32_t[::1] ids = ids_np
+        src_np = np.empty(n_used, dtype=np.int32)
+        dst_np = np.empty(n_used, dtype=np.int32)
+        cdef int32_t[::1] src = src_np
+        cdef int32_t[::1] dst = dst_np
+        cdef int m = 0, n_moves = 0, i0 = 0, nh, nf, is_, i1
+        cdef bint cont, stop = False
+        while i0 < n_used:
+            if self._pos[i0] >= 0:
+                ids[i0] = i0
+                i0 += 1
+                continue
+            nh = 1
+            while i0 + nh < n_used and self._pos[i0 + nh] < 0:
+                nh += 1
+            # the nh-th used, unmoved cell from the end
+            nf = 0
+            is_ = n_kv - 1
+            while is_ > i0:
+                if self._pos[is_] >= 0 and ids[is_] == n_kv:
+                    nf += 1
+                    if nf == nh:
+                        break
+                is_ -= 1
+            if nf != nh:  # cannot happen while used counts the used cells
+                raise RuntimeError("defrag_plan: cell bookkeeping is inconsistent")
+            nf = 0
+            cont = False
+            i1 = is_
+            while i1 < n_kv:
+                if self._pos[i1] < 0 or ids[i1] != n_kv:
+                    if max_moves >= 0 and n_moves == max_moves:
+                        stop = True
+                        break
+                    cont = False
+                    i1 += 1
+                    continue
+                ids[i1] = i0 + nf
+                src[m] = i1
+                dst[m] = i0 + nf
+                m += 1
+                self._move(i1, i0 + nf)
+                if not cont:
+                    n_moves += 1
+                    cont = True
+                nf += 1
+                if nf == nh:
+                    break
+                i1 += 1
+            if stop or (max_moves >= 0 and n_moves == max_moves):
+                break
+            i0 += nh
+        self.head = n_used if m else self.head
+        return src_np[:m].copy(), dst_np[:m].copy()
+
+    cdef int _move(self, int src, int dst) noexcept:
+        self._pos[dst] = self._pos[src]
+        self._seq[dst] = self._seq[src]
+        self._delta[dst] = self._delta[src]
+        self._pos[src] = -1
+        self._seq[src] = 0
+        self._delta[src] = 0
+        return 0
+
     def __repr__(self):
         return f"Cells(size={self.size}, n_seq_max={self.n_seq_max}, used={self.used}, head={self.head})"

@@ -1,8 +1,9 @@
 """The KV cache: per-layer K/V row buffers in the cache type, plus the Cells bookkeeping that indexes them.
 
-Owns the buffers and applies cell plans to them through Numba kernels (pyrt._kernels.kv); the cell
-logic itself lives in the Cython pyrt.kv._cells. A layer's V may be absent (K-only caches for MLA).
-Imports pyrt._kernels, pyrt.kv.cells and pyrt.errors only.
+Owns the buffers and applies cell plans to them through Numba kernels (pyrt._kernels.kv): stores,
+defrag moves, the K-shift (re-rotation after seq_add/seq_div). The cell logic lives in the Cython
+pyrt.kv._cells. A layer's V may be absent (K-only caches for MLA). Imports pyrt._kernels,
+pyrt.kv.cells and pyrt.errors only.
 """
 
 from __future__ import annotations
@@ -10,32 +11,65 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import kv as kvk
+from .._kernels import rope as ropek
 from ..errors import InvalidArgumentError, UnsupportedError
 from .cells import Cells
 
-# cache type -> (numpy storage dtype, elements per block, bytes per block)
+# cache type -> (numpy storage dtype, elements per block, bytes per block); q8_KV's blocks are
+# segments of head_dim values plus an 8-byte header (see row_bytes)
 CACHE_TYPES = {
     "f32": (np.float32, 1, 4),
     "f16": (np.float16, 1, 2),
     "bf16": (np.uint16, 1, 2),
     "q8_0": (np.uint8, kvk.QK8_0, kvk.Q8_0_BLOCK_BYTES),
+    "q8_KV": (np.uint8, 0, 0),
 }
+# ggml / ik_llama.cpp type ids (recorded in state files)
+GGML_TYPE_ID = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30, "q8_KV": 151}
+KIND = {"f32": kvk.KIND_F32, "f16": kvk.KIND_F16, "bf16": kvk.KIND_BF16, "q8_0": kvk.KIND_Q8_0,
+        "q8_KV": kvk.KIND_Q8_KV}
+ROPE_NEOX = 2  # ggml's LLAMA_ROPE_TYPE_NEOX (pyrt.ops.basic.ROPE_NEOX)
 
 
-def row_bytes(type_name: str, n: int) -> int:
-    """Bytes of one row of n values in a cache type (ggml_row_size)."""
+def row_bytes(type_name: str, n: int, seg: int | None = None) -> int:
+    """Bytes of one cache row of n values (ggml_row_size); q8_KV: n/seg segments of 8 + seg bytes."""
+    if type_name == "q8_KV":
+        seg = n if seg is None else seg
+        return n // seg * (kvk.Q8_KV_HEADER + seg)
     _, blk, nbytes = CACHE_TYPES[type_name]
     return n // blk * nbytes
 
 
-def _alloc(type_name: str, size: int, n: int, what: str) -> np.ndarray:
+def _alloc(type_name: str, size: int, n: int, seg: int, what: str) -> np.ndarray:
     if type_name not in CACHE_TYPES:
         raise UnsupportedError(f"{what}: cache type {type_name!r} is not supported ({', '.join(CACHE_TYPES)})")
     dtype, blk, nbytes = CACHE_TYPES[type_name]
+    if type_name == "q8_KV":
+        if seg <= 0 or n % seg:
+            raise InvalidArgumentError(f"{what}: {n} values per row is not a multiple of the q8_KV row length {seg}")
+        return np.zeros((size, row_bytes(type_name, n, seg)), dtype=dtype)  # [size, row bytes]
     if n % blk:
         raise InvalidArgumentError(f"{what}: {n} values per row is not a multiple of the {type_name} block ({blk})")
     width = n if blk == 1 else n // blk * nbytes
     return np.zeros((size, width), dtype=dtype)  # [size, row elems or bytes]
+
+
+def rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
+    """The integer view the row kernels take: uint32 for f32, uint16 for f16/bf16, uint8 bytes otherwise."""
+    if type_name == "f32":
+        return buf.view(np.uint32)
+    if type_name in ("f16", "bf16"):
+        return buf.view(np.uint16)
+    return buf
+
+
+def _per_layer(v, n_layer: int, default: list[int], what: str) -> list[int]:
+    if v is None:
+        return list(default)
+    vals = [int(v)] * n_layer if np.isscalar(v) else [int(x) if x else 0 for x in v]
+    if len(vals) != n_layer:
+        raise InvalidArgumentError(f"KVCache: need {n_layer} values for {what}, got {len(vals)}")
+    return vals
 
 
 def _f32_rows(name: str, a, n_tok: int, n: int) -> np.ndarray:
@@ -45,26 +79,32 @@ def _f32_rows(name: str, a, n_tok: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _store(type_name: str, dst: np.ndarray, cells: np.ndarray, src: np.ndarray) -> None:
+def _store(type_name: str, dst: np.ndarray, cells: np.ndarray, src: np.ndarray, seg: int) -> None:
     if type_name == "f32":
         kvk.store_rows_f32(dst, cells, src)
     elif type_name == "f16":
         kvk.store_rows_f16(dst.view(np.uint16), cells, src)
     elif type_name == "bf16":
         kvk.store_rows_bf16(dst, cells, src)
-    else:
+    elif type_name == "q8_0":
         kvk.store_rows_q8_0(dst, cells, src)
+    else:
+        kvk.store_rows_q8_kv(dst, cells, src, seg)
 
 
 class KVCache:
     """K/V rows of n_layer layers for `size` cells, and the Cells that say which cell holds what.
 
-    k[il]: [size, n_embd_k[il]] f32 | f16 | uint16 (bf16 bits), or [size, n_embd_k[il]/32*34] uint8 (q8_0).
+    k[il]: [size, n_embd_k[il]] f32 | f16 | uint16 (bf16 bits), [size, n_embd_k[il]/32*34] uint8 (q8_0),
+           or [size, n_embd_k[il]/head_dim_k*(8+head_dim_k)] uint8 (q8_KV: one scale per head row, as ik).
     v[il]: the same for V, or None when the layer has no V (n_embd_v[il] is 0 or None).
+    head_dim_k/v: values per head (int or per layer; default the whole row, i.e. one head): the K-shift
+    rotates each head, and q8_KV keeps one scale per head.
     """
 
     def __init__(self, n_layer: int, size: int, n_embd_k: list[int], n_embd_v: list[int | None],
-                 type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1):
+                 type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1,
+                 head_dim_k: int | list[int] | None = None, head_dim_v: int | list[int] | None = None):
         if n_layer <= 0 or size <= 0:
             raise InvalidArgumentError(f"KVCache: n_layer ({n_layer}) and size ({size}) must be positive")
         if len(n_embd_k) != n_layer or len(n_embd_v) != n_layer:
@@ -81,8 +121,20 @@ class KVCache:
         self.type_v = type_v
         self.n_embd_k = [int(n) for n in n_embd_k]
         self.n_embd_v = [int(n) if n else 0 for n in n_embd_v]
-        self.k = [_alloc(type_k, size, n, f"K layer {il}") for il, n in enumerate(self.n_embd_k)]
-        self.v = [_alloc(type_v, size, n, f"V layer {il}") if n else None for il, n in enumerate(self.n_embd_v)]
+        self.head_dim_k = _per_layer(head_dim_k, n_layer, self.n_embd_k, "head_dim_k")
+        self.head_dim_v = _per_layer(head_dim_v, n_layer, self.n_embd_v, "head_dim_v")
+        for il in range(n_layer):
+            for what, n, hd in (("K", self.n_embd_k[il], self.head_dim_k[il]),
+                                ("V", self.n_embd_v[il], self.head_dim_v[il])):
+                if n and (hd <= 0 or n % hd):
+                    raise InvalidArgumentError(f"KVCache: {what} layer {il}: width {n} is not a multiple of "
+                                               f"head_dim {hd}")
+        # q8_KV segment length (values per scale) per layer; 1 (unused) for the other types
+        self.seg_k = [hd if type_k == "q8_KV" else 1 for hd in self.head_dim_k]
+        self.seg_v = [hd if type_v == "q8_KV" else 1 for hd in self.head_dim_v]
+        self.k = [_alloc(type_k, size, n, self.seg_k[il], f"K layer {il}") for il, n in enumerate(self.n_embd_k)]
+        self.v = [_alloc(type_v, size, n, self.seg_v[il], f"V layer {il}") if n else None
+                  for il, n in enumerate(self.n_embd_v)]
 
     @property
     def n_seq_max(self) -> int:
@@ -112,9 +164,9 @@ class KVCache:
             v = _f32_rows("v", v, n_tok, self.n_embd_v[il])
         if n_tok == 0:
             return
-        _store(self.type_k, self.k[il], cells, k)
+        _store(self.type_k, self.k[il], cells, k, self.seg_k[il])
         if v is not None:
-            _store(self.type_v, self.v[il], cells, v)
+            _store(self.type_v, self.v[il], cells, v, self.seg_v[il])
 
     def move_rows(self, src_cells: np.ndarray, dst_cells: np.ndarray) -> None:
         """Copy rows src -> dst in every layer's K and V (apply a defrag move plan; cells metadata moves separately)."""
@@ -127,6 +179,77 @@ class KVCache:
         for buf in self.k + self.v:
             if buf is not None:
                 kvk.move_rows(buf.view(np.uint8), src, dst)
+
+    def defrag(self, max_moves: int = -1) -> int:
+        """Compact the used cells into [0, used) (llama.cpp's plan, §6); returns the number of rows moved.
+
+        The Cython cells plan the moves and update their metadata; the rows of every layer's K and V
+        (when present), in every cache type, follow. Sources and destinations never overlap.
+        """
+        src, dst = self.cells.defrag_plan(max_moves)
+        if src.shape[0]:
+            self.move_rows(src, dst)
+        return int(src.shape[0])
+
+    def k_shift(self, rope: list, rope_offset: int = 0) -> int:
+        """Re-rotate the cached K rows by each cell's accumulated position delta, then reset the deltas.
+
+        rope[il] = (n_rot, freq_base, freq_scale, freq_factors or None, mode) for layer il (mode
+        ROPE_NEOX rotates halves, else adjacent pairs). Each head of head_dim_k values has its rope part at
+        rope_offset (MLA: one 576-wide head whose 64 rope values sit at a column offset). Quantized rows
+        are dequantized, rotated and requantized. Returns the number of cells rotated.
+        """
+        if len(rope) != self.n_layer:
+            raise InvalidArgumentError(f"k_shift: need RoPE parameters for {self.n_layer} layers, got {len(rope)}")
+        pos, _, delta = self.cells.pos_array(), self.cells.seq_array(), self.cells.delta_array()
+        idx = np.flatnonzero((pos >= 0) & (delta != 0)).astype(np.int32)
+        if idx.shape[0]:
+            d = np.ascontiguousarray(delta[idx], dtype=np.int32)
+            tables = {}
+            for il in range(self.n_layer):
+                n_rot, base, scale, factors, mode = rope[il]
+                n_rot, hd = int(n_rot), self.head_dim_k[il]
+                if n_rot <= 0 or n_rot % 2 or rope_offset < 0 or rope_offset + n_rot > hd:
+                    raise InvalidArgumentError(f"k_shift: layer {il}: {n_rot} rope dims at offset {rope_offset} "
+                                               f"do not fit heads of {hd}")
+                ff = np.ones(n_rot // 2, np.float32) if factors is None else \
+                    np.ascontiguousarray(factors, dtype=np.float32)
+                if ff.shape != (n_rot // 2,):
+                    raise InvalidArgumentError(f"k_shift: layer {il}: freq_factors must have {n_rot // 2} values")
+                key = (n_rot, float(base), float(scale), ff.tobytes())
+                if key not in tables:
+                    cos = np.empty((idx.shape[0], n_rot // 2), np.float32)  # [m, n_rot/2]
+                    sin = np.empty_like(cos)
+                    ropek.rope_cache_f32(cos, sin, d, float(base), float(scale), ff)
+                    tables[key] = (cos, sin)
+                cos, sin = tables[key]
+                kvk.kshift_rows(rows_view(self.k[il], self.type_k), KIND[self.type_k], self.seg_k[il],
+                                self.n_embd_k[il], idx, cos, sin, self.n_embd_k[il] // hd, hd, int(rope_offset),
+                                1 if int(mode) == ROPE_NEOX else 0)
+        self.cells.reset_shift()
+        return int(idx.shape[0])
+
+    def k_values(self, il: int, cells) -> np.ndarray:
+        """Dequantized K rows of layer il for the given cells: [m, n_embd_k[il]] f32."""
+        c = np.ascontiguousarray(cells, dtype=np.int32)
+        out = np.empty((c.shape[0], self.n_embd_k[il]), np.float32)
+        kvk.dequant_rows(out, rows_view(self.k[il], self.type_k), KIND[self.type_k], self.seg_k[il], c)
+        return out
+
+    def v_values(self, il: int, cells) -> np.ndarray | None:
+        """Dequantized V rows of layer il ([m, n_embd_v[il]] f32), None for a layer without V."""
+        if self.v[il] is None:
+            return None
+        c = np.ascontiguousarray(cells, dtype=np.int32)
+        out = np.empty((c.shape[0], self.n_embd_v[il]), np.float32)
+        kvk.dequant_rows(out, rows_view(self.v[il], self.type_v), KIND[self.type_v], self.seg_v[il], c)
+        return out
+
+    def row_bytes_k(self, il: int) -> int:
+        return self.k[il].nbytes // self.size
+
+    def row_bytes_v(self, il: int) -> int:
+        return 0 if self.v[il] is None else self.v[il].nbytes // self.size
 
     def clear(self) -> None:
         """Free all cells and zero the buffers (llama.cpp clears the buffer too)."""

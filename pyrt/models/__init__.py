@@ -7,10 +7,11 @@ from ..io.gguf_file import GGUFFile
 
 
 def _registry():
+    from .deepseek2 import DeepSeek2Model
     from .gemma3 import Gemma3Model
     from .llama import LlamaModel
     reg = {}
-    for cls in (LlamaModel, Gemma3Model):
+    for cls in (LlamaModel, Gemma3Model, DeepSeek2Model):
         reg.update({arch: cls for arch in cls.ARCHS})
     return reg
 

@@ -77,6 +77,13 @@ class Gemma3Model:
         hp = self.hp
         return [hp.n_embd_k_gqa] * hp.n_layer, [hp.n_embd_v_gqa] * hp.n_layer
 
+    def rope_params(self, il: int) -> tuple:
+        """(n_rot, freq_base, freq_scale, freq_factors, mode) of layer il's K, for the cache's K-shift."""
+        hp = self.hp
+        if self.is_swa[il]:
+            return hp.n_rot, self.rope_base_swa, 1.0, None, hp.rope_type
+        return hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, None, hp.rope_type
+
     def forward(self, inp: ForwardInputs) -> np.ndarray:
         hp = self.hp
         n_tok = inp.tokens.shape[0]

@@ -57,6 +57,11 @@ class LlamaModel:
         hp = self.hp
         return [hp.n_embd_k_gqa] * hp.n_layer, [hp.n_embd_v_gqa] * hp.n_layer
 
+    def rope_params(self, il: int) -> tuple:
+        """(n_rot, freq_base, freq_scale, freq_factors, mode) of layer il's K, for the cache's K-shift."""
+        hp = self.hp
+        return hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, self.rope_freqs, hp.rope_type
+
     def forward(self, inp: ForwardInputs) -> np.ndarray:
         """Runs one ubatch; returns logits [n_out, n_vocab] f32 for inp.out_rows."""
         hp = self.hp

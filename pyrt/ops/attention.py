@@ -11,8 +11,10 @@ import numpy as np
 from .._kernels import attention as fa
 from ..errors import InvalidArgumentError
 
-_KINDS = {"f32": fa.KIND_F32, "f16": fa.KIND_F16, "bf16": fa.KIND_BF16, "q8_0": fa.KIND_Q8_0}
+_KINDS = {"f32": fa.KIND_F32, "f16": fa.KIND_F16, "bf16": fa.KIND_BF16, "q8_0": fa.KIND_Q8_0,
+          "q8_KV": fa.KIND_Q8_KV}
 _ELEM = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}  # elements, bytes per block
+_DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q8_KV": np.uint8}
 
 KV_TILE = 64
 # work items wanted before splitting a small batch's KV range (a constant, so the split - and the
@@ -30,9 +32,33 @@ def _rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
     return buf
 
 
-def _n_elems(buf: np.ndarray, type_name: str) -> int:
+def _n_elems(buf: np.ndarray, type_name: str, seg: int) -> int:
+    if type_name == "q8_KV":
+        return buf.shape[1] // (seg + fa.Q8_KV_HEADER) * seg
     blk, nbytes = _ELEM[type_name]
     return buf.shape[1] if blk == 1 else buf.shape[1] // nbytes * blk
+
+
+def scan_order(cell_pos: np.ndarray, cell_seq: np.ndarray, q_pos: np.ndarray, q_seq: np.ndarray) -> np.ndarray:
+    """The cells a ubatch may see, in canonical order: int32 [n_vis].
+
+    Cells holding one of the ubatch's sequences at a position <= its last query position, sorted by
+    (position, sequence set, cell index). The attention scans them in this order, so its result does
+    not depend on where the cells sit in the cache (defrag, restore into other cells, removal of other
+    sequences leave the logits bit-identical).
+    """
+    mask = np.uint64(0)
+    q_seq = np.asarray(q_seq)
+    if q_seq.size and (q_seq.min() < 0 or q_seq.max() >= 64):
+        raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
+    for s in np.unique(q_seq):
+        mask |= np.uint64(1) << np.uint64(int(s))
+    qmax = int(np.max(q_pos)) if len(q_pos) else -1
+    vis = np.flatnonzero(((cell_seq & mask) != 0) & (cell_pos <= qmax)).astype(np.int32)
+    p = cell_pos[vis]
+    if vis.shape[0] > 1 and not np.all(p[1:] > p[:-1]):
+        vis = vis[np.lexsort((vis, cell_seq[vis], p))]
+    return np.ascontiguousarray(vis, dtype=np.int32)
 
 
 def choose_tiles(n_tok: int, n_gqa: int, n_head_kv: int, n_kv: int) -> tuple[int, int, int]:
@@ -48,10 +74,12 @@ def choose_tiles(n_tok: int, n_gqa: int, n_head_kv: int, n_kv: int) -> tuple[int
 def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, type_v: str,
                     cell_pos: np.ndarray, cell_seq: np.ndarray, q_pos: np.ndarray, q_seq: np.ndarray,
                     scale: float, n_head_kv: int, head_dim_v: int, v_offset: int = 0, n_swa: int = 0,
-                    softcap: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+                    softcap: float = 0.0, out: np.ndarray | None = None, *, kv_idx: np.ndarray | None = None,
+                    seg_k: int = 0, seg_v: int = 0) -> np.ndarray:
     """Attention of q [n_tok, n_head, dk] f32 over cache rows k/v [n_kv, row] -> [n_tok, n_head*head_dim_v] f32.
 
     k and v are cache buffers in their storage dtype (v may be the K buffer itself, read at v_offset).
+    kv_idx: the cells to scan in order (default: all, in cache order). seg_k/seg_v: q8_KV segment lengths.
     """
     if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
         raise InvalidArgumentError(f"attention: q must be float32 [n_tok, n_head, head_dim], got "
@@ -68,7 +96,7 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
     for name, buf, tname in (("K", k, type_k), ("V", v, type_v)):
         if not isinstance(buf, np.ndarray) or buf.ndim != 2 or not buf.flags.c_contiguous:
             raise InvalidArgumentError(f"attention: {name} rows must be a C-contiguous 2-D array")
-        want = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8}[tname]
+        want = _DTYPE[tname]
         if buf.dtype != want and not (tname in ("f16", "bf16") and buf.dtype in (np.uint16, np.float16)):
             raise InvalidArgumentError(f"attention: {name} rows of type {tname} must be {np.dtype(want)}, got {buf.dtype}")
     n_kv = k.shape[0]
@@ -78,10 +106,20 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
         raise InvalidArgumentError(f"attention: q8_0 K needs head_dim % 32 == 0, got {dk}")
     if type_v == "q8_0" and (dv % 32 or v_offset % 32):
         raise InvalidArgumentError(f"attention: q8_0 V needs head_dim_v and v_offset multiples of 32")
-    if _n_elems(k, type_k) < n_head_kv * dk:
-        raise InvalidArgumentError(f"attention: K rows hold {_n_elems(k, type_k)} values, need {n_head_kv}*{dk}")
-    if v_offset < 0 or _n_elems(v, type_v) < v_offset + n_head_kv * dv:
-        raise InvalidArgumentError(f"attention: V rows hold {_n_elems(v, type_v)} values, need "
+    seg_k = int(seg_k) if type_k == "q8_KV" else 1
+    seg_v = int(seg_v) if type_v == "q8_KV" else 1
+    if seg_k <= 0 or seg_v <= 0:
+        raise InvalidArgumentError("attention: q8_KV rows need a positive segment length")
+    if type_k == "q8_KV" and (k.shape[1] % (seg_k + fa.Q8_KV_HEADER) or any(
+            (g * dk) // seg_k != (g * dk + dk - 1) // seg_k for g in range(n_head_kv))):
+        raise InvalidArgumentError(f"attention: q8_KV K heads of {dk} must each lie inside one segment of {seg_k}")
+    if type_v == "q8_KV" and (v.shape[1] % (seg_v + fa.Q8_KV_HEADER) or any(
+            (v_offset + g * dv) // seg_v != (v_offset + g * dv + dv - 1) // seg_v for g in range(n_head_kv))):
+        raise InvalidArgumentError(f"attention: q8_KV V heads of {dv} must each lie inside one segment of {seg_v}")
+    if _n_elems(k, type_k, seg_k) < n_head_kv * dk:
+        raise InvalidArgumentError(f"attention: K rows hold {_n_elems(k, type_k, seg_k)} values, need {n_head_kv}*{dk}")
+    if v_offset < 0 or _n_elems(v, type_v, seg_v) < v_offset + n_head_kv * dv:
+        raise InvalidArgumentError(f"attention: V rows hold {_n_elems(v, type_v, seg_v)} values, need "
                                    f"{v_offset}+{n_head_kv}*{dv}")
     cell_pos = np.asarray(cell_pos)
     cell_seq = np.asarray(cell_seq)
@@ -104,12 +142,18 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
     elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n_tok, n_head * dv) \
             or not out.flags.c_contiguous:
         raise InvalidArgumentError(f"attention: out must be C-contiguous float32 ({n_tok}, {n_head * dv})")
+    if kv_idx is None:
+        kv_idx = np.arange(n_kv, dtype=np.int32)
+    else:
+        kv_idx = np.ascontiguousarray(kv_idx)
+        if kv_idx.ndim != 1 or kv_idx.dtype != np.int32 or (kv_idx.size and (kv_idx.min() < 0 or kv_idx.max() >= n_kv)):
+            raise InvalidArgumentError(f"attention: kv_idx must be int32 cell indices in [0, {n_kv})")
     if n_tok == 0:
         return out
-    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head // n_head_kv, n_head_kv, n_kv)
+    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head // n_head_kv, n_head_kv, kv_idx.shape[0])
     fa.flash_attn(out.reshape(n_tok, n_head, dv), q, _rows_view(k, type_k), _rows_view(v, type_v),
-                  _KINDS[type_k], _KINDS[type_v], int(v_offset), int(n_head_kv),
-                  np.ascontiguousarray(cell_pos), np.ascontiguousarray(cell_seq),
+                  _KINDS[type_k], _KINDS[type_v], seg_k, seg_v, int(v_offset), int(n_head_kv),
+                  np.ascontiguousarray(cell_pos), np.ascontiguousarray(cell_seq), kv_idx,
                   q_pos.astype(np.int32, copy=False), q_seq.astype(np.int32, copy=False),
                   np.float32(scale), int(n_swa), np.float32(softcap), q_tile, kv_tile, n_split)
     return out
@@ -117,11 +161,13 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
 
 def attention(q: np.ndarray, cache, il: int, q_pos: np.ndarray, q_seq: np.ndarray, scale: float,
               n_swa: int = 0, softcap: float = 0.0, out: np.ndarray | None = None, *,
-              n_head_kv: int | None = None, head_dim_v: int | None = None, v_offset: int = 0) -> np.ndarray:
+              n_head_kv: int | None = None, head_dim_v: int | None = None, v_offset: int = 0,
+              kv_idx: np.ndarray | None = None) -> np.ndarray:
     """Attention of a ubatch's q [n_tok, n_head, head_dim_k] f32 over layer il of a KVCache -> [n_tok, n_head*head_dim_v].
 
-    Only cells [0, cache.cells.n_kv()) are scanned. n_head_kv defaults to n_embd_k / head_dim_k; head_dim_v
-    defaults to head_dim_k. A layer without V (MLA) reads V from the K rows at element offset v_offset.
+    The cells of scan_order (computed here unless the caller passes kv_idx, e.g. once per ubatch) are
+    scanned. n_head_kv defaults to n_embd_k / head_dim_k; head_dim_v defaults to head_dim_k. A layer
+    without V (MLA) reads V from the K rows at element offset v_offset.
     """
     if not 0 <= il < cache.n_layer:
         raise InvalidArgumentError(f"attention: layer {il} out of range [0, {cache.n_layer})")
@@ -136,10 +182,15 @@ def attention(q: np.ndarray, cache, il: int, q_pos: np.ndarray, q_seq: np.ndarra
         head_dim_v = dk if cache.v[il] is not None else cache.n_embd_k[il] // n_head_kv - v_offset
     n_kv = cache.cells.n_kv()
     k = cache.k[il][:n_kv]
+    seg_k = cache.seg_k[il]
     if cache.v[il] is None:
-        v, type_v = k, cache.type_k
+        v, type_v, seg_v = k, cache.type_k, seg_k
     else:
-        v, type_v = cache.v[il][:n_kv], cache.type_v
-    return flash_attn_rows(q, k, cache.type_k, v, type_v, cache.cells.pos_array()[:n_kv],
-                           cache.cells.seq_array()[:n_kv], q_pos, q_seq, scale, n_head_kv, head_dim_v,
-                           v_offset=v_offset, n_swa=n_swa, softcap=softcap, out=out)
+        v, type_v, seg_v = cache.v[il][:n_kv], cache.type_v, cache.seg_v[il]
+    cell_pos = cache.cells.pos_array()[:n_kv]
+    cell_seq = cache.cells.seq_array()[:n_kv]
+    if kv_idx is None:
+        kv_idx = scan_order(cell_pos, cell_seq, np.asarray(q_pos), np.asarray(q_seq))
+    return flash_attn_rows(q, k, cache.type_k, v, type_v, cell_pos, cell_seq, q_pos, q_seq, scale, n_head_kv,
+                           head_dim_v, v_offset=v_offset, n_swa=n_swa, softcap=softcap, out=out, kv_idx=kv_idx,
+                           seg_k=seg_k, seg_v=seg_v)

@@ -261,6 +261,19 @@ def _matmul_blas(out: np.ndarray, x: np.ndarray, raw: np.ndarray, qt: QType) -> 
     _blas_pool().map(run, min(numba.get_num_threads(), n_tiles), list(range(0, n_out, tile)))
 
 
+def warmup(weights: dict) -> None:
+    """Loads (or compiles) the dot and BLAS kernels of each weight type: {(ggml_type, n_in): raw}.
+
+    Runs on a one-row slice of each weight (same Numba types as the real calls), so it costs almost
+    nothing beyond the kernel loading itself.
+    """
+    for (ggml_type, n_in), raw in weights.items():
+        x = np.zeros((1, n_in), np.float32)
+        rows = raw[:1]
+        matmul(x, rows, ggml_type, path="dot")
+        matmul(x, rows, ggml_type, path="blas")
+
+
 def get_rows(raw: np.ndarray, ggml_type: int, ids, n_per_row: int) -> np.ndarray:
     """Embedding lookup: dequantize only the rows `ids` of raw. Returns [len(ids), n_per_row] f32."""
     qt = get_qtype(ggml_type)

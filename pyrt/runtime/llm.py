@@ -1,7 +1,9 @@
 """The library front door: `pyrt.load(path, ...)` returns an `LLM` (model + tokenizer + context).
 
 Generation keeps the tokens that are in the cache and reuses the common prefix on the next call,
-as llama-cpp-python does. Load, compile/warm-up, prompt and generation times are kept apart.
+as llama-cpp-python does; with context_shift it continues past n_ctx as llama-cli does, and a prompt
+cache file carries the prompt's KV state across runs. Load, compile/warm-up, prompt and generation
+times are kept apart.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import numpy as np
 
 from ..errors import ContextOverflowError, InvalidArgumentError
 from ..io.gguf_file import GGUFFile
+from ..formats.qtypes import SUPPORTED_TYPES
 from ..models import build_model
-from .context import Batch, Context
+from ..ops import matmul as mm
+from .context import DEFRAG_THOLD, Batch, Context
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
@@ -35,7 +39,8 @@ def _set_threads(n_threads: int | None) -> int:
 class LLM:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
-                 use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1):
+                 use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
+                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3):
         t0 = time.perf_counter()
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
@@ -49,7 +54,8 @@ class LLM:
         if n_ctx <= 0:
             n_ctx = hp.n_ctx_train
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
-                           type_k=type_k, type_v=type_v, n_seq_max=n_seq_max)
+                           type_k=type_k, type_v=type_v, n_seq_max=n_seq_max, defrag_thold=defrag_thold,
+                           mla=mla)
         self.t_load = time.perf_counter() - t0
         self.t_warmup = 0.0
         self._tokens: list[int] = []  # what sequence 0 holds in the cache, in order
@@ -81,6 +87,10 @@ class LLM:
     def warmup(self) -> None:
         """Runs the kernels once (compiling or loading them from Numba's cache), then clears the cache."""
         t0 = time.perf_counter()
+        # both matmul paths of every weight type on one-row slices: prompt chunks longer than the
+        # warm-up batch then start without loading kernels inside the timed prompt evaluation
+        mm.warmup({(w.ggml_type, w.shape[-1]): w.raw for w in self.file.tensors.values()
+                   if len(w.shape) >= 2 and w.ggml_type in SUPPORTED_TYPES})
         tok = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
         n_big = min(self.ctx.n_ubatch, 64, self.n_ctx - 1)
         if n_big > 1:
@@ -141,12 +151,28 @@ class LLM:
 
     def generate_ids(self, prompt_ids, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
                      top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                     repeat_last_n: int = 64, seed: int | None = None, ignore_eos: bool = False) -> Iterator[int]:
-        """Yields generated token ids; stops at an end-of-generation token, max_tokens or a full context."""
+                     repeat_last_n: int = 64, seed: int | None = None, ignore_eos: bool = False,
+                     context_shift: bool = False, n_keep: int = 0, prompt_cache: str | os.PathLike | None = None,
+                     prompt_cache_ro: bool = False) -> Iterator[int]:
+        """Yields generated token ids; stops at an end-of-generation token, max_tokens or a full context.
+
+        context_shift: when the context is full, keep the first n_keep tokens (< 0: the whole prompt),
+        drop half of the rest (llama-cli's n_discard = (n_past - n_keep) / 2), shift the remaining
+        cells' positions and re-rotate their keys, and go on. prompt_cache: a state file; if it exists
+        its cache is loaded and the common prefix reused, and after the prompt the file is rewritten
+        with the prompt's state (unless prompt_cache_ro), as llama-cli's --prompt-cache.
+        """
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         sampler = Sampler(params, self.n_ctx)
         ids = [int(t) for t in prompt_ids]
+        self.check_prompt(ids)
+        if n_keep < 0 or n_keep > len(ids):
+            n_keep = len(ids)
+        if prompt_cache is not None and os.path.exists(prompt_cache):
+            self.load_state(prompt_cache)
         logits = self._ingest(ids)
+        if prompt_cache is not None and not prompt_cache_ro:
+            self.save_state(prompt_cache)
         history = list(ids)
         n = 0
         while max_tokens < 0 or n < max_tokens:
@@ -156,11 +182,44 @@ class LLM:
             yield tok
             n += 1
             history.append(tok)
-            if (max_tokens >= 0 and n >= max_tokens) or len(self._tokens) >= self.n_ctx:
+            if max_tokens >= 0 and n >= max_tokens:
+                return
+            if len(self._tokens) >= self.n_ctx and not (context_shift and self.shift_context(n_keep)):
                 return
             pos = len(self._tokens)
             logits = self.ctx.decode(Batch.from_tokens([tok], pos0=pos))[-1]
             self._tokens.append(tok)
+
+    def shift_context(self, n_keep: int) -> bool:
+        """Frees half of sequence 0's cells after the first n_keep (llama-cli's context shift); False if
+        nothing can be discarded. The keys are re-rotated by the next decode."""
+        n_past = len(self._tokens)
+        n_keep = max(0, min(int(n_keep), n_past))
+        n_discard = (n_past - n_keep) // 2
+        if n_discard <= 0:
+            return False
+        self.ctx.seq_rm(0, n_keep, n_keep + n_discard)
+        self.ctx.seq_add(0, n_keep + n_discard, n_past, -n_discard)
+        self._tokens = self._tokens[:n_keep] + self._tokens[n_keep + n_discard:]
+        return True
+
+    # -- state ------------------------------------------------------------------------------------
+    def save_state(self, path: str | os.PathLike | None = None, seq_id: int = -1) -> bytes | int:
+        """The cache and the cached tokens: to bytes (path None) or to a file (returns bytes written)."""
+        if path is None:
+            return self.ctx.save_state(self._tokens, seq_id)
+        return self.ctx.save_file(path, self._tokens, seq_id)
+
+    def load_state(self, src: bytes | str | os.PathLike, seq_id: int = -1) -> int:
+        """Restore from bytes or a file made by save_state; returns the number of cached tokens.
+        A StateError (wrong model, cache type, corrupt file ...) leaves the cache as it was."""
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            toks = self.ctx.load_state(src, seq_id)
+        else:
+            toks = self.ctx.load_file(src, seq_id)
+        if seq_id <= 0:
+            self._tokens = list(toks)
+        return len(toks)
 
     def generate(self, prompt: str, max_tokens: int = 128, add_bos: bool | None = None, **kw) -> Iterator[str]:
         """Yields text pieces (never half a UTF-8 character). Keyword args as `generate_ids`."""
@@ -173,6 +232,14 @@ class LLM:
         tail = dec.flush()
         if tail:
             yield tail
+
+    def chat(self, messages: list[dict], max_tokens: int = -1, chat_template: str | None = None,
+             **kw) -> Iterator[str]:
+        """Renders `messages` with the file's chat template (or `chat_template`: Jinja text, a file, or
+        'chatml'/'gemma') and yields the reply's text pieces, stopping at end of turn. Keyword args as
+        `generate_ids`."""
+        from .chat import chat
+        return chat(self, messages, max_tokens=max_tokens, chat_template=chat_template, **kw)
 
     # -- reporting --------------------------------------------------------------------------------
     def timings_report(self) -> str:

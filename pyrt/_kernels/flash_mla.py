@@ -1,0 +1,351 @@
+"""FlashMLA on the CPU: absorbed multi-head latent attention over a K-only cache (one latent row per cell).
+
+Leaf kernel module (numpy, numba only). Every query head attends to the same cache row
+[k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each KV tile is dequantized
+once into an f32 scratch and serves the scores and the value sum of all heads. Shapes are numpy row-major.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .config import FASTMATH
+
+# cache storage kinds (same values as pyrt._kernels.kv / attention)
+KIND_F32 = 0  # rows passed as uint32 bits
+KIND_F16 = 1  # uint16 bits
+KIND_BF16 = 2  # uint16 bits
+KIND_Q8_0 = 3  # uint8 bytes: per 32 values f16 d + 32 int8
+QK8_0 = 32
+Q8_0_BLOCK_BYTES = 34
+
+
+def _int_to_width(builder, x, width):
+    if x.type.width > width:
+        return builder.trunc(x, ir.IntType(width))
+    if x.type.width < width:
+        return builder.zext(x, ir.IntType(width))
+    return x
+
+
+@intrinsic
+def _f16_bits_to_f32(typingctx, h):
+    """f16 bits (low 16 bits of an integer) -> f32 (vcvtph2ps with F16C)."""
+    if not isinstance(h, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x = _int_to_width(builder, args[0], 16)
+        return builder.fpext(builder.bitcast(x, ir.HalfType()), ir.FloatType())
+
+    return types.float32(h), codegen
+
+
+@intrinsic
+def _bits_to_f32(typingctx, u):
+    """Reinterpret the low 32 bits of an integer as an f32."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(_int_to_width(builder, args[0], 32), ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _exp_neg(x):
+    """exp(x) for x <= 0 in f32 (Cephes expf polynomial), exactly 0 below -87 and for -inf."""
+    xc = x if x > np.float32(-87.0) else np.float32(-87.0)
+    n = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = xc - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    e = _bits_to_f32((np.int32(n) + 127) << 23)
+    return p * e if x >= np.float32(-87.0) else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _load_latent_row(dst, src, c, n, kind):
+    """dst[:n] = the first n values of cache row src[c], as f32."""
+    if kind == KIND_F32:
+        row = src[c, :n]
+        for i in range(n):
+            dst[i] = _bits_to_f32(row[i])
+    elif kind == KIND_F16:
+        row = src[c, :n]
+        for i in range(n):
+            dst[i] = _f16_bits_to_f32(row[i])
+    elif kind == KIND_BF16:
+        row = src[c, :n]
+        for i in range(n):
+            dst[i] = _bits_to_f32(np.uint32(row[i]) << 16)
+    else:
+        for b in range(n // QK8_0):
+            blk = src[c, b * Q8_0_BLOCK_BYTES:(b + 1) * Q8_0_BLOCK_BYTES]
+            d = _f16_bits_to_f32(np.int32(blk[0]) | (np.int32(blk[1]) << 8))
+            qs = blk[2:]
+            db = dst[b * QK8_0:(b + 1) * QK8_0]
+            for i in range(QK8_0):
+                db[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _dot4x4(s, q0, q1, q2, q3, k0, k1, k2, k3, r0, j0, n):
+    """s[r0:r0+4, j0:j0+4] = the 16 dot products of 4 query rows with 4 key rows (length n)."""
+    z = np.float32(0.0)
+    d00 = z; d01 = z; d02 = z; d03 = z  # noqa: E702
+    d10 = z; d11 = z; d12 = z; d13 = z  # noqa: E702
+    d20 = z; d21 = z; d22 = z; d23 = z  # noqa: E702
+    d30 = z; d31 = z; d32 = z; d33 = z  # noqa: E702
+    for i in range(n):
+        a0 = q0[i]
+        a1 = q1[i]
+        a2 = q2[i]
+        a3 = q3[i]
+        b0 = k0[i]
+        b1 = k1[i]
+        b2 = k2[i]
+        b3 = k3[i]
+        d00 += a0 * b0; d01 += a0 * b1; d02 += a0 * b2; d03 += a0 * b3  # noqa: E702
+        d10 += a1 * b0; d11 += a1 * b1; d12 += a1 * b2; d13 += a1 * b3  # noqa: E702
+        d20 += a2 * b0; d21 += a2 * b1; d22 += a2 * b2; d23 += a2 * b3  # noqa: E702
+        d30 += a3 * b0; d31 += a3 * b1; d32 += a3 * b2; d33 += a3 * b3  # noqa: E702
+    s[r0, j0] = d00; s[r0, j0 + 1] = d01; s[r0, j0 + 2] = d02; s[r0, j0 + 3] = d03  # noqa: E702
+    s[r0 + 1, j0] = d10; s[r0 + 1, j0 + 1] = d11; s[r0 + 1, j0 + 2] = d12; s[r0 + 1, j0 + 3] = d13  # noqa: E702
+    s[r0 + 2, j0] = d20; s[r0 + 2, j0 + 1] = d21; s[r0 + 2, j0 + 2] = d22; s[r0 + 2, j0 + 3] = d23  # noqa: E702
+    s[r0 + 3, j0] = d30; s[r0 + 3, j0 + 1] = d31; s[r0 + 3, j0 + 2] = d32; s[r0 + 3, j0 + 3] = d33  # noqa: E702
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _axpy4x4(a0, a1, a2, a3, s, r0, j0, v0, v1, v2, v3, n):
+    """a_r[:n] += sum_j s[r0+r, j0+j] * v_j[:n] for 4 accumulator rows and 4 value rows."""
+    p00 = s[r0, j0]; p01 = s[r0, j0 + 1]; p02 = s[r0, j0 + 2]; p03 = s[r0, j0 + 3]  # noqa: E702
+    p10 = s[r0 + 1, j0]; p11 = s[r0 + 1, j0 + 1]; p12 = s[r0 + 1, j0 + 2]; p13 = s[r0 + 1, j0 + 3]  # noqa: E702
+    p20 = s[r0 + 2, j0]; p21 = s[r0 + 2, j0 + 1]; p22 = s[r0 + 2, j0 + 2]; p23 = s[r0 + 2, j0 + 3]  # noqa: E702
+    p30 = s[r0 + 3, j0]; p31 = s[r0 + 3, j0 + 1]; p32 = s[r0 + 3, j0 + 2]; p33 = s[r0 + 3, j0 + 3]  # noqa: E702
+    for i in range(n):
+        b0 = v0[i]
+        b1 = v1[i]
+        b2 = v2[i]
+        b3 = v3[i]
+        a0[i] += p00 * b0 + p01 * b1 + p02 * b2 + p03 * b3
+        a1[i] += p10 * b0 + p11 * b1 + p12 * b2 + p13 * b3
+        a2[i] += p20 * b0 + p21 * b1 + p22 * b2 + p23 * b3
+        a3[i] += p30 * b0 + p31 * b1 + p32 * b2 + p33 * b3
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+              kv_tile):
+    """One work item: every head of query tokens [t0, t1) over cells kv_idx[c0:c1]; unnormalized result.
+
+    acc [R, dv] f32, m [R] f32, l [R] f32 with R = (t1 - t0) * n_head, row r = (t - t0) * n_head + h.
+    """
+    n_head = q.shape[1]
+    dk = q.shape[2]
+    dv = acc.shape[1]
+    nt = t1 - t0
+    R = nt * n_head
+    qs = np.empty((R, dk), dtype=np.float32)  # [R, dk] the item's query rows, contiguous
+    for tl in range(nt):
+        for h in range(n_head):
+            qr = qs[tl * n_head + h]
+            src = q[t0 + tl, h]
+            for i in range(dk):
+                qr[i] = src[i]
+    kt = np.zeros((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
+    s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
+    mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 visible, -inf masked
+    cvis = np.empty(kv_tile, dtype=np.bool_)
+    qseq = np.empty(nt, dtype=np.uint64)
+    for tl in range(nt):
+        qseq[tl] = np.uint64(q_seq[t0 + tl])
+    one = np.uint64(1)
+    neg_inf = np.float32(-np.inf)
+    zero = np.float32(0.0)
+    for r in range(R):
+        m[r] = neg_inf
+        l[r] = zero
+        for i in range(dv):
+            acc[r, i] = zero
+    R4 = R - R % 4
+    for cb in range(c0, c1, kv_tile):
+        nc = min(kv_tile, c1 - cb)
+        any_vis = False
+        for j in range(nc):
+            c = kv_idx[cb + j]
+            cs = cell_seq[c]
+            cp = cell_pos[c]
+            cv = False
+            for tl in range(nt):
+                ok = ((cs >> qseq[tl]) & one) == one and cp <= q_pos[t0 + tl]
+                mask[tl, j] = zero if ok else neg_inf
+                cv = cv or ok
+            cvis[j] = cv
+            any_vis = any_vis or cv
+        if not any_vis:
+            continue
+        for j in range(nc):  # one dequantization per cell serves every head's K and V
+            if cvis[j]:
+                _load_latent_row(kt[j], k, kv_idx[cb + j], dk, kind)
+        nc4 = nc - nc % 4
+        for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
+            k0 = kt[j0]
+            k1 = kt[j0 + 1]
+            k2 = kt[j0 + 2]
+            k3 = kt[j0 + 3]
+            for r0 in range(0, R4, 4):
+                _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
+            for r in range(R4, R):
+                qr = qs[r]
+                for jj in range(4):
+                    kr = kt[j0 + jj]
+                    d = zero
+                    for i in range(dk):
+                        d += qr[i] * kr[i]
+                    s[r, j0 + jj] = d
+        for j in range(nc4, nc):
+            kr = kt[j]
+            for r in range(R):
+                qr = qs[r]
+                d = zero
+                for i in range(dk):
+                    d += qr[i] * kr[i]
+                s[r, j] = d
+        for r in range(R):
+            sr = s[r]
+            mr = mask[r // n_head]
+            smax = neg_inf
+            for j in range(nc):
+                sr[j] = sr[j] * scale + mr[j]
+                if sr[j] > smax:
+                    smax = sr[j]
+            if smax == neg_inf:
+                for j in range(nc):
+                    sr[j] = zero
+                continue
+            m_old = m[r]
+            m_new = smax if smax > m_old else m_old
+            alpha = _exp_neg(m_old - m_new)
+            lsum = zero
+            for j in range(nc):
+                p = _exp_neg(sr[j] - m_new)
+                sr[j] = p
+                lsum += p
+            l[r] = l[r] * alpha + lsum
+            m[r] = m_new
+            if alpha != np.float32(1.0):
+                ar = acc[r]
+                for i in range(dv):
+                    ar[i] *= alpha
+        for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators
+            a0 = acc[r0]
+            a1 = acc[r0 + 1]
+            a2 = acc[r0 + 2]
+            a3 = acc[r0 + 3]
+            for j0 in range(0, nc4, 4):
+                _axpy4x4(a0, a1, a2, a3, s, r0, j0, kt[j0, v_off:v_off + dv], kt[j0 + 1, v_off:v_off + dv],
+                         kt[j0 + 2, v_off:v_off + dv], kt[j0 + 3, v_off:v_off + dv], dv)
+            for j in range(nc4, nc):
+                p0 = s[r0, j]
+                p1 = s[r0 + 1, j]
+                p2 = s[r0 + 2, j]
+                p3 = s[r0 + 3, j]
+                vr = kt[j, v_off:v_off + dv]
+                for i in range(dv):
+                    vi = vr[i]
+                    a0[i] += p0 * vi
+                    a1[i] += p1 * vi
+                    a2[i] += p2 * vi
+                    a3[i] += p3 * vi
+        for r in range(R4, R):
+            ar = acc[r]
+            for j in range(nc):
+                p = s[r, j]
+                vr = kt[j, v_off:v_off + dv]
+                for i in range(dv):
+                    ar[i] += p * vr[i]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, q_tile, kv_tile,
+                   n_split):
+    """Absorbed MLA attention of a ubatch over latent cache rows, online softmax over KV tiles.
+
+    dst      [n_tok, n_head, dv] f32     output: per head the attention-weighted sum of c_kv (latent, dv = kv_lora_rank)
+    q        [n_tok, n_head, dk] f32     per head [q_pe (n_rot) | q_nope . W_UK (kv_lora_rank)], the cache row order
+    k        [n_cells, row]              cache rows [k_pe | c_kv]: uint32 (f32 bits) | uint16 (f16/bf16) | uint8 (q8_0)
+    kind     KIND_F32 | KIND_F16 | KIND_BF16 | KIND_Q8_0
+    v_off    int    element offset of c_kv inside a row (n_rot); dk = v_off + dv
+    cell_pos [n_cells] int32, cell_seq [n_cells] uint64 bitsets, kv_idx [n_kv] int32 cells in scan order
+    q_pos [n_tok] int32, q_seq [n_tok] int32; scale f32 (the softmax scale, mscale^2/sqrt(head_dim_k))
+    q_tile tokens per item (all heads of a token share the K tile); kv_tile cells per tile; n_split KV splits.
+    Items (query tile, split) run in parallel; the splits are merged in a fixed order afterwards, so
+    the result does not depend on the thread count. A query that sees no cell gets zeros.
+    """
+    n_tok = q.shape[0]
+    n_head = q.shape[1]
+    dv = dst.shape[2]
+    n_kv = kv_idx.shape[0]
+    n_qt = (n_tok + q_tile - 1) // q_tile
+    split_len = (n_kv + n_split - 1) // n_split
+    split_len = (split_len + kv_tile - 1) // kv_tile * kv_tile
+    ns = n_split if n_split > 1 else 0
+    pm = np.empty((ns, n_tok, n_head), dtype=np.float32)  # [n_split, n_tok, n_head] running max
+    pl = np.empty((ns, n_tok, n_head), dtype=np.float32)  # [n_split, n_tok, n_head] softmax sum
+    pacc = np.empty((ns, n_tok, n_head, dv), dtype=np.float32)  # [n_split, n_tok, n_head, dv]
+    for it in prange(n_qt * n_split):
+        sp = it % n_split
+        qt = it // n_split
+        t0 = qt * q_tile
+        t1 = min(n_tok, t0 + q_tile)
+        c0 = min(n_kv, sp * split_len)
+        c1 = min(n_kv, c0 + split_len)
+        R = (t1 - t0) * n_head
+        acc = np.empty((R, dv), dtype=np.float32)  # [R, dv]
+        m = np.empty(R, dtype=np.float32)
+        l = np.empty(R, dtype=np.float32)
+        _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+                  kv_tile)
+        for r in range(R):
+            t = t0 + r // n_head
+            h = r % n_head
+            if n_split == 1:
+                inv = np.float32(1.0) / l[r] if l[r] > np.float32(0.0) else np.float32(0.0)
+                for i in range(dv):
+                    dst[t, h, i] = acc[r, i] * inv
+                continue
+            pm[sp, t, h] = m[r]
+            pl[sp, t, h] = l[r]
+            for i in range(dv):
+                pacc[sp, t, h, i] = acc[r, i]
+    if n_split == 1:
+        return
+    for th in prange(n_tok * n_head):
+        t = th // n_head
+        h = th % n_head
+        mx = np.float32(-np.inf)
+        for sp in range(n_split):
+            mx = max(mx, pm[sp, t, h])
+        for i in range(dv):
+            dst[t, h, i] = np.float32(0.0)
+        if mx == np.float32(-np.inf):
+            continue
+        den = np.float32(0.0)
+        for sp in range(n_split):
+            if pm[sp, t, h] == np.float32(-np.inf):
+                continue
+            w = np.exp(pm[sp, t, h] - mx)
+            den += w * pl[sp, t, h]
+            for i in range(dv):
+                dst[t, h, i] += w * pacc[sp, t, h, i]
+        inv = np.float32(1.0) / den
+        for i in range(dv):
+            dst[t, h, i] *= inv

@@ -1,0 +1,94 @@
+"""llama-bench-style tests: ppN (one prompt of N random tokens into an empty cache, in n_batch chunks) and
+tgN (N single-token decodes from an empty cache), repeated, engines interleaved per repetition.
+
+Compile/warm-up happened when the engines were opened and is never inside these timings.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+
+
+@dataclass
+class RunResult:
+    engine: str
+    test: str            # "pp512", "tg128"
+    n_prompt: int
+    n_gen: int
+    samples_ts: list[float] = field(default_factory=list)  # tokens/s of each repetition
+    gbps: float | None = None    # tg: bytes read per token * mean speed
+    gflops: float | None = None  # pp: flops / mean time
+
+    @property
+    def avg_ts(self) -> float:
+        return statistics.mean(self.samples_ts)
+
+    @property
+    def stddev_ts(self) -> float:
+        return statistics.stdev(self.samples_ts) if len(self.samples_ts) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(avg_ts=self.avg_ts, stddev_ts=self.stddev_ts)
+        return d
+
+
+def _pp(e, toks) -> float:
+    e.clear()
+    t0 = time.perf_counter()
+    for s in range(0, len(toks), e.n_batch):
+        chunk = toks[s:s + e.n_batch]
+        e.decode(chunk, s, logits_last=s + len(chunk) == len(toks))
+    return time.perf_counter() - t0
+
+
+def _tg(e, toks) -> float:
+    e.clear()
+    t0 = time.perf_counter()
+    for i, t in enumerate(toks):
+        e.decode([t], i, logits_last=True)
+    return time.perf_counter() - t0
+
+
+def run_tests(engines: list, n_prompt: int = 512, n_gen: int = 128, reps: int = 5, seed: int = 1234,
+              costs=None, progress=None) -> list[RunResult]:
+    """pp{n_prompt} and tg{n_gen} (either may be 0 to skip) on every engine; results in (test, engine) order."""
+    if reps <= 0:
+        raise InvalidArgumentError(f"repetitions must be positive, got {reps}")
+    if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
+        raise InvalidArgumentError("need -p > 0 or -n > 0")
+    for e in engines:
+        if max(n_prompt, n_gen) > e.n_ctx:
+            raise InvalidArgumentError(f"{e.name}: the test needs {max(n_prompt, n_gen)} cells, n_ctx = {e.n_ctx}")
+    n_vocab = min(e.n_vocab for e in engines)
+    rng = np.random.default_rng(seed)
+    tests = ([("pp", n_prompt)] if n_prompt else []) + ([("tg", n_gen)] if n_gen else [])
+    res = {(kind, e.name): RunResult(e.name, f"{kind}{n}", n if kind == "pp" else 0, n if kind == "tg" else 0)
+           for kind, n in tests for e in engines}
+    for r in range(reps):
+        for kind, n in tests:
+            toks = rng.integers(0, n_vocab, n).tolist()
+            order = engines if r % 2 == 0 else engines[::-1]
+            for e in order:
+                dt = _pp(e, toks) if kind == "pp" else _tg(e, toks)
+                res[(kind, e.name)].samples_ts.append(n / dt)
+        if progress:
+            progress(f"run: rep {r + 1}/{reps}: " + ", ".join(
+                f"{e.name} {kind}{n} {res[(kind, e.name)].samples_ts[-1]:.2f} t/s" for kind, n in tests
+                for e in engines))
+    for e in engines:
+        e.clear()
+    out = [res[(kind, e.name)] for kind, _ in tests for e in engines]
+    if costs is not None:
+        for x in out:
+            if x.n_gen:
+                x.gbps = costs.tg_bytes(0, x.n_gen) / x.n_gen * x.avg_ts / 1e9
+            else:
+                x.gflops = costs.pp_flops(0, x.n_prompt, 1) * x.avg_ts / x.n_prompt / 1e9
+    return out

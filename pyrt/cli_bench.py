@@ -1,0 +1,192 @@
+"""`pyrt bench sweep | run | membw`: argument parsing and printing for the benchmarks in pyrt.bench.
+
+Thin: the work lives in pyrt.bench (a library user gets the same sweep, runs and tables); this module
+maps flags to calls, prints results on stdout and progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import InvalidArgumentError
+
+CACHE_TYPES = ["f32", "f16", "bf16", "q8_0"]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _common(p: argparse.ArgumentParser, ctx_default: int) -> None:
+    p.add_argument("-m", "--model", default=None, help="GGUF file (default: Gemma 3 270M from the [model] extra)")
+    p.add_argument("-c", "--ctx-size", type=int, default=ctx_default, help=f"context size (default: {ctx_default})")
+    p.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch size (default: 2048)")
+    p.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch size (default: 512)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads for both engines (default: all cores)")
+    p.add_argument("-ctk", "--cache-type-k", default="f16", choices=CACHE_TYPES, help="K cache type (default: f16)")
+    p.add_argument("-ctv", "--cache-type-v", default=None, choices=CACHE_TYPES, help="V cache type (default: -ctk)")
+    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default="on", choices=["on", "off", "auto"],
+                   help="flash attention for llama.cpp (default: on); pyrt always uses its flash kernel")
+    p.add_argument("-mla", "--mla-use", type=int, default=None,
+                   help="MLA mode (DeepSeek-V2/V3 files only; an error for other architectures)")
+    p.add_argument("-o", "--output", default="md", choices=["md", "jsonl", "csv"], help="output format (default: md)")
+    p.add_argument("--compare", default=None, choices=["llama.cpp"],
+                   help="run llama.cpp (llama-cpp-python) on the same file beside pyrt, interleaved")
+    p.add_argument("--membw", type=float, default=None,
+                   help="memory read bandwidth in GB/s for the roofline (default: measure; 0 = skip)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the random tokens (default: 1234)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up decodes (compile then lands in row 1)")
+
+
+def add_bench_parser(sub) -> None:
+    """Adds `bench` with its sweep/run/membw subcommands to pyrt's subparsers."""
+    b = sub.add_parser("bench", help="benchmarks: sweep-bench, llama-bench-style runs, memory bandwidth",
+                       allow_abbrev=False)
+    bs = b.add_subparsers(dest="bench_command", metavar="BENCH")
+    s = bs.add_parser("sweep", help="PP/TG speed against the tokens already in the cache (sweep-bench)",
+                      allow_abbrev=False)
+    _common(s, ctx_default=4096)
+    s.add_argument("-n", "--n-predict", type=int, default=-1, help="TG tokens per row (default: ubatch/4)")
+    s.add_argument("--sweep-memory", "--memory", action="store_true", dest="memory",
+                   help="add the peak RSS (RSS HWM, MiB) column")
+    s.add_argument("--plot", default=None, metavar="FILE.png", help="plot S_PP and S_TG against N_KV (matplotlib)")
+    s.add_argument("--jsonl", default=None, metavar="FILE", help="also write the jsonl records to FILE")
+    r = bs.add_parser("run", help="llama-bench's pp/tg tests with repetitions", allow_abbrev=False)
+    _common(r, ctx_default=0)
+    r.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (default: 512, 0 = skip)")
+    r.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (default: 128, 0 = skip)")
+    r.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions (default: 5)")
+    m = bs.add_parser("membw", help="memory read bandwidth with a Numba kernel", allow_abbrev=False)
+    m.add_argument("-t", "--threads", type=int, default=2, help="threads (default: 2)")
+    m.add_argument("--size", type=int, default=None, help="buffer MiB (default: 4x the last-level cache, "
+                   "at least 512)")
+    m.add_argument("-r", "--repetitions", type=int, default=5, help="best of this many passes (default: 5)")
+
+
+def _model_path(a) -> str:
+    if a.model:
+        return a.model
+    from .default_model import default_model_path
+    return default_model_path()
+
+
+def _open(a, n_ctx: int):
+    from .bench.engines import open_engines
+    if a.flash_attn == "off":
+        _log("pyrt: -fa off: pyrt always uses its flash-attention kernel; the setting applies to llama.cpp only")
+    return open_engines(_model_path(a), compare=a.compare, n_ctx=n_ctx, n_batch=a.batch_size,
+                        n_ubatch=a.ubatch_size, n_threads=a.threads, type_k=a.cache_type_k,
+                        type_v=a.cache_type_v or a.cache_type_k, flash_attn=a.flash_attn != "off", mla=a.mla_use,
+                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"))
+
+
+def _facts(a, engines) -> dict:
+    from .bench.facts import machine_facts, model_facts
+    py = engines[0]
+    facts = machine_facts(py.n_threads)
+    mf = model_facts(_model_path(a))
+    facts["model"] = f"{_model_path(a)} ({mf['arch']}, {mf['file_type']}, {mf['size_mib']:.2f} MiB, " \
+                     f"{mf['n_params'] / 1e6:.2f} M params)"
+    facts["kv"] = f"K {a.cache_type_k}, V {a.cache_type_v or a.cache_type_k}"
+    facts["flash_attn"] = ", ".join(f"{e.name} {e.flash_attn}" for e in engines)
+    return facts
+
+
+def _membw(a, threads: int) -> float | None:
+    if a.membw is not None:
+        return a.membw if a.membw > 0 else None
+    from .bench.membw import measure_membw
+    from .bench.membw import default_size_mib
+    _log(f"pyrt: measuring memory read bandwidth ({default_size_mib()} MiB, best of 5)")
+    return measure_membw(None, threads, 5)
+
+
+def _cmd_sweep(a) -> int:
+    from .bench import report
+    from .bench.roofline import ModelCosts
+    from .bench.sweep import sweep
+
+    engines = _open(a, a.ctx_size)
+    py = engines[0]
+    for e in engines:
+        _log(f"{e.name}: load {e.t_load * 1000:.0f} ms, compile/warm-up {e.t_compile * 1000:.0f} ms")
+    costs = ModelCosts.from_llm(py.llm)
+    results = sweep(engines, n_tg=a.n_predict, seed=a.seed, memory=a.memory, costs=costs, progress=_log)
+    bw = _membw(a, py.n_threads)  # after the sweep: its buffer must not raise the RSS high-water mark
+    if bw:
+        for rows in results.values():
+            for r in rows:
+                r.tg_bw_frac = r.tg_gbps / bw
+    facts = _facts(a, engines)
+    facts["membw_gbps"] = round(bw, 2) if bw else None
+    params = {"n_kv_max": py.n_ctx, "n_batch": py.n_batch, "n_ubatch": py.n_ubatch, "flash_attn": py.flash_attn,
+              "n_threads": py.n_threads}
+    times = {e.name: (e.t_load, e.t_compile) for e in engines}
+    if a.output == "md":
+        text = report.sweep_md(results, params, facts, memory=a.memory, times=times)
+    elif a.output == "jsonl":
+        text = report.sweep_jsonl(results, params, facts)
+    else:
+        text = report.sweep_csv(results, params, facts)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if a.jsonl:
+        with open(a.jsonl, "w") as fh:
+            fh.write(report.sweep_jsonl(results, params, facts))
+    if a.plot:
+        from .bench.plot import plot_sweep
+        title = f"{facts['model'].split(' (')[0].rsplit('/', 1)[-1]}, {py.n_threads} threads, ub {py.n_ubatch}, " \
+                f"KV {a.cache_type_k}"
+        plot_sweep(results, a.plot, title)
+        _log(f"pyrt: plot written to {a.plot}")
+    return 0
+
+
+def _cmd_run(a) -> int:
+    from .bench import report
+    from .bench.roofline import ModelCosts
+    from .bench.run import run_tests
+
+    n_ctx = a.ctx_size if a.ctx_size > 0 else max(a.n_prompt, a.n_gen, 1)
+    engines = _open(a, n_ctx)
+    py = engines[0]
+    times = {e.name: (e.t_load, e.t_compile) for e in engines}
+    for e in engines:
+        _log(f"{e.name}: load {e.t_load * 1000:.0f} ms, compile/warm-up {e.t_compile * 1000:.0f} ms")
+    costs = ModelCosts.from_llm(py.llm)
+    results = run_tests(engines, a.n_prompt, a.n_gen, a.repetitions, seed=a.seed, costs=costs, progress=_log)
+    facts = _facts(a, engines)
+    bw = _membw(a, py.n_threads)
+    facts["membw_gbps"] = round(bw, 2) if bw else None
+    if a.output == "md":
+        from .bench.facts import model_facts
+        text = report.run_md(results, facts, model_facts(_model_path(a)), py.n_threads, times=times)
+        if bw:
+            text += "".join(f"{r.engine} {r.test}: {r.gbps:.2f} GB/s = {100 * r.gbps / bw:.1f}% of membw\n"
+                            for r in results if r.gbps is not None)
+    elif a.output == "jsonl":
+        text = report.run_jsonl(results, {**facts, "load_compile_s": {k: list(v) for k, v in times.items()}})
+    else:
+        text = report.run_csv(results, facts)
+    sys.stdout.write(text)
+    return 0
+
+
+def _cmd_membw(a) -> int:
+    from .bench.membw import measure_membw
+    from .bench.membw import default_size_mib, llc_mib
+    size = a.size or default_size_mib()
+    gbps = measure_membw(size, a.threads, a.repetitions)
+    llc = llc_mib()
+    print(f"membw: {gbps:.2f} GB/s read ({size} MiB buffer, {a.threads} threads, best of {a.repetitions}; "
+          f"last-level cache {f'{llc:.0f} MiB' if llc else 'unknown'})")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    if a.bench_command is None:
+        raise InvalidArgumentError("pyrt bench: choose sweep, run or membw (pyrt bench -h)")
+    if a.bench_command == "membw":
+        return _cmd_membw(a)
+    return _cmd_sweep(a) if a.bench_command == "sweep" else _cmd_run(a)

@@ -1,0 +1,355 @@
+"""`deepseek2`: multi-head latent attention (MLA) with a K-only latent cache, MoE FFN, YaRN RoPE.
+
+Semantics follow llama.cpp's deepseek2 graph (the logits oracle); the attention modes follow
+ik_llama.cpp (-mla 0..3, see pyrt.ops.mla). Loads all three GGUF conventions: attn_kv_b only,
+attn_k_b + attn_v_b only (mainline MLA files: head_count_kv = 1, key/value_length_mla), or all three.
+Imports ops, io and models.base only; the cache is reached through `ForwardInputs.kv`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import SimpleNamespace
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from ..errors import InvalidArgumentError, ModelFileError, UnsupportedError
+from ..formats.qtypes import DOT_TYPES
+from ..io.gguf_file import GGUFFile
+from ..ops import basic, mla, moe
+from ..ops import matmul as mm
+from ..ops.attention import flash_attn_rows
+from .base import ForwardInputs, HParams, Linear, TensorTable, linear_multi
+
+# Mode 3 decompresses the cached latents and runs ordinary flash attention for ubatches of at least
+# this many tokens, and runs the absorbed FlashMLA kernel below it. ik_llama.cpp uses 128; this value
+# was measured on the 2-core dev machine with bench/bench_mla.py --crossover (DeepSeek-V2-Lite shapes).
+PP_MIN_TOKENS = 32
+FLOAT_TYPES = (int(T.F32), int(T.F16), int(T.BF16))
+
+
+class _Raw:
+    """A weight-like (raw rows + type) built at load time (derived k_b / v_b / kv_b)."""
+
+    __slots__ = ("raw", "ggml_type")
+
+    def __init__(self, raw: np.ndarray, ggml_type: int):
+        raw.flags.writeable = False
+        self.raw, self.ggml_type = raw, int(ggml_type)
+
+
+def _encode_rows(x: np.ndarray, ggml_type: int) -> _Raw:
+    """f32 rows [n, m] -> raw rows in ggml_type (F32, F16, BF16 or Q8_0)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if ggml_type == T.F32:
+        return _Raw(x.view(np.uint8).reshape(x.shape[0], -1), T.F32)
+    if ggml_type == T.F16:
+        return _Raw(x.astype(np.float16).view(np.uint8).reshape(x.shape[0], -1), T.F16)
+    if ggml_type == T.BF16:  # the values came from bf16: truncation is exact
+        return _Raw((x.view(np.uint32) >> np.uint32(16)).astype(np.uint16).view(np.uint8).reshape(x.shape[0], -1),
+                    T.BF16)
+    q = DOT_TYPES["Q8_0"]
+    out = np.empty((x.shape[0], q.row_bytes(x.shape[1])), np.uint8)
+    q.kernel("quantize_rows")(out, x)
+    return _Raw(out, T.Q8_0)
+
+
+class DeepSeek2Model:
+    """One instance per loaded file; weights stay views into the map (derived MLA tensors are small copies)."""
+
+    ARCHS = {"deepseek2": basic.ROPE_NORM}
+    is_mla = True
+
+    def __init__(self, f: GGUFFile):
+        self._read_hparams(f)
+        hp, x = self.hp, self.hp.extra
+        H, C, R, Dn, Dv = hp.n_head, x["kv_lora_rank"], hp.n_rot, x["n_embd_head_qk_nope"], hp.n_embd_head_v
+        Dk = hp.n_embd_head_k
+        t = TensorTable(f)
+        self.token_embd = t.get("token_embd.weight", (hp.n_vocab, hp.n_embd))
+        self.output_norm = t.vector("output_norm.weight", hp.n_embd)
+        out = t.get("output.weight", (hp.n_vocab, hp.n_embd), required=False)
+        self.output = Linear(out if out is not None else self.token_embd)
+        self.layers = []
+        self.derive_seconds = 0.0
+        n_ff_exp, n_expert, n_shexp = x["n_ff_exp"], x["n_expert"], x["n_expert_shared"]
+        for il in range(hp.n_layer):
+            p = f"blk.{il}."
+            L = SimpleNamespace()
+            L.attn_norm = t.vector(p + "attn_norm.weight", hp.n_embd)
+            if x["q_lora_rank"] > 0:
+                L.attn_q_a = t.linear(p + "attn_q_a", x["q_lora_rank"], hp.n_embd)
+                L.attn_q_a_norm = t.vector(p + "attn_q_a_norm.weight", x["q_lora_rank"])
+                L.attn_q_b = t.linear(p + "attn_q_b", H * Dk, x["q_lora_rank"])
+                L.attn_q = None
+            else:
+                L.attn_q = t.linear(p + "attn_q", H * Dk, hp.n_embd)
+            L.attn_kv_a_mqa = t.linear(p + "attn_kv_a_mqa", C + R, hp.n_embd)
+            L.attn_kv_a_norm = t.vector(p + "attn_kv_a_norm.weight", C)
+            kv_b = t.get(p + "attn_kv_b.weight", (H * (Dn + Dv), C), required=False)
+            k_b = self._get_any(t, f, p + "attn_k_b.weight", [(H, C, Dn), (H * C, Dn)])
+            v_b = self._get_any(t, f, p + "attn_v_b.weight", [(H, Dv, C), (H * Dv, C)])
+            if kv_b is None and (k_b is None or v_b is None):
+                raise ModelFileError(f"{f.path}: layer {il} has neither attn_kv_b nor attn_k_b + attn_v_b")
+            t0 = time.perf_counter()
+            if k_b is None:  # legacy file: derive W_UK^T per head (ik's llm_prepare_mla)
+                w = mm.dequantize(kv_b.raw, kv_b.ggml_type, C).reshape(H, Dn + Dv, C)
+                kt = np.ascontiguousarray(w[:, :Dn, :].transpose(0, 2, 1)).reshape(H * C, Dn)  # [H*C, Dn]
+                ty = kv_b.ggml_type if kv_b.ggml_type in FLOAT_TYPES else (T.Q8_0 if Dn % 32 == 0 else T.F32)
+                k_b = _encode_rows(kt, ty)
+            if v_b is None:  # W_UV rows of each head, in place: no copy, no requantization
+                v_b = SimpleNamespace(raw=None, ggml_type=kv_b.ggml_type,
+                                      heads=[kv_b.raw[h * (Dn + Dv) + Dn:(h + 1) * (Dn + Dv)] for h in range(H)])
+            if kv_b is None:  # mainline MLA file: rebuild kv_b for the decompressing paths (llm_compute_wkv_b)
+                wk = mm.dequantize(k_b.raw, k_b.ggml_type, Dn).reshape(H, C, Dn).transpose(0, 2, 1)
+                wv = mm.dequantize(v_b.raw, v_b.ggml_type, C).reshape(H, Dv, C)
+                both = np.concatenate([wk, wv], axis=1).reshape(H * (Dn + Dv), C)
+                ty = k_b.ggml_type if k_b.ggml_type == v_b.ggml_type and k_b.ggml_type in FLOAT_TYPES else T.Q8_0
+                kv_b = _encode_rows(both, ty if (ty != T.Q8_0 or C % 32 == 0) else T.F32)
+            self.derive_seconds += time.perf_counter() - t0
+            L.attn_kv_b = kv_b
+            L.k_b_heads = [k_b.raw[h * C:(h + 1) * C] for h in range(H)]  # [C, Dn] rows per head
+            L.k_b_type = int(k_b.ggml_type)
+            L.v_b_heads = v_b.heads if getattr(v_b, "raw", None) is None else \
+                [v_b.raw[h * Dv:(h + 1) * Dv] for h in range(H)]  # [Dv, C] rows per head
+            L.v_b_type = int(v_b.ggml_type)
+            L.attn_output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
+            L.ffn_norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
+            if il < x["n_layer_dense_lead"]:
+                L.moe = False
+                L.ffn_gate = t.linear(p + "ffn_gate", hp.n_ff, hp.n_embd)
+                L.ffn_up = t.linear(p + "ffn_up", hp.n_ff, hp.n_embd)
+                L.ffn_down = t.linear(p + "ffn_down", hp.n_embd, hp.n_ff)
+            else:
+                L.moe = True
+                L.ffn_gate_inp = t.linear(p + "ffn_gate_inp", n_expert, hp.n_embd)
+                L.exp_probs_b = t.vector(p + "exp_probs_b.bias", n_expert, required=False)
+                L.ffn_gate_exps = t.get(p + "ffn_gate_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
+                L.ffn_up_exps = t.get(p + "ffn_up_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
+                L.ffn_down_exps = t.get(p + "ffn_down_exps.weight", (n_expert, hp.n_embd, n_ff_exp))
+                L.ffn_gate_shexp = t.linear(p + "ffn_gate_shexp", n_ff_exp * n_shexp, hp.n_embd)
+                L.ffn_up_shexp = t.linear(p + "ffn_up_shexp", n_ff_exp * n_shexp, hp.n_embd)
+                L.ffn_down_shexp = t.linear(p + "ffn_down_shexp", hp.n_embd, n_ff_exp * n_shexp)
+            self.layers.append(L)
+
+    @staticmethod
+    def _get_any(t: TensorTable, f: GGUFFile, name: str, shapes):
+        w = f.tensors.get(name)
+        if w is None:
+            return None
+        for s in shapes:
+            if tuple(w.shape) == s:
+                return t.get(name, s)
+        raise ModelFileError(f"{f.path}: tensor {name!r} has shape {list(w.shape)}, expected one of {shapes}")
+
+    def _read_hparams(self, f: GGUFFile) -> None:
+        arch = f.architecture
+        a = lambda k: f"{arch}.{k}"  # noqa: E731
+
+        def num(key, default=None, cast=int):
+            v = f.get(a(key), default)
+            if v is None:
+                raise ModelFileError(f"{f.path}: missing metadata key {a(key)!r}")
+            if isinstance(v, np.ndarray):
+                if v.size == 0 or np.any(v != v.flat[0]):
+                    raise UnsupportedError(f"{f.path}: per-layer {key} values are not supported")
+                v = v.flat[0]
+            return cast(v)
+
+        n_embd, n_layer, n_head = num("embedding_length"), num("block_count"), num("attention.head_count")
+        tokens = f.get("tokenizer.ggml.tokens")
+        n_vocab = num("vocab_size", len(tokens) if tokens is not None else 0)
+        if f.get(a("attention.key_length_mla")) is not None:  # mainline MLA header (head_count_kv = 1)
+            dk, dv = num("attention.key_length_mla"), num("attention.value_length_mla")
+        else:
+            dk, dv = num("attention.key_length"), num("attention.value_length")
+        n_rot = num("rope.dimension_count", dk)
+        C = num("attention.kv_lora_rank")
+        if n_rot <= 0 or n_rot % 2 or dk <= n_rot or C <= 0 or dv <= 0 or n_head <= 0:
+            raise ModelFileError(f"{f.path}: inconsistent MLA dims (key {dk}, value {dv}, rope {n_rot}, "
+                                 f"kv_lora {C}, heads {n_head})")
+        scaling = f.get(a("rope.scaling.type"), "linear")
+        factor = float(f.get(a("rope.scaling.factor"), f.get(a("rope.scale_linear"), 0.0)) or 0.0)
+        freq_scale = 1.0 / factor if factor else 1.0
+        if scaling == "none":
+            freq_scale = 1.0
+        elif scaling not in ("linear", "yarn"):
+            raise UnsupportedError(f"{f.path}: rope scaling {scaling!r} is not supported for deepseek2")
+        ext_factor = 1.0 if scaling == "yarn" else 0.0
+        log_mul = float(f.get(a("rope.scaling.yarn_log_multiplier"), 0.0)) / 0.1  # mainline's fix-up
+        rope_attn_factor = float(f.get(a("rope.scaling.attn_factor"), 1.0))
+        n_ctx_train = num("context_length", 4096)
+        n_ctx_orig = num("rope.scaling.original_context_length", n_ctx_train)
+        freq_base = float(f.get(a("rope.freq_base"), 10000.0))
+        # llama.cpp's cparams.yarn_attn_factor (llama_context ctor), then the graph's kq_scale
+        fs = np.float32(freq_scale)
+        factor32 = np.float32(1.0) / fs
+        attn_factor = np.float32(1.0)
+        if ext_factor != 0.0:
+            def get_mscale(scale, m):
+                return np.float32(1.0) if scale <= 1.0 else np.float32(0.1) * np.float32(m) * np.log(scale) + np.float32(1.0)
+            if log_mul != 0.0:
+                attn_factor = get_mscale(factor32, log_mul) / get_mscale(factor32, log_mul)
+            else:
+                attn_factor = get_mscale(factor32, 1.0)
+            attn_factor = attn_factor * (np.float32(1.0) / (np.float32(1.0) + np.float32(0.1) * np.log(factor32)))
+        attn_factor = np.float32(attn_factor * np.float32(rope_attn_factor))
+        attn_factor_org = attn_factor * (np.float32(1.0) + np.float32(0.1) * np.log(np.float32(1.0) / fs))
+        mscale = attn_factor_org * (np.float32(1.0) + np.float32(0.1) * np.float32(log_mul) * np.log(np.float32(1.0) / fs))
+        self.kq_scale = float(np.float32(mscale * mscale / np.sqrt(np.float32(dk))))
+        rope_mscale = attn_factor * ((np.float32(1.0) + np.float32(0.1) * np.log(np.float32(1.0) / fs))
+                                     if ext_factor != 0.0 else np.float32(1.0))
+
+        def corr_dim(beta):
+            return n_rot * math.log(n_ctx_orig / (beta * 2 * math.pi)) / (2 * math.log(freq_base))
+        corr_low = max(0.0, math.floor(corr_dim(32.0)))
+        corr_high = min(n_rot - 1.0, math.ceil(corr_dim(1.0)))
+        gating = num("expert_gating_func", 0)
+        if gating == 0:
+            gating = moe.GATING_SIGMOID if n_layer in (47, 48) and n_vocab == 154880 else moe.GATING_SOFTMAX
+        n_expert = num("expert_count", 0)
+        n_dense = num("leading_dense_block_count", 0)
+        if n_dense < n_layer and (n_expert <= 0 or num("expert_used_count", 0) <= 0):
+            raise ModelFileError(f"{f.path}: MoE layers need expert_count and expert_used_count > 0")
+        extra = dict(
+            q_lora_rank=num("attention.q_lora_rank", 0), kv_lora_rank=C, n_embd_head_qk_nope=dk - n_rot,
+            n_layer_dense_lead=n_dense, n_ff_exp=num("expert_feed_forward_length", 0), n_expert=n_expert,
+            n_expert_used=num("expert_used_count", 0), n_expert_shared=num("expert_shared_count", 0),
+            expert_weights_scale=num("expert_weights_scale", 0.0, float),
+            expert_weights_norm=bool(f.get(a("expert_weights_norm"), False)), expert_gating_func=gating,
+            rope_scaling=scaling, ext_factor=ext_factor, n_ctx_orig_yarn=n_ctx_orig, rope_yarn_log_mul=log_mul,
+            corr_dims=(corr_low, corr_high), rope_mscale=float(rope_mscale),
+        )
+        self.hp = HParams(
+            arch=arch, n_vocab=n_vocab, n_ctx_train=n_ctx_train, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+            n_head_kv=n_head, n_embd_head_k=dk, n_embd_head_v=dv, n_ff=num("feed_forward_length", 0),
+            n_rot=n_rot, f_norm_rms_eps=num("attention.layer_norm_rms_epsilon", 1e-6, float),
+            rope_freq_base=freq_base, rope_freq_scale=freq_scale, rope_type=basic.ROPE_NORM, extra=extra)
+
+    # -- cache geometry ---------------------------------------------------------------------------
+    def kv_layout(self, mla_mode: int = 3) -> tuple[list[int], list[int], int, int]:
+        """(K widths, V widths, K head dim, V head dim) per layer for a cache in this -mla mode.
+
+        Mode 0: per-head K (n_head*192) and V (n_head*128). Modes 1-3: one latent row of kv_lora_rank + n_rot
+        values per cell and no V at all (V is read from the c_kv part of the K row).
+        """
+        hp = self.hp
+        if mla_mode not in (0, 1, 2, 3):
+            raise InvalidArgumentError(f"mla mode must be 0, 1, 2 or 3, got {mla_mode}")
+        if mla_mode == 0:
+            return ([hp.n_head * hp.n_embd_head_k] * hp.n_layer, [hp.n_head * hp.n_embd_head_v] * hp.n_layer,
+                    hp.n_embd_head_k, hp.n_embd_head_v)
+        w = hp.extra["kv_lora_rank"] + hp.n_rot
+        return [w] * hp.n_layer, [0] * hp.n_layer, w, 0
+
+    def kv_dims(self, mla_mode: int = 3) -> tuple[list[int], list[int]]:
+        k, v, _, _ = self.kv_layout(mla_mode)
+        return k, v
+
+    def rope_cache(self, pos: np.ndarray) -> basic.RopeCache:
+        hp, x = self.hp, self.hp.extra
+        return mla.yarn_rope_cache(pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, x["ext_factor"],
+                                   x["corr_dims"], x["rope_mscale"])
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, inp: ForwardInputs) -> np.ndarray:
+        """Runs one ubatch; returns logits [n_out, n_vocab] f32 for inp.out_rows."""
+        hp, x_ = self.hp, self.hp.extra
+        mode = int(getattr(inp.kv, "mla", 3))
+        n_tok = inp.tokens.shape[0]
+        x = mm.get_rows(self.token_embd.raw, self.token_embd.ggml_type, inp.tokens, hp.n_embd)  # [n_tok, n_embd]
+        rope = self.rope_cache(inp.pos)
+        eps = hp.f_norm_rms_eps
+        last = hp.n_layer - 1
+        for il, L in enumerate(self.layers):
+            h = basic.rms_norm(x, L.attn_norm, eps)
+            attn = self._attention(il, L, h, rope, inp, mode)  # [n_tok, n_head*Dv]
+            if il == last and inp.out_rows.shape[0] == 0:
+                return np.empty((0, hp.n_vocab), dtype=np.float32)
+            if il == last and inp.out_rows.shape[0] < n_tok:
+                x = np.ascontiguousarray(x[inp.out_rows])
+                attn = np.ascontiguousarray(attn[inp.out_rows])
+            x += L.attn_output(attn)
+            h = basic.rms_norm(x, L.ffn_norm, eps)
+            if not L.moe:
+                g, u = linear_multi(h, L.ffn_gate, L.ffn_up)
+                x += L.ffn_down(basic.swiglu(g, u))
+            else:
+                logits = L.ffn_gate_inp(h)  # [n, n_expert]
+                sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,
+                                   x_["expert_weights_norm"], x_["expert_weights_scale"])
+                y = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"])
+                g, u = linear_multi(h, L.ffn_gate_shexp, L.ffn_up_shexp)
+                y += L.ffn_down_shexp(basic.swiglu(g, u))
+                x += y
+        basic.rms_norm(x, self.output_norm, eps, out=x)
+        return self.output(x)
+
+    def _attention(self, il, L, h, rope, inp, mode) -> np.ndarray:
+        hp, x_ = self.hp, self.hp.extra
+        n_tok = h.shape[0]
+        H, C, R, Dn, Dv, Dk = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], \
+            hp.n_embd_head_v, hp.n_embd_head_k
+        eps = hp.f_norm_rms_eps
+        if L.attn_q is None:
+            qa, kva = linear_multi(h, L.attn_q_a, L.attn_kv_a_mqa)
+            q = L.attn_q_b(basic.rms_norm(qa, L.attn_q_a_norm, eps))
+        else:
+            q, kva = linear_multi(h, L.attn_q, L.attn_kv_a_mqa)
+        q = q.reshape(n_tok, H, Dk)                                  # [n_tok, H, Dn + R]
+        c_kv = basic.rms_norm(np.ascontiguousarray(kva[:, :C]), L.attn_kv_a_norm, eps)  # [n_tok, C]
+        k_pe = np.ascontiguousarray(kva[:, C:]).reshape(n_tok, 1, R)  # [n_tok, 1, R]
+        q_pe = np.ascontiguousarray(q[:, :, Dn:])                     # [n_tok, H, R]
+        rope.apply(k_pe)
+        rope.apply(q_pe)
+        q_nope = q[:, :, :Dn]
+        if mode == 0:
+            kv = mm.matmul(c_kv, L.attn_kv_b.raw, L.attn_kv_b.ggml_type).reshape(n_tok, H, Dn + Dv)
+            k = np.empty((n_tok, H, Dk), np.float32)                 # [n_tok, H, Dn + R], nope first
+            k[:, :, :Dn] = kv[:, :, :Dn]
+            k[:, :, Dn:] = k_pe
+            v = np.ascontiguousarray(kv[:, :, Dn:]).reshape(n_tok, H * Dv)
+            qf = np.empty((n_tok, H, Dk), np.float32)
+            qf[:, :, :Dn] = q_nope
+            qf[:, :, Dn:] = q_pe
+            inp.kv.store(il, k.reshape(n_tok, H * Dk), v)
+            return inp.kv.attend(il, qf, self.kq_scale, head_dim_v=Dv)
+        row = np.empty((n_tok, R + C), np.float32)                   # [n_tok, R + C] the cache row, rope first
+        row[:, :R] = k_pe[:, 0, :]
+        row[:, R:] = c_kv
+        inp.kv.store(il, row, None)
+        krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
+        if mode in (2, 3) and n_tok >= PP_MIN_TOKENS:
+            return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
+        qa = np.empty((n_tok, H, R + C), np.float32)                 # [n_tok, H, R + C] = [q_pe | q_nope W_UK]
+        qa[:, :, :R] = q_pe
+        for hh in range(H):
+            qa[:, hh, R:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), L.k_b_heads[hh], L.k_b_type)
+        o_lat = mla.flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq, self.kq_scale, R)
+        out = np.empty((n_tok, H, Dv), np.float32)                   # [n_tok, H, Dv]
+        for hh in range(H):
+            out[:, hh, :] = mm.matmul(np.ascontiguousarray(o_lat[:, hh, :]), L.v_b_heads[hh], L.v_b_type)
+        return out.reshape(n_tok, H * Dv)
+
+    def _attn_decompressed(self, L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp) -> np.ndarray:
+        """Prompt path of modes 2/3: decompress the cached latents of the visible cells through kv_b."""
+        hp, x_ = self.hp, self.hp.extra
+        n_tok = q_nope.shape[0]
+        H, C, R, Dn, Dv, Dk = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], \
+            hp.n_embd_head_v, hp.n_embd_head_k
+        n_vis = kv_idx.shape[0]
+        lat = mla.latent_rows(krows, type_k, kv_idx, R + C)          # [n_vis, R + C]
+        kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), L.attn_kv_b.raw, L.attn_kv_b.ggml_type)
+        kv = kv.reshape(n_vis, H, Dn + Dv)
+        k = np.empty((n_vis, H, Dk), np.float32)                      # [n_vis, H, Dn + R]
+        k[:, :, :Dn] = kv[:, :, :Dn]
+        k[:, :, Dn:] = lat[:, None, :R]
+        v = np.ascontiguousarray(kv[:, :, Dn:]).reshape(n_vis, H * Dv)
+        qf = np.empty((n_tok, H, Dk), np.float32)
+        qf[:, :, :Dn] = q_nope
+        qf[:, :, Dn:] = q_pe
+        return flash_attn_rows(qf, k.reshape(n_vis, H * Dk), "f32", v, "f32",
+                               np.ascontiguousarray(cell_pos[kv_idx]), np.ascontiguousarray(cell_seq[kv_idx]),
+                               inp.pos, inp.seq, self.kq_scale, H, Dv)

@@ -1,0 +1,132 @@
+"""Multi-head latent attention (DeepSeek2 MLA) over a K-only latent cache: validation, tiling, kernel call.
+
+`flash_mla` runs the absorbed attention (FlashMLA kernel); `latent_rows` dequantizes cached latent rows
+for the decompressing prompt path. Imports pyrt._kernels and pyrt.errors only; the cache rows arrive
+as arrays from the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._kernels import flash_mla as fk
+from .._kernels import kv as kvk
+from ..errors import InvalidArgumentError, UnsupportedError
+
+_KINDS = {"f32": fk.KIND_F32, "f16": fk.KIND_F16, "bf16": fk.KIND_BF16, "q8_0": fk.KIND_Q8_0}
+MLA_CACHE_TYPES = tuple(_KINDS)
+
+KV_TILE = 32
+Q_ROWS = 64          # query rows (tokens x heads) per work item
+MIN_ITEMS = 16       # work items wanted before the KV range is split (a constant: thread-count independent)
+MIN_SPLIT_CELLS = 256
+
+
+def _rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
+    if type_name == "f32":
+        return buf.view(np.uint32)
+    if type_name in ("f16", "bf16"):
+        return buf.view(np.uint16)
+    return buf
+
+
+def check_cache_type(type_name: str) -> None:
+    if type_name not in _KINDS:
+        why = (" (q8_KV keeps one header per row segment; the V view into the c_kv part of the row would "
+               "start inside a segment, see the MLA notes)") if type_name == "q8_KV" else ""
+        raise UnsupportedError(f"MLA latent cache: type {type_name!r} is not supported; use one of "
+                               f"{', '.join(MLA_CACHE_TYPES)}{why}")
+
+
+def choose_tiles(n_tok: int, n_head: int, n_kv: int) -> tuple[int, int, int]:
+    """(q_tile, kv_tile, n_split): all heads of q_tile tokens per item; split the KV range for decode."""
+    q_tile = max(1, min(n_tok, Q_ROWS // max(1, n_head)))
+    items = (n_tok + q_tile - 1) // q_tile
+    n_split = 1
+    if items < MIN_ITEMS:
+        n_split = max(1, min((MIN_ITEMS + items - 1) // items, n_kv // MIN_SPLIT_CELLS))
+    return q_tile, KV_TILE, n_split
+
+
+def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, cell_seq: np.ndarray,
+              kv_idx: np.ndarray, q_pos: np.ndarray, q_seq: np.ndarray, scale: float, n_rot: int,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Absorbed attention of q [n_tok, n_head, n_rot + C] f32 over latent rows k [n_cells, row] -> [n_tok, n_head, C].
+
+    q's per-head rows are [q_pe | q_nope . W_UK] and the cache rows [k_pe | c_kv] (same order); V is
+    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32).
+    """
+    check_cache_type(type_k)
+    if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
+        raise InvalidArgumentError("flash_mla: q must be float32 [n_tok, n_head, n_rot + kv_lora_rank]")
+    q = np.ascontiguousarray(q)
+    n_tok, n_head, dk = q.shape
+    dv = dk - int(n_rot)
+    if n_rot <= 0 or dv <= 0:
+        raise InvalidArgumentError(f"flash_mla: n_rot {n_rot} does not fit rows of {dk}")
+    if not isinstance(k, np.ndarray) or k.ndim != 2 or not k.flags.c_contiguous:
+        raise InvalidArgumentError("flash_mla: cache rows must be a C-contiguous 2-D array")
+    if type_k == "q8_0":
+        if dk % 32 or n_rot % 32:
+            raise InvalidArgumentError("flash_mla: q8_0 rows need n_rot and the row width to be multiples of 32")
+        width = dk // 32 * 34
+        if k.dtype != np.uint8:
+            raise InvalidArgumentError("flash_mla: q8_0 rows must be uint8")
+    else:
+        width = dk
+        want = {"f32": (np.float32,), "f16": (np.float16, np.uint16), "bf16": (np.uint16,)}[type_k]
+        if k.dtype not in want:
+            raise InvalidArgumentError(f"flash_mla: {type_k} rows have dtype {k.dtype}")
+    if k.shape[1] < width:
+        raise InvalidArgumentError(f"flash_mla: cache rows hold {k.shape[1]} entries, need {width}")
+    n_cells = k.shape[0]
+    cell_pos = np.ascontiguousarray(cell_pos)
+    cell_seq = np.ascontiguousarray(cell_seq)
+    if cell_pos.dtype != np.int32 or cell_seq.dtype != np.uint64 or cell_pos.shape[0] < n_cells \
+            or cell_seq.shape[0] < n_cells:
+        raise InvalidArgumentError(f"flash_mla: cell_pos int32 and cell_seq uint64 of >= {n_cells} cells required")
+    kv_idx = np.ascontiguousarray(kv_idx)
+    if kv_idx.ndim != 1 or kv_idx.dtype != np.int32 or (kv_idx.size and (kv_idx.min() < 0 or kv_idx.max() >= n_cells)):
+        raise InvalidArgumentError(f"flash_mla: kv_idx must be int32 cell indices in [0, {n_cells})")
+    q_pos = np.ascontiguousarray(q_pos, dtype=np.int32)
+    q_seq = np.ascontiguousarray(q_seq, dtype=np.int32)
+    if q_pos.shape != (n_tok,) or q_seq.shape != (n_tok,):
+        raise InvalidArgumentError(f"flash_mla: q_pos and q_seq must have {n_tok} entries")
+    if n_tok and (q_seq.min() < 0 or q_seq.max() >= 64):
+        raise InvalidArgumentError("flash_mla: q_seq values must be in [0, 64)")
+    if not np.isfinite(scale):
+        raise InvalidArgumentError("flash_mla: scale must be finite")
+    if out is None:
+        out = np.empty((n_tok, n_head, dv), dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != (n_tok, n_head, dv) or not out.flags.c_contiguous:
+        raise InvalidArgumentError(f"flash_mla: out must be C-contiguous float32 {(n_tok, n_head, dv)}")
+    if n_tok == 0:
+        return out
+    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, kv_idx.shape[0])
+    fk.flash_attn_mla(out, q, _rows_view(k, type_k), _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx,
+                      q_pos, q_seq, np.float32(scale), q_tile, kv_tile, n_split)
+    return out
+
+
+def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.ndarray:
+    """Dequantized cache rows k[cells] of n values: [len(cells), n] f32 (the decompressing path's input)."""
+    check_cache_type(type_k)
+    c = np.ascontiguousarray(cells, dtype=np.int32)
+    if c.size and (c.min() < 0 or c.max() >= k.shape[0]):
+        raise InvalidArgumentError("latent_rows: cell index out of range")
+    out = np.empty((c.shape[0], n), np.float32)
+    kvk.dequant_rows(out, _rows_view(k, type_k), _KINDS[type_k], 1, c)
+    return out
+
+
+def yarn_rope_cache(pos: np.ndarray, n_rot: int, freq_base: float, freq_scale: float, ext_factor: float,
+                    corr_dims: tuple[float, float], mscale: float):
+    """A RopeCache (pyrt.ops.basic) whose angle tables follow ggml's YaRN rope (rope_yarn)."""
+    from .._kernels import yarn
+    from .basic import ROPE_NORM, RopeCache
+    rc = RopeCache(pos, n_rot, freq_base, 1.0, None, ROPE_NORM)
+    if ext_factor != 0.0 or freq_scale != 1.0 or mscale != 1.0:
+        yarn.rope_cache_yarn_f32(rc.cos, rc.sin, np.ascontiguousarray(pos, dtype=np.int32), float(freq_base),
+                                 float(freq_scale), float(ext_factor), float(corr_dims[0]), float(corr_dims[1]),
+                                 float(mscale))
+    return rc

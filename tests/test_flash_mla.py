@@ -1,0 +1,136 @@
+"""FlashMLA kernel (pyrt.ops.mla.flash_mla) against float64 numpy: absorbed == decompressed == naive MLA.
+
+Random latent cache rows [k_pe | c_kv] in every MLA cache type, masks from positions and sequences,
+KV splits for decode, and the algebra of absorption (q_nope . W_UK against c_kv, output through W_UV).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyrt.errors import InvalidArgumentError, UnsupportedError
+from pyrt.kv.cache import KVCache
+from pyrt.ops import mla
+from pyrt.ops.attention import flash_attn_rows
+
+H, C, R, DN, DV = 4, 64, 32, 32, 32
+
+
+def _naive_latent(q, rows, cell_pos, cell_seq, q_pos, q_seq, scale):
+    """float64 reference: softmax(scale * q . row) . c_kv over the visible cells -> [n_tok, H, C]."""
+    q = q.astype(np.float64)
+    rows = rows.astype(np.float64)
+    s = np.einsum("thd,cd->thc", q, rows) * scale
+    vis = (((cell_seq[None, :] >> q_seq[:, None].astype(np.uint64)) & np.uint64(1)) == 1) & \
+        (cell_pos[None, :] <= q_pos[:, None])
+    s = np.where(vis[:, None, :], s, -np.inf)
+    m = s.max(axis=2, keepdims=True)
+    p = np.exp(s - m)
+    p /= p.sum(axis=2, keepdims=True)
+    return np.einsum("thc,cd->thd", p, rows[:, R:])
+
+
+def _cache(type_k, rows):
+    cache = KVCache(1, rows.shape[0], [R + C], [0], type_k, type_k, n_seq_max=2, head_dim_k=R + C, head_dim_v=0)
+    cache.store(0, np.arange(rows.shape[0], dtype=np.int32), rows, None)
+    return cache, cache.k_values(0, np.arange(rows.shape[0]))  # what the cache holds, as f32
+
+
+@pytest.mark.parametrize("type_k", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("n_tok,n_cells", [(1, 700), (5, 97), (40, 130)])
+def test_flash_mla_matches_float64(type_k, n_tok, n_cells):
+    rng = np.random.default_rng(7 + n_tok)
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
+    cache, held = _cache(type_k, rows)
+    cell_pos = np.arange(n_cells, dtype=np.int32) // 2  # two sequences interleaved
+    cell_seq = np.where(np.arange(n_cells) % 2 == 0, 1, 2).astype(np.uint64)
+    q_pos = np.sort(rng.integers(0, n_cells // 2, n_tok)).astype(np.int32)
+    q_seq = rng.integers(0, 2, n_tok).astype(np.int32)
+    q = (0.3 * rng.standard_normal((n_tok, H, R + C))).astype(np.float32)
+    kv_idx = np.arange(n_cells, dtype=np.int32)
+    out = mla.flash_mla(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
+    ref = _naive_latent(q, held, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    nmse = ((out - ref) ** 2).sum() / (ref ** 2).sum()
+    assert out.shape == (n_tok, H, C)
+    assert nmse < 1e-10 if type_k == "f32" else nmse < 1e-9, nmse
+
+
+def test_absorbed_equals_decompressed_equals_naive():
+    """Absorbed attention over the latent cache == per-head decompressed MHA == float64 naive MLA."""
+    rng = np.random.default_rng(3)
+    n_tok, n_cells = 6, 50
+    c_kv = rng.standard_normal((n_cells, C)).astype(np.float32)
+    k_pe = rng.standard_normal((n_cells, R)).astype(np.float32)
+    kv_b = (0.2 * rng.standard_normal((H, DN + DV, C))).astype(np.float32)  # per head [W_UK; W_UV]
+    q_nope = rng.standard_normal((n_tok, H, DN)).astype(np.float32)
+    q_pe = rng.standard_normal((n_tok, H, R)).astype(np.float32)
+    cell_pos = np.arange(n_cells, dtype=np.int32)
+    cell_seq = np.ones(n_cells, dtype=np.uint64)
+    q_pos = np.arange(n_cells - n_tok, n_cells, dtype=np.int32)
+    q_seq = np.zeros(n_tok, dtype=np.int32)
+    scale = 1.0 / np.sqrt(DN + R)
+    # naive float64 MHA with the decompressed keys and values
+    w = kv_b.astype(np.float64)
+    k_nope = np.einsum("hdc,nc->nhd", w[:, :DN], c_kv)
+    v = np.einsum("hdc,nc->nhd", w[:, DN:], c_kv)
+    s = (np.einsum("thd,nhd->thn", q_nope.astype(np.float64), k_nope)
+         + np.einsum("thr,nr->thn", q_pe.astype(np.float64), k_pe)) * scale
+    s = np.where(cell_pos[None, None, :] <= q_pos[:, None, None], s, -np.inf)
+    p = np.exp(s - s.max(axis=2, keepdims=True))
+    p /= p.sum(axis=2, keepdims=True)
+    ref = np.einsum("thn,nhd->thd", p, v)  # [n_tok, H, DV]
+    # absorbed
+    rows = np.concatenate([k_pe, c_kv], axis=1)
+    q_abs = np.einsum("thd,hdc->thc", q_nope, kv_b[:, :DN])
+    qa = np.concatenate([q_pe, q_abs], axis=2).astype(np.float32)
+    o_lat = mla.flash_mla(qa, rows, "f32", cell_pos, cell_seq, np.arange(n_cells, dtype=np.int32), q_pos, q_seq,
+                          scale, R)
+    absorbed = np.einsum("thc,hdc->thd", o_lat, kv_b[:, DN:])
+    # decompressed through the standard flash-attention kernel
+    kf = np.concatenate([k_nope, np.repeat(k_pe[:, None, :], H, axis=1)], axis=2).astype(np.float32)
+    qf = np.concatenate([q_nope, q_pe], axis=2)
+    dec = flash_attn_rows(qf, kf.reshape(n_cells, -1), "f32", v.astype(np.float32).reshape(n_cells, -1), "f32",
+                          cell_pos, cell_seq, q_pos, q_seq, scale, H, DV).reshape(n_tok, H, DV)
+    for got in (absorbed, dec):
+        assert ((got - ref) ** 2).sum() / (ref ** 2).sum() < 1e-10
+    assert ((absorbed - dec) ** 2).sum() / (dec ** 2).sum() < 1e-10
+
+
+def test_split_merge_is_exact_and_thread_independent():
+    rng = np.random.default_rng(11)
+    n_cells = 2048  # decode: split into several KV ranges
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
+    q = rng.standard_normal((1, H, R + C)).astype(np.float32)
+    cp = np.arange(n_cells, dtype=np.int32)
+    cs = np.ones(n_cells, dtype=np.uint64)
+    assert mla.choose_tiles(1, H, n_cells)[2] > 1
+    a = mla.flash_mla(q, rows, "f32", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]),
+                      np.array([0]), 0.1, R)
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        b = mla.flash_mla(q, rows, "f32", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]),
+                          np.array([0]), 0.1, R)
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(a, b)
+    ref = _naive_latent(q, rows, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
+    assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-10
+
+
+def test_invisible_query_gets_zeros_and_bad_inputs_raise():
+    rows = np.ones((4, R + C), np.float32)
+    q = np.ones((1, H, R + C), np.float32)
+    out = mla.flash_mla(q, rows, "f32", np.array([5, 6, 7, 8], np.int32), np.ones(4, np.uint64),
+                        np.arange(4, dtype=np.int32), np.array([1]), np.array([0]), 1.0, R)
+    assert not out.any()
+    with pytest.raises(UnsupportedError):
+        mla.check_cache_type("q8_KV")
+    with pytest.raises(InvalidArgumentError):
+        mla.flash_mla(q, rows, "f32", np.zeros(4, np.int32), np.ones(4, np.uint64), np.array([4], np.int32),
+                      np.array([1]), np.array([0]), 1.0, R)
+    with pytest.raises(InvalidArgumentError):
+        mla.flash_mla(q[:, :, :10], rows, "f32", np.zeros(4, np.int32), np.ones(4, np.uint64),
+                      np.arange(4, dtype=np.int32), np.array([1]), np.array([0]), 1.0, R)
