@@ -81,7 +81,8 @@ def _check(cache, il, q, q_pos, q_seq, scale, n_swa=0, softcap=0.0, **kw):
 
 @pytest.mark.parametrize("type_k,type_v", [("f32", "f32"), ("f16", "f16"), ("bf16", "bf16"), ("q8_0", "q8_0"),
                                            ("f16", "q8_0")])
-def test_gqa_multi_seq_causal_and_swa(type_k, type_v):
+@pytest.mark.parametrize("n_tok", [13, 40])  # 40 >= BLAS_MIN_TOKENS: the matrix-product prompt path
+def test_gqa_multi_seq_causal_and_swa(type_k, type_v, n_tok):
     rng = np.random.default_rng(1)
     n_head, n_head_kv, dk = 8, 2, 64
     cache = KVCache(1, 96, [n_head_kv * dk], [n_head_kv * dk], type_k, type_v, n_seq_max=3)
@@ -93,7 +94,6 @@ def test_gqa_multi_seq_causal_and_swa(type_k, type_v):
     cells = cache.cells.find_slot_mask(np.arange(30, 40, dtype=np.int32), np.full(10, 0b101, np.uint64))
     cache.store(0, cells, rng.standard_normal((10, n_head_kv * dk)).astype(np.float32),
                 rng.standard_normal((10, n_head_kv * dk)).astype(np.float32))
-    n_tok = 13
     q = rng.standard_normal((n_tok, n_head, dk)).astype(np.float32)
     q_seq = rng.integers(0, 3, n_tok).astype(np.int32)
     q_pos = rng.integers(0, 45, n_tok).astype(np.int32)
@@ -174,3 +174,23 @@ def test_validation():
                         np.zeros(8, np.uint64), np.zeros(2, np.int32), np.zeros(2, np.int32), 1.0, 2, 16)
     with pytest.raises(InvalidArgumentError):
         attention(q, cache, 0, np.zeros(2, np.int32), np.zeros(2, np.int32), 1.0, out=np.zeros((2, 31), np.float32))
+
+
+def test_prompt_path_edge_cases_match_reference():
+    """The matrix-product path (>= BLAS_MIN_TOKENS queries): invisible rows, K-only caches, q8_KV."""
+    from pyrt.ops.attention import BLAS_MIN_TOKENS
+    rng = np.random.default_rng(9)
+    n = BLAS_MIN_TOKENS + 3
+    cache = KVCache(1, 16, [32], [32], "f32", "f32", n_seq_max=2)
+    _fill(cache, rng, 8, np.zeros(8, np.int32), np.arange(10, 18, dtype=np.int32))
+    q = rng.standard_normal((n, 2, 16)).astype(np.float32)
+    q_pos = rng.integers(0, 25, n).astype(np.int32)
+    q_seq = rng.integers(0, 2, n).astype(np.int32)
+    out = _check(cache, 0, q, q_pos, q_seq, 0.25)
+    blind = (q_seq == 1) | (q_pos < 10)
+    assert blind.any() and np.all(out[blind] == 0)
+    kcache = KVCache(1, 60, [64], [None], "f16", "f16")
+    _fill(kcache, rng, 60, np.zeros(60, np.int32), np.arange(60, dtype=np.int32))
+    q = rng.standard_normal((n, 4, 64)).astype(np.float32)
+    _check(kcache, 0, q, rng.integers(0, 60, n).astype(np.int32), np.zeros(n, np.int32), 0.125,
+           n_head_kv=1, head_dim_v=32, v_offset=32)

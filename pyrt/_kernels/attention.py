@@ -324,3 +324,40 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, n_head_kv, cel
         inv = np.float32(1.0) / den
         for i in range(dv):
             dst[t, h, i] *= inv
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, softcap):
+    """In place: masked softmax of score rows for the matrix-product prompt path (serial; called per task).
+
+    s: [n_rows, n] f32, row r belongs to query t0 + r // n_gqa; cell_pos [n] int32 and cell_seq [n]
+    uint64 describe the columns (cells in scan order); q_pos/q_seq [n_tok] int32. Rows that see no
+    cell become zeros. softcap > 0 applies softcap*tanh(s/softcap) before the mask.
+    """
+    n_rows, n = s.shape
+    for r in range(n_rows):
+        t = t0 + r // n_gqa
+        qp = q_pos[t]
+        bit = np.uint64(1) << np.uint64(q_seq[t])
+        row = s[r]
+        m = np.float32(-np.inf)
+        for c in range(n):
+            x = row[c]
+            if softcap > 0.0:
+                x = softcap * np.tanh(x / softcap)
+            ok = (cell_seq[c] & bit) != 0 and cell_pos[c] <= qp and (n_swa <= 0 or qp - cell_pos[c] < n_swa)
+            x = x if ok else np.float32(-np.inf)
+            row[c] = x
+            m = max(m, x)
+        if m == np.float32(-np.inf):
+            for c in range(n):
+                row[c] = 0.0
+            continue
+        z = np.float32(0.0)
+        for c in range(n):
+            e = _exp_neg(row[c] - m)
+            row[c] = e
+            z += e
+        inv = np.float32(1.0) / z
+        for c in range(n):
+            row[c] *= inv

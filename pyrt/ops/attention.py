@@ -17,6 +17,10 @@ _ELEM = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}  # elem
 _DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q8_KV": np.uint8}
 
 KV_TILE = 64
+# From this many queries on (prompt chunks), attention runs as dequantized-K/V matrix products through
+# OpenBLAS (QK^T, masked softmax, PV): ~10x the flash kernel's GFLOP/s for long prompts at depth.
+BLAS_MIN_TOKENS = 32
+BLAS_S_BYTES = 8 << 20  # scores block [rows, n_vis] f32 per task
 # work items wanted before splitting a small batch's KV range (a constant, so the split - and the
 # result - never depends on the thread count)
 MIN_ITEMS = 16
@@ -191,6 +195,62 @@ def attention(q: np.ndarray, cache, il: int, q_pos: np.ndarray, q_seq: np.ndarra
     cell_seq = cache.cells.seq_array()[:n_kv]
     if kv_idx is None:
         kv_idx = scan_order(cell_pos, cell_seq, np.asarray(q_pos), np.asarray(q_seq))
+    if (q.shape[0] >= BLAS_MIN_TOKENS and q.dtype == np.float32 and out is None and n_head_kv > 0
+            and q.shape[1] % n_head_kv == 0 and kv_idx.shape[0] > 0):
+        return _attention_blas(q, cache, il, cell_pos, cell_seq, kv_idx, np.asarray(q_pos), np.asarray(q_seq),
+                               float(scale), int(n_swa), float(softcap), int(n_head_kv), int(head_dim_v),
+                               int(v_offset))
     return flash_attn_rows(q, k, cache.type_k, v, type_v, cell_pos, cell_seq, q_pos, q_seq, scale, n_head_kv,
                            head_dim_v, v_offset=v_offset, n_swa=n_swa, softcap=softcap, out=out, kv_idx=kv_idx,
                            seg_k=seg_k, seg_v=seg_v)
+
+
+def _attention_blas(q, cache, il, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_swa, softcap,
+                    n_head_kv, dv, v_offset):
+    """Prompt-chunk attention with matrix products: per KV head, S = (Q*scale) K^T + mask, softmax, P V.
+
+    K and V of the visible cells are dequantized once (in scan order) to f32; the softmax is exact over
+    the whole row, so the result equals the flash kernel's up to f32 rounding. Rows that see no cell
+    give zeros. Heads run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count independent.
+    """
+    from .matmul import _blas_pool
+    import numba
+
+    n_tok, n_head, dk = q.shape
+    if q_seq.size and (q_seq.min() < 0 or q_seq.max() >= 64):
+        raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
+    K = cache.k_values(il, kv_idx)                          # [n_vis, n_head_kv*dk] f32
+    V = cache.v_values(il, kv_idx)
+    if V is None:                                           # K-only cache: V is a view of the K rows
+        V = K[:, v_offset:v_offset + n_head_kv * dv]
+    if K.shape[1] < n_head_kv * dk or V.shape[1] < n_head_kv * dv:
+        raise InvalidArgumentError("attention: cache rows are narrower than the heads")
+    cp = np.ascontiguousarray(cell_pos[kv_idx], dtype=np.int32)
+    cs = np.ascontiguousarray(cell_seq[kv_idx])
+    qp = q_pos.astype(np.int32)
+    qs = q_seq.astype(np.int32)
+    sorted_pos = cp.shape[0] < 2 or bool(np.all(cp[1:] >= cp[:-1]))
+    n_gqa = n_head // n_head_kv
+    out = np.empty((n_tok, n_head, dv), np.float32)
+    n_vis = K.shape[0]
+    rows = max(1, min(n_tok, BLAS_S_BYTES // (4 * n_vis * n_gqa), 64))
+
+    def task(item):
+        g, t0 = item
+        t1 = min(n_tok, t0 + rows)
+        # columns past the chunk's last visible position are all masked: skip them (block causality)
+        n_c = int(np.searchsorted(cp, qp[t0:t1].max(), side="right")) if sorted_pos else n_vis
+        o = out[t0:t1, g * n_gqa:(g + 1) * n_gqa, :]
+        if n_c == 0:
+            o[...] = 0.0
+            return
+        Kg = K[:n_c, g * dk:(g + 1) * dk]
+        Vg = V[:n_c, g * dv:(g + 1) * dv]
+        Q = q[t0:t1, g * n_gqa:(g + 1) * n_gqa, :] * np.float32(scale)       # [r, n_gqa, dk]
+        S = np.matmul(Q.reshape(-1, dk), Kg.T)                                 # [r*n_gqa, n_c]
+        fa.softmax_masked_rows(S, n_gqa, t0, qp, qs, cp[:n_c], cs[:n_c], n_swa, np.float32(softcap))
+        o[...] = np.matmul(S, Vg).reshape(t1 - t0, n_gqa, dv)
+
+    items = [(g, t0) for g in range(n_head_kv) for t0 in range(0, n_tok, rows)]
+    _blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
+    return out.reshape(n_tok, n_head * dv)
