@@ -58,7 +58,7 @@ def crossover(a) -> int:
 
 
 def sweep(a) -> int:
-    from pyrt.bench import sweep as sw
+    from pyrt.bench.sweep import sweep as run_sweep
     from pyrt.bench.engines import LlamaCppEngine, PyrtEngine
     engines = []
     for m in [int(x) for x in a.modes.split(",") if x != ""]:
@@ -69,7 +69,7 @@ def sweep(a) -> int:
         engines.append(LlamaCppEngine(a.model, n_ctx=a.ctx, n_batch=a.ubatch, n_ubatch=a.ubatch, n_threads=a.threads))
     print(f"# {os.path.basename(a.model)}, threads {a.threads}, ubatch {a.ubatch}, tg {a.tg}, "
           f"load average {os.getloadavg()}, {platform.processor() or platform.machine()}", flush=True)
-    rows = sw.sweep(engines, n_tg=a.tg, n_kv_max=a.ctx, progress=lambda s: print("#", s, flush=True))
+    rows = run_sweep(engines, n_tg=a.tg, n_kv_max=a.ctx, progress=lambda s: print("#", s, flush=True))
     for name, rs in rows.items():
         print(f"\n## {name}\n\n|    PP |     TG |   N_KV |   T_PP s | S_PP t/s |   T_TG s | S_TG t/s |")
         print("|-------|--------|--------|----------|----------|----------|----------|")

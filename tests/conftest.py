@@ -29,6 +29,26 @@ def synthetic_models(tmp_path_factory) -> dict:
     return synthetic.write_all(tmp_path_factory.mktemp("synthetic_models"))
 
 
+def gemma_model_path() -> str | None:
+    """Gemma 3 270M: models/ in the checkout, else the default model of the [model] extra (assembled once)."""
+    local = os.path.join(ROOT, "models", "gemma-3-270m-q4_k_m.gguf")
+    if os.path.exists(local):
+        return local
+    try:
+        from pyrt.default_model import default_model_path
+        return default_model_path(quiet=True)
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> str:
+    path = gemma_model_path()
+    if path is None:
+        pytest.skip("Gemma 3 270M not found (models/gemma-3-270m-q4_k_m.gguf or the [model] extra)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def goldens_dir() -> str:
     return GOLDENS

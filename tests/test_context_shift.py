@@ -170,15 +170,11 @@ def test_prompt_cache_file(one_layer_llm, tmp_path):
     assert os.path.getmtime(f) == mtime and other.ctx.cells.used == 0
 
 
-GEMMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "gemma-3-270m-q4_k_m.gguf")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(GEMMA), reason="real model not present")
-def test_gemma_context_shift_matches_recompute():
+def test_gemma_context_shift_matches_recompute(gemma_path):
     from pyrt.runtime.context import Batch
     from pyrt.runtime.llm import LLM
-    llm = LLM(GEMMA, n_ctx=128, n_batch=128, n_ubatch=128, warmup=False)
+    llm = LLM(gemma_path, n_ctx=128, n_batch=128, n_ubatch=128, warmup=False)
     ids = llm.tokenize("The history of the printing press begins in the fifteenth century, when")
     out = list(llm.generate_ids(ids, max_tokens=200, temperature=0.0, context_shift=True, n_keep=len(ids)))
     assert len(out) == 200
@@ -188,7 +184,7 @@ def test_gemma_context_shift_matches_recompute():
     llm._ingest(ids + out[:110])
     assert llm.shift_context(len(ids))
     a = llm.ctx.decode(Batch.from_tokens([out[110]], pos0=len(llm._tokens)))[-1]
-    ref = LLM(GEMMA, n_ctx=128, n_batch=128, n_ubatch=128, warmup=False)
+    ref = LLM(gemma_path, n_ctx=128, n_batch=128, n_ubatch=128, warmup=False)
     b = ref.eval_logits(llm._tokens + [out[110]])[-1]
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert cos > 0.95

@@ -23,10 +23,12 @@ from ..ops import matmul as mm
 from ..ops.attention import flash_attn_rows
 from .base import ForwardInputs, HParams, Linear, TensorTable, linear_multi
 
-# Mode 3 decompresses the cached latents and runs ordinary flash attention for ubatches of at least
-# this many tokens, and runs the absorbed FlashMLA kernel below it. ik_llama.cpp uses 128; this value
-# was measured on the 2-core dev machine with bench/bench_mla.py --crossover (DeepSeek-V2-Lite shapes).
-PP_MIN_TOKENS = 32
+# Modes 2/3 decompress the cached latents and run ordinary flash attention for ubatches of at least
+# this many tokens, and the absorbed FlashMLA kernel below it. Measured on the 2-core dev machine with
+# `python bench/bench_mla.py crossover` (DeepSeek-V2-Lite shapes, f16 cache, N_KV 1024, ms per token
+# absorbed / decompressed): T=32 20.1/33.1, T=64 19.7/24.4, T=128 17.4/17.3, so the crossover is ~128
+# tokens (ik_llama.cpp's constant happens to agree). Larger N_KV favours decompression for big ubatches.
+PP_MIN_TOKENS = 128
 FLOAT_TYPES = (int(T.F32), int(T.F16), int(T.BF16))
 
 

@@ -246,11 +246,13 @@ def _attention_blas(q, cache, il, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scal
             return
         Kg = K[:n_c, g * dk:(g + 1) * dk]
         Vg = V[:n_c, g * dv:(g + 1) * dv]
-        Q = q[t0:t1, g * n_gqa:(g + 1) * n_gqa, :] * np.float32(scale)       # [r, n_gqa, dk]
-        S = np.matmul(Q.reshape(-1, dk), Kg.T)                                 # [r*n_gqa, n_c]
+        Q = np.ascontiguousarray(q[t0:t1, g * n_gqa:(g + 1) * n_gqa, :]).reshape(-1, dk)
+        S = np.matmul(Q, Kg.T)                                                 # [r*n_gqa, n_c]
+        S *= np.float32(scale)
         fa.softmax_masked_rows(S, n_gqa, t0, qp, qs, cp[:n_c], cs[:n_c], n_swa, np.float32(softcap))
         o[...] = np.matmul(S, Vg).reshape(t1 - t0, n_gqa, dv)
 
     items = [(g, t0) for g in range(n_head_kv) for t0 in range(0, n_tok, rows)]
     _blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
     return out.reshape(n_tok, n_head * dv)
+
