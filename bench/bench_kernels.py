@@ -5,6 +5,8 @@ Usage: python bench/bench_kernels.py [--threads 2] [--types q4_0,q8_0,...] [--sh
 Weights are realistic blocks (gguf-quantized random normals, tiled). 'hot' repeats one matrix (it may sit
 in a big L3); 'cold' cycles through copies totalling --cold-mb so weights stream from DRAM as in generation.
 --crossover times the 'dot' and 'blas' paths against n_tok (to set BLAS_MIN_TOKENS in pyrt/ops/matmul.py).
+--decode times only the dot path on cold weights at n_tok 1 and 4 for the legacy decode shapes of Gemma 3
+270M and the llama bench model (or --cases type:n_outxn_in,...): ms per call and GB/s, median of --reps.
 """
 
 import argparse
@@ -28,6 +30,7 @@ from pyrt.ops.matmul import matmul  # noqa: E402
 ALL = ["f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q4_k", "q5_k", "q6_k"]
 K_LAYOUT = {T.Q4_K: (256, 144, 0), T.Q5_K: (256, 176, 0), T.Q6_K: (256, 210, 208)}
 SHAPES = "2048x2048,5632x2048,2048x5632,32000x2048"  # n_out x n_in
+DECODE_CASES = "q8_0:262144x640,q5_0:2048x640,q5_0:1024x640,q5_0:256x640,q4_0:5632x2048,q4_0:2048x5632"
 
 
 def weights(rng, t, n_out, n_in):
@@ -56,6 +59,33 @@ def timeit(fn, reps, min_time=0.2):
     return best
 
 
+def decode_bench(rng, cases, cold_mb, reps):
+    """Dot path only, cold weights: median ms per call and weight GB/s at n_tok 1 and 4."""
+    for case in cases.split(","):
+        name, shape = case.split(":")
+        t = T[name.upper()]
+        n_out, n_in = (int(v) for v in shape.split("x"))
+        w = weights(rng, t, n_out, n_in)
+        n_copies = max(2, (cold_mb << 20) // w.nbytes)
+        ws = [w] + [w.copy() for _ in range(n_copies - 1)]
+        cols = []
+        for n_tok in (1, 4):
+            x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
+            for m in ws[:2]:
+                matmul(x, m, t, path="dot")
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                for m in ws:
+                    matmul(x, m, t, path="dot")
+                times.append((time.perf_counter() - t0) / n_copies)
+            med = float(np.median(times))
+            cols.append(f"n_tok {n_tok}: {med * 1e3:7.3f} ms {w.nbytes / med / 1e9:6.1f} GB/s")
+        print(f"{name:5s} {n_out:6d}x{n_in:<5d} {w.nbytes / 2**20:7.1f} MiB x{n_copies:<4d} " + "  ".join(cols),
+              flush=True)
+        del ws
+
+
 def header(threads):
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -80,12 +110,18 @@ def main():
     ap.add_argument("--cold-mb", type=int, default=768)
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--crossover", action="store_true")
+    ap.add_argument("--decode", action="store_true")
+    ap.add_argument("--cases", default=DECODE_CASES)
+    ap.add_argument("--reps", type=int, default=7)
     a = ap.parse_args()
     numba.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     matmul(np.ones((1, 32), np.float32), np.zeros((1, 128), np.uint8), int(T.F32))  # start the thread pool
     header(a.threads)
+    if a.decode:
+        decode_bench(rng, a.cases, a.cold_mb, a.reps)
+        return
     for name in a.types.split(","):
         t = T[name.upper()]
         try:

@@ -13,6 +13,7 @@ import numpy as np
 from .._kernels import kv as kvk
 from .._kernels import rope as ropek
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..ops.attention import rows_view
 from .cells import Cells
 
 # cache type -> (numpy storage dtype, elements per block, bytes per block); q8_KV's blocks are
@@ -52,15 +53,6 @@ def _alloc(type_name: str, size: int, n: int, seg: int, what: str) -> np.ndarray
         raise InvalidArgumentError(f"{what}: {n} values per row is not a multiple of the {type_name} block ({blk})")
     width = n if blk == 1 else n // blk * nbytes
     return np.zeros((size, width), dtype=dtype)  # [size, row elems or bytes]
-
-
-def rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
-    """The integer view the row kernels take: uint32 for f32, uint16 for f16/bf16, uint8 bytes otherwise."""
-    if type_name == "f32":
-        return buf.view(np.uint32)
-    if type_name in ("f16", "bf16"):
-        return buf.view(np.uint16)
-    return buf
 
 
 def _per_layer(v, n_layer: int, default: list[int], what: str) -> list[int]:

@@ -27,8 +27,8 @@ MIN_ITEMS = 16
 MIN_SPLIT_CELLS = 256
 
 
-def _rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
-    """The integer view the kernel reads: uint32 for f32, uint16 for f16/bf16, uint8 for q8_0."""
+def rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
+    """The integer view the row kernels take: uint32 for f32, uint16 for f16/bf16, uint8 bytes otherwise."""
     if type_name == "f32":
         return buf.view(np.uint32)
     if type_name in ("f16", "bf16"):
@@ -155,7 +155,7 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
     if n_tok == 0:
         return out
     q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head // n_head_kv, n_head_kv, kv_idx.shape[0])
-    fa.flash_attn(out.reshape(n_tok, n_head, dv), q, _rows_view(k, type_k), _rows_view(v, type_v),
+    fa.flash_attn(out.reshape(n_tok, n_head, dv), q, rows_view(k, type_k), rows_view(v, type_v),
                   _KINDS[type_k], _KINDS[type_v], seg_k, seg_v, int(v_offset), int(n_head_kv),
                   np.ascontiguousarray(cell_pos), np.ascontiguousarray(cell_seq), kv_idx,
                   q_pos.astype(np.int32, copy=False), q_seq.astype(np.int32, copy=False),

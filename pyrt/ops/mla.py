@@ -12,6 +12,7 @@ import numpy as np
 from .._kernels import flash_mla as fk
 from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError, UnsupportedError
+from .attention import rows_view
 
 _KINDS = {"f32": fk.KIND_F32, "f16": fk.KIND_F16, "bf16": fk.KIND_BF16, "q8_0": fk.KIND_Q8_0}
 MLA_CACHE_TYPES = tuple(_KINDS)
@@ -20,14 +21,6 @@ KV_TILE = 32
 Q_ROWS = 64          # query rows (tokens x heads) per work item
 MIN_ITEMS = 16       # work items wanted before the KV range is split (a constant: thread-count independent)
 MIN_SPLIT_CELLS = 256
-
-
-def _rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
-    if type_name == "f32":
-        return buf.view(np.uint32)
-    if type_name in ("f16", "bf16"):
-        return buf.view(np.uint16)
-    return buf
 
 
 def check_cache_type(type_name: str) -> None:
@@ -103,7 +96,7 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     if n_tok == 0:
         return out
     q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, kv_idx.shape[0])
-    fk.flash_attn_mla(out, q, _rows_view(k, type_k), _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx,
+    fk.flash_attn_mla(out, q, rows_view(k, type_k), _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx,
                       q_pos, q_seq, np.float32(scale), q_tile, kv_tile, n_split)
     return out
 
@@ -115,7 +108,7 @@ def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.nda
     if c.size and (c.min() < 0 or c.max() >= k.shape[0]):
         raise InvalidArgumentError("latent_rows: cell index out of range")
     out = np.empty((c.shape[0], n), np.float32)
-    kvk.dequant_rows(out, _rows_view(k, type_k), _KINDS[type_k], 1, c)
+    kvk.dequant_rows(out, rows_view(k, type_k), _KINDS[type_k], 1, c)
     return out
 
 

@@ -187,14 +187,7 @@ def chat(llm, messages: list[dict], max_tokens: int = -1, chat_template: str | N
 
 
 def _stream(llm, ids: list[int], max_tokens: int, sampling: dict) -> Iterator[str]:
-    dec = llm.tokenizer.decoder()
-    for tok in llm.generate_ids(ids, max_tokens=max_tokens, **sampling):
-        piece = dec.feed(tok)
-        if piece:
-            yield piece
-    tail = dec.flush()
-    if tail:
-        yield tail
+    return llm.stream_text(ids, max_tokens=max_tokens, **sampling)
 
 
 class Conversation:

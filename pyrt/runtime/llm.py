@@ -223,7 +223,10 @@ class LLM:
 
     def generate(self, prompt: str, max_tokens: int = 128, add_bos: bool | None = None, **kw) -> Iterator[str]:
         """Yields text pieces (never half a UTF-8 character). Keyword args as `generate_ids`."""
-        ids = self.tokenize(prompt, add_bos=add_bos)
+        return self.stream_text(self.tokenize(prompt, add_bos=add_bos), max_tokens=max_tokens, **kw)
+
+    def stream_text(self, ids, max_tokens: int = 128, **kw) -> Iterator[str]:
+        """generate_ids from prompt ids, as text pieces that never split a UTF-8 character."""
         dec = self.tokenizer.decoder()
         for tok in self.generate_ids(ids, max_tokens=max_tokens, **kw):
             piece = dec.feed(tok)
