@@ -33,6 +33,9 @@ def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None
                         "2 = absorbed decode + decompressed prompt, 3 = as 2 with FlashMLA decode (default: 3)")
     p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default="on", choices=["on", "off", "auto"],
                    help="flash attention (default: on); pyrt always attends with its flash kernels")
+    p.add_argument("--swa-full", action="store_true",
+                   help="full-size cache for sliding-window layers (default: they keep only the window, as "
+                        "llama.cpp; full size lets any earlier prompt prefix be reused)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -115,7 +118,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     a.model = _model_path(a)
     llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
                type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup,
-               defrag_thold=a.defrag_thold, mla=a.mla_use)
+               defrag_thold=a.defrag_thold, mla=a.mla_use, swa_full=a.swa_full)
     if a.conversation:
         return _conversation(a, llm, prompt)
     llm.check_prompt(llm.tokenize(prompt))  # fail before printing anything
@@ -123,7 +126,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     print(f"pyrt: model {a.model}: {llm.model.hp.arch}, {llm.model.hp.n_layer} layers, "
           f"n_vocab = {llm.n_vocab}, n_threads = {llm.n_threads}", file=err)
     print(f"pyrt: n_ctx = {llm.n_ctx}, n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}", file=err)
-    print(f"pyrt: {llm.ctx.memory_report()}", file=err)
+    for line in llm.ctx.memory_report().splitlines():
+        print(f"pyrt: {line}", file=err)
     out = sys.stdout
     if not a.no_display_prompt:
         out.write(prompt)
@@ -204,7 +208,7 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
     a.model = _model_path(a)
     llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
                n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
-               mla=a.mla_use)
+               mla=a.mla_use, swa_full=a.swa_full)
     err, out = sys.stderr, sys.stdout
     print(f"perplexity: calculating perplexity over chunks of n_ctx = {llm.n_ctx}, batch_size = {llm.ctx.n_batch}",
           file=err)
@@ -228,7 +232,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
     from .info import describe
 
     print(describe(_model_path(a), n_ctx=a.ctx_size, n_ubatch=a.ubatch_size, type_k=a.cache_type_k,
-                   type_v=a.cache_type_v))
+                   type_v=a.cache_type_v, swa_full=a.swa_full))
     return 0
 
 

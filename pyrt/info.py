@@ -11,6 +11,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .io.gguf_file import GGUFFile
 from .models import build_model
+from .runtime.context import swa_cache_size
 
 MiB = 1024.0 * 1024.0
 _CACHE_GGML = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
@@ -22,7 +23,8 @@ def cache_row_bytes(cache_type: str, n: int) -> int:
     return n // block * size
 
 
-def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f16", type_v: str = "f16") -> str:
+def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f16", type_v: str = "f16",
+             swa_full: bool = False, n_seq_max: int = 1) -> str:
     f = GGUFFile(path)
     model = build_model(f)
     hp = model.hp
@@ -53,8 +55,21 @@ def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f
         lines.append(f"  {w.name:<32} {w.type_name:<6} {str(list(w.shape)):<18} {w.nbytes / MiB:9.2f} MiB")
 
     k_dims, v_dims = model.kv_dims()
-    k_bytes = sum(cache_row_bytes(type_k, d) for d in k_dims) * n_ctx
-    v_bytes = sum(cache_row_bytes(type_v, d) for d in v_dims if d) * n_ctx
+    # sliding-window layers keep only the window (Context's cache_swa) unless swa_full
+    n_swa = int(getattr(model, "n_swa", 0) or 0)
+    is_swa = list(getattr(model, "is_swa", None) or [False] * hp.n_layer) if n_swa > 0 else [False] * hp.n_layer
+    n_ctx_swa = swa_cache_size(n_ctx, n_swa, n_seq_max, min(n_ubatch, n_ctx)) if any(is_swa) else n_ctx
+    if swa_full or all(is_swa) or n_ctx_swa >= n_ctx:
+        n_ctx_swa = n_ctx
+    cells = [n_ctx_swa if s else n_ctx for s in is_swa]
+    k_bytes = sum(cache_row_bytes(type_k, d) * c for d, c in zip(k_dims, cells))
+    v_bytes = sum(cache_row_bytes(type_v, d) * c for d, c in zip(v_dims, cells) if d)
+    swa_line = []
+    if any(is_swa) and n_ctx_swa < n_ctx:
+        per_cell = [cache_row_bytes(type_k, d) + (cache_row_bytes(type_v, e) if e else 0) for d, e in zip(k_dims, v_dims)]
+        swa_bytes = sum(b for b, s in zip(per_cell, is_swa) if s) * n_ctx_swa
+        swa_line = [f"    of which SWA     = {swa_bytes / MiB:10.2f} MiB ({sum(is_swa)} sliding-window layers x "
+                    f"{n_ctx_swa} cells, window {n_swa}; --swa-full: {sum(per_cell) * n_ctx / MiB:.2f} MiB in all)"]
     n_out = max(1, n_ubatch)
     # activations of one ubatch (x, norm, q/k/v, attention out, gate/up) + logits rows, f32
     act = n_ubatch * (3 * hp.n_embd + hp.n_head * hp.n_embd_head_k + 2 * hp.n_embd_k_gqa + 2 * hp.n_ff) * 4
@@ -64,6 +79,7 @@ def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f
         f"  weights (mapped)   = {f.weights_bytes() / MiB:10.2f} MiB",
         f"  KV self size       = {(k_bytes + v_bytes) / MiB:10.2f} MiB, K ({type_k}): {k_bytes / MiB:.2f} MiB, "
         f"V ({type_v}): {v_bytes / MiB:.2f} MiB",
+        *swa_line,
         f"  scratch (ubatch)   = {act / MiB:10.2f} MiB activations + {logits / MiB:.2f} MiB logits (at most)",
     ]
     if getattr(model, "is_mla", False):  # K-only latent cache (-mla 1..3): V is a view of each K row

@@ -22,7 +22,7 @@ class ModelCosts:
 
     @classmethod
     def from_llm(cls, llm) -> "ModelCosts":
-        model, hp, cache = llm.model, llm.model.hp, llm.ctx.cache
+        model, hp, ctx = llm.model, llm.model.hp, llm.ctx
         tensors = llm.file.tensors
         n_expert = int(hp.extra.get("n_expert", 0) or 0)
         n_used = int(hp.extra.get("n_expert_used", 0) or 0)
@@ -38,10 +38,11 @@ class ModelCosts:
             if len(w.shape) >= 2 and name != "output.weight":
                 mparams += int(w.n_elements * frac)
         kv_row = []
-        for il in range(cache.n_layer):
-            b = cache.k[il].nbytes // cache.size
-            if cache.v[il] is not None:
-                b += cache.v[il].nbytes // cache.size
+        for il in range(hp.n_layer):
+            c, j = ctx.layer_cache(il)  # sliding-window layers may live in a window-sized second cache
+            b = c.k[j].nbytes // c.size
+            if c.v[j] is not None:
+                b += c.v[j].nbytes // c.size
             kv_row.append(int(b))
         flops_pair = [2 * hp.n_head * (hp.n_embd_head_k + hp.n_embd_head_v)] * hp.n_layer
         is_swa = getattr(model, "is_swa", None) or [False] * hp.n_layer

@@ -12,7 +12,10 @@ integers are little-endian. Layout (format version 1):
     body     i32 tokens[n_tokens] | i32 pos[n_cells] | u64 seq[n_cells] (bitsets; 0 in a sequence
              file) | i32 delta[n_cells] (pending K-shift) | per layer: K rows [n_cells, k_row_bytes],
              then V rows [n_cells, v_row_bytes] when the layer has V
-    trailer  u32 crc32 of every byte before it
+    trailer  u32 crc32 of every byte of this record before it
+
+A context with a separate sliding-window cache (Context(swa_full=False)) writes two such records: the
+full-attention layers' cache with the tokens and flag bit 1 set, then the window cache's (no tokens).
 
 Cells are written in cache order (a fragmented cache saves compactly); a full restore puts them at
 [0, n_cells), a sequence restore into any free cells (need not be contiguous). Any mismatch (magic,
@@ -36,6 +39,7 @@ from .cells import Cells
 MAGIC = b"PYKV"
 VERSION = 1
 FLAG_SEQ = 1
+FLAG_SWA = 2  # a second record follows: the cache of the sliding-window layers
 V_ROWS, V_NONE = 0, 2
 _HDR = struct.Struct("<4sIIIIIIQ")  # magic, version, flags, n_layer, n_seq_max, n_cells, n_tokens, body_bytes
 _LAYER = struct.Struct("<IIQIIIQI")  # n_embd_k, head_dim_k, k_row, v_state, n_embd_v, head_dim_v, v_row, n_rot
@@ -66,11 +70,20 @@ def _bytes_rows(buf: np.ndarray) -> np.ndarray:
     return buf.view(np.uint8)  # [size, row bytes]
 
 
-def save_state(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None) -> bytes:
+def save_state(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None,
+               cache_swa: KVCache | None = None, n_rot_swa=None) -> bytes:
     """Serialize the whole cache (seq_id < 0) or the cells of one sequence, with the token ids.
 
-    arch and n_rot (int or per layer) go into the model fingerprint that load_state checks.
+    arch and n_rot (int or per layer) go into the model fingerprint that load_state checks. cache_swa
+    (with n_rot_swa for its layers): the sliding-window layers' cache, written as a second record.
     """
+    if cache_swa is not None:
+        return (_save_record(cache, tokens, seq_id, arch, n_rot, FLAG_SWA)
+                + _save_record(cache_swa, (), seq_id, arch, n_rot_swa, 0))
+    return _save_record(cache, tokens, seq_id, arch, n_rot, 0)
+
+
+def _save_record(cache: KVCache, tokens, seq_id: int, arch: str, n_rot, flags: int) -> bytes:
     cells = cache.cells
     pos, seq, delta = cells.pos_array(), cells.seq_array(), cells.delta_array()
     if seq_id < 0:
@@ -93,9 +106,9 @@ def save_state(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_ro
             b = _bytes_rows(buf)
             rows = np.empty((n, b.shape[1]), np.uint8)  # [n_cells, row bytes]
             kvk.gather_rows(rows, b, sel)
-            body.append(rows.data)
-    body_bytes = sum(len(memoryview(x).cast("B")) for x in body)
-    head = _HDR.pack(MAGIC, VERSION, FLAG_SEQ if seq_id >= 0 else 0, cache.n_layer, cells.n_seq_max, n,
+            body.append(rows.reshape(-1).data)  # flat: an empty state has rows of shape (0, n)
+    body_bytes = sum(memoryview(x).nbytes for x in body)
+    head = _HDR.pack(MAGIC, VERSION, flags | (FLAG_SEQ if seq_id >= 0 else 0), cache.n_layer, cells.n_seq_max, n,
                      tok.shape[0], body_bytes) + _model_block(cache, arch, _n_rot(cache, n_rot))
     crc = zlib.crc32(head)
     for x in body:
@@ -118,7 +131,7 @@ def _parse(cache: KVCache, data, arch: str, n_rot: list[int]) -> _Parsed:
         raise StateError(f"state: bad magic {bytes(magic)!r} (not a pyrt KV state file)")
     if version != VERSION:
         raise StateError(f"state: format version {version} is not supported (this build reads {VERSION})")
-    if flags & ~FLAG_SEQ:
+    if flags & ~(FLAG_SEQ | FLAG_SWA):
         raise StateError(f"state: unknown flags {flags:#x}")
     if n_layer != cache.n_layer:
         raise StateError(f"state: saved for a model with {n_layer} layers, this one has {cache.n_layer}")
@@ -206,14 +219,50 @@ def _parse(cache: KVCache, data, arch: str, n_rot: list[int]) -> _Parsed:
     return p
 
 
-def load_state(cache: KVCache, data, seq_id: int = -1, arch: str = "", n_rot=None) -> list[int]:
-    """Restore a state made by save_state; returns its token ids.
+def prune_window(cells: Cells, n_swa: int, p_next: dict | None = None) -> int:
+    """Free what no current or future query of a sliding window of n_swa can see; returns cells freed.
 
-    seq_id < 0: a whole-cache state replaces everything (cells at [0, n_cells)). seq_id >= 0: a
-    sequence state replaces that sequence's cells (any free cells, not necessarily contiguous).
-    Validates everything first; on any problem raises StateError with the cache unchanged.
+    A sequence s whose next position is P (its largest cached position + 1, or p_next[s] when given and
+    smaller) loses its cells at positions <= P - n_swa (llama.cpp's is_masked_swa with the window's
+    standard type); a cell shared with other sequences keeps them. Only cells, no rows: freed rows are
+    overwritten later.
     """
-    p = _parse(cache, data, arch, _n_rot(cache, n_rot))
+    if n_swa <= 0 or cells.used == 0:
+        return 0
+    used = cells.used
+    p_next = p_next or {}
+    for s in range(cells.n_seq_max):
+        pmax = cells.seq_pos_max(s)
+        if pmax < 0:
+            continue
+        nxt = min(pmax + 1, p_next.get(s, pmax + 1))
+        if nxt - n_swa + 1 > 0:
+            cells.seq_rm(s, -1, nxt - n_swa + 1)
+    return used - cells.used
+
+
+def _records(data) -> list:
+    """The record(s) of a state: [whole data], or [full-attention record, window record] (FLAG_SWA)."""
+    mv = memoryview(data).cast("B")
+    total = len(mv)
+    if total < _HDR.size + 4 or bytes(mv[:4]) != MAGIC:
+        return [mv]  # _parse says what is wrong
+    _, _, flags, n_layer, _, _, _, body_bytes = _HDR.unpack_from(mv, 0)
+    if not flags & FLAG_SWA:
+        return [mv]
+    (alen,) = struct.unpack_from("<I", mv, _HDR.size)
+    end = _HDR.size + 4 + alen + _TYPES.size + n_layer * _LAYER.size + body_bytes + 4
+    if end >= total:
+        raise StateError("state: truncated (the sliding-window cache record is missing)")
+    return [mv[:end], mv[end:]]
+
+
+class _Plan:
+    __slots__ = ("cache", "parsed", "dst", "cells_state", "clear")
+
+
+def _plan(cache: KVCache, p: _Parsed, seq_id: int, n_swa: int = 0) -> _Plan:
+    """Where the parsed cells go (on scratch cells); raises StateError, touches nothing."""
     cells = cache.cells
     seq_mode = bool(p.flags & FLAG_SEQ)
     n = p.n_cells
@@ -234,29 +283,67 @@ def load_state(cache: KVCache, data, seq_id: int = -1, arch: str = "", n_rot=Non
         scratch = Cells(cells.size, cells.n_seq_max)
         scratch.set_state(*cells.get_state())
         scratch.seq_rm(seq_id, -1, -1)
+        if n_swa > 0 and n > cells.size - scratch.used:  # window cache: what nobody can see counts as free
+            prune_window(scratch, n_swa)
         free = cells.size - scratch.used
         if n > free:
             raise StateError(f"state: {n} cells needed, only {free} of {cells.size} are free for sequence {seq_id}")
         dst = scratch.find_slot(p.pos, np.full(n, seq_id, np.int32)) if n else np.empty(0, np.int32)
         new_pos, new_seq, new_delta = scratch.get_state()
         new_delta[dst] = p.delta
-    # from here on nothing can fail on user data
-    if seq_id < 0:
+    pl = _Plan()
+    pl.cache, pl.parsed, pl.dst, pl.cells_state, pl.clear = cache, p, dst, (new_pos, new_seq, new_delta), seq_id < 0
+    return pl
+
+
+def _apply(pl: _Plan) -> None:
+    cache = pl.cache
+    if pl.clear:
         for buf in cache.k + cache.v:
             if buf is not None:
                 buf.fill(0)
-    cells.set_state(new_pos, new_seq, new_delta)
-    for il, (k, v) in enumerate(p.rows):
-        if n:
-            kvk.scatter_rows(_bytes_rows(cache.k[il]), dst, k)
+    cache.cells.set_state(*pl.cells_state)
+    if pl.parsed.n_cells:
+        for il, (k, v) in enumerate(pl.parsed.rows):
+            kvk.scatter_rows(_bytes_rows(cache.k[il]), pl.dst, k)
             if v is not None:
-                kvk.scatter_rows(_bytes_rows(cache.v[il]), dst, v)
+                kvk.scatter_rows(_bytes_rows(cache.v[il]), pl.dst, v)
+
+
+def load_state(cache: KVCache, data, seq_id: int = -1, arch: str = "", n_rot=None,
+               cache_swa: KVCache | None = None, n_rot_swa=None, n_swa: int = 0) -> list[int]:
+    """Restore a state made by save_state; returns its token ids.
+
+    seq_id < 0: a whole-cache state replaces everything (cells at [0, n_cells)). seq_id >= 0: a
+    sequence state replaces that sequence's cells (any free cells, not necessarily contiguous).
+    cache_swa: the sliding-window layers' cache (window n_swa), restored from the second record.
+    Validates both records completely first; on any problem raises StateError with both caches unchanged.
+    """
+    recs = _records(data)
+    if (len(recs) == 2) != (cache_swa is not None):
+        if len(recs) == 2:
+            raise StateError("state: saved with a separate sliding-window cache; this context keeps full-size "
+                             "caches (use the same swa_full / --swa-full setting as when saving)")
+        if len(recs[0]) >= _HDR.size and bytes(recs[0][:4]) == MAGIC:
+            raise StateError("state: saved with full-size caches; this context has a separate sliding-window "
+                             "cache (use the same swa_full / --swa-full setting as when saving)")
+    p = _parse(cache, recs[0], arch, _n_rot(cache, n_rot))
+    plans = [_plan(cache, p, seq_id)]
+    if cache_swa is not None:
+        p2 = _parse(cache_swa, recs[1], arch, _n_rot(cache_swa, n_rot_swa))
+        if p2.flags & FLAG_SWA or p2.tokens.shape[0] or (p2.flags & FLAG_SEQ) != (p.flags & FLAG_SEQ):
+            raise StateError("state: the sliding-window cache record does not match the first one")
+        plans.append(_plan(cache_swa, p2, seq_id, n_swa))
+    # from here on nothing can fail on user data
+    for pl in plans:
+        _apply(pl)
     return [int(t) for t in p.tokens]
 
 
-def save_file(path, cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None) -> int:
-    """save_state to a file (written to a temporary name, then renamed); returns the bytes written."""
-    data = save_state(cache, tokens, seq_id, arch, n_rot)
+def save_file(path, cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None, **swa) -> int:
+    """save_state to a file (written to a temporary name, then renamed); returns the bytes written.
+    swa: cache_swa, n_rot_swa as save_state."""
+    data = save_state(cache, tokens, seq_id, arch, n_rot, **swa)
     tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -264,11 +351,11 @@ def save_file(path, cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "",
     return len(data)
 
 
-def load_file(path, cache: KVCache, seq_id: int = -1, arch: str = "", n_rot=None) -> list[int]:
-    """load_state from a file; a missing or unreadable file is a StateError too."""
+def load_file(path, cache: KVCache, seq_id: int = -1, arch: str = "", n_rot=None, **swa) -> list[int]:
+    """load_state from a file; a missing or unreadable file is a StateError too. swa: as load_state."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise StateError(f"state: cannot read {path}: {e.strerror}") from None
-    return load_state(cache, data, seq_id, arch, n_rot)
+    return load_state(cache, data, seq_id, arch, n_rot, **swa)

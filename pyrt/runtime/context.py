@@ -4,6 +4,8 @@
 before touching the cache, so a bad batch or one that does not fit leaves the state unchanged.
 Before a decode, pending cache updates run (K-shift after seq_add/seq_div, a defrag that the last
 decode asked for when fragmentation exceeded defrag_thold), as llama_kv_cache_update does.
+Sliding-window layers may have their own window-sized cache (llama.cpp's iSWA cache); every cache
+operation covers both caches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from ..errors import ContextOverflowError, InvalidArgumentError, UnsupportedError
 from ..kv import state as kv_state
 from ..kv.cache import KVCache
+from ..kv.cells import Cells
 from ..models.base import ForwardInputs
 from ..ops.attention import attention, scan_order
 
@@ -65,41 +68,89 @@ class Timings:
 
 
 class _KVBinding:
-    """What the model sees of the cache for one ubatch: where to store, what to attend to."""
+    """What the model sees of the cache(s) for one ubatch: where to store, what to attend to.
 
-    __slots__ = ("cache", "cells_idx", "pos", "seq", "kv_idx", "mla")
+    layer_map[il] = (side, il in that side's cache); side 0 is the full-attention cache, side 1 the
+    sliding-window one (when the context has it). Per side: the cache, the cells this ubatch writes and,
+    computed once per ubatch, the cells scanned in canonical order.
+    """
 
-    def __init__(self, cache: KVCache, cells_idx, pos, seq, mla: int = 3):
-        self.cache, self.cells_idx, self.pos, self.seq = cache, cells_idx, pos, seq
-        self.kv_idx = None  # the cells this ubatch scans, in canonical order: the same for every layer
-        self.mla = mla      # MLA attention mode (-mla 0..3) for MLA models; ignored by the others
+    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_qmin")
+
+    def __init__(self, caches, cells_idx, pos, seq, mla: int = 3, layer_map=None):
+        self.caches, self.cells_idx, self.pos, self.seq = caches, cells_idx, pos, seq
+        self.kv_idx = {}  # (side, n_swa) -> cells scanned, the same for every layer of that side
+        self.mla = mla    # MLA attention mode (-mla 0..3) for MLA models; ignored by the others
+        self.layer_map = layer_map
+        self._qmin = None  # [(seq id, its first query position in the ubatch)]
+
+    @property
+    def cache(self) -> KVCache:
+        return self.caches[0]
+
+    def _side(self, il):
+        return (0, il) if self.layer_map is None else self.layer_map[il]
 
     def store(self, il, k, v):
-        self.cache.store(il, self.cells_idx, k, v)
+        side, j = self._side(il)
+        self.caches[side].store(j, self.cells_idx[side], k, v)
+
+    def _scan(self, side, n_swa):
+        key = (side, n_swa)
+        idx = self.kv_idx.get(key)
+        if idx is None:
+            cells = self.caches[side].cells
+            n_kv = cells.n_kv()
+            cell_pos = cells.pos_array()[:n_kv]
+            idx = scan_order(cell_pos, cells.seq_array()[:n_kv], self.pos, self.seq)
+            if n_swa > 0 and idx.shape[0]:
+                idx = self._in_window(idx, cell_pos, cells.seq_array()[:n_kv], n_swa)
+            self.kv_idx[key] = idx
+        return idx
+
+    def _in_window(self, idx, cell_pos, cell_seq, n_swa):
+        """Drop the cells that are outside the window of every query of their sequences: they are masked
+        anyway, and a window cache no longer has them, so both kinds of cache scan the same cells."""
+        if self._qmin is None:
+            self._qmin = [(int(s), int(self.pos[self.seq == s].min())) for s in np.unique(self.seq)]
+        cp = cell_pos[idx]
+        if len(self._qmin) == 1:
+            keep = cp > self._qmin[0][1] - n_swa
+        else:
+            cs = cell_seq[idx]
+            keep = np.zeros(idx.shape[0], dtype=bool)
+            for s, qmin in self._qmin:
+                keep |= (((cs >> np.uint64(s)) & np.uint64(1)) != 0) & (cp > qmin - n_swa)
+        return np.ascontiguousarray(idx[keep])
 
     def attend(self, il, q, scale, n_swa=0, softcap=0.0, head_dim_v=None):
-        if self.kv_idx is None:
-            n_kv = self.cache.cells.n_kv()
-            self.kv_idx = scan_order(self.cache.cells.pos_array()[:n_kv], self.cache.cells.seq_array()[:n_kv],
-                                     self.pos, self.seq)
-        return attention(q, self.cache, il, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
-                         kv_idx=self.kv_idx, head_dim_v=head_dim_v)
+        side, j = self._side(il)
+        return attention(q, self.caches[side], j, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
+                         kv_idx=self._scan(side, int(n_swa)), head_dim_v=head_dim_v)
 
     def mla_view(self, il):
         """For models that run their own attention over a K-only cache (MLA): (K rows [n_kv, row] in the
         storage dtype, type_k, cell_pos [n_kv] int32, cell_seq [n_kv] uint64, kv_idx int32 in scan order)."""
-        n_kv = self.cache.cells.n_kv()
-        cell_pos = self.cache.cells.pos_array()[:n_kv]
-        cell_seq = self.cache.cells.seq_array()[:n_kv]
-        if self.kv_idx is None:
-            self.kv_idx = scan_order(cell_pos, cell_seq, self.pos, self.seq)
-        return self.cache.k[il][:n_kv], self.cache.type_k, cell_pos, cell_seq, self.kv_idx
+        side, j = self._side(il)
+        cache = self.caches[side]
+        n_kv = cache.cells.n_kv()
+        cell_pos = cache.cells.pos_array()[:n_kv]
+        cell_seq = cache.cells.seq_array()[:n_kv]
+        return cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0)
 
 
 class Context:
+    """A model, its KV cache(s) and the decode loop.
+
+    `cache` holds the full-attention layers (all layers for models without sliding windows). For a
+    model with sliding-window layers (Gemma 3), unless swa_full, those layers get their own smaller
+    `cache_swa` of min(n_ctx, n_swa * n_seq_max + n_ubatch) cells (padded to SWA_PAD, as llama.cpp's
+    iSWA cache): cells that no current or future query can see are reused, so only the window stays.
+    """
+
     def __init__(self, model, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1,
-                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3):
+                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False):
         hp = model.hp
         if n_ctx <= 0:
             n_ctx = hp.n_ctx_train
@@ -115,6 +166,7 @@ class Context:
         self.n_ubatch = min(int(n_ubatch), self.n_batch)
         self.n_seq_max = n_seq_max
         self.mla = int(mla)
+        self.swa_full = bool(swa_full)
         if getattr(model, "is_mla", False):  # MLA: the mode decides the cache layout (K-only for 1-3)
             k_dims, v_dims, head_k, head_v = model.kv_layout(self.mla)
             if self.mla > 0:
@@ -123,9 +175,34 @@ class Context:
         else:
             k_dims, v_dims = model.kv_dims()
             head_k, head_v = hp.n_embd_head_k, hp.n_embd_head_v
-        self.cache = KVCache(hp.n_layer, self.n_ctx, k_dims, v_dims, type_k, type_v, n_seq_max=n_seq_max,
-                             head_dim_k=head_k, head_dim_v=head_v)
+        n_layer = hp.n_layer
+        self.n_swa = int(getattr(model, "n_swa", 0) or 0)
+        is_swa = list(getattr(model, "is_swa", None) or [False] * n_layer) if self.n_swa > 0 else [False] * n_layer
+        swa = [il for il in range(n_layer) if is_swa[il]]
+        base = [il for il in range(n_layer) if not is_swa[il]]
+        self.n_ctx_swa = swa_cache_size(self.n_ctx, self.n_swa, n_seq_max, self.n_ubatch) if swa else self.n_ctx
+        self.cache_swa: KVCache | None = None
+        self._layer_map = None  # il -> (0 full cache | 1 window cache, layer in that cache); None: all in cache
+        if swa and base and not self.swa_full and self.n_ctx_swa < self.n_ctx:
+            def pick(v, layers):
+                return [v[il] for il in layers] if isinstance(v, (list, tuple)) else v
+            self._base_layers, self._swa_layers = base, swa
+            self.cache = KVCache(len(base), self.n_ctx, pick(k_dims, base), pick(v_dims, base), type_k, type_v,
+                                 n_seq_max=n_seq_max, head_dim_k=pick(head_k, base), head_dim_v=pick(head_v, base))
+            self.cache_swa = KVCache(len(swa), self.n_ctx_swa, pick(k_dims, swa), pick(v_dims, swa), type_k,
+                                     type_v, n_seq_max=n_seq_max, head_dim_k=pick(head_k, swa),
+                                     head_dim_v=pick(head_v, swa))
+            self._layer_map = [None] * n_layer
+            for side, layers in ((0, base), (1, swa)):
+                for j, il in enumerate(layers):
+                    self._layer_map[il] = (side, j)
+        else:
+            self.n_ctx_swa = self.n_ctx
+            self._base_layers, self._swa_layers = list(range(n_layer)), []
+            self.cache = KVCache(n_layer, self.n_ctx, k_dims, v_dims, type_k, type_v, n_seq_max=n_seq_max,
+                                 head_dim_k=head_k, head_dim_v=head_v)
         self.cells = self.cache.cells
+        self.cells_swa = None if self.cache_swa is None else self.cache_swa.cells
         self.timings = Timings()
         self.defrag_thold = float(defrag_thold)
         self._do_defrag = False
@@ -134,6 +211,18 @@ class Context:
     @property
     def n_vocab(self) -> int:
         return self.model.hp.n_vocab
+
+    @property
+    def caches(self) -> list[KVCache]:
+        """The full-attention cache, then the window cache when there is one."""
+        return [self.cache] if self.cache_swa is None else [self.cache, self.cache_swa]
+
+    def layer_cache(self, il: int) -> tuple[KVCache, int]:
+        """(the cache holding model layer il, its layer index in that cache)."""
+        if self._layer_map is None:
+            return self.cache, il
+        side, j = self._layer_map[il]
+        return self.caches[side], j
 
     def _validate(self, batch: Batch) -> None:
         n = len(batch)
@@ -156,6 +245,28 @@ class Context:
             raise ContextOverflowError(
                 f"the batch needs {n} KV cells but only {free} of n_ctx = {self.n_ctx} are free "
                 f"(increase -c / n_ctx)")
+        if self.cache_swa is not None:  # the window cache: play the ubatches on a scratch copy of its cells
+            scratch = Cells(self.cells_swa.size, self.cells_swa.n_seq_max)
+            scratch.set_state(*self.cells_swa.get_state())
+            for s in range(0, n, self.n_ubatch):
+                e = min(n, s + self.n_ubatch)
+                self._make_room_swa(scratch, batch, s, e)
+                if e - s > scratch.size - scratch.used:
+                    raise ContextOverflowError(
+                        f"the sliding-window KV cache ({scratch.size} cells) has only {scratch.size - scratch.used} "
+                        f"free for a ubatch of {e - s} tokens: its sequences hold cells that later tokens may "
+                        f"still see (positions out of order?); use swa_full / --swa-full")
+                scratch.find_slot(batch.pos[s:e], batch.seq_id[s:e])
+
+    def _make_room_swa(self, cells, batch: Batch, s: int, e: int) -> None:
+        """Before the ubatch [s, e): if the window cache lacks free cells, free those no query can see
+        any more (for a sequence, the batch's remaining tokens [s, n) count as its next positions)."""
+        if e - s <= cells.size - cells.used:
+            return
+        p_next = {}
+        for q in np.unique(batch.seq_id[s:]):
+            p_next[int(q)] = int(batch.pos[s:][batch.seq_id[s:] == q].min())
+        kv_state.prune_window(cells, self.n_swa, p_next)
 
     def decode(self, batch: Batch) -> np.ndarray:
         """Evaluates the batch; returns logits [n_wanted, n_vocab] f32 in batch order."""
@@ -164,6 +275,7 @@ class Context:
         t0 = time.perf_counter()
         n = len(batch)
         outs = []
+        caches = self.caches
         for s in range(0, n, self.n_ubatch):
             e = min(n, s + self.n_ubatch)
             tok = np.ascontiguousarray(batch.token[s:e], dtype=np.int32)
@@ -171,11 +283,14 @@ class Context:
             seq = np.ascontiguousarray(batch.seq_id[s:e], dtype=np.int32)
             out_rows = np.flatnonzero(batch.logits[s:e]).astype(np.int32)
             try:
-                cells_idx = self.cells.find_slot(pos, seq)
+                cells_idx = [self.cells.find_slot(pos, seq)]
+                if self.cache_swa is not None:
+                    self._make_room_swa(self.cells_swa, batch, s, e)
+                    cells_idx.append(self.cells_swa.find_slot(pos, seq))
             except Exception as ex:  # validated above; only reached if the cells disagree
                 raise ContextOverflowError(f"no KV cells for the ubatch: {ex}") from None
-            inp = ForwardInputs(tok, pos, seq, out_rows, _KVBinding(self.cache, cells_idx, pos, seq, self.mla))
-            logits = self.model.forward(inp)
+            kv = _KVBinding(caches, cells_idx, pos, seq, self.mla, self._layer_map)
+            logits = self.model.forward(ForwardInputs(tok, pos, seq, out_rows, kv))
             if out_rows.shape[0]:
                 outs.append(logits)
         dt = time.perf_counter() - t0
@@ -198,39 +313,56 @@ class Context:
             raise UnsupportedError(f"{self.model.hp.arch}: this model cannot shift its KV cache (no K-shift)")
         return [self.model.rope_params(il) for il in range(self.model.hp.n_layer)]
 
+    def _rope_of(self, layers) -> list:
+        rope = self.rope_params()
+        return [rope[il] for il in layers]
+
+    def _k_shift(self) -> None:
+        """Re-rotate each cache's keys with the RoPE parameters of its own layers."""
+        for cache, layers in ((self.cache, self._base_layers), (self.cache_swa, self._swa_layers)):
+            if cache is not None and cache.cells.has_shift:
+                cache.k_shift(self._rope_of(layers))
+
     def update(self) -> None:
         """Apply pending cache work: the K-shift after seq_add/seq_div, then a requested defrag."""
-        if self.cells.has_shift:
-            self.cache.k_shift(self.rope_params())
+        self._k_shift()
         if self._do_defrag:
             self.defrag()
 
     def defrag(self) -> int:
-        """Compact the used cells now (logits are unchanged, bit for bit); returns the rows moved."""
+        """Compact the used cells of every cache now (logits are unchanged, bit for bit); returns the rows moved."""
         self._do_defrag = False
         self.n_defrag += 1
-        return self.cache.defrag()
+        return sum(c.defrag() for c in self.caches)
 
-    # -- sequences (llama.cpp's llama_memory_seq_* semantics) --------------------------------------
+    # -- sequences (llama.cpp's llama_memory_seq_* semantics, on every cache) ----------------------
     def clear(self) -> None:
-        self.cells.clear()
+        for c in self.caches:
+            c.cells.clear()
         self._do_defrag = False
 
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
-        return self.cells.seq_rm(seq_id, p0, p1)
+        ok = self.cells.seq_rm(seq_id, p0, p1)
+        if self.cells_swa is not None:
+            ok = self.cells_swa.seq_rm(seq_id, p0, p1) and ok
+        return ok
 
     def seq_cp(self, seq_src: int, seq_dst: int, p0: int = -1, p1: int = -1) -> None:
-        self.cells.seq_cp(seq_src, seq_dst, p0, p1)
+        for c in self.caches:
+            c.cells.seq_cp(seq_src, seq_dst, p0, p1)
 
     def seq_keep(self, seq_id: int) -> None:
-        self.cells.seq_keep(seq_id)
+        for c in self.caches:
+            c.cells.seq_keep(seq_id)
 
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shift positions in [p0, p1) by delta; the cached keys are re-rotated before the next decode."""
-        self.cells.seq_add(seq_id, p0, p1, delta)
+        for c in self.caches:
+            c.cells.seq_add(seq_id, p0, p1, delta)
 
     def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
-        self.cells.seq_div(seq_id, p0, p1, d)
+        for c in self.caches:
+            c.cells.seq_div(seq_id, p0, p1, d)
 
     def seq_pos_min(self, seq_id: int) -> int:
         return self.cells.seq_pos_min(seq_id)
@@ -238,35 +370,90 @@ class Context:
     def seq_pos_max(self, seq_id: int) -> int:
         return self.cells.seq_pos_max(seq_id)
 
+    def seq_resume_pos(self, seq_id: int, p: int) -> int:
+        """The largest position q <= p from which sequence seq_id can be decoded again (after
+        seq_rm(seq_id, q, -1)) with the same result as with full-size caches.
+
+        Without a window cache that is p. With one, the window of the token at q, positions
+        [q - n_swa + 1, q), must still be cached: a rollback further back than what the window cache
+        kept (its pruned cells are gone) has to re-evaluate from an earlier position, often 0.
+        """
+        p = int(p)
+        if self.cells_swa is None or p <= 0:
+            return max(p, 0)
+        cells = self.cells_swa
+        if not 0 <= seq_id < cells.n_seq_max:
+            raise InvalidArgumentError(f"seq_resume_pos: sequence {seq_id} out of range [0, {cells.n_seq_max})")
+        pos, seq = cells.pos_array(), cells.seq_array()
+        mine = pos[(pos >= 0) & (pos < p) & (((seq >> np.uint64(seq_id)) & np.uint64(1)) != 0)]
+        have = np.zeros(p, dtype=bool)  # [p] positions of the sequence that the window cache holds
+        have[mine] = True
+        # last_missing[q] = largest missing position < q (-1 if none), for q in [0, p]
+        idx = np.where(~have, np.arange(p), -1)
+        last_missing = np.concatenate(([-1], np.maximum.accumulate(idx)))
+        q = np.arange(p + 1)
+        ok = last_missing < q - self.n_swa + 1
+        ok[0] = True
+        return int(np.flatnonzero(ok)[-1])
+
     # -- state save / restore (pyrt.kv.state) ------------------------------------------------------
     def _fingerprint(self) -> dict:
         hp = self.model.hp
-        n_rot = [p[0] for p in self.rope_params()] if hasattr(self.model, "rope_params") else hp.n_rot
-        return dict(arch=hp.arch, n_rot=n_rot)
+        has_rope = hasattr(self.model, "rope_params")
+        n_rot = [p[0] for p in self.rope_params()] if has_rope else [hp.n_rot] * hp.n_layer
+        fp = dict(arch=hp.arch, n_rot=[n_rot[il] for il in self._base_layers])
+        if self.cache_swa is not None:
+            fp.update(cache_swa=self.cache_swa, n_rot_swa=[n_rot[il] for il in self._swa_layers])
+        return fp
 
     def save_state(self, tokens=(), seq_id: int = -1) -> bytes:
-        """The whole cache (seq_id < 0) or one sequence, with `tokens`, in pyrt's state format."""
-        if self.cells.has_shift:
-            self.cache.k_shift(self.rope_params())
+        """The whole cache (seq_id < 0) or one sequence, with `tokens`, in pyrt's state format
+        (a context with a window cache writes both caches)."""
+        self._k_shift()
         return kv_state.save_state(self.cache, tokens, seq_id, **self._fingerprint())
 
+    def _load_kw(self) -> dict:
+        kw = self._fingerprint()
+        if self.cache_swa is not None:
+            kw["n_swa"] = self.n_swa
+        return kw
+
     def load_state(self, data, seq_id: int = -1) -> list[int]:
-        """Restore a state from save_state; returns its tokens. StateError leaves the cache unchanged."""
-        toks = kv_state.load_state(self.cache, data, seq_id, **self._fingerprint())
-        if self.cells.has_shift:  # a saved pending shift
-            self.cache.k_shift(self.rope_params())
+        """Restore a state from save_state; returns its tokens. StateError leaves every cache unchanged."""
+        toks = kv_state.load_state(self.cache, data, seq_id, **self._load_kw())
+        self._k_shift()  # a saved pending shift
         return toks
 
     def save_file(self, path, tokens=(), seq_id: int = -1) -> int:
-        if self.cells.has_shift:
-            self.cache.k_shift(self.rope_params())
+        self._k_shift()
         return kv_state.save_file(path, self.cache, tokens, seq_id, **self._fingerprint())
 
     def load_file(self, path, seq_id: int = -1) -> list[int]:
-        toks = kv_state.load_file(path, self.cache, seq_id, **self._fingerprint())
-        if self.cells.has_shift:
-            self.cache.k_shift(self.rope_params())
+        toks = kv_state.load_file(path, self.cache, seq_id, **self._load_kw())
+        self._k_shift()
         return toks
 
     def memory_report(self) -> str:
-        return self.cache.size_report()
+        """llama.cpp's `KV self size` line (both caches together); with a window cache, one line per cache
+        as llama.cpp's iSWA cache logs them (non-SWA, then SWA)."""
+        if self.cache_swa is None:
+            return self.cache.size_report()
+        mib = 1024.0 * 1024.0
+        k = sum(c.k_bytes() for c in self.caches)
+        v = sum(c.v_bytes() for c in self.caches)
+        return "\n".join([
+            f"KV self size  = {(k + v) / mib:7.2f} MiB, K ({self.cache.type_k}): {k / mib:7.2f} MiB, "
+            f"V ({self.cache.type_v}): {v / mib:7.2f} MiB",
+            f"non-SWA KV cache: {self.cache.size_report_mainline()}",
+            f"    SWA KV cache: {self.cache_swa.size_report_mainline()} (window {self.n_swa})"])
+
+
+SWA_PAD = 256  # llama.cpp pads the window cache to 256 cells
+
+
+def swa_cache_size(n_ctx: int, n_swa: int, n_seq_max: int = 1, n_ubatch: int = 512, pad: int | None = None) -> int:
+    """Cells of the sliding-window cache (llama_kv_cache_iswa): min(n_ctx, n_swa * n_seq_max + n_ubatch)
+    rounded up to `pad` (SWA_PAD), and never more than n_ctx."""
+    pad = SWA_PAD if pad is None else int(pad)
+    n = min(int(n_ctx), int(n_swa) * int(n_seq_max) + int(n_ubatch))
+    return min(int(n_ctx), -(-n // pad) * pad)

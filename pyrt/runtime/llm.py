@@ -40,7 +40,7 @@ class LLM:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
-                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3):
+                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False):
         t0 = time.perf_counter()
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
@@ -55,7 +55,7 @@ class LLM:
             n_ctx = hp.n_ctx_train
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                            type_k=type_k, type_v=type_v, n_seq_max=n_seq_max, defrag_thold=defrag_thold,
-                           mla=mla)
+                           mla=mla, swa_full=swa_full)
         self.t_load = time.perf_counter() - t0
         self.t_warmup = 0.0
         self._tokens: list[int] = []  # what sequence 0 holds in the cache, in order
@@ -139,6 +139,8 @@ class LLM:
                 break
             n_common += 1
         n_common = min(n_common, len(ids) - 1)  # re-evaluate at least one token to get its logits
+        # a sliding-window cache may no longer hold the window before n_common: start where it is whole
+        n_common = self.ctx.seq_resume_pos(0, n_common)
         self.ctx.seq_rm(0, n_common, -1)
         self._tokens = self._tokens[:n_common]
         logits = None
