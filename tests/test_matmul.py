@@ -124,6 +124,18 @@ def test_dot_path_rows_independent_of_batch(t):
         assert np.array_equal(full[i:i + 1], mm.matmul(x[i:i + 1].copy(), raw, t, path="dot"))
 
 
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0])
+def test_dot_path_rows_independent_of_pairing(t):
+    """A row's result does not depend on which row it is paired with (two-row dots) or whether it
+    runs alone (odd tile remainder): dropping the first row shifts every pairing."""
+    _, x, raw = _case(t, n_tok=6, n_out=47)
+    for n_tok in (1, 3, 6):
+        xt = x[:n_tok].copy()
+        full = mm.matmul(xt, raw, t, path="dot")
+        assert np.array_equal(full[:, 1:], mm.matmul(xt, raw[1:], t, path="dot"))
+        assert np.array_equal(full[:, 2:], mm.matmul(xt, raw[2:], t, path="dot"))
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16, T.BF16, T.F32]
                          + ([T.Q4_K] if HAVE_K else []))

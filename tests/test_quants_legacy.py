@@ -114,32 +114,99 @@ def test_quantize_q8_0_close_to_ref():
 
 
 @njit(cache=False)
-def _dots(kind, w, x, nb):
-    out = np.empty((2,), np.float32)
-    wp, xp = np.int64(w.ctypes.data), np.int64(x.ctypes.data)
+def _dots(kind, w, x, xc, nb):
+    """[host-selected, portable IR, AVX2 (or portable)] dots of one weight row with one activation row."""
+    out = np.empty((3,), np.float32)
+    wp, xp, cp = np.int64(w.ctypes.data), np.int64(x.ctypes.data), np.int64(xc.ctypes.data)
+    pf = np.int64(2048)
     if kind == 0:
-        out[0], out[1] = simd.dot_q8_0_q8_0(wp, xp, nb), simd.dot_q8_0_q8_0_generic(wp, xp, nb)
+        out[0] = simd.dot_q8_0_q8_0(wp, xp, cp, nb, pf)
+        out[1] = simd.dot_q8_0_q8_0_generic(wp, xp, cp, nb, pf)
+        out[2] = simd.dot_q8_0_q8_0_avx2(wp, xp, cp, nb, pf)
     elif kind == 1:
-        out[0], out[1] = simd.dot_q4_0_q8_0(wp, xp, nb), simd.dot_q4_0_q8_0_generic(wp, xp, nb)
+        out[0] = simd.dot_q4_0_q8_0(wp, xp, cp, nb, pf)
+        out[1] = simd.dot_q4_0_q8_0_generic(wp, xp, cp, nb, pf)
+        out[2] = simd.dot_q4_0_q8_0_avx2(wp, xp, cp, nb, pf)
     else:
-        out[0], out[1] = simd.dot_q5_0_q8_0(wp, xp, nb), simd.dot_q5_0_q8_0_generic(wp, xp, nb)
+        out[0] = simd.dot_q5_0_q8_0(wp, xp, cp, nb, pf)
+        out[1] = simd.dot_q5_0_q8_0_generic(wp, xp, cp, nb, pf)
+        out[2] = simd.dot_q5_0_q8_0_avx2(wp, xp, cp, nb, pf)
     return out
 
 
 @pytest.mark.parametrize("kind,t", [(0, T.Q8_0), (1, T.Q4_0), (2, T.Q5_0)])
 def test_block_dot_host_and_portable(kind, t):
+    """VNNI / AVX2 / portable block dots compute the same exact integer lanes: identical bits."""
     rng = np.random.default_rng(5 + kind)
-    n = 32 * 37
-    w = quantize(rng.standard_normal((1, n)).astype(np.float32), t).view(np.uint8).reshape(-1)
-    xq = _quantize_q8_0(rng.standard_normal((1, n)).astype(np.float32)).reshape(-1)
-    # extreme activations: +-127 everywhere (maddubs saturation would show up here)
-    xq_ext = xq.copy().reshape(-1, 34)
-    xq_ext[:, 2:] = np.where(np.arange(32) % 3 == 0, 129, 127).astype(np.uint8)  # -127 / 127
-    for x in (xq, xq_ext.reshape(-1)):
-        ref = (dequantize(w, t).astype(np.float64) * dequantize(x, T.Q8_0).astype(np.float64)).sum()
-        mag = np.abs(dequantize(w, t).astype(np.float64) * dequantize(x, T.Q8_0)).sum()
-        host, generic = _dots(kind, w, x, np.int64(n // 32))
-        assert abs(host - ref) <= 1e-5 * mag and abs(generic - ref) <= 1e-5 * mag
+    for n in (32 * 37, 32 * 20, 32):  # odd and even block counts (2-way accumulator unroll + tail)
+        w = quantize(rng.standard_normal((1, n)).astype(np.float32), t).view(np.uint8).reshape(-1)
+        if t == T.Q8_0:
+            w.reshape(-1, 34)[0, 2:6] = [0x80, 0x81, 0x7F, 0]  # -128 (not produced by the quantizer), -127, 127, 0
+        if t == T.Q5_0:  # all-ones / alternating high bits in a few blocks
+            w.reshape(-1, 22)[0, 2:6] = 0xFF
+            w.reshape(-1, 22)[-1, 2:6] = [0xA5, 0x5A, 0x0F, 0xF0]
+        xq = _quantize_q8_0(rng.standard_normal((1, n)).astype(np.float32)).reshape(-1)
+        # extreme activations: +-127 everywhere (maddubs saturation would show up here)
+        xq_ext = xq.copy().reshape(-1, 34)
+        xq_ext[:, 2:] = np.where(np.arange(32) % 3 == 0, 129, 127).astype(np.uint8)  # -127 / 127
+        for x in (xq, xq_ext.reshape(-1)):
+            xc = np.empty((1, n // 32, simd.AUX_WORDS), np.int32)
+            ql.x_aux_q8_0(xc, x.reshape(1, -1), np.int32({0: simd.Q8_0_VNNI_BIAS, 1: 8, 2: 16}[kind]))
+            wd = dequantize(w, t).astype(np.float64)
+            ref = (wd * dequantize(x, T.Q8_0).astype(np.float64)).sum()
+            mag = np.abs(wd * dequantize(x, T.Q8_0)).sum()
+            res = _dots(kind, w, x, xc, np.int64(n // 32))
+            assert abs(res[0] - ref) <= 1e-5 * mag
+            assert res[0] == res[1] == res[2], res
+
+
+@njit(cache=False)
+def _f16_portable(h, f):
+    a = np.empty(h.shape, np.float32)
+    b = np.empty(f.shape, np.uint16)
+    for i in range(h.shape[0]):
+        a[i] = simd.f16_to_f32_portable(h[i])
+    for i in range(f.shape[0]):
+        b[i] = simd.f32_to_f16_portable(f[i])
+    return a, b
+
+
+def test_f16_conversions_portable():
+    """The integer-only half conversions (targets without F16C) match numpy: all halves, and f32
+    values around every half (ties, subnormals, overflow, inf); NaN -> quiet NaN with the payload."""
+    h = np.arange(65536, dtype=np.uint16)
+    hf = h.view(np.float16)
+    fin = hf[np.isfinite(hf)].astype(np.float32)
+    nxt = np.nextafter(fin, np.float32(np.inf))
+    with np.errstate(over="ignore"):
+        up = np.nextafter(hf[np.isfinite(hf)], np.float16(np.inf)).astype(np.float64)
+    mid = (fin.astype(np.float64) + up) / 2  # exact ties between neighbouring halves
+    rng = np.random.default_rng(11)
+    f = np.concatenate([fin, nxt, mid[np.isfinite(mid)].astype(np.float32),
+                        np.float32([1e-30, 7e4, 65520.0, 65519.99, np.inf, -np.inf]),
+                        rng.standard_normal(4096).astype(np.float32) * np.float32(1e-5)])
+    a, b = _f16_portable(h, f)
+    ok = ~np.isnan(hf)
+    assert np.array_equal(a[ok].view(np.uint32), hf[ok].astype(np.float32).view(np.uint32))
+    assert np.all(np.isnan(a[~ok]))
+    with np.errstate(over="ignore"):
+        assert np.array_equal(b, f.astype(np.float16).view(np.uint16))
+    nan = np.float32([np.nan, -np.nan]).view(np.uint32) | np.uint32(0x12345 << 3)
+    _, bn = _f16_portable(h[:0], nan.view(np.float32))
+    want = np.uint16(0x7E00) | ((nan >> 13) & 0x3FF).astype(np.uint16) | ((nan >> 16) & 0x8000).astype(np.uint16)
+    assert np.array_equal(bn, want)
+
+
+def test_x_aux_q8_0():
+    rng = np.random.default_rng(9)
+    xq = _quantize_q8_0(rng.standard_normal((3, 256)).astype(np.float32))
+    xc = np.empty((3, 8, simd.AUX_WORDS), np.int32)
+    ql.x_aux_q8_0(xc, xq, np.int32(16))
+    blocks = xq.reshape(3, 8, 34)
+    q = blocks[..., 2:].view(np.int8).astype(np.int32)
+    assert np.array_equal(xc[..., :8], -16 * q.reshape(3, 8, 8, 4).sum(-1))
+    dx = blocks[..., :2].copy().view(np.float16).astype(np.float32)  # [3, 8, 1]
+    assert _bits_equal(xc[..., 8:].copy().view(np.float32), np.broadcast_to(dx, (3, 8, 8)).copy())
 
 
 # -------------------------------------------------------------------------------- registry

@@ -9,15 +9,17 @@ import numpy as np
 from numba import njit, prange
 
 from .config import FASTMATH
-from .simd import NT, dot4_q4_0_q8_0, dot4_q5_0_q8_0, dot4_q8_0_q8_0
+from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_FAR, PREFETCH_NEAR, Q8_0_VNNI_BIAS
+from .simd import dot2_q4_0_q8_0, dot2_q5_0_q8_0, dot2_q8_0_q8_0, dot4_q4_0_q8_0, dot4_q5_0_q8_0, dot4_q8_0_q8_0
 from .simd import (dequant_row_f16, dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_bf16_bf16,
-                   dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f32_to_f16)
+                   dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f16_to_f32, f32_to_f16)
 
 QK = 32               # elements per legacy block
 Q8_0_BYTES = 34       # f16 d + int8 qs[32]
 Q4_0_BYTES = 18       # f16 d + u8 qs[16]
 Q5_0_BYTES = 22       # f16 d + u32 qh + u8 qs[16]
 ROW_TILE = 4          # output rows per parallel work item of the matmuls
+FAR_PREFETCH_MIN_BYTES = 32 << 20  # weight matrices from this size on stream with simd.PREFETCH_FAR
 
 # Dequantize/quantize kernels run without fast-math: they must be bit-exact (arcp would turn
 # amax/127 into amax*(1/127)); they vectorize without it since nothing is reduced.
@@ -128,6 +130,27 @@ def quantize_rows_q8_0(dst, src):
 # result does not depend on the thread count.
 
 
+@njit(cache=True, nogil=True)
+def x_aux_q8_0(dst, xq, bias):
+    """Per activation block, the words the block dots read besides the quants (simd.AUX_WORDS).
+
+    dst[t, b, j] = -bias * sum(qs[4j:4j+4]) for j < 8: the bias term of weights stored as q + bias,
+    which does not depend on the weight row, in the dots' lane layout; dst[t, b, 8:16] = dx as f32 bits.
+    dst: [n_tok, nb, 16] int32; xq: [n_tok, nb*34] uint8 (block_q8_0); bias: Q4_0 8, Q5_0 16, Q8_0 128.
+    """
+    n_tok, nb = dst.shape[0], dst.shape[1]
+    for t in range(n_tok):
+        qs = xq[t].view(np.int8)
+        dxf = dst[t, :, 8:].view(np.float32)
+        for b in range(nb):
+            o = b * Q8_0_BYTES
+            dxf[b, :] = f16_to_f32(np.uint16(xq[t, o]) | (np.uint16(xq[t, o + 1]) << np.uint16(8)))
+            for j in range(8):
+                s = (np.int32(qs[o + 2 + 4 * j]) + np.int32(qs[o + 3 + 4 * j])
+                     + np.int32(qs[o + 4 + 4 * j]) + np.int32(qs[o + 5 + 4 * j]))
+                dst[t, b, j] = -bias * s
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q8_0(dst, w, xq):
     """Q8_0 weights x Q8_0 activations: per block isum(qw*qx) * (dw*dx), summed in f32.
@@ -138,15 +161,25 @@ def matmul_q8_0(dst, w, xq):
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
+    x_aux_q8_0(xc, xq, np.int32(Q8_0_VNNI_BIAS))
+    cs = np.int64(nb * AUX_BYTES)
+    pf = np.int64(PREFETCH_FAR if n_out * ws >= FAR_PREFETCH_MIN_BYTES else PREFETCH_NEAR)
     dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            t = 0
-            while t + NT <= n_tok:  # NT tokens per pass over the (L1-resident) weight row
-                dot4_q8_0_q8_0(wp + r * ws, xp + t * xs, xs, nb, dp + (t * n_out + r) * 4, n_out)
-                t += NT
-            for t2 in range(t, n_tok):
-                dst[t2, r] = dot_q8_0_q8_0(wp + r * ws, xp + t2 * xs, nb)
+        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        r0, r1 = it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)
+        for r in range(r0, r1):
+            for t in range(0, n_tok - NT + 1, NT):  # NT tokens per pass over the (L1-resident) weight row
+                dot4_q8_0_q8_0(wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4, n_out,
+                               pf)
+        for t in range(n_tok - n_tok % NT, n_tok):  # the other tokens: two rows per pass
+            r = r0
+            while r + 2 <= r1:
+                dot2_q8_0_q8_0(wp + r * ws, ws, xp + t * xs, cp + t * cs, nb, dp + (t * n_out + r) * 4, pf)
+                r += 2
+            if r < r1:
+                dst[t, r] = dot_q8_0_q8_0(wp + r * ws, xp + t * xs, cp + t * cs, nb, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -157,17 +190,27 @@ def matmul_q4_0(dst, w, xq):
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
+    x_aux_q8_0(xc, xq, np.int32(8))
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    cs = np.int64(nb * AUX_BYTES)
+    pf = np.int64(PREFETCH_FAR if n_out * ws >= FAR_PREFETCH_MIN_BYTES else PREFETCH_NEAR)
     dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            t = 0
-            while t + NT <= n_tok:  # NT tokens per pass over the (L1-resident) weight row
-                dot4_q4_0_q8_0(wp + r * ws, xp + t * xs, xs, nb, dp + (t * n_out + r) * 4, n_out)
-                t += NT
-            for t2 in range(t, n_tok):
-                dst[t2, r] = dot_q4_0_q8_0(wp + r * ws, xp + t2 * xs, nb)
+        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        r0, r1 = it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)
+        for r in range(r0, r1):
+            for t in range(0, n_tok - NT + 1, NT):  # NT tokens per pass over the (L1-resident) weight row
+                dot4_q4_0_q8_0(wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4, n_out,
+                               pf)
+        for t in range(n_tok - n_tok % NT, n_tok):  # the other tokens: two rows per pass
+            r = r0
+            while r + 2 <= r1:
+                dot2_q4_0_q8_0(wp + r * ws, ws, xp + t * xs, cp + t * cs, nb, dp + (t * n_out + r) * 4, pf)
+                r += 2
+            if r < r1:
+                dst[t, r] = dot_q4_0_q8_0(wp + r * ws, xp + t * xs, cp + t * cs, nb, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -178,17 +221,27 @@ def matmul_q5_0(dst, w, xq):
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
+    x_aux_q8_0(xc, xq, np.int32(16))
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    cs = np.int64(nb * AUX_BYTES)
+    pf = np.int64(PREFETCH_FAR if n_out * ws >= FAR_PREFETCH_MIN_BYTES else PREFETCH_NEAR)
     dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            t = 0
-            while t + NT <= n_tok:  # NT tokens per pass over the (L1-resident) weight row
-                dot4_q5_0_q8_0(wp + r * ws, xp + t * xs, xs, nb, dp + (t * n_out + r) * 4, n_out)
-                t += NT
-            for t2 in range(t, n_tok):
-                dst[t2, r] = dot_q5_0_q8_0(wp + r * ws, xp + t2 * xs, nb)
+        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        r0, r1 = it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)
+        for r in range(r0, r1):
+            for t in range(0, n_tok - NT + 1, NT):  # NT tokens per pass over the (L1-resident) weight row
+                dot4_q5_0_q8_0(wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4, n_out,
+                               pf)
+        for t in range(n_tok - n_tok % NT, n_tok):  # the other tokens: two rows per pass
+            r = r0
+            while r + 2 <= r1:
+                dot2_q5_0_q8_0(wp + r * ws, ws, xp + t * xs, cp + t * cs, nb, dp + (t * n_out + r) * 4, pf)
+                r += 2
+            if r < r1:
+                dst[t, r] = dot_q5_0_q8_0(wp + r * ws, xp + t * xs, cp + t * cs, nb, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)

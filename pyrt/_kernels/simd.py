@@ -1,8 +1,7 @@
 """Numba intrinsics that emit LLVM vector IR for the per-row dot products of the matmul kernels.
 
-Leaf module (numpy, numba, llvmlite only). Pointers are passed as integer addresses; callers
-(the kernels in quants_legacy.py) guarantee they are in range. With AVX2 the block dots use
-pmaddubsw/pmaddwd like llama.cpp; elsewhere the same IR is written with portable vector ops.
+Leaf module (numpy, numba, llvmlite only); pointers are integer addresses the kernels in quants_legacy.py
+keep in range. Block dots: vpdpbusd (AVX-VNNI/AVX512-VNNI), pmaddubsw (AVX2) or portable IR, same bits.
 The Numba disk cache does not notice edits here: clear NUMBA_CACHE_DIR after changing this file.
 """
 
@@ -36,6 +35,9 @@ def _target_features() -> set:
 _FEATS = _target_features()
 HAS_AVX2 = "avx2" in _FEATS
 HAS_F16C = "f16c" in _FEATS
+HAS_AVX512BW = "avx512bw" in _FEATS
+# vpdpbusd on ymm: AVX-VNNI (VEX) or AVX512-VNNI with AVX512VL (EVEX); same LLVM intrinsic
+HAS_VNNI = HAS_AVX2 and ("avxvnni" in _FEATS or ("avx512vnni" in _FEATS and "avx512vl" in _FEATS))
 
 # ---------------------------------------------------------------------------- IR helpers
 
@@ -59,9 +61,64 @@ def _call(builder, name, ret, args):
     return builder.call(fn, args)
 
 
+def _c(builder, v, ty, n):
+    """Constant v of int type ty, splatted when n (vector width) is not None."""
+    return ir.Constant(ty, v) if n is None else _splat(ty, n, v)
+
+
+def _h2f_int(builder, h, n):
+    """IEEE half bits (i16 or <n x i16>) -> f32 with integer ops only (no F16C / libcalls); exact.
+
+    Normals and subnormals: (bits & 0x7fff) << 13 read as f32, times 2^112; inf/nan keep the payload.
+    """
+    i32 = _I32 if n is None else _vec(_I32, n)
+    f32 = _F32 if n is None else _vec(_F32, n)
+    hi = builder.zext(h, i32)
+    em = builder.and_(hi, _c(builder, 0x7FFF, _I32, n))
+    sign = builder.shl(builder.and_(hi, _c(builder, 0x8000, _I32, n)), _c(builder, 16, _I32, n))
+    sh = builder.shl(em, _c(builder, 13, _I32, n))
+    fin = builder.bitcast(builder.fmul(builder.bitcast(sh, f32), ir.Constant(_F32, 2.0 ** 112) if n is None
+                                       else _splat(_F32, n, 2.0 ** 112)), i32)
+    naninf = builder.or_(sh, _c(builder, 0x7F800000, _I32, n))
+    big = builder.icmp_unsigned(">=", em, _c(builder, 0x7C00, _I32, n))
+    return builder.bitcast(builder.or_(builder.select(big, naninf, fin), sign), f32)
+
+
+def _h2f(builder, h, n=None):
+    """IEEE half bits -> f32, exact: fpext with F16C, integer ops elsewhere (LLVM would emit a
+    __extendhfsf2 libcall that Numba's JIT does not link)."""
+    if HAS_F16C:
+        if n is None:
+            return builder.fpext(builder.bitcast(h, _F16), _F32)
+        return builder.fpext(builder.bitcast(h, _vec(_F16, n)), _vec(_F32, n))
+    return _h2f_int(builder, h, n)
+
+
+def _f2h_int(builder, x):
+    """f32 -> IEEE half bits (i16), round to nearest even, NaN payload kept as vcvtps2ph does."""
+    u = builder.bitcast(x, _I32)
+    sign = builder.and_(u, ir.Constant(_I32, 0x80000000))
+    a = builder.xor(u, sign)
+    # overflow / inf / nan
+    nan = builder.or_(ir.Constant(_I32, 0x7E00), builder.and_(builder.lshr(a, ir.Constant(_I32, 13)),
+                                                              ir.Constant(_I32, 0x3FF)))
+    o_big = builder.select(builder.icmp_unsigned(">", a, ir.Constant(_I32, 0x7F800000)), nan, ir.Constant(_I32, 0x7C00))
+    # subnormal results: add a magic float so the hardware rounds at the right bit
+    magic = ((127 - 15) + (23 - 10) + 1) << 23
+    sub = builder.fadd(builder.bitcast(a, _F32), builder.bitcast(ir.Constant(_I32, magic), _F32))
+    o_sub = builder.sub(builder.bitcast(sub, _I32), ir.Constant(_I32, magic))
+    # normal results: rebias the exponent, round to nearest even on bit 13
+    odd = builder.and_(builder.lshr(a, ir.Constant(_I32, 13)), ir.Constant(_I32, 1))
+    r = builder.add(builder.add(a, ir.Constant(_I32, ((15 - 127) << 23) + 0xFFF)), odd)
+    o_norm = builder.lshr(r, ir.Constant(_I32, 13))
+    o = builder.select(builder.icmp_unsigned(">=", a, ir.Constant(_I32, (127 + 16) << 23)), o_big,
+                       builder.select(builder.icmp_unsigned("<", a, ir.Constant(_I32, 113 << 23)), o_sub, o_norm))
+    return builder.trunc(builder.or_(o, builder.lshr(sign, ir.Constant(_I32, 16))), _I16)
+
+
 def _f16_scale(builder, addr):
     """fp16 at addr -> f32 (exact)."""
-    return builder.fpext(builder.bitcast(_load(builder, addr, _I16), _F16), _F32)
+    return _h2f(builder, _load(builder, addr, _I16))
 
 
 def _hsum8(builder, v):
@@ -94,6 +151,12 @@ def _unpack_q8_0(builder, wb):
 
 
 def _nibbles(builder, qs):
+    """<16 x i8> -> <32 x i8>: low nibbles, then high nibbles."""
+    if HAS_AVX512BW:  # both halves from one 128-bit broadcast, then a per-half word shift: no lane-crossing shuffle
+        both = builder.shuffle_vector(qs, qs, ir.Constant(_vec(_I32, 32), list(range(16)) * 2))
+        w16 = builder.bitcast(both, _vec(_I16, 16))
+        w16 = builder.lshr(w16, ir.Constant(_vec(_I16, 16), [0] * 8 + [4] * 8))
+        return builder.and_(builder.bitcast(w16, _vec(_I8, 32)), _splat(_I8, 32, 0x0F))
     lo = builder.and_(qs, _splat(_I8, 16, 0x0F))
     hi = builder.lshr(qs, _splat(_I8, 16, 4))
     return builder.shuffle_vector(lo, hi, ir.Constant(_vec(_I32, 32), list(range(32))))
@@ -105,101 +168,219 @@ def _unpack_q4_0(builder, wb):
     return _f16_scale(builder, wb), _nibbles(builder, qs), 8
 
 
-def _unpack_q5_0(builder, wb):
-    # block_q5_0: f16 d, u32 qh, u8 qs[16]; bit j of qh is bit 4 of element j; bias 16
-    qh = _load(builder, _addr(builder, wb, 2), _I32)
-    qs = _load(builder, _addr(builder, wb, 6), _vec(_I8, 16))
-    bits = builder.zext(builder.bitcast(qh, _vec(_I1, 32)), _vec(_I8, 32))
-    hb = builder.shl(bits, _splat(_I8, 32, 4))
-    return _f16_scale(builder, wb), builder.or_(_nibbles(builder, qs), hb), 16
+def _q5_high_bits(builder, qh, mask_regs):
+    """u32 qh -> <32 x i8> with 0x10 in lane j where bit j of qh is set."""
+    if mask_regs:  # AVX-512BW: the i1 vector is a mask register (kmovd + vpmovm2b)
+        bits = builder.sext(builder.bitcast(qh, _vec(_I1, 32)), _vec(_I8, 32))
+    else:  # byte j//8 of qh to lane j, test bit j%8, compare -> 0xFF/0x00 (broadcast + pshufb + pand + pcmpeqb)
+        b4 = builder.bitcast(qh, _vec(_I8, 4))
+        spread = builder.shuffle_vector(b4, b4, ir.Constant(_vec(_I32, 32), [j // 8 for j in range(32)]))
+        bitmask = ir.Constant(_vec(_I8, 32), [1 << (j % 8) for j in range(32)])
+        bits = builder.sext(builder.icmp_unsigned("==", builder.and_(spread, bitmask), bitmask), _vec(_I8, 32))
+    return builder.and_(bits, _splat(_I8, 32, 0x10))
+
+
+def _make_unpack_q5_0(mask_regs):
+    def _unpack_q5_0(builder, wb):
+        # block_q5_0: f16 d, u32 qh, u8 qs[16]; bit j of qh is bit 4 of element j; bias 16
+        qh = _load(builder, _addr(builder, wb, 2), _I32)
+        qs = _load(builder, _addr(builder, wb, 6), _vec(_I8, 16))
+        return _f16_scale(builder, wb), builder.or_(_nibbles(builder, qs), _q5_high_bits(builder, qh, mask_regs)), 16
+
+    return _unpack_q5_0
+
+
+_unpack_q5_0 = _make_unpack_q5_0(HAS_AVX512BW)
+_unpack_q5_0_generic = _make_unpack_q5_0(False)
 
 
 # ------------------------------------------------------------------ block integer dots
+# Every mode returns the same <8 x i32>: lane j = sum_k<4 (w[4j+k]-bias)*x[4j+k], exact integers,
+# so all modes give bit-identical dots. The term -bias*sum(x) does not depend on the weight row:
+# the matmul precomputes it once per activation block as 8 lanes (AUX_WORDS i32 per block, see
+# quants_legacy.x_aux_q8_0, which also holds dx as 8 f32) and the dot adds it instead of multiplying
+# again. With VNNI, signed Q8_0 weights use it too: w + 128 = w ^ 0x80 is unsigned, bias 128.
+AUX_WORDS = 16     # per activation block (one cache line): 8 i32 bias lanes, then dx as 8 f32
+AUX_BYTES = 4 * AUX_WORDS
+Q8_0_VNNI_BIAS = 128
 
 
-def _idot_avx2(builder, w, x, bias):
-    """<32 x i8> w (signed, or unsigned with bias), <32 x i8> x signed -> <8 x i32> partial sums."""
-    v16 = _vec(_I16, 16)
-    maddubs = "llvm.x86.avx2.pmadd.ub.sw"
-    if bias:
-        # w*x - bias*x, both terms fit int16 without saturation (|.| <= 31*127*2)
-        p = _call(builder, maddubs, v16, [w, x])
-        q = _call(builder, maddubs, v16, [_splat(_I8, 32, bias), x])
-        s16 = builder.sub(p, q)
-    else:
-        # |w| * (x*sign(w)); x is in [-127, 127] so negation cannot overflow
-        aw = _call(builder, "llvm.abs.v32i8", _vec(_I8, 32), [w, ir.Constant(_I1, 0)])
-        neg = builder.icmp_signed("<", w, _splat(_I8, 32, 0))
-        sx = builder.select(neg, builder.sub(_splat(_I8, 32, 0), x), x)
-        s16 = _call(builder, maddubs, v16, [aw, sx])
-    return _call(builder, "llvm.x86.avx2.pmadd.wd", _vec(_I32, 8), [s16, _splat(_I16, 16, 1)])
+def _idot(builder, w, x, corr, bias, mode):
+    """<32 x i8> w (signed if bias == 0, else unsigned), <32 x i8> x signed -> <8 x i32>.
 
-
-def _idot_generic(builder, w, x, bias):
+    corr: the block's precomputed <8 x i32> -bias*lanesum(x) (for Q8_0 weights: -128*lanesum(x)),
+    loaded lazily (a callable) since only the paths that use it should read it.
+    """
+    v8i = _vec(_I32, 8)
+    if mode == "vnni":  # u8 x s8 4-way sums into i32: no int16 saturation possible
+        if not bias:
+            w = builder.xor(w, _splat(_I8, 32, 0x80))
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", v8i, [corr(), w, x])
+    if mode == "avx2":
+        if not bias:  # |w| * (x*sign(w)); x is in [-127, 127] so negation cannot overflow
+            aw = _call(builder, "llvm.abs.v32i8", _vec(_I8, 32), [w, ir.Constant(_I1, 0)])
+            neg = builder.icmp_signed("<", w, _splat(_I8, 32, 0))
+            x = builder.select(neg, builder.sub(_splat(_I8, 32, 0), x), x)
+            w = aw
+        # unsigned w <= 31, or |w| <= 128 with |x| <= 127: pair sums fit int16 (no saturation)
+        s16 = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_I16, 16), [w, x])
+        s = _call(builder, "llvm.x86.avx2.pmadd.wd", v8i, [s16, _splat(_I16, 16, 1)])
+        return s if not bias else builder.add(s, corr())
     v32 = _vec(_I32, 32)
-    if bias:
-        wi = builder.sub(builder.zext(w, v32), _splat(_I32, 32, bias))
-    else:
-        wi = builder.sext(w, v32)
+    wi = builder.sext(w, v32) if not bias else builder.zext(w, v32)
     prod = builder.mul(wi, builder.sext(x, v32))
-    # pairwise fold to <8 x i32> (integer: order does not matter)
-    lo = builder.shuffle_vector(prod, prod, ir.Constant(_vec(_I32, 16), list(range(16))))
-    hi = builder.shuffle_vector(prod, prod, ir.Constant(_vec(_I32, 16), list(range(16, 32))))
-    s = builder.add(lo, hi)
-    lo = builder.shuffle_vector(s, s, ir.Constant(_vec(_I32, 8), list(range(8))))
-    hi = builder.shuffle_vector(s, s, ir.Constant(_vec(_I32, 8), list(range(8, 16))))
-    return builder.add(lo, hi)
+    parts = [builder.shuffle_vector(prod, prod, ir.Constant(v8i, [4 * j + k for j in range(8)])) for k in range(4)]
+    s = builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3]))
+    return s if not bias else builder.add(s, corr())
 
 
-def _block_step(builder, dw, wq, bias, xb, acc, use_avx2):
-    """acc += (dw*dx) * isum(w*x) for one Q8_0 activation block at address xb (lane-wise)."""
+def _block_step(builder, dw, wq, bias, xb, cb, acc, mode):
+    """acc += (dw*dx) * isum(w*x) for one Q8_0 activation block at address xb (lane-wise).
+
+    cb: address of the block's AUX_WORDS precomputed words (bias lanes, dx).
+    """
     v8f = _vec(_F32, 8)
-    dx = _f16_scale(builder, xb)
+    # dx comes pre-broadcast from memory: dw*dx is one vector multiply with a memory operand
+    # (a scalar product + broadcast would cost two uops per block and token)
+    dxv = _load(builder, _addr(builder, cb, 32), v8f)
     xq = _load(builder, _addr(builder, xb, 2), _vec(_I8, 32))
-    s32 = (_idot_avx2 if use_avx2 else _idot_generic)(builder, wq, xq, bias)
-    d = builder.fmul(dw, dx)
-    dv = builder.insert_element(ir.Constant(v8f, ir.Undefined), d, ir.Constant(_I32, 0))
-    dv = builder.shuffle_vector(dv, dv, ir.Constant(_vec(_I32, 8), [0] * 8))
+    s32 = _idot(builder, wq, xq, lambda: _load(builder, cb, _vec(_I32, 8)), bias, mode)
+    dv = builder.fmul(dw, dxv)
     prod = builder.fmul(dv, builder.sitofp(s32, v8f), flags=("contract",))
     builder.store(builder.fadd(builder.load(acc), prod, flags=("contract",)), acc)
 
 
-PREFETCH_BYTES = 2048  # software prefetch distance on the weight stream (as in quants_k)
+# Software prefetch distance on the weight stream, a runtime argument `pf` of the dots (bytes): near
+# for layer matrices (small ones would waste the far prefetches past their end and start cold),
+# far for huge ones streamed from 4 KiB mmap pages (the tied 262144-row output projection), where
+# it starts the page walks early. Measured on Gemma 3 270M decode.
+PREFETCH_NEAR = 2048
+PREFETCH_FAR = 16384
 
 
-def _prefetch(builder, addr):
-    """llvm.prefetch(read, high locality, data) of the byte at integer address `addr`."""
+def _prefetch(builder, addr, pf):
+    """llvm.prefetch(read, high locality, data) of the byte at integer address `addr` + pf."""
     fn = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
-    ptr = builder.inttoptr(builder.add(addr, ir.Constant(_I64, PREFETCH_BYTES)), _I8.as_pointer())
+    ptr = builder.inttoptr(builder.add(addr, pf), _I8.as_pointer())
     builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
 
 
-def _row_dot_codegen(unpack, w_bytes, use_avx2):
+NACC = 2  # independent f32 accumulators per token (block b goes to b % NACC), summed in fixed order
+
+
+def _bcast8(builder, v):
+    v8f = _vec(_F32, 8)
+    dv = builder.insert_element(ir.Constant(v8f, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(dv, dv, ir.Constant(_vec(_I32, 8), [0] * 8))
+
+
+def _blocks_loop(builder, unpack, w_bytes, wp, nb, pf, step):
+    """Calls step(b, dw as <8 x float>, wq, bias, k) for b in 0..nb-1 with k = b % NACC, unrolled NACC times.
+
+    One software prefetch per NACC blocks (about a cache line of weights per iteration).
+    """
+    nit = builder.udiv(nb, ir.Constant(_I64, NACC))
+    with cgutils.for_range(builder, nit) as loop:
+        b0 = builder.mul(loop.index, ir.Constant(_I64, NACC))
+        wb0 = builder.add(wp, builder.mul(b0, ir.Constant(_I64, w_bytes)))
+        _prefetch(builder, wb0, pf)  # the hardware prefetchers alone leave DRAM bandwidth unused
+        for k in range(NACC):
+            dw, wq, bias = unpack(builder, _addr(builder, wb0, k * w_bytes))
+            step(builder.add(b0, ir.Constant(_I64, k)), _bcast8(builder, dw), wq, bias, k)
+    tail0 = builder.mul(nit, ir.Constant(_I64, NACC))
+    with cgutils.for_range(builder, builder.sub(nb, tail0)) as loop:
+        b = builder.add(tail0, loop.index)
+        dw, wq, bias = unpack(builder, builder.add(wp, builder.mul(b, ir.Constant(_I64, w_bytes))))
+        step(b, _bcast8(builder, dw), wq, bias, 0)
+
+
+def _acc_total(builder, accs):
+    """Fixed-order f32 total of NACC <8 x float> accumulators."""
+    v = builder.load(accs[0])
+    for a in accs[1:]:
+        v = builder.fadd(v, builder.load(a))
+    return _hsum8(builder, v)
+
+
+def _row_dot_codegen(unpack, w_bytes, mode):
     """codegen for f32 dot(weight row of nb blocks, Q8_0 activation row of nb blocks)."""
 
     def codegen(context, builder, signature, args):
-        wp, xp, nb = args
+        wp, xp, cp, nb, pf = args
         v8f = _vec(_F32, 8)
-        acc = cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8))
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, w_bytes)))
-            _prefetch(builder, wb)  # the hardware prefetchers alone leave DRAM bandwidth unused
-            dw, wq, bias = unpack(builder, wb)
-            _block_step(builder, dw, wq, bias, builder.add(xp, builder.mul(b, ir.Constant(_I64, 34))), acc, use_avx2)
-        return _hsum8(builder, builder.load(acc))
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
+
+        def step(b, dw, wq, bias, k):
+            xb = builder.add(xp, builder.mul(b, ir.Constant(_I64, 34)))
+            cb = builder.add(cp, builder.mul(b, ir.Constant(_I64, AUX_BYTES)))
+            _block_step(builder, dw, wq, bias, xb, cb, accs[k], mode)
+
+        _blocks_loop(builder, unpack, w_bytes, wp, nb, pf, step)
+        return _acc_total(builder, accs)
 
     return codegen
 
 
-def _make_row_dot(unpack, w_bytes, use_avx2):
-    cg = _row_dot_codegen(unpack, w_bytes, use_avx2)
+def _make_row_dot(unpack, w_bytes, mode):
+    cg = _row_dot_codegen(unpack, w_bytes, mode)
 
-    def typer(typingctx, wp, xp, nb):
-        if not all(isinstance(a, types.Integer) for a in (wp, xp, nb)):
+    def typer(typingctx, wp, xp, cp, nb, pf):
+        if not all(isinstance(a, types.Integer) for a in (wp, xp, cp, nb, pf)):
             return None
-        return types.float32(types.int64, types.int64, types.int64), cg
+        return types.float32(*([types.int64] * 5)), cg
+
+    return typer
+
+
+def _row_dot2_codegen(unpack, w_bytes, mode):
+    """codegen: two weight rows (wp, wp + ws) against one activation row; f32 results at dp, dp + 4.
+
+    Each row's arithmetic is exactly that of the one-row dot; the pair shares the activation and
+    aux loads (load ports are the limit of the one-token dot).
+    """
+
+    def codegen(context, builder, signature, args):
+        wp, ws, xp, cp, nb, dp, pf = args
+        v8f = _vec(_F32, 8)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
+                for _ in range(2)]
+        wps = [wp, builder.add(wp, ws)]
+
+        def blocks(b0, n, k0):
+            xb0 = builder.add(xp, builder.mul(b0, ir.Constant(_I64, 34)))
+            cb0 = builder.add(cp, builder.mul(b0, ir.Constant(_I64, AUX_BYTES)))
+            wbs = [builder.add(w, builder.mul(b0, ir.Constant(_I64, w_bytes))) for w in wps]
+            if n == NACC:
+                for wb in wbs:
+                    _prefetch(builder, wb, pf)
+            for k in range(n):
+                for i in range(2):
+                    dw, wq, bias = unpack(builder, _addr(builder, wbs[i], k * w_bytes))
+                    _block_step(builder, _bcast8(builder, dw), wq, bias, _addr(builder, xb0, 34 * k),
+                                _addr(builder, cb0, AUX_BYTES * k), accs[i][k0 + k], mode)
+
+        nit = builder.udiv(nb, ir.Constant(_I64, NACC))
+        with cgutils.for_range(builder, nit) as loop:
+            blocks(builder.mul(loop.index, ir.Constant(_I64, NACC)), NACC, 0)
+        tail0 = builder.mul(nit, ir.Constant(_I64, NACC))
+        with cgutils.for_range(builder, builder.sub(nb, tail0)) as loop:
+            blocks(builder.add(tail0, loop.index), 1, 0)
+        for i in range(2):
+            p = builder.inttoptr(builder.add(dp, ir.Constant(_I64, 4 * i)), ir.PointerType(_F32))
+            builder.store(_acc_total(builder, accs[i]), p, align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_row_dot2(unpack, w_bytes, mode):
+    cg = _row_dot2_codegen(unpack, w_bytes, mode)
+
+    def typer(typingctx, wp, ws, xp, cp, nb, dp, pf):
+        if not all(isinstance(a, types.Integer) for a in (wp, ws, xp, cp, nb, dp, pf)):
+            return None
+        return types.none(*([types.int64] * 7)), cg
 
     return typer
 
@@ -207,7 +388,7 @@ def _make_row_dot(unpack, w_bytes, use_avx2):
 NT = 4  # tokens per call of the dot4_* intrinsics
 
 
-def _row_dot4_codegen(unpack, w_bytes, use_avx2):
+def _row_dot4_codegen(unpack, w_bytes, mode):
     """codegen: one weight row against NT activation rows (xp + t*xs), results stored as f32 at dp + t*ds.
 
     The weight block is unpacked once per NT tokens; each token's arithmetic is exactly that of
@@ -215,53 +396,69 @@ def _row_dot4_codegen(unpack, w_bytes, use_avx2):
     """
 
     def codegen(context, builder, signature, args):
-        wp, xp, xs, nb, dp, ds = args
+        wp, xp, xs, cp, cs, nb, dp, ds, pf = args
         v8f = _vec(_F32, 8)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NT)]
-        with cgutils.for_range(builder, nb) as loop:
-            b = loop.index
-            wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, w_bytes)))
-            _prefetch(builder, wb)
-            dw, wq, bias = unpack(builder, wb)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
+                for _ in range(NT)]
+
+        def step(b, dw, wq, bias, k):
             xb = builder.add(xp, builder.mul(b, ir.Constant(_I64, 34)))
+            cb = builder.add(cp, builder.mul(b, ir.Constant(_I64, AUX_BYTES)))
             for t in range(NT):
                 xbt = builder.add(xb, builder.mul(xs, ir.Constant(_I64, t)))
-                _block_step(builder, dw, wq, bias, xbt, accs[t], use_avx2)
+                cbt = builder.add(cb, builder.mul(cs, ir.Constant(_I64, t)))
+                _block_step(builder, dw, wq, bias, xbt, cbt, accs[t][k], mode)
+
+        _blocks_loop(builder, unpack, w_bytes, wp, nb, pf, step)
         for t in range(NT):
             p = builder.inttoptr(builder.add(dp, builder.mul(ds, ir.Constant(_I64, 4 * t))), ir.PointerType(_F32))
-            builder.store(_hsum8(builder, builder.load(accs[t])), p, align=4)
+            builder.store(_acc_total(builder, accs[t]), p, align=4)
         return context.get_dummy_value()
 
     return codegen
 
 
-def _make_row_dot4(unpack, w_bytes, use_avx2):
-    cg = _row_dot4_codegen(unpack, w_bytes, use_avx2)
+def _make_row_dot4(unpack, w_bytes, mode):
+    cg = _row_dot4_codegen(unpack, w_bytes, mode)
 
-    def typer(typingctx, wp, xp, xs, nb, dp, ds):
-        if not all(isinstance(a, types.Integer) for a in (wp, xp, xs, nb, dp, ds)):
+    def typer(typingctx, wp, xp, xs, cp, cs, nb, dp, ds, pf):
+        if not all(isinstance(a, types.Integer) for a in (wp, xp, xs, cp, cs, nb, dp, ds, pf)):
             return None
-        return types.none(*([types.int64] * 6)), cg
+        return types.none(*([types.int64] * 9)), cg
 
     return typer
 
 
-# Host-selected variants (AVX2 when the compile target has it) and portable ones (for tests).
-dot_q8_0_q8_0 = intrinsic(_make_row_dot(_unpack_q8_0, 34, HAS_AVX2))
-dot_q4_0_q8_0 = intrinsic(_make_row_dot(_unpack_q4_0, 18, HAS_AVX2))
-dot_q5_0_q8_0 = intrinsic(_make_row_dot(_unpack_q5_0, 22, HAS_AVX2))
-dot4_q8_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q8_0, 34, HAS_AVX2))
-dot4_q4_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q4_0, 18, HAS_AVX2))
-dot4_q5_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q5_0, 22, HAS_AVX2))
-dot_q8_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q8_0, 34, False))
-dot_q4_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q4_0, 18, False))
-dot_q5_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q5_0, 22, False))
+# Block-dot mode of the host-selected intrinsics: VNNI (vpdpbusd) > AVX2 (pmaddubsw) > portable IR.
+DOT_MODE = "vnni" if HAS_VNNI else ("avx2" if HAS_AVX2 else "generic")
+
+# dot_*(wp, xp, cp, nb, pf) -> f32, dot2_*(wp, ws, xp, cp, nb, dp, pf) (rows wp, wp+ws -> f32 at dp, dp+4)
+# and dot4_*(wp, xp, xs, cp, cs, nb, dp, ds, pf): weight row at wp, Q8_0
+# activation rows at xp (+ t*xs), their aux words at cp (+ t*cs), built with the weight format's
+# bias (Q4_0 8, Q5_0 16, Q8_0 Q8_0_VNNI_BIAS); pf the prefetch distance in bytes.
+dot_q8_0_q8_0 = intrinsic(_make_row_dot(_unpack_q8_0, 34, DOT_MODE))
+dot_q4_0_q8_0 = intrinsic(_make_row_dot(_unpack_q4_0, 18, DOT_MODE))
+dot_q5_0_q8_0 = intrinsic(_make_row_dot(_unpack_q5_0, 22, DOT_MODE))
+dot2_q8_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q8_0, 34, DOT_MODE))
+dot2_q4_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q4_0, 18, DOT_MODE))
+dot2_q5_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q5_0, 22, DOT_MODE))
+dot4_q8_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q8_0, 34, DOT_MODE))
+dot4_q4_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q4_0, 18, DOT_MODE))
+dot4_q5_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q5_0, 22, DOT_MODE))
+# portable variants (tests): the generic IR, and the AVX2 path where the target has AVX2
+dot_q8_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q8_0, 34, "generic"))
+dot_q4_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q4_0, 18, "generic"))
+dot_q5_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q5_0_generic, 22, "generic"))
+_AVX2_OR_GENERIC = "avx2" if HAS_AVX2 else "generic"
+dot_q8_0_q8_0_avx2 = intrinsic(_make_row_dot(_unpack_q8_0, 34, _AVX2_OR_GENERIC))
+dot_q4_0_q8_0_avx2 = intrinsic(_make_row_dot(_unpack_q4_0, 18, _AVX2_OR_GENERIC))
+dot_q5_0_q8_0_avx2 = intrinsic(_make_row_dot(_unpack_q5_0_generic, 22, _AVX2_OR_GENERIC))
 
 # ------------------------------------------------------------------ float row dots
 
 
 def _to_f32_f16(builder, v, n):
-    return builder.fpext(builder.bitcast(v, _vec(_F16, n)), _vec(_F32, n))
+    return _h2f(builder, v, n)
 
 
 def _to_f32_bf16(builder, v, n):
@@ -333,7 +530,7 @@ def f16_to_f32(typingctx, h):
 
     def codegen(context, builder, signature, args):
         v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
-        return builder.fpext(builder.bitcast(v, _F16), _F32)
+        return _h2f(builder, v)
 
     return types.float32(types.uint16), codegen
 
@@ -345,7 +542,33 @@ def f32_to_f16(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
+        if HAS_F16C:
+            return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
+        return _f2h_int(builder, args[0])
+
+    return types.uint16(types.float32), codegen
+
+@intrinsic
+def f16_to_f32_portable(typingctx, h):
+    """f16_to_f32 with integer ops only (what targets without F16C run; for tests)."""
+    if not isinstance(h, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
+        return _h2f_int(builder, v, None)
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def f32_to_f16_portable(typingctx, x):
+    """f32_to_f16 with integer ops only (what targets without F16C run; for tests)."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _f2h_int(builder, args[0])
 
     return types.uint16(types.float32), codegen
 
