@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser, ctx_default: int) -> None:
                    help="memory read bandwidth in GB/s for the roofline (default: measure; 0 = skip)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the random tokens (default: 1234)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up decodes (compile then lands in row 1)")
+    p.add_argument("--no-mmap", action="store_true",
+                   help="both engines read the file into memory instead of mapping it (huge pages: faster decode)")
 
 
 def add_bench_parser(sub) -> None:
@@ -78,7 +80,7 @@ def _open(a, n_ctx: int):
     return open_engines(_model_path(a), compare=a.compare, n_ctx=n_ctx, n_batch=a.batch_size,
                         n_ubatch=a.ubatch_size, n_threads=a.threads, type_k=a.cache_type_k,
                         type_v=a.cache_type_v or a.cache_type_k, flash_attn=a.flash_attn != "off", mla=a.mla_use,
-                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"))
+                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"), use_mmap=not a.no_mmap)
 
 
 def _facts(a, engines) -> dict:

@@ -65,7 +65,7 @@ class PyrtEngine:
 
     def __init__(self, path: str, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16", mla: int | None = None,
-                 warmup: bool = True):
+                 warmup: bool = True, use_mmap: bool = True):
         from ..runtime.context import Batch
         from ..runtime.llm import LLM
 
@@ -77,7 +77,7 @@ class PyrtEngine:
             kw["mla"] = mla
         t0 = time.perf_counter()
         self.llm = LLM(path, n_ctx=n_ctx, n_batch=max(n_batch, n_ubatch), n_ubatch=n_ubatch, n_threads=n_threads,
-                       type_k=type_k, type_v=type_v, warmup=False, **kw)
+                       type_k=type_k, type_v=type_v, warmup=False, use_mmap=use_mmap, **kw)
         self.t_load = time.perf_counter() - t0
         self.ctx = self.llm.ctx
         self._Batch = Batch
@@ -115,7 +115,7 @@ class LlamaCppEngine:
 
     def __init__(self, path: str, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True,
-                 warmup: bool = True):
+                 warmup: bool = True, use_mmap: bool = True):
         L = import_llama_cpp()
         _check_common(n_ctx, n_batch, n_ubatch, type_k, type_v)
         self.L = L
@@ -123,7 +123,8 @@ class LlamaCppEngine:
         t0 = time.perf_counter()
         self.llm = L.Llama(model_path=path, n_ctx=n_ctx, n_batch=max(n_batch, n_ubatch), n_ubatch=n_ubatch,
                            n_threads=n_threads, n_threads_batch=n_threads, type_k=_GGML_CACHE_TYPE[type_k],
-                           type_v=_GGML_CACHE_TYPE[type_v], flash_attn=bool(flash_attn), verbose=False)
+                           type_v=_GGML_CACHE_TYPE[type_v], flash_attn=bool(flash_attn), use_mmap=use_mmap,
+                           verbose=False)
         self.t_load = time.perf_counter() - t0
         self.ctx = self.llm._ctx.ctx
         self.mem = L.llama_get_memory(self.ctx)
@@ -179,7 +180,7 @@ def model_arch(path: str) -> str:
 def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_batch: int = 2048,
                  n_ubatch: int = 512, n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  flash_attn: bool = True, mla: int | None = None, warmup: bool = True,
-                 log=None) -> list:
+                 log=None, use_mmap: bool = True) -> list:
     """[pyrt] or [pyrt, llama.cpp]. A missing llama-cpp-python is reported through `log` and skipped."""
     if compare not in (None, "llama.cpp"):
         raise InvalidArgumentError(f"--compare: only 'llama.cpp' is supported, got {compare!r}")
@@ -188,7 +189,8 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
         if arch not in MLA_ARCHS:
             raise InvalidArgumentError(f"-mla {mla}: {path} is a {arch} model without multi-head latent attention "
                                        f"(MLA applies to {', '.join(MLA_ARCHS)} files)")
-    engines = [PyrtEngine(path, n_ctx, n_batch, n_ubatch, n_threads, type_k, type_v, mla=mla, warmup=warmup)]
+    engines = [PyrtEngine(path, n_ctx, n_batch, n_ubatch, n_threads, type_k, type_v, mla=mla, warmup=warmup,
+                          use_mmap=use_mmap)]
     if compare:
         try:
             import_llama_cpp()
@@ -198,7 +200,7 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
             return engines
         py = engines[0]
         engines.append(LlamaCppEngine(path, py.n_ctx, py.n_batch, py.n_ubatch, py.n_threads, type_k, type_v,
-                                      flash_attn=flash_attn, warmup=warmup))
+                                      flash_attn=flash_attn, warmup=warmup, use_mmap=use_mmap))
     return engines
 
 
