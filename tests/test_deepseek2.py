@@ -124,3 +124,23 @@ def test_k_only_cache_layout_and_types(ds2_models):
         pyrt.load(path, n_ctx=64, n_threads=2, mla=1, type_k="q8_KV", warmup=False)
     m0 = pyrt.load(path, n_ctx=64, n_threads=2, mla=0, warmup=False).ctx.cache
     assert m0.v_bytes() > 0 and m0.k_bytes() > cache.k_bytes()
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name", ["ds2-lite-kb-f16", "ds2-qlora-kb-q8_0"])
+def test_grouped_decode_paths_bit_identical(name, ds2_models, monkeypatch):
+    """Decoding through the grouped kernels (one launch for all experts / all heads) gives exactly the
+    logits of the per-expert and per-head matmul calls they replace."""
+    from pyrt.ops import matmul as mm
+    from pyrt.ops import moe
+    path, _ = ds2_models[name]
+    ids = [5, 9, 14, 3]
+
+    def run():
+        llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
+        return np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
+                               for i, t in enumerate(ids)])
+    grouped = run()
+    monkeypatch.setattr(moe, "ID_MAX_TOKENS", 0)
+    monkeypatch.setattr(mm, "dot_path", lambda ggml_type, n_tok: False)  # per-head loop in attention
+    np.testing.assert_array_equal(run(), grouped)

@@ -216,3 +216,34 @@ def test_validation_errors():
 
 def test_dot_types_registered():
     assert DOT_TYPES["Q8_0"].type_size == 34 and DOT_TYPES["Q8_K"].type_size == 292
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("t", ALL)
+def test_matmul_id_equals_per_group_matmul(t):
+    """The grouped kernel gives each group exactly what a matmul over its slice of rows gives."""
+    _, x, raw = _case(t, n_tok=3)
+    n_out = 7  # odd: row pairs and a single row per tile
+    w_row0 = np.array([0, 7, 20, 41, 3, 0])
+    x_row = np.array([0, 2, 1, 1, 0, 2])
+    y = mm.matmul_id(x, raw, t, w_row0, x_row, n_out)
+    for g in range(len(w_row0)):
+        ref = mm.matmul(x[x_row[g]:x_row[g] + 1], raw[w_row0[g]:w_row0[g] + n_out], t, path="dot")[0]
+        np.testing.assert_array_equal(y[g], ref)
+    # strided groups (MLA's W_UV heads inside attn_kv_b): every other block of 8 rows
+    y = mm.matmul_id(x, raw, t, [8, 24, 40], [1, 1, 1], 8)
+    for i, r0 in enumerate((8, 24, 40)):
+        np.testing.assert_array_equal(y[i], mm.matmul(x[1:2], raw[r0:r0 + 8], t, path="dot")[0])
+
+
+def test_matmul_id_validation():
+    _, x, raw = _case(T.Q4_0, n_tok=2)
+    for w0, xr, n in (([N_OUT - 3], [0], 4), ([-1], [0], 4), ([0], [2], 4), ([0], [-1], 4), ([0, 1], [0], 4),
+                      ([0], [0], 0)):
+        with pytest.raises(InvalidArgumentError):
+            mm.matmul_id(x, raw, T.Q4_0, w0, xr, n)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul_id(x[:, :256], raw, T.Q4_0, [0], [0], 4)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul_id(x, raw, T.Q4_0, [0], [0], 4, out=np.empty((1, 5), np.float32))
+    assert mm.matmul_id(x, raw, T.Q4_0, [], [], 4).shape == (0, 4)

@@ -19,6 +19,7 @@ from gguf import GGMLQuantizationType as QT
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synthetic  # noqa: E402
+from pyrt.io.mapping import drop_from_page_cache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPM_VOCAB = os.path.join(ROOT, "tests", "data", "vocab", "ggml-vocab-llama-spm.gguf")
@@ -175,6 +176,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
     write_bench_model(out, args.type, args.seed, args.layers)
+    drop_from_page_cache(out)  # the first load then reads it back in 2 MiB folios (pyrt.io.mapping)
     print(f"wrote {out}: {os.path.getsize(out) / 2**20:.0f} MiB in {time.perf_counter() - t0:.1f} s")
     if args.check:
         logits = check_with_llama_cpp(out)

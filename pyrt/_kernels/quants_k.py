@@ -654,3 +654,34 @@ def _matmul_k_portable(dst, w, xq, kind):
                 dst[t, r] = _vdot1_q5_k_portable(w, r * wb, xq, t * xb, xb, nb)
             else:
                 dst[t, r] = _vdot1_q6_k_portable(w, r * wb, xq, t * xb, xb, nb)
+
+
+# ------------------------------------------------------------------------- grouped matmul
+
+KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = 4, 5, 6
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_id_k(dst, w, xq, w_row0, x_row, kind):
+    """dst[g, r] = dot(w[w_row0[g] + r], xq[x_row[g]]) for k-quant weights (kind: KIND_Q4_K/Q5_K/Q6_K).
+
+    dst: [n_group, n_out] f32; w: [n_rows, row_bytes] uint8; xq: [n_x, n_in / 256 * 292] uint8 (Q8_K);
+    w_row0, x_row: [n_group] int64, validated by ops.matmul.
+    """
+    n_group, n_out = dst.shape
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
+    for it in prange(n_group * n_tiles):
+        g = it // n_tiles
+        r0 = (it % n_tiles) * _ROW_TILE
+        xo = x_row[g] * xb
+        for r in range(r0, min(n_out, r0 + _ROW_TILE)):
+            wo = (w_row0[g] + r) * wb
+            if kind == KIND_Q4_K:
+                dst[g, r] = _vdot1_q4_k(w, wo, xq, xo, xb, nb)
+            elif kind == KIND_Q5_K:
+                dst[g, r] = _vdot1_q5_k(w, wo, xq, xo, xb, nb)
+            else:
+                dst[g, r] = _vdot1_q6_k(w, wo, xq, xo, xb, nb)

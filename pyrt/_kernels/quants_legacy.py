@@ -290,3 +290,67 @@ def matmul_f32(dst, w, x):
         for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
             for t in range(n_tok):
                 dst[t, r] = dot_f32_f32(wp + r * ws, xp + t * xs, n)
+
+
+# ------------------------------------------------------------------------- grouped matmul
+# ggml's mul_mat_id for one activation row per group: MoE experts of a decoded token, MLA's per-head
+# W_UK / W_UV. One parallel launch for every group instead of one call per group.
+
+KIND_Q8_0, KIND_Q4_0, KIND_Q5_0, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind, pf):
+    """dst[g, r] = dot(w[w_row0[g] + r], xq[x_row[g]]) for the float and legacy formats (kind: KIND_*).
+
+    dst: [n_group, n_out] f32; w: [n_rows, row_bytes] uint8; xq: [n_x, ...] the dot-type activations
+    (Q8_0 bytes, f16/bf16 bits or f32); w_row0, x_row: [n_group] int64, validated by ops.matmul.
+    """
+    n_group, n_out = dst.shape
+    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
+    xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    dp = np.int64(dst.ctypes.data)
+    if kind <= KIND_Q5_0:
+        nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+        bias = np.int32(Q8_0_VNNI_BIAS) if kind == KIND_Q8_0 else (np.int32(8) if kind == KIND_Q4_0 else np.int32(16))
+    else:
+        nb = np.int64(xq.shape[1])  # elements per row
+        bias = np.int32(0)
+    xc = np.empty((xq.shape[0], max(nb, 1) if kind <= KIND_Q5_0 else 1, AUX_WORDS), np.int32)
+    if kind <= KIND_Q5_0:
+        x_aux_q8_0(xc, xq, bias)
+    cs = np.int64(xc.shape[1] * AUX_BYTES)
+    n_tiles = (n_out + ROW_TILE - 1) // ROW_TILE
+    for it in prange(n_group * n_tiles):
+        cp0 = np.int64(xc.ctypes.data)
+        g = it // n_tiles
+        r0 = (it % n_tiles) * ROW_TILE
+        r1 = min(r0 + ROW_TILE, n_out)
+        wg = wp + w_row0[g] * ws
+        xg = xp + x_row[g] * xs
+        cp = cp0 + x_row[g] * cs
+        dg = dp + g * n_out * 4
+        r = r0
+        if kind <= KIND_Q5_0:
+            while r + 2 <= r1:
+                if kind == KIND_Q4_0:
+                    dot2_q4_0_q8_0(wg + r * ws, ws, xg, cp, nb, dg + r * 4, pf)
+                elif kind == KIND_Q8_0:
+                    dot2_q8_0_q8_0(wg + r * ws, ws, xg, cp, nb, dg + r * 4, pf)
+                else:
+                    dot2_q5_0_q8_0(wg + r * ws, ws, xg, cp, nb, dg + r * 4, pf)
+                r += 2
+        for rr in range(r, r1):
+            if kind == KIND_Q4_0:
+                v = dot_q4_0_q8_0(wg + rr * ws, xg, cp, nb, pf)
+            elif kind == KIND_Q8_0:
+                v = dot_q8_0_q8_0(wg + rr * ws, xg, cp, nb, pf)
+            elif kind == KIND_Q5_0:
+                v = dot_q5_0_q8_0(wg + rr * ws, xg, cp, nb, pf)
+            elif kind == KIND_F16:
+                v = dot_f16_f16(wg + rr * ws, xg, nb)
+            elif kind == KIND_BF16:
+                v = dot_bf16_bf16(wg + rr * ws, xg, nb)
+            else:
+                v = dot_f32_f32(wg + rr * ws, xg, nb)
+            dst[g, rr] = v

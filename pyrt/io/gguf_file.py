@@ -20,6 +20,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import ModelFileError, UnsupportedError
+from .mapping import map_file, prefetch
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -183,7 +184,7 @@ class GGUFFile:
             raise ModelFileError(f"{self.path}: {what} (only {self.file_size} bytes)")
         try:
             if use_mmap:
-                self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+                self._data = map_file(self.path)
             else:
                 self._data = np.fromfile(self.path, dtype=np.uint8)
                 self._data.flags.writeable = False
@@ -295,6 +296,10 @@ class GGUFFile:
 
     def weights_bytes(self) -> int:
         return sum(w.nbytes for w in self.tensors.values())
+
+    def prefetch(self) -> bool:
+        """Reads a mapped file through the page cache once if it is not all cached (see io.mapping)."""
+        return bool(self.use_mmap and self._data is not None and prefetch(self.path, self._data))
 
     def close(self) -> None:
         self.tensors.clear()

@@ -20,10 +20,15 @@ def supported_architectures() -> list[str]:
     return sorted(_registry())
 
 
-def build_model(f: GGUFFile):
+def check_architecture(f: GGUFFile):
+    """The model class for the file's architecture; UnsupportedError if pyrt has none."""
     arch = f.architecture
     cls = _registry().get(arch)
     if cls is None:
         raise UnsupportedError(f"{f.path}: architecture {arch!r} is not supported "
                                f"(supported: {', '.join(supported_architectures())})")
-    return cls(f)
+    return cls
+
+
+def build_model(f: GGUFFile):
+    return check_architecture(f)(f)

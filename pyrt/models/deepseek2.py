@@ -112,10 +112,14 @@ class DeepSeek2Model:
                 kv_b = _encode_rows(both, ty if (ty != T.Q8_0 or C % 32 == 0) else T.F32)
             self.derive_seconds += time.perf_counter() - t0
             L.attn_kv_b = kv_b
+            L.k_b_raw, L.k_b_type = k_b.raw, int(k_b.ggml_type)       # [H*C, Dn]: head h's rows start at h*C
+            L.k_b_row0 = np.arange(H, dtype=np.int64) * C
             L.k_b_heads = [k_b.raw[h * C:(h + 1) * C] for h in range(H)]  # [C, Dn] rows per head
-            L.k_b_type = int(k_b.ggml_type)
-            L.v_b_heads = v_b.heads if getattr(v_b, "raw", None) is None else \
-                [v_b.raw[h * Dv:(h + 1) * Dv] for h in range(H)]  # [Dv, C] rows per head
+            if getattr(v_b, "raw", None) is None:  # W_UV read in place inside attn_kv_b
+                L.v_b_raw, L.v_b_row0 = kv_b.raw, np.arange(H, dtype=np.int64) * (Dn + Dv) + Dn
+            else:
+                L.v_b_raw, L.v_b_row0 = v_b.raw, np.arange(H, dtype=np.int64) * Dv
+            L.v_b_heads = [L.v_b_raw[r:r + Dv] for r in L.v_b_row0]     # [Dv, C] rows per head
             L.v_b_type = int(v_b.ggml_type)
             L.attn_output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
             L.ffn_norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
@@ -327,9 +331,17 @@ class DeepSeek2Model:
             return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
         qa = np.empty((n_tok, H, R + C), np.float32)                 # [n_tok, H, R + C] = [q_pe | q_nope W_UK]
         qa[:, :, :R] = q_pe
-        for hh in range(H):
-            qa[:, hh, R:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), L.k_b_heads[hh], L.k_b_type)
+        if mm.dot_path(L.k_b_type, n_tok):  # one launch for every (token, head): q_nope[t, h] . W_UK[h]
+            qa[:, :, R:] = mm.matmul_id(np.ascontiguousarray(q_nope).reshape(n_tok * H, Dn), L.k_b_raw, L.k_b_type,
+                                        np.tile(L.k_b_row0, n_tok), np.arange(n_tok * H), C).reshape(n_tok, H, C)
+        else:
+            for hh in range(H):
+                qa[:, hh, R:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), L.k_b_heads[hh], L.k_b_type)
         o_lat = mla.flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq, self.kq_scale, R)
+        if mm.dot_path(L.v_b_type, n_tok):
+            out = mm.matmul_id(o_lat.reshape(n_tok * H, C), L.v_b_raw, L.v_b_type, np.tile(L.v_b_row0, n_tok),
+                               np.arange(n_tok * H), Dv)             # [n_tok * H, Dv]
+            return out.reshape(n_tok, H * Dv)
         out = np.empty((n_tok, H, Dv), np.float32)                   # [n_tok, H, Dv]
         for hh in range(H):
             out[:, hh, :] = mm.matmul(np.ascontiguousarray(o_lat[:, hh, :]), L.v_b_heads[hh], L.v_b_type)

@@ -124,6 +124,63 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
     return out
 
 
+def dot_path(ggml_type: int, n_tok: int) -> bool:
+    """Whether matmul takes the quantized-activation dot path (not dequantize + BLAS) for n_tok tokens."""
+    return n_tok < BLAS_MIN_TOKENS.get(get_qtype(ggml_type).name, 32)
+
+
+_ID_KERNELS = {"Q8_0": ("matmul_id_legacy", 0), "Q4_0": ("matmul_id_legacy", 1), "Q5_0": ("matmul_id_legacy", 2),
+               "F16": ("matmul_id_legacy", 3), "BF16": ("matmul_id_legacy", 4), "F32": ("matmul_id_legacy", 5),
+               "Q4_K": ("matmul_id_k", 4), "Q5_K": ("matmul_id_k", 5), "Q6_K": ("matmul_id_k", 6)}
+
+
+def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_out: int,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Grouped matmul (ggml's mul_mat_id): out[g] = x[x_row[g]] @ raw[w_row0[g] : w_row0[g] + n_out].T.
+
+    One kernel launch for all groups: the experts a decoded token was routed to, or MLA's per-head
+    W_UK / W_UV blocks. x: [n_x, n_in] f32; raw: [n_rows, row_bytes] uint8 (any row stride between
+    groups: w_row0 holds each group's first row); w_row0, x_row: [n_group] ints. Returns [n_group, n_out] f32.
+    Always the dot path (one activation row per group), as llama.cpp runs mul_mat_id for single tokens.
+    """
+    qt = get_qtype(ggml_type)
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
+        raise InvalidArgumentError("matmul_id: x must be a C-contiguous float32 [n_x, n_in] array")
+    n_x, n_in = x.shape
+    raw = _check_raw(raw, qt, n_in, "matmul_id")
+    w_row0 = np.ascontiguousarray(w_row0, dtype=np.int64).reshape(-1)
+    x_row = np.ascontiguousarray(x_row, dtype=np.int64).reshape(-1)
+    n_group = w_row0.shape[0]
+    if x_row.shape[0] != n_group:
+        raise InvalidArgumentError(f"matmul_id: {n_group} weight groups but {x_row.shape[0]} activation rows")
+    if n_out <= 0 or (n_group and (w_row0.min() < 0 or w_row0.max() + n_out > raw.shape[0])):
+        raise InvalidArgumentError(f"matmul_id: groups of {n_out} rows must lie inside the {raw.shape[0]} weight rows")
+    if n_group and (x_row.min() < 0 or x_row.max() >= n_x):
+        raise InvalidArgumentError(f"matmul_id: activation rows must be in [0, {n_x})")
+    if out is None:
+        out = np.empty((n_group, n_out), np.float32)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n_group, n_out)
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise InvalidArgumentError(f"matmul_id: out must be a writable C-contiguous float32 {(n_group, n_out)} array")
+    if n_group == 0:
+        return out
+    name, kind = _ID_KERNELS[qt.name]
+    kernel = _KERNEL_CACHE_ID.get(name)
+    if kernel is None:
+        import importlib
+        kernel = _KERNEL_CACHE_ID[name] = getattr(importlib.import_module(qt.module), name)
+    xq = _quantize_activations(x, qt)
+    if name == "matmul_id_legacy":
+        kernel(out, raw, xq, w_row0, x_row, kind, np.int64(ID_PREFETCH))
+    else:
+        kernel(out, raw, xq, w_row0, x_row, kind)
+    return out
+
+
+_KERNEL_CACHE_ID: dict[str, object] = {}
+ID_PREFETCH = 2048
+
+
 def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
     """[x @ W.T for W in weights] sharing the activation quantization between weights of one dot type.
 

@@ -13,6 +13,11 @@ from ..errors import InvalidArgumentError
 from . import basic
 from . import matmul as mm
 
+# Up to this many tokens, every (token, expert) pair is one group of a single grouped-matmul launch per
+# weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call, which
+# reads that expert's rows once for all of them.
+ID_MAX_TOKENS = 1
+
 GATING_SOFTMAX = 1
 GATING_SIGMOID = 2
 
@@ -56,6 +61,8 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     """
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
+    if n_tok <= ID_MAX_TOKENS:
+        return _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp)
     ys = np.zeros((n_used, n_tok, n_embd), dtype=np.float32)  # [n_used, n_tok, n_embd] per selection slot
     flat = selected.reshape(-1)
     order = np.argsort(flat, kind="stable")
@@ -77,4 +84,23 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     out = ys[0].copy()
     for k in range(1, n_used):  # ggml adds the slots in order
         out += ys[k]
+    return out
+
+
+def _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp):
+    """moe_ffn for a few tokens: three grouped-matmul launches (gate, up, down) for all their experts."""
+    n_tok, n_embd = x.shape
+    n_used = selected.shape[1]
+    e = selected.reshape(-1).astype(np.int64)              # [n_tok * n_used] expert of each group
+    x_row = np.repeat(np.arange(n_tok, dtype=np.int64), n_used)
+    g = mm.matmul_id(x, gate_exps.raw, gate_exps.ggml_type, e * n_ff_exp, x_row, n_ff_exp)
+    u = mm.matmul_id(x, up_exps.raw, up_exps.ggml_type, e * n_ff_exp, x_row, n_ff_exp)
+    h = basic.swiglu(g, u)                                  # [n_tok * n_used, n_ff_exp]
+    y = mm.matmul_id(h, down_exps.raw, down_exps.ggml_type, e * n_embd,
+                     np.arange(e.shape[0], dtype=np.int64), n_embd)
+    y = y.reshape(n_tok, n_used, n_embd)
+    y *= weights[:, :, None]
+    out = y[:, 0].copy()
+    for k in range(1, n_used):  # ggml adds the slots in order
+        out += y[:, k]
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ContextOverflowError, InvalidArgumentError
 from ..io.gguf_file import GGUFFile
 from ..formats.qtypes import SUPPORTED_TYPES
-from ..models import build_model
+from ..models import build_model, check_architecture
 from ..ops import matmul as mm
 from .context import DEFRAG_THOLD, Batch, Context
 from .sampling import Sampler, SamplingParams
@@ -40,11 +40,17 @@ class LLM:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
-                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False):
+                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False,
+                 prefetch: bool = True):
         t0 = time.perf_counter()
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
-        self.model = build_model(self.file)  # first: an unknown architecture is the clearer error
+        check_architecture(self.file)  # first: an unknown architecture is the clearer error
+        # like llama.cpp's MAP_POPULATE: read the weights once, in file order, so that the page cache
+        # holds them in 2 MiB folios (decode streams them ~1.4x faster than through 4 KiB pages); before
+        # the model is built, whose reads (derived MLA tensors) would otherwise fault them in small
+        self.prefetched = prefetch and self.file.prefetch()
+        self.model = build_model(self.file)
         self.tokenizer = Tokenizer.from_metadata(self.file.metadata)
         hp = self.model.hp
         if self.tokenizer.n_vocab != hp.n_vocab:

@@ -1,0 +1,171 @@
+"""Read-only file mappings placed so that the kernel can back them with 2 MiB pages.
+
+A GGUF file mapped with np.memmap lands at an address that is only 4 KiB aligned, so even when the
+page cache holds the file in 2 MiB folios (ext4 and xfs create them on readahead) every weight
+page costs its own TLB entry and page walk; streaming 1-8 GB of weights per token then runs at about
+two thirds of the memory bandwidth. Mapping at a 2 MiB-aligned address lets the fault handler map
+whole PMD folios (smaps: FilePmdMapped), and MADV_HUGEPAGE asks readahead to build them when the file is
+not cached yet. The mapping stays a shared, read-only view of the file: nothing is copied.
+Linux only (ctypes mmap); elsewhere, or on any failure, np.memmap. Imports numpy and the stdlib only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import sys
+
+import numpy as np
+
+HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_MAP_FIXED = 0x10
+_libc = None
+
+
+def _load_libc():
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.mmap.restype = ctypes.c_void_p
+        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                             ctypes.c_long]
+        lib.munmap.restype = ctypes.c_int
+        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.madvise.restype = ctypes.c_int
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        lib.mincore.restype = ctypes.c_int
+        lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        _libc = lib
+    return _libc
+
+
+def _mapping_type(size: int):
+    """A ctypes byte-array type whose instances unmap their memory when the last view is gone."""
+
+    class _Mapping(ctypes.c_uint8 * size):
+        def __del__(self):  # numpy views keep this object alive through .base
+            _load_libc().munmap(ctypes.addressof(self), size)
+
+    return _Mapping
+
+
+def _map_aligned(path: str, size: int) -> np.ndarray:
+    libc = _load_libc()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # reserve size + 2 MiB of address space, then put the file at the first 2 MiB boundary in it
+        res = libc.mmap(None, size + HUGE_PAGE, mmap.PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if res in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap reserve failed")
+        addr = (res + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
+        p = libc.mmap(addr, size, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
+        if p != addr:
+            libc.munmap(res, size + HUGE_PAGE)
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        page = mmap.PAGESIZE
+        end = (addr + size + page - 1) // page * page
+        if addr > res:
+            libc.munmap(res, addr - res)          # the slack before and after the file
+        if res + size + HUGE_PAGE > end:
+            libc.munmap(end, res + size + HUGE_PAGE - end)
+        libc.madvise(addr, size, _MADV_HUGEPAGE)  # advice only: an error (EINVAL on old kernels) is fine
+    finally:
+        os.close(fd)
+    arr = np.frombuffer(_mapping_type(size).from_address(addr), dtype=np.uint8)
+    arr.flags.writeable = False
+    return arr
+
+
+def map_file(path: str) -> np.ndarray:
+    """The whole file as a read-only uint8 array backed by a shared mapping (2 MiB aligned on Linux)."""
+    size = os.path.getsize(path)
+    if sys.platform.startswith("linux") and size > 0 and os.environ.get("PYRT_MMAP_ALIGN", "1") != "0":
+        try:
+            return _map_aligned(path, size)
+        except (OSError, AttributeError):
+            pass
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def _resident_pages(arr: np.ndarray) -> np.ndarray | None:
+    """Per 4 KiB page of a file mapping, whether the page cache holds it (mincore); None where unknown."""
+    if not sys.platform.startswith("linux") or arr.size == 0:
+        return None
+    page = mmap.PAGESIZE
+    start = arr.ctypes.data // page * page
+    length = arr.ctypes.data + arr.size - start
+    vec = np.zeros((length + page - 1) // page, np.uint8)
+    try:
+        if _load_libc().mincore(start, length, vec.ctypes.data) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return (vec & 1).astype(bool)
+
+
+def resident_fraction(arr: np.ndarray) -> float:
+    """Share of the pages of a file mapping that the page cache holds; 1.0 where unknown."""
+    v = _resident_pages(arr)
+    return 1.0 if v is None else float(np.count_nonzero(v)) / v.size
+
+
+def prefetch(path: str, arr: np.ndarray) -> bool:
+    """Brings the parts of a mapped file that the page cache lacks back in as 2 MiB folios, in file order.
+
+    llama.cpp populates its mapping at load (MAP_POPULATE) for the same reason: the weights are read
+    anyway on the first tokens. Touching one byte per 2 MiB range through our MADV_HUGEPAGE mapping makes
+    readahead build PMD-sized folios (faults in the order the model touches the weights would leave
+    many of them small); a range with holes is dropped first (POSIX_FADV_DONTNEED, clean pages only)
+    so that it comes back whole. Our page tables are dropped again afterwards, so RSS does not grow.
+    Skipped when the file is larger than 3/4 of the available memory. Returns whether it read anything.
+    """
+    res = _resident_pages(arr)
+    if res is None or res.all() or arr.ctypes.data % HUGE_PAGE:
+        return False
+    try:
+        avail = 0
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+        if avail and arr.size > avail * 3 // 4:
+            return False
+        libc = _load_libc()
+        libc.posix_fadvise.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        per = HUGE_PAGE // mmap.PAGESIZE
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for i in range(0, res.size, per):
+                r = res[i:i + per]
+                if r.all():
+                    continue
+                off = i * mmap.PAGESIZE
+                if r.any():
+                    libc.posix_fadvise(fd, off, HUGE_PAGE, 4)  # POSIX_FADV_DONTNEED
+                arr[off]  # the fault reads the whole 2 MiB range (and readahead the next)
+        finally:
+            os.close(fd)
+        libc.madvise(arr.ctypes.data, arr.size, 4)  # MADV_DONTNEED: unmap our view; the page cache keeps it
+    except OSError:
+        return False
+    return True
+
+
+def drop_from_page_cache(path: str) -> None:
+    """Writes a file back and drops its clean pages from the page cache (POSIX_FADV_DONTNEED).
+
+    For tools that have just written a model: the write leaves it cached in small folios, so the
+    first load would map it through 4 KiB pages; dropped, the load's prefetch reads it back in 2 MiB folios.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,76 @@
+"""pyrt.io.mapping: 2 MiB-aligned read-only file mappings, page-cache prefetch, and their lifetimes."""
+
+import gc
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from pyrt.io import mapping
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux mapping path")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    p = tmp_path / "blob.bin"
+    data = np.random.default_rng(0).integers(0, 256, (5 << 20) + 123, dtype=np.uint8)  # not a page multiple
+    p.write_bytes(data.tobytes())
+    return str(p), data
+
+
+@linux
+def test_aligned_mapping_reads_the_file(data_file):
+    path, data = data_file
+    a = mapping.map_file(path)
+    assert a.ctypes.data % mapping.HUGE_PAGE == 0
+    assert not a.flags.writeable
+    np.testing.assert_array_equal(a, data)
+    with pytest.raises(ValueError):
+        a[0] = 1
+
+
+@linux
+def test_views_keep_the_mapping_alive(data_file):
+    path, data = data_file
+    a = mapping.map_file(path)
+    tail = a[-1000:].reshape(10, 100)
+    del a
+    gc.collect()
+    np.testing.assert_array_equal(tail.reshape(-1), data[-1000:])
+
+
+def test_fallback_is_memmap(data_file, monkeypatch):
+    path, data = data_file
+    monkeypatch.setenv("PYRT_MMAP_ALIGN", "0")
+    a = mapping.map_file(path)
+    assert isinstance(a, np.memmap)
+    np.testing.assert_array_equal(a, data)
+
+
+@linux
+def test_prefetch_fills_the_page_cache(data_file):
+    path, data = data_file
+    mapping.drop_from_page_cache(path)
+    a = mapping.map_file(path)
+    before = mapping.resident_fraction(a)
+    if before >= 0.999:
+        pytest.skip("this kernel kept the file cached after POSIX_FADV_DONTNEED")
+    assert mapping.prefetch(path, a) is True
+    assert mapping.resident_fraction(a) == 1.0
+    assert mapping.prefetch(path, a) is False      # all cached: nothing to do
+    np.testing.assert_array_equal(a, data)
+    # our page tables were dropped again: the prefetch does not show up in RSS as mapped pages
+    del a
+
+
+def test_llm_reports_prefetch(synthetic_models):
+    import pyrt
+    path = str(next(iter(synthetic_models.values()))[0])
+    mapping.drop_from_page_cache(path)
+    llm = pyrt.load(path, n_ctx=64, warmup=False)
+    assert llm.prefetched in (True, False)
+    no = pyrt.load(path, n_ctx=64, warmup=False, prefetch=False)
+    assert no.prefetched is False
+    np.testing.assert_array_equal(llm.eval_logits([1, 2, 3]), no.eval_logits([1, 2, 3]))
