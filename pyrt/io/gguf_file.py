@@ -297,6 +297,20 @@ class GGUFFile:
     def weights_bytes(self) -> int:
         return sum(w.nbytes for w in self.tensors.values())
 
+    def fingerprint(self) -> str:
+        """16 hex digits that tell model files apart: the tensor table (names, types, shapes) and the first
+        and last 4 KiB of the eight largest tensors (a few pages read, never the whole file)."""
+        import hashlib
+        h = hashlib.sha1()
+        for name in sorted(self.tensors):
+            w = self.tensors[name]
+            h.update(f"{name}:{w.ggml_type}:{tuple(w.shape)};".encode())
+        for name in sorted(self.tensors, key=lambda n: (-self.tensors[n].nbytes, n))[:8]:
+            flat = self.tensors[name].raw.reshape(-1)
+            h.update(flat[:4096].tobytes())
+            h.update(flat[-4096:].tobytes())
+        return h.hexdigest()[:16]
+
     def prefetch(self) -> bool:
         """Reads a mapped file through the page cache once if it is not all cached (see io.mapping)."""
         return bool(self.use_mmap and self._data is not None and prefetch(self.path, self._data))

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._kernels import kv as kvk
 from .._kernels import rope as ropek
+from .._kernels import yarn as yarnk
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..ops.attention import rows_view
 from .cells import Cells
@@ -186,8 +187,10 @@ class KVCache:
     def k_shift(self, rope: list, rope_offset: int = 0) -> int:
         """Re-rotate the cached K rows by each cell's accumulated position delta, then reset the deltas.
 
-        rope[il] = (n_rot, freq_base, freq_scale, freq_factors or None, mode) for layer il (mode
-        ROPE_NEOX rotates halves, else adjacent pairs). Each head of head_dim_k values has its rope part at
+        rope[il] = (n_rot, freq_base, freq_scale, freq_factors or None, mode[, yarn]) for layer il (mode
+        ROPE_NEOX rotates halves, else adjacent pairs); yarn = (ext_factor, corr_low, corr_high) takes
+        ggml's YaRN angles (deepseek2), at magnitude 1 as llama.cpp's shift does (the cached rows already
+        carry the model's mscale). Each head of head_dim_k values has its rope part at
         rope_offset (MLA: one 576-wide head whose 64 rope values sit at a column offset). Quantized rows
         are dequantized, rotated and requantized. Returns the number of cells rotated.
         """
@@ -199,7 +202,8 @@ class KVCache:
             d = np.ascontiguousarray(delta[idx], dtype=np.int32)
             tables = {}
             for il in range(self.n_layer):
-                n_rot, base, scale, factors, mode = rope[il]
+                n_rot, base, scale, factors, mode = rope[il][:5]
+                yarn = tuple(float(v) for v in rope[il][5]) if len(rope[il]) > 5 and rope[il][5] else None
                 n_rot, hd = int(n_rot), self.head_dim_k[il]
                 if n_rot <= 0 or n_rot % 2 or rope_offset < 0 or rope_offset + n_rot > hd:
                     raise InvalidArgumentError(f"k_shift: layer {il}: {n_rot} rope dims at offset {rope_offset} "
@@ -208,11 +212,17 @@ class KVCache:
                     np.ascontiguousarray(factors, dtype=np.float32)
                 if ff.shape != (n_rot // 2,):
                     raise InvalidArgumentError(f"k_shift: layer {il}: freq_factors must have {n_rot // 2} values")
-                key = (n_rot, float(base), float(scale), ff.tobytes())
+                key = (n_rot, float(base), float(scale), ff.tobytes(), yarn)
                 if key not in tables:
                     cos = np.empty((idx.shape[0], n_rot // 2), np.float32)  # [m, n_rot/2]
                     sin = np.empty_like(cos)
-                    ropek.rope_cache_f32(cos, sin, d, float(base), float(scale), ff)
+                    if yarn is None:
+                        ropek.rope_cache_f32(cos, sin, d, float(base), float(scale), ff)
+                    else:
+                        if factors is not None:
+                            raise InvalidArgumentError(f"k_shift: layer {il}: YaRN with freq_factors is not supported")
+                        yarnk.rope_cache_yarn_f32(cos, sin, d, float(base), float(scale), yarn[0], yarn[1],
+                                                  yarn[2], 1.0)
                     tables[key] = (cos, sin)
                 cos, sin = tables[key]
                 kvk.kshift_rows(rows_view(self.k[il], self.type_k), KIND[self.type_k], self.seg_k[il],

@@ -1,11 +1,12 @@
 """KV cache state save/restore: a versioned binary format, validated in full before the cache is touched.
 
 Imports numpy, pyrt._kernels, pyrt.kv.cache/cells and pyrt.errors only (no model, no context). All
-integers are little-endian. Layout (format version 1):
+integers are little-endian. Layout (format version 2):
 
     header   magic b"PYKV" | u32 version | u32 flags (bit 0: one sequence, cells carry no sequence ids)
              | u32 n_layer | u32 n_seq_max | u32 n_cells | u32 n_tokens | u64 body_bytes
-    model    u32 len + arch (utf-8) | u32 type_k id | u32 type_v id (ggml ids: f32 0, f16 1, q8_0 8,
+    model    u32 len + model id (utf-8: the architecture, then "@" and the file's 16-hex-digit
+             fingerprint, GGUFFile.fingerprint) | u32 type_k id | u32 type_v id (ggml ids: f32 0, f16 1, q8_0 8,
              bf16 30, q8_KV 151) | per layer: u32 n_embd_k, u32 head_dim_k, u64 k_row_bytes,
              u32 v_state (0 = V rows, not transposed; 2 = no V), u32 n_embd_v, u32 head_dim_v,
              u64 v_row_bytes, u32 n_rot
@@ -37,7 +38,7 @@ from .cache import GGML_TYPE_ID, KVCache
 from .cells import Cells
 
 MAGIC = b"PYKV"
-VERSION = 1
+VERSION = 2  # 2: the model id carries the file fingerprint
 FLAG_SEQ = 1
 FLAG_SWA = 2  # a second record follows: the cache of the sliding-window layers
 V_ROWS, V_NONE = 0, 2
@@ -154,8 +155,12 @@ def _parse(cache: KVCache, data, arch: str, n_rot: list[int]) -> _Parsed:
     (crc,) = struct.unpack_from("<I", mv, total - 4)
     if zlib.crc32(mv[:total - 4]) != crc:
         raise StateError("state: checksum mismatch (corrupted data)")
+    if f_arch.split("@")[0] != arch.split("@")[0]:
+        raise StateError(f"state: saved for architecture {f_arch.split('@')[0]!r}, this model is "
+                         f"{arch.split('@')[0]!r}")
     if f_arch != arch:
-        raise StateError(f"state: saved for architecture {f_arch!r}, this model is {arch!r}")
+        raise StateError(f"state: saved by another model file ({f_arch}), this one is {arch} "
+                         f"(same architecture, different weights)")
     tk, tv = _TYPES.unpack_from(mv, off)
     off += _TYPES.size
     for what, fid, mine in (("K", tk, cache.type_k), ("V", tv, cache.type_v)):

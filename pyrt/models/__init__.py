@@ -31,4 +31,6 @@ def check_architecture(f: GGUFFile):
 
 
 def build_model(f: GGUFFile):
-    return check_architecture(f)(f)
+    model = check_architecture(f)(f)
+    model.fingerprint = f.fingerprint()  # identifies the file in saved KV states
+    return model

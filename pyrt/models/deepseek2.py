@@ -254,6 +254,17 @@ class DeepSeek2Model:
         k, v, _, _ = self.kv_layout(mla_mode)
         return k, v
 
+    def rope_params(self, il: int) -> tuple:
+        """(n_rot, freq_base, freq_scale, freq_factors, mode, yarn) of layer il's k_pe, for the cache's K-shift."""
+        hp, x = self.hp, self.hp.extra
+        yarn = (x["ext_factor"], x["corr_dims"][0], x["corr_dims"][1])
+        return hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, None, hp.rope_type, yarn
+
+    def k_rope_offset(self, mla_mode: int) -> int:
+        """Column of the rope part in each cached K head: the latent row is [k_pe | c_kv]; mode 0 heads are
+        [k_nope | k_pe]."""
+        return self.hp.extra["n_embd_head_qk_nope"] if mla_mode == 0 else 0
+
     def rope_cache(self, pos: np.ndarray) -> basic.RopeCache:
         hp, x = self.hp, self.hp.extra
         return mla.yarn_rope_cache(pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, x["ext_factor"],

@@ -321,7 +321,8 @@ class Context:
         """Re-rotate each cache's keys with the RoPE parameters of its own layers."""
         for cache, layers in ((self.cache, self._base_layers), (self.cache_swa, self._swa_layers)):
             if cache is not None and cache.cells.has_shift:
-                cache.k_shift(self._rope_of(layers))
+                off = self.model.k_rope_offset(self.mla) if hasattr(self.model, "k_rope_offset") else 0
+                cache.k_shift(self._rope_of(layers), rope_offset=off)
 
     def update(self) -> None:
         """Apply pending cache work: the K-shift after seq_add/seq_div, then a requested defrag."""
@@ -401,7 +402,8 @@ class Context:
         hp = self.model.hp
         has_rope = hasattr(self.model, "rope_params")
         n_rot = [p[0] for p in self.rope_params()] if has_rope else [hp.n_rot] * hp.n_layer
-        fp = dict(arch=hp.arch, n_rot=[n_rot[il] for il in self._base_layers])
+        fid = getattr(self.model, "fingerprint", "")
+        fp = dict(arch=f"{hp.arch}@{fid}" if fid else hp.arch, n_rot=[n_rot[il] for il in self._base_layers])
         if self.cache_swa is not None:
             fp.update(cache_swa=self.cache_swa, n_rot_swa=[n_rot[il] for il in self._swa_layers])
         return fp
