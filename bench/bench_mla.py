@@ -1,9 +1,10 @@
 """MLA benchmarks on a DeepSeek2 file (tools/make_dsv2lite_model.py): the mode-3 crossover and the PP/TG sweep.
 
+`memory`: RSS (file-backed and anonymous) and peak RSS through a long prompt and generation.
 `crossover`: time one ubatch of T tokens at depth N_KV with the absorbed FlashMLA path (-mla 1) and the
 decompressing path (-mla 2 takes it for T >= PP_MIN_TOKENS; forced here for every T), to pick
 pyrt.models.deepseek2.PP_MIN_TOKENS. `sweep`: sweep-bench rows (pyrt.bench.sweep) for pyrt -mla 3,
-optionally -mla 0, and llama.cpp on the same file. Usage: `python bench/bench_mla.py crossover|sweep -m FILE`.
+optionally -mla 0, and llama.cpp on the same file. Usage: `python bench/bench_mla.py crossover|sweep|memory -m FILE`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def sweep(a) -> int:
     from pyrt.bench.sweep import sweep as run_sweep
     from pyrt.bench.engines import LlamaCppEngine, PyrtEngine
     engines = []
+    if a.cold:  # the load's prefetch then reads the file back in 2 MiB folios (pyrt.io.mapping)
+        from pyrt.io.mapping import drop_from_page_cache
+        drop_from_page_cache(a.model)
     for m in [int(x) for x in a.modes.split(",") if x != ""]:
         e = PyrtEngine(a.model, n_ctx=a.ctx, n_batch=a.ubatch, n_ubatch=a.ubatch, n_threads=a.threads, mla=m)
         e.name = f"pyrt-mla{m}"
@@ -80,11 +84,42 @@ def sweep(a) -> int:
     return 0
 
 
+def memory(a) -> int:
+    """Peak RSS through a long generation: the K-only cache at n_ctx, weights mapped, split file/anon."""
+    from pyrt.bench.facts import _status_mib
+    from pyrt.runtime.context import Batch
+
+    def line(what):
+        f = {k: _status_mib(k) for k in ("VmRSS", "VmHWM", "RssFile", "RssAnon")}
+        print(f"| {what} | {f['VmRSS']:.0f} | {f['RssFile']:.0f} | {f['RssAnon']:.0f} | {f['VmHWM']:.0f} |",
+              flush=True)
+    llm = _load(a.model, a.mla, a.ctx, 512, a.threads, a.type_k)
+    print(llm.ctx.memory_report())
+    print(f"\nfile {os.path.getsize(a.model) / 2**20:.0f} MiB, n_ctx {a.ctx}, -mla {a.mla}, prompt {a.prompt}, "
+          f"generated {a.gen}\n\n| after | RSS MiB | file-backed | anonymous | peak RSS |\n|---|---|---|---|---|")
+    line("load")
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, llm.n_vocab, a.prompt).tolist()
+    t0 = time.perf_counter()
+    for s in range(0, a.prompt, 512):
+        llm.ctx.decode(Batch.from_tokens(toks[s:s + 512], pos0=s, logits="last"))
+    t_pp = time.perf_counter() - t0
+    line(f"prompt of {a.prompt} ({a.prompt / t_pp:.1f} t/s)")
+    t0 = time.perf_counter()
+    tok = 1
+    for i in range(a.gen):
+        lg = llm.ctx.decode(Batch.from_tokens([tok], pos0=a.prompt + i, logits="last"))
+        tok = int(np.argmax(lg[-1]))
+    t_tg = time.perf_counter() - t0
+    line(f"{a.gen} generated ({a.gen / t_tg:.2f} t/s)")
+    return 0
+
+
 def main(argv=None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("crossover", "sweep"):
+    for name in ("crossover", "sweep", "memory"):
         p = sub.add_parser(name)
         p.add_argument("-m", "--model", default=os.path.join(here, "..", "models", "dsv2lite-q4_0.gguf"))
         p.add_argument("-t", "--threads", type=int, default=2)
@@ -98,8 +133,17 @@ def main(argv=None) -> int:
     s.add_argument("--tg", type=int, default=128)
     s.add_argument("--modes", default="3", help="pyrt -mla modes, comma separated (default: 3)")
     s.add_argument("--llama-cpp", action="store_true", help="also run llama.cpp (llama-cpp-python)")
+    s.add_argument("--cold", action="store_true",
+                   help="drop the file from the page cache first, so that pyrt's load reads it back in 2 MiB "
+                        "folios (on hosts that split cached huge folios over time)")
+    mem = sub.choices["memory"]
+    mem.add_argument("-c", "--ctx", type=int, default=32768)
+    mem.add_argument("--prompt", type=int, default=4096)
+    mem.add_argument("--gen", type=int, default=256)
+    mem.add_argument("--mla", type=int, default=3)
+    mem.add_argument("-ctk", "--type-k", default="f16")
     a = ap.parse_args(argv)
-    return crossover(a) if a.cmd == "crossover" else sweep(a)
+    return {"crossover": crossover, "sweep": sweep, "memory": memory}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,49 @@ def test_generation_reuses_prefix_and_is_reproducible(models):
     assert a == b
     fresh = pyrt.load(models[("llama", "Q4_0")], n_ctx=128, n_threads=2)
     assert list(fresh.generate_ids(IDS[:10], **kw)) == a
+
+
+def _linears_on_one_buffer(rng, rows, n_in, ggml_type, gap=0):
+    """Linear layers whose Q8_0/Q4_0 rows lie back to back (gap=0) in one read-only buffer, like a GGUF file."""
+    from types import SimpleNamespace
+
+    from gguf.quants import quantize
+
+    from pyrt.models.base import Linear
+    mats = [quantize(rng.standard_normal((r, n_in)).astype(np.float32), ggml_type).view(np.uint8).reshape(r, -1)
+            for r in rows]
+    buf = np.zeros(sum(m.nbytes for m in mats) + gap * len(mats), np.uint8)
+    out, off = [], 0
+    for m in mats:
+        buf[off:off + m.nbytes] = m.reshape(-1)
+        out.append((off, m.shape))
+        off += m.nbytes + gap
+    buf.flags.writeable = False
+    return [Linear(SimpleNamespace(raw=buf[o:o + s[0] * s[1]].reshape(s), ggml_type=int(ggml_type),
+                                   shape=(s[0], n_in))) for o, s in out]
+
+
+@pytest.mark.parametrize("gap", [0, 18])
+def test_linear_multi_fuses_adjacent_weights_bit_identically(gap):
+    from gguf import GGMLQuantizationType as T
+
+    from pyrt.models.base import adjacent_rows, linear_multi
+    from pyrt.ops import matmul as mm
+    rng = np.random.default_rng(3)
+    ls = _linears_on_one_buffer(rng, [64, 16, 16], 256, T.Q4_0, gap)
+    ls[1].bias = rng.standard_normal(16).astype(np.float32)
+    fused = adjacent_rows(*(L.w.raw for L in ls))
+    assert (fused is None) == (gap != 0)
+    if fused is not None:
+        assert fused.shape == (96, ls[0].w.raw.shape[1]) and not fused.flags.writeable
+        np.testing.assert_array_equal(fused, np.concatenate([L.w.raw for L in ls]))
+    for n_tok in (1, 3, 64):  # 64 tokens: the BLAS path, never fused
+        x = rng.standard_normal((n_tok, 256)).astype(np.float32)
+        got = linear_multi(x, *ls)
+        for L, y in zip(ls, got):
+            ref = mm.matmul(x, L.w.raw, L.w.ggml_type)
+            if L.bias is not None:
+                ref += L.bias
+            np.testing.assert_array_equal(y, ref)
+    assert adjacent_rows(ls[0].w.raw, ls[0].w.raw) is None           # not consecutive
+    assert adjacent_rows(ls[0].w.raw, ls[1].w.raw[:, :-18]) is None  # other row size

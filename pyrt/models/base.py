@@ -109,12 +109,13 @@ def read_hparams(f: GGUFFile, rope_type: int) -> HParams:
 class Linear:
     """A 2D weight used in place from the map: y = x @ W.T (+ b)."""
 
-    __slots__ = ("w", "bias", "n_out", "n_in")
+    __slots__ = ("w", "bias", "n_out", "n_in", "fused")
 
     def __init__(self, w: Weight, bias: np.ndarray | None = None):
         self.w = w
         self.bias = bias
         self.n_out, self.n_in = w.shape[-2], w.shape[-1]
+        self.fused: dict = {}  # (ids of the following Linears) -> their rows and ours as one raw view, or None
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         y = mm.matmul(x, self.w.raw, self.w.ggml_type, out=out)
@@ -123,8 +124,56 @@ class Linear:
         return y
 
 
+def adjacent_rows(*raws: np.ndarray) -> np.ndarray | None:
+    """One read-only [sum of rows, row_bytes] view over weight row blocks that follow each other in memory
+    (same row size: Q/K/V or gate/up written back to back, as GGUF converters do), or None.
+
+    No copy: the view is a slice of the same file mapping. Lets the decode path run several projections
+    of one input as a single kernel launch.
+    """
+    rb = raws[0].shape[1] if raws[0].ndim == 2 else -1
+    if not all(a.flags.c_contiguous for a in raws):
+        return None
+    for a, b in zip(raws, raws[1:]):
+        if b.ndim != 2 or b.shape[1] != rb or a.ctypes.data + a.nbytes != b.ctypes.data:
+            return None
+    root = raws[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root.ndim != 1 or root.dtype != np.uint8:
+        return None
+    off = raws[0].ctypes.data - root.ctypes.data
+    total = sum(a.nbytes for a in raws)
+    if off < 0 or off + total > root.nbytes:
+        return None
+    v = root[off:off + total].reshape(-1, rb)
+    v.flags.writeable = False
+    return v
+
+
 def linear_multi(x: np.ndarray, *linears: Linear) -> list[np.ndarray]:
-    """Several projections of the same input (Q/K/V, gate/up); the activations are quantized once."""
+    """Several projections of the same input (Q/K/V, gate/up); the activations are quantized once.
+
+    For a few tokens (the dot path), projections whose weights lie back to back in the file and share a
+    type run as one matmul over the joint rows: one kernel launch instead of several, same results.
+    """
+    t = linears[0].w.ggml_type
+    if (len(linears) > 1 and isinstance(x, np.ndarray) and x.ndim == 2 and mm.dot_path(t, x.shape[0])
+            and all(L.w.ggml_type == t for L in linears)):
+        key = tuple(id(L) for L in linears[1:])
+        fused = linears[0].fused.get(key, False)
+        if fused is False:
+            fused = linears[0].fused[key] = adjacent_rows(*(L.w.raw for L in linears))
+        if fused is not None:
+            y = mm.matmul(x, fused, t)
+            outs, c = [], 0
+            for L in linears:
+                o = np.ascontiguousarray(y[:, c:c + L.n_out])
+                c += L.n_out
+                if L.bias is not None:
+                    o += L.bias
+                outs.append(o)
+            return outs
     outs = mm.matmul_multi(x, [(L.w.raw, L.w.ggml_type) for L in linears])
     for L, y in zip(linears, outs):
         if L.bias is not None:

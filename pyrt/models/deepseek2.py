@@ -21,7 +21,7 @@ from ..io.gguf_file import GGUFFile
 from ..ops import basic, mla, moe
 from ..ops import matmul as mm
 from ..ops.attention import flash_attn_rows
-from .base import ForwardInputs, HParams, Linear, TensorTable, linear_multi
+from .base import ForwardInputs, HParams, Linear, TensorTable, adjacent_rows, linear_multi
 
 # Modes 2/3 decompress the cached latents and run ordinary flash attention for ubatches of at least
 # this many tokens, and the absorbed FlashMLA kernel below it. Measured on the 2-core dev machine with
@@ -135,6 +135,7 @@ class DeepSeek2Model:
                 L.ffn_gate_exps = t.get(p + "ffn_gate_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
                 L.ffn_up_exps = t.get(p + "ffn_up_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
                 L.ffn_down_exps = t.get(p + "ffn_down_exps.weight", (n_expert, hp.n_embd, n_ff_exp))
+                L.ffn_gate_up_exps = adjacent_rows(L.ffn_gate_exps.raw, L.ffn_up_exps.raw)  # None unless back to back
                 L.ffn_gate_shexp = t.linear(p + "ffn_gate_shexp", n_ff_exp * n_shexp, hp.n_embd)
                 L.ffn_up_shexp = t.linear(p + "ffn_up_shexp", n_ff_exp * n_shexp, hp.n_embd)
                 L.ffn_down_shexp = t.linear(p + "ffn_down_shexp", hp.n_embd, n_ff_exp * n_shexp)
@@ -297,7 +298,8 @@ class DeepSeek2Model:
                 logits = L.ffn_gate_inp(h)  # [n, n_expert]
                 sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,
                                    x_["expert_weights_norm"], x_["expert_weights_scale"])
-                y = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"])
+                y = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"],
+                                L.ffn_gate_up_exps)
                 g, u = linear_multi(h, L.ffn_gate_shexp, L.ffn_up_shexp)
                 y += L.ffn_down_shexp(basic.swiglu(g, u))
                 x += y

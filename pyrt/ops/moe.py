@@ -53,16 +53,18 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
 
 
 def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps, up_exps, down_exps,
-            n_ff_exp: int) -> np.ndarray:
+            n_ff_exp: int, gate_up: np.ndarray | None = None) -> np.ndarray:
     """sum_k weights[t,k] * down_e(silu(gate_e(x_t)) * up_e(x_t)) for e = selected[t,k] -> [n_tok, n_embd] f32.
 
     x [n_tok, n_embd] f32; gate_exps/up_exps/down_exps: objects with .raw ([n_expert*n_out, row_bytes]
-    uint8) and .ggml_type. Tokens routed to the same expert go through it as one batch.
+    uint8) and .ggml_type. Tokens routed to the same expert go through it as one batch. gate_up: optional
+    raw view of gate_exps' rows directly followed by up_exps' (models.base.adjacent_rows), for the
+    few-token path's single gate+up launch.
     """
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
     if n_tok <= ID_MAX_TOKENS:
-        return _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp)
+        return _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp, gate_up)
     ys = np.zeros((n_used, n_tok, n_embd), dtype=np.float32)  # [n_used, n_tok, n_embd] per selection slot
     flat = selected.reshape(-1)
     order = np.argsort(flat, kind="stable")
@@ -87,14 +89,20 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     return out
 
 
-def _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp):
-    """moe_ffn for a few tokens: three grouped-matmul launches (gate, up, down) for all their experts."""
+def _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp, gate_up=None):
+    """moe_ffn for a few tokens: grouped-matmul launches (gate and up, or both at once, then down)."""
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
     e = selected.reshape(-1).astype(np.int64)              # [n_tok * n_used] expert of each group
     x_row = np.repeat(np.arange(n_tok, dtype=np.int64), n_used)
-    g = mm.matmul_id(x, gate_exps.raw, gate_exps.ggml_type, e * n_ff_exp, x_row, n_ff_exp)
-    u = mm.matmul_id(x, up_exps.raw, up_exps.ggml_type, e * n_ff_exp, x_row, n_ff_exp)
+    if gate_up is not None and gate_exps.ggml_type == up_exps.ggml_type:
+        n_g = e.shape[0]
+        gu = mm.matmul_id(x, gate_up, gate_exps.ggml_type, np.concatenate([e, e + gate_exps.raw.shape[0] // n_ff_exp])
+                          * n_ff_exp, np.concatenate([x_row, x_row]), n_ff_exp)
+        g, u = gu[:n_g], gu[n_g:]
+    else:
+        g = mm.matmul_id(x, gate_exps.raw, gate_exps.ggml_type, e * n_ff_exp, x_row, n_ff_exp)
+        u = mm.matmul_id(x, up_exps.raw, up_exps.ggml_type, e * n_ff_exp, x_row, n_ff_exp)
     h = basic.swiglu(g, u)                                  # [n_tok * n_used, n_ff_exp]
     y = mm.matmul_id(h, down_exps.raw, down_exps.ggml_type, e * n_embd,
                      np.arange(e.shape[0], dtype=np.int64), n_embd)
