@@ -299,6 +299,15 @@ def matmul_f32(dst, w, x):
 KIND_Q8_0, KIND_Q4_0, KIND_Q5_0, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3, 4, 5
 
 
+@njit(cache=True, nogil=True)
+def all_in_range(a, lo, hi):
+    """Whether lo <= a[i] <= hi for every i (the grouped matmul's index check). a: [n] int64."""
+    for i in range(a.shape[0]):
+        if a[i] < lo or a[i] > hi:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind, pf):
     """dst[g, r] = dot(w[w_row0[g] + r], xq[x_row[g]]) for the float and legacy formats (kind: KIND_*).

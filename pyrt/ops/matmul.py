@@ -7,6 +7,7 @@ Shapes are numpy (row-major) order: weights are [n_out, row_bytes] uint8, y = x 
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -32,7 +33,7 @@ _tls = threading.local()
 
 def _scratch(name: str, dtype, shape) -> np.ndarray:
     """A per-thread reusable buffer viewed as `shape` (grown when too small)."""
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     buf = getattr(_tls, name, None)
     if buf is None or buf.dtype != dtype or buf.size < n:
         buf = np.empty(max(n, 1), dtype)
@@ -153,9 +154,9 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
     n_group = w_row0.shape[0]
     if x_row.shape[0] != n_group:
         raise InvalidArgumentError(f"matmul_id: {n_group} weight groups but {x_row.shape[0]} activation rows")
-    if n_out <= 0 or (n_group and (w_row0.min() < 0 or w_row0.max() + n_out > raw.shape[0])):
+    if n_out <= 0 or (n_group and not _rows_in_range(w_row0, 0, raw.shape[0] - n_out)):
         raise InvalidArgumentError(f"matmul_id: groups of {n_out} rows must lie inside the {raw.shape[0]} weight rows")
-    if n_group and (x_row.min() < 0 or x_row.max() >= n_x):
+    if n_group and not _rows_in_range(x_row, 0, n_x - 1):
         raise InvalidArgumentError(f"matmul_id: activation rows must be in [0, {n_x})")
     if out is None:
         out = np.empty((n_group, n_out), np.float32)
@@ -178,6 +179,12 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
 
 
 _KERNEL_CACHE_ID: dict[str, object] = {}
+
+
+def _rows_in_range(a: np.ndarray, lo: int, hi: int) -> bool:
+    """lo <= a[i] <= hi for all i: one pass (decode validates ~100 small index arrays per token)."""
+    from .._kernels.quants_legacy import all_in_range
+    return bool(all_in_range(a, np.int64(lo), np.int64(hi)))
 ID_PREFETCH = 2048
 
 
