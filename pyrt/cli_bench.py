@@ -92,6 +92,12 @@ def _facts(a, engines) -> dict:
                      f"{mf['n_params'] / 1e6:.2f} M params)"
     facts["kv"] = f"K {a.cache_type_k}, V {a.cache_type_v or a.cache_type_k}"
     facts["flash_attn"] = ", ".join(f"{e.name} {e.flash_attn}" for e in engines)
+    f = py.llm.file
+    if f.use_mmap and f._data is not None:
+        from .io.mapping import huge_page_share
+        hp = huge_page_share(f._data)
+        if hp is not None:  # after the runs: how pyrt's decode saw the weights
+            facts["pyrt_weights"] = f"mmap, {hp[0]:.0f} MiB resident, {100 * hp[1]:.0f}% in 2 MiB pages"
     return facts
 
 

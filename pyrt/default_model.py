@@ -46,6 +46,8 @@ def default_model_path(quiet: bool = False) -> str:
     try:
         pkg.assemble(tmp, overwrite=True)  # verifies the SHA-256 of the result
         os.replace(tmp, target)
+        from .io.mapping import drop_from_page_cache
+        drop_from_page_cache(target)  # the first load reads it back in 2 MiB folios (pyrt.io.mapping)
     except (OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         raise PyrtError(f"could not assemble the default model into {target}: {e}") from None

@@ -74,3 +74,15 @@ def test_llm_reports_prefetch(synthetic_models):
     no = pyrt.load(path, n_ctx=64, warmup=False, prefetch=False)
     assert no.prefetched is False
     np.testing.assert_array_equal(llm.eval_logits([1, 2, 3]), no.eval_logits([1, 2, 3]))
+
+
+@linux
+def test_huge_page_share_of_a_mapping(data_file):
+    path, data = data_file
+    a = mapping.map_file(path)
+    int(a[::4096].sum())  # fault every page in
+    got = mapping.huge_page_share(a)
+    assert got is not None
+    resident_mib, share = got
+    assert 0 < resident_mib <= a.size / 2**20 + 4 and 0.0 <= share <= 1.0
+    mapping.huge_page_share(np.zeros(10))  # anonymous memory: answers without failing

@@ -145,6 +145,11 @@ def prefetch(path: str, arr: np.ndarray) -> bool:
                 if r.any():
                     libc.posix_fadvise(fd, off, HUGE_PAGE, 4)  # POSIX_FADV_DONTNEED
                 arr[off]  # the fault reads the whole 2 MiB range (and readahead the next)
+            rest = _resident_pages(arr)  # what readahead left out (the file's tail, say): plain reads
+            if rest is not None and not rest.all():
+                for i in range(0, rest.size, per):
+                    if not rest[i:i + per].all():
+                        os.pread(fd, HUGE_PAGE, i * mmap.PAGESIZE)
         finally:
             os.close(fd)
         libc.madvise(arr.ctypes.data, arr.size, 4)  # MADV_DONTNEED: unmap our view; the page cache keeps it
@@ -169,3 +174,34 @@ def drop_from_page_cache(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def huge_page_share(arr: np.ndarray) -> tuple[float, float] | None:
+    """(resident MiB, share of it mapped in 2 MiB pages) of the mapping holding arr, from /proc/self/smaps.
+
+    Tells whether decode streams the weights through huge pages (the page cache may hold a file in small
+    folios: written just now, or split by the host); None where unknown or not a file mapping.
+    """
+    if not sys.platform.startswith("linux") or arr.size == 0:
+        return None
+    addr = arr.ctypes.data
+    try:
+        with open("/proc/self/smaps") as fh:
+            inside = False
+            rss = pmd = None
+            for line in fh:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    if inside:
+                        break
+                    inside = lo <= addr < hi
+                elif inside and head == "Rss:":
+                    rss = int(line.split()[1])
+                elif inside and head == "FilePmdMapped:":
+                    pmd = int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    if rss is None or pmd is None:
+        return None
+    return rss / 1024.0, (pmd / rss if rss else 0.0)
