@@ -14,6 +14,7 @@ from numba.core import cgutils, config as _nb_config, types
 from numba.extending import intrinsic
 
 from .config import FASTMATH
+from .simd import PREFETCH_BYTES, prefetch_ptr
 
 QK_K = 256
 BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
@@ -23,8 +24,6 @@ BLOCK_BYTES_Q8_K = 292  # f32 d, i8 qs[256], i16 bsums[16]
 
 # Output rows per prange work item of the matmuls.
 _ROW_TILE = 16
-# Software prefetch distance for the weight stream (hardware prefetchers alone leave DRAM bandwidth unused).
-_PREFETCH_BYTES = 2048
 
 # Dequant and quantize must be bit-exact against gguf-py / llama.cpp's reference: no contraction into FMAs,
 # no reciprocal-for-division, no reassociation.
@@ -304,16 +303,12 @@ def _make_vdot_rows(kind, simd, n_x):
                 for i in range(n_x)
             ]
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(n_x)]
-            pf = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0"
-            )
             with cgutils.for_range(builder, nb64) as loop:
                 b = loop.index
                 wp = builder.gep(w0, [builder.mul(b, ir.Constant(_I64, bb))])
                 # software prefetch of the weight stream: the hardware prefetchers alone leave DRAM bandwidth unused
                 for k in range(0, bb + 63, 64):
-                    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
-                    builder.call(pf, [_gep(builder, wp, _PREFETCH_BYTES + k), c(0), c(3), c(1)])
+                    prefetch_ptr(builder, _gep(builder, wp, PREFETCH_BYTES + k))
                 xoff = builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))
                 xps = [builder.gep(p, [xoff]) for p in x0]
                 for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import FASTMATH
-from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_FAR, PREFETCH_NEAR, Q8_0_VNNI_BIAS
+from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS
 from .simd import dot2_q4_0_q8_0, dot2_q5_0_q8_0, dot2_q8_0_q8_0, dot4_q4_0_q8_0, dot4_q5_0_q8_0, dot4_q8_0_q8_0
 from .simd import (dequant_row_f16, dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_bf16_bf16,
                    dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f16_to_f32, f32_to_f16)
@@ -19,7 +19,6 @@ Q8_0_BYTES = 34       # f16 d + int8 qs[32]
 Q4_0_BYTES = 18       # f16 d + u8 qs[16]
 Q5_0_BYTES = 22       # f16 d + u32 qh + u8 qs[16]
 ROW_TILE = 4          # output rows per parallel work item of the matmuls
-FAR_PREFETCH_MIN_BYTES = 32 << 20  # weight matrices from this size on stream with simd.PREFETCH_FAR
 
 # Dequantize/quantize kernels run without fast-math: they must be bit-exact (arcp would turn
 # amax/127 into amax*(1/127)); they vectorize without it since nothing is reduced.
@@ -164,7 +163,7 @@ def matmul_q8_0(dst, w, xq):
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
     x_aux_q8_0(xc, xq, np.int32(Q8_0_VNNI_BIAS))
     cs = np.int64(nb * AUX_BYTES)
-    pf = np.int64(PREFETCH_FAR if n_out * ws >= FAR_PREFETCH_MIN_BYTES else PREFETCH_NEAR)
+    pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
@@ -195,7 +194,7 @@ def matmul_q4_0(dst, w, xq):
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     cs = np.int64(nb * AUX_BYTES)
-    pf = np.int64(PREFETCH_FAR if n_out * ws >= FAR_PREFETCH_MIN_BYTES else PREFETCH_NEAR)
+    pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
@@ -226,7 +225,7 @@ def matmul_q5_0(dst, w, xq):
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     cs = np.int64(nb * AUX_BYTES)
-    pf = np.int64(PREFETCH_FAR if n_out * ws >= FAR_PREFETCH_MIN_BYTES else PREFETCH_NEAR)
+    pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends

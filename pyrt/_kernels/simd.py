@@ -250,20 +250,29 @@ def _block_step(builder, dw, wq, bias, xb, cb, acc, mode):
     builder.store(builder.fadd(builder.load(acc), prod, flags=("contract",)), acc)
 
 
-# Software prefetch distance on the weight stream, a runtime argument `pf` of the dots (bytes): near
-# for layer matrices (small ones would waste the far prefetches past their end and start cold),
-# far for huge ones streamed from 4 KiB mmap pages (the tied 262144-row output projection), where
-# it starts the page walks early. Measured on Gemma 3 270M decode.
-PREFETCH_NEAR = 2048
-PREFETCH_FAR = 16384
+# Software prefetch of the weight stream, PREFETCH_BYTES ahead (`pf`, a runtime argument of the
+# dots), with prefetcht1: into L2, whose miss queue is deeper than L1's fill buffers. The hardware
+# prefetchers alone leave most DRAM bandwidth unused, and prefetcht0 caps a core at L1's fill buffers'
+# worth of lines in flight. Measured on a 2-core AMD EPYC (Zen 4) VM, Q4_0 matvec over 1.2 GB with
+# 2 threads (membw 34 GB/s): no prefetch 10.6 GB/s, t0 at 2-32 KiB 20-21 GB/s, t1 at 16 KiB 30 GB/s
+# (one thread 11 -> 19 GB/s); DeepSeek-V2-Lite-shaped Q4_0 decode 11.5 -> 17.9 t/s. Q4_K 1.2 GB: 27.8
+# -> 34 GB/s. Shorter distances with t1 lose (4 KiB: 26 GB/s, 2 KiB: 18).
+PREFETCH_LOCALITY = 2  # llvm.prefetch locality: 3 = prefetcht0, 2 = prefetcht1, 1 = prefetcht2, 0 = prefetchnta
+PREFETCH_BYTES = 16384
+
+
+def prefetch_ptr(builder, ptr):
+    """llvm.prefetch(read, PREFETCH_LOCALITY, data) of the byte at pointer `ptr`."""
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
+    if ptr.type != _I8.as_pointer():
+        ptr = builder.bitcast(ptr, _I8.as_pointer())
+    builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, PREFETCH_LOCALITY), ir.Constant(_I32, 1)])
 
 
 def _prefetch(builder, addr, pf):
-    """llvm.prefetch(read, high locality, data) of the byte at integer address `addr` + pf."""
-    fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0")
-    ptr = builder.inttoptr(builder.add(addr, pf), _I8.as_pointer())
-    builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+    """Prefetch of the byte at integer address `addr` + pf."""
+    prefetch_ptr(builder, builder.inttoptr(builder.add(addr, pf), _I8.as_pointer()))
 
 
 NACC = 2  # independent f32 accumulators per token (block b goes to b % NACC), summed in fixed order

@@ -172,7 +172,7 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
         kernel = _KERNEL_CACHE_ID[name] = getattr(importlib.import_module(qt.module), name)
     xq = _quantize_activations(x, qt)
     if name == "matmul_id_legacy":
-        kernel(out, raw, xq, w_row0, x_row, kind, np.int64(ID_PREFETCH))
+        kernel(out, raw, xq, w_row0, x_row, kind, np.int64(_id_prefetch()))
     else:
         kernel(out, raw, xq, w_row0, x_row, kind)
     return out
@@ -181,11 +181,16 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
 _KERNEL_CACHE_ID: dict[str, object] = {}
 
 
+def _id_prefetch() -> int:
+    """The weight-stream prefetch distance of the grouped legacy kernel (simd.PREFETCH_BYTES)."""
+    from .._kernels.simd import PREFETCH_BYTES
+    return PREFETCH_BYTES
+
+
 def _rows_in_range(a: np.ndarray, lo: int, hi: int) -> bool:
     """lo <= a[i] <= hi for all i: one pass (decode validates ~100 small index arrays per token)."""
     from .._kernels.quants_legacy import all_in_range
     return bool(all_in_range(a, np.int64(lo), np.int64(hi)))
-ID_PREFETCH = 2048
 
 
 def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
