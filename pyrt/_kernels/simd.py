@@ -255,7 +255,7 @@ def _block_step(builder, dw, wq, bias, xb, cb, acc, mode):
 # prefetchers alone leave most DRAM bandwidth unused, and prefetcht0 caps a core at L1's fill buffers'
 # worth of lines in flight. Measured on a 2-core AMD EPYC (Zen 4) VM, Q4_0 matvec over 1.2 GB with
 # 2 threads (membw 34 GB/s): no prefetch 10.6 GB/s, t0 at 2-32 KiB 20-21 GB/s, t1 at 16 KiB 30 GB/s
-# (one thread 11 -> 19 GB/s); DeepSeek-V2-Lite-shaped Q4_0 decode 11.5 -> 17.9 t/s. Q4_K 1.2 GB: 27.8
+# (one thread 11 -> 19 GB/s); DeepSeek-V2-Lite-shaped Q4_0 decode 11.5 -> 15.7-17.9 t/s. Q4_K 1.2 GB: 27.8
 # -> 34 GB/s. Shorter distances with t1 lose (4 KiB: 26 GB/s, 2 KiB: 18).
 PREFETCH_LOCALITY = 2  # llvm.prefetch locality: 3 = prefetcht0, 2 = prefetcht1, 1 = prefetcht2, 0 = prefetchnta
 PREFETCH_BYTES = 16384
