@@ -308,7 +308,7 @@ def all_in_range(a, lo, hi):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind, pf):
+def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
     """dst[g, r] = dot(w[w_row0[g] + r], xq[x_row[g]]) for the float and legacy formats (kind: KIND_*).
 
     dst: [n_group, n_out] f32; w: [n_rows, row_bytes] uint8; xq: [n_x, ...] the dot-type activations
@@ -318,6 +318,7 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind, pf):
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     dp = np.int64(dst.ctypes.data)
+    pf = np.int64(PREFETCH_BYTES)
     if kind <= KIND_Q5_0:
         nb = np.int64(xq.shape[1] // Q8_0_BYTES)
         bias = np.int32(Q8_0_VNNI_BIAS) if kind == KIND_Q8_0 else (np.int32(8) if kind == KIND_Q4_0 else np.int32(16))

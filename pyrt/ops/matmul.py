@@ -171,20 +171,11 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
         import importlib
         kernel = _KERNEL_CACHE_ID[name] = getattr(importlib.import_module(qt.module), name)
     xq = _quantize_activations(x, qt)
-    if name == "matmul_id_legacy":
-        kernel(out, raw, xq, w_row0, x_row, kind, np.int64(_id_prefetch()))
-    else:
-        kernel(out, raw, xq, w_row0, x_row, kind)
+    kernel(out, raw, xq, w_row0, x_row, kind)
     return out
 
 
 _KERNEL_CACHE_ID: dict[str, object] = {}
-
-
-def _id_prefetch() -> int:
-    """The weight-stream prefetch distance of the grouped legacy kernel (simd.PREFETCH_BYTES)."""
-    from .._kernels.simd import PREFETCH_BYTES
-    return PREFETCH_BYTES
 
 
 def _rows_in_range(a: np.ndarray, lo: int, hi: int) -> bool:
