@@ -135,6 +135,7 @@ def test_grouped_decode_paths_bit_identical(name, ds2_models, monkeypatch):
     from pyrt.ops import moe
     path, _ = ds2_models[name]
     ids = [5, 9, 14, 3]
+    monkeypatch.setattr(moe, "FUSED_DECODE", False)  # the grouped launches, not the fused MoE kernel
 
     def run():
         llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
@@ -144,3 +145,21 @@ def test_grouped_decode_paths_bit_identical(name, ds2_models, monkeypatch):
     monkeypatch.setattr(moe, "ID_MAX_TOKENS", 0)
     monkeypatch.setattr(mm, "dot_path", lambda ggml_type, n_tok: False)  # per-head loop in attention
     np.testing.assert_array_equal(run(), grouped)
+
+
+def test_fused_moe_decode_matches_op_by_op(ds2_models, monkeypatch):
+    """Single-token decode through the fused MoE kernel gives the logits of the op-by-op MoE FFN."""
+    from pyrt.ops import moe
+    path, _ = ds2_models["ds2-lite-kvb-q4_0"]
+    ids = [5, 9, 14, 3, 7, 11]
+
+    def run():
+        llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
+        fused = [L.moe_decode is not None for L in llm.model.layers if L.moe]
+        return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
+                                      for i, t in enumerate(ids)])
+    on, a = run()
+    monkeypatch.setattr(moe, "FUSED_DECODE", False)
+    off, b = run()
+    assert all(on) and not any(off)
+    assert _nmse(a, b) < 1e-10

@@ -8,6 +8,7 @@ Shapes are numpy (row-major) order. Weights are uint8 [n_out, row_bytes] rows st
 import numpy as np
 from numba import njit, prange
 
+from .act import _swiglu_row
 from .config import FASTMATH
 from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS
 from .simd import dot2_q4_0_q8_0, dot2_q5_0_q8_0, dot2_q8_0_q8_0, dot4_q4_0_q8_0, dot4_q5_0_q8_0, dot4_q8_0_q8_0
@@ -317,11 +318,10 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
     n_group, n_out = dst.shape
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
-    dp = np.int64(dst.ctypes.data)
     pf = np.int64(PREFETCH_BYTES)
     if kind <= KIND_Q5_0:
         nb = np.int64(xq.shape[1] // Q8_0_BYTES)
-        bias = np.int32(Q8_0_VNNI_BIAS) if kind == KIND_Q8_0 else (np.int32(8) if kind == KIND_Q4_0 else np.int32(16))
+        bias = _q_bias(kind)
     else:
         nb = np.int64(xq.shape[1])  # elements per row
         bias = np.int32(0)
@@ -337,29 +337,261 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
         r1 = min(r0 + ROW_TILE, n_out)
         wg = wp + w_row0[g] * ws
         xg = xp + x_row[g] * xs
-        cp = cp0 + x_row[g] * cs
-        dg = dp + g * n_out * 4
-        r = r0
         if kind <= KIND_Q5_0:
-            while r + 2 <= r1:
-                if kind == KIND_Q4_0:
-                    dot2_q4_0_q8_0(wg + r * ws, ws, xg, cp, nb, dg + r * 4, pf)
-                elif kind == KIND_Q8_0:
-                    dot2_q8_0_q8_0(wg + r * ws, ws, xg, cp, nb, dg + r * 4, pf)
+            _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp0 + x_row[g] * cs, nb, dst[g], pf)
+        else:
+            for rr in range(r0, r1):
+                if kind == KIND_F16:
+                    v = dot_f16_f16(wg + rr * ws, xg, nb)
+                elif kind == KIND_BF16:
+                    v = dot_bf16_bf16(wg + rr * ws, xg, nb)
                 else:
-                    dot2_q5_0_q8_0(wg + r * ws, ws, xg, cp, nb, dg + r * 4, pf)
-                r += 2
-        for rr in range(r, r1):
-            if kind == KIND_Q4_0:
-                v = dot_q4_0_q8_0(wg + rr * ws, xg, cp, nb, pf)
-            elif kind == KIND_Q8_0:
-                v = dot_q8_0_q8_0(wg + rr * ws, xg, cp, nb, pf)
-            elif kind == KIND_Q5_0:
-                v = dot_q5_0_q8_0(wg + rr * ws, xg, cp, nb, pf)
-            elif kind == KIND_F16:
-                v = dot_f16_f16(wg + rr * ws, xg, nb)
-            elif kind == KIND_BF16:
-                v = dot_bf16_bf16(wg + rr * ws, xg, nb)
-            else:
-                v = dot_f32_f32(wg + rr * ws, xg, nb)
-            dst[g, rr] = v
+                    v = dot_f32_f32(wg + rr * ws, xg, nb)
+                dst[g, rr] = v
+
+
+@njit(cache=True, nogil=True)
+def _q_bias(kind):
+    """The offset stored in a legacy quant's values (x_aux_q8_0's bias): Q8_0 (VNNI unsigned trick), Q4_0, Q5_0."""
+    return np.int32(Q8_0_VNNI_BIAS) if kind == KIND_Q8_0 else (np.int32(8) if kind == KIND_Q4_0 else np.int32(16))
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
+    """dst[r] = dot(row r of the weight block at wg, the Q8_0 activation row at xg) for r in [r0, r1).
+
+    kind: KIND_Q8_0/Q4_0/Q5_0; wg: address of the block's row 0, ws its row stride; xg, cp: addresses of
+    the activation row and of its aux words (x_aux_q8_0 with the kind's bias); nb: blocks per row;
+    dst: [>= r1] f32 (C-contiguous); pf: prefetch distance in bytes. Two rows per pass.
+    """
+    dp = np.int64(dst.ctypes.data)
+    r = r0
+    while r + 2 <= r1:
+        if kind == KIND_Q4_0:
+            dot2_q4_0_q8_0(wg + r * ws, ws, xg, cp, nb, dp + r * 4, pf)
+        elif kind == KIND_Q8_0:
+            dot2_q8_0_q8_0(wg + r * ws, ws, xg, cp, nb, dp + r * 4, pf)
+        else:
+            dot2_q5_0_q8_0(wg + r * ws, ws, xg, cp, nb, dp + r * 4, pf)
+        r += 2
+    if r < r1:
+        if kind == KIND_Q4_0:
+            dst[r] = dot_q4_0_q8_0(wg + r * ws, xg, cp, nb, pf)
+        elif kind == KIND_Q8_0:
+            dst[r] = dot_q8_0_q8_0(wg + r * ws, xg, cp, nb, pf)
+        else:
+            dst[r] = dot_q5_0_q8_0(wg + r * ws, xg, cp, nb, pf)
+
+
+# ---------------------------------------------------------------------- fused MoE decode
+# One decoded token's whole MoE FFN in one call (three parallel regions, no Python in between): router
+# logits, gating and top-k, the selected experts' gate/up rows together with the shared experts', SwiGLU
+# and requantization, the down rows, the weighted sum. Same arithmetic as ops.moe.route + moe_ffn + the
+# shared-expert FFN run op by op.
+
+GATING_SOFTMAX = 1   # = ops.moe.GATING_SOFTMAX
+GATING_SIGMOID = 2
+W_NORM_MIN = 6.103515625e-5  # ggml clamps the sum of the selected weights at 2^-14
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale):
+    """Gating probabilities, top-k by probs + bias (ties: lower expert id), weights as ops.moe.route.
+
+    sel: [n_used] int32 out; wsel: [n_used] f32 out; probs: [n_expert] f32 scratch; logits, probs_b: [n_expert] f32.
+    """
+    n_expert = logits.shape[0]
+    if gating == GATING_SOFTMAX:
+        mx = logits[0]
+        for e in range(1, n_expert):
+            mx = max(mx, logits[e])
+        s = 0.0  # f64 sum, as ggml's soft_max
+        for e in range(n_expert):
+            v = np.exp(logits[e] - mx)
+            probs[e] = v
+            s += v
+        inv = np.float32(1.0 / s)
+        for e in range(n_expert):
+            probs[e] = probs[e] * inv
+    else:
+        for e in range(n_expert):
+            probs[e] = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits[e]))
+    taken = np.zeros(n_expert, np.bool_)
+    for k in range(sel.shape[0]):
+        best = -1
+        bv = np.float32(0.0)
+        for e in range(n_expert):
+            v = probs[e] + probs_b[e]
+            if not taken[e] and (best < 0 or v > bv):
+                best, bv = e, v
+        taken[best] = True
+        sel[k] = best
+        wsel[k] = probs[best]
+    if norm_w:
+        s32 = np.float32(0.0)
+        for k in range(sel.shape[0]):
+            s32 += wsel[k]
+        s32 = max(s32, np.float32(W_NORM_MIN))
+        for k in range(sel.shape[0]):
+            wsel[k] = wsel[k] / s32
+    if w_scale != 0.0 and w_scale != 1.0:
+        for k in range(sel.shape[0]):
+            wsel[k] = wsel[k] * np.float32(w_scale)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _tile_table(rows, row_bytes):
+    """(group, first row, end row) of the tiles of groups of rows[g] rows of row_bytes[g] bytes each.
+
+    A tile holds ROW_TILE rows of the narrowest group and as many bytes in the others, so that the
+    parallel loop's equal split of tiles between threads is an equal split of the weight bytes.
+    rows, row_bytes: [n_group] int64.
+    """
+    base = row_bytes[0]
+    for g in range(rows.shape[0]):
+        base = min(base, row_bytes[g])
+    n = 0
+    for g in range(rows.shape[0]):
+        rpt = max(2, (ROW_TILE * base + row_bytes[g] // 2) // row_bytes[g])
+        n += (rows[g] + rpt - 1) // rpt
+    tg = np.empty(n, np.int64)
+    tr = np.empty(n, np.int64)
+    te = np.empty(n, np.int64)
+    i = 0
+    for g in range(rows.shape[0]):
+        rpt = max(2, (ROW_TILE * base + row_bytes[g] // 2) // row_bytes[g])
+        for r0 in range(0, rows[g], rpt):
+            tg[i] = g
+            tr[i] = r0
+            te[i] = min(r0 + rpt, rows[g])
+            i += 1
+    return tg, tr, te
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_exps,
+                          gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
+    """One token's MoE FFN: y = sum_k wsel[k] * down_e(silu(gate_e(x)) * up_e(x)) (+ the shared experts' FFN).
+
+    y: [n_embd] f32 out; sel: [n_used] int32 out (experts, best first); wsel: [n_used] f32 out (their
+    weights); x: [n_embd] f32 (the ffn_norm output); gate_inp: [n_expert, rb_r] uint8 (router rows);
+    probs_b: [n_expert] f32 selection bias (zeros for none); gate_exps, up_exps: [n_expert*n_ff_exp, rb]
+    uint8; down_exps: [n_expert*n_embd, rb_ff] uint8; gate_shexp, up_shexp: [n_ff_sh, rb] uint8 and
+    down_shexp: [n_embd, rb_sh] uint8, or 0 rows for no shared experts; kinds: [5] int64 KIND_Q8_0/Q4_0/Q5_0
+    of (gate/up exps, down exps, gate/up shexp, down shexp), then the router's (one of those or KIND_F32).
+    Shapes are validated by ops.moe.
+    """
+    n_embd = x.shape[0]
+    n_expert = gate_inp.shape[0]
+    n_used = sel.shape[0]
+    n_ff = gate_exps.shape[0] // n_expert
+    n_sh = gate_shexp.shape[0]
+    n_gu = 2 * n_used + (2 if n_sh > 0 else 0)   # gate/up groups: experts' gate, experts' up, shexp gate, up
+    n_dn = n_used + (1 if n_sh > 0 else 0)
+    pf = np.int64(PREFETCH_BYTES)
+    # x as Q8_0 once, with the aux words for the experts', the shared experts' and the router's kinds
+    nbx = n_embd // QK
+    xq = np.empty((1, nbx * Q8_0_BYTES), np.uint8)           # [1, nbx*34] block_q8_0
+    quantize_rows_q8_0(xq, x.reshape(1, n_embd))
+    xc = np.empty((3, nbx, AUX_WORDS), np.int32)              # [3, nbx, 16] aux (exps, shexp, router)
+    x_aux_q8_0(xc[0:1], xq, _q_bias(kinds[0]))
+    x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
+    if kinds[4] <= KIND_Q5_0:
+        x_aux_q8_0(xc[2:3], xq, _q_bias(kinds[4]))
+    # router logits (as the router's own matmul would give them) and the selection
+    logits = np.empty(n_expert, np.float32)      # [n_expert] f32
+    gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
+    for it in prange((n_expert + 1) // 2):
+        e0 = 2 * it
+        if kinds[4] <= KIND_Q5_0:
+            _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + 2, n_expert), np.int64(xq.ctypes.data),
+                           np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), logits, pf)
+        else:
+            for e in range(e0, min(e0 + 2, n_expert)):
+                logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
+    probs = np.empty(n_expert, np.float32)
+    _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
+    # gate/up: group table (weight block, rows, kind, aux row, output offset)
+    g_w = np.empty(n_gu, np.int64)
+    g_s = np.empty(n_gu, np.int64)
+    g_rows = np.empty(n_gu, np.int64)
+    g_kind = np.empty(n_gu, np.int64)
+    g_aux = np.empty(n_gu, np.int64)
+    g_off = np.empty(n_gu, np.int64)
+    for k in range(n_used):
+        e = np.int64(sel[k])
+        for j in range(2):
+            g = j * n_used + k
+            w = gate_exps if j == 0 else up_exps
+            g_w[g] = np.int64(w.ctypes.data) + e * n_ff * np.int64(w.strides[0])
+            g_s[g] = np.int64(w.strides[0])
+            g_rows[g] = n_ff
+            g_kind[g] = kinds[0]
+            g_aux[g] = 0
+            g_off[g] = g * n_ff
+    if n_sh > 0:
+        for j in range(2):
+            g = 2 * n_used + j
+            w = gate_shexp if j == 0 else up_shexp
+            g_w[g] = np.int64(w.ctypes.data)
+            g_s[g] = np.int64(w.strides[0])
+            g_rows[g] = n_sh
+            g_kind[g] = kinds[2]
+            g_aux[g] = 1
+            g_off[g] = 2 * n_used * n_ff + j * n_sh
+    gu = np.empty(2 * n_used * n_ff + 2 * n_sh, np.float32)  # [g_0..g_k | u_0..u_k | g_sh | u_sh] f32
+    tg, tr, te = _tile_table(g_rows, g_s)
+    for it in prange(tg.shape[0]):
+        g = tg[it]
+        cp = np.int64(xc.ctypes.data) + g_aux[g] * nbx * AUX_BYTES
+        _rows_q_legacy(g_kind[g], g_w[g], g_s[g], tr[it], te[it], np.int64(xq.ctypes.data), cp, np.int64(nbx),
+                       gu[g_off[g]:], pf)
+    # SwiGLU per group, each hidden row requantized to Q8_0 with its down kind's aux words
+    nbf, nbs = n_ff // QK, n_sh // QK
+    hq = np.empty((n_used, nbf * Q8_0_BYTES), np.uint8)       # [n_used, nbf*34] experts' hidden, Q8_0
+    hc = np.empty((n_used, nbf, AUX_WORDS), np.int32)
+    sq = np.empty((1, max(nbs, 1) * Q8_0_BYTES), np.uint8)    # [1, nbs*34] shared experts' hidden
+    sc = np.empty((1, max(nbs, 1), AUX_WORDS), np.int32)
+    for k in prange(n_dn):
+        if k < n_used:
+            hk = gu[k * n_ff:(k + 1) * n_ff]
+            _swiglu_row(hk, hk, gu[(n_used + k) * n_ff:(n_used + k + 1) * n_ff])
+            quantize_rows_q8_0(hq[k:k + 1], hk.reshape(1, n_ff))
+            x_aux_q8_0(hc[k:k + 1], hq[k:k + 1], _q_bias(kinds[1]))
+        else:
+            o = 2 * n_used * n_ff
+            hs = gu[o:o + n_sh]
+            _swiglu_row(hs, hs, gu[o + n_sh:o + 2 * n_sh])
+            quantize_rows_q8_0(sq, hs.reshape(1, n_sh))
+            x_aux_q8_0(sc, sq, _q_bias(kinds[3]))
+    # down: the experts' rows and the shared experts' rows in one region
+    dn = np.empty((n_dn, n_embd), np.float32)                # [n_dn, n_embd] f32
+    d_w = np.empty(n_dn, np.int64)
+    d_rows = np.full(n_dn, n_embd, np.int64)
+    d_s = np.empty(n_dn, np.int64)
+    for k in range(n_used):
+        d_w[k] = np.int64(down_exps.ctypes.data) + np.int64(sel[k]) * n_embd * np.int64(down_exps.strides[0])
+        d_s[k] = np.int64(down_exps.strides[0])
+    if n_sh > 0:
+        d_w[n_used] = np.int64(down_shexp.ctypes.data)
+        d_s[n_used] = np.int64(down_shexp.strides[0])
+    tg2, tr2, te2 = _tile_table(d_rows, d_s)
+    for it in prange(tg2.shape[0]):
+        k = tg2[it]
+        r0 = tr2[it]
+        r1 = te2[it]
+        if k < n_used:
+            _rows_q_legacy(kinds[1], d_w[k], np.int64(down_exps.strides[0]), r0, r1,
+                           np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
+                           np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), dn[k], pf)
+        else:
+            _rows_q_legacy(kinds[3], d_w[k], np.int64(down_shexp.strides[0]), r0, r1, np.int64(sq.ctypes.data),
+                           np.int64(sc.ctypes.data), np.int64(nbs), dn[k], pf)
+    # weighted sum in slot order, then the shared experts (as ggml adds them)
+    for i in range(n_embd):
+        acc = dn[0, i] * wsel[0]
+        for k in range(1, n_used):
+            acc += dn[k, i] * wsel[k]
+        if n_sh > 0:
+            acc += dn[n_used, i]
+        y[i] = acc

@@ -532,6 +532,23 @@ dot_f32_f32 = intrinsic(_make_float_dot(_F32, None))
 
 
 @intrinsic
+def i32_as_f32(typingctx, i):
+    """The float32 whose bits are the int32 i (a bitcast; vectorizes inside loops)."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if v.type.width > 32:
+            v = builder.trunc(v, _I32)
+        elif v.type.width < 32:
+            v = builder.sext(v, _I32)
+        return builder.bitcast(v, _F32)
+
+    return types.float32(i), codegen
+
+
+@intrinsic
 def f16_to_f32(typingctx, h):
     """uint16 bit pattern of an IEEE half -> float32 (exact, incl. subnormals/inf/nan)."""
     if not isinstance(h, types.Integer):

@@ -139,6 +139,10 @@ class DeepSeek2Model:
                 L.ffn_gate_shexp = t.linear(p + "ffn_gate_shexp", n_ff_exp * n_shexp, hp.n_embd)
                 L.ffn_up_shexp = t.linear(p + "ffn_up_shexp", n_ff_exp * n_shexp, hp.n_embd)
                 L.ffn_down_shexp = t.linear(p + "ffn_down_shexp", hp.n_embd, n_ff_exp * n_shexp)
+                sh = (L.ffn_gate_shexp.w, L.ffn_up_shexp.w, L.ffn_down_shexp.w) if n_shexp > 0 else None
+                L.moe_decode = moe.MoEDecode.build(
+                    L.ffn_gate_inp.w, L.exp_probs_b, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, sh, n_ff_exp,
+                    x["n_expert_used"], x["expert_gating_func"], x["expert_weights_norm"], x["expert_weights_scale"])
             self.layers.append(L)
 
     @staticmethod
@@ -294,6 +298,8 @@ class DeepSeek2Model:
             if not L.moe:
                 g, u = linear_multi(h, L.ffn_gate, L.ffn_up)
                 x += L.ffn_down(basic.swiglu(g, u))
+            elif h.shape[0] == 1 and L.moe_decode is not None and L.ffn_gate_inp.bias is None:
+                x += L.moe_decode(h)  # one fused call: router, experts, shared experts
             else:
                 logits = L.ffn_gate_inp(h)  # [n, n_expert]
                 sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,

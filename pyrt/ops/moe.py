@@ -8,8 +8,10 @@ contiguous slice of rows. Imports pyrt.ops and pyrt.errors only.
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
 from ..errors import InvalidArgumentError
+from ..formats.qtypes import get_qtype
 from . import basic
 from . import matmul as mm
 
@@ -20,6 +22,11 @@ ID_MAX_TOKENS = 1
 
 GATING_SOFTMAX = 1
 GATING_SIGMOID = 2
+
+# Single-token MoE layers run as one fused kernel call (router to weighted sum, shared experts included)
+# when the weights allow it (MoEDecode.build); False runs them op by op (tests and A/B benchmarks).
+FUSED_DECODE = True
+_FUSED_KINDS = {int(T.Q8_0): 0, int(T.Q4_0): 1, int(T.Q5_0): 2, int(T.F32): 5}  # quants_legacy.KIND_*
 
 
 def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.ndarray | None,
@@ -34,8 +41,8 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
         raise InvalidArgumentError(f"moe: n_expert_used {n_expert_used} not in [1, {n_expert}]")
     x = logits.astype(np.float32)
     if gating == GATING_SOFTMAX:
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        e = np.exp(x - x.max(axis=1, keepdims=True))  # as ggml's soft_max: f64 sum, one f32 scale
+        probs = (e * (1.0 / e.sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)).astype(np.float32)
     elif gating == GATING_SIGMOID:
         probs = (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32)
     else:
@@ -112,3 +119,79 @@ def _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp, g
     for k in range(1, n_used):  # ggml adds the slots in order
         out += y[:, k]
     return out
+
+
+class MoEDecode:
+    """One MoE layer's weights checked once, for quants_legacy.moe_ffn_decode_legacy (one token per call).
+
+    `build` returns None when the layer does not fit the fused kernel (expert or shared-expert weights
+    not Q8_0/Q4_0/Q5_0, router not one of those or F32, gate and up of different types); those layers
+    run op by op. After a call, `sel` and `wsel` hold the experts chosen and their weights.
+    """
+
+    def __init__(self, gate_inp, probs_b, exps, sh, kinds, n_embd, n_used, gating, norm_w, w_scale):
+        self.gate_inp, self.probs_b = gate_inp, probs_b
+        self.gate_exps, self.up_exps, self.down_exps = exps
+        self.gate_shexp, self.up_shexp, self.down_shexp = sh
+        self.kinds, self.n_embd = kinds, n_embd
+        self.n_used, self.gating, self.norm_w, self.w_scale = n_used, gating, bool(norm_w), float(w_scale)
+        self.sel = np.zeros(n_used, np.int32)
+        self.wsel = np.zeros(n_used, np.float32)
+        from .._kernels.quants_legacy import moe_ffn_decode_legacy
+        self.kernel = moe_ffn_decode_legacy
+
+    @classmethod
+    def build(cls, gate_inp, exp_probs_b, gate_exps, up_exps, down_exps, shexp, n_ff_exp: int, n_used: int,
+              gating: int, norm_w: bool, w_scale: float) -> "MoEDecode | None":
+        """gate_inp, gate/up/down_exps: weights (.raw [rows, row_bytes] uint8, .ggml_type), the experts'
+        rows stacked; shexp: the shared experts' (gate, up, down) weights or None; exp_probs_b: [n_expert]
+        f32 or None. Raises InvalidArgumentError when the tensors disagree in shape."""
+        if not FUSED_DECODE or gating not in (GATING_SOFTMAX, GATING_SIGMOID):
+            return None
+        types = [int(gate_exps.ggml_type), int(down_exps.ggml_type)]
+        types += [int(shexp[0].ggml_type), int(shexp[2].ggml_type)] if shexp else [int(T.Q8_0)] * 2
+        if (any(t not in _FUSED_KINDS or t == T.F32 for t in types) or int(gate_inp.ggml_type) not in _FUSED_KINDS
+                or up_exps.ggml_type != gate_exps.ggml_type or (shexp and shexp[1].ggml_type != shexp[0].ggml_type)):
+            return None
+        n_expert = gate_inp.raw.shape[0]
+        qt = get_qtype(gate_exps.ggml_type)
+        if gate_exps.raw.ndim != 2 or gate_exps.raw.shape[1] % qt.type_size:
+            raise InvalidArgumentError("moe: gate_exps must be [rows, row_bytes] raw rows")
+        n_embd = gate_exps.raw.shape[1] // qt.type_size * qt.block_size
+        if not 0 < n_used <= n_expert or n_ff_exp <= 0 or n_ff_exp % 32:
+            return None
+        gi = mm._check_raw(gate_inp.raw, get_qtype(gate_inp.ggml_type), n_embd, "moe ffn_gate_inp")
+        ge = mm._check_raw(gate_exps.raw, qt, n_embd, "moe gate_exps")
+        ue = mm._check_raw(up_exps.raw, get_qtype(up_exps.ggml_type), n_embd, "moe up_exps")
+        de = mm._check_raw(down_exps.raw, get_qtype(down_exps.ggml_type), n_ff_exp, "moe down_exps")
+        if ge.shape[0] != n_expert * n_ff_exp or ue.shape[0] != ge.shape[0] or de.shape[0] != n_expert * n_embd:
+            raise InvalidArgumentError(f"moe: expert tensors do not hold {n_expert} experts of {n_ff_exp} x {n_embd}")
+        if shexp:
+            n_sh = shexp[0].raw.shape[0]
+            if n_sh <= 0 or n_sh % 32:
+                return None
+            sh = (mm._check_raw(shexp[0].raw, get_qtype(shexp[0].ggml_type), n_embd, "moe gate_shexp"),
+                  mm._check_raw(shexp[1].raw, get_qtype(shexp[1].ggml_type), n_embd, "moe up_shexp"),
+                  mm._check_raw(shexp[2].raw, get_qtype(shexp[2].ggml_type), n_sh, "moe down_shexp"))
+            if sh[1].shape[0] != n_sh or sh[2].shape[0] != n_embd:
+                raise InvalidArgumentError("moe: shared expert tensors disagree in shape")
+        else:
+            z = np.zeros((0, 34), np.uint8)
+            z.flags.writeable = False
+            sh = (z, z, z)
+        pb = np.zeros(n_expert, np.float32) if exp_probs_b is None else np.ascontiguousarray(exp_probs_b, np.float32)
+        if pb.shape != (n_expert,):
+            raise InvalidArgumentError(f"moe: exp_probs_b has shape {pb.shape}, expected ({n_expert},)")
+        kinds = np.array([_FUSED_KINDS[t] for t in types + [int(gate_inp.ggml_type)]], np.int64)
+        return cls(gi, pb, (ge, ue, de), sh, kinds, n_embd, n_used, gating, norm_w, w_scale)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x [1, n_embd] f32 (one token) -> the FFN output [1, n_embd] f32 (routed experts + shared experts)."""
+        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != (1, self.n_embd)
+                or not x.flags.c_contiguous):
+            raise InvalidArgumentError(f"moe: x must be a C-contiguous float32 [1, {self.n_embd}] array")
+        y = np.empty((1, self.n_embd), np.float32)
+        self.kernel(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps, self.up_exps,
+                    self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp, self.kinds, self.gating,
+                    self.norm_w, self.w_scale)
+        return y
