@@ -16,15 +16,32 @@ from ..errors import InvalidArgumentError
 from ..formats.qtypes import DOT_TYPES, QType, get_qtype
 
 # From this many tokens on, a weight tile is dequantized to f32 and multiplied with OpenBLAS
-# (np.matmul) instead of running the integer/half dot kernel. Measured on the 2-core dev machine
-# (Xeon with AVX-512, 1 thread as a proxy since both paths scale with threads, 5632x2048) with
-# `bench/bench_kernels.py --crossover`: legacy 36-44 tokens, float types 20-24, k-quants > 128
-# (their dequantizers are serial scalar code; re-measure when they change).
-BLAS_MIN_TOKENS = {
+# (np.matmul) instead of running the integer/half dot kernel. Measured with
+# `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the MoE expert
+# shapes 1408x2048 / 2048x1408). The crossover depends on the CPU: on the Intel Xeon (AVX-512) dev
+# machine legacy 36-44 tokens, float types 20-24, k-quants > 128 (their dequantizers are serial scalar
+# code; re-measure when they change); on an AMD EPYC (Zen 4, AVX-512 VNNI) the integer dots win longer:
+# Q4_0 64-96, Q8_0 ~64, Q5_0 ~48 (there a 48-token expert matmul runs 20% faster on the dot path).
+BLAS_MIN_TOKENS_INTEL = {
     "F32": 24, "F16": 24, "BF16": 20,
     "Q8_0": 40, "Q4_0": 40, "Q5_0": 36,
     "Q4_K": 128, "Q5_K": 128, "Q6_K": 128,
 }
+BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=64, Q4_0=64, Q5_0=48)
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if _cpu_vendor() == "AuthenticAMD" else BLAS_MIN_TOKENS_INTEL
 # Bytes of the f32 weight tile of the BLAS path (one per worker thread; stays in L2).
 BLAS_TILE_BYTES = 2 << 20
 
