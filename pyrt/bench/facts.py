@@ -34,14 +34,8 @@ def rss_hwm_mib() -> float | None:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "?"
+    from ..ops.matmul import cpuinfo_field
+    return cpuinfo_field("model name") or platform.processor() or platform.machine() or "?"
 
 
 def git_commit() -> str:

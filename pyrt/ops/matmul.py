@@ -32,18 +32,19 @@ BLAS_MIN_TOKENS_INTEL = {
 BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=64, Q4_0=96, Q5_0=48)
 
 
-def _cpu_vendor() -> str:
+def cpuinfo_field(key: str) -> str:
+    """The first `key` line of /proc/cpuinfo ('vendor_id', 'model name'), or '' where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
 
 
-BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if _cpu_vendor() == "AuthenticAMD" else BLAS_MIN_TOKENS_INTEL
+BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if cpuinfo_field("vendor_id") == "AuthenticAMD" else BLAS_MIN_TOKENS_INTEL
 # Bytes of the f32 weight tile of the BLAS path (one per worker thread; stays in L2).
 BLAS_TILE_BYTES = 2 << 20
 

@@ -1,8 +1,9 @@
 """Mixture-of-experts FFN: routing (softmax/sigmoid gating, selection bias, top-k, weight norm/scale) and
-the experts' SwiGLU FFNs run only on the tokens routed to them, one matrix call per expert and weight.
+the experts' SwiGLU FFNs run only on the tokens routed to them, one matrix call per expert and weight;
+a decoded token's whole MoE FFN as one fused kernel call (MoEDecode).
 
 Expert weights are 3D GGUF tensors whose raw view is [n_expert * n_out, row_bytes]; an expert is a
-contiguous slice of rows. Imports pyrt.ops and pyrt.errors only.
+contiguous slice of rows. Imports pyrt.ops, pyrt.formats, pyrt._kernels and pyrt.errors only.
 """
 
 from __future__ import annotations
