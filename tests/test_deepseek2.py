@@ -163,3 +163,24 @@ def test_fused_moe_decode_matches_op_by_op(ds2_models, monkeypatch):
     off, b = run()
     assert all(on) and not any(off)
     assert _nmse(a, b) < 1e-10
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name", ["ds2-lite-kvb-q4_0", "ds2-qlora-kb-q8_0"])
+def test_fused_mla_decode_bit_identical(name, ds2_models, monkeypatch):
+    """One decoded token's absorbed attention in one call (W_UK, FlashMLA, W_UV) gives exactly the logits of
+    the three separate calls; on the W_UK-from-attn_kv_b and the attn_k_b/attn_v_b conventions."""
+    from pyrt.ops import mla
+    path, _ = ds2_models[name]
+    ids = [5, 9, 14, 3, 7]
+
+    def run():
+        llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
+        fused = [L.mla_decode is not None for L in llm.model.layers]
+        return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
+                                      for i, t in enumerate(ids)])
+    on, a = run()
+    monkeypatch.setattr(mla, "FUSED_DECODE", False)
+    _, b = run()
+    assert all(on)
+    np.testing.assert_array_equal(a, b)

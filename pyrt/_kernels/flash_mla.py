@@ -1,6 +1,6 @@
 """FlashMLA on the CPU: absorbed multi-head latent attention over a K-only cache (one latent row per cell).
 
-Leaf kernel module (numpy, numba only). Every query head attends to the same cache row
+Leaf kernel module (numpy, numba and sibling kernel modules only). Every query head attends to the same cache row
 [k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each KV tile is dequantized
 once into an f32 scratch and serves the scores and the value sum of all heads. Shapes are numpy row-major.
 """
@@ -11,6 +11,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .config import FASTMATH
+from .quants_legacy import ROW_TILE, _q_bias, _rows_q_legacy, quantize_rows_q8_0, x_aux_q8_0
+from .simd import AUX_BYTES, AUX_WORDS, PREFETCH_BYTES
 
 # cache storage kinds (same values as pyrt._kernels.kv / attention)
 KIND_F32 = 0  # rows passed as uint32 bits
@@ -349,3 +351,60 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
         inv = np.float32(1.0) / den
         for i in range(dv):
             dst[t, h, i] *= inv
+
+
+# ------------------------------------------------------------------ one decoded token, fused
+# q_nope . W_UK per head, FlashMLA over the latent cache, then . W_UV per head, in one call: the three
+# parallel regions that ops.matmul.matmul_id + flash_attn_mla + matmul_id run, without Python between them.
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def mla_decode_legacy(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell_pos, cell_seq, kv_idx,
+                      q_pos, q_seq, scale, kv_tile, n_split):
+    """Absorbed MLA attention of one token; weights W_UK / W_UV in a legacy quant format (KIND_Q8_0/Q4_0/Q5_0
+    of quants_legacy).
+
+    dst      [n_head, dv] f32          out: per head o_lat . W_UV (dv = the value head size)
+    q_nope   [n_head, dn] f32          the no-rope query part; q_pe [n_head, n_rot] f32 (roped)
+    k_b      [n_head*C, dn row bytes]  W_UK, head h's C rows from row h*C (C = kv_lora_rank)
+    v_b      [rows, C row bytes]       W_UV, head h's dv rows from row v_row0[h] ([n_head] int64)
+    k, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split: as flash_attn_mla
+    (one token, q_tile 1). Validated by ops.mla.
+    """
+    n_head, dn = q_nope.shape
+    n_rot = q_pe.shape[1]
+    C = k_b.shape[0] // n_head
+    dv = dst.shape[1]
+    pf = np.int64(PREFETCH_BYTES)
+    nbq = dn // QK8_0
+    qq = np.empty((n_head, nbq * Q8_0_BLOCK_BYTES), np.uint8)   # [n_head, nbq*34] q_nope as Q8_0
+    quantize_rows_q8_0(qq, q_nope)
+    qc = np.empty((n_head, nbq, AUX_WORDS), np.int32)
+    x_aux_q8_0(qc, qq, _q_bias(kb_kind))
+    qa = np.empty((1, n_head, n_rot + C), np.float32)          # [1, n_head, n_rot + C] = [q_pe | q_nope W_UK]
+    for h in range(n_head):
+        for i in range(n_rot):
+            qa[0, h, i] = q_pe[h, i]
+    kbs = np.int64(k_b.strides[0])
+    nt = (C + ROW_TILE - 1) // ROW_TILE
+    for it in prange(n_head * nt):
+        h = it // nt
+        r0 = (it % nt) * ROW_TILE
+        _rows_q_legacy(kb_kind, np.int64(k_b.ctypes.data) + h * C * kbs, kbs, r0, min(r0 + ROW_TILE, C),
+                       np.int64(qq.ctypes.data) + h * np.int64(qq.strides[0]),
+                       np.int64(qc.ctypes.data) + h * nbq * AUX_BYTES, np.int64(nbq), qa[0, h, n_rot:], pf)
+    o_lat = np.empty((1, n_head, C), np.float32)               # [1, n_head, C] attention over the latents
+    flash_attn_mla(o_lat, qa, k, kind, n_rot, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, 1, kv_tile, n_split)
+    nbo = C // QK8_0
+    oq = np.empty((n_head, nbo * Q8_0_BLOCK_BYTES), np.uint8)  # [n_head, nbo*34] o_lat as Q8_0
+    quantize_rows_q8_0(oq, o_lat[0])
+    oc = np.empty((n_head, nbo, AUX_WORDS), np.int32)
+    x_aux_q8_0(oc, oq, _q_bias(vb_kind))
+    vbs = np.int64(v_b.strides[0])
+    nt2 = (dv + ROW_TILE - 1) // ROW_TILE
+    for it in prange(n_head * nt2):
+        h = it // nt2
+        r0 = (it % nt2) * ROW_TILE
+        _rows_q_legacy(vb_kind, np.int64(v_b.ctypes.data) + v_row0[h] * vbs, vbs, r0, min(r0 + ROW_TILE, dv),
+                       np.int64(oq.ctypes.data) + h * np.int64(oq.strides[0]),
+                       np.int64(oc.ctypes.data) + h * nbo * AUX_BYTES, np.int64(nbo), dst[h], pf)

@@ -121,6 +121,7 @@ class DeepSeek2Model:
                 L.v_b_raw, L.v_b_row0 = v_b.raw, np.arange(H, dtype=np.int64) * Dv
             L.v_b_heads = [L.v_b_raw[r:r + Dv] for r in L.v_b_row0]     # [Dv, C] rows per head
             L.v_b_type = int(v_b.ggml_type)
+            L.mla_decode = mla.MLADecode.build(L.k_b_raw, L.k_b_type, L.v_b_raw, L.v_b_row0, L.v_b_type, H, C, Dn, Dv)
             L.attn_output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
             L.ffn_norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
             if il < x["n_layer_dense_lead"]:
@@ -348,6 +349,9 @@ class DeepSeek2Model:
         krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
         if mode in (2, 3) and n_tok >= PP_MIN_TOKENS:
             return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
+        if n_tok == 1 and L.mla_decode is not None and mla.FUSED_DECODE:  # W_UK, FlashMLA, W_UV in one call
+            return L.mla_decode(np.ascontiguousarray(q_nope[0]), q_pe[0], krows, type_k, cell_pos, cell_seq, kv_idx,
+                                inp.pos, inp.seq, self.kq_scale).reshape(1, H * Dv)
         qa = np.empty((n_tok, H, R + C), np.float32)                 # [n_tok, H, R + C] = [q_pe | q_nope W_UK]
         qa[:, :, :R] = q_pe
         if mm.dot_path(L.k_b_type, n_tok):  # one launch for every (token, head): q_nope[t, h] . W_UK[h]

@@ -1,13 +1,15 @@
 """Multi-head latent attention (DeepSeek2 MLA) over a K-only latent cache: validation, tiling, kernel call.
 
-`flash_mla` runs the absorbed attention (FlashMLA kernel); `latent_rows` dequantizes cached latent rows
-for the decompressing prompt path. Imports pyrt._kernels and pyrt.errors only; the cache rows arrive
-as arrays from the caller.
+`flash_mla` runs the absorbed attention (FlashMLA kernel), `MLADecode` a decoded token's whole absorbed
+attention (W_UK, FlashMLA, W_UV) in one call; `latent_rows` dequantizes cached latent rows for the
+decompressing prompt path. Imports pyrt._kernels, pyrt.formats, pyrt.ops.matmul and pyrt.errors only;
+the cache rows arrive as arrays from the caller.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
 from .._kernels import flash_mla as fk
 from .._kernels import kv as kvk
@@ -41,19 +43,11 @@ def choose_tiles(n_tok: int, n_head: int, n_kv: int) -> tuple[int, int, int]:
     return q_tile, KV_TILE, n_split
 
 
-def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, cell_seq: np.ndarray,
-              kv_idx: np.ndarray, q_pos: np.ndarray, q_seq: np.ndarray, scale: float, n_rot: int,
-              out: np.ndarray | None = None) -> np.ndarray:
-    """Absorbed attention of q [n_tok, n_head, n_rot + C] f32 over latent rows k [n_cells, row] -> [n_tok, n_head, C].
-
-    q's per-head rows are [q_pe | q_nope . W_UK] and the cache rows [k_pe | c_kv] (same order); V is
-    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32).
-    """
+def _flash_args(n_tok: int, n_head: int, dk: int, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos,
+                q_seq, scale: float, n_rot: int):
+    """Validates the cache side of an absorbed attention call; returns the kernel's (k, kind, cell_pos, cell_seq,
+    kv_idx, q_pos, q_seq) arguments."""
     check_cache_type(type_k)
-    if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
-        raise InvalidArgumentError("flash_mla: q must be float32 [n_tok, n_head, n_rot + kv_lora_rank]")
-    q = np.ascontiguousarray(q)
-    n_tok, n_head, dk = q.shape
     dv = dk - int(n_rot)
     if n_rot <= 0 or dv <= 0:
         raise InvalidArgumentError(f"flash_mla: n_rot {n_rot} does not fit rows of {dk}")
@@ -89,16 +83,82 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
         raise InvalidArgumentError("flash_mla: q_seq values must be in [0, 64)")
     if not np.isfinite(scale):
         raise InvalidArgumentError("flash_mla: scale must be finite")
+    return rows_view(k, type_k), _KINDS[type_k], cell_pos, cell_seq, kv_idx, q_pos, q_seq
+
+
+def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, cell_seq: np.ndarray,
+              kv_idx: np.ndarray, q_pos: np.ndarray, q_seq: np.ndarray, scale: float, n_rot: int,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Absorbed attention of q [n_tok, n_head, n_rot + C] f32 over latent rows k [n_cells, row] -> [n_tok, n_head, C].
+
+    q's per-head rows are [q_pe | q_nope . W_UK] and the cache rows [k_pe | c_kv] (same order); V is
+    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32).
+    """
+    if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
+        raise InvalidArgumentError("flash_mla: q must be float32 [n_tok, n_head, n_rot + kv_lora_rank]")
+    q = np.ascontiguousarray(q)
+    n_tok, n_head, dk = q.shape
+    args = _flash_args(n_tok, n_head, dk, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot)
+    dv = dk - int(n_rot)
     if out is None:
         out = np.empty((n_tok, n_head, dv), dtype=np.float32)
     elif out.dtype != np.float32 or out.shape != (n_tok, n_head, dv) or not out.flags.c_contiguous:
         raise InvalidArgumentError(f"flash_mla: out must be C-contiguous float32 {(n_tok, n_head, dv)}")
     if n_tok == 0:
         return out
-    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, kv_idx.shape[0])
-    fk.flash_attn_mla(out, q, rows_view(k, type_k), _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx,
-                      q_pos, q_seq, np.float32(scale), q_tile, kv_tile, n_split)
+    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, args[4].shape[0])
+    k_, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq = args
+    fk.flash_attn_mla(out, q, k_, kind, int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale),
+                      q_tile, kv_tile, n_split)
     return out
+
+
+# A decoded token's absorbed attention runs as one MLADecode call where the weights allow it; False runs
+# W_UK, FlashMLA and W_UV as separate calls (tests and A/B benchmarks).
+FUSED_DECODE = True
+_LEGACY_W = {int(T.Q8_0): 0, int(T.Q4_0): 1, int(T.Q5_0): 2}  # quants_legacy.KIND_*
+
+
+class MLADecode:
+    """One layer's W_UK / W_UV checked once, for flash_mla.mla_decode_legacy (absorbed attention of one token:
+    q_nope . W_UK, FlashMLA, . W_UV in one call). `build` returns None unless both are Q8_0/Q4_0/Q5_0."""
+
+    def __init__(self, k_b, kb_kind, v_b, v_row0, vb_kind, n_head, C, dn, dv):
+        self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind = k_b, kb_kind, v_b, v_row0, vb_kind
+        self.n_head, self.C, self.dn, self.dv = n_head, C, dn, dv
+
+    @classmethod
+    def build(cls, k_b, k_b_type: int, v_b, v_row0, v_b_type: int, n_head: int, C: int, dn: int,
+              dv: int) -> "MLADecode | None":
+        """k_b: [n_head*C, row bytes of dn] raw rows; v_b: raw rows of C values, head h's dv rows from v_row0[h]."""
+        if int(k_b_type) not in _LEGACY_W or int(v_b_type) not in _LEGACY_W or dn % 32 or C % 32:
+            return None
+        from ..formats.qtypes import get_qtype
+        from .matmul import _check_raw
+        k_b = _check_raw(k_b, get_qtype(k_b_type), dn, "mla W_UK")
+        v_b = _check_raw(v_b, get_qtype(v_b_type), C, "mla W_UV")
+        v_row0 = np.ascontiguousarray(v_row0, dtype=np.int64)
+        if k_b.shape[0] != n_head * C or v_row0.shape != (n_head,) or (v_row0 < 0).any() \
+                or (v_row0 + dv > v_b.shape[0]).any():
+            raise InvalidArgumentError(f"mla: W_UK / W_UV do not hold {n_head} heads of {C} x {dn} / {dv} x {C}")
+        return cls(k_b, _LEGACY_W[int(k_b_type)], v_b, v_row0, _LEGACY_W[int(v_b_type)], n_head, C, dn, dv)
+
+    def __call__(self, q_nope: np.ndarray, q_pe: np.ndarray, k: np.ndarray, type_k: str, cell_pos, cell_seq,
+                 kv_idx, q_pos, q_seq, scale: float) -> np.ndarray:
+        """q_nope [n_head, dn], q_pe [n_head, n_rot] f32 of one token -> [n_head, dv] f32."""
+        H = self.n_head
+        for name, a, w in (("q_nope", q_nope, self.dn), ("q_pe", q_pe, None)):
+            if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 2 or a.shape[0] != H
+                    or (w is not None and a.shape[1] != w) or not a.flags.c_contiguous):
+                raise InvalidArgumentError(f"mla: {name} must be a C-contiguous float32 [{H}, ...] array")
+        n_rot = q_pe.shape[1]
+        k_, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq = _flash_args(
+            1, H, n_rot + self.C, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot)
+        _, kv_tile, n_split = choose_tiles(1, H, kv_idx.shape[0])
+        out = np.empty((H, self.dv), np.float32)
+        fk.mla_decode_legacy(out, q_nope, q_pe, self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind, k_,
+                             kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), kv_tile, n_split)
+        return out
 
 
 def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.ndarray:
