@@ -311,11 +311,12 @@ def _activations_as_dotted(x: np.ndarray, qt: QType) -> np.ndarray:
     xq = _quantize_activations(x, qt)  # [n_tok, nb*block_bytes] uint8
     n_tok, n_in = x.shape
     aq = DOT_TYPES[dt]
+    if dt == "Q8_0":   # the Numba dequantizer: bit-exact, and no numpy temporaries
+        out = np.empty((n_tok, n_in), np.float32)
+        aq.kernel("dequant_rows")(out, xq)
+        return out
     blocks = xq.reshape(n_tok, n_in // aq.block_size, aq.type_size)
-    if dt == "Q8_0":   # f16 d, int8 qs[32]
-        d = blocks[:, :, 0:2].copy().view(np.float16).astype(np.float32)
-        qs = blocks[:, :, 2:34].view(np.int8)
-    elif dt == "Q8_K":  # f32 d, int8 qs[256], int16 bsums[16]
+    if dt == "Q8_K":  # f32 d, int8 qs[256], int16 bsums[16]
         d = blocks[:, :, 0:4].copy().view(np.float32)
         qs = blocks[:, :, 4:260].view(np.int8)
     else:
