@@ -389,7 +389,7 @@ def _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
 # and requantization, the down rows, the weighted sum. Same arithmetic as ops.moe.route + moe_ffn + the
 # shared-expert FFN run op by op.
 
-GATING_SOFTMAX = 1   # = ops.moe.GATING_SOFTMAX
+GATING_SOFTMAX = 1   # ops.moe's gating ids
 GATING_SIGMOID = 2
 W_NORM_MIN = 6.103515625e-5  # ggml clamps the sum of the selected weights at 2^-14
 

@@ -349,7 +349,7 @@ class DeepSeek2Model:
         krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
         if mode in (2, 3) and n_tok >= PP_MIN_TOKENS:
             return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
-        if n_tok == 1 and L.mla_decode is not None and mla.FUSED_DECODE:  # W_UK, FlashMLA, W_UV in one call
+        if n_tok == 1 and L.mla_decode is not None:  # W_UK, FlashMLA, W_UV in one call
             return L.mla_decode(np.ascontiguousarray(q_nope[0]), q_pe[0], krows, type_k, cell_pos, cell_seq, kv_idx,
                                 inp.pos, inp.seq, self.kq_scale).reshape(1, H * Dv)
         qa = np.empty((n_tok, H, R + C), np.float32)                 # [n_tok, H, R + C] = [q_pe | q_nope W_UK]

@@ -14,7 +14,9 @@ from gguf import GGMLQuantizationType as T
 from .._kernels import flash_mla as fk
 from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats.qtypes import get_qtype
 from .attention import rows_view
+from .matmul import _check_raw
 
 _KINDS = {"f32": fk.KIND_F32, "f16": fk.KIND_F16, "bf16": fk.KIND_BF16, "q8_0": fk.KIND_Q8_0}
 MLA_CACHE_TYPES = tuple(_KINDS)
@@ -113,8 +115,8 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     return out
 
 
-# A decoded token's absorbed attention runs as one MLADecode call where the weights allow it; False runs
-# W_UK, FlashMLA and W_UV as separate calls (tests and A/B benchmarks).
+# A decoded token's absorbed attention runs as one MLADecode call where the weights allow it
+# (MLADecode.build, at load); False runs W_UK, FlashMLA and W_UV as separate calls (tests and A/B benchmarks).
 FUSED_DECODE = True
 _LEGACY_W = {int(T.Q8_0): 0, int(T.Q4_0): 1, int(T.Q5_0): 2}  # quants_legacy.KIND_*
 
@@ -131,10 +133,8 @@ class MLADecode:
     def build(cls, k_b, k_b_type: int, v_b, v_row0, v_b_type: int, n_head: int, C: int, dn: int,
               dv: int) -> "MLADecode | None":
         """k_b: [n_head*C, row bytes of dn] raw rows; v_b: raw rows of C values, head h's dv rows from v_row0[h]."""
-        if int(k_b_type) not in _LEGACY_W or int(v_b_type) not in _LEGACY_W or dn % 32 or C % 32:
+        if not FUSED_DECODE or int(k_b_type) not in _LEGACY_W or int(v_b_type) not in _LEGACY_W or dn % 32 or C % 32:
             return None
-        from ..formats.qtypes import get_qtype
-        from .matmul import _check_raw
         k_b = _check_raw(k_b, get_qtype(k_b_type), dn, "mla W_UK")
         v_b = _check_raw(v_b, get_qtype(v_b_type), C, "mla W_UV")
         v_row0 = np.ascontiguousarray(v_row0, dtype=np.int64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from .._kernels import quants_legacy as ql
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import basic
@@ -21,8 +22,8 @@ from . import matmul as mm
 # reads that expert's rows once for all of them.
 ID_MAX_TOKENS = 1
 
-GATING_SOFTMAX = 1
-GATING_SIGMOID = 2
+GATING_SOFTMAX = ql.GATING_SOFTMAX
+GATING_SIGMOID = ql.GATING_SIGMOID
 
 # Single-token MoE layers run as one fused kernel call (router to weighted sum, shared experts included)
 # when the weights allow it (MoEDecode.build); False runs them op by op (tests and A/B benchmarks).
@@ -53,7 +54,7 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
     selected = np.argsort(-sel_probs, axis=1, kind="stable")[:, :n_expert_used].astype(np.int32)
     weights = np.take_along_axis(probs, selected, axis=1).astype(np.float32)
     if norm_w:
-        s = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(6.103515625e-5))
+        s = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(ql.W_NORM_MIN))
         weights = (weights / s).astype(np.float32)
     if w_scale != 0.0 and w_scale != 1.0:
         weights = (weights * np.float32(w_scale)).astype(np.float32)
@@ -138,8 +139,7 @@ class MoEDecode:
         self.n_used, self.gating, self.norm_w, self.w_scale = n_used, gating, bool(norm_w), float(w_scale)
         self.sel = np.zeros(n_used, np.int32)
         self.wsel = np.zeros(n_used, np.float32)
-        from .._kernels.quants_legacy import moe_ffn_decode_legacy
-        self.kernel = moe_ffn_decode_legacy
+        self.kernel = ql.moe_ffn_decode_legacy
 
     @classmethod
     def build(cls, gate_inp, exp_probs_b, gate_exps, up_exps, down_exps, shexp, n_ff_exp: int, n_used: int,
