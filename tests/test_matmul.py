@@ -105,9 +105,10 @@ def test_blas_path_vs_reference_and_dot(t):
 
 
 @pytest.mark.boundscheck
-def test_dispatch_picks_paths_by_n_tok():
+def test_dispatch_picks_paths_by_n_tok(monkeypatch):
     t = T.Q4_0
-    th = mm.BLAS_MIN_TOKENS["Q4_0"]
+    th = 40  # the table's value depends on the CPU (NEVER for legacy quants on AMD)
+    monkeypatch.setitem(mm.BLAS_MIN_TOKENS, "Q4_0", th)
     w, x, raw = _case(t, n_tok=th)
     small = x[: th - 1].copy()
     assert np.array_equal(mm.matmul(small, raw, t), mm.matmul(small, raw, t, path="dot"))
@@ -247,3 +248,21 @@ def test_matmul_id_validation():
     with pytest.raises(InvalidArgumentError):
         mm.matmul_id(x, raw, T.Q4_0, [0], [0], 4, out=np.empty((1, 5), np.float32))
     assert mm.matmul_id(x, raw, T.Q4_0, [], [], 4).shape == (0, 4)
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0])
+def test_cache_blocked_gemm_any_blocking(t):
+    """The prompt-path gemm gives the same bits for every row tile / token chunk size (odd row counts,
+    chunks that do not divide the tokens, one token group per chunk) as one token at a time."""
+    from pyrt._kernels import quants_legacy as ql
+    kind = {T.Q8_0: ql.KIND_Q8_0, T.Q4_0: ql.KIND_Q4_0, T.Q5_0: ql.KIND_Q5_0}[t]
+    _, x, raw = _case(t, n_tok=23, n_out=37)
+    xq = mm._quantize_activations(x, get_qtype(t)).copy()
+    one = np.stack([mm.matmul(x[i:i + 1].copy(), raw, t, path="dot")[0] for i in range(23)])
+    rb, tb = raw.shape[1], xq.shape[1] // 34 * (34 + 4 * 16)
+    for tile_bytes, chunk_bytes in [(ql.TILE_BYTES, ql.CHUNK_BYTES), (1, 1), (3 * rb, 2 * tb), (5 * rb, 9 * tb),
+                                    (100 * rb, 4 * tb)]:
+        out = np.full((23, 37), np.nan, np.float32)
+        ql.matmul_q_legacy(out, raw, xq, kind, tile_bytes, chunk_bytes)
+        assert np.array_equal(out, one), (tile_bytes, chunk_bytes)

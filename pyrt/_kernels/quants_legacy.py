@@ -10,8 +10,9 @@ from numba import njit, prange
 
 from .act import _swiglu_row
 from .config import FASTMATH
-from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS
+from .simd import AUX_BYTES, AUX_WORDS, NR, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS
 from .simd import dot2_q4_0_q8_0, dot2_q5_0_q8_0, dot2_q8_0_q8_0, dot4_q4_0_q8_0, dot4_q5_0_q8_0, dot4_q8_0_q8_0
+from .simd import gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
 from .simd import (dequant_row_f16, dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_bf16_bf16,
                    dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f16_to_f32, f32_to_f16)
 
@@ -20,6 +21,8 @@ Q8_0_BYTES = 34       # f16 d + int8 qs[32]
 Q4_0_BYTES = 18       # f16 d + u8 qs[16]
 Q5_0_BYTES = 22       # f16 d + u32 qh + u8 qs[16]
 ROW_TILE = 4          # output rows per parallel work item of the matmuls
+# weight kinds of the kernels that take one (matmul_q_legacy, matmul_id_legacy, the fused MoE decode)
+KIND_Q8_0, KIND_Q4_0, KIND_Q5_0, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3, 4, 5
 
 # Dequantize/quantize kernels run without fast-math: they must be bit-exact (arcp would turn
 # amax/127 into amax*(1/127)); they vectorize without it since nothing is reduced.
@@ -151,97 +154,93 @@ def x_aux_q8_0(dst, xq, bias):
                 dst[t, b, j] = -bias * s
 
 
+# Prompt-sized batches run in cache blocks: a work item is a tile of output rows (about TILE_BYTES of
+# weights, reused from L2 for every token chunk) and walks the tokens in chunks whose activations
+# (quants + aux words, about CHUNK_BYTES) stay in L2 while every row pair of the tile passes over them;
+# the gemm_* intrinsics then multiply NR rows x NT tokens per pass. Before, each row streamed all the
+# tokens' activations from L3 (3.2 MB for a 512-token, 2048-wide prompt) and the dots waited on loads.
+TILE_BYTES = 48 << 10
+CHUNK_BYTES = 128 << 10
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
+    """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind: KIND_*) and Q8_0 activations:
+    per block isum(qw*qx) * (dw*dx), summed in f32 (llama.cpp vec_dot_q*_0_q8_0).
+
+    dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
+    xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
+    """
+    n_tok, n_out = dst.shape
+    nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
+    x_aux_q8_0(xc, xq, _q_bias(kind))
+    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
+    xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    cs = np.int64(nb * AUX_BYTES)
+    pf = np.int64(PREFETCH_BYTES)
+    dp = np.int64(dst.ctypes.data)
+    n_main = n_tok - n_tok % NT  # tokens taken NT at a time; the others one at a time
+    if n_main == 0:
+        tile = ROW_TILE
+    else:
+        tile = max(NR, min(n_out, tile_bytes // max(ws, 1)) // NR * NR)
+    chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
+    for it in prange((n_out + tile - 1) // tile):
+        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        r0, r1 = it * tile, min(it * tile + tile, n_out)
+        for t0 in range(0, n_main, chunk):
+            t1 = min(t0 + chunk, n_main)
+            r = r0
+            while r + NR <= r1:
+                for t in range(t0, t1, NT):
+                    _gemm_legacy(kind, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
+                                 dp + (t * n_out + r) * 4, n_out, pf)
+                r += NR
+            if r < r1:
+                for t in range(t0, t1, NT):
+                    _dot4_legacy(kind, wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4,
+                                 n_out, pf)
+        for t in range(n_main, n_tok):
+            _rows_q_legacy(kind, wp, ws, r0, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _gemm_legacy(kind, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
+    if kind == KIND_Q4_0:
+        gemm_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+    elif kind == KIND_Q8_0:
+        gemm_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+    else:
+        gemm_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _dot4_legacy(kind, wp, xp, xs, cp, cs, nb, dp, ds, pf):
+    if kind == KIND_Q4_0:
+        dot4_q4_0_q8_0(wp, xp, xs, cp, cs, nb, dp, ds, pf)
+    elif kind == KIND_Q8_0:
+        dot4_q8_0_q8_0(wp, xp, xs, cp, cs, nb, dp, ds, pf)
+    else:
+        dot4_q5_0_q8_0(wp, xp, xs, cp, cs, nb, dp, ds, pf)
+
+
+@njit(cache=True, nogil=True)
 def matmul_q8_0(dst, w, xq):
-    """Q8_0 weights x Q8_0 activations: per block isum(qw*qx) * (dw*dx), summed in f32.
-
-    dst: [n_tok, n_out] f32; w: [n_out, n_in/32*34] uint8; xq: [n_tok, n_in/32*34] uint8.
-    """
-    n_tok, n_out = dst.shape
-    nb = np.int64(xq.shape[1] // Q8_0_BYTES)
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
-    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
-    x_aux_q8_0(xc, xq, np.int32(Q8_0_VNNI_BIAS))
-    cs = np.int64(nb * AUX_BYTES)
-    pf = np.int64(PREFETCH_BYTES)
-    dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
-        r0, r1 = it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)
-        for r in range(r0, r1):
-            for t in range(0, n_tok - NT + 1, NT):  # NT tokens per pass over the (L1-resident) weight row
-                dot4_q8_0_q8_0(wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4, n_out,
-                               pf)
-        for t in range(n_tok - n_tok % NT, n_tok):  # the other tokens: two rows per pass
-            r = r0
-            while r + 2 <= r1:
-                dot2_q8_0_q8_0(wp + r * ws, ws, xp + t * xs, cp + t * cs, nb, dp + (t * n_out + r) * 4, pf)
-                r += 2
-            if r < r1:
-                dst[t, r] = dot_q8_0_q8_0(wp + r * ws, xp + t * xs, cp + t * cs, nb, pf)
+    """Q8_0 weights x Q8_0 activations (matmul_q_legacy)."""
+    matmul_q_legacy(dst, w, xq, KIND_Q8_0, TILE_BYTES, CHUNK_BYTES)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_q4_0(dst, w, xq):
-    """Q4_0 weights x Q8_0 activations (llama.cpp vec_dot_q4_0_q8_0).
-
-    dst: [n_tok, n_out] f32; w: [n_out, n_in/32*18] uint8; xq: [n_tok, n_in/32*34] uint8.
-    """
-    n_tok, n_out = dst.shape
-    nb = np.int64(xq.shape[1] // Q8_0_BYTES)
-    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
-    x_aux_q8_0(xc, xq, np.int32(8))
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
-    cs = np.int64(nb * AUX_BYTES)
-    pf = np.int64(PREFETCH_BYTES)
-    dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
-        r0, r1 = it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)
-        for r in range(r0, r1):
-            for t in range(0, n_tok - NT + 1, NT):  # NT tokens per pass over the (L1-resident) weight row
-                dot4_q4_0_q8_0(wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4, n_out,
-                               pf)
-        for t in range(n_tok - n_tok % NT, n_tok):  # the other tokens: two rows per pass
-            r = r0
-            while r + 2 <= r1:
-                dot2_q4_0_q8_0(wp + r * ws, ws, xp + t * xs, cp + t * cs, nb, dp + (t * n_out + r) * 4, pf)
-                r += 2
-            if r < r1:
-                dst[t, r] = dot_q4_0_q8_0(wp + r * ws, xp + t * xs, cp + t * cs, nb, pf)
+    """Q4_0 weights x Q8_0 activations (matmul_q_legacy)."""
+    matmul_q_legacy(dst, w, xq, KIND_Q4_0, TILE_BYTES, CHUNK_BYTES)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_q5_0(dst, w, xq):
-    """Q5_0 weights x Q8_0 activations (llama.cpp vec_dot_q5_0_q8_0).
-
-    dst: [n_tok, n_out] f32; w: [n_out, n_in/32*22] uint8; xq: [n_tok, n_in/32*34] uint8.
-    """
-    n_tok, n_out = dst.shape
-    nb = np.int64(xq.shape[1] // Q8_0_BYTES)
-    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
-    x_aux_q8_0(xc, xq, np.int32(16))
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
-    cs = np.int64(nb * AUX_BYTES)
-    pf = np.int64(PREFETCH_BYTES)
-    dp = np.int64(dst.ctypes.data)  # dst is C-contiguous (checked by ops.matmul)
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
-        r0, r1 = it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)
-        for r in range(r0, r1):
-            for t in range(0, n_tok - NT + 1, NT):  # NT tokens per pass over the (L1-resident) weight row
-                dot4_q5_0_q8_0(wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4, n_out,
-                               pf)
-        for t in range(n_tok - n_tok % NT, n_tok):  # the other tokens: two rows per pass
-            r = r0
-            while r + 2 <= r1:
-                dot2_q5_0_q8_0(wp + r * ws, ws, xp + t * xs, cp + t * cs, nb, dp + (t * n_out + r) * 4, pf)
-                r += 2
-            if r < r1:
-                dst[t, r] = dot_q5_0_q8_0(wp + r * ws, xp + t * xs, cp + t * cs, nb, pf)
+    """Q5_0 weights x Q8_0 activations (matmul_q_legacy)."""
+    matmul_q_legacy(dst, w, xq, KIND_Q5_0, TILE_BYTES, CHUNK_BYTES)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -295,8 +294,6 @@ def matmul_f32(dst, w, x):
 # ------------------------------------------------------------------------- grouped matmul
 # ggml's mul_mat_id for one activation row per group: MoE experts of a decoded token, MLA's per-head
 # W_UK / W_UV. One parallel launch for every group instead of one call per group.
-
-KIND_Q8_0, KIND_Q4_0, KIND_Q5_0, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3, 4, 5
 
 
 @njit(cache=True, nogil=True)

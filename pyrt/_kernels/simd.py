@@ -234,20 +234,23 @@ def _idot(builder, w, x, corr, bias, mode):
     return s if not bias else builder.add(s, corr())
 
 
-def _block_step(builder, dw, wq, bias, xb, cb, acc, mode):
-    """acc += (dw*dx) * isum(w*x) for one Q8_0 activation block at address xb (lane-wise).
-
-    cb: address of the block's AUX_WORDS precomputed words (bias lanes, dx).
-    """
+def _block_fma(builder, dw, wq, bias, xq, corr, dxv, acc, mode):
+    """acc += (dw*dx) * isum(w*x) for one block (lane-wise); xq the activation quants, dxv dx as 8 lanes,
+    corr a callable loading the block's bias lanes (see _idot)."""
     v8f = _vec(_F32, 8)
-    # dx comes pre-broadcast from memory: dw*dx is one vector multiply with a memory operand
-    # (a scalar product + broadcast would cost two uops per block and token)
-    dxv = _load(builder, _addr(builder, cb, 32), v8f)
-    xq = _load(builder, _addr(builder, xb, 2), _vec(_I8, 32))
-    s32 = _idot(builder, wq, xq, lambda: _load(builder, cb, _vec(_I32, 8)), bias, mode)
+    s32 = _idot(builder, wq, xq, corr, bias, mode)
     dv = builder.fmul(dw, dxv)
     prod = builder.fmul(dv, builder.sitofp(s32, v8f), flags=("contract",))
     builder.store(builder.fadd(builder.load(acc), prod, flags=("contract",)), acc)
+
+
+def _block_step(builder, dw, wq, bias, xb, cb, acc, mode):
+    """_block_fma for the Q8_0 activation block at address xb and its AUX_WORDS aux words at cb."""
+    # dx comes pre-broadcast from memory: dw*dx is one vector multiply with a memory operand
+    # (a scalar product + broadcast would cost two uops per block and token)
+    dxv = _load(builder, _addr(builder, cb, 32), _vec(_F32, 8))
+    xq = _load(builder, _addr(builder, xb, 2), _vec(_I8, 32))
+    _block_fma(builder, dw, wq, bias, xq, lambda: _load(builder, cb, _vec(_I32, 8)), dxv, acc, mode)
 
 
 # Software prefetch of the weight stream, PREFETCH_BYTES ahead (`pf`, a runtime argument of the
@@ -342,98 +345,112 @@ def _make_row_dot(unpack, w_bytes, mode):
     return typer
 
 
-def _row_dot2_codegen(unpack, w_bytes, mode):
-    """codegen: two weight rows (wp, wp + ws) against one activation row; f32 results at dp, dp + 4.
+def _tile_codegen(unpack, w_bytes, mode, R, T):
+    """codegen core: R weight rows (wp + i*ws) against T Q8_0 activation rows (xp + t*xs, aux words at
+    cp + t*cs); the f32 result of row i and token t is stored at dp + (t*ds + i)*4.
 
-    Each row's arithmetic is exactly that of the one-row dot; the pair shares the activation and
-    aux loads (load ports are the limit of the one-token dot).
+    Each (row, token) pair's arithmetic is exactly that of the one-row, one-token dot, so results do not
+    depend on how rows and tokens are grouped. A block's weights are unpacked once for the T tokens and a
+    token's activation block and aux words are loaded once for the R rows: the prompt-path matmuls are
+    bound by those loads (L1/L2 traffic), not by the integer dots. R*T*NACC accumulators stay in
+    registers up to 16 (32 vector registers with AVX-512VL).
     """
 
-    def codegen(context, builder, signature, args):
-        wp, ws, xp, cp, nb, dp, pf = args
+    def codegen(builder, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
         v8f = _vec(_F32, 8)
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
-                for _ in range(2)]
-        wps = [wp, builder.add(wp, ws)]
+        accs = [[[cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
+                 for _ in range(T)] for _ in range(R)]
+        wps = [builder.add(wp, builder.mul(ws, ir.Constant(_I64, i))) for i in range(R)]
+        xts = [builder.add(xp, builder.mul(xs, ir.Constant(_I64, t))) for t in range(T)]
+        cts = [builder.add(cp, builder.mul(cs, ir.Constant(_I64, t))) for t in range(T)]
 
-        def blocks(b0, n, k0):
-            xb0 = builder.add(xp, builder.mul(b0, ir.Constant(_I64, 34)))
-            cb0 = builder.add(cp, builder.mul(b0, ir.Constant(_I64, AUX_BYTES)))
+        def blocks(b0, n):
             wbs = [builder.add(w, builder.mul(b0, ir.Constant(_I64, w_bytes))) for w in wps]
             if n == NACC:
                 for wb in wbs:
-                    _prefetch(builder, wb, pf)
+                    _prefetch(builder, wb, pf)  # the hardware prefetchers alone leave DRAM bandwidth unused
+            xo = builder.mul(b0, ir.Constant(_I64, 34))
+            co = builder.mul(b0, ir.Constant(_I64, AUX_BYTES))
             for k in range(n):
-                for i in range(2):
-                    dw, wq, bias = unpack(builder, _addr(builder, wbs[i], k * w_bytes))
-                    _block_step(builder, _bcast8(builder, dw), wq, bias, _addr(builder, xb0, 34 * k),
-                                _addr(builder, cb0, AUX_BYTES * k), accs[i][k0 + k], mode)
+                ws_ = [unpack(builder, _addr(builder, wb, k * w_bytes)) for wb in wbs]
+                ws_ = [(_bcast8(builder, dw), wq, bias) for dw, wq, bias in ws_]
+                for t in range(T):
+                    cb = _addr(builder, builder.add(cts[t], co), AUX_BYTES * k)
+                    dxv = _load(builder, _addr(builder, cb, 32), v8f)
+                    xq = _load(builder, _addr(builder, builder.add(xts[t], xo), 34 * k + 2), _vec(_I8, 32))
+                    for i, (dw, wq, bias) in enumerate(ws_):
+                        _block_fma(builder, dw, wq, bias, xq, lambda cb=cb: _load(builder, cb, _vec(_I32, 8)),
+                                   dxv, accs[i][t][k], mode)
 
         nit = builder.udiv(nb, ir.Constant(_I64, NACC))
         with cgutils.for_range(builder, nit) as loop:
-            blocks(builder.mul(loop.index, ir.Constant(_I64, NACC)), NACC, 0)
+            blocks(builder.mul(loop.index, ir.Constant(_I64, NACC)), NACC)
         tail0 = builder.mul(nit, ir.Constant(_I64, NACC))
         with cgutils.for_range(builder, builder.sub(nb, tail0)) as loop:
-            blocks(builder.add(tail0, loop.index), 1, 0)
-        for i in range(2):
-            p = builder.inttoptr(builder.add(dp, ir.Constant(_I64, 4 * i)), ir.PointerType(_F32))
-            builder.store(_acc_total(builder, accs[i]), p, align=4)
-        return context.get_dummy_value()
+            blocks(builder.add(tail0, loop.index), 1)
+        for i in range(R):
+            for t in range(T):
+                off = builder.add(builder.mul(ds, ir.Constant(_I64, 4 * t)), ir.Constant(_I64, 4 * i))
+                p = builder.inttoptr(builder.add(dp, off), ir.PointerType(_F32))
+                builder.store(_acc_total(builder, accs[i][t]), p, align=4)
 
     return codegen
 
 
+def _tile_lowering(unpack, w_bytes, mode, R, T, params):
+    """Lowering of a tile intrinsic whose arguments are `params` (names of _tile_codegen's arguments;
+    the others are 0: ws for one row, xs/cs for one token, ds for one token)."""
+    core = _tile_codegen(unpack, w_bytes, mode, R, T)
+    names = ("wp", "ws", "xp", "xs", "cp", "cs", "nb", "dp", "ds", "pf")
+
+    def cg(context, builder, signature, args):
+        given = dict(zip(params, args))
+        core(builder, *[given.get(n, ir.Constant(_I64, 0)) for n in names])
+        return context.get_dummy_value()
+
+    return cg
+
+
+def _ints(*args):
+    return all(isinstance(a, types.Integer) for a in args)
+
+
+NT = 4  # tokens per call of the dot4_* and gemm_* intrinsics
+NR = 2  # weight rows per call of the dot2_* and gemm_* intrinsics
+_DOT2_ARGS = ("wp", "ws", "xp", "cp", "nb", "dp", "pf")
+_DOT4_ARGS = ("wp", "xp", "xs", "cp", "cs", "nb", "dp", "ds", "pf")
+_GEMM_ARGS = ("wp", "ws", "xp", "xs", "cp", "cs", "nb", "dp", "ds", "pf")
+
+
 def _make_row_dot2(unpack, w_bytes, mode):
-    cg = _row_dot2_codegen(unpack, w_bytes, mode)
+    cg = _tile_lowering(unpack, w_bytes, mode, NR, 1, _DOT2_ARGS)
 
     def typer(typingctx, wp, ws, xp, cp, nb, dp, pf):
-        if not all(isinstance(a, types.Integer) for a in (wp, ws, xp, cp, nb, dp, pf)):
+        if not _ints(wp, ws, xp, cp, nb, dp, pf):
             return None
         return types.none(*([types.int64] * 7)), cg
 
     return typer
 
 
-NT = 4  # tokens per call of the dot4_* intrinsics
-
-
-def _row_dot4_codegen(unpack, w_bytes, mode):
-    """codegen: one weight row against NT activation rows (xp + t*xs), results stored as f32 at dp + t*ds.
-
-    The weight block is unpacked once per NT tokens; each token's arithmetic is exactly that of
-    the one-token dot, so results do not depend on how tokens are grouped.
-    """
-
-    def codegen(context, builder, signature, args):
-        wp, xp, xs, cp, cs, nb, dp, ds, pf = args
-        v8f = _vec(_F32, 8)
-        accs = [[cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
-                for _ in range(NT)]
-
-        def step(b, dw, wq, bias, k):
-            xb = builder.add(xp, builder.mul(b, ir.Constant(_I64, 34)))
-            cb = builder.add(cp, builder.mul(b, ir.Constant(_I64, AUX_BYTES)))
-            for t in range(NT):
-                xbt = builder.add(xb, builder.mul(xs, ir.Constant(_I64, t)))
-                cbt = builder.add(cb, builder.mul(cs, ir.Constant(_I64, t)))
-                _block_step(builder, dw, wq, bias, xbt, cbt, accs[t][k], mode)
-
-        _blocks_loop(builder, unpack, w_bytes, wp, nb, pf, step)
-        for t in range(NT):
-            p = builder.inttoptr(builder.add(dp, builder.mul(ds, ir.Constant(_I64, 4 * t))), ir.PointerType(_F32))
-            builder.store(_acc_total(builder, accs[t]), p, align=4)
-        return context.get_dummy_value()
-
-    return codegen
-
-
 def _make_row_dot4(unpack, w_bytes, mode):
-    cg = _row_dot4_codegen(unpack, w_bytes, mode)
+    cg = _tile_lowering(unpack, w_bytes, mode, 1, NT, _DOT4_ARGS)
 
     def typer(typingctx, wp, xp, xs, cp, cs, nb, dp, ds, pf):
-        if not all(isinstance(a, types.Integer) for a in (wp, xp, xs, cp, cs, nb, dp, ds, pf)):
+        if not _ints(wp, xp, xs, cp, cs, nb, dp, ds, pf):
             return None
         return types.none(*([types.int64] * 9)), cg
+
+    return typer
+
+
+def _make_gemm(unpack, w_bytes, mode):
+    cg = _tile_lowering(unpack, w_bytes, mode, NR, NT, _GEMM_ARGS)
+
+    def typer(typingctx, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
+        if not _ints(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
+            return None
+        return types.none(*([types.int64] * 10)), cg
 
     return typer
 
@@ -454,6 +471,9 @@ dot2_q5_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q5_0, 22, DOT_MODE))
 dot4_q8_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q8_0, 34, DOT_MODE))
 dot4_q4_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q4_0, 18, DOT_MODE))
 dot4_q5_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q5_0, 22, DOT_MODE))
+gemm_q8_0_q8_0 = intrinsic(_make_gemm(_unpack_q8_0, 34, DOT_MODE))
+gemm_q4_0_q8_0 = intrinsic(_make_gemm(_unpack_q4_0, 18, DOT_MODE))
+gemm_q5_0_q8_0 = intrinsic(_make_gemm(_unpack_q5_0, 22, DOT_MODE))
 # portable variants (tests): the generic IR, and the AVX2 path where the target has AVX2
 dot_q8_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q8_0, 34, "generic"))
 dot_q4_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q4_0, 18, "generic"))

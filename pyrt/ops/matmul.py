@@ -20,16 +20,17 @@ from ..formats.qtypes import DOT_TYPES, QType, get_qtype
 # `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the MoE expert
 # shapes 1408x2048 / 2048x1408). The crossover depends on the CPU: on the Intel Xeon (AVX-512) dev
 # machine legacy 36-44 tokens, float types 20-24, k-quants > 128 (their dequantizers are serial scalar
-# code; re-measure when they change); on an AMD EPYC (Zen 4, AVX-512 VNNI) the integer dots win longer:
-# Q4_0 64-96, Q8_0 ~64, Q5_0 ~48 (there a 48-token expert matmul runs 20% faster on the dot path;
-# the DeepSeek-V2-Lite-shaped Q4_0 512-token prompt, whose experts get ~48 tokens each, runs at
-# 25.5 / 26.9 / 29.0 / 29.3 t/s with a Q4_0 threshold of 40 / 64 / 96 / 128).
+# code; re-measure when they change). Those legacy numbers predate the cache-blocked 2-row x 4-token
+# gemm of quants_legacy.matmul_q_legacy. On an AMD EPYC (Zen 4, AVX-512 VNNI) that gemm runs at
+# 180-200 GFLOP/s (2 threads) from 4 to 512 tokens, above the dequantize + sgemm path at every size
+# (512 tokens: ~160), so there the legacy quants never take the BLAS path.
+NEVER = 1 << 62
 BLAS_MIN_TOKENS_INTEL = {
     "F32": 24, "F16": 24, "BF16": 20,
     "Q8_0": 40, "Q4_0": 40, "Q5_0": 36,
     "Q4_K": 128, "Q5_K": 128, "Q6_K": 128,
 }
-BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=64, Q4_0=96, Q5_0=48)
+BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=NEVER)
 
 
 def cpuinfo_field(key: str) -> str:
