@@ -260,7 +260,7 @@ def test_cache_blocked_gemm_any_blocking(t):
     _, x, raw = _case(t, n_tok=23, n_out=37)
     xq = mm._quantize_activations(x, get_qtype(t)).copy()
     one = np.stack([mm.matmul(x[i:i + 1].copy(), raw, t, path="dot")[0] for i in range(23)])
-    rb, tb = raw.shape[1], xq.shape[1] // 34 * (34 + 4 * 16)
+    rb, tb = raw.shape[1], xq.shape[1] // 34 * (34 + ql.AUX_BYTES)
     for tile_bytes, chunk_bytes in [(ql.TILE_BYTES, ql.CHUNK_BYTES), (1, 1), (3 * rb, 2 * tb), (5 * rb, 9 * tb),
                                     (100 * rb, 4 * tb)]:
         out = np.full((23, 37), np.nan, np.float32)

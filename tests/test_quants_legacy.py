@@ -115,36 +115,49 @@ def test_quantize_q8_0_close_to_ref():
 
 @njit(cache=False)
 def _dots(kind, w, x, xc, nb):
-    """[host-selected, portable IR, AVX2 (or portable)] dots of one weight row with one activation row."""
-    out = np.empty((3,), np.float32)
-    wp, xp, cp = np.int64(w.ctypes.data), np.int64(x.ctypes.data), np.int64(xc.ctypes.data)
+    """Dots of weight row 0 with one activation row: [host-selected, portable IR, AVX2 (or portable)] one-row
+    dots, then the 8-row tiles (rows 0..7, stride ws) in the same three modes: [3 + 8*m + j]."""
+    out = np.empty((27,), np.float32)
+    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
+    xp, cp = np.int64(x.ctypes.data), np.int64(xc.ctypes.data)
+    dp = np.int64(out.ctypes.data)
     pf = np.int64(2048)
     if kind == 0:
         out[0] = simd.dot_q8_0_q8_0(wp, xp, cp, nb, pf)
         out[1] = simd.dot_q8_0_q8_0_generic(wp, xp, cp, nb, pf)
         out[2] = simd.dot_q8_0_q8_0_avx2(wp, xp, cp, nb, pf)
+        simd.rows8_q8_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
+        simd.rows8_q8_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
+        simd.rows8_q8_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
     elif kind == 1:
         out[0] = simd.dot_q4_0_q8_0(wp, xp, cp, nb, pf)
         out[1] = simd.dot_q4_0_q8_0_generic(wp, xp, cp, nb, pf)
         out[2] = simd.dot_q4_0_q8_0_avx2(wp, xp, cp, nb, pf)
+        simd.rows8_q4_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
+        simd.rows8_q4_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
+        simd.rows8_q4_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
     else:
         out[0] = simd.dot_q5_0_q8_0(wp, xp, cp, nb, pf)
         out[1] = simd.dot_q5_0_q8_0_generic(wp, xp, cp, nb, pf)
         out[2] = simd.dot_q5_0_q8_0_avx2(wp, xp, cp, nb, pf)
+        simd.rows8_q5_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
+        simd.rows8_q5_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
+        simd.rows8_q5_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
     return out
 
 
 @pytest.mark.parametrize("kind,t", [(0, T.Q8_0), (1, T.Q4_0), (2, T.Q5_0)])
 def test_block_dot_host_and_portable(kind, t):
-    """VNNI / AVX2 / portable block dots compute the same exact integer lanes: identical bits."""
+    """VNNI / AVX2 / portable block dots, one row at a time or 8 rows transposed, compute the same exact
+    integer block sums and the same f32 arithmetic on them: identical bits everywhere."""
     rng = np.random.default_rng(5 + kind)
-    for n in (32 * 37, 32 * 20, 32):  # odd and even block counts (2-way accumulator unroll + tail)
-        w = quantize(rng.standard_normal((1, n)).astype(np.float32), t).view(np.uint8).reshape(-1)
+    for n in (32 * 37, 32 * 20, 32):  # odd and even block counts (2-block unroll + tail)
+        w = quantize(rng.standard_normal((8, n)).astype(np.float32), t).view(np.uint8).reshape(8, -1)
         if t == T.Q8_0:
-            w.reshape(-1, 34)[0, 2:6] = [0x80, 0x81, 0x7F, 0]  # -128 (not produced by the quantizer), -127, 127, 0
+            w.reshape(8, -1, 34)[:, 0, 2:6] = [0x80, 0x81, 0x7F, 0]  # -128 (not produced by the quantizer), -127, 127, 0
         if t == T.Q5_0:  # all-ones / alternating high bits in a few blocks
-            w.reshape(-1, 22)[0, 2:6] = 0xFF
-            w.reshape(-1, 22)[-1, 2:6] = [0xA5, 0x5A, 0x0F, 0xF0]
+            w.reshape(8, -1, 22)[:, 0, 2:6] = 0xFF
+            w.reshape(8, -1, 22)[:, -1, 2:6] = [0xA5, 0x5A, 0x0F, 0xF0]
         xq = _quantize_q8_0(rng.standard_normal((1, n)).astype(np.float32)).reshape(-1)
         # extreme activations: +-127 everywhere (maddubs saturation would show up here)
         xq_ext = xq.copy().reshape(-1, 34)
@@ -152,12 +165,19 @@ def test_block_dot_host_and_portable(kind, t):
         for x in (xq, xq_ext.reshape(-1)):
             xc = np.empty((1, n // 32, simd.AUX_WORDS), np.int32)
             ql.x_aux_q8_0(xc, x.reshape(1, -1), np.int32({0: simd.Q8_0_VNNI_BIAS, 1: 8, 2: 16}[kind]))
-            wd = dequantize(w, t).astype(np.float64)
-            ref = (wd * dequantize(x, T.Q8_0).astype(np.float64)).sum()
-            mag = np.abs(wd * dequantize(x, T.Q8_0)).sum()
+            wd = dequantize(w, t).reshape(8, n).astype(np.float64)
+            xd = dequantize(x, T.Q8_0).astype(np.float64)
+            ref = wd @ xd
+            mag = np.abs(wd) @ np.abs(xd)
             res = _dots(kind, w, x, xc, np.int64(n // 32))
-            assert abs(res[0] - ref) <= 1e-5 * mag
-            assert res[0] == res[1] == res[2], res
+            assert abs(res[0] - ref[0]) <= 1e-5 * mag[0]
+            assert res[0] == res[1] == res[2], res[:3]
+            tiles = res[3:].reshape(3, 8)
+            assert np.all(np.abs(tiles[0] - ref) <= 1e-5 * mag)
+            assert tiles[0, 0] == res[0]
+            one = [_dots(kind, np.ascontiguousarray(w[j:]), x, xc, np.int64(n // 32))[0] for j in range(1, 8)]
+            assert _bits_equal(tiles[0, 1:], np.float32(one))
+            assert _bits_equal(tiles[0], tiles[1]) and _bits_equal(tiles[0], tiles[2])
 
 
 @njit(cache=False)
@@ -204,9 +224,9 @@ def test_x_aux_q8_0():
     ql.x_aux_q8_0(xc, xq, np.int32(16))
     blocks = xq.reshape(3, 8, 34)
     q = blocks[..., 2:].view(np.int8).astype(np.int32)
-    assert np.array_equal(xc[..., :8], -16 * q.reshape(3, 8, 8, 4).sum(-1))
+    assert np.array_equal(xc[..., 0], -16 * q.sum(-1))
     dx = blocks[..., :2].copy().view(np.float16).astype(np.float32)  # [3, 8, 1]
-    assert _bits_equal(xc[..., 8:].copy().view(np.float32), np.broadcast_to(dx, (3, 8, 8)).copy())
+    assert _bits_equal(xc[..., 1:].copy().view(np.float32), dx)
 
 
 # -------------------------------------------------------------------------------- registry

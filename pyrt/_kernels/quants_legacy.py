@@ -10,9 +10,9 @@ from numba import njit, prange
 
 from .act import _swiglu_row
 from .config import FASTMATH
-from .simd import AUX_BYTES, AUX_WORDS, NR, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS
-from .simd import dot2_q4_0_q8_0, dot2_q5_0_q8_0, dot2_q8_0_q8_0, dot4_q4_0_q8_0, dot4_q5_0_q8_0, dot4_q8_0_q8_0
-from .simd import gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
+from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS, ROWS
+from .simd import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
+from .simd import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
 from .simd import (dequant_row_f16, dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_bf16_bf16,
                    dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f16_to_f32, f32_to_f16)
 
@@ -20,7 +20,7 @@ QK = 32               # elements per legacy block
 Q8_0_BYTES = 34       # f16 d + int8 qs[32]
 Q4_0_BYTES = 18       # f16 d + u8 qs[16]
 Q5_0_BYTES = 22       # f16 d + u32 qh + u8 qs[16]
-ROW_TILE = 4          # output rows per parallel work item of the matmuls
+ROW_TILE = 16         # output rows per parallel work item of the one-token matmuls (a multiple of ROWS)
 # weight kinds of the kernels that take one (matmul_q_legacy, matmul_id_legacy, the fused MoE decode)
 KIND_Q8_0, KIND_Q4_0, KIND_Q5_0, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3, 4, 5
 
@@ -137,28 +137,27 @@ def quantize_rows_q8_0(dst, src):
 def x_aux_q8_0(dst, xq, bias):
     """Per activation block, the words the block dots read besides the quants (simd.AUX_WORDS).
 
-    dst[t, b, j] = -bias * sum(qs[4j:4j+4]) for j < 8: the bias term of weights stored as q + bias,
-    which does not depend on the weight row, in the dots' lane layout; dst[t, b, 8:16] = dx as f32 bits.
-    dst: [n_tok, nb, 16] int32; xq: [n_tok, nb*34] uint8 (block_q8_0); bias: Q4_0 8, Q5_0 16, Q8_0 128.
+    dst[t, b, 0] = -bias * sum(qs): the bias term of weights stored as q + bias, which does not depend
+    on the weight row; dst[t, b, 1] = dx as f32 bits.
+    dst: [n_tok, nb, 2] int32; xq: [n_tok, nb*34] uint8 (block_q8_0); bias: Q4_0 8, Q5_0 16, Q8_0 128.
     """
     n_tok, nb = dst.shape[0], dst.shape[1]
     for t in range(n_tok):
         qs = xq[t].view(np.int8)
-        dxf = dst[t, :, 8:].view(np.float32)
+        dxf = dst[t].view(np.float32)
         for b in range(nb):
             o = b * Q8_0_BYTES
-            dxf[b, :] = f16_to_f32(np.uint16(xq[t, o]) | (np.uint16(xq[t, o + 1]) << np.uint16(8)))
-            for j in range(8):
-                s = (np.int32(qs[o + 2 + 4 * j]) + np.int32(qs[o + 3 + 4 * j])
-                     + np.int32(qs[o + 4 + 4 * j]) + np.int32(qs[o + 5 + 4 * j]))
-                dst[t, b, j] = -bias * s
+            dxf[b, 1] = f16_to_f32(np.uint16(xq[t, o]) | (np.uint16(xq[t, o + 1]) << np.uint16(8)))
+            s = np.int32(0)
+            for j in range(QK):
+                s += np.int32(qs[o + 2 + j])
+            dst[t, b, 0] = -bias * s
 
 
 # Prompt-sized batches run in cache blocks: a work item is a tile of output rows (about TILE_BYTES of
 # weights, reused from L2 for every token chunk) and walks the tokens in chunks whose activations
-# (quants + aux words, about CHUNK_BYTES) stay in L2 while every row pair of the tile passes over them;
-# the gemm_* intrinsics then multiply NR rows x NT tokens per pass. Before, each row streamed all the
-# tokens' activations from L3 (3.2 MB for a 512-token, 2048-wide prompt) and the dots waited on loads.
+# (quants + aux words, about CHUNK_BYTES) stay in L2 while every 8-row group of the tile passes over
+# them; the gemm_* intrinsics then multiply ROWS rows x NT tokens per pass.
 TILE_BYTES = 48 << 10
 CHUNK_BYTES = 128 << 10
 
@@ -166,63 +165,68 @@ CHUNK_BYTES = 128 << 10
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind: KIND_*) and Q8_0 activations:
-    per block isum(qw*qx) * (dw*dx), summed in f32 (llama.cpp vec_dot_q*_0_q8_0).
+    per block the exact isum(qw*qx), times dw*dx, accumulated in f32 (simd's block dots).
 
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
-    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 16] i32 aux words
+    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 2] i32 aux words
     x_aux_q8_0(xc, xq, _q_bias(kind))
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     cs = np.int64(nb * AUX_BYTES)
     pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)
-    n_main = n_tok - n_tok % NT  # tokens taken NT at a time; the others one at a time
-    if n_main == 0:
+    if n_tok < 4:  # one-token dots: small tiles spread the weight stream over the threads
         tile = ROW_TILE
     else:
-        tile = max(NR, min(n_out, tile_bytes // max(ws, 1)) // NR * NR)
+        tile = max(ROWS, min(n_out, tile_bytes // max(ws, 1)) // ROWS * ROWS)
     chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
     for it in prange((n_out + tile - 1) // tile):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
         r0, r1 = it * tile, min(it * tile + tile, n_out)
-        for t0 in range(0, n_main, chunk):
-            t1 = min(t0 + chunk, n_main)
+        for t0 in range(0, n_tok, chunk):
+            t1 = min(t0 + chunk, n_tok)
             r = r0
-            while r + NR <= r1:
-                for t in range(t0, t1, NT):
-                    _gemm_legacy(kind, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
+            while r + ROWS <= r1:
+                t = t0
+                while t < t1:  # NT tokens per pass, then 4, then one
+                    n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
+                    _tile_legacy(kind, n, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
                                  dp + (t * n_out + r) * 4, n_out, pf)
-                r += NR
-            if r < r1:
-                for t in range(t0, t1, NT):
-                    _dot4_legacy(kind, wp + r * ws, xp + t * xs, xs, cp + t * cs, cs, nb, dp + (t * n_out + r) * 4,
-                                 n_out, pf)
-        for t in range(n_main, n_tok):
-            _rows_q_legacy(kind, wp, ws, r0, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
+                    t += n
+                r += ROWS
+            if r < r1:  # the last rows of the matrix, one by one
+                for t in range(t0, t1):
+                    _rows_q_legacy(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _gemm_legacy(kind, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
+def _tile_legacy(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
+    """ROWS rows x n tokens (NT, 4 or 1) of kind KIND_Q8_0/Q4_0/Q5_0 (simd gemm_*, gemm4_*, rows8_*)."""
     if kind == KIND_Q4_0:
-        gemm_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        if n == NT:
+            gemm_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == 4:
+            gemm4_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        else:
+            rows8_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
     elif kind == KIND_Q8_0:
-        gemm_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        if n == NT:
+            gemm_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == 4:
+            gemm4_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        else:
+            rows8_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
     else:
-        gemm_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _dot4_legacy(kind, wp, xp, xs, cp, cs, nb, dp, ds, pf):
-    if kind == KIND_Q4_0:
-        dot4_q4_0_q8_0(wp, xp, xs, cp, cs, nb, dp, ds, pf)
-    elif kind == KIND_Q8_0:
-        dot4_q8_0_q8_0(wp, xp, xs, cp, cs, nb, dp, ds, pf)
-    else:
-        dot4_q5_0_q8_0(wp, xp, xs, cp, cs, nb, dp, ds, pf)
+        if n == NT:
+            gemm_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == 4:
+            gemm4_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        else:
+            rows8_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
 
 
 @njit(cache=True, nogil=True)
@@ -359,25 +363,21 @@ def _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
 
     kind: KIND_Q8_0/Q4_0/Q5_0; wg: address of the block's row 0, ws its row stride; xg, cp: addresses of
     the activation row and of its aux words (x_aux_q8_0 with the kind's bias); nb: blocks per row;
-    dst: [>= r1] f32 (C-contiguous); pf: prefetch distance in bytes. Two rows per pass.
+    dst: [>= r1] f32 (C-contiguous); pf: prefetch distance in bytes. ROWS rows per pass, then one by one.
     """
     dp = np.int64(dst.ctypes.data)
     r = r0
-    while r + 2 <= r1:
-        if kind == KIND_Q4_0:
-            dot2_q4_0_q8_0(wg + r * ws, ws, xg, cp, nb, dp + r * 4, pf)
-        elif kind == KIND_Q8_0:
-            dot2_q8_0_q8_0(wg + r * ws, ws, xg, cp, nb, dp + r * 4, pf)
-        else:
-            dot2_q5_0_q8_0(wg + r * ws, ws, xg, cp, nb, dp + r * 4, pf)
-        r += 2
-    if r < r1:
+    while r + ROWS <= r1:
+        _tile_legacy(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nb, dp + r * 4, 0, pf)
+        r += ROWS
+    while r < r1:
         if kind == KIND_Q4_0:
             dst[r] = dot_q4_0_q8_0(wg + r * ws, xg, cp, nb, pf)
         elif kind == KIND_Q8_0:
             dst[r] = dot_q8_0_q8_0(wg + r * ws, xg, cp, nb, pf)
         else:
             dst[r] = dot_q5_0_q8_0(wg + r * ws, xg, cp, nb, pf)
+        r += 1
 
 
 # ---------------------------------------------------------------------- fused MoE decode
@@ -436,11 +436,17 @@ def _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale):
             wsel[k] = wsel[k] * np.float32(w_scale)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile_rows(base, row_bytes):
+    """Rows of a tile of row_bytes-byte rows: ROW_TILE rows' worth of base-byte rows, a multiple of ROWS."""
+    return max(ROWS, (ROW_TILE * base + row_bytes // 2) // row_bytes // ROWS * ROWS)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _tile_table(rows, row_bytes):
     """(group, first row, end row) of the tiles of groups of rows[g] rows of row_bytes[g] bytes each.
 
-    A tile holds ROW_TILE rows of the narrowest group and as many bytes in the others, so that the
+    A tile holds ROW_TILE rows of the narrowest group and about as many bytes in the others, so that the
     parallel loop's equal split of tiles between threads is an equal split of the weight bytes.
     rows, row_bytes: [n_group] int64.
     """
@@ -449,14 +455,14 @@ def _tile_table(rows, row_bytes):
         base = min(base, row_bytes[g])
     n = 0
     for g in range(rows.shape[0]):
-        rpt = max(2, (ROW_TILE * base + row_bytes[g] // 2) // row_bytes[g])
+        rpt = _tile_rows(base, row_bytes[g])
         n += (rows[g] + rpt - 1) // rpt
     tg = np.empty(n, np.int64)
     tr = np.empty(n, np.int64)
     te = np.empty(n, np.int64)
     i = 0
     for g in range(rows.shape[0]):
-        rpt = max(2, (ROW_TILE * base + row_bytes[g] // 2) // row_bytes[g])
+        rpt = _tile_rows(base, row_bytes[g])
         for r0 in range(0, rows[g], rpt):
             tg[i] = g
             tr[i] = r0
@@ -490,7 +496,7 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     nbx = n_embd // QK
     xq = np.empty((1, nbx * Q8_0_BYTES), np.uint8)           # [1, nbx*34] block_q8_0
     quantize_rows_q8_0(xq, x.reshape(1, n_embd))
-    xc = np.empty((3, nbx, AUX_WORDS), np.int32)              # [3, nbx, 16] aux (exps, shexp, router)
+    xc = np.empty((3, nbx, AUX_WORDS), np.int32)              # [3, nbx, 2] aux (exps, shexp, router)
     x_aux_q8_0(xc[0:1], xq, _q_bias(kinds[0]))
     x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
     if kinds[4] <= KIND_Q5_0:
@@ -498,13 +504,13 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     # router logits (as the router's own matmul would give them) and the selection
     logits = np.empty(n_expert, np.float32)      # [n_expert] f32
     gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
-    for it in prange((n_expert + 1) // 2):
-        e0 = 2 * it
+    for it in prange((n_expert + ROWS - 1) // ROWS):
+        e0 = ROWS * it
         if kinds[4] <= KIND_Q5_0:
-            _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + 2, n_expert), np.int64(xq.ctypes.data),
+            _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + ROWS, n_expert), np.int64(xq.ctypes.data),
                            np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), logits, pf)
         else:
-            for e in range(e0, min(e0 + 2, n_expert)):
+            for e in range(e0, min(e0 + ROWS, n_expert)):
                 logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
     probs = np.empty(n_expert, np.float32)
     _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)

@@ -195,62 +195,94 @@ _unpack_q5_0_generic = _make_unpack_q5_0(False)
 
 
 # ------------------------------------------------------------------ block integer dots
-# Every mode returns the same <8 x i32>: lane j = sum_k<4 (w[4j+k]-bias)*x[4j+k], exact integers,
-# so all modes give bit-identical dots. The term -bias*sum(x) does not depend on the weight row:
-# the matmul precomputes it once per activation block as 8 lanes (AUX_WORDS i32 per block, see
-# quants_legacy.x_aux_q8_0, which also holds dx as 8 f32) and the dot adds it instead of multiplying
-# again. With VNNI, signed Q8_0 weights use it too: w + 128 = w ^ 0x80 is unsigned, bias 128.
-AUX_WORDS = 16     # per activation block (one cache line): 8 i32 bias lanes, then dx as 8 f32
+# A legacy weight block times a Q8_0 activation block is an exact integer S = sum_j (w_j - bias) * x_j,
+# then acc = fma(dw*dx, S, acc) in f32, block after block. Every kernel does exactly this per (row,
+# token): the 8-row tiles of one or NT tokens and the one-row dot for leftover rows, in every SIMD
+# mode (the integer sums are exact whatever the instructions), so a result does not depend on how rows
+# and tokens are grouped, on the thread count or on the host CPU.
+# The 8-row tile keeps lane j of every vector for weight row j: the 8 rows' unpacked blocks are
+# transposed in registers (vector k holds dword k, i.e. quants 4k..4k+3, of each row), each is
+# multiplied with dword k of the activation block broadcast to all lanes, and one convert, one
+# multiply and one fma per token and block then serve 8 rows (the row-per-vector layout needs those
+# three per row and block, and they, not the integer dots, were the limit of the prompt matmuls).
+# The term -bias*sum(x) does not depend on the weight row: x_aux_q8_0 precomputes it once per
+# activation block (AUX_WORDS per block: that i32, then dx as f32) and it seeds the integer sum. With
+# VNNI, signed Q8_0 weights use it too: w + 128 = w ^ 0x80 is unsigned, bias 128.
+AUX_WORDS = 2
 AUX_BYTES = 4 * AUX_WORDS
 Q8_0_VNNI_BIAS = 128
+ROWS = 8   # weight rows of a tile (lanes of an <8 x i32>)
+NT = 8     # tokens of a gemm_* tile (gemm4_*: 4); registers: NT accumulators + the 8 transposed weight vectors
 
 
-def _idot(builder, w, x, corr, bias, mode):
-    """<32 x i8> w (signed if bias == 0, else unsigned), <32 x i8> x signed -> <8 x i32>.
+def _wprep(builder, w, bias, mode):
+    """<32 x i8> weights -> the operands the integer dot wants (done once, shared by every token)."""
+    if mode == "vnni" and not bias:
+        return builder.xor(w, _splat(_I8, 32, 0x80)), None
+    if mode == "avx2" and not bias:  # |w| * (x*sign(w)); x is in [-127, 127] so negation cannot overflow
+        aw = _call(builder, "llvm.abs.v32i8", _vec(_I8, 32), [w, ir.Constant(_I1, 0)])
+        return aw, builder.icmp_signed("<", w, _splat(_I8, 32, 0))
+    return w, None
 
-    corr: the block's precomputed <8 x i32> -bias*lanesum(x) (for Q8_0 weights: -128*lanesum(x)),
-    loaded lazily (a callable) since only the paths that use it should read it.
-    """
+
+def _idot_acc(builder, wprep, x, acc, bias, mode):
+    """acc (<8 x i32>) + lane j: sum_k<4 w[4j+k]*x[4j+k], exact; wprep from _wprep, x signed <32 x i8>."""
+    w, neg = wprep
     v8i = _vec(_I32, 8)
     if mode == "vnni":  # u8 x s8 4-way sums into i32: no int16 saturation possible
-        if not bias:
-            w = builder.xor(w, _splat(_I8, 32, 0x80))
-        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", v8i, [corr(), w, x])
+        return _call(builder, "llvm.x86.avx512.vpdpbusd.256", v8i, [acc, w, x])
     if mode == "avx2":
-        if not bias:  # |w| * (x*sign(w)); x is in [-127, 127] so negation cannot overflow
-            aw = _call(builder, "llvm.abs.v32i8", _vec(_I8, 32), [w, ir.Constant(_I1, 0)])
-            neg = builder.icmp_signed("<", w, _splat(_I8, 32, 0))
+        if neg is not None:
             x = builder.select(neg, builder.sub(_splat(_I8, 32, 0), x), x)
-            w = aw
         # unsigned w <= 31, or |w| <= 128 with |x| <= 127: pair sums fit int16 (no saturation)
         s16 = _call(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_I16, 16), [w, x])
-        s = _call(builder, "llvm.x86.avx2.pmadd.wd", v8i, [s16, _splat(_I16, 16, 1)])
-        return s if not bias else builder.add(s, corr())
+        return builder.add(acc, _call(builder, "llvm.x86.avx2.pmadd.wd", v8i, [s16, _splat(_I16, 16, 1)]))
     v32 = _vec(_I32, 32)
     wi = builder.sext(w, v32) if not bias else builder.zext(w, v32)
     prod = builder.mul(wi, builder.sext(x, v32))
     parts = [builder.shuffle_vector(prod, prod, ir.Constant(v8i, [4 * j + k for j in range(8)])) for k in range(4)]
-    s = builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3]))
-    return s if not bias else builder.add(s, corr())
+    return builder.add(acc, builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3])))
 
 
-def _block_fma(builder, dw, wq, bias, xq, corr, dxv, acc, mode):
-    """acc += (dw*dx) * isum(w*x) for one block (lane-wise); xq the activation quants, dxv dx as 8 lanes,
-    corr a callable loading the block's bias lanes (see _idot)."""
-    v8f = _vec(_F32, 8)
-    s32 = _idot(builder, wq, xq, corr, bias, mode)
-    dv = builder.fmul(dw, dxv)
-    prod = builder.fmul(dv, builder.sitofp(s32, v8f), flags=("contract",))
-    builder.store(builder.fadd(builder.load(acc), prod, flags=("contract",)), acc)
+def _uses_corr(bias, mode):
+    return bool(bias) or mode == "vnni"
 
 
-def _block_step(builder, dw, wq, bias, xb, cb, acc, mode):
-    """_block_fma for the Q8_0 activation block at address xb and its AUX_WORDS aux words at cb."""
-    # dx comes pre-broadcast from memory: dw*dx is one vector multiply with a memory operand
-    # (a scalar product + broadcast would cost two uops per block and token)
-    dxv = _load(builder, _addr(builder, cb, 32), _vec(_F32, 8))
-    xq = _load(builder, _addr(builder, xb, 2), _vec(_I8, 32))
-    _block_fma(builder, dw, wq, bias, xq, lambda: _load(builder, cb, _vec(_I32, 8)), dxv, acc, mode)
+def _transpose8(builder, rows):
+    """8 x <32 x i8> (row j's quants) -> 8 x <32 x i8> whose lane j (4 bytes) is dword k of row j."""
+    v8i = _vec(_I32, 8)
+    v = [builder.bitcast(r, v8i) for r in rows]
+
+    def shuf(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(v8i, idx))
+
+    lo32, hi32 = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    lo64, hi64 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    lo128, hi128 = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    a = [shuf(v[2 * i], v[2 * i + 1], m) for i in range(4) for m in (lo32, hi32)]   # pairs of rows
+    # a[2i] = dwords (0,1 | 4,5) of rows 2i, 2i+1 interleaved; a[2i+1] = dwords (2,3 | 6,7)
+    e = []
+    for q in range(2):  # rows 0-3, rows 4-7
+        p, r = a[4 * q:4 * q + 2], a[4 * q + 2:4 * q + 4]
+        e.append([shuf(p[0], r[0], lo64), shuf(p[0], r[0], hi64), shuf(p[1], r[1], lo64), shuf(p[1], r[1], hi64)])
+    # e[q][k'] = dword k' (| k'+4) of rows 4q..4q+3
+    out = [None] * 8
+    for k in range(4):
+        out[k] = shuf(e[0][k], e[1][k], lo128)
+        out[k + 4] = shuf(e[0][k], e[1][k], hi128)
+    return [builder.bitcast(o, _vec(_I8, 32)) for o in out]
+
+
+def _splat_load(builder, addr, ty):
+    """The scalar of type ty at addr in all 8 lanes (a broadcast load, or an embedded {1to8} operand)."""
+    v = builder.insert_element(ir.Constant(_vec(ty, 8), ir.Undefined), _load(builder, addr, ty), ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_vec(ty, 8), ir.Undefined), ir.Constant(_vec(_I32, 8), [0] * 8))
+
+
+def _fma(builder, a, b, c):
+    t = a.type
+    name = "llvm.fma.f32" if t == _F32 else f"llvm.fma.v{t.count}f32"
+    return _call(builder, name, t, [a, b, c])
 
 
 # Software prefetch of the weight stream, PREFETCH_BYTES ahead (`pf`, a runtime argument of the
@@ -278,58 +310,46 @@ def _prefetch(builder, addr, pf):
     prefetch_ptr(builder, builder.inttoptr(builder.add(addr, pf), _I8.as_pointer()))
 
 
-NACC = 2  # independent f32 accumulators per token (block b goes to b % NACC), summed in fixed order
+UNROLL = 2  # blocks per loop iteration (one software prefetch per row and iteration: ~a cache line of Q4_0)
 
 
-def _bcast8(builder, v):
-    v8f = _vec(_F32, 8)
-    dv = builder.insert_element(ir.Constant(v8f, ir.Undefined), v, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(dv, dv, ir.Constant(_vec(_I32, 8), [0] * 8))
-
-
-def _blocks_loop(builder, unpack, w_bytes, wp, nb, pf, step):
-    """Calls step(b, dw as <8 x float>, wq, bias, k) for b in 0..nb-1 with k = b % NACC, unrolled NACC times.
-
-    One software prefetch per NACC blocks (about a cache line of weights per iteration).
-    """
-    nit = builder.udiv(nb, ir.Constant(_I64, NACC))
+def _blocks(builder, nb, body):
+    """body(b, first) for b in 0..nb-1, UNROLL blocks per iteration; first: whether b starts an iteration."""
+    nit = builder.udiv(nb, ir.Constant(_I64, UNROLL))
     with cgutils.for_range(builder, nit) as loop:
-        b0 = builder.mul(loop.index, ir.Constant(_I64, NACC))
-        wb0 = builder.add(wp, builder.mul(b0, ir.Constant(_I64, w_bytes)))
-        _prefetch(builder, wb0, pf)  # the hardware prefetchers alone leave DRAM bandwidth unused
-        for k in range(NACC):
-            dw, wq, bias = unpack(builder, _addr(builder, wb0, k * w_bytes))
-            step(builder.add(b0, ir.Constant(_I64, k)), _bcast8(builder, dw), wq, bias, k)
-    tail0 = builder.mul(nit, ir.Constant(_I64, NACC))
+        b0 = builder.mul(loop.index, ir.Constant(_I64, UNROLL))
+        for k in range(UNROLL):
+            body(builder.add(b0, ir.Constant(_I64, k)), k == 0)
+    tail0 = builder.mul(nit, ir.Constant(_I64, UNROLL))
     with cgutils.for_range(builder, builder.sub(nb, tail0)) as loop:
-        b = builder.add(tail0, loop.index)
-        dw, wq, bias = unpack(builder, builder.add(wp, builder.mul(b, ir.Constant(_I64, w_bytes))))
-        step(b, _bcast8(builder, dw), wq, bias, 0)
-
-
-def _acc_total(builder, accs):
-    """Fixed-order f32 total of NACC <8 x float> accumulators."""
-    v = builder.load(accs[0])
-    for a in accs[1:]:
-        v = builder.fadd(v, builder.load(a))
-    return _hsum8(builder, v)
+        body(builder.add(tail0, loop.index), False)
 
 
 def _row_dot_codegen(unpack, w_bytes, mode):
-    """codegen for f32 dot(weight row of nb blocks, Q8_0 activation row of nb blocks)."""
+    """codegen: f32 dot of one weight row (wp) with one Q8_0 activation row (xp, aux words at cp)."""
 
     def codegen(context, builder, signature, args):
         wp, xp, cp, nb, pf = args
-        v8f = _vec(_F32, 8)
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
 
-        def step(b, dw, wq, bias, k):
+        def body(b, first):
+            wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, w_bytes)))
+            if first:
+                _prefetch(builder, wb, pf)
             xb = builder.add(xp, builder.mul(b, ir.Constant(_I64, 34)))
             cb = builder.add(cp, builder.mul(b, ir.Constant(_I64, AUX_BYTES)))
-            _block_step(builder, dw, wq, bias, xb, cb, accs[k], mode)
+            dw, wq, bias = unpack(builder, wb)
+            s = ir.Constant(_vec(_I32, 8), [0] * 8)
+            if _uses_corr(bias, mode):
+                s = builder.insert_element(s, _load(builder, cb, _I32), ir.Constant(_I32, 0))
+            s = _idot_acc(builder, _wprep(builder, wq, bias, mode), _load(builder, _addr(builder, xb, 2), _vec(_I8, 32)),
+                          s, bias, mode)
+            si = _call(builder, "llvm.vector.reduce.add.v8i32", _I32, [s])
+            d = builder.fmul(dw, _load(builder, _addr(builder, cb, 4), _F32))
+            builder.store(_fma(builder, d, builder.sitofp(si, _F32), builder.load(acc)), acc)
 
-        _blocks_loop(builder, unpack, w_bytes, wp, nb, pf, step)
-        return _acc_total(builder, accs)
+        _blocks(builder, nb, body)
+        return builder.load(acc)
 
     return codegen
 
@@ -338,114 +358,77 @@ def _make_row_dot(unpack, w_bytes, mode):
     cg = _row_dot_codegen(unpack, w_bytes, mode)
 
     def typer(typingctx, wp, xp, cp, nb, pf):
-        if not all(isinstance(a, types.Integer) for a in (wp, xp, cp, nb, pf)):
+        if not _ints(wp, xp, cp, nb, pf):
             return None
         return types.float32(*([types.int64] * 5)), cg
 
     return typer
 
 
-def _tile_codegen(unpack, w_bytes, mode, R, T):
-    """codegen core: R weight rows (wp + i*ws) against T Q8_0 activation rows (xp + t*xs, aux words at
-    cp + t*cs); the f32 result of row i and token t is stored at dp + (t*ds + i)*4.
+def _tile_codegen(unpack, w_bytes, mode, T):
+    """codegen: ROWS weight rows (wp + j*ws) x T Q8_0 activation rows (xp + t*xs, aux words at cp + t*cs);
+    row j, token t -> f32 at dp + (t*ds + j)*4 (the 8 rows of a token are one vector store)."""
 
-    Each (row, token) pair's arithmetic is exactly that of the one-row, one-token dot, so results do not
-    depend on how rows and tokens are grouped. A block's weights are unpacked once for the T tokens and a
-    token's activation block and aux words are loaded once for the R rows: the prompt-path matmuls are
-    bound by those loads (L1/L2 traffic), not by the integer dots. R*T*NACC accumulators stay in
-    registers up to 16 (32 vector registers with AVX-512VL).
-    """
+    n_chain = max(1, 4 // T)
 
-    def codegen(builder, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
-        v8f = _vec(_F32, 8)
-        accs = [[[cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(NACC)]
-                 for _ in range(T)] for _ in range(R)]
-        wps = [builder.add(wp, builder.mul(ws, ir.Constant(_I64, i))) for i in range(R)]
+    def codegen(context, builder, signature, args):
+        wp, ws, xp, xs, cp, cs, nb, dp, ds, pf = args
+        v8f, v8i, v8h = _vec(_F32, 8), _vec(_I32, 8), _vec(_I16, 8)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v8f, [0.0] * 8)) for _ in range(T)]
+        wps = [builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))) for j in range(ROWS)]
+        # at least one tile ahead: pf ahead of a row that is shorter than pf/ROWS lands on a row of this
+        # same tile, already on its way (a Q4_0 matvec with 6 KB rows: 28 -> 32-37 GB/s)
+        tile_bytes = builder.mul(ws, ir.Constant(_I64, ROWS))
+        pf = builder.select(builder.icmp_signed(">", tile_bytes, pf), tile_bytes, pf)
         xts = [builder.add(xp, builder.mul(xs, ir.Constant(_I64, t))) for t in range(T)]
         cts = [builder.add(cp, builder.mul(cs, ir.Constant(_I64, t))) for t in range(T)]
 
-        def blocks(b0, n):
-            wbs = [builder.add(w, builder.mul(b0, ir.Constant(_I64, w_bytes))) for w in wps]
-            if n == NACC:
+        def body(b, first):
+            wbs = [builder.add(w, builder.mul(b, ir.Constant(_I64, w_bytes))) for w in wps]
+            if first:
                 for wb in wbs:
                     _prefetch(builder, wb, pf)  # the hardware prefetchers alone leave DRAM bandwidth unused
-            xo = builder.mul(b0, ir.Constant(_I64, 34))
-            co = builder.mul(b0, ir.Constant(_I64, AUX_BYTES))
-            for k in range(n):
-                ws_ = [unpack(builder, _addr(builder, wb, k * w_bytes)) for wb in wbs]
-                ws_ = [(_bcast8(builder, dw), wq, bias) for dw, wq, bias in ws_]
-                for t in range(T):
-                    cb = _addr(builder, builder.add(cts[t], co), AUX_BYTES * k)
-                    dxv = _load(builder, _addr(builder, cb, 32), v8f)
-                    xq = _load(builder, _addr(builder, builder.add(xts[t], xo), 34 * k + 2), _vec(_I8, 32))
-                    for i, (dw, wq, bias) in enumerate(ws_):
-                        _block_fma(builder, dw, wq, bias, xq, lambda cb=cb: _load(builder, cb, _vec(_I32, 8)),
-                                   dxv, accs[i][t][k], mode)
-
-        nit = builder.udiv(nb, ir.Constant(_I64, NACC))
-        with cgutils.for_range(builder, nit) as loop:
-            blocks(builder.mul(loop.index, ir.Constant(_I64, NACC)), NACC)
-        tail0 = builder.mul(nit, ir.Constant(_I64, NACC))
-        with cgutils.for_range(builder, builder.sub(nb, tail0)) as loop:
-            blocks(builder.add(tail0, loop.index), 1)
-        for i in range(R):
+            qs, dh = [], ir.Constant(v8h, ir.Undefined)
+            for j, wb in enumerate(wbs):
+                _, q, bias = unpack(builder, wb)  # (the scalar scale is unused: dead code)
+                qs.append(q)
+                dh = builder.insert_element(dh, _load(builder, wb, _I16), ir.Constant(_I32, j))  # f16 d at offset 0
+            dwv = _h2f(builder, dh, 8)
+            wk = [_wprep(builder, q, bias, mode) for q in _transpose8(builder, qs)]
+            xo = builder.mul(b, ir.Constant(_I64, 34))
+            co = builder.mul(b, ir.Constant(_I64, AUX_BYTES))
             for t in range(T):
-                off = builder.add(builder.mul(ds, ir.Constant(_I64, 4 * t)), ir.Constant(_I64, 4 * i))
-                p = builder.inttoptr(builder.add(dp, off), ir.PointerType(_F32))
-                builder.store(_acc_total(builder, accs[i][t]), p, align=4)
+                xb = builder.add(xts[t], xo)
+                cb = builder.add(cts[t], co)
+                # n_chain independent integer sums (exact, so their split does not change S): one chain of
+                # 8 dependent vpdpbusd per block would leave a lone token latency-bound
+                sums = [ir.Constant(v8i, [0] * 8)] * n_chain
+                if _uses_corr(bias, mode):
+                    sums[0] = _splat_load(builder, cb, _I32)
+                for k in range(8):
+                    xk = builder.bitcast(_splat_load(builder, _addr(builder, xb, 2 + 4 * k), _I32), _vec(_I8, 32))
+                    sums[k % n_chain] = _idot_acc(builder, wk[k], xk, sums[k % n_chain], bias, mode)
+                s = sums[0]
+                for c in sums[1:]:
+                    s = builder.add(s, c)
+                d = builder.fmul(dwv, _splat_load(builder, _addr(builder, cb, 4), _F32))
+                builder.store(_fma(builder, d, builder.sitofp(s, v8f), builder.load(accs[t])), accs[t])
 
-    return codegen
-
-
-def _tile_lowering(unpack, w_bytes, mode, R, T, params):
-    """Lowering of a tile intrinsic whose arguments are `params` (names of _tile_codegen's arguments;
-    the others are 0: ws for one row, xs/cs for one token, ds for one token)."""
-    core = _tile_codegen(unpack, w_bytes, mode, R, T)
-    names = ("wp", "ws", "xp", "xs", "cp", "cs", "nb", "dp", "ds", "pf")
-
-    def cg(context, builder, signature, args):
-        given = dict(zip(params, args))
-        core(builder, *[given.get(n, ir.Constant(_I64, 0)) for n in names])
+        _blocks(builder, nb, body)
+        for t in range(T):
+            p = builder.inttoptr(builder.add(dp, builder.mul(ds, ir.Constant(_I64, 4 * t))), ir.PointerType(v8f))
+            builder.store(builder.load(accs[t]), p, align=4)
         return context.get_dummy_value()
 
-    return cg
+    return codegen
 
 
 def _ints(*args):
     return all(isinstance(a, types.Integer) for a in args)
 
 
-NT = 4  # tokens per call of the dot4_* and gemm_* intrinsics
-NR = 2  # weight rows per call of the dot2_* and gemm_* intrinsics
-_DOT2_ARGS = ("wp", "ws", "xp", "cp", "nb", "dp", "pf")
-_DOT4_ARGS = ("wp", "xp", "xs", "cp", "cs", "nb", "dp", "ds", "pf")
-_GEMM_ARGS = ("wp", "ws", "xp", "xs", "cp", "cs", "nb", "dp", "ds", "pf")
-
-
-def _make_row_dot2(unpack, w_bytes, mode):
-    cg = _tile_lowering(unpack, w_bytes, mode, NR, 1, _DOT2_ARGS)
-
-    def typer(typingctx, wp, ws, xp, cp, nb, dp, pf):
-        if not _ints(wp, ws, xp, cp, nb, dp, pf):
-            return None
-        return types.none(*([types.int64] * 7)), cg
-
-    return typer
-
-
-def _make_row_dot4(unpack, w_bytes, mode):
-    cg = _tile_lowering(unpack, w_bytes, mode, 1, NT, _DOT4_ARGS)
-
-    def typer(typingctx, wp, xp, xs, cp, cs, nb, dp, ds, pf):
-        if not _ints(wp, xp, xs, cp, cs, nb, dp, ds, pf):
-            return None
-        return types.none(*([types.int64] * 9)), cg
-
-    return typer
-
-
-def _make_gemm(unpack, w_bytes, mode):
-    cg = _tile_lowering(unpack, w_bytes, mode, NR, NT, _GEMM_ARGS)
+def _make_tile(unpack, w_bytes, mode, T):
+    cg = _tile_codegen(unpack, w_bytes, mode, T)
 
     def typer(typingctx, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
         if not _ints(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
@@ -458,30 +441,36 @@ def _make_gemm(unpack, w_bytes, mode):
 # Block-dot mode of the host-selected intrinsics: VNNI (vpdpbusd) > AVX2 (pmaddubsw) > portable IR.
 DOT_MODE = "vnni" if HAS_VNNI else ("avx2" if HAS_AVX2 else "generic")
 
-# dot_*(wp, xp, cp, nb, pf) -> f32, dot2_*(wp, ws, xp, cp, nb, dp, pf) (rows wp, wp+ws -> f32 at dp, dp+4)
-# and dot4_*(wp, xp, xs, cp, cs, nb, dp, ds, pf): weight row at wp, Q8_0
-# activation rows at xp (+ t*xs), their aux words at cp (+ t*cs), built with the weight format's
-# bias (Q4_0 8, Q5_0 16, Q8_0 Q8_0_VNNI_BIAS); pf the prefetch distance in bytes.
+# dot_*(wp, xp, cp, nb, pf) -> f32: weight row at wp, Q8_0 activation row at xp, its aux words at cp
+# (x_aux_q8_0 with the weight format's bias: Q4_0 8, Q5_0 16, Q8_0 Q8_0_VNNI_BIAS), nb blocks, pf the
+# prefetch distance in bytes. rows8_*(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf): ROWS rows (stride ws) x one
+# token; gemm_*, gemm4_*(same arguments): ROWS rows x NT or 4 tokens (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
 dot_q8_0_q8_0 = intrinsic(_make_row_dot(_unpack_q8_0, 34, DOT_MODE))
 dot_q4_0_q8_0 = intrinsic(_make_row_dot(_unpack_q4_0, 18, DOT_MODE))
 dot_q5_0_q8_0 = intrinsic(_make_row_dot(_unpack_q5_0, 22, DOT_MODE))
-dot2_q8_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q8_0, 34, DOT_MODE))
-dot2_q4_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q4_0, 18, DOT_MODE))
-dot2_q5_0_q8_0 = intrinsic(_make_row_dot2(_unpack_q5_0, 22, DOT_MODE))
-dot4_q8_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q8_0, 34, DOT_MODE))
-dot4_q4_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q4_0, 18, DOT_MODE))
-dot4_q5_0_q8_0 = intrinsic(_make_row_dot4(_unpack_q5_0, 22, DOT_MODE))
-gemm_q8_0_q8_0 = intrinsic(_make_gemm(_unpack_q8_0, 34, DOT_MODE))
-gemm_q4_0_q8_0 = intrinsic(_make_gemm(_unpack_q4_0, 18, DOT_MODE))
-gemm_q5_0_q8_0 = intrinsic(_make_gemm(_unpack_q5_0, 22, DOT_MODE))
+rows8_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, 1))
+rows8_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, 1))
+rows8_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, 1))
+gemm_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, NT))
+gemm_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, NT))
+gemm_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, NT))
+gemm4_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, 4))
+gemm4_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, 4))
+gemm4_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, 4))
 # portable variants (tests): the generic IR, and the AVX2 path where the target has AVX2
+_AVX2_OR_GENERIC = "avx2" if HAS_AVX2 else "generic"
 dot_q8_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q8_0, 34, "generic"))
 dot_q4_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q4_0, 18, "generic"))
 dot_q5_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q5_0_generic, 22, "generic"))
-_AVX2_OR_GENERIC = "avx2" if HAS_AVX2 else "generic"
 dot_q8_0_q8_0_avx2 = intrinsic(_make_row_dot(_unpack_q8_0, 34, _AVX2_OR_GENERIC))
 dot_q4_0_q8_0_avx2 = intrinsic(_make_row_dot(_unpack_q4_0, 18, _AVX2_OR_GENERIC))
 dot_q5_0_q8_0_avx2 = intrinsic(_make_row_dot(_unpack_q5_0_generic, 22, _AVX2_OR_GENERIC))
+rows8_q8_0_q8_0_generic = intrinsic(_make_tile(_unpack_q8_0, 34, "generic", 1))
+rows8_q4_0_q8_0_generic = intrinsic(_make_tile(_unpack_q4_0, 18, "generic", 1))
+rows8_q5_0_q8_0_generic = intrinsic(_make_tile(_unpack_q5_0_generic, 22, "generic", 1))
+rows8_q8_0_q8_0_avx2 = intrinsic(_make_tile(_unpack_q8_0, 34, _AVX2_OR_GENERIC, 1))
+rows8_q4_0_q8_0_avx2 = intrinsic(_make_tile(_unpack_q4_0, 18, _AVX2_OR_GENERIC, 1))
+rows8_q5_0_q8_0_avx2 = intrinsic(_make_tile(_unpack_q5_0_generic, 22, _AVX2_OR_GENERIC, 1))
 
 # ------------------------------------------------------------------ float row dots
 
