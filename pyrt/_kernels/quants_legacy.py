@@ -129,8 +129,8 @@ def quantize_rows_q8_0(dst, src):
 
 # ------------------------------------------------------------------------------ matmuls
 # dst[t, r] = dot(w[r], x[t]). Parallel over tiles of output rows; each weight row is read from
-# memory once and then reused from L1 for every token. Every output is one fixed-order dot, so the
-# result does not depend on the thread count.
+# memory once and then reused from the caches for every token. Every output is one fixed-order dot,
+# so the result does not depend on the thread count (nor, for the legacy quants, on the batching).
 
 
 @njit(cache=True, nogil=True)

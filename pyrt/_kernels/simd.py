@@ -273,6 +273,31 @@ def _transpose8(builder, rows):
     return [builder.bitcast(o, _vec(_I8, 32)) for o in out]
 
 
+def _tile_q4_0(builder, wbs):
+    """The transposed quants of 8 Q4_0 blocks (at wbs) as _transpose8 gives them, and their bias.
+
+    Transposes the packed bytes instead (dword k of the 16 qs bytes holds quants 4k..4k+3 in its low
+    nibbles and 16+4k.. in its high ones): 4 x 128-bit rows pairs, 8 in-lane shuffles, then the
+    nibbles split once per 8 rows, instead of 8 unpacks and 24 shuffles.
+    """
+    v4i, v8i = _vec(_I32, 4), _vec(_I32, 8)
+    rows = [_load(builder, _addr(builder, wb, 2), v4i) for wb in wbs]
+    pair = [builder.shuffle_vector(rows[j], rows[j + 4], ir.Constant(v8i, list(range(8)))) for j in range(4)]
+
+    def shuf(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(v8i, idx))
+
+    lo32, hi32 = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    lo64, hi64 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    t0, t1 = shuf(pair[0], pair[1], lo32), shuf(pair[0], pair[1], hi32)
+    t2, t3 = shuf(pair[2], pair[3], lo32), shuf(pair[2], pair[3], hi32)
+    packed = [shuf(t0, t2, lo64), shuf(t0, t2, hi64), shuf(t1, t3, lo64), shuf(t1, t3, hi64)]  # dword k of rows 0-7
+    m = _splat(_I32, 8, 0x0F0F0F0F)
+    lo = [builder.and_(p, m) for p in packed]
+    hi = [builder.and_(builder.lshr(p, _splat(_I32, 8, 4)), m) for p in packed]
+    return [builder.bitcast(v, _vec(_I8, 32)) for v in lo + hi], 8
+
+
 def _splat_load(builder, addr, ty):
     """The scalar of type ty at addr in all 8 lanes (a broadcast load, or an embedded {1to8} operand)."""
     v = builder.insert_element(ir.Constant(_vec(ty, 8), ir.Undefined), _load(builder, addr, ty), ir.Constant(_I32, 0))
@@ -388,13 +413,28 @@ def _tile_codegen(unpack, w_bytes, mode, T):
             if first:
                 for wb in wbs:
                     _prefetch(builder, wb, pf)  # the hardware prefetchers alone leave DRAM bandwidth unused
-            qs, dh = [], ir.Constant(v8h, ir.Undefined)
-            for j, wb in enumerate(wbs):
-                _, q, bias = unpack(builder, wb)  # (the scalar scale is unused: dead code)
-                qs.append(q)
-                dh = builder.insert_element(dh, _load(builder, wb, _I16), ir.Constant(_I32, j))  # f16 d at offset 0
-            dwv = _h2f(builder, dh, 8)
-            wk = [_wprep(builder, q, bias, mode) for q in _transpose8(builder, qs)]
+            # the 8 f16 scales (offset 0 of each block) packed in two i64 on the integer ALUs, which this
+            # loop leaves idle, instead of 8 vector inserts
+            halves = []
+            for q in range(2):
+                v = None
+                for j in range(4):
+                    h = builder.zext(_load(builder, wbs[4 * q + j], _I16), _I64)
+                    h = builder.shl(h, ir.Constant(_I64, 16 * j)) if j else h
+                    v = h if v is None else builder.or_(v, h)
+                halves.append(v)
+            d2 = builder.insert_element(ir.Constant(_vec(_I64, 2), ir.Undefined), halves[0], ir.Constant(_I32, 0))
+            d2 = builder.insert_element(d2, halves[1], ir.Constant(_I32, 1))
+            dwv = _h2f(builder, builder.bitcast(d2, v8h), 8)
+            if unpack is _unpack_q4_0:
+                qt, bias = _tile_q4_0(builder, wbs)
+            else:
+                qs = []
+                for wb in wbs:
+                    _, q, bias = unpack(builder, wb)  # (the scalar scale is unused: dead code)
+                    qs.append(q)
+                qt = _transpose8(builder, qs)
+            wk = [_wprep(builder, q, bias, mode) for q in qt]
             xo = builder.mul(b, ir.Constant(_I64, 34))
             co = builder.mul(b, ir.Constant(_I64, AUX_BYTES))
             for t in range(T):
