@@ -194,3 +194,29 @@ def test_prompt_path_edge_cases_match_reference():
     q = rng.standard_normal((n, 4, 64)).astype(np.float32)
     _check(kcache, 0, q, rng.integers(0, 60, n).astype(np.int32), np.zeros(n, np.int32), 0.125,
            n_head_kv=1, head_dim_v=32, v_offset=32)
+
+
+def test_attention_matrix_on_strided_rows():
+    """The matrix-product path on f32 K/V views (DeepSeek2's decompressed heads): the float64 reference,
+    queries of two sequences, unsorted cells, no visible cell, and shape checks."""
+    from pyrt.ops.attention import attention_matrix
+    rng = np.random.default_rng(21)
+    n_vis, H, dk, dv, n_tok = 50, 4, 24, 16, 37
+    Kc = rng.standard_normal((n_vis, H * dk)).astype(np.float32)
+    Vc = rng.standard_normal((n_vis, H * dv)).astype(np.float32)
+    cp = rng.permutation(n_vis).astype(np.int32)
+    cs = np.where(np.arange(n_vis) % 3 == 0, 3, 1).astype(np.uint64)     # cells of seq 0, some shared with seq 1
+    q = rng.standard_normal((n_tok, H, dk)).astype(np.float32)
+    q_pos = rng.integers(-1, n_vis, n_tok).astype(np.int32)                # -1: sees nothing
+    q_seq = (np.arange(n_tok) % 2).astype(np.int32)
+    Vs = np.concatenate([Kc, Vc], axis=1)[:, H * dk:]                     # a strided view, as a K-only cache's V
+    out = attention_matrix(q, Kc, Vs, cp, cs, q_pos, q_seq, 0.3, H, dv)
+    ref = reference(q, Kc.astype(np.float64), Vc.astype(np.float64), cp, cs, q_pos, q_seq, 0.3, H, dv)
+    np.testing.assert_allclose(out.reshape(ref.shape), ref, atol=1e-5, rtol=1e-4)
+    assert np.all(out.reshape(ref.shape)[q_pos < 0] == 0.0)
+    with pytest.raises(InvalidArgumentError):
+        attention_matrix(q, Kc[:-1], Vc, cp, cs, q_pos, q_seq, 0.3, H, dv)
+    with pytest.raises(InvalidArgumentError):
+        attention_matrix(q, Kc, Vc, cp, cs, q_pos, q_seq + 64, 0.3, H, dv)
+    empty = attention_matrix(q, Kc[:0], Vc[:0], cp[:0], cs[:0], q_pos, q_seq, 0.3, H, dv)
+    assert empty.shape == (n_tok, H * dv) and not empty.any()

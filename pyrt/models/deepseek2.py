@@ -20,7 +20,8 @@ from ..formats.qtypes import DOT_TYPES
 from ..io.gguf_file import GGUFFile
 from ..ops import basic, mla, moe
 from ..ops import matmul as mm
-from ..ops.attention import flash_attn_rows
+from ..ops.attention import BLAS_MIN_TOKENS as ATTN_BLAS_MIN_TOKENS
+from ..ops.attention import attention_matrix, flash_attn_rows
 from .base import ForwardInputs, HParams, Linear, TensorTable, adjacent_rows, linear_multi
 
 # Modes 2/3 decompress the cached latents and run ordinary flash attention for ubatches of at least
@@ -390,6 +391,10 @@ class DeepSeek2Model:
         qf = np.empty((n_tok, H, Dk), np.float32)
         qf[:, :, :Dn] = q_nope
         qf[:, :, Dn:] = q_pe
-        return flash_attn_rows(qf, k.reshape(n_vis, H * Dk), "f32", v, "f32",
-                               np.ascontiguousarray(cell_pos[kv_idx]), np.ascontiguousarray(cell_seq[kv_idx]),
-                               inp.pos, inp.seq, self.kq_scale, H, Dv)
+        cp, cs = np.ascontiguousarray(cell_pos[kv_idx]), np.ascontiguousarray(cell_seq[kv_idx])
+        if n_tok >= ATTN_BLAS_MIN_TOKENS and inp.seq.size and 0 <= inp.seq.min() and inp.seq.max() < 64:
+            # QK^T, masked softmax and PV per head through OpenBLAS: the Numba flash kernel ran these prompt
+            # chunks at ~60 GFLOP/s and took half of a 512-token ubatch at depth 4096
+            return attention_matrix(qf, k.reshape(n_vis, H * Dk), v, cp, cs, inp.pos, inp.seq, self.kq_scale, H, Dv)
+        return flash_attn_rows(qf, k.reshape(n_vis, H * Dk), "f32", v, "f32", cp, cs, inp.pos, inp.seq,
+                               self.kq_scale, H, Dv)

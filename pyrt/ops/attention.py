@@ -20,7 +20,12 @@ KV_TILE = 64
 # From this many queries on (prompt chunks), attention runs as dequantized-K/V matrix products through
 # OpenBLAS (QK^T, masked softmax, PV): ~10x the flash kernel's GFLOP/s for long prompts at depth.
 BLAS_MIN_TOKENS = 32
-BLAS_S_BYTES = 8 << 20  # scores block [rows, n_vis] f32 per task
+BLAS_S_BYTES = 32 << 20  # scores block [rows, n_vis] f32 per task
+# queries per task at most (bigger products run faster: DeepSeek-V2-Lite 512-token ubatch at depth 4096,
+# 64 / 128 / 256 rows: 32-34 / 32-34 / 33-37 t/s), and tasks wanted at least (a constant: the split never
+# depends on the thread count)
+BLAS_ROWS_MAX = 256
+BLAS_MIN_TASKS = 8
 # work items wanted before splitting a small batch's KV range (a constant, so the split - and the
 # result - never depends on the thread count)
 MIN_ITEMS = 16
@@ -207,33 +212,55 @@ def attention(q: np.ndarray, cache, il: int, q_pos: np.ndarray, q_seq: np.ndarra
 
 def _attention_blas(q, cache, il, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_swa, softcap,
                     n_head_kv, dv, v_offset):
-    """Prompt-chunk attention with matrix products: per KV head, S = (Q*scale) K^T + mask, softmax, P V.
-
-    K and V of the visible cells are dequantized once (in scan order) to f32; the softmax is exact over
-    the whole row, so the result equals the flash kernel's up to f32 rounding. Rows that see no cell
-    give zeros. Heads run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count independent.
-    """
-    from .matmul import _blas_pool
-    import numba
-
-    n_tok, n_head, dk = q.shape
+    """Prompt-chunk attention over a cache with matrix products (attention_matrix): K and V of the
+    visible cells are dequantized once (in scan order) to f32."""
     if q_seq.size and (q_seq.min() < 0 or q_seq.max() >= 64):
         raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
     K = cache.k_values(il, kv_idx)                          # [n_vis, n_head_kv*dk] f32
     V = cache.v_values(il, kv_idx)
     if V is None:                                           # K-only cache: V is a view of the K rows
         V = K[:, v_offset:v_offset + n_head_kv * dv]
+    return attention_matrix(q, K, V, cell_pos[kv_idx], cell_seq[kv_idx], q_pos, q_seq, scale, n_head_kv, dv,
+                            n_swa=n_swa, softcap=softcap)
+
+
+def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_swa=0, softcap=0.0):
+    """Prompt-chunk attention with matrix products: per KV head, S = (Q*scale) K^T + mask, softmax, P V.
+
+    q: [n_tok, n_head, dk] f32; K: [n_vis, >= n_head_kv*dk] f32 and V: [n_vis, >= n_head_kv*dv] f32 (rows
+    may be strided views), the visible cells in scan order, whose positions and sequence bitmasks are
+    cp, cs [n_vis]; q_pos, q_seq: [n_tok] (q_seq in [0, 64)). The softmax is exact over the whole row,
+    so the result equals the flash kernel's up to f32 rounding. Rows that see no cell give zeros. Heads
+    run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count independent.
+    Returns [n_tok, n_head*dv] f32.
+    """
+    from .matmul import _blas_pool
+    import numba
+
+    n_tok, n_head, dk = q.shape
+    q_pos, q_seq = np.asarray(q_pos), np.asarray(q_seq)
+    if q_seq.size and (q_seq.min() < 0 or q_seq.max() >= 64):
+        raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
+    if (K.dtype != np.float32 or V.dtype != np.float32 or K.ndim != 2 or V.ndim != 2 or K.shape[0] != V.shape[0]
+            or K.shape[0] != len(cp) or len(cs) != len(cp) or q_pos.shape != (n_tok,) or q_seq.shape != (n_tok,)):
+        raise InvalidArgumentError("attention: K/V must be f32 [n_vis, row] with one position and sequence per row")
+    if n_head_kv <= 0 or n_head % n_head_kv:
+        raise InvalidArgumentError(f"attention: n_head ({n_head}) is not a multiple of n_head_kv ({n_head_kv})")
     if K.shape[1] < n_head_kv * dk or V.shape[1] < n_head_kv * dv:
         raise InvalidArgumentError("attention: cache rows are narrower than the heads")
-    cp = np.ascontiguousarray(cell_pos[kv_idx], dtype=np.int32)
-    cs = np.ascontiguousarray(cell_seq[kv_idx])
+    cp = np.ascontiguousarray(cp, dtype=np.int32)
+    cs = np.ascontiguousarray(cs, dtype=np.uint64)
     qp = q_pos.astype(np.int32)
     qs = q_seq.astype(np.int32)
     sorted_pos = cp.shape[0] < 2 or bool(np.all(cp[1:] >= cp[:-1]))
     n_gqa = n_head // n_head_kv
     out = np.empty((n_tok, n_head, dv), np.float32)
     n_vis = K.shape[0]
-    rows = max(1, min(n_tok, BLAS_S_BYTES // (4 * n_vis * n_gqa), 64))
+    if n_vis == 0:
+        out[...] = 0.0
+        return out.reshape(n_tok, n_head * dv)
+    rows = max(1, min(n_tok, BLAS_S_BYTES // (4 * n_vis * n_gqa), BLAS_ROWS_MAX,
+                      -(-n_tok * n_head_kv // BLAS_MIN_TASKS)))
 
     def task(item):
         g, t0 = item
