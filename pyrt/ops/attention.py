@@ -214,8 +214,6 @@ def _attention_blas(q, cache, il, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scal
                     n_head_kv, dv, v_offset):
     """Prompt-chunk attention over a cache with matrix products (attention_matrix): K and V of the
     visible cells are dequantized once (in scan order) to f32."""
-    if q_seq.size and (q_seq.min() < 0 or q_seq.max() >= 64):
-        raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
     K = cache.k_values(il, kv_idx)                          # [n_vis, n_head_kv*dk] f32
     V = cache.v_values(il, kv_idx)
     if V is None:                                           # K-only cache: V is a view of the K rows
