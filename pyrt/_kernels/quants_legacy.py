@@ -12,7 +12,7 @@ from .act import _swiglu_row
 from .config import FASTMATH
 from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS, ROWS
 from .simd import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
-from .simd import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
+from .simd import prefetch, rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
 from .simd import (dequant_row_f16, dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_bf16_bf16,
                    dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f16_to_f32, f32_to_f16)
 
@@ -471,6 +471,15 @@ def _tile_table(rows, row_bytes):
     return tg, tr, te
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_start(addr, pf):
+    """Prefetch of the first pf bytes at addr: the start of the next weight group a tile loop reaches (the
+    dots prefetch pf ahead along their own rows, so nothing else asks for a group's first lines before
+    its first tile does; in-process A/B of the MoE decode kernel: ~1.5-2% faster)."""
+    for o in range(0, pf, 64):
+        prefetch(addr + o)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_exps,
                           gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
@@ -546,6 +555,8 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     tg, tr, te = _tile_table(g_rows, g_s)
     for it in prange(tg.shape[0]):
         g = tg[it]
+        if it + 1 < tg.shape[0] and tg[it + 1] != g:
+            _prefetch_start(g_w[tg[it + 1]], pf)
         cp = np.int64(xc.ctypes.data) + g_aux[g] * nbx * AUX_BYTES
         _rows_q_legacy(g_kind[g], g_w[g], g_s[g], tr[it], te[it], np.int64(xq.ctypes.data), cp, np.int64(nbx),
                        gu[g_off[g]:], pf)
@@ -581,6 +592,8 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     tg2, tr2, te2 = _tile_table(d_rows, d_s)
     for it in prange(tg2.shape[0]):
         k = tg2[it]
+        if it + 1 < tg2.shape[0] and tg2[it + 1] != k:
+            _prefetch_start(d_w[tg2[it + 1]], pf)
         r0 = tr2[it]
         r1 = te2[it]
         if k < n_used:

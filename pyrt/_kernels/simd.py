@@ -330,6 +330,19 @@ def prefetch_ptr(builder, ptr):
     builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, PREFETCH_LOCALITY), ir.Constant(_I32, 1)])
 
 
+@intrinsic
+def prefetch(typingctx, addr):
+    """Software prefetch (PREFETCH_LOCALITY) of the cache line holding the byte at integer address addr."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        prefetch_ptr(builder, builder.inttoptr(args[0], _I8.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.none(types.int64), codegen
+
+
 def _prefetch(builder, addr, pf):
     """Prefetch of the byte at integer address `addr` + pf."""
     prefetch_ptr(builder, builder.inttoptr(builder.add(addr, pf), _I8.as_pointer()))
