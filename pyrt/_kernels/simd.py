@@ -35,6 +35,7 @@ def _target_features() -> set:
 _FEATS = _target_features()
 HAS_AVX2 = "avx2" in _FEATS
 HAS_F16C = "f16c" in _FEATS
+HAS_FMA = "fma" in _FEATS
 HAS_AVX512BW = "avx512bw" in _FEATS
 # vpdpbusd on ymm: AVX-VNNI (VEX) or AVX512-VNNI with AVX512VL (EVEX); same LLVM intrinsic
 HAS_VNNI = HAS_AVX2 and ("avxvnni" in _FEATS or ("avx512vnni" in _FEATS and "avx512vl" in _FEATS))
@@ -305,6 +306,11 @@ def _splat_load(builder, addr, ty):
 
 
 def _fma(builder, a, b, c):
+    """a*b + c: fused where the target has FMA, else multiply then add (llvm.fma there becomes a libcall
+    or, in fast-math callers, a multiply and an add for scalars but not vectors: tiles and the one-row dot
+    would round differently)."""
+    if not HAS_FMA:
+        return builder.fadd(builder.fmul(a, b), c)
     t = a.type
     name = "llvm.fma.f32" if t == _F32 else f"llvm.fma.v{t.count}f32"
     return _call(builder, name, t, [a, b, c])
