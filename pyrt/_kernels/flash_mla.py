@@ -12,7 +12,8 @@ from numba.extending import intrinsic
 
 from .config import FASTMATH
 from .quants_legacy import ROW_TILE, _q_bias, _rows_q_legacy, quantize_rows_q8_0, x_aux_q8_0
-from .simd import AUX_BYTES, AUX_WORDS, PREFETCH_BYTES
+from .simd import PREFETCH_BYTES
+from .simd_legacy import AUX_BYTES, AUX_WORDS
 
 # cache storage kinds (same values as pyrt._kernels.kv / attention)
 KIND_F32 = 0  # rows passed as uint32 bits

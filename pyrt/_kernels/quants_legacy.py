@@ -10,11 +10,11 @@ from numba import njit, prange
 
 from .act import _swiglu_row
 from .config import FASTMATH
-from .simd import AUX_BYTES, AUX_WORDS, NT, PREFETCH_BYTES, Q8_0_VNNI_BIAS, ROWS
-from .simd import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
-from .simd import prefetch, rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
-from .simd import (dequant_row_f16, dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_bf16_bf16,
-                   dot_f16_f16, dot_f32_f32, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0, f16_to_f32, f32_to_f16)
+from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f16_to_f32, f32_to_f16, prefetch
+from .simd_legacy import AUX_BYTES, AUX_WORDS, NT, Q8_0_VNNI_BIAS, ROWS
+from .simd_legacy import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
+from .simd_legacy import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
+from .simd_legacy import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
 
 QK = 32               # elements per legacy block
 Q8_0_BYTES = 34       # f16 d + int8 qs[32]
@@ -135,7 +135,7 @@ def quantize_rows_q8_0(dst, src):
 
 @njit(cache=True, nogil=True)
 def x_aux_q8_0(dst, xq, bias):
-    """Per activation block, the words the block dots read besides the quants (simd.AUX_WORDS).
+    """Per activation block, the words the block dots read besides the quants (simd_legacy.AUX_WORDS).
 
     dst[t, b, 0] = -bias * sum(qs): the bias term of weights stored as q + bias, which does not depend
     on the weight row; dst[t, b, 1] = dx as f32 bits.
@@ -165,7 +165,7 @@ CHUNK_BYTES = 128 << 10
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind: KIND_*) and Q8_0 activations:
-    per block the exact isum(qw*qx), times dw*dx, accumulated in f32 (simd's block dots).
+    per block the exact isum(qw*qx), times dw*dx, accumulated in f32 (simd_legacy's block dots).
 
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).

@@ -21,7 +21,7 @@ from ..formats.qtypes import DOT_TYPES, QType, get_qtype
 # shapes 1408x2048 / 2048x1408). The crossover depends on the CPU: on the Intel Xeon (AVX-512) dev
 # machine legacy 36-44 tokens, float types 20-24, k-quants > 128 (their dequantizers are serial scalar
 # code; re-measure when they change). Those legacy numbers predate quants_legacy.matmul_q_legacy's
-# cache blocking and 8-row x 8-token tiles (simd.gemm_*). On an AMD EPYC (Zen 4, AVX-512 VNNI) those
+# cache blocking and 8-row x 8-token tiles (simd_legacy.gemm_*). On an AMD EPYC (Zen 4, AVX-512 VNNI) those
 # run at ~400 GFLOP/s (2 threads) from 8 to 512 tokens, 2.5x the dequantize + sgemm path at 512 tokens
 # (~160), so there the legacy quants never take the BLAS path.
 NEVER = 1 << 62
