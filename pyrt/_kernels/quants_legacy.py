@@ -110,21 +110,25 @@ def quantize_rows_q8_0(dst, src):
     """
     nb = src.shape[1] // QK
     for r in range(src.shape[0]):
-        x = src[r]
-        out = dst[r]
-        qs = out.view(np.int8)
-        for b in range(nb):
-            amax = np.float32(0.0)
-            for j in range(QK):
-                amax = max(amax, abs(x[b * QK + j]))
-            d = amax / np.float32(127.0)
-            h = f32_to_f16(d)
-            o = b * Q8_0_BYTES
-            out[o] = np.uint8(h & np.uint16(0xFF))
-            out[o + 1] = np.uint8(h >> np.uint16(8))
-            idv = np.float32(127.0) / amax if amax != np.float32(0.0) else np.float32(0.0)
-            for j in range(QK):
-                qs[o + 2 + j] = np.int8(np.rint(x[b * QK + j] * idv))
+        _quantize_blocks_q8_0(dst[r], src[r], 0, nb)
+
+
+@njit(cache=True, nogil=True)
+def _quantize_blocks_q8_0(out, x, b0, b1):
+    """Blocks [b0, b1) of one row: x [n] f32 -> out [n/32*34] uint8 (quantize_rows_q8_0's arithmetic)."""
+    qs = out.view(np.int8)
+    for b in range(b0, b1):
+        amax = np.float32(0.0)
+        for j in range(QK):
+            amax = max(amax, abs(x[b * QK + j]))
+        d = amax / np.float32(127.0)
+        h = f32_to_f16(d)
+        o = b * Q8_0_BYTES
+        out[o] = np.uint8(h & np.uint16(0xFF))
+        out[o + 1] = np.uint8(h >> np.uint16(8))
+        idv = np.float32(127.0) / amax if amax != np.float32(0.0) else np.float32(0.0)
+        for j in range(QK):
+            qs[o + 2 + j] = np.int8(np.rint(x[b * QK + j] * idv))
 
 
 # ------------------------------------------------------------------------------ matmuls
@@ -141,17 +145,22 @@ def x_aux_q8_0(dst, xq, bias):
     on the weight row; dst[t, b, 1] = dx as f32 bits.
     dst: [n_tok, nb, 2] int32; xq: [n_tok, nb*34] uint8 (block_q8_0); bias: Q4_0 8, Q5_0 16, Q8_0 128.
     """
-    n_tok, nb = dst.shape[0], dst.shape[1]
-    for t in range(n_tok):
-        qs = xq[t].view(np.int8)
-        dxf = dst[t].view(np.float32)
-        for b in range(nb):
-            o = b * Q8_0_BYTES
-            dxf[b, 1] = f16_to_f32(np.uint16(xq[t, o]) | (np.uint16(xq[t, o + 1]) << np.uint16(8)))
-            s = np.int32(0)
-            for j in range(QK):
-                s += np.int32(qs[o + 2 + j])
-            dst[t, b, 0] = -bias * s
+    for t in range(dst.shape[0]):
+        _x_aux_blocks(dst[t], xq[t], bias, 0, dst.shape[1])
+
+
+@njit(cache=True, nogil=True)
+def _x_aux_blocks(dst, xq, bias, b0, b1):
+    """Blocks [b0, b1) of one row of x_aux_q8_0: dst [nb, 2] int32, xq [nb*34] uint8."""
+    qs = xq.view(np.int8)
+    dxf = dst.view(np.float32)
+    for b in range(b0, b1):
+        o = b * Q8_0_BYTES
+        dxf[b, 1] = f16_to_f32(np.uint16(xq[o]) | (np.uint16(xq[o + 1]) << np.uint16(8)))
+        s = np.int32(0)
+        for j in range(QK):
+            s += np.int32(qs[o + 2 + j])
+        dst[b, 0] = -bias * s
 
 
 # Prompt-sized batches run in cache blocks: a work item is a tile of output rows (about TILE_BYTES of
@@ -480,6 +489,31 @@ def _prefetch_start(addr, pf):
         prefetch(addr + o)
 
 
+FFN_TILE = QK  # hidden rows per work item of the fused gate/up: one Q8_0 block of the hidden row (~74 KB of Q4_0 weights at 2048 columns)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _gate_up_tile(kind, wg, wu, ws, r0, r1, xg, cp, nbx, g, u, hq, hc, bias, pf):
+    """Hidden rows [r0, r1) of one gate/up pair, all the way to the down projection's input.
+
+    g[r] = gate row r . x and u[r] = up row r . x (8-row tiles of each in turn, so that both weight streams
+    run ahead under their prefetches), then g[r0:r1] = silu(g) * u, quantized to the Q8_0 blocks
+    r0/QK..r1/QK of hq with their aux words in hc (bias: the down weights' kind's). The same arithmetic as
+    the row matmuls, SwiGLU and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each block depends on
+    its own 32 values only. wg, wu: addresses of row 0 of the gate and up weights, ws their row stride;
+    xg, cp: the Q8_0 input row and its aux words, nbx blocks; g, u: [n_ff] f32; hq: [nbf*34] uint8;
+    hc: [nbf, 2] int32; r0, r1: multiples of QK (and of ROWS).
+    """
+    gp = np.int64(g.ctypes.data)
+    up = np.int64(u.ctypes.data)
+    for r in range(r0, r1, ROWS):
+        _tile_legacy(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nbx, gp + r * 4, 0, pf)
+        _tile_legacy(kind, 1, wu + r * ws, ws, xg, 0, cp, 0, nbx, up + r * 4, 0, pf)
+    _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1])
+    _quantize_blocks_q8_0(hq, g, r0 // QK, r1 // QK)
+    _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_exps,
                           gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
@@ -491,14 +525,18 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     uint8; down_exps: [n_expert*n_embd, rb_ff] uint8; gate_shexp, up_shexp: [n_ff_sh, rb] uint8 and
     down_shexp: [n_embd, rb_sh] uint8, or 0 rows for no shared experts; kinds: [5] int64 KIND_Q8_0/Q4_0/Q5_0
     of (gate/up exps, down exps, gate/up shexp, down shexp), then the router's (one of those or KIND_F32).
-    Shapes are validated by ops.moe.
+    Shapes are validated by ops.moe (n_ff_exp and n_ff_sh multiples of QK).
+
+    Three parallel regions: (1) the router rows and the shared experts' gate/up (which need no routing),
+    (2) after top-k, the selected experts' gate/up, (3) every down row; SwiGLU and the requantization of
+    the hidden rows run inside the gate/up work items (_gate_up_tile), and each region's work items carry
+    about the same number of weight bytes.
     """
     n_embd = x.shape[0]
     n_expert = gate_inp.shape[0]
     n_used = sel.shape[0]
     n_ff = gate_exps.shape[0] // n_expert
     n_sh = gate_shexp.shape[0]
-    n_gu = 2 * n_used + (2 if n_sh > 0 else 0)   # gate/up groups: experts' gate, experts' up, shexp gate, up
     n_dn = n_used + (1 if n_sh > 0 else 0)
     pf = np.int64(PREFETCH_BYTES)
     # x as Q8_0 once, with the aux words for the experts', the shared experts' and the router's kinds
@@ -510,75 +548,57 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
     if kinds[4] <= KIND_Q5_0:
         x_aux_q8_0(xc[2:3], xq, _q_bias(kinds[4]))
-    # router logits (as the router's own matmul would give them) and the selection
-    logits = np.empty(n_expert, np.float32)      # [n_expert] f32
+    # (raw addresses are taken where they are used: Numba frees an array after the last use of its name, so an
+    # address kept in an int while the array is otherwise dead points at memory that later arrays reuse)
+    # hidden rows: f32 gate (then silu(gate)*up in place) and up, and the Q8_0 input of the down rows
+    nbf, nbs = n_ff // QK, n_sh // QK
+    hg = np.empty((n_used, n_ff), np.float32)                 # [n_used, n_ff] f32
+    hu = np.empty((n_used, n_ff), np.float32)
+    hq = np.empty((n_used, nbf * Q8_0_BYTES), np.uint8)       # [n_used, nbf*34] block_q8_0
+    hc = np.empty((n_used, nbf, AUX_WORDS), np.int32)         # [n_used, nbf, 2] aux of the down kind
+    sg = np.empty(n_sh, np.float32)                           # [n_sh] f32: the shared experts' hidden
+    su = np.empty(n_sh, np.float32)
+    sq = np.empty(max(nbs, 1) * Q8_0_BYTES, np.uint8)         # [nbs*34]
+    sc = np.empty((max(nbs, 1), AUX_WORDS), np.int32)
+    # (1) router logits (as the router's own matmul would give them) and the shared experts' gate/up
+    logits = np.empty(n_expert, np.float32)                   # [n_expert] f32
     gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
-    for it in prange((n_expert + ROWS - 1) // ROWS):
-        e0 = ROWS * it
-        if kinds[4] <= KIND_Q5_0:
-            _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + ROWS, n_expert), np.int64(xq.ctypes.data),
-                           np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), logits, pf)
+    n_rt = (n_expert + ROWS - 1) // ROWS
+    for it in prange(n_rt + (n_sh + FFN_TILE - 1) // FFN_TILE):
+        if it < n_rt:
+            e0 = ROWS * it
+            if kinds[4] <= KIND_Q5_0:
+                _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + ROWS, n_expert), np.int64(xq.ctypes.data),
+                               np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), logits, pf)
+            else:
+                for e in range(e0, min(e0 + ROWS, n_expert)):
+                    logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
         else:
-            for e in range(e0, min(e0 + ROWS, n_expert)):
-                logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
+            r0 = (it - n_rt) * FFN_TILE
+            _gate_up_tile(kinds[2], np.int64(gate_shexp.ctypes.data), np.int64(up_shexp.ctypes.data),
+                          np.int64(gate_shexp.strides[0]), r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
+                          np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), sg, su, sq, sc,
+                          _q_bias(kinds[3]), pf)
     probs = np.empty(n_expert, np.float32)
     _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
-    # gate/up: group table (weight block, rows, kind, aux row, output offset)
-    g_w = np.empty(n_gu, np.int64)
-    g_s = np.empty(n_gu, np.int64)
-    g_rows = np.empty(n_gu, np.int64)
-    g_kind = np.empty(n_gu, np.int64)
-    g_aux = np.empty(n_gu, np.int64)
-    g_off = np.empty(n_gu, np.int64)
+    # (2) the selected experts' gate/up, FFN_TILE hidden rows a work item
+    ws = np.int64(gate_exps.strides[0])
+    e_g = np.empty(n_used, np.int64)
+    e_u = np.empty(n_used, np.int64)
     for k in range(n_used):
-        e = np.int64(sel[k])
-        for j in range(2):
-            g = j * n_used + k
-            w = gate_exps if j == 0 else up_exps
-            g_w[g] = np.int64(w.ctypes.data) + e * n_ff * np.int64(w.strides[0])
-            g_s[g] = np.int64(w.strides[0])
-            g_rows[g] = n_ff
-            g_kind[g] = kinds[0]
-            g_aux[g] = 0
-            g_off[g] = g * n_ff
-    if n_sh > 0:
-        for j in range(2):
-            g = 2 * n_used + j
-            w = gate_shexp if j == 0 else up_shexp
-            g_w[g] = np.int64(w.ctypes.data)
-            g_s[g] = np.int64(w.strides[0])
-            g_rows[g] = n_sh
-            g_kind[g] = kinds[2]
-            g_aux[g] = 1
-            g_off[g] = 2 * n_used * n_ff + j * n_sh
-    gu = np.empty(2 * n_used * n_ff + 2 * n_sh, np.float32)  # [g_0..g_k | u_0..u_k | g_sh | u_sh] f32
-    tg, tr, te = _tile_table(g_rows, g_s)
-    for it in prange(tg.shape[0]):
-        g = tg[it]
-        if it + 1 < tg.shape[0] and tg[it + 1] != g:
-            _prefetch_start(g_w[tg[it + 1]], pf)
-        cp = np.int64(xc.ctypes.data) + g_aux[g] * nbx * AUX_BYTES
-        _rows_q_legacy(g_kind[g], g_w[g], g_s[g], tr[it], te[it], np.int64(xq.ctypes.data), cp, np.int64(nbx),
-                       gu[g_off[g]:], pf)
-    # SwiGLU per group, each hidden row requantized to Q8_0 with its down kind's aux words
-    nbf, nbs = n_ff // QK, n_sh // QK
-    hq = np.empty((n_used, nbf * Q8_0_BYTES), np.uint8)       # [n_used, nbf*34] experts' hidden, Q8_0
-    hc = np.empty((n_used, nbf, AUX_WORDS), np.int32)
-    sq = np.empty((1, max(nbs, 1) * Q8_0_BYTES), np.uint8)    # [1, nbs*34] shared experts' hidden
-    sc = np.empty((1, max(nbs, 1), AUX_WORDS), np.int32)
-    for k in prange(n_dn):
-        if k < n_used:
-            hk = gu[k * n_ff:(k + 1) * n_ff]
-            _swiglu_row(hk, hk, gu[(n_used + k) * n_ff:(n_used + k + 1) * n_ff])
-            quantize_rows_q8_0(hq[k:k + 1], hk.reshape(1, n_ff))
-            x_aux_q8_0(hc[k:k + 1], hq[k:k + 1], _q_bias(kinds[1]))
-        else:
-            o = 2 * n_used * n_ff
-            hs = gu[o:o + n_sh]
-            _swiglu_row(hs, hs, gu[o + n_sh:o + 2 * n_sh])
-            quantize_rows_q8_0(sq, hs.reshape(1, n_sh))
-            x_aux_q8_0(sc, sq, _q_bias(kinds[3]))
-    # down: the experts' rows and the shared experts' rows in one region
+        e_g[k] = np.int64(gate_exps.ctypes.data) + np.int64(sel[k]) * n_ff * ws
+        e_u[k] = np.int64(up_exps.ctypes.data) + np.int64(sel[k]) * n_ff * ws
+    per = (n_ff + FFN_TILE - 1) // FFN_TILE
+    bias_dn = _q_bias(kinds[1])
+    for it in prange(n_used * per):
+        ke = it // per
+        h0 = (it - ke * per) * FFN_TILE
+        if h0 + FFN_TILE >= n_ff and ke + 1 < n_used:  # the next expert's first lines: nothing else asks for them yet
+            _prefetch_start(e_g[ke + 1], pf)
+            _prefetch_start(e_u[ke + 1], pf)
+        _gate_up_tile(kinds[0], e_g[ke], e_u[ke], ws, h0, min(h0 + FFN_TILE, n_ff), np.int64(xq.ctypes.data),
+                      np.int64(xc.ctypes.data), np.int64(nbx), hg[ke], hu[ke], hq[ke], hc[ke], bias_dn, pf)
+    # (3) down: the experts' rows and the shared experts' rows in one region
     dn = np.empty((n_dn, n_embd), np.float32)                # [n_dn, n_embd] f32
     d_w = np.empty(n_dn, np.int64)
     d_rows = np.full(n_dn, n_embd, np.int64)
