@@ -134,3 +134,45 @@ def test_invisible_query_gets_zeros_and_bad_inputs_raise():
     with pytest.raises(InvalidArgumentError):
         mla.flash_mla(q[:, :, :10], rows, "f32", np.zeros(4, np.int32), np.ones(4, np.uint64),
                       np.arange(4, dtype=np.int32), np.array([1]), np.array([0]), 1.0, R)
+
+
+def _q_rows(rng, n_rows, n_in, ggml_type):
+    """Random raw rows of a legacy quant (real f16 scales, random quants), read-only like mapped weights."""
+    from pyrt.formats.qtypes import get_qtype
+    qt = get_qtype(ggml_type)
+    nb = n_in // 32
+    w = rng.integers(0, 256, (n_rows, nb, qt.type_size), dtype=np.uint8)
+    w[:, :, :2] = (rng.random((n_rows, nb)) * 0.02 + 0.001).astype(np.float16).view(np.uint8).reshape(n_rows, nb, 2)
+    w = w.reshape(n_rows, nb * qt.type_size)
+    w.flags.writeable = False
+    return w
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("n_head,n_cells", [(8, 40), (8, 700), (6, 40), (4, 1)])
+def test_fused_decode_equals_three_calls(n_head, n_cells):
+    """MLADecode (W_UK, FlashMLA, W_UV in one kernel: one region per group of 4 heads for few cells, three
+    regions otherwise) gives exactly what matmul_id + flash_mla + matmul_id give."""
+    from gguf import GGMLQuantizationType as T
+    from pyrt.ops import matmul as mm
+    rng = np.random.default_rng(n_head * 1000 + n_cells)
+    Cw, Dn, Dv = 64, 64, 32
+    k_b = _q_rows(rng, n_head * Cw, Dn, int(T.Q8_0))           # [H*C, Dn] W_UK^T rows per head
+    v_b = _q_rows(rng, n_head * (Dn + Dv), Cw, int(T.Q4_0))    # kv_b-like: head h's V rows at h*(Dn+Dv)+Dn
+    v_row0 = np.arange(n_head, dtype=np.int64) * (Dn + Dv) + Dn
+    dec = mla.MLADecode.build(k_b, int(T.Q8_0), v_b, v_row0, int(T.Q4_0), n_head, Cw, Dn, Dv)
+    rows = rng.standard_normal((n_cells, R + Cw)).astype(np.float32).astype(np.float16)
+    cp = np.arange(n_cells, dtype=np.int32)
+    cs = np.ones(n_cells, dtype=np.uint64)
+    idx = np.arange(n_cells, dtype=np.int32)
+    q_nope = rng.standard_normal((n_head, Dn)).astype(np.float32)
+    q_pe = rng.standard_normal((n_head, R)).astype(np.float32)
+    pos, seq = np.array([n_cells], np.int32), np.array([0], np.int32)
+    got = dec(q_nope, q_pe, rows, "f16", cp, cs, idx, pos, seq, 0.05)
+    qa = np.empty((1, n_head, R + Cw), np.float32)
+    qa[0, :, :R] = q_pe
+    qa[0, :, R:] = mm.matmul_id(q_nope, k_b, int(T.Q8_0), np.arange(n_head, dtype=np.int64) * Cw,
+                                np.arange(n_head), Cw)
+    o_lat = mla.flash_mla(qa, rows, "f16", cp, cs, idx, pos, seq, 0.05, R)
+    want = mm.matmul_id(o_lat[0], v_b, int(T.Q4_0), v_row0, np.arange(n_head), Dv)
+    np.testing.assert_array_equal(got, want)

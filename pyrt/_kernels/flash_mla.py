@@ -355,6 +355,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
 
 
 # ------------------------------------------------------------------ one decoded token, fused
+HEAD_GROUP = 4  # heads per work item of the one-region decode (few cells); a multiple of _mla_item's 4
 # q_nope . W_UK per head, FlashMLA over the latent cache, then . W_UV per head, in one call: the three
 # parallel regions that ops.matmul.matmul_id + flash_attn_mla + matmul_id run, without Python between them.
 
@@ -387,6 +388,38 @@ def mla_decode_legacy(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, 
         for i in range(n_rot):
             qa[0, h, i] = q_pe[h, i]
     kbs = np.int64(k_b.strides[0])
+    vbs = np.int64(v_b.strides[0])
+    nbo = C // QK8_0
+    if n_split == 1 and n_head % HEAD_GROUP == 0:
+        # few cells: one parallel region, a work item per group of HEAD_GROUP heads running W_UK, the attention
+        # and W_UV of its heads back to back (each item reads the few cache rows itself). The same arithmetic
+        # per head as the three regions below: _mla_item treats heads in fours, whatever the group.
+        for g in prange(n_head // HEAD_GROUP):
+            h0 = g * HEAD_GROUP
+            h1 = h0 + HEAD_GROUP
+            for h in range(h0, h1):
+                _rows_q_legacy(kb_kind, np.int64(k_b.ctypes.data) + h * C * kbs, kbs, 0, C,
+                               np.int64(qq.ctypes.data) + h * np.int64(qq.strides[0]),
+                               np.int64(qc.ctypes.data) + h * nbq * AUX_BYTES, np.int64(nbq), qa[0, h, n_rot:], pf)
+            acc = np.empty((HEAD_GROUP, C), dtype=np.float32)
+            m = np.empty(HEAD_GROUP, dtype=np.float32)
+            l = np.empty(HEAD_GROUP, dtype=np.float32)
+            _mla_item(acc, m, l, qa[:, h0:h1, :], k, kind, n_rot, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale,
+                      0, 1, 0, kv_idx.shape[0], kv_tile)
+            og = np.empty((HEAD_GROUP, C), dtype=np.float32)
+            for r in range(HEAD_GROUP):
+                inv = np.float32(1.0) / l[r] if l[r] > np.float32(0.0) else np.float32(0.0)
+                for i in range(C):
+                    og[r, i] = acc[r, i] * inv
+            oq = np.empty((HEAD_GROUP, nbo * Q8_0_BLOCK_BYTES), np.uint8)
+            quantize_rows_q8_0(oq, og)
+            oc = np.empty((HEAD_GROUP, nbo, AUX_WORDS), np.int32)
+            x_aux_q8_0(oc, oq, _q_bias(vb_kind))
+            for r in range(HEAD_GROUP):
+                _rows_q_legacy(vb_kind, np.int64(v_b.ctypes.data) + v_row0[h0 + r] * vbs, vbs, 0, dv,
+                               np.int64(oq.ctypes.data) + r * np.int64(oq.strides[0]),
+                               np.int64(oc.ctypes.data) + r * nbo * AUX_BYTES, np.int64(nbo), dst[h0 + r], pf)
+        return
     nt = (C + ROW_TILE - 1) // ROW_TILE
     for it in prange(n_head * nt):
         h = it // nt
@@ -396,12 +429,10 @@ def mla_decode_legacy(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, 
                        np.int64(qc.ctypes.data) + h * nbq * AUX_BYTES, np.int64(nbq), qa[0, h, n_rot:], pf)
     o_lat = np.empty((1, n_head, C), np.float32)               # [1, n_head, C] attention over the latents
     flash_attn_mla(o_lat, qa, k, kind, n_rot, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, 1, kv_tile, n_split)
-    nbo = C // QK8_0
     oq = np.empty((n_head, nbo * Q8_0_BLOCK_BYTES), np.uint8)  # [n_head, nbo*34] o_lat as Q8_0
     quantize_rows_q8_0(oq, o_lat[0])
     oc = np.empty((n_head, nbo, AUX_WORDS), np.int32)
     x_aux_q8_0(oc, oq, _q_bias(vb_kind))
-    vbs = np.int64(v_b.strides[0])
     nt2 = (dv + ROW_TILE - 1) // ROW_TILE
     for it in prange(n_head * nt2):
         h = it // nt2
