@@ -52,6 +52,9 @@ def add_bench_parser(sub) -> None:
     s.add_argument("-n", "--n-predict", type=int, default=-1, help="TG tokens per row (default: ubatch/4)")
     s.add_argument("--sweep-memory", "--memory", action="store_true", dest="memory",
                    help="add the peak RSS (RSS HWM, MiB) column")
+    s.add_argument("--tg-rounds", type=int, default=1,
+                   help="decode each row's TG tokens in this many chunks, the engines taking turns (default: 1, "
+                        "sweep-bench's order: each engine's whole TG run)")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="plot S_PP and S_TG against N_KV (matplotlib)")
     s.add_argument("--jsonl", default=None, metavar="FILE", help="also write the jsonl records to FILE")
     r = bs.add_parser("run", help="llama-bench's pp/tg tests with repetitions", allow_abbrev=False)
@@ -115,12 +118,15 @@ def _cmd_sweep(a) -> int:
     from .bench.roofline import ModelCosts
     from .bench.sweep import sweep
 
+    if a.tg_rounds < 1:  # before loading anything
+        raise InvalidArgumentError(f"--tg-rounds must be >= 1, got {a.tg_rounds}")
     engines = _open(a, a.ctx_size)
     py = engines[0]
     for e in engines:
         _log(f"{e.name}: load {e.t_load * 1000:.0f} ms, compile/warm-up {e.t_compile * 1000:.0f} ms")
     costs = ModelCosts.from_llm(py.llm)
-    results = sweep(engines, n_tg=a.n_predict, seed=a.seed, memory=a.memory, costs=costs, progress=_log)
+    results = sweep(engines, n_tg=a.n_predict, seed=a.seed, memory=a.memory, costs=costs, progress=_log,
+                    tg_rounds=a.tg_rounds)
     bw = _membw(a, py.n_threads)  # after the sweep: its buffer must not raise the RSS high-water mark
     if bw:
         for rows in results.values():

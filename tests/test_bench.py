@@ -71,6 +71,42 @@ def test_tg_default_is_quarter_ubatch(engine):
     assert [(r.n_kv, r.pp, r.tg) for r in rows] == [(0, 16, 4), (16, 16, 4)]
 
 
+class _Recorder:
+    """A stand-in engine that logs (engine, kind, tokens, first position) for every decode."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+        self.n_ctx, self.n_ubatch, self.n_batch, self.n_vocab = 64, 16, 16, 100
+
+    def clear(self):
+        self.log.append((self.name, "clear", 0, 0))
+
+    def seq_rm(self, p0):
+        self.log.append((self.name, "rm", 0, p0))
+
+    def decode(self, toks, pos0, logits_last=True):
+        self.log.append((self.name, "tg" if len(toks) == 1 else "pp", len(toks), pos0))
+
+
+def test_sweep_tg_rounds_take_turns():
+    """--tg-rounds: the engines take turns on chunks of each row's TG tokens (who starts alternates), every
+    engine decodes every TG position once, then each runs its PP chunk from the same n_kv."""
+    from pyrt.bench.sweep import sweep
+    log = []
+    a, b = _Recorder("a", log), _Recorder("b", log)
+    rows = sweep([a, b], n_tg=6, n_kv_max=32, tg_rounds=3)
+    assert [r.n_kv for r in rows["a"]] == [0, 16] and all(r.t_tg > 0 for r in rows["a"] + rows["b"])
+    row0 = log[2:log.index(("a", "pp", 16, 0)) + 1]   # after the two clears, up to a's first PP chunk
+    turns = [(n, p) for n, k, _, p in row0 if k == "tg"]
+    assert turns == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 3), ("a", 2), ("a", 3),
+                     ("a", 4), ("a", 5), ("b", 4), ("b", 5)]
+    assert row0[-2:] == [("a", "rm", 0, 0), ("a", "pp", 16, 0)]
+    row1 = [(n, p) for n, k, _, p in log[log.index(("b", "pp", 16, 0)) + 1:] if k == "tg"]
+    assert row1[:3] == [("b", 16), ("b", 17), ("a", 16)]  # the second row starts with the other engine
+    with pytest.raises(Exception, match="tg_rounds"):
+        sweep([a], n_tg=6, n_kv_max=32, tg_rounds=0)
+
+
 def test_cache_after_sweep(engine):
     """The sweep leaves exactly the PP chunks (positions 0..63), TG tokens removed: decoding one more token
     gives the same logits as a fresh context fed the same PP tokens."""

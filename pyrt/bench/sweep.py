@@ -3,7 +3,10 @@
 For n_kv = 0, ubatch, 2*ubatch, ... while a ubatch still fits the context: remove positions >= n_kv,
 time TG single-token decodes at n_kv, n_kv+1, ... (logits each), remove them again, then time one PP
 chunk of `ubatch` random tokens at n_kv.. (logits on the last) that stays in the cache. Each row runs
-every engine back to back (alternating which goes first) so machine drift hits all of them.
+every engine back to back (alternating which goes first) so machine drift hits all of them. With
+tg_rounds > 1 the TG tokens of a row are decoded in that many chunks, the engines taking turns chunk by
+chunk (alternating who starts), before the PP chunks: on a machine whose memory bandwidth drifts over
+seconds (a shared VM), each engine's TG time then spans the same stretch of time.
 """
 
 from __future__ import annotations
@@ -47,15 +50,34 @@ def _decode_chunked(e, toks: list[int], pos0: int) -> None:
         e.decode(chunk, pos0 + s, logits_last=s + len(chunk) == len(toks))
 
 
+def _tg_turns(engines: list, toks: list[int], n_kv: int, rounds: int) -> dict[str, float]:
+    """TG decodes of toks at n_kv.. on every engine, in `rounds` chunks the engines take turns on
+    (alternating who starts); returns each engine's summed TG seconds."""
+    for e in engines:
+        e.seq_rm(n_kv)
+    t = {e.name: 0.0 for e in engines}
+    bounds = np.linspace(0, len(toks), min(rounds, len(toks)) + 1).astype(int)
+    for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for e in (engines if c % 2 == 0 else engines[::-1]):
+            t0 = time.perf_counter()
+            for j in range(a, b):
+                e.decode([toks[j]], n_kv + j, logits_last=True)
+            t[e.name] += time.perf_counter() - t0
+    return t
+
+
 def sweep(engines: list, n_tg: int = 0, n_kv_max: int | None = None, seed: int = 1234, memory: bool = False,
-          costs=None, membw_gbps: float | None = None, progress=None) -> dict[str, list[SweepRow]]:
+          costs=None, membw_gbps: float | None = None, progress=None, tg_rounds: int = 1) -> dict[str, list[SweepRow]]:
     """Runs the sweep on every engine; returns {engine name: rows}. All engines must share n_ctx/n_ubatch.
 
     n_tg <= 0: ubatch/4 (sweep-bench's default). costs: a ModelCosts for the roofline columns.
-    progress(str): called after each row.
+    progress(str): called after each row. tg_rounds: TG chunks per row that the engines take turns on
+    (1: each engine's whole TG run, then its PP chunk, as sweep-bench).
     """
     if not engines:
         raise InvalidArgumentError("sweep: no engines")
+    if int(tg_rounds) < 1:
+        raise InvalidArgumentError(f"sweep: tg_rounds must be >= 1, got {tg_rounds}")
     e0 = engines[0]
     n_ubatch = e0.n_ubatch
     n_ctx = min(e.n_ctx for e in engines) if n_kv_max is None else int(n_kv_max)
@@ -78,12 +100,16 @@ def sweep(engines: list, n_tg: int = 0, n_kv_max: int | None = None, seed: int =
         tg_toks = rng.integers(0, n_vocab, tg).tolist()
         pp_toks = rng.integers(0, n_vocab, pp).tolist()
         order = engines if i % 2 == 0 else engines[::-1]
+        t_tgs = _tg_turns(order, tg_toks, n_kv, int(tg_rounds)) if tg_rounds > 1 else None
         for e in order:
-            e.seq_rm(n_kv)
-            t0 = time.perf_counter()
-            for j, tok in enumerate(tg_toks):
-                e.decode([tok], n_kv + j, logits_last=True)
-            t_tg = time.perf_counter() - t0
+            if t_tgs is None:
+                e.seq_rm(n_kv)
+                t0 = time.perf_counter()
+                for j, tok in enumerate(tg_toks):
+                    e.decode([tok], n_kv + j, logits_last=True)
+                t_tg = time.perf_counter() - t0
+            else:
+                t_tg = t_tgs[e.name]
             e.seq_rm(n_kv)
             t0 = time.perf_counter()
             _decode_chunked(e, pp_toks, n_kv)
