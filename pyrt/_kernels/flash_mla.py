@@ -355,9 +355,10 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
 
 
 # ------------------------------------------------------------------ one decoded token, fused
-HEAD_GROUP = 4  # heads per work item of the one-region decode (few cells); a multiple of _mla_item's 4
 # q_nope . W_UK per head, FlashMLA over the latent cache, then . W_UV per head, in one call: the three
-# parallel regions that ops.matmul.matmul_id + flash_attn_mla + matmul_id run, without Python between them.
+# parallel regions that ops.matmul.matmul_id + flash_attn_mla + matmul_id run, without Python between them
+# (one region when the cells need no KV split).
+HEAD_GROUP = 4  # heads per work item of the one-region decode (few cells); a multiple of _mla_item's 4
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
