@@ -102,14 +102,7 @@ def sweep(engines: list, n_tg: int = 0, n_kv_max: int | None = None, seed: int =
         order = engines if i % 2 == 0 else engines[::-1]
         t_tgs = _tg_turns(order, tg_toks, n_kv, int(tg_rounds)) if tg_rounds > 1 else None
         for e in order:
-            if t_tgs is None:
-                e.seq_rm(n_kv)
-                t0 = time.perf_counter()
-                for j, tok in enumerate(tg_toks):
-                    e.decode([tok], n_kv + j, logits_last=True)
-                t_tg = time.perf_counter() - t0
-            else:
-                t_tg = t_tgs[e.name]
+            t_tg = t_tgs[e.name] if t_tgs is not None else _tg_turns([e], tg_toks, n_kv, 1)[e.name]
             e.seq_rm(n_kv)
             t0 = time.perf_counter()
             _decode_chunked(e, pp_toks, n_kv)
