@@ -179,8 +179,39 @@ def test_fused_mla_decode_bit_identical(name, ds2_models, monkeypatch):
         fused = [L.mla_decode is not None for L in llm.model.layers]
         return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
                                       for i, t in enumerate(ids)])
+    monkeypatch.setattr(mla, "FUSED_BLOCK", False)  # MLADecode inside the op-by-op block
     on, a = run()
     monkeypatch.setattr(mla, "FUSED_DECODE", False)
     _, b = run()
     assert all(on)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name,type_k", [("ds2-lite-kvb-q4_0", "f16"), ("ds2-lite-kvb-q4_0", "q8_0"),
+                                         ("ds2-qlora-kb-q8_0", "bf16"), ("ds2-qlora-kb-q8_0", "f32")])
+def test_fused_block_decode_bit_identical(name, type_k, ds2_models, monkeypatch):
+    """A decoded token's attention block and MoE block as one call each (norms, projections with and without
+    q_lora, RoPE, the cache store in every MLA cache type, attention, attn_output, residuals) give exactly
+    the logits and the cache rows of the op-by-op block; prompt chunks in between still run op by op."""
+    from pyrt.ops import mla
+    path, _ = ds2_models[name]
+
+    def run():
+        llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=3, type_k=type_k, warmup=False)
+        blocks = [L.attn_block is not None for L in llm.model.layers]
+        ctx = llm.ctx
+        out = [ctx.decode(Batch.from_tokens([5, 9, 14], pos0=0, logits="all"))]
+        out += [ctx.decode(Batch.from_tokens([t], pos0=3 + i)) for i, t in enumerate([3, 7, 11])]
+        out.append(ctx.decode(Batch.from_tokens([2, 8], pos0=6, logits="all")))
+        out += [ctx.decode(Batch.from_tokens([t], pos0=8 + i)) for i, t in enumerate([4, 6])]
+        ctx.decode(Batch.from_tokens([13], pos0=10, logits="none"))  # last layer with no output row
+        out.append(ctx.decode(Batch.from_tokens([1], pos0=11)))
+        return blocks, np.concatenate(out), [k.copy() for k in ctx.cache.k]
+    on, a, ka = run()
+    monkeypatch.setattr(mla, "FUSED_BLOCK", False)
+    off, b, kb = run()
+    assert all(on) and not any(off)
+    np.testing.assert_array_equal(a, b)
+    for x, y in zip(ka, kb):
+        np.testing.assert_array_equal(x, y)

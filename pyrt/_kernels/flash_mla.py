@@ -11,7 +11,10 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .config import FASTMATH
+from .kv import _f32_bits_to_bf16_bits, _f32_bits_to_f16_bits, _quant_block_q8_0
+from .norm import _rms_row
 from .quants_legacy import ROW_TILE, _q_bias, _rows_q_legacy, quantize_rows_q8_0, x_aux_q8_0
+from .rope import _rope_norm_row
 from .simd import PREFETCH_BYTES
 from .simd_legacy import AUX_BYTES, AUX_WORDS
 
@@ -441,3 +444,138 @@ def mla_decode_legacy(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, 
         _rows_q_legacy(vb_kind, np.int64(v_b.ctypes.data) + v_row0[h] * vbs, vbs, r0, min(r0 + ROW_TILE, dv),
                        np.int64(oq.ctypes.data) + h * np.int64(oq.strides[0]),
                        np.int64(oc.ctypes.data) + h * nbo * AUX_BYTES, np.int64(nbo), dst[h], pf)
+
+
+# ---------------------------------------------------------------------- a decoded token's attention block
+# One call for everything between the residual stream and its update: attn_norm, the q (or q_a, q_a_norm,
+# q_b) and kv_a rows, kv_a_norm, RoPE, the cache store, the absorbed attention and attn_output. The same
+# arithmetic as the model's op-by-op path (rms_norm, linear_multi, rope, KVCache.store, mla_decode_legacy,
+# Linear): each output row is one fixed-order block dot, whatever the tiling.
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _store_latent_row(k, kind, cell, row):
+    """row [n] f32 -> cache row `cell` of k, converted as kv.store_rows_* do.
+
+    k: the cache rows as flash_attn_mla takes them (uint32 f32 bits, uint16 f16/bf16 bits, q8_0 bytes).
+    """
+    bits = row.view(np.uint32)
+    n = row.shape[0]
+    if kind == KIND_F32:
+        for i in range(n):
+            k[cell, i] = bits[i]
+    elif kind == KIND_F16:
+        for i in range(n):
+            k[cell, i] = np.uint16(_f32_bits_to_f16_bits(bits[i]))
+    elif kind == KIND_BF16:
+        for i in range(n):
+            k[cell, i] = np.uint16(_f32_bits_to_bf16_bits(bits[i]))
+    else:
+        dst = k[cell]
+        for b in range(n // QK8_0):
+            _quant_block_q8_0(dst, b, row)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _q8_0_with_aux(x, kind):
+    """x [n] f32 -> (the Q8_0 row [1, n/32*34] uint8, its aux words [1, n/32, 2] int32 for weights of kind)."""
+    nb = x.shape[0] // QK8_0
+    xq = np.empty((1, nb * Q8_0_BLOCK_BYTES), np.uint8)
+    quantize_rows_q8_0(xq, x.reshape(1, x.shape[0]))
+    xc = np.empty((1, nb, AUX_WORDS), np.int32)
+    x_aux_q8_0(xc, xq, _q_bias(kind))
+    return xq, xc
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def _matvec_legacy(dst, w, kind, x):
+    """dst = w . x for one token: ROW_TILE rows a work item (as matmul_q_legacy runs one token).
+
+    dst: [n_out] f32; w: [n_out, row bytes] uint8 of kind (quants_legacy KIND_Q8_0/Q4_0/Q5_0); x: [n_in] f32.
+    """
+    xq, xc = _q8_0_with_aux(x, kind)
+    nb = np.int64(xc.shape[1])
+    n_out = w.shape[0]
+    pf = np.int64(PREFETCH_BYTES)
+    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
+        r0 = it * ROW_TILE
+        _rows_q_legacy(kind, np.int64(w.ctypes.data), np.int64(w.strides[0]), r0, min(r0 + ROW_TILE, n_out),
+                       np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), nb, dst, pf)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def mla_block_decode_legacy(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, q_a_norm, kv_a_norm, cos,
+                            sin, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell, cell_pos, cell_seq, kv_idx,
+                            q_pos, q_seq, scale, kv_tile, n_split, wo, wo_kind, dn, dv):
+    """x += attn_output(MLA attention of rmsnorm(x) * attn_norm) for one token, its latent row stored in the cache.
+
+    x          [n_embd] f32 in/out     the residual stream
+    attn_norm  [n_embd] f32; eps: the RMSNorm epsilon
+    wq         [n_q, rb] uint8         attn_q (n_q = n_head*(dn + n_rot)), or attn_q_a (n_q = q_lora_rank)
+    wkv        [C + n_rot, rb] uint8   attn_kv_a_mqa; q_kind, kv_kind: their quants_legacy KIND_*
+    wqb        [n_head*(dn + n_rot), n_q row bytes] uint8 attn_q_b, or 0 rows (no q_lora); q_a_norm [n_q] f32
+    kv_a_norm  [C] f32; cos, sin: [n_rot/2] f32 the token's RoPE table row (GPT-J pairs)
+    k_b .. vb_kind, k, kind, cell_pos .. n_split: as mla_decode_legacy; cell: the cache row this token writes
+    wo         [n_embd, n_head*dv row bytes] uint8 attn_output of wo_kind
+    Shapes are validated by ops.mla.MLABlockDecode (every row length a multiple of 32).
+    """
+    n_embd = x.shape[0]
+    n_head = v_row0.shape[0]
+    C = kv_a_norm.shape[0]
+    n_rot = cos.shape[0] * 2
+    dk = dn + n_rot
+    pf = np.int64(PREFETCH_BYTES)
+    # (1) attn_norm, x as Q8_0 once, the q (or q_a) rows and the kv_a rows in one region
+    h = np.empty(n_embd, np.float32)
+    _rms_row(h, x, attn_norm, eps)
+    xq, xc = _q8_0_with_aux(h, q_kind)
+    xc2 = np.empty((1, xc.shape[1], AUX_WORDS), np.int32)
+    x_aux_q8_0(xc2, xq, _q_bias(kv_kind))
+    nbx = np.int64(xc.shape[1])
+    n_q = wq.shape[0]
+    n_kva = wkv.shape[0]
+    qa = np.empty(n_q, np.float32)
+    kva = np.empty(n_kva, np.float32)
+    nt_q = (n_q + ROW_TILE - 1) // ROW_TILE
+    for it in prange(nt_q + (n_kva + ROW_TILE - 1) // ROW_TILE):
+        if it < nt_q:
+            r0 = it * ROW_TILE
+            _rows_q_legacy(q_kind, np.int64(wq.ctypes.data), np.int64(wq.strides[0]), r0, min(r0 + ROW_TILE, n_q),
+                           np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), nbx, qa, pf)
+        else:
+            r0 = (it - nt_q) * ROW_TILE
+            _rows_q_legacy(kv_kind, np.int64(wkv.ctypes.data), np.int64(wkv.strides[0]), r0,
+                           min(r0 + ROW_TILE, n_kva), np.int64(xq.ctypes.data), np.int64(xc2.ctypes.data), nbx,
+                           kva, pf)
+    # (2) with q_lora: q = attn_q_b(rmsnorm(q_a) * q_a_norm)
+    if wqb.shape[0] > 0:
+        qn = np.empty(n_q, np.float32)
+        _rms_row(qn, qa, q_a_norm, eps)
+        q = np.empty(wqb.shape[0], np.float32)
+        _matvec_legacy(q, wqb, qb_kind, qn)
+    else:
+        q = qa
+    # the cache row [rope(k_pe) | rmsnorm(c_kv)], the heads' q_nope and rope(q_pe)
+    row = np.empty(n_rot + C, np.float32)
+    _rms_row(row[n_rot:], kva[:C], kv_a_norm, eps)
+    for i in range(n_rot):
+        row[i] = kva[C + i]
+    _rope_norm_row(row[:n_rot], cos, sin)
+    _store_latent_row(k, kind, cell, row)
+    q_nope = np.empty((n_head, dn), np.float32)
+    q_pe = np.empty((n_head, n_rot), np.float32)
+    for hh in range(n_head):
+        for i in range(dn):
+            q_nope[hh, i] = q[hh * dk + i]
+        for i in range(n_rot):
+            q_pe[hh, i] = q[hh * dk + dn + i]
+        _rope_norm_row(q_pe[hh], cos, sin)
+    # (3) W_UK, FlashMLA, W_UV
+    attn = np.empty((n_head, dv), np.float32)
+    mla_decode_legacy(attn, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell_pos, cell_seq, kv_idx,
+                      q_pos, q_seq, scale, kv_tile, n_split)
+    # (4) attn_output and the residual
+    y = np.empty(n_embd, np.float32)
+    _matvec_legacy(y, wo, wo_kind, attn.reshape(n_head * dv))
+    for i in range(n_embd):
+        x[i] += y[i]

@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from .act import _swiglu_row
 from .config import FASTMATH
+from .norm import _rms_row
 from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f16_to_f32, f32_to_f16, prefetch
 from .simd_legacy import AUX_BYTES, AUX_WORDS, NT, Q8_0_VNNI_BIAS, ROWS
 from .simd_legacy import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
@@ -631,3 +632,21 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
         if n_sh > 0:
             acc += dn[n_used, i]
         y[i] = acc
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def moe_block_decode_legacy(x, ffn_norm, eps, sel, wsel, gate_inp, probs_b, gate_exps, up_exps, down_exps,
+                            gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
+    """x += moe_ffn_decode_legacy(rmsnorm(x) * ffn_norm): a decoded token's whole FFN block.
+
+    x: [n_embd] f32 in/out (the residual stream); ffn_norm: [n_embd] f32; eps: the RMSNorm epsilon;
+    the other arguments as moe_ffn_decode_legacy.
+    """
+    n_embd = x.shape[0]
+    h = np.empty(n_embd, np.float32)
+    _rms_row(h, x, ffn_norm, eps)
+    y = np.empty(n_embd, np.float32)
+    moe_ffn_decode_legacy(y, sel, wsel, h, gate_inp, probs_b, gate_exps, up_exps, down_exps, gate_shexp, up_shexp,
+                          down_shexp, kinds, gating, norm_w, w_scale)
+    for i in range(n_embd):
+        x[i] += y[i]

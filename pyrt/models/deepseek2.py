@@ -127,6 +127,13 @@ class DeepSeek2Model:
             L.v_b_type = int(v_b.ggml_type)
             L.mla_decode = mla.MLADecode.build(L.k_b_raw, L.k_b_type, L.v_b_raw, L.v_b_row0, L.v_b_type, H, C, Dn, Dv)
             L.attn_output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
+            q_lin = L.attn_q if L.attn_q is not None else L.attn_q_a
+            lins = [q_lin, L.attn_kv_a_mqa, L.attn_output] + ([L.attn_q_b] if L.attn_q is None else [])
+            L.attn_block = None if any(li.bias is not None for li in lins) else mla.MLABlockDecode.build(
+                L.mla_decode, L.attn_norm, (q_lin.w.raw, q_lin.w.ggml_type), L.attn_q_a_norm if L.attn_q is None
+                else None, (L.attn_q_b.w.raw, L.attn_q_b.w.ggml_type) if L.attn_q is None else None,
+                (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type), L.attn_kv_a_norm,
+                (L.attn_output.w.raw, L.attn_output.w.ggml_type), hp.n_embd, R, hp.f_norm_rms_eps)
             L.ffn_norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
             if il < x["n_layer_dense_lead"]:
                 L.moe = False
@@ -290,15 +297,28 @@ class DeepSeek2Model:
         rope = self.rope_cache(inp.pos)
         eps = hp.f_norm_rms_eps
         last = hp.n_layer - 1
+        # a decoded token runs each layer's attention block and MoE block as one call each
+        one = n_tok == 1 and mode != 0 and inp.out_rows.shape[0] == 1
+        slot = None
         for il, L in enumerate(self.layers):
-            h = basic.rms_norm(x, L.attn_norm, eps)
-            attn = self._attention(il, L, h, rope, inp, mode)  # [n_tok, n_head*Dv]
-            if il == last and inp.out_rows.shape[0] == 0:
-                return np.empty((0, hp.n_vocab), dtype=np.float32)
-            if il == last and inp.out_rows.shape[0] < n_tok:
-                x = np.ascontiguousarray(x[inp.out_rows])
-                attn = np.ascontiguousarray(attn[inp.out_rows])
-            x += L.attn_output(attn)
+            if one and L.attn_block is not None:
+                krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
+                if slot is None:
+                    slot = L.attn_block.slot(krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
+                                             inp.kv.mla_cells(il), self.kq_scale)
+                L.attn_block(x[0], rope.cos[0], rope.sin[0], krows, slot)
+                if L.moe and L.moe_decode is not None and L.ffn_gate_inp.bias is None:
+                    L.moe_decode.block(x[0], L.ffn_norm, eps)
+                    continue
+            else:
+                h = basic.rms_norm(x, L.attn_norm, eps)
+                attn = self._attention(il, L, h, rope, inp, mode)  # [n_tok, n_head*Dv]
+                if il == last and inp.out_rows.shape[0] == 0:
+                    return np.empty((0, hp.n_vocab), dtype=np.float32)
+                if il == last and inp.out_rows.shape[0] < n_tok:
+                    x = np.ascontiguousarray(x[inp.out_rows])
+                    attn = np.ascontiguousarray(attn[inp.out_rows])
+                x += L.attn_output(attn)
             h = basic.rms_norm(x, L.ffn_norm, eps)
             if not L.moe:
                 g, u = linear_multi(h, L.ffn_gate, L.ffn_up)

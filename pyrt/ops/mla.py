@@ -118,6 +118,9 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
 # A decoded token's absorbed attention runs as one MLADecode call where the weights allow it
 # (MLADecode.build, at load); False runs W_UK, FlashMLA and W_UV as separate calls (tests and A/B benchmarks).
 FUSED_DECODE = True
+# ... and the whole attention block (norm, projections, RoPE, cache store, attention, attn_output) as one
+# MLABlockDecode call; False runs the block op by op around MLADecode (tests and A/B benchmarks).
+FUSED_BLOCK = True
 _LEGACY_W = {int(T.Q8_0): 0, int(T.Q4_0): 1, int(T.Q5_0): 2}  # quants_legacy.KIND_*
 
 
@@ -159,6 +162,95 @@ class MLADecode:
         fk.mla_decode_legacy(out, q_nope, q_pe, self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind, k_,
                              kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), kv_tile, n_split)
         return out
+
+
+
+def _f32_vec(name: str, a, n: int) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (n,) or not a.flags.c_contiguous:
+        raise InvalidArgumentError(f"mla block: {name} must be a C-contiguous float32 [{n}] array")
+    return a
+
+
+class MLABlockDecode:
+    """One deepseek2 layer's attention block for a decoded token, checked once at load, for
+    flash_mla.mla_block_decode_legacy: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
+
+    `build` returns None unless every projection (q or q_a/q_b, kv_a, attn_output) is Q8_0/Q4_0/Q5_0 without a
+    bias and the absorbed attention has an MLADecode; those layers run op by op. Per ubatch, `slot` checks
+    the cache side once; per layer, the call checks only that layer's cache rows.
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    @classmethod
+    def build(cls, decode: "MLADecode | None", attn_norm, q, q_a_norm, q_b, kv_a, kv_a_norm, wo, n_embd: int,
+              n_rot: int, eps: float) -> "MLABlockDecode | None":
+        """q, q_b, kv_a, wo: (raw rows, ggml type) of attn_q (or attn_q_a), attn_q_b (None without q_lora),
+        attn_kv_a_mqa and attn_output; attn_norm, q_a_norm (None without q_lora), kv_a_norm: f32 vectors."""
+        if decode is None or not FUSED_BLOCK:
+            return None
+        mats = [q, kv_a, wo] + ([q_b] if q_b is not None else [])
+        if any(int(t) not in _LEGACY_W for _, t in mats) or n_embd % 32 or n_rot % 2:
+            return None
+        H, C, dn, dv = decode.n_head, decode.C, decode.dn, decode.dv
+        dk = dn + n_rot
+        n_q = H * dk if q_b is None else q[0].shape[0]
+        if n_q % 32 or (H * dv) % 32:
+            return None
+        wq = _check_raw(q[0], get_qtype(q[1]), n_embd, "mla block q")
+        wkv = _check_raw(kv_a[0], get_qtype(kv_a[1]), n_embd, "mla block kv_a")
+        wo_ = _check_raw(wo[0], get_qtype(wo[1]), H * dv, "mla block attn_output")
+        if q_b is not None:
+            wqb = _check_raw(q_b[0], get_qtype(q_b[1]), n_q, "mla block q_b")
+            qan = _f32_vec("q_a_norm", q_a_norm, n_q)
+            qb_kind = _LEGACY_W[int(q_b[1])]
+        else:
+            wqb = np.zeros((0, 34), np.uint8)
+            wqb.flags.writeable = False
+            qan = np.zeros(0, np.float32)
+            qb_kind = 0
+        n_qh = wqb.shape[0] if q_b is not None else wq.shape[0]
+        if n_qh != H * dk or wkv.shape[0] != C + n_rot or wo_.shape[0] != n_embd:
+            raise InvalidArgumentError(f"mla block: q / kv_a / attn_output rows ({n_qh}, {wkv.shape[0]}, "
+                                       f"{wo_.shape[0]}) do not fit {H} heads of {dk}, {C} + {n_rot} and {n_embd}")
+        return cls(decode=decode, attn_norm=_f32_vec("attn_norm", attn_norm, n_embd), wq=wq,
+                   q_kind=_LEGACY_W[int(q[1])], wkv=wkv, kv_kind=_LEGACY_W[int(kv_a[1])], wqb=wqb, qb_kind=qb_kind,
+                   q_a_norm=qan, kv_a_norm=_f32_vec("kv_a_norm", kv_a_norm, C), wo=wo_,
+                   wo_kind=_LEGACY_W[int(wo[1])], n_embd=n_embd, n_rot=n_rot, eps=float(eps))
+
+    def slot(self, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, cells, scale: float):
+        """The ubatch's cache-side arguments, validated once for every layer: k is one layer's cache rows
+        [n_cells, row] (every layer's must match it), cells the [1] cell the token writes."""
+        d = self.decode
+        k_, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq = _flash_args(
+            1, d.n_head, self.n_rot + d.C, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, self.n_rot)
+        cells = np.asarray(cells)
+        if cells.shape != (1,) or not 0 <= int(cells[0]) < k.shape[0]:
+            raise InvalidArgumentError(f"mla block: the token's cell must be one index in [0, {k.shape[0]})")
+        _, kv_tile, n_split = choose_tiles(1, d.n_head, kv_idx.shape[0])
+        return (type_k, k.shape, k.dtype, kind, int(cells[0]), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
+                np.float32(scale), kv_tile, n_split)
+
+    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, k: np.ndarray, slot: tuple) -> None:
+        """x [n_embd] f32 (one token's residual stream, updated in place); cos, sin [n_rot/2] f32 its RoPE
+        row; k this layer's cache rows (as given to `slot`)."""
+        type_k, shape, dtype, kind, cell, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split = slot
+        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != (self.n_embd,)
+                or not x.flags.c_contiguous or not x.flags.writeable):
+            raise InvalidArgumentError(f"mla block: x must be a writable C-contiguous float32 [{self.n_embd}] array")
+        half = self.n_rot // 2
+        _f32_vec("cos", cos, half)
+        _f32_vec("sin", sin, half)
+        if (not isinstance(k, np.ndarray) or k.shape != shape or k.dtype != dtype or not k.flags.c_contiguous
+                or not k.flags.writeable):
+            raise InvalidArgumentError("mla block: the layer's cache rows differ from the slot's")
+        d = self.decode
+        fk.mla_block_decode_legacy(x, self.attn_norm, self.eps, self.wq, self.q_kind, self.wkv, self.kv_kind,
+                                   self.wqb, self.qb_kind, self.q_a_norm, self.kv_a_norm, cos, sin, d.k_b,
+                                   d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, type_k), kind, cell,
+                                   cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split, self.wo,
+                                   self.wo_kind, d.dn, d.dv)
 
 
 def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.ndarray:

@@ -196,3 +196,15 @@ class MoEDecode:
                     self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp, self.kinds, self.gating,
                     self.norm_w, self.w_scale)
         return y
+
+    def block(self, x: np.ndarray, ffn_norm: np.ndarray, eps: float) -> None:
+        """x += self(rms_norm(x) * ffn_norm) in one call: x [n_embd] f32, the residual stream of one token."""
+        if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != (self.n_embd,)
+                or not x.flags.c_contiguous or not x.flags.writeable):
+            raise InvalidArgumentError(f"moe: x must be a writable C-contiguous float32 [{self.n_embd}] array")
+        if (not isinstance(ffn_norm, np.ndarray) or ffn_norm.dtype != np.float32 or ffn_norm.shape != (self.n_embd,)
+                or not ffn_norm.flags.c_contiguous):
+            raise InvalidArgumentError(f"moe: ffn_norm must be a C-contiguous float32 [{self.n_embd}] array")
+        ql.moe_block_decode_legacy(x, ffn_norm, float(eps), self.sel, self.wsel, self.gate_inp, self.probs_b,
+                                   self.gate_exps, self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp,
+                                   self.down_shexp, self.kinds, self.gating, self.norm_w, self.w_scale)

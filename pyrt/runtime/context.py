@@ -75,7 +75,7 @@ class _KVBinding:
     computed once per ubatch, the cells scanned in canonical order.
     """
 
-    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_qmin")
+    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_qmin", "_cells_view")
 
     def __init__(self, caches, cells_idx, pos, seq, mla: int = 3, layer_map=None):
         self.caches, self.cells_idx, self.pos, self.seq = caches, cells_idx, pos, seq
@@ -83,6 +83,7 @@ class _KVBinding:
         self.mla = mla    # MLA attention mode (-mla 0..3) for MLA models; ignored by the others
         self.layer_map = layer_map
         self._qmin = None  # [(seq id, its first query position in the ubatch)]
+        self._cells_view = {}  # side -> (n_kv, cell_pos, cell_seq) of mla_view
 
     @property
     def cache(self) -> KVCache:
@@ -133,10 +134,16 @@ class _KVBinding:
         storage dtype, type_k, cell_pos [n_kv] int32, cell_seq [n_kv] uint64, kv_idx int32 in scan order)."""
         side, j = self._side(il)
         cache = self.caches[side]
-        n_kv = cache.cells.n_kv()
-        cell_pos = cache.cells.pos_array()[:n_kv]
-        cell_seq = cache.cells.seq_array()[:n_kv]
+        cells = self._cells_view.get(side)
+        if cells is None:  # the cells do not change during the ubatch's forward
+            n_kv = cache.cells.n_kv()
+            cells = self._cells_view[side] = (n_kv, cache.cells.pos_array()[:n_kv], cache.cells.seq_array()[:n_kv])
+        n_kv, cell_pos, cell_seq = cells
         return cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0)
+
+    def mla_cells(self, il):
+        """The cells [n_tok] int32 this ubatch writes in layer il's cache (what `store` writes to)."""
+        return self.cells_idx[self._side(il)[0]]
 
 
 class Context:
