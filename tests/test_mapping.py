@@ -86,3 +86,32 @@ def test_huge_page_share_of_a_mapping(data_file):
     resident_mib, share = got
     assert 0 < resident_mib <= a.size / 2**20 + 4 and 0.0 <= share <= 1.0
     mapping.huge_page_share(np.zeros(10))  # anonymous memory: answers without failing
+
+
+@linux
+def test_rebuild_split_folios(tmp_path):
+    """A cached file held in small folios (written 4 KiB at a time) is read again into 2 MiB folios, with the
+    same bytes; a file already in 2 MiB folios is left alone."""
+    p = str(tmp_path / "split.bin")
+    n = (2 * mapping.PROBE_RANGES + 8) * mapping.HUGE_PAGE + 4321
+    data = np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8)
+    with open(p, "wb", buffering=0) as f:
+        for off in range(0, n, 4096):
+            f.write(data[off:off + 4096].tobytes())
+    a = mapping.map_file(p)
+    if a.ctypes.data % mapping.HUGE_PAGE or not mapping._thp_allowed():
+        pytest.skip("no 2 MiB-aligned mapping or transparent huge pages here")
+
+    def share():
+        mapping._touch(a, range(a.size // mapping.HUGE_PAGE))
+        got = mapping.huge_page_share(a)
+        mapping._load_libc().madvise(a.ctypes.data, a.size, 4)
+        return got[0] * got[1] / (a.size // mapping.HUGE_PAGE * 2)  # PMD-mapped share of the whole ranges
+
+    if share() >= mapping.MIN_HUGE_SHARE:
+        pytest.skip("this kernel wrote the file in large folios")
+    if not mapping.rebuild_split_folios(p, a):
+        pytest.skip("the file's ranges come back in small folios here (no large folios on this filesystem)")
+    assert share() > mapping.MIN_HUGE_SHARE
+    np.testing.assert_array_equal(a, data)
+    assert mapping.rebuild_split_folios(p, a) is False  # now mostly 2 MiB folios: nothing to do

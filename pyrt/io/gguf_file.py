@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import ModelFileError, UnsupportedError
-from .mapping import map_file, prefetch
+from .mapping import map_file, prefetch, rebuild_split_folios
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -312,8 +312,12 @@ class GGUFFile:
         return h.hexdigest()[:16]
 
     def prefetch(self) -> bool:
-        """Reads a mapped file through the page cache once if it is not all cached (see io.mapping)."""
-        return bool(self.use_mmap and self._data is not None and prefetch(self.path, self._data))
+        """Reads a mapped file through the page cache once if it is not all cached, and again if the cache
+        holds it mostly in small folios (see io.mapping); returns whether it read anything."""
+        if not self.use_mmap or self._data is None:
+            return False
+        read = prefetch(self.path, self._data)
+        return bool(rebuild_split_folios(self.path, self._data) or read)
 
     def close(self) -> None:
         self.tensors.clear()

@@ -158,6 +158,95 @@ def prefetch(path: str, arr: np.ndarray) -> bool:
     return True
 
 
+# Below this share of a cached file's 2 MiB ranges held in 2 MiB folios, `rebuild_split_folios` reads it again.
+MIN_HUGE_SHARE = 0.5
+PROBE_RANGES = 32  # 2 MiB ranges re-read first (one run), to see whether they come back as 2 MiB folios here
+
+
+def _thp_allowed() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return "[never]" not in fh.read()
+    except OSError:
+        return False
+
+
+def _pmd_bytes(arr: np.ndarray) -> int | None:
+    r = huge_page_share(arr)
+    return None if r is None else int(round(r[0] * r[1])) << 20
+
+
+def _touch(arr: np.ndarray, ranges) -> int:
+    """Reads one byte of each 2 MiB range: maps a whole 2 MiB folio where the page cache has one."""
+    s = 0
+    for i in ranges:
+        s += int(arr[i * HUGE_PAGE])
+    return s
+
+
+def rebuild_split_folios(path: str, arr: np.ndarray) -> bool:
+    """Reads a cached file again when most of it sits in small folios; returns whether it did.
+
+    The page cache may hold a file in 4 KiB folios although it was read in 2 MiB ones: written just
+    now, or split by the host over time (seen on VMs: the share of a model in 2 MiB pages fell from 100%
+    to 5% in a day while it stayed cached). Decode then streams the weights through 4 KiB pages, ~10-15%
+    slower on the Zen 4 VM of bench/README. The file's share is measured by mapping one byte per 2 MiB
+    range (smaps FilePmdMapped). Below MIN_HUGE_SHARE, a run of PROBE_RANGES ranges in the middle of the
+    file is dropped (POSIX_FADV_DONTNEED, clean pages only) and read back first; only if it returns in 2 MiB
+    folios is the whole file dropped and read back in file order (as `prefetch` does: isolated faults read
+    small folios, one sequential pass lets readahead build large ones). Pages that another
+    process maps stay as they are. Our page tables are dropped again afterwards.
+    """
+    n = arr.size // HUGE_PAGE
+    if (not sys.platform.startswith("linux") or n < 2 * PROBE_RANGES or arr.ctypes.data % HUGE_PAGE
+            or not _thp_allowed()):
+        return False
+    res = _resident_pages(arr)
+    if res is None or not res.all():
+        return False
+    libc = _load_libc()
+    unmap = lambda: libc.madvise(arr.ctypes.data, arr.size, 4)  # noqa: E731  (MADV_DONTNEED of our view)
+    try:
+        _touch(arr, range(n))
+        have = _pmd_bytes(arr)
+        unmap()
+        if have is None or have >= MIN_HUGE_SHARE * n * HUGE_PAGE:
+            return False
+        libc.posix_fadvise.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages (a file written just now) are not dropped
+            def reread(ranges):
+                for i in ranges:
+                    libc.posix_fadvise(fd, i * HUGE_PAGE, HUGE_PAGE, 4)  # POSIX_FADV_DONTNEED
+                _touch(arr, ranges)  # the faults read each range back (and readahead the next)
+
+            mid = (n - PROBE_RANGES) // 2  # one run of ranges: readahead builds 2 MiB folios on sequential faults
+            probe = list(range(mid, mid + PROBE_RANGES))
+            _touch(arr, probe)
+            before = _pmd_bytes(arr)
+            unmap()
+            reread(probe)
+            after = _pmd_bytes(arr)
+            unmap()
+            if before is None or after is None or after - before < (len(probe) * HUGE_PAGE - before) // 4:
+                return False  # they came back small (no large folios for this file here): nothing to gain
+            libc.posix_fadvise(fd, 0, 0, 4)  # then the whole file, read back in one sequential pass
+            _touch(arr, range(n))
+            rest = _resident_pages(arr)  # what readahead left out: plain reads
+            if rest is not None and not rest.all():
+                per = HUGE_PAGE // mmap.PAGESIZE
+                for i in range(0, rest.size, per):
+                    if not rest[i:i + per].all():
+                        os.pread(fd, HUGE_PAGE, i * mmap.PAGESIZE)
+        finally:
+            os.close(fd)
+            unmap()
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def drop_from_page_cache(path: str) -> None:
     """Writes a file back and drops its clean pages from the page cache (POSIX_FADV_DONTNEED).
 
