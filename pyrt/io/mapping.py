@@ -216,6 +216,7 @@ def rebuild_split_folios(path: str, arr: np.ndarray) -> bool:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)  # dirty pages (a file written just now) are not dropped
+
             def reread(ranges):
                 for i in ranges:
                     libc.posix_fadvise(fd, i * HUGE_PAGE, HUGE_PAGE, 4)  # POSIX_FADV_DONTNEED

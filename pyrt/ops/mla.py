@@ -164,7 +164,6 @@ class MLADecode:
         return out
 
 
-
 def _f32_vec(name: str, a, n: int) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (n,) or not a.flags.c_contiguous:
         raise InvalidArgumentError(f"mla block: {name} must be a C-contiguous float32 [{n}] array")
