@@ -320,3 +320,46 @@ def test_context_shift_with_both_caches(gemma_tiny, no_pad):
     outs = [list(m.generate_ids(prompt, max_tokens=150, temperature=0.0, ignore_eos=True, context_shift=True,
                                 n_keep=4)) for m in (full, win)]
     assert len(outs[0]) == 150 and outs[0] == outs[1]
+
+
+def test_resume_anywhere_inside_a_prompt_shorter_than_the_window(model, no_pad):
+    """Positions below 0 do not exist: a cached prompt of up to n_swa tokens resumes at any position."""
+    for n in (3, N_SWA - 1, N_SWA, N_SWA + 1):
+        win = make(model)
+        run(win, list(range(3, 3 + n)), logits="none")
+        assert [win.seq_resume_pos(0, q) for q in range(n + 1)] == list(range(n + 1)), n
+
+
+@pytest.mark.parametrize("n", [5, N_SWA, N_SWA + 1, 30, 60])
+def test_rerun_and_next_turn_evaluate_only_what_is_new(gemma_tiny, no_pad, n):
+    """Prompts shorter than, equal to and longer than the window (30 and 60 prune the window cache while
+    they are evaluated): the same prompt again decodes only its last token, an extended one only the
+    extension, a prompt cache file only the last token, and the logits equal a fresh evaluation."""
+    from pyrt.runtime.llm import LLM
+
+    kw = dict(n_ctx=128, n_batch=32, n_ubatch=16, warmup=False, type_k="f32", type_v="f32")
+    win, fresh = LLM(gemma_tiny, **kw), LLM(gemma_tiny, **kw)
+    assert win.ctx.cache_swa is not None and win.ctx.cache_swa.size == N_SWA + 16
+    rng = np.random.default_rng(10 + n)
+    ids = [1] + rng.integers(3, 384, n - 1).tolist()
+    more = rng.integers(3, 384, 6).tolist()
+
+    def ref(toks):
+        return fresh.eval_logits(toks)[-1]
+
+    first = win._ingest(ids)
+    assert win.ctx.timings.n_p_eval == n and nmse(first, ref(ids)) < 1e-9
+    t = win.ctx.timings
+    again = win._ingest(ids)
+    assert (t.n_p_eval, t.n_eval) == (n, 1)  # the last token, decoded alone
+    assert nmse(again, ref(ids)) < 1e-9
+    ext = win._ingest(ids + more)
+    assert (t.n_p_eval, t.n_eval) == (n + len(more), 1)
+    assert nmse(ext, ref(ids + more)) < 1e-9
+    # the same through a state: a fresh context that loads it decodes the last token only
+    state = win.save_state()
+    other = LLM(gemma_tiny, **kw)
+    other.load_state(state)
+    got = other._ingest(ids + more)
+    assert (other.ctx.timings.n_p_eval, other.ctx.timings.n_eval) == (0, 1)
+    assert nmse(got, ref(ids + more)) < 1e-9

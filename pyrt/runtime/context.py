@@ -382,8 +382,9 @@ class Context:
         """The largest position q <= p from which sequence seq_id can be decoded again (after
         seq_rm(seq_id, q, -1)) with the same result as with full-size caches.
 
-        Without a window cache that is p. With one, the window of the token at q, positions
-        [q - n_swa + 1, q), must still be cached: a rollback further back than what the window cache
+        Without a window cache that is p. With one, every earlier position that the token at q sees,
+        [max(0, q - n_swa + 1), q), must still be cached (positions below 0 do not exist, so a prompt
+        shorter than the window resumes anywhere): a rollback further back than what the window cache
         kept (its pruned cells are gone) has to re-evaluate from an earlier position, often 0.
         """
         p = int(p)
@@ -400,8 +401,7 @@ class Context:
         idx = np.where(~have, np.arange(p), -1)
         last_missing = np.concatenate(([-1], np.maximum.accumulate(idx)))
         q = np.arange(p + 1)
-        ok = last_missing < q - self.n_swa + 1
-        ok[0] = True
+        ok = last_missing < np.maximum(q - self.n_swa + 1, 0)
         return int(np.flatnonzero(ok)[-1])
 
     # -- state save / restore (pyrt.kv.state) ------------------------------------------------------
