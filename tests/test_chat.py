@@ -136,6 +136,24 @@ def test_llm_chat_without_template_is_a_clear_error(llm):
         list(llm.chat([{"role": "user", "content": "hi"}]))
 
 
+def test_gemma_file_without_template_falls_back_to_the_builtin_gemma_template(tmp_path):
+    from test_swa_cache import write_gemma3
+
+    from pyrt.runtime.chat import template_for
+
+    path = tmp_path / "gemma3-tiny.gguf"
+    write_gemma3(path)
+    g = pyrt.load(path, n_ctx=128, n_threads=1, warmup=False)
+    assert "tokenizer.chat_template" not in g.file.metadata
+    t = template_for(g)
+    assert t.origin == "built-in gemma" and t.source == GEMMA_TEMPLATE
+    msgs = [{"role": "user", "content": "the world"}]
+    out = "".join(g.chat(msgs, max_tokens=8, temperature=0.0, ignore_eos=True))
+    assert len(out) > 0
+    assert out == "".join(g.chat(msgs, max_tokens=8, temperature=0.0, ignore_eos=True, chat_template="gemma"))
+    assert not Conversation(g, raw_if_no_template=True).raw
+
+
 def test_llm_chat_greedy_equals_generate_ids(llm, monkeypatch):
     msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "the world"}]
     out = "".join(llm.chat(msgs, max_tokens=10, chat_template="chatml", temperature=0.0))

@@ -69,6 +69,11 @@ GEMMA_TEMPLATE = """{{ bos_token }}
 
 BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}
 
+# The built-in template an architecture falls back to when its file has no tokenizer.chat_template (base
+# models such as the default Gemma 3 270M): the turn format its vocabulary's special tokens were made for.
+# Other architectures without a template raise TokenizerError (the library) or run as plain completion (-cnv).
+ARCH_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+
 
 class ChatTemplateError(PyrtError):
     """The chat template cannot be compiled or rendered (or raised an exception itself)."""
@@ -106,7 +111,7 @@ def resolve_template(spec: str) -> str:
 class ChatTemplate:
     """A compiled Jinja chat template with the tokenizer's BOS/EOS texts."""
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", origin: str = "given"):
         try:
             import jinja2
             import jinja2.ext
@@ -114,6 +119,7 @@ class ChatTemplate:
         except ImportError:
             raise PyrtError("chat templates need jinja2: pip install jinja2 (or pip install pyrt[chat])") from None
         self.source = source
+        self.origin = origin  # where the template came from, for messages: "given", "file", "built-in gemma"
         self.bos_token = bos_token
         self.eos_token = eos_token
         env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
@@ -127,10 +133,10 @@ class ChatTemplate:
         self._jinja_error = jinja2.TemplateError
 
     @classmethod
-    def for_tokenizer(cls, source: str, tokenizer) -> "ChatTemplate":
+    def for_tokenizer(cls, source: str, tokenizer, origin: str = "given") -> "ChatTemplate":
         def text(t):
             return "" if t is None else tokenizer.token_to_piece(t, special=True).decode("utf-8", "replace")
-        return cls(source, text(tokenizer.bos_id), text(tokenizer.eos_id))
+        return cls(source, text(tokenizer.bos_id), text(tokenizer.eos_id), origin=origin)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
         _check_messages(messages)
@@ -152,19 +158,26 @@ def _check_messages(messages) -> None:
 
 
 def template_for(llm, chat_template: str | None = None) -> ChatTemplate:
-    """The LLM's template: `chat_template` (name, file or Jinja text) or the file's tokenizer.chat_template."""
+    """The LLM's template: `chat_template` (name, file or Jinja text), else the file's tokenizer.chat_template,
+    else the built-in template of the file's architecture (ARCH_TEMPLATES)."""
     if chat_template is not None:
-        return ChatTemplate.for_tokenizer(resolve_template(chat_template), llm.tokenizer)
+        origin = f"built-in {chat_template}" if chat_template in BUILTIN_TEMPLATES else "given"
+        return ChatTemplate.for_tokenizer(resolve_template(chat_template), llm.tokenizer, origin=origin)
     cached = getattr(llm, "_chat_template_cache", None)
     if cached is not None:
         return cached
     src = llm.file.metadata.get("tokenizer.chat_template")
-    if not src:
-        raise TokenizerError(
-            f"{llm.file.path}: the file has no tokenizer.chat_template; pass a template (chat_template= or "
-            f"--chat-template: Jinja text, a file, or one of {', '.join(BUILTIN_TEMPLATES)}) or use plain "
-            f"completion")
-    tmpl = ChatTemplate.for_tokenizer(str(src), llm.tokenizer)
+    if src:
+        tmpl = ChatTemplate.for_tokenizer(str(src), llm.tokenizer, origin="file")
+    else:
+        arch = str(llm.file.metadata.get("general.architecture", ""))
+        name = ARCH_TEMPLATES.get(arch)
+        if name is None:
+            raise TokenizerError(
+                f"{llm.file.path}: the file has no tokenizer.chat_template; pass a template (chat_template= or "
+                f"--chat-template: Jinja text, a file, or one of {', '.join(BUILTIN_TEMPLATES)}) or use plain "
+                f"completion")
+        tmpl = ChatTemplate.for_tokenizer(BUILTIN_TEMPLATES[name], llm.tokenizer, origin=f"built-in {name}")
     llm._chat_template_cache = tmpl
     return tmpl
 

@@ -247,7 +247,8 @@ class LLM:
     def chat(self, messages: list[dict], max_tokens: int = -1, chat_template: str | None = None,
              **kw) -> Iterator[str]:
         """Renders `messages` with the file's chat template (or `chat_template`: Jinja text, a file, or
-        'chatml'/'gemma') and yields the reply's text pieces, stopping at end of turn. Keyword args as
+        'chatml'/'gemma'; a file without one falls back to its architecture's built-in template, see
+        chat.ARCH_TEMPLATES) and yields the reply's text pieces, stopping at end of turn. Keyword args as
         `generate_ids`."""
         from .chat import chat
         return chat(self, messages, max_tokens=max_tokens, chat_template=chat_template, **kw)
@@ -270,6 +271,10 @@ class LLM:
         ])
 
 
-def load(path: str | os.PathLike, **kw) -> LLM:
-    """Memory-maps a GGUF file and prepares a context. See `LLM` for the keyword arguments."""
+def load(path: str | os.PathLike | None = None, **kw) -> LLM:
+    """Memory-maps a GGUF file (None: the default model, pyrt.default_model) and prepares a context.
+    See `LLM` for the keyword arguments."""
+    if path is None:
+        from ..default_model import default_model_path
+        path = default_model_path()
     return LLM(path, **kw)
