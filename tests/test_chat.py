@@ -193,14 +193,19 @@ def _cnv(model_path, stdin: str, *extra) -> subprocess.CompletedProcess:
 
 
 def test_cli_conversation_piped(model_path, llm):
+    """llama-cli's display: `> ` and the turn (echoed: a pipe does not echo), the reply, a blank line; the
+    header (model, KV, template) and the timings on stderr; empty lines are no turns."""
     r = _cnv(model_path, "hello\n\nagain\n", "--chat-template", "chatml", "-sys", "sys")
     assert r.returncode == 0, r.stderr
-    assert "> " not in r.stdout  # no prompt when stdin is not a terminal
-    lines = r.stdout.split("\n")
     conv = Conversation(llm, system_prompt="sys", chat_template="chatml")
     expect = ["".join(conv.send(u, max_tokens=6, temperature=0.0)) for u in ("hello", "again")]
-    assert r.stdout == "".join(e + "\n" for e in expect), (lines, expect)
-    assert "eval time" in r.stderr
+    assert r.stdout == f"> hello\n{expect[0]}\n\n> again\n{expect[1]}\n\n", (r.stdout, expect)
+    err = r.stderr
+    assert "pyrt: model " in err and "KV self size" in err and "chat template: built-in chatml" in err
+    assert "eval time" in err and "total time" in err and "Traceback" not in err
+    # -p is the first turn
+    r = _cnv(model_path, "again\n", "--chat-template", "chatml", "-sys", "sys", "-p", "hello")
+    assert r.returncode == 0 and r.stdout == f"> hello\n{expect[0]}\n\n> again\n{expect[1]}\n\n"
     # no template in the file and none given: a warning, then plain completion
     r = _cnv(model_path, "the world\n")
     assert r.returncode == 0 and "no chat template" in r.stderr
@@ -208,6 +213,58 @@ def test_cli_conversation_piped(model_path, llm):
     r = _cnv(model_path, "x\n", "--chat-template", "{% for %}")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: chat template")
     assert "Traceback" not in r.stderr
+
+
+def test_cli_conversation_on_a_terminal(model_path, llm):
+    """stdin a terminal (a pty): `> ` before each turn (the terminal echoes what is typed, not stdout),
+    the reply, a blank line; Ctrl-D ends with a newline."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.setdefault("NUMBA_NUM_THREADS", "2")
+    p = subprocess.Popen([sys.executable, "-m", "pyrt.cli", "generate", "-m", model_path, "-c", "256", "-t", "1",
+                          "--temp", "0", "-n", "6", "--no-warmup", "-cnv", "--chat-template", "chatml"],
+                         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         cwd=str(ROOT))
+    os.close(slave)
+    os.write(master, b"hello\n\x04")
+    try:
+        out, err = p.communicate(timeout=300)
+    finally:
+        os.close(master)
+    assert p.returncode == 0, err
+    conv = Conversation(llm, chat_template="chatml")
+    reply = "".join(conv.send("hello", max_tokens=6, temperature=0.0))
+    assert out == f"> {reply}\n\n> \n", (out, reply)
+
+
+def test_cli_conversation_drops_a_turn_that_does_not_fit_and_goes_on(model_path, llm):
+    long = " ".join(["the world"] * 40)  # ~320 tokens (toy vocabulary), n_ctx = 256
+    r = _cnv(model_path, f"hello\n{long}\nagain\n", "--chat-template", "chatml")
+    assert r.returncode == 0, r.stderr
+    dropped = [ln for ln in r.stderr.splitlines() if "turn dropped" in ln]
+    assert len(dropped) == 1 and "n_ctx = 256" in dropped[0], r.stderr
+    conv = Conversation(llm, chat_template="chatml")
+    expect = ["".join(conv.send(u, max_tokens=6, temperature=0.0)) for u in ("hello", "again")]
+    assert r.stdout == f"> hello\n{expect[0]}\n\n> {long}\n\n> again\n{expect[1]}\n\n"
+    assert "Traceback" not in r.stderr
+
+
+def test_conversation_drops_the_oldest_exchanges_to_fit(llm):
+    from pyrt.errors import ContextOverflowError
+
+    conv = Conversation(llm, system_prompt="sys", chat_template="chatml")
+    turn = " ".join(["the world"] * 6)  # ~50 tokens a turn (toy vocabulary); n_ctx = 256
+    for _ in range(6):
+        "".join(conv.send(turn, max_tokens=4, temperature=0.0, ignore_eos=True))
+    assert conv.n_trimmed > 0 and conv.messages[0] == {"role": "system", "content": "sys"}
+    roles = [m["role"] for m in conv.messages]
+    assert roles[1:] == ["user", "assistant"] * ((len(roles) - 1) // 2) and len(roles) < 13
+    before = list(conv.messages)
+    with pytest.raises(ContextOverflowError, match="n_ctx = 256"):
+        conv.send(" ".join(["the world"] * 40))
+    assert conv.messages == before  # a turn that cannot fit changes nothing
 
 
 # -- the real vocabulary ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 from datetime import datetime
 from typing import Iterator
 
-from ..errors import InvalidArgumentError, PyrtError, TokenizerError
+from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, TokenizerError
 
 # llama.cpp's fallback (common/chat.cpp CHATML_TEMPLATE_SRC)
 CHATML_TEMPLATE = (
@@ -211,6 +211,7 @@ class Conversation:
         self.llm = llm
         self.messages: list[dict] = []
         self.raw_text = ""
+        self.n_trimmed = 0  # user/assistant exchanges dropped to fit the context
         try:
             self.template: ChatTemplate | None = template_for(llm, chat_template)
         except TokenizerError:
@@ -228,14 +229,43 @@ class Conversation:
         return self.template is None
 
     def send(self, user_text: str, max_tokens: int = -1, **sampling) -> Iterator[str]:
-        """Adds a user turn and yields the reply's text pieces; the reply joins the history at the end."""
+        """Adds a user turn and returns an iterator over the reply's text pieces; the reply joins the history
+        when the iterator ends. If the history and the turn do not fit the context, the oldest user/assistant
+        exchanges are dropped first (counted in `n_trimmed`; the system message stays); a turn that does not
+        fit even alone raises ContextOverflowError here, before anything is generated, and the history is
+        unchanged."""
+        msgs, prompt, ids = self._fit(user_text)
+        return self._reply(msgs, prompt, ids, max_tokens, sampling)
+
+    def _render(self, msgs: list[dict], user_text: str) -> tuple[str, list[int]]:
         if self.template is None:
             prompt = self.raw_text + user_text
-            ids = self.llm.tokenize(prompt)
-        else:
-            msgs = self.messages + [{"role": "user", "content": user_text}]
-            text = self.template.render(msgs, add_generation_prompt=True)
-            ids = chat_ids(self.llm.tokenizer, text, self.template.bos_token)
+            return prompt, self.llm.tokenize(prompt)
+        text = self.template.render(msgs, add_generation_prompt=True)
+        return "", chat_ids(self.llm.tokenizer, text, self.template.bos_token)
+
+    def _fit(self, user_text: str):
+        limit = self.llm.n_ctx - 4  # LLM.check_prompt's limit
+        history = list(self.messages)
+        first = 1 if history and history[0]["role"] == "system" else 0
+        dropped = 0
+        while True:
+            msgs = history + [{"role": "user", "content": user_text}]
+            prompt, ids = self._render(msgs, user_text)
+            if len(ids) <= limit:
+                break
+            if self.template is None or len(history) - first < 2:
+                what = "the turn" if self.template is None or first == 0 else "the turn with the system message"
+                raise ContextOverflowError(
+                    f"{what} is {len(ids)} tokens; the context holds {limit} (n_ctx = {self.llm.n_ctx}, -c)")
+            del history[first:first + 2]  # the oldest user turn and its reply
+            dropped += 1
+        if dropped:
+            self.messages = history
+            self.n_trimmed += dropped
+        return msgs, prompt, ids
+
+    def _reply(self, msgs, prompt, ids, max_tokens, sampling) -> Iterator[str]:
         reply = []
         for piece in _stream(self.llm, ids, max_tokens, sampling):
             reply.append(piece)

@@ -41,8 +41,11 @@ class LLM:
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False,
-                 prefetch: bool = True):
+                 prefetch: bool = True, progress: bool = True):
+        """progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
+        bar on a terminal, a closing line); a warm cache prints nothing."""
         t0 = time.perf_counter()
+        self.progress = bool(progress)
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
         check_architecture(self.file)  # first: an unknown architecture is the clearer error
@@ -64,6 +67,7 @@ class LLM:
                            mla=mla, swa_full=swa_full)
         self.t_load = time.perf_counter() - t0
         self.t_warmup = 0.0
+        self.compiled = 0
         self._tokens: list[int] = []  # what sequence 0 holds in the cache, in order
         if warmup:
             self.warmup()
@@ -92,18 +96,27 @@ class LLM:
 
     def warmup(self) -> None:
         """Runs the kernels once (compiling or loading them from Numba's cache), then clears the cache."""
+        from .compile_notice import CompileNotice
+
         t0 = time.perf_counter()
         # both matmul paths of every weight type on one-row slices: prompt chunks longer than the
         # warm-up batch then start without loading kernels inside the timed prompt evaluation
-        mm.warmup({(w.ggml_type, w.shape[-1]): w.raw for w in self.file.tensors.values()
-                   if len(w.shape) >= 2 and w.ggml_type in SUPPORTED_TYPES})
+        weights = {(w.ggml_type, w.shape[-1]): w.raw for w in self.file.tensors.values()
+                   if len(w.shape) >= 2 and w.ggml_type in SUPPORTED_TYPES}
         tok = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
         n_big = min(self.ctx.n_ubatch, 64, self.n_ctx - 1)
-        if n_big > 1:
-            self.ctx.decode(Batch.from_tokens([tok] * n_big))
+        with CompileNotice(len(weights) + 1 + (n_big > 1), enabled=self.progress) as notice:
+            for key, raw in weights.items():
+                mm.warmup({key: raw})
+                notice.step()
+            if n_big > 1:
+                self.ctx.decode(Batch.from_tokens([tok] * n_big))
+                self.ctx.clear()
+                notice.step()
+            self.ctx.decode(Batch.from_tokens([tok]))
             self.ctx.clear()
-        self.ctx.decode(Batch.from_tokens([tok]))
-        self.ctx.clear()
+            notice.step()
+        self.compiled = notice.n_compiled  # kernels compiled by the warm-up (0: all from Numba's disk cache)
         self.ctx.timings.reset()
         self._tokens = []
         self.t_warmup += time.perf_counter() - t0
@@ -269,6 +282,17 @@ class LLM:
             line("prompt eval time", t.t_p_eval * 1000, t.n_p_eval, "tokens"),
             line("eval time", t.t_eval * 1000, t.n_eval, "runs"),
         ])
+
+    def total_time_report(self, wall_s: float) -> str:
+        """The wall time `wall_s` of a run split into load, compile/warm-up, prompt, eval and the rest
+        (imports, tokenization, sampling, output), in ms: the parts add up to the total."""
+        t = self.ctx.timings
+        parts = [("load", self.t_load), ("compile/warm-up", self.t_warmup), ("prompt", t.t_p_eval),
+                 ("eval", t.t_eval)]
+        parts.append(("other", max(0.0, wall_s - sum(v for _, v in parts))))
+        total = sum(v for _, v in parts)
+        return (f"pyrt: {'total time':>16} = {total * 1000:10.2f} ms ("
+                + " + ".join(f"{name} {v * 1000:.2f}" for name, v in parts) + ")")
 
 
 def load(path: str | os.PathLike | None = None, **kw) -> LLM:
