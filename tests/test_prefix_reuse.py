@@ -113,3 +113,18 @@ def test_cli_prompt_cache_second_run_evaluates_at_most_one_token(gemma_path, tmp
     assert r2.returncode == 0, r2.stderr
     assert _prompt_tokens(r2.stderr) <= 1
     assert r2.stdout == r1.stdout  # greedy: the same text from the cached prompt
+
+
+def test_cli_conversation_turns_evaluate_only_the_new_turn(gemma_path, llms):
+    turns = ["Name three colors.", "And three animals?", "And three cities?"]
+    r = subprocess.run([sys.executable, "-m", "pyrt.cli", "generate", "-m", gemma_path, "-cnv", "-n", "12", "--temp",
+                        "0", "-c", "1024"], input="".join(t + "\n" for t in turns), capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("> ") == 3 and "chat template: built-in gemma (the file has none)" in r.stderr
+    win, _ = llms
+    first = len(win.tokenize(f"<start_of_turn>user\n{turns[0]}<end_of_turn>\n<start_of_turn>model\n"))
+    later = [len(win.tokenize(f"<end_of_turn>\n<start_of_turn>user\n{t}<end_of_turn>\n<start_of_turn>model\n",
+                              add_bos=False)) for t in turns[1:]]
+    # each later turn: its own tokens and the reply's last token (sampled, not yet decoded) at most
+    assert first < _prompt_tokens(r.stderr) <= first + sum(n + 1 for n in later), r.stderr
