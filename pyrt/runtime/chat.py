@@ -255,7 +255,8 @@ class Conversation:
             if len(ids) <= limit:
                 break
             if self.template is None or len(history) - first < 2:
-                what = "the turn" if self.template is None or first == 0 else "the turn with the system message"
+                what = ("the text so far with this turn" if self.template is None else
+                        "the turn" if first == 0 else "the turn with the system message")
                 raise ContextOverflowError(
                     f"{what} is {len(ids)} tokens; the context holds {limit} (n_ctx = {self.llm.n_ctx}, -c)")
             del history[first:first + 2]  # the oldest user turn and its reply
