@@ -116,7 +116,7 @@ class LLM:
             self.ctx.decode(Batch.from_tokens([tok]))
             self.ctx.clear()
             notice.step()
-        self.compiled = notice.n_compiled  # kernels compiled by the warm-up (0: all from Numba's disk cache)
+        self.compiled = notice.n_compiled  # functions compiled by the warm-up (0: all from Numba's disk cache)
         self.ctx.timings.reset()
         self._tokens = []
         self.t_warmup += time.perf_counter() - t0
@@ -285,7 +285,7 @@ class LLM:
 
     def total_time_report(self, wall_s: float) -> str:
         """The wall time `wall_s` of a run split into load, compile/warm-up, prompt, eval and the rest
-        (imports, tokenization, sampling, output), in ms: the parts add up to the total."""
+        (imports, tokenization, sampling, output, waiting for input), in ms: the parts add up to the total."""
         t = self.ctx.timings
         parts = [("load", self.t_load), ("compile/warm-up", self.t_warmup), ("prompt", t.t_p_eval),
                  ("eval", t.t_eval)]
