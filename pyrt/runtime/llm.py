@@ -62,6 +62,12 @@ class LLM:
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False,
                  prefetch: bool = True):
         t0 = time.perf_counter()
+        _path_arg("path", path)  # the arguments first: a bad one fails before the file is read
+        n_ctx = _int_arg("n_ctx", n_ctx, 0)  # 0: the model's training context, as llama.cpp
+        for name, v in (("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_seq_max", n_seq_max)):
+            _int_arg(name, v, 1)
+        if n_threads is not None:
+            _int_arg("n_threads", n_threads)
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
         check_architecture(self.file)  # first: an unknown architecture is the clearer error
