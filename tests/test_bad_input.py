@@ -829,7 +829,7 @@ def test_fingerprint_sees_changes_anywhere_in_a_tensor(tmp_path):
     f = GGUFFile(str(src))
     fp = f.fingerprint()
     big = max(f.tensors.values(), key=lambda w: w.nbytes)
-    assert big.nbytes > 4 * FP_STRIDE
+    assert big.nbytes > 2 * FP_STRIDE
     cases = {"64 KiB in the middle": (big.offset + big.nbytes // 2 - 32768, 65536),
              "first byte": (big.offset, 1), "last byte": (big.offset + big.nbytes - 1, 1),
              "a stride at 1/3": (big.offset + big.nbytes // 3, FP_STRIDE + 1)}

@@ -32,8 +32,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cold", action="store_true", help="drop the file from the page cache first (a load "
+                    "without the prefetch)")
     a = ap.parse_args()
     f = gf.GGUFFile(a.model)
+    if a.cold:
+        from pyrt.io.mapping import drop_from_page_cache
+        drop_from_page_cache(a.model)
+        t0 = time.perf_counter()
+        f.fingerprint()
+        print(f"cold page cache: {(time.perf_counter() - t0) * 1000:.1f} ms")
     ts = []
     for _ in range(a.repeat):
         t0 = time.perf_counter()

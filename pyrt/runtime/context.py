@@ -495,6 +495,8 @@ class Context:
         has_rope = hasattr(self.model, "rope_params")
         n_rot = [p[0] for p in self.rope_params()] if has_rope else [hp.n_rot] * hp.n_layer
         fid = getattr(self.model, "fingerprint", "")
+        if callable(fid):  # build_model's lazy GGUFFile.fingerprint
+            fid = fid()
         fp = dict(arch=f"{hp.arch}@{fid}" if fid else hp.arch, n_rot=[n_rot[il] for il in self._base_layers])
         if self.cache_swa is not None:
             fp.update(cache_swa=self.cache_swa, n_rot_swa=[n_rot[il] for il in self._swa_layers])
