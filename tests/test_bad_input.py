@@ -551,6 +551,8 @@ def _llm_bad_calls(llm, tmp):
         ("generate_ids([10**9])", lambda: llm.generate_ids([1, 10**9]), InvalidArgumentError),
         ("generate_ids('abc')", lambda: llm.generate_ids("abc"), InvalidArgumentError),
         ("generate_ids([])", lambda: llm.generate_ids([]), InvalidArgumentError),
+        ("stream_text([-5])", lambda: llm.stream_text([1, -5]), InvalidArgumentError),
+        ("stream_text(top_p=-1)", lambda: llm.stream_text([1, 5], top_p=-1.0), InvalidArgumentError),
         ("chat([])", lambda: llm.chat([], chat_template="chatml"), InvalidArgumentError),
         ("chat('hi')", lambda: llm.chat("hi", chat_template="chatml"), InvalidArgumentError),
         ("chat(bad template name)", lambda: llm.chat([{"role": "user", "content": "x"}], chat_template="nope"),
@@ -695,13 +697,13 @@ def test_concurrent_eval_logits_are_serialized(llm):
 
 
 # == 7. Ctrl-C ===========================================================================================
-def _interrupt(model_path, when, extra=(), stdin=None) -> Run:
+def _interrupt(model_path, when, extra=(), stdin=None, env=None) -> Run:
     """Starts a long generation, sends SIGINT `when` seconds after the start (or, for when='output', once
     the first generated text arrived), returns the run."""
     cmd = [sys.executable, "-m", "pyrt.cli", "generate", "-m", model_path, "-p", PROMPT, "-n", "-1",
            "--ignore-eos", "-c", "4096", "-t", "1", *extra]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=_env(), cwd=ROOT)
+                         stderr=subprocess.PIPE, env=env or _env(), cwd=ROOT)
     if when == "output":
         os.set_blocking(p.stdout.fileno(), True)
         p.stdout.read(len(PROMPT) + 8)
@@ -717,9 +719,14 @@ def _interrupt(model_path, when, extra=(), stdin=None) -> Run:
         return Run(None, out, err.decode("utf-8", "replace"), True)
 
 
-@pytest.mark.parametrize("when", [0.3, 0.7, 1.2, "output"])
-def test_ctrl_c_at_any_moment(model_path, when):
-    r = _interrupt(model_path, when)
+@pytest.mark.parametrize("when", [0.3, 0.7, 1.2, "output", "compile"])
+def test_ctrl_c_at_any_moment(model_path, when, tmp_path):
+    """0.3-1.2 s: imports, load and the kernels loading from Numba's cache; output: generation; compile:
+    compiling the kernels from scratch (an empty NUMBA_CACHE_DIR)."""
+    if when == "compile":
+        r = _interrupt(model_path, 3.0, env=_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")))
+    else:
+        r = _interrupt(model_path, when)
     record("7 Ctrl-C", f"SIGINT at {when}", r.outcome())
     assert r.outcome() == "clean" and r.rc == 130, (r.rc, r.err)
     assert [ln for ln in r.err_lines if "interrupted" in ln] == [r.err_lines[[i for i, ln in enumerate(r.err_lines)
