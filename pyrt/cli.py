@@ -158,6 +158,7 @@ def _check_model_args(a: argparse.Namespace) -> None:
 
 def _check_prompt_cache(path: str, read_only: bool) -> None:
     _need(not os.path.isdir(path), f"--prompt-cache {path} is a folder")
+    _need(not os.path.exists(path) or os.path.isfile(path), f"--prompt-cache {path} is not a regular file")
     folder = os.path.dirname(os.path.abspath(path))
     _need(os.path.isdir(folder), f"--prompt-cache {path}: the folder {folder} does not exist")
     if os.path.exists(path):

@@ -348,6 +348,19 @@ def test_stale_temp_of_a_live_process_is_kept(tmp_path):
         live.wait()
 
 
+def test_save_through_a_symlink_and_never_over_a_device(llm, tmp_path):
+    target = tmp_path / "real.kv"
+    link = tmp_path / "link.kv"
+    link.symlink_to(target)
+    n = llm.save_state(str(link))
+    assert link.is_symlink() and os.path.getsize(target) == n  # the link still points at the new file
+    if os.path.exists("/dev/null"):
+        with pytest.raises(StateFileError, match="not a regular file"):
+            llm.ctx.save_file("/dev/null")
+        assert not os.path.isfile("/dev/null")
+    record("2 safe files", "save through a symlink, refuse a device", "clean")
+
+
 def test_full_fs_keeps_the_old_file_and_no_temp(llm, tiny_fs, reference):
     target = tiny_fs / "s.kv"
     llm.reset()
@@ -483,6 +496,8 @@ BAD_ARGS = [
     (["-f", "/nonexistent/prompt.txt"], "cannot read prompt file"),
     (["--prompt-cache", "/nonexistent/dir/p.kv"], "does not exist"),
     (["--prompt-cache-ro"], "--prompt-cache-ro needs --prompt-cache"),
+    (["--prompt-cache", "/dev/null"], "is not a regular file"),
+    (["--prompt-cache", "/tmp"], "is a folder"),
     (["--chat-template", "no-such-template"], "is not a built-in name"),
     (["--chat-template", "{% for %}"], "does not compile"),
 ]

@@ -75,7 +75,9 @@ def write_file_atomic(path, parts, what: str = "file", error=FileAccessError) ->
     """Writes the buffers `parts` (bytes-like, in order) as the new content of `path`; returns the bytes
     written. Either the whole new file is in place or the old one (if any) is untouched; raises `error`
     (a FileAccessError class) with the OSError as cause."""
-    path = os.fspath(path)
+    path = os.path.realpath(os.fspath(path))  # through a symlink: replace its target, not the link
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise error(f"cannot write {what} {path}: it exists and is not a regular file")
     remove_stale_temps(path)
     tmp = temp_path(path)
     n = 0
