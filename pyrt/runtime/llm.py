@@ -313,10 +313,13 @@ class LLM:
 
     def _pieces(self, toks) -> Iterator[str]:
         dec = self.tokenizer.decoder()
-        for tok in toks:
-            piece = dec.feed(tok)
-            if piece:
-                yield piece
+        try:
+            for tok in toks:
+                piece = dec.feed(tok)
+                if piece:
+                    yield piece
+        finally:
+            toks.close()  # closing the text iterator ends the generation (frees the context) at once
         tail = dec.flush()
         if tail:
             yield tail
