@@ -335,17 +335,20 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------------
-# Python raises KeyboardInterrupt wherever the main thread is when the signal is handled; inside a ctypes
-# callback (llvmlite calls Numba's cache through them while kernels load) it is printed as "Exception
-# ignored on calling ctypes callback function" and lost. So the handler does not raise there, and until
-# the interrupt has reached `main` it is raised again every RETRY_S from SIGALRM.
+# Python raises KeyboardInterrupt wherever the main thread is when the signal is handled. Two places lose
+# it: a ctypes callback (llvmlite calls Numba's cache through them while kernels load) prints "Exception
+# ignored on calling ctypes callback function" and goes on; code run by exec/eval of a string (imports
+# inside Numba and the standard library do that) lets it through but marks the interpreter, which then
+# kills itself with SIGINT at exit instead of returning our exit code. So the handler does not raise
+# there, and until the interrupt has reached `main` it is raised again every RETRY_S from SIGALRM.
 RETRY_S = 0.2
 _CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
 
 
-def _in_ctypes_callback(frame) -> bool:
+def _unsafe_to_raise(frame) -> bool:
     while frame is not None:
-        if frame.f_code.co_name in _CALLBACKS:
+        code = frame.f_code
+        if code.co_name in _CALLBACKS or code.co_filename == "<string>":
             return True
         frame = frame.f_back
     return False
@@ -371,7 +374,7 @@ class _Interrupts:
         if signum == signal.SIGINT and not self.pending:
             self.pending = True
             signal.setitimer(signal.ITIMER_REAL, RETRY_S, RETRY_S)
-        if self.pending and not _in_ctypes_callback(frame):
+        if self.pending and not _unsafe_to_raise(frame):
             raise KeyboardInterrupt
 
     def stop(self) -> None:
