@@ -1,22 +1,36 @@
 """Command line: `pyrt generate` (and `-cnv` conversations), `pyrt perplexity`, `pyrt info` (llama.cpp flags).
 
 Thin: everything here is available to library users; this module only parses flags, prints, and turns
-pyrt errors into one readable line and a non-zero exit.
+every failure into one readable line: `main` is the one error boundary. Exit codes: 0 done, 1 the run
+failed (`error: ...`), 2 the command line is wrong (`error: ...`, checked before the model loads, nothing
+on stdout), 130 interrupted (Ctrl-C: one line, then the timings so far). PYRT_DEBUG=1 adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
+import threading
 import time
 
 from . import __version__
-from .errors import PyrtError
+from .errors import InvalidArgumentError, ModelFileError, PyrtError
 
 _T_START = time.perf_counter()  # the wall time of a command counts from here (imported first by `pyrt`)
 
 CACHE_TYPES = ["f32", "f16", "bf16", "q8_0", "q8_KV"]
+
+
+class UsageError(InvalidArgumentError):
+    """A bad command line (exit 2)."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage + message lines and exit 2 -> one line through main
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
@@ -41,8 +55,7 @@ def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pyrt", description="CPU-first LLM inference on GGUF files.",
-                                 allow_abbrev=False)
+    ap = _ArgumentParser(prog="pyrt", description="CPU-first LLM inference on GGUF files.", allow_abbrev=False)
     ap.add_argument("--version", action="version", version=f"pyrt {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -101,24 +114,115 @@ def _model_path(a: argparse.Namespace) -> str:
     if a.model:
         return a.model
     from .default_model import default_model_path
-    return default_model_path()
+    a.default_model = default_model_path()
+    return a.default_model
+
+
+# -- the command line, checked before anything is loaded ------------------------------------------------
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
+def _check_text(flag: str, text: str | None) -> None:
+    """Arguments that are not valid UTF-8 arrive with lone surrogates; refuse them here."""
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UsageError(f"{flag}: the argument is not UTF-8 text (offset {e.start})") from None
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def _check_model_args(a: argparse.Namespace) -> None:
+    _need(a.ctx_size >= 0, f"-c/--ctx-size must be >= 0 (0 = from the model), got {a.ctx_size}")
+    _need(a.batch_size >= 1, f"-b/--batch-size must be >= 1, got {a.batch_size}")
+    _need(a.ubatch_size >= 1, f"-ub/--ubatch-size must be >= 1, got {a.ubatch_size}")
+    if a.threads is not None and a.threads > 0:  # <= 0: all cores, as llama.cpp
+        from numba.core.config import NUMBA_NUM_THREADS
+        _need(a.threads <= NUMBA_NUM_THREADS,
+              f"-t/--threads {a.threads} exceeds the {NUMBA_NUM_THREADS} threads available (NUMBA_NUM_THREADS)")
+    _check_text("-m/--model", a.model)
+    if a.model is not None:
+        _need(not os.path.isdir(a.model), f"-m/--model {a.model} is a folder, not a GGUF file")
+
+
+def _check_prompt_cache(path: str, read_only: bool) -> None:
+    _need(not os.path.isdir(path), f"--prompt-cache {path} is a folder")
+    _need(not os.path.exists(path) or os.path.isfile(path), f"--prompt-cache {path} is not a regular file")
+    folder = os.path.dirname(os.path.abspath(path))
+    _need(os.path.isdir(folder), f"--prompt-cache {path}: the folder {folder} does not exist")
+    if os.path.exists(path):
+        _need(os.access(path, os.R_OK), f"--prompt-cache {path}: the file is not readable")
+    if not read_only:
+        _need(os.access(folder, os.W_OK | os.X_OK),
+              f"--prompt-cache {path}: the folder {folder} is not writable (use --prompt-cache-ro to only read it)")
+
+
+def _check_generate(a: argparse.Namespace) -> None:
+    _check_model_args(a)
+    _need(a.prompt is None or a.file is None, "use either -p or -f, not both")
+    _check_text("-p/--prompt", a.prompt)
+    _check_text("-sys/--system-prompt", a.system_prompt)
+    if a.file is not None:
+        a.prompt, a.file = _read_text(a.file, "prompt file"), None
+    _need(a.n_predict >= -1, f"-n/--n-predict must be >= 0 or -1 (until the end), got {a.n_predict}")
+    _need(math.isfinite(a.temp), f"--temp must be a finite number, got {a.temp}")
+    _need(a.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {a.top_k}")
+    _need(0.0 <= a.top_p <= 1.0, f"--top-p must be in [0, 1] (1 = off), got {a.top_p}")
+    _need(0.0 <= a.min_p <= 1.0, f"--min-p must be in [0, 1] (0 = off), got {a.min_p}")
+    _need(math.isfinite(a.repeat_penalty) and a.repeat_penalty > 0.0,
+          f"--repeat-penalty must be > 0 (1 = off), got {a.repeat_penalty}")
+    _need(a.repeat_last_n >= -1, f"--repeat-last-n must be >= -1 (0 = off, -1 = context size), got {a.repeat_last_n}")
+    _need(-1 <= a.seed < 2**64, f"-s/--seed must be -1 (random) or in [0, 2^64), got {a.seed}")
+    _need(a.keep >= -1, f"--keep must be >= -1 (-1 = the whole prompt), got {a.keep}")
+    _need(not math.isnan(a.defrag_thold), "-dt/--defrag-thold must be a number")
+    _need(not a.prompt_cache_ro or a.prompt_cache is not None, "--prompt-cache-ro needs --prompt-cache FILE")
+    if a.prompt_cache is not None:
+        _check_text("--prompt-cache", a.prompt_cache)
+        _check_prompt_cache(a.prompt_cache, a.prompt_cache_ro)
+    if a.chat_template is not None:  # compiled now: a broken template fails before the load
+        _check_text("--chat-template", a.chat_template)
+        from .runtime.chat import ChatTemplate, resolve_template
+        try:
+            ChatTemplate(resolve_template(a.chat_template), name=f"--chat-template {a.chat_template[:40]!r}")
+        except PyrtError as e:
+            raise UsageError(str(e)) from None
+
+
+def _check_perplexity(a: argparse.Namespace) -> None:
+    _check_model_args(a)
+    _need(a.ctx_size > 0, f"perplexity needs -c/--ctx-size > 0, got {a.ctx_size}")
+    _need(a.chunks >= -1 and a.chunks != 0, f"--chunks must be >= 1 or -1 (all), got {a.chunks}")
+    a.text = _read_text(a.file, "text file")
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    if a.command == "generate":
+        _check_generate(a)
+    elif a.command == "perplexity":
+        _check_perplexity(a)
+    elif a.command == "info":
+        _check_model_args(a)
 
 
 def _cmd_generate(a: argparse.Namespace) -> int:
     from .runtime.llm import load
 
-    if a.prompt is not None and a.file is not None:
-        raise PyrtError("use either -p or -f, not both")
-    if a.file is not None:
-        try:
-            with open(a.file, encoding="utf-8") as fh:
-                prompt = fh.read()
-        except OSError as e:
-            raise PyrtError(f"cannot read prompt file {a.file}: {e.strerror}")
-    else:
-        prompt = a.prompt if a.prompt is not None else ""
+    prompt = a.prompt if a.prompt is not None else ""  # -f was read by _check_generate
     a.model = _model_path(a)
-    llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
+    a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
                type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup,
                defrag_thold=a.defrag_thold, mla=a.mla_use, swa_full=a.swa_full)
     if a.conversation:
@@ -240,15 +344,9 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
     from .runtime.llm import load
     from .runtime.perplexity import perplexity
 
-    try:
-        with open(a.file, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise PyrtError(f"cannot read text file {a.file}: {e.strerror}")
-    if a.ctx_size <= 0:
-        raise PyrtError("perplexity needs --ctx-size > 0")
+    text = a.text  # read by _check_perplexity
     a.model = _model_path(a)
-    llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
+    a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
                n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
                mla=a.mla_use, swa_full=a.swa_full)
     err, out = sys.stderr, sys.stdout
@@ -278,33 +376,188 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- Ctrl-C ---------------------------------------------------------------------------------------------
+# Python raises KeyboardInterrupt wherever the main thread is when the signal is handled. Two places lose
+# it: a ctypes callback (llvmlite calls Numba's cache through them while kernels load) prints "Exception
+# ignored on calling ctypes callback function" and goes on; code run by exec/eval of a string (imports
+# inside Numba and the standard library do that) lets it through but marks the interpreter, which then
+# kills itself with SIGINT at exit instead of returning our exit code. So the handler does not raise
+# there, and until the interrupt has reached `main` it is raised again every RETRY_S from SIGALRM.
+RETRY_S = 0.2
+_CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
+
+
+def _unsafe_to_raise(frame) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in _CALLBACKS or code.co_filename == "<string>":
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _Interrupts:
+    def __init__(self):
+        self.active = False
+        self.pending = False
+        self._old = {}
+
+    def install(self) -> "_Interrupts":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals only reach the main thread; leave them alone
+        self._old = {signal.SIGINT: signal.signal(signal.SIGINT, self._on_signal),
+                     signal.SIGALRM: signal.signal(signal.SIGALRM, self._on_signal)}
+        self.active = True
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        if not self.active:
+            return
+        if signum == signal.SIGINT and not self.pending:
+            self.pending = True
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S, RETRY_S)
+        if self.pending and not _unsafe_to_raise(frame):
+            raise KeyboardInterrupt
+
+    def stop(self) -> None:
+        """The interrupt has arrived: no more retries, and a second Ctrl-C does not break the report."""
+        self.active = False
+        if self._old:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def uninstall(self) -> None:
+        self.stop()
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+# -- the error boundary ------------------------------------------------------------------------------
+def _say(line: str) -> None:
+    """One line on stderr; a stderr that cannot take it is not worth another error."""
+    try:
+        print(" ".join(line.split("\n")), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    """After stdout failed (full device, closed pipe): send the rest to /dev/null, so that the interpreter's
+    last flush at exit does not print 'Exception ignored ...' (as the Python docs advise for SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (captured by a test)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class _Stdout:
+    """sys.stdout during main: remembers a failed write or flush (full device, I/O error) so that the error
+    line can say it was the output, whoever caught the OSError first (argparse swallows them)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.failed: OSError | None = None
+
+    def _do(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            if not isinstance(e, BrokenPipeError):
+                self.failed = self.failed or e
+            raise
+
+    def write(self, s):
+        return self._do(self._f.write, s)
+
+    def flush(self):
+        return self._do(self._f.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _run(argv, a_box: list) -> int:
     ap = _build_parser()
-    a = ap.parse_args(argv)
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as e:  # --help, --version
+        sys.stdout.flush()
+        if sys.stdout.failed:
+            raise sys.stdout.failed
+        return int(e.code or 0)
+    a_box.append(a)
     if a.command is None:
         ap.print_help()
+        sys.stdout.flush()
         return 2
+    _check_args(a)
+    if a.command == "generate":
+        rc = _cmd_generate(a)
+    elif a.command == "info":
+        rc = _cmd_info(a)
+    elif a.command == "perplexity":
+        rc = _cmd_perplexity(a)
+    elif a.command == "bench":
+        from .cli_bench import cmd_bench
+        rc = cmd_bench(a)
+    else:
+        rc = 2
+    sys.stdout.flush()  # a full device shows here, inside the boundary
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    debug = os.environ.get("PYRT_DEBUG", "") not in ("", "0")
+    ints = _Interrupts().install()
+    a_box: list = []
+    real_stdout = sys.stdout
+    out = sys.stdout = _Stdout(real_stdout)
     try:
-        if a.command == "generate":
-            return _cmd_generate(a)
-        if a.command == "info":
-            return _cmd_info(a)
-        if a.command == "perplexity":
-            return _cmd_perplexity(a)
-        if a.command == "bench":
-            from .cli_bench import cmd_bench
-            return cmd_bench(a)
-    except PyrtError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _run(argv, a_box)
     except KeyboardInterrupt:
-        print("", file=sys.stderr)
+        ints.stop()
+        _say("")
+        _say(f"pyrt: interrupted (Ctrl-C) after {time.perf_counter() - t0:.2f} s")
+        llm = getattr(a_box[0], "llm", None) if a_box else None
+        if llm is not None:
+            for line in llm.timings_report().splitlines():
+                _say(line)
         return 130
-    except BrokenPipeError:
-        # stdout closed (e.g. piped into head): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # stdout closed (piped into head): not an error of ours
+        _silence_stdout()
         return 0
-    return 2
+    except Exception as e:
+        ints.stop()
+        if isinstance(e, UsageError):
+            _say(f"error: {e}")
+            return 2
+        if debug:
+            import traceback
+            traceback.print_exc()
+        if isinstance(e, PyrtError):
+            msg = str(e)
+            default = getattr(a_box[0], "default_model", None) if a_box else None
+            if isinstance(e, ModelFileError) and default:
+                msg += f" (this is the default model in the cache: delete {default} and run again to rebuild it)"
+        elif isinstance(e, OSError) and e is out.failed:
+            msg = f"cannot write the output (stdout): {e.strerror or e}"
+        elif isinstance(e, OSError):
+            msg = f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+        elif isinstance(e, MemoryError):
+            msg = "out of memory"
+        else:
+            msg = f"internal error: {type(e).__name__}: {e}" + ("" if debug else " (PYRT_DEBUG=1 shows the traceback)")
+        _say(f"error: {msg}")
+        return 1
+    finally:
+        ints.uninstall()
+        sys.stdout = real_stdout
+        if out.failed is not None:
+            _silence_stdout()
 
 
 if __name__ == "__main__":

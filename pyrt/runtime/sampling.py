@@ -24,6 +24,19 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise InvalidArgumentError(f"{name} must be a number, got {type(v).__name__}")
+            if not np.isfinite(v):
+                raise InvalidArgumentError(f"{name} must be a finite number, got {v}")
+        for name in ("top_k", "repeat_last_n"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise InvalidArgumentError(f"{name} must be an integer, got {type(v).__name__}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or not -1 <= self.seed < 2**64):
+            raise InvalidArgumentError(f"seed must be None, -1 (random) or an integer in [0, 2^64), got {self.seed!r}")
         if not np.isfinite(self.temperature):
             raise InvalidArgumentError("temperature must be a finite number")
         if self.top_k < 0:
