@@ -12,11 +12,6 @@ from pyrt.errors import InvalidArgumentError, UnsupportedError
 from pyrt.formats.qtypes import DOT_TYPES, get_qtype
 from pyrt.ops import matmul as mm
 
-try:
-    import pyrt._kernels.quants_k  # noqa: F401
-    HAVE_K = True
-except ImportError:
-    HAVE_K = False
 
 # NMSE of matmul(x, W_q) against x @ W (unquantized weights and activations), per type; measured
 # on these shapes: F32 1e-14, F16 8e-8, BF16 5e-6, Q8_0 5e-5, Q5_0 1.8e-3, Q4_0 9e-3. For k-quants W
@@ -25,7 +20,7 @@ NMSE = {"F32": 5e-14, "F16": 4e-7, "BF16": 2e-5, "Q8_0": 1.5e-4, "Q5_0": 4e-3, "
         "Q6_K": 3e-4, "Q5_K": 2e-4, "Q4_K": 2e-4}
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q5_0]
 K_TYPES = [T.Q4_K, T.Q5_K, T.Q6_K]
-ALL = TYPES + [pytest.param(t, marks=pytest.mark.skipif(not HAVE_K, reason="quants_k not present")) for t in K_TYPES]
+ALL = TYPES + K_TYPES
 N_IN, N_OUT = 512, 48
 
 
@@ -138,8 +133,7 @@ def test_dot_path_rows_independent_of_pairing(t):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
-@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16, T.BF16, T.F32]
-                         + ([T.Q4_K] if HAVE_K else []))
+@pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16, T.BF16, T.F32, T.Q4_K])
 def test_thread_count_independent(t, monkeypatch):
     monkeypatch.setattr(mm, "BLAS_TILE_BYTES", 16 * N_IN * 4)  # several BLAS tiles over the workers
     _, x, raw = _case(t, n_tok=4, n_out=101)
@@ -176,7 +170,6 @@ def test_get_rows_and_dequantize(t):
     assert mm.get_rows(raw, t, [], 64).shape == (0, 64)
 
 
-@pytest.mark.skipif(not HAVE_K, reason="quants_k not present")
 def test_get_rows_k_quant():
     _, _, raw = _case(T.Q6_K, n_out=6, n_in=256)
     full = gguf_dequantize(raw, T.Q6_K).reshape(6, 256)
