@@ -17,13 +17,14 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from .errors import (ContextOverflowError, InvalidArgumentError, ModelFileError, PyrtError, StateError,
-                     TokenizerError, UnsupportedError)
+from .errors import (ContextOverflowError, GrammarError, InvalidArgumentError, ModelFileError, PyrtError,
+                     StateError, TokenizerError, UnsupportedError)
 
 __version__ = "0.1.0"
 
 __all__ = ["load", "LLM", "Context", "Batch", "PyrtError", "ModelFileError", "UnsupportedError",
-           "ContextOverflowError", "InvalidArgumentError", "TokenizerError", "StateError", "__version__"]
+           "ContextOverflowError", "InvalidArgumentError", "GrammarError", "TokenizerError", "StateError",
+           "__version__"]
 
 
 def __getattr__(name):

@@ -30,3 +30,8 @@ class TokenizerError(PyrtError):
 
 class StateError(PyrtError):
     """A saved state cannot be restored into this context (other model, cache type, corrupt data)."""
+
+
+class GrammarError(InvalidArgumentError):
+    """A JSON schema, regex or grammar the grammar engine cannot compile (the engine's message), or a
+    token the grammar rejects."""

@@ -20,6 +20,7 @@ from ..io.gguf_file import GGUFFile
 from ..formats.qtypes import SUPPORTED_TYPES
 from ..models import build_model, check_architecture
 from ..ops import matmul as mm
+from .constrain import Constraint, engine_for, request_grammar
 from .context import DEFRAG_THOLD, Batch, Context
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
@@ -65,6 +66,7 @@ class LLM:
         self.t_load = time.perf_counter() - t0
         self.t_warmup = 0.0
         self._tokens: list[int] = []  # what sequence 0 holds in the cache, in order
+        self.last_finish_reason: str | None = None  # of the last generation: "stop" or "length"
         if warmup:
             self.warmup()
 
@@ -161,8 +163,17 @@ class LLM:
                      top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                      repeat_last_n: int = 64, seed: int | None = None, ignore_eos: bool = False,
                      context_shift: bool = False, n_keep: int = 0, prompt_cache: str | os.PathLike | None = None,
-                     prompt_cache_ro: bool = False) -> Iterator[int]:
+                     prompt_cache_ro: bool = False, json_schema=None, regex: str | None = None,
+                     grammar: str | None = None, constraint: Constraint | None = None) -> Iterator[int]:
         """Yields generated token ids; stops at an end-of-generation token, max_tokens or a full context.
+        When it ends, `self.last_finish_reason` is "stop" (end of generation, or a constraint's grammar
+        is complete) or "length" (max_tokens or a full context; a constrained output is then incomplete).
+
+        json_schema (a dict or JSON text), regex, grammar (Lark or llama.cpp GBNF text): at most one;
+        every token is sampled from those the grammar allows (the mask is applied to the logits before
+        any sampler), and end of generation comes only where the grammar is complete. Needs the
+        `grammar` extra (llguidance); a schema or grammar it cannot compile raises GrammarError before
+        anything is evaluated. constraint: a prepared `Constraint` instead (it is advanced in place).
 
         context_shift: when the context is full, keep the first n_keep tokens (< 0: the whole prompt),
         drop half of the rest (llama-cli's n_discard = (n_past - n_keep) / 2), shift the remaining
@@ -174,6 +185,13 @@ class LLM:
         sampler = Sampler(params, self.n_ctx)
         ids = [int(t) for t in prompt_ids]
         self.check_prompt(ids)
+        self.last_finish_reason = None
+        spec = request_grammar(json_schema=json_schema, regex=regex, grammar=grammar)
+        if spec is not None:
+            if constraint is not None:
+                raise InvalidArgumentError("give either a constraint or json_schema/regex/grammar, not both")
+            constraint = engine_for(self.tokenizer).constraint(*spec)
+        eog = sorted(self.tokenizer.eog_ids)
         if n_keep < 0 or n_keep > len(ids):
             n_keep = len(ids)
         if prompt_cache is not None and os.path.exists(prompt_cache):
@@ -183,13 +201,27 @@ class LLM:
             self.save_state(prompt_cache)
         history = list(ids)
         n = 0
+        self.last_finish_reason = "length"
         while max_tokens < 0 or n < max_tokens:
+            if constraint is not None:
+                if constraint.is_stopped():
+                    self.last_finish_reason = "stop"
+                    return
+                if ignore_eos:
+                    constraint.forbid(eog)
+                logits = constraint.mask_logits(np.array(logits, dtype=np.float32))
             tok = sampler.sample(logits, history)
             if not ignore_eos and self.tokenizer.is_eog(tok):
+                self.last_finish_reason = "stop"
                 return
+            if constraint is not None:
+                constraint.accept(tok)
             yield tok
             n += 1
             history.append(tok)
+            if constraint is not None and constraint.is_stopped():
+                self.last_finish_reason = "stop"  # the grammar allows nothing more: only EOG could follow
+                return
             if max_tokens >= 0 and n >= max_tokens:
                 return
             if len(self._tokens) >= self.n_ctx and not (context_shift and self.shift_context(n_keep)):
