@@ -80,6 +80,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="file to cache the prompt's KV state in, reused by later runs with the same prefix")
     g.add_argument("--prompt-cache-ro", action="store_true",
                    help="use --prompt-cache without updating the file")
+    g.add_argument("--grammar", default=None, metavar="GRAMMAR",
+                   help="constrain the output by a grammar: llama.cpp GBNF or Lark (needs the grammar extra)")
+    g.add_argument("--grammar-file", default=None, metavar="FILE", help="read --grammar from a file")
+    g.add_argument("-j", "--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the output to JSON valid under this JSON Schema (text; needs the grammar extra)")
+    g.add_argument("-jf", "--json-schema-file", default=None, metavar="FILE", help="read --json-schema from a file")
+    g.add_argument("--regex", default=None, metavar="REGEX", help="constrain the output to match this regex")
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama-perplexity's method)",
                         allow_abbrev=False)
@@ -115,6 +122,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
             raise PyrtError(f"cannot read prompt file {a.file}: {e.strerror}")
     else:
         prompt = a.prompt if a.prompt is not None else ""
+    constraint = _constraint_args(a)
     a.model = _model_path(a)
     llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
                type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup,
@@ -122,6 +130,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     if a.conversation:
         return _conversation(a, llm, prompt)
     llm.check_prompt(llm.tokenize(prompt))  # fail before printing anything
+    if constraint:
+        constraint = {"constraint": llm.constraint(**constraint)}
     err = sys.stderr
     print(f"pyrt: model {a.model}: {llm.model.hp.arch}, {llm.model.hp.n_layer} layers, "
           f"n_vocab = {llm.n_vocab}, n_threads = {llm.n_threads}", file=err)
@@ -137,15 +147,43 @@ def _cmd_generate(a: argparse.Namespace) -> int:
                               min_p=a.min_p, repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n,
                               seed=a.seed, ignore_eos=a.ignore_eos, context_shift=a.context_shift,
                               n_keep=_n_keep(llm, a.keep, prompt), prompt_cache=a.prompt_cache,
-                              prompt_cache_ro=a.prompt_cache_ro):
+                              prompt_cache_ro=a.prompt_cache_ro, **constraint):
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
     print("", file=err)
+    if constraint and llm.last_finish_reason == "length":
+        print("pyrt: warning: generation ended at the token limit or a full context before the output "
+              "completed the grammar", file=err)
     print(llm.timings_report(), file=err)
     print(f"pyrt: {'total time':>16} = {(time.perf_counter() - t0) * 1000:10.2f} ms", file=err)
     return 0
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as e:
+        raise PyrtError(f"cannot read {what} file {path}: {e.strerror}")
+
+
+def _constraint_args(a: argparse.Namespace) -> dict:
+    """generate's json_schema / regex / grammar keyword from the flags (at most one of them)."""
+    grammar, schema = a.grammar, a.json_schema
+    if a.grammar_file is not None:
+        if grammar is not None:
+            raise PyrtError("use either --grammar or --grammar-file, not both")
+        grammar = _read_text(a.grammar_file, "grammar")
+    if a.json_schema_file is not None:
+        if schema is not None:
+            raise PyrtError("use either --json-schema or --json-schema-file, not both")
+        schema = _read_text(a.json_schema_file, "JSON schema")
+    given = {k: v for k, v in (("grammar", grammar), ("json_schema", schema), ("regex", a.regex)) if v is not None}
+    if len(given) > 1:
+        raise PyrtError("--grammar, --json-schema and --regex are mutually exclusive")
+    return given
 
 
 def _n_keep(llm, keep: int, prompt: str) -> int:
@@ -168,7 +206,7 @@ def _conversation(a: argparse.Namespace, llm, first: str) -> int:
     tty = sys.stdin.isatty()
     sampling = dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                     repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n, seed=a.seed,
-                    ignore_eos=a.ignore_eos)
+                    ignore_eos=a.ignore_eos, **_constraint_args(a))
     pending = [first] if first else []
     while True:
         if pending:
@@ -205,6 +243,7 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
         raise PyrtError(f"cannot read text file {a.file}: {e.strerror}")
     if a.ctx_size <= 0:
         raise PyrtError("perplexity needs --ctx-size > 0")
+    constraint = _constraint_args(a)
     a.model = _model_path(a)
     llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
                n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,

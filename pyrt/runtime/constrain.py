@@ -77,7 +77,7 @@ class GrammarEngine:
         llg = _llguidance()
         m = llg.LLMatcher(self.ll_tokenizer, _grammar_spec(llg, kind, text), log_level=0)
         if m.is_error():
-            raise GrammarError(f"invalid {kind}: {m.get_error().strip()}")
+            raise GrammarError(f"invalid {kind}: {_one_line(m.get_error())}")
         with self._lock:
             self._cache[key] = m
             if len(self._cache) > self._cache_size:
@@ -89,9 +89,14 @@ class GrammarEngine:
         return Constraint(self, self.compile(kind, text).deep_copy(), kind)
 
 
+def _one_line(msg: str) -> str:
+    """The engine's (multi-line) message on one line, as pyrt's errors are."""
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
 def _grammar_spec(llg, kind: str, text: str) -> str:
     """llguidance's grammar description for (kind, text); GrammarError where the text itself is bad."""
-    from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark, gbnf_to_lark
+    from llguidance.gbnf_to_lark import any_to_lark, gbnf_to_lark
     if kind == "json_schema":
         try:
             schema = json.loads(text)
@@ -111,8 +116,8 @@ def _grammar_spec(llg, kind: str, text: str) -> str:
             text = gbnf_to_lark(text)
         elif kind == "grammar":
             text = any_to_lark(text)
-    except GbnfToLarkError as e:
-        raise GrammarError(f"invalid gbnf grammar: {e}") from None
+    except Exception as e:  # the converter raises GbnfToLarkError, and bare Exception for undefined rules
+        raise GrammarError(f"invalid gbnf grammar: {_one_line(str(e))}") from None
     return llg.LLMatcher.grammar_from_lark(text)
 
 
@@ -235,7 +240,7 @@ class Constraint:
         self._fresh = False
         if not self._m.consume_token(int(token)):
             raise GrammarError(f"token {int(token)} is not allowed by the {self.kind}: "
-                               f"{self._m.get_error().strip()}")
+                               f"{_one_line(self._m.get_error())}")
         self.n_accepted += 1
 
     def rollback(self, n_tokens: int) -> None:
@@ -244,7 +249,7 @@ class Constraint:
             raise InvalidArgumentError(f"cannot roll back {n_tokens} of {self.n_accepted} tokens")
         self._fresh = False
         if not self._m.rollback(n_tokens):
-            raise GrammarError(f"rollback of {n_tokens} tokens failed: {self._m.get_error().strip()}")
+            raise GrammarError(f"rollback of {n_tokens} tokens failed: {_one_line(self._m.get_error())}")
         self.n_accepted -= n_tokens
 
     def reset(self) -> None:
@@ -254,7 +259,7 @@ class Constraint:
 
     def _check(self) -> None:
         if self._m.is_error():
-            raise GrammarError(f"the {self.kind} matcher failed: {self._m.get_error().strip()}")
+            raise GrammarError(f"the {self.kind} matcher failed: {_one_line(self._m.get_error())}")
 
 
 def request_grammar(json_schema=None, regex: str | None = None, grammar: str | None = None,

@@ -186,11 +186,11 @@ class LLM:
         ids = [int(t) for t in prompt_ids]
         self.check_prompt(ids)
         self.last_finish_reason = None
-        spec = request_grammar(json_schema=json_schema, regex=regex, grammar=grammar)
-        if spec is not None:
+        made = self.constraint(json_schema=json_schema, regex=regex, grammar=grammar)
+        if made is not None:
             if constraint is not None:
                 raise InvalidArgumentError("give either a constraint or json_schema/regex/grammar, not both")
-            constraint = engine_for(self.tokenizer).constraint(*spec)
+            constraint = made
         eog = sorted(self.tokenizer.eog_ids)
         if n_keep < 0 or n_keep > len(ids):
             n_keep = len(ids)
@@ -229,6 +229,14 @@ class LLM:
             pos = len(self._tokens)
             logits = self.ctx.decode(Batch.from_tokens([tok], pos0=pos))[-1]
             self._tokens.append(tok)
+
+    def constraint(self, json_schema=None, regex: str | None = None, grammar: str | None = None,
+                   response_format: dict | None = None) -> Constraint | None:
+        """A fresh `Constraint` for at most one of json_schema (dict or JSON text), regex, grammar (Lark or
+        GBNF) or an OpenAI response_format; None when none is given. GrammarError if it cannot be compiled
+        (compiled grammars are cached by their text)."""
+        spec = request_grammar(json_schema=json_schema, regex=regex, grammar=grammar, response_format=response_format)
+        return None if spec is None else engine_for(self.tokenizer).constraint(*spec)
 
     def shift_context(self, n_keep: int) -> bool:
         """Frees half of sequence 0's cells after the first n_keep (llama-cli's context shift); False if
