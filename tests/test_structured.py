@@ -468,3 +468,33 @@ def test_schemas_valid_default_model(gemma_path):
                 continue
             _check_json(out, schema, llm.last_finish_reason, name)
     assert len(incomplete) <= 2, incomplete
+
+
+# ------------------------------------------------------------------------------------------- tool calls
+def test_required_and_named_tool_calls_parse_and_validate(models):
+    from pyrt.runtime.tools import parse_tool_calls, tool_call_schema
+    tools = [{"type": "function", "function": {"name": n, "parameters": _bounded(SCHEMAS[[s["name"] for s in SCHEMAS].index(sn)]["schema"])}}
+             for n, sn in (("make_product", "product"), ("add_person", "object_person"), ("draw", "ref_defs"))]
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    llm = models["qwen2"]
+    msgs = [{"role": "user", "content": "call a tool"}]
+    seen = set()
+    for choice, parallel in (("required", False), ("required", True),
+                             ({"type": "function", "function": {"name": "draw"}}, False)):
+        for sampler in ("greedy", "temp", "top_k"):
+            schema = tool_call_schema(tools, choice, parallel_tool_calls=parallel)
+            if parallel:
+                schema["maxItems"] = 3  # bounded for a random model, as _bounded does
+            schema["x-guidance"] = {"whitespace_flexible": False, "whitespace_pattern": None}  # compact JSON
+            out = "".join(llm.chat(msgs, chat_template="chatml", max_tokens=900, json_schema=schema,
+                                   **SAMPLERS[sampler]))
+            assert llm.last_finish_reason == "stop", (choice, parallel, sampler, out)
+            assert "\n" not in out and "\t" not in out  # the schema's x-guidance overrides JSON_DEFAULTS
+            calls = parse_tool_calls(out, tools)
+            assert calls and (parallel or len(calls) == 1)
+            for c in calls:
+                name = c["function"]["name"]
+                assert isinstance(choice, str) or name == "draw"
+                jsonschema.validate(json.loads(c["function"]["arguments"]), params[name], format_checker=FORMATS)
+                seen.add(name)
+    assert len(seen) >= 2
