@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import GrammarError, InvalidArgumentError, UnsupportedError
 
-__all__ = ["KINDS", "JSON_DEFAULTS", "GrammarEngine", "Constraint", "engine_for", "request_grammar"]
+__all__ = ["KINDS", "JSON_DEFAULTS", "NUMBER_LIMIT", "GrammarEngine", "Constraint", "bound_numbers", "engine_for",
+           "request_grammar"]
 
 # "grammar" is Lark or GBNF, told apart as llguidance does (a `start:` rule or `%llguidance` means Lark).
 KINDS = ("json_schema", "regex", "lark", "gbnf", "grammar")
@@ -28,7 +29,14 @@ KINDS = ("json_schema", "regex", "lark", "gbnf", "grammar")
 # but cannot loop on whitespace. A schema's own "x-guidance" object overrides these (llguidance's rule).
 JSON_DEFAULTS = {"whitespace_pattern": r"(?: |\n[ \t]{0,20})?"}
 
+# A number or integer without its own bound stays within +-NUMBER_LIMIT (15 digits, exact in a double),
+# as llama.cpp's json-schema-to-grammar caps integral digits: otherwise a model can repeat "0" until
+# max_tokens inside a number that no grammar rule ends (seen with Gemma 3 270M, greedy). llguidance then
+# writes such numbers without an exponent. Fraction digits stay unbounded.
+NUMBER_LIMIT = 999_999_999_999_999
+
 _NEG_INF = np.float32(-np.inf)
+_NOT_SCHEMAS = frozenset(("enum", "const", "default", "examples", "x-guidance"))
 
 
 def _llguidance():
@@ -94,6 +102,26 @@ def _one_line(msg: str) -> str:
     return " ".join(line.strip() for line in msg.splitlines() if line.strip())
 
 
+def bound_numbers(schema):
+    """The schema with NUMBER_LIMIT as the missing minimum / maximum of every number and integer."""
+    if isinstance(schema, list):
+        return [bound_numbers(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k in _NOT_SCHEMAS else bound_numbers(v)) for k, v in schema.items()}
+    t = schema.get("type")
+    types = t if isinstance(t, list) else [t]
+    if any(x in ("number", "integer") for x in types if isinstance(x, str)):
+        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+        num = (int, float)
+        if lo is None and (hi is None or isinstance(hi, num) and hi > -NUMBER_LIMIT):
+            out["minimum"] = -NUMBER_LIMIT
+        if hi is None and (lo is None or isinstance(lo, num) and lo < NUMBER_LIMIT):
+            out["maximum"] = NUMBER_LIMIT
+    return out
+
+
 def _grammar_spec(llg, kind: str, text: str) -> str:
     """llguidance's grammar description for (kind, text); GrammarError where the text itself is bad."""
     from llguidance.gbnf_to_lark import any_to_lark, gbnf_to_lark
@@ -106,7 +134,7 @@ def _grammar_spec(llg, kind: str, text: str) -> str:
             raise GrammarError(f"invalid json_schema: a schema is an object or a boolean, "
                                f"got {type(schema).__name__}")
         try:
-            return llg.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS)
+            return llg.LLMatcher.grammar_from_json_schema(bound_numbers(schema), defaults=JSON_DEFAULTS)
         except ValueError as e:
             raise GrammarError(f"invalid json_schema: {e}") from None
     if kind == "regex":
