@@ -450,8 +450,8 @@ REAL_SUBSET = ["enum_strings", "integer_bounds", "object_person", "object_option
 
 @pytest.mark.slow
 def test_schemas_valid_default_model(gemma_path):
-    """Every complete output validates; an incomplete one says "length". Gemma 3 270M can loop inside an
-    unbounded value (greedy "1000000..."), which no grammar forbids: those must be few and reported."""
+    """Every output completes within max_tokens and validates (an incomplete one would say "length":
+    listed in the failure)."""
     llm = pyrt.load(gemma_path, n_ctx=1024, n_threads=2)
     incomplete = []
     for name in REAL_SUBSET:
@@ -467,7 +467,7 @@ def test_schemas_valid_default_model(gemma_path):
                 incomplete.append((name, sampler, out[-60:]))
                 continue
             _check_json(out, schema, llm.last_finish_reason, name)
-    assert len(incomplete) <= 2, incomplete
+    assert not incomplete, incomplete
 
 
 # ------------------------------------------------------------------------------------------- tool calls
