@@ -3,7 +3,7 @@ and without a JSON schema (pyrt.runtime.constrain on llguidance; optionally outl
 
     python bench/bench_structured.py masks                      # Gemma 3 262k and LLaMA SPM 32k vocabularies
     python bench/bench_structured.py tg -n 64 -r 3              # Gemma 3 270M TG, free vs JSON schema
-    python bench/bench_structured.py tg -m model.gguf -n 64 -r 3
+    python bench/bench_structured.py tg -m synthetic-32k --chat-template chatml -n 64 -r 3
     python bench/bench_structured.py outlines                   # outlines-core index build, same schemas
 """
 
@@ -88,9 +88,24 @@ def cmd_masks(a) -> None:
         print(f"  mask_logits (unpack + -inf where disallowed, on a copy) {_ms(t_apply)}\n")
 
 
+def _synthetic_32k() -> str:
+    """tools/synthetic.py's llama (n_embd 256, 2 layers, Q8_0) with the 32000-token LLaMA SPM vocabulary."""
+    import tempfile
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import synthetic
+    from pyrt.io.gguf_file import GGUFFile
+    md = GGUFFile(VOCAB_32K).metadata
+    vocab = ([str(t) for t in md["tokenizer.ggml.tokens"]], [float(x) for x in md["tokenizer.ggml.scores"]],
+             [int(x) for x in md["tokenizer.ggml.token_type"]])
+    synthetic.spm_vocab = lambda n_vocab: vocab
+    path = os.path.join(tempfile.mkdtemp(), "synthetic-llama-32k-q8_0.gguf")
+    synthetic.write_model(path, "llama", "Q8_0", n_vocab=len(vocab[0]), n_ctx=1024)
+    return path
+
+
 def cmd_tg(a) -> None:
     import pyrt
-    path = a.model or _default_model()
+    path = _synthetic_32k() if a.model == "synthetic-32k" else a.model or _default_model()
     llm = pyrt.load(path, n_ctx=1024, n_threads=a.threads)
     schema = {"type": "object", "properties": {
         "title": {"type": "string"}, "year": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
