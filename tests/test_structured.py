@@ -501,12 +501,13 @@ def test_required_and_named_tool_calls_parse_and_validate(models):
 
 
 def test_unbounded_numbers_get_llama_cpp_digit_limit(models):
-    from pyrt.runtime.constrain import NUMBER_LIMIT, bound_numbers
+    from pyrt.runtime.constrain import NUMBER_LIMIT, NUMBER_STEP, bound_numbers
     s = {"type": "object", "properties": {"n": {"type": "number"}, "i": {"type": ["integer", "null"], "minimum": 3},
                                           "big": {"type": "integer", "minimum": 10 ** 20},
                                           "c": {"const": {"type": "number"}}}}
     b = bound_numbers(s)
-    assert b["properties"]["n"] == {"type": "number", "minimum": -NUMBER_LIMIT, "maximum": NUMBER_LIMIT}
+    assert b["properties"]["n"] == {"type": "number", "minimum": -NUMBER_LIMIT, "maximum": NUMBER_LIMIT,
+                                    "multipleOf": NUMBER_STEP}
     assert b["properties"]["i"] == {"type": ["integer", "null"], "minimum": 3, "maximum": NUMBER_LIMIT}
     assert b["properties"]["big"] == {"type": "integer", "minimum": 10 ** 20}  # never made unsatisfiable
     assert b["properties"]["c"] == {"const": {"type": "number"}}  # a value, not a schema
@@ -520,3 +521,11 @@ def test_unbounded_numbers_get_llama_cpp_digit_limit(models):
         c.accept(zero)
         n += 1
     assert n == 15 and c.is_accepting() and not c.allowed()[one]
+    c = llm.constraint(json_schema={"type": "number"})  # "0.000...": at most 10 fraction digits
+    for t in (zero, tb.index(b".")):
+        c.accept(t)
+    n = 0
+    while c.allowed()[zero]:
+        c.accept(zero)
+        n += 1
+    assert n == 10 and c.is_accepting() and not c.allowed()[one]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import GrammarError, InvalidArgumentError, UnsupportedError
 
-__all__ = ["KINDS", "JSON_DEFAULTS", "NUMBER_LIMIT", "GrammarEngine", "Constraint", "bound_numbers", "engine_for",
+__all__ = ["KINDS", "JSON_DEFAULTS", "NUMBER_LIMIT", "NUMBER_STEP", "GrammarEngine", "Constraint", "bound_numbers", "engine_for",
            "request_grammar"]
 
 # "grammar" is Lark or GBNF, told apart as llguidance does (a `start:` rule or `%llguidance` means Lark).
@@ -29,11 +29,13 @@ KINDS = ("json_schema", "regex", "lark", "gbnf", "grammar")
 # but cannot loop on whitespace. A schema's own "x-guidance" object overrides these (llguidance's rule).
 JSON_DEFAULTS = {"whitespace_pattern": r"(?: |\n[ \t]{0,20})?"}
 
-# A number or integer without its own bound stays within +-NUMBER_LIMIT (15 digits, exact in a double),
-# as llama.cpp's json-schema-to-grammar caps integral digits: otherwise a model can repeat "0" until
-# max_tokens inside a number that no grammar rule ends (seen with Gemma 3 270M, greedy). llguidance then
-# writes such numbers without an exponent. Fraction digits stay unbounded.
+# Digits of JSON numbers are bounded, as llama.cpp's json-schema-to-grammar bounds them: otherwise a model
+# can repeat "0" until max_tokens inside a number that no grammar rule ends (seen with Gemma 3 270M,
+# greedy). A number or integer without its own bound stays within +-NUMBER_LIMIT (15 digits, exact in a
+# double); a number without its own multipleOf gets NUMBER_STEP, i.e. at most 10 fraction digits (the
+# finest step llguidance 1.9 takes exactly). Such numbers are written without an exponent.
 NUMBER_LIMIT = 999_999_999_999_999
+NUMBER_STEP = 1e-10
 
 _NEG_INF = np.float32(-np.inf)
 _NOT_SCHEMAS = frozenset(("enum", "const", "default", "examples", "x-guidance"))
@@ -103,7 +105,8 @@ def _one_line(msg: str) -> str:
 
 
 def bound_numbers(schema):
-    """The schema with NUMBER_LIMIT as the missing minimum / maximum of every number and integer."""
+    """The schema with NUMBER_LIMIT as the missing minimum / maximum of every number and integer, and
+    NUMBER_STEP as the missing multipleOf of every number."""
     if isinstance(schema, list):
         return [bound_numbers(v) for v in schema]
     if not isinstance(schema, dict):
@@ -119,6 +122,8 @@ def bound_numbers(schema):
             out["minimum"] = -NUMBER_LIMIT
         if hi is None and (lo is None or isinstance(lo, num) and lo < NUMBER_LIMIT):
             out["maximum"] = NUMBER_LIMIT
+        if "number" in types and "multipleOf" not in schema:
+            out["multipleOf"] = NUMBER_STEP
     return out
 
 
