@@ -167,7 +167,7 @@ def test_regex_mask_equals_brute_force(models, arch, pattern):
                 continue  # the patterns are ASCII: no special token and no non-ASCII byte can match
             ref[t] = regex.fullmatch(pattern, (prefix + b).decode(), partial=True) is not None
         ref[eog] = regex.fullmatch(pattern, prefix.decode()) is not None
-        if c._m.compute_ff_bytes():
+        if c.forced_bytes():
             # forced bytes: llguidance allows only the canonical token of the forced text
             assert got.any() and not (got & ~ref).any()
             n_checked[1] += 1
@@ -195,7 +195,7 @@ def test_enum_mask_equals_brute_force(models, arch):
         ref = np.array([b[:1] != b"\xff" and len(b) > 0 and any(x.startswith(prefix + b) for x in texts)
                         for b in tb])
         ref[eog] = prefix in texts
-        if c._m.compute_ff_bytes():
+        if c.forced_bytes():
             assert got.any() and not (got & ~ref).any()
         else:
             np.testing.assert_array_equal(got, ref, err_msg=f"state {prefix!r}")

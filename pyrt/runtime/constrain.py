@@ -216,6 +216,11 @@ class Constraint:
     def stop_reason(self) -> str:
         return self._m.stop_reason()
 
+    def forced_bytes(self) -> bytes:
+        """The bytes the grammar forces next (the only continuation); the mask then allows just the
+        canonical first token of that text, not every token that is a prefix of it."""
+        return self._m.compute_ff_bytes()
+
     # -- masks -------------------------------------------------------------------------------------
     def fill_mask(self, out: np.ndarray | None = None) -> np.ndarray:
         """Computes the allowed tokens of the current state into `out` (or `self.bitmask`): an int32
