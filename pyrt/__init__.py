@@ -17,14 +17,16 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from .errors import (BusyError, ContextOverflowError, FileAccessError, InvalidArgumentError, ModelFileError,
+from .errors import (BusyError, ContextOverflowError, FileAccessError, GrammarError,
+                     InvalidArgumentError, ModelFileError,
                      PyrtError, StateError, StateFileError, TokenizerError, UnsupportedError)
 
 __version__ = "0.1.0"
 
 __all__ = ["load", "LLM", "Context", "Batch", "PyrtError", "ModelFileError", "UnsupportedError",
            "ContextOverflowError", "InvalidArgumentError", "TokenizerError", "StateError", "StateFileError",
-           "FileAccessError", "BusyError", "__version__"]
+           "FileAccessError", "BusyError", "GrammarError",
+           "__version__"]
 
 
 def __getattr__(name):

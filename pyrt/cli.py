@@ -95,6 +95,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="file to cache the prompt's KV state in, reused by later runs with the same prefix")
     g.add_argument("--prompt-cache-ro", action="store_true",
                    help="use --prompt-cache without updating the file")
+    g.add_argument("--grammar", default=None, metavar="GRAMMAR",
+                   help="constrain the output by a grammar: llama.cpp GBNF or Lark (needs the grammar extra)")
+    g.add_argument("--grammar-file", default=None, metavar="FILE", help="read --grammar from a file")
+    g.add_argument("-j", "--json-schema", default=None, metavar="SCHEMA",
+                   help="constrain the output to JSON valid under this JSON Schema (text; needs the grammar extra)")
+    g.add_argument("-jf", "--json-schema-file", default=None, metavar="FILE", help="read --json-schema from a file")
+    g.add_argument("--regex", default=None, metavar="REGEX", help="constrain the output to match this regex")
 
     pp = sub.add_parser("perplexity", help="perplexity of a text file (llama-perplexity's method)",
                         allow_abbrev=False)
@@ -192,6 +199,7 @@ def _check_generate(a: argparse.Namespace) -> None:
     if a.prompt_cache is not None:
         _check_text("--prompt-cache", a.prompt_cache)
         _check_prompt_cache(a.prompt_cache, a.prompt_cache_ro)
+    a.constraint = _constraint_args(a)
     if a.chat_template is not None:  # compiled now: a broken template fails before the load
         _check_text("--chat-template", a.chat_template)
         from .runtime.chat import ChatTemplate, resolve_template
@@ -221,6 +229,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     from .runtime.llm import load
 
     prompt = a.prompt if a.prompt is not None else ""  # -f was read by _check_generate
+    constraint = a.constraint  # checked by _check_generate
     a.model = _model_path(a)
     a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
                type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup,
@@ -228,6 +237,8 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     if a.conversation:
         return _conversation(a, llm, prompt)
     llm.check_prompt(llm.tokenize(prompt))  # fail before printing anything
+    if constraint:
+        constraint = {"constraint": llm.constraint(**constraint)}
     err = sys.stderr
     _print_header(a, llm)
     out = sys.stdout
@@ -238,12 +249,15 @@ def _cmd_generate(a: argparse.Namespace) -> int:
                               min_p=a.min_p, repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n,
                               seed=a.seed, ignore_eos=a.ignore_eos, context_shift=a.context_shift,
                               n_keep=_n_keep(llm, a.keep, prompt), prompt_cache=a.prompt_cache,
-                              prompt_cache_ro=a.prompt_cache_ro):
+                              prompt_cache_ro=a.prompt_cache_ro, **constraint):
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
     print("", file=err)
+    if constraint and llm.last_finish_reason == "length":
+        print("pyrt: warning: generation ended at the token limit or a full context before the output "
+              "completed the grammar", file=sys.stderr)
     _print_timings(llm)
     return 0
 
@@ -262,6 +276,22 @@ def _print_timings(llm) -> None:
     """llama.cpp's timing lines, then the wall time of the command split into its parts."""
     print(llm.timings_report(), file=sys.stderr)
     print(llm.total_time_report(time.perf_counter() - _T_START), file=sys.stderr, flush=True)
+
+
+def _constraint_args(a: argparse.Namespace) -> dict:
+    """generate's json_schema / regex / grammar keyword from the flags (at most one of them)."""
+    grammar, schema = a.grammar, a.json_schema
+    if a.grammar_file is not None:
+        _need(grammar is None, "use either --grammar or --grammar-file, not both")
+        grammar = _read_text(a.grammar_file, "grammar file")
+    if a.json_schema_file is not None:
+        _need(schema is None, "use either --json-schema or --json-schema-file, not both")
+        schema = _read_text(a.json_schema_file, "JSON schema file")
+    given = {k: v for k, v in (("grammar", grammar), ("json_schema", schema), ("regex", a.regex)) if v is not None}
+    _need(len(given) <= 1, "--grammar, --json-schema and --regex are mutually exclusive")
+    for k, v in given.items():
+        _check_text(f"--{k.replace('_', '-')}", v)
+    return given
 
 
 def _n_keep(llm, keep: int, prompt: str) -> int:
@@ -298,7 +328,7 @@ def _conversation(a: argparse.Namespace, llm, first: str) -> int:
     tty = sys.stdin.isatty()
     sampling = dict(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                     repeat_penalty=a.repeat_penalty, repeat_last_n=a.repeat_last_n, seed=a.seed,
-                    ignore_eos=a.ignore_eos)
+                    ignore_eos=a.ignore_eos, **a.constraint)
     pending = [first] if first else []
     while True:
         if pending:

@@ -54,3 +54,8 @@ class StateFileError(StateError, FileAccessError):
 class BusyError(PyrtError):
     """The LLM / Context is in use by a generation that has not finished (another thread's, or a generator
     of this thread that is still open): one context runs one generation at a time."""
+
+
+class GrammarError(InvalidArgumentError):
+    """A JSON schema, regex or grammar the grammar engine cannot compile (the engine's message), or a
+    token the grammar rejects."""

@@ -22,6 +22,7 @@ from ..io.gguf_file import GGUFFile
 from ..formats.qtypes import SUPPORTED_TYPES
 from ..models import build_model, check_architecture
 from ..ops import matmul as mm
+from .constrain import Constraint, engine_for, request_grammar
 from .context import DEFRAG_THOLD, Batch, Context, _int_arg
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
@@ -94,6 +95,7 @@ class LLM:
         self.t_warmup = 0.0
         self.compiled = 0
         self._tokens: list[int] = []  # what sequence 0 holds in the cache, in order
+        self.last_finish_reason: str | None = None  # of the last generation: "stop" or "length"
         if warmup:
             self.warmup()
 
@@ -220,8 +222,17 @@ class LLM:
                      top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                      repeat_last_n: int = 64, seed: int | None = None, ignore_eos: bool = False,
                      context_shift: bool = False, n_keep: int = 0, prompt_cache: str | os.PathLike | None = None,
-                     prompt_cache_ro: bool = False) -> Iterator[int]:
+                     prompt_cache_ro: bool = False, json_schema=None, regex: str | None = None,
+                     grammar: str | None = None, constraint: Constraint | None = None) -> Iterator[int]:
         """Yields generated token ids; stops at an end-of-generation token, max_tokens or a full context.
+        When it ends, `self.last_finish_reason` is "stop" (end of generation, or a constraint's grammar
+        is complete) or "length" (max_tokens or a full context; a constrained output is then incomplete).
+
+        json_schema (a dict or JSON text), regex, grammar (Lark or llama.cpp GBNF text): at most one;
+        every token is sampled from those the grammar allows (the mask is applied to the logits before
+        any sampler), and end of generation comes only where the grammar is complete. Needs the
+        `grammar` extra (llguidance); a schema or grammar it cannot compile raises GrammarError before
+        anything is evaluated. constraint: a prepared `Constraint` instead (it is advanced in place).
 
         context_shift: when the context is full, keep the first n_keep tokens (< 0: the whole prompt),
         drop half of the rest (llama-cli's n_discard = (n_past - n_keep) / 2), shift the remaining
@@ -239,14 +250,23 @@ class LLM:
             n_keep = len(ids)
         if prompt_cache is not None:
             prompt_cache = _path_arg("prompt_cache", prompt_cache)
+        made = self.constraint(json_schema=json_schema, regex=regex, grammar=grammar)  # GrammarError now
+        if made is not None:
+            if constraint is not None:
+                raise InvalidArgumentError("give either a constraint or json_schema/regex/grammar, not both")
+            constraint = made
+        elif constraint is not None and not isinstance(constraint, Constraint):
+            raise InvalidArgumentError(f"constraint must be a Constraint, got {type(constraint).__name__}")
+        self.last_finish_reason = None
         return self._generation(ids, sampler, max_tokens, bool(ignore_eos), bool(context_shift), n_keep,
-                                prompt_cache, bool(prompt_cache_ro))
+                                prompt_cache, bool(prompt_cache_ro), constraint)
 
     def _generation(self, ids, sampler, max_tokens, ignore_eos, context_shift, n_keep, prompt_cache,
-                    prompt_cache_ro) -> Iterator[int]:
+                    prompt_cache_ro, constraint) -> Iterator[int]:
         ctx = self.ctx
         me = object()
         ctx._begin_generation(me)  # BusyError if another generation holds the context
+        eog = sorted(self.tokenizer.eog_ids)
         try:
             with ctx._step(me):
                 if prompt_cache is not None and os.path.exists(prompt_cache):
@@ -256,14 +276,28 @@ class LLM:
                     self.save_state(prompt_cache)
             history = list(ids)
             n = 0
+            self.last_finish_reason = "length"
             while max_tokens < 0 or n < max_tokens:
                 with ctx._step(me):
+                    if constraint is not None:
+                        if constraint.is_stopped():
+                            self.last_finish_reason = "stop"
+                            return
+                        if ignore_eos:
+                            constraint.forbid(eog)
+                        logits = constraint.mask_logits(np.array(logits, dtype=np.float32))
                     tok = sampler.sample(logits, history)
                 if not ignore_eos and self.tokenizer.is_eog(tok):
+                    self.last_finish_reason = "stop"
                     return
+                if constraint is not None:
+                    constraint.accept(tok)
                 yield tok
                 n += 1
                 history.append(tok)
+                if constraint is not None and constraint.is_stopped():
+                    self.last_finish_reason = "stop"  # the grammar allows nothing more: only EOG could follow
+                    return
                 if max_tokens >= 0 and n >= max_tokens:
                     return
                 with ctx._step(me):
@@ -274,6 +308,14 @@ class LLM:
                     self._tokens.append(tok)
         finally:
             ctx._end_generation(me)
+
+    def constraint(self, json_schema=None, regex: str | None = None, grammar: str | None = None,
+                   response_format: dict | None = None) -> Constraint | None:
+        """A fresh `Constraint` for at most one of json_schema (dict or JSON text), regex, grammar (Lark or
+        GBNF) or an OpenAI response_format; None when none is given. GrammarError if it cannot be compiled
+        (compiled grammars are cached by their text)."""
+        spec = request_grammar(json_schema=json_schema, regex=regex, grammar=grammar, response_format=response_format)
+        return None if spec is None else engine_for(self.tokenizer).constraint(*spec)
 
     @_llm_serialized
     def shift_context(self, n_keep: int) -> bool:

@@ -231,6 +231,7 @@ class Tokenizer:
         self._word_cache: dict[str, list[int]] = {}
         self._byte_tokens: list[int | None] | None = None
         self._linefeed_id: int | None = -1
+        self._token_bytes: list[bytes] | None = None
 
     def _load_special(self, md: dict) -> None:
         n, attr, t2i = self.n_vocab, self._attr, self._token_to_id
@@ -364,8 +365,11 @@ class Tokenizer:
         return token
 
     # ------------------------------------------------------------------ tokenize
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        """Text -> token ids, as llama_tokenize(add_special, parse_special)."""
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False,
+                 space_prefix: bool = True) -> list[int]:
+        """Text -> token ids, as llama_tokenize(add_special, parse_special). space_prefix=False: no
+        leading space before the text even if the SPM vocabulary adds one (text that continues a
+        sequence, as a grammar engine's forced text)."""
         if not isinstance(text, str):
             raise InvalidArgumentError(f"tokenize() needs a str, got {type(text).__name__}")
         if not text.isascii():
@@ -387,7 +391,7 @@ class Tokenizer:
                     prev_special = True
                 else:
                     piece = text[f[0]:f[1]]
-                    if self.add_space_prefix and prev_special:
+                    if self.add_space_prefix and prev_special and space_prefix:
                         piece = " " + piece
                     self._spm(piece.replace(" ", "\u2581"), out)
                     prev_special = False
@@ -518,6 +522,31 @@ class Tokenizer:
         if not special and self._attr[token] & (ATTR_UNKNOWN | ATTR_CONTROL):
             return b""
         return self._piece(token)
+
+    def token_bytes(self) -> list[bytes]:
+        """Every token's bytes as generation emits them, for a grammar engine (index = token id).
+
+        Normal, byte and user-defined tokens: exactly `token_to_piece(t)`, the bytes the streaming
+        decoder yields for the token (SPM: U+2581 -> space, `<0xNN>` -> that byte; byte-level BPE:
+        the GPT-2 byte map undone). `detokenize` differs only by its sequence-level rules: the
+        leading space of an `add_space_prefix` vocabulary and `clean_spaces`. Control, unknown,
+        unused and undefined tokens emit no text; they are b"\\xff" + their vocabulary text, the
+        special-token convention of llguidance (0xFF never occurs in UTF-8, so no text matches it).
+        So is a token whose bytes start with 0xFF (the byte token <0xFF>, BPE's "ÿ" byte): it cannot be
+        part of UTF-8 text either, and would otherwise read as a special-token marker.
+        """
+        if self._token_bytes is None:
+            hidden = ATTR_CONTROL | ATTR_UNKNOWN
+            out = []
+            for t in range(self.n_vocab):
+                a = self._attr[t]
+                p = self._piece(t)
+                if a & hidden or not a & (ATTR_NORMAL | ATTR_BYTE | ATTR_USER_DEFINED) or p[:1] == b"\xff":
+                    out.append(b"\xff" + self._text[t].encode("utf-8", "surrogateescape"))
+                else:
+                    out.append(p)
+            self._token_bytes = out
+        return self._token_bytes
 
     def detokenize_bytes(self, ids: Iterable[int], special: bool = False) -> bytes:
         """llama_detokenize(remove_special=False, unparse_special=special) as raw bytes."""
