@@ -1,4 +1,5 @@
-"""Command line: `pyrt generate` (and `-cnv` conversations), `pyrt perplexity`, `pyrt info` (llama.cpp flags).
+"""Command line: `pyrt generate` (and `-cnv` conversations), `pyrt perplexity`, `pyrt info`, `pyrt serve`
+(llama.cpp flags).
 
 Thin: everything here is available to library users; this module only parses flags, prints, and turns
 pyrt errors into one readable line and a non-zero exit.
@@ -89,6 +90,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a GGUF file and the memory a context takes", allow_abbrev=False)
     _add_model_args(i)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching", allow_abbrev=False)
+    _add_model_args(sv, ctx_default=8192)
+    from .cli_serve import add_serve_args
+    add_serve_args(sv)
 
     from .cli_bench import add_bench_parser
     add_bench_parser(sub)
@@ -249,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_info(a)
         if a.command == "perplexity":
             return _cmd_perplexity(a)
+        if a.command == "serve":
+            from .cli_serve import cmd_serve
+            return cmd_serve(a, _model_path(a))
         if a.command == "bench":
             from .cli_bench import cmd_bench
             return cmd_bench(a)
