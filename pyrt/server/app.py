@@ -582,6 +582,11 @@ def run(state: ServerState, host: str, port: int, log_level: str = "warning") ->
             print(f"pyrt serve: model loaded, listening on http://{host}:{port}", file=sys.stderr, flush=True)
 
     threading.Thread(target=load, name="pyrt-load", daemon=True).start()
+    # uvicorn re-raises the signal that stopped it once it is done; by then the shutdown is complete,
+    # so SIGTERM's re-raise only has to return (exit status 0 after a clean stop)
+    import signal
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     if state.engine is not None:
         state.engine.stop(grace_s=0.0)
