@@ -432,12 +432,19 @@ def test_gemma_server_concurrent_and_prefix(gemma_path, tmp_path):
         system = "You are a helpful assistant. " + " ".join(f"Fact {i}: {i} squared is {i * i}." for i in range(70))
         qs = ["What is 7 squared?", "Name a colour.", "Say hello.", "Count to three."]
 
-        def run(q):
+        def run(q, cache=True):
             return c.chat.completions.create(model="m", messages=[{"role": "system", "content": system},
-                                                                  {"role": "user", "content": q}], **GREEDY)
-        seq = [run(q) for q in qs]
-        conc = _run_concurrently(run, qs)
+                                                                  {"role": "user", "content": q}],
+                                             temperature=0.0, max_tokens=12,
+                                             extra_body={"ignore_eos": True, "cache_prompt": cache})
+        # a shared system prompt (longer than the window) is evaluated once
+        n_sys = len(s.post("/tokenize", {"content": system}).json()["tokens"])
+        shared = [run(q) for q in qs]
+        cached = [o.usage.prompt_tokens_details.cached_tokens for o in shared]
+        assert cached[0] == 0 and all(n >= n_sys for n in cached[1:]), (cached, n_sys)
+        # prefix reuse changes how prompts are chunked (low-order bits, as in llama.cpp): compare without it
+        seq = [run(q, False) for q in qs]
+        conc = _run_concurrently(lambda q: run(q, False), qs)
         assert [o.choices[0].message.content for o in conc] == [o.choices[0].message.content for o in seq]
-        assert all(o.usage.prompt_tokens_details.cached_tokens > 0 for o in seq[1:])
     finally:
         s.stop()

@@ -394,9 +394,12 @@ class Engine:
         gen = [s for s in self.slots if s.act is not None and s.act.generating]
         prm = sorted((s for s in self.slots if s.act is not None and not s.act.generating),
                      key=lambda s: s.act.req.id)
-        # free cells: idle caches first (LRU); if the generating sequences alone do not fit, end the longest
+        # cells for the generating sequences: from idle caches first (LRU), then from prompts still being
+        # evaluated (the newest goes back to the queue and starts again later), then the longest ends
         while self._free_cells() < len(gen) and self._evict_one():
             pass
+        while prm and self._free_cells() < len(gen):
+            self._requeue(prm.pop())
         while gen and self._free_cells() < len(gen):
             s = max(gen, key=lambda s: len(s.tokens))
             self._finish(s, FINISH_LENGTH)
@@ -412,9 +415,10 @@ class Engine:
                 break
             rest = len(s.act.req.prompt) - len(s.tokens)
             n = min(rest, self.ctx.n_ubatch)
-            while self._free_cells() - n_used < n and self._evict_one():
+            # keep a cell per generating sequence for the next step
+            while self._free_cells() - n_used - len(gen) < n and self._evict_one():
                 pass
-            n = min(n, self._free_cells() - n_used)
+            n = min(n, self._free_cells() - n_used - len(gen))
             if n <= 0:
                 continue
             toks = s.act.req.prompt[len(s.tokens):len(s.tokens) + n]
