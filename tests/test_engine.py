@@ -176,6 +176,33 @@ def test_prefix_copied_from_a_busy_sequence(model_paths, engine_factory):
     assert ids(cb) == reference(path, b)
 
 
+def test_prompts_arriving_together_share_their_prefix(model_paths, engine_factory):
+    """A request whose prefix another slot is still evaluating waits for it instead of computing it too."""
+    path = model_paths["llama"]
+    rng = np.random.default_rng(12)
+    system = rng.integers(1, 512, 200).tolist()
+    ps = [system + rng.integers(1, 512, 5 + i).tolist() for i in range(3)]
+    eng = engine_factory(path, 4, n_ubatch=64)
+    got = [r.result() for r in [eng.submit(Request(p, greedy())) for p in ps]]
+    assert got[0].cache_n == 0
+    assert all(c.cache_n == len(system) for c in got[1:])
+    assert eng.n_prompt_tokens == sum(len(p) for p in ps) - 2 * len(system)
+
+
+def test_queue_full(model_paths, engine_factory):
+    from pyrt.engine.scheduler import QueueFullError
+
+    eng = engine_factory(model_paths["llama"], 1)
+    eng.max_queue = 1
+    a = eng.submit(Request(prompts(1, seed=40)[0], greedy(1000)))
+    _wait_first_piece(a)
+    b = eng.submit(Request(prompts(1, seed=41)[0], greedy(2)))
+    with pytest.raises(QueueFullError):
+        eng.submit(Request(prompts(1, seed=42)[0], greedy(2)))
+    a.cancel()
+    assert b.result().predicted_n == 2
+
+
 def test_text_stream_and_stop_strings(model_paths, engine_factory):
     path = model_paths["llama"]
     llm = get_llm(path, 2)

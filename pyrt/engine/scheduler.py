@@ -27,6 +27,11 @@ from .requests import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, FINISH_STO
                        GenerationParams, Piece, Request, TextStream, TokenInfo)
 
 
+# a waiting request whose prompt shares at least this many tokens with a prompt being evaluated (more
+# than any cache holds) waits for that evaluation and then reuses it
+PREFIX_WAIT = 32
+
+
 class QueueFullError(PyrtError):
     """The engine's queue of waiting requests is full."""
 
@@ -324,6 +329,8 @@ class Engine:
             idle = [s for s in self.slots if s.act is None]
             if not idle:
                 break
+            if r.params.cache_prompt and self._prefix_coming(r):
+                continue
             want = r.params.id_slot
             if want >= 0:
                 if self.slots[want].act is not None:
@@ -332,6 +339,19 @@ class Engine:
             with self._cv:
                 self._waiting.remove(r)
             self._bind(r, idle)
+
+    def _prefix_coming(self, r: Request) -> bool:
+        """Whether a prompt being evaluated in a slot will soon hold a longer prefix of r's prompt (of at least
+        PREFIX_WAIT tokens) than any cache holds now: r then waits for it instead of computing it twice."""
+        n = len(r.prompt) - 1
+        now = max(min(common_prefix(s.tokens, r.prompt), n) for s in self.slots)
+        for s in self.slots:
+            a = s.act
+            if a is not None and not a.generating and len(s.tokens) < n:
+                pot = min(common_prefix(a.req.prompt, r.prompt), n)
+                if pot > now and pot >= PREFIX_WAIT:
+                    return True
+        return False
 
     def _bind(self, r: Request, idle: list[_Slot]) -> None:
         prompt = r.prompt

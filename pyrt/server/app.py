@@ -259,7 +259,7 @@ def build_app(state: ServerState) -> Starlette:
                 "usage": P.usage(c), "timings": c.timings()})
 
         async def gen():
-            yield chunk({"role": "assistant", "content": None})
+            yield chunk({"role": "assistant", "content": ""})
             while True:
                 ev = await bridge.queue.get()
                 if isinstance(ev, Piece):
