@@ -119,6 +119,8 @@ class Engine:
 
     # -- public, any thread ---------------------------------------------------------------------
     def start(self) -> "Engine":
+        """Run the engine in a new thread (load the model in the main thread: under Numba's OpenMP
+        layer, kernels ran 1.5-3x slower in a process whose model was loaded in another thread)."""
         if self._thread is None:
             self._running = True
             self._thread = threading.Thread(target=self._loop, name="pyrt-engine", daemon=True)

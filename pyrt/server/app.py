@@ -556,8 +556,10 @@ class _Auth:
 
 
 def run(state: ServerState, host: str, port: int, log_level: str = "warning") -> int:
-    """Serve until SIGINT/SIGTERM: the model loads in a thread (/health answers 503 meanwhile); on a
-    signal, requests in flight get shutdown_grace_s to finish, then are cancelled."""
+    """Serve until SIGINT/SIGTERM. uvicorn runs in a thread (/health answers 503 meanwhile) while the
+    model loads in the main thread (see Engine.start); on a signal, requests in flight get
+    shutdown_grace_s to finish, then are cancelled, and the engine stops."""
+    import signal
     import sys
 
     import uvicorn
@@ -576,18 +578,29 @@ def run(state: ServerState, host: str, port: int, log_level: str = "warning") ->
 
     state.on_load_error = on_load_error
 
-    def load():
+    def on_signal(sig, frame):
+        if state.engine is None and not failed:  # still loading: stop now
+            raise KeyboardInterrupt
+        if server.should_exit and sig == signal.SIGINT:
+            server.force_exit = True
+        server.should_exit = True
+
+    prev = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    web = threading.Thread(target=server.run, name="pyrt-http", daemon=True)
+    web.start()
+    try:
         state.load()
         if state.engine is not None:
             print(f"pyrt serve: model loaded, listening on http://{host}:{port}", file=sys.stderr, flush=True)
-
-    threading.Thread(target=load, name="pyrt-load", daemon=True).start()
-    # uvicorn re-raises the signal that stopped it once it is done; by then the shutdown is complete,
-    # so SIGTERM's re-raise only has to return (exit status 0 after a clean stop)
-    import signal
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
-    if state.engine is not None:
-        state.engine.stop(grace_s=0.0)
+        while web.is_alive():
+            web.join(0.25)
+    finally:
+        server.should_exit = True
+        if state.engine is not None:
+            state.engine.stop(grace_s=0.0)
+        for sig, h in prev.items():
+            signal.signal(sig, h)
+    if not server.started and not failed:
+        print(f"error: could not listen on {host}:{port}", file=sys.stderr, flush=True)
+        return 1
     return 1 if failed else 0
