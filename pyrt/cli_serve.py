@@ -31,6 +31,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="largest request body in bytes (default: 8 MiB; larger gets 413)")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default: 10)")
+    p.add_argument("-cram", "--cache-ram", type=int, default=0, metavar="MiB",
+                   help="host RAM for prefixes evicted from the KV cache, restored when a prompt starts with "
+                        "one (default: 0 = off)")
     p.add_argument("-dt", "--defrag-thold", type=float, default=0.1,
                    help="defragment the KV cache above this free fraction (default: 0.1; < 0 = off)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
@@ -55,6 +58,8 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
     except ImportError as e:
         raise PyrtError(f"pyrt serve needs the server extra ({e.name} is missing): "
                         f"pip install -e \".[server]\"") from None
+    if a.cache_ram < 0:
+        raise PyrtError("--cache-ram must be >= 0 (MiB)")
     if a.parallel < 1 or a.parallel > 64:
         raise PyrtError("-np must be in [1, 64]")
     if a.slot_save_path is not None and not os.path.isdir(a.slot_save_path):
@@ -74,7 +79,7 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
         print(f"pyrt serve: {llm.model.hp.arch}, n_ctx = {llm.n_ctx} cells shared by {a.parallel} slots, "
               f"n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}, n_threads = {llm.n_threads}",
               file=sys.stderr, flush=True)
-        return Engine(llm, a.parallel, max_queue=a.max_queue).start()
+        return Engine(llm, a.parallel, max_queue=a.max_queue, cache_ram_bytes=a.cache_ram << 20).start()
 
     state = ServerState(cfg, loader)
     print(f"pyrt serve: loading {model_path}; http://{a.host}:{a.port} answers /health with 503 until ready",

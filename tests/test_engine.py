@@ -299,6 +299,26 @@ def test_small_context_evicts_idle_caches(model_paths, engine_factory):
     assert eng.kv_used() <= 96
 
 
+def test_host_ram_cache_restores_an_evicted_prefix(model_paths):
+    """--cache-ram: a prefix whose cells were given to another request comes back from host RAM."""
+    path = model_paths["llama"]
+    rng = np.random.default_rng(14)
+    a = rng.integers(1, 512, 100).tolist()
+    b = rng.integers(1, 512, 100).tolist()
+    eng = Engine(get_llm(path, 2, n_ctx=160), 2, cache_ram_bytes=64 << 20).start()
+    try:
+        eng.generate(a, greedy())
+        eng.generate(b, greedy())  # needs a's cells
+        assert len(eng.host_cache) >= 1
+        a2 = a + [7, 8, 9]
+        c = eng.generate(a2, greedy())
+        assert eng.n_host_restored == 1
+        assert c.cache_n == len(a) and c.prompt_n == 3
+        assert ids(c) == reference(path, a2)
+    finally:
+        eng.stop()
+
+
 def test_context_overflow_and_bad_ids_rejected(model_paths, engine_factory):
     from pyrt.errors import ContextOverflowError, InvalidArgumentError
 

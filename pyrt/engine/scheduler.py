@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
 from ..runtime.context import Batch
 from ..runtime.sampling import Sampler
+from .prefix_cache import HostPrefixCache
 from .requests import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT, Completion,
                        GenerationParams, Piece, Request, TextStream, TokenInfo)
 
@@ -30,6 +31,10 @@ from .requests import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, FINISH_STO
 # a waiting request whose prompt shares at least this many tokens with a prompt being evaluated (more
 # than any cache holds) waits for that evaluation and then reuses it
 PREFIX_WAIT = 32
+
+
+# shorter cached prefixes are not worth a state copy in host RAM
+STASH_MIN_TOKENS = 16
 
 
 class QueueFullError(PyrtError):
@@ -89,7 +94,7 @@ class Engine:
     `submit` is thread-safe; `start()` runs the engine thread, the only code that touches the context.
     """
 
-    def __init__(self, llm, n_parallel: int = 1, max_queue: int = 64):
+    def __init__(self, llm, n_parallel: int = 1, max_queue: int = 64, cache_ram_bytes: int = 0):
         if n_parallel < 1 or n_parallel > llm.ctx.n_seq_max:
             raise InvalidArgumentError(f"n_parallel = {n_parallel} must be in [1, n_seq_max = {llm.ctx.n_seq_max}]")
         self.llm = llm
@@ -98,6 +103,9 @@ class Engine:
         self.n_parallel = n_parallel
         self.max_queue = max_queue
         self.slots = [_Slot(i) for i in range(n_parallel)]
+        # evicted prefixes as sequence states in host RAM (llama-server's --cache-ram); None: off
+        self.host_cache = HostPrefixCache(cache_ram_bytes) if cache_ram_bytes > 0 else None
+        self.n_host_restored = 0
         self._waiting: collections.deque[Request] = collections.deque()
         self._commands: collections.deque = collections.deque()
         self._cv = threading.Condition()
@@ -375,12 +383,29 @@ class Engine:
         n_reuse = min(lcp[dst.id], len(prompt) - 1)  # the last prompt token is evaluated for its logits
         src = max(self.slots, key=lambda s: lcp[s.id])
         n_src = min(lcp[src.id], len(prompt) - 1)
-        if src is not dst and n_src > n_reuse:
+        if src is dst:
+            n_src = 0
+        restored = False
+        if self.host_cache is not None and use_cache:
+            key, n_host = self.host_cache.best(prompt)
+            n_host = min(n_host, len(prompt) - 1)
+            if n_host > max(n_reuse, n_src):
+                self._stash(dst)
+                try:
+                    dst.tokens = list(self._restore_with_room(dst, self.host_cache.get(key)))
+                    n_reuse, restored = n_host, True
+                    self.n_host_restored += 1
+                except StateError:
+                    pass  # not enough cells: evaluate the prompt
+        if not restored and n_src > n_reuse:
             # copy the cells of the prefix from the other sequence: they are shared, not duplicated
+            self._stash(dst)
             self.ctx.seq_rm(dst.id, -1, -1)
             self.ctx.seq_cp(src.id, dst.id, 0, n_src)
             dst.tokens = src.tokens[:n_src]
             n_reuse = n_src
+        if n_reuse < len(dst.tokens):
+            self._stash(dst)  # the part after the reused prefix is dropped
         n_reuse = self.ctx.seq_resume_pos(dst.id, n_reuse)
         self.ctx.seq_rm(dst.id, n_reuse, -1)
         del dst.tokens[n_reuse:]
@@ -398,9 +423,17 @@ class Engine:
         if not cands:
             return False
         s = min(cands, key=lambda s: s.t_last)
+        self._stash(s)
         self.ctx.seq_rm(s.id, -1, -1)
         s.tokens = []
         return True
+
+    def _stash(self, s: _Slot) -> None:
+        """Keep the slot's cached tokens in host RAM before its cells go (with --cache-ram)."""
+        hc = self.host_cache
+        if hc is None or len(s.tokens) < STASH_MIN_TOKENS or hc.covers(s.tokens):
+            return
+        hc.put(list(s.tokens), self.ctx.save_state(s.tokens, s.id))
 
     def _free_cells(self) -> int:
         return int(self.ctx.cells.size - self.ctx.cells.used)

@@ -456,6 +456,10 @@ def build_app(state: ServerState) -> Starlette:
             ("requests_processing", "gauge", "Number of requests processing.", eng.n_busy()),
             ("requests_deferred", "gauge", "Number of requests deferred.", eng.n_waiting()),
             ("kv_cache_tokens", "gauge", "KV-cache tokens.", eng.kv_used()),
+            ("cache_ram_bytes", "gauge", "Host RAM held by evicted prefixes (--cache-ram).",
+             eng.host_cache.n_bytes if eng.host_cache is not None else 0),
+            ("cache_ram_restored_total", "counter", "Prompts that restored a prefix from host RAM.",
+             eng.n_host_restored),
             ("kv_cache_usage_ratio", "gauge", "KV-cache usage. 1 means 100 percent usage.",
              eng.kv_used() / eng.ctx.n_ctx),
         ]
