@@ -143,8 +143,9 @@ def _wait_first_piece(req: Request) -> None:
             return
 
 
-def test_shared_prefix_is_reused(model_paths, engine_factory):
-    path = model_paths["llama"]
+@pytest.mark.parametrize("arch", ["llama", "ds2"])
+def test_shared_prefix_is_reused(model_paths, engine_factory, arch):
+    path = model_paths[arch]
     rng = np.random.default_rng(3)
     system = rng.integers(1, 512, 60).tolist()
     a = system + rng.integers(1, 512, 5).tolist()
@@ -161,8 +162,9 @@ def test_shared_prefix_is_reused(model_paths, engine_factory):
     assert ids(ca2) == ids(ca)
 
 
-def test_prefix_copied_from_a_busy_sequence(model_paths, engine_factory):
-    path = model_paths["llama"]
+@pytest.mark.parametrize("arch", ["llama", "ds2"])
+def test_prefix_copied_from_a_busy_sequence(model_paths, engine_factory, arch):
+    path = model_paths[arch]
     rng = np.random.default_rng(4)
     system = rng.integers(1, 512, 50).tolist()
     a = system + rng.integers(1, 512, 4).tolist()

@@ -327,6 +327,9 @@ def test_bad_slot_files_are_refused(server, models):
     try:
         other.post("/completion", {"prompt": prompt_ids(3, 10), "n_predict": 2})
         assert other.post("/slots/0?action=save", {"filename": "other.bin"}).status_code == 200
+        # the K-only (MLA) cache round-trips through a slot file
+        r = other.post("/slots/0?action=restore", {"filename": "other.bin"})
+        assert r.status_code == 200 and r.json()["n_restored"] > 0
     finally:
         other.stop()
     files = {"trunc.bin": good[: len(good) // 2], "flip.bin": bytes(flipped), "ver.bin": bytes(wrong_version),
