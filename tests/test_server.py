@@ -453,3 +453,14 @@ def test_gemma_server_concurrent_and_prefix(gemma_path, tmp_path):
         assert [o.choices[0].message.content for o in conc] == [o.choices[0].message.content for o in seq]
     finally:
         s.stop()
+
+
+def test_port_in_use_is_a_clean_error(models):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = subprocess.run([sys.executable, "-m", "pyrt.cli", "serve", "-m", models["llama"], "--port", str(port)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "could not listen" in p.stderr

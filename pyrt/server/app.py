@@ -592,6 +592,15 @@ def run(state: ServerState, host: str, port: int, log_level: str = "warning") ->
     prev = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     web = threading.Thread(target=server.run, name="pyrt-http", daemon=True)
     web.start()
+    t0 = time.time()
+    while not server.started and web.is_alive() and time.time() - t0 < 10:
+        time.sleep(0.02)
+    if not server.started:
+        server.should_exit = True
+        for sig, h in prev.items():
+            signal.signal(sig, h)
+        print(f"error: could not listen on {host}:{port}", file=sys.stderr, flush=True)
+        return 1
     try:
         state.load()
         if state.engine is not None:
@@ -604,7 +613,4 @@ def run(state: ServerState, host: str, port: int, log_level: str = "warning") ->
             state.engine.stop(grace_s=0.0)
         for sig, h in prev.items():
             signal.signal(sig, h)
-    if not server.started and not failed:
-        print(f"error: could not listen on {host}:{port}", file=sys.stderr, flush=True)
-        return 1
     return 1 if failed else 0
