@@ -464,3 +464,33 @@ def test_port_in_use_is_a_clean_error(models):
         p = subprocess.run([sys.executable, "-m", "pyrt.cli", "serve", "-m", models["llama"], "--port", str(port)],
                            env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "could not listen" in p.stderr
+
+
+def test_queue_full_503_and_disconnect_during_prompt(models):
+    s = Server(models["llama"], "-c", "8192", "-np", "1", "-ub", "8", "--max-queue", "1", key=None)
+    try:
+        # a client that leaves while its long prompt is being evaluated (8 tokens per step)
+        body = {"prompt": prompt_ids(40, 3500), "max_tokens": 4, "stream": True}
+        with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30):
+            t0 = time.time()
+            while not any(x["is_processing"] for x in s.get("/slots").json()):
+                assert time.time() - t0 < 10
+                time.sleep(0.01)
+            assert s.get("/slots").json()[0]["n_past"] < 3500 - 1  # still in the prompt
+        _wait_idle(s)
+        assert s.get("/slots").json()[0]["n_past"] == 0
+        # one running, one waiting: the next is refused with 503
+        long = {"prompt": prompt_ids(41), "max_tokens": 100000, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=30) as r1:
+            lines = r1.iter_lines()  # kept: a closed iterator closes the response (a disconnect)
+            next(ln for ln in lines if ln.startswith("data: "))
+            with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=30):
+                t0 = time.time()
+                while "llamacpp:requests_deferred 1" not in s.get("/metrics").text:
+                    assert time.time() - t0 < 10
+                    time.sleep(0.01)
+                r = s.post("/v1/completions", {"prompt": "x", "max_tokens": 1})
+                assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable_error"
+        _wait_idle(s)
+    finally:
+        s.stop()
