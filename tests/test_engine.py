@@ -5,7 +5,6 @@ strings, cancellation, eviction, slot save/restore. The oracle for generated tok
 from __future__ import annotations
 
 import os
-import queue
 import threading
 
 import numpy as np

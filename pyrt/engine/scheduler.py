@@ -1,11 +1,12 @@
 """Continuous batching over one `Context`: `Engine` runs every request in one engine thread.
 
-Each step packs the next token of every generating sequence, then chunks of the prompts being
-evaluated (up to n_ubatch tokens in all, so running streams never wait behind a long prompt), into one
-`Batch` with mixed sequence ids and one `Context.decode`. Slot i is sequence id i. The KV cells are
-one pool for all slots (no per-slot split). A finished slot keeps its cells as a prefix cache until
-cells are needed (least recently used first); a new prompt reuses the longest common prefix held by an
-idle slot or copied (`seq_cp`, no recomputation) from a busy one, and evaluates only the rest.
+Each step decodes the next token of every generating sequence in one `Context.decode` (N rows through
+each weight matrix at once), then evaluates chunks of the prompts waiting (up to n_ubatch tokens per
+step, each chunk its own decode), so running streams never wait behind a long prompt and a row's result
+does not depend on what else runs. Slot i is sequence id i; the KV cells are one pool for all slots. A
+finished slot keeps its cells as a prefix cache until cells are needed (least recently used first); a
+new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
+cells) or restored from host RAM (--cache-ram), and evaluates only the rest.
 Imports pyrt.runtime and pyrt.errors; no HTTP.
 """
 
