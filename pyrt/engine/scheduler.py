@@ -2,8 +2,9 @@
 
 Each step decodes the next token of every generating sequence in one `Context.decode` (N rows through
 each weight matrix at once), then evaluates chunks of the prompts waiting (up to n_ubatch tokens per
-step, each chunk its own decode), so running streams never wait behind a long prompt and a row's result
-does not depend on what else runs. Slot i is sequence id i; the KV cells are one pool for all slots. A
+step, each chunk its own decode), so running streams never wait behind a long prompt and a prompt is
+evaluated exactly as it is alone (decode rows differ from a lone decode only in the last bits of the
+N-row kernels). Slot i is sequence id i; the KV cells are one pool for all slots. A
 finished slot keeps its cells as a prefix cache until cells are needed (least recently used first); a
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
 cells) or restored from host RAM (--cache-ram), and evaluates only the rest.
