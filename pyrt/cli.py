@@ -1,4 +1,5 @@
-"""Command line: `pyrt generate` (and `-cnv` conversations), `pyrt perplexity`, `pyrt info` (llama.cpp flags).
+"""Command line: `pyrt generate` (and `-cnv` conversations), `pyrt perplexity`, `pyrt info`, `pyrt serve`
+(llama.cpp flags).
 
 Thin: everything here is available to library users; this module only parses flags, prints, and turns
 every failure into one readable line: `main` is the one error boundary. Exit codes: 0 done, 1 the run
@@ -112,6 +113,11 @@ def _build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a GGUF file and the memory a context takes", allow_abbrev=False)
     _add_model_args(i)
 
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching", allow_abbrev=False)
+    _add_model_args(sv, ctx_default=8192)
+    from .cli_serve import add_serve_args
+    add_serve_args(sv)
+
     from .cli_bench import add_bench_parser
     add_bench_parser(sub)
     return ap
@@ -221,7 +227,7 @@ def _check_args(a: argparse.Namespace) -> None:
         _check_generate(a)
     elif a.command == "perplexity":
         _check_perplexity(a)
-    elif a.command == "info":
+    elif a.command in ("info", "serve"):
         _check_model_args(a)
 
 
@@ -530,6 +536,9 @@ def _run(argv, a_box: list) -> int:
         rc = _cmd_info(a)
     elif a.command == "perplexity":
         rc = _cmd_perplexity(a)
+    elif a.command == "serve":
+        from .cli_serve import cmd_serve
+        rc = cmd_serve(a, _model_path(a))
     elif a.command == "bench":
         from .cli_bench import cmd_bench
         rc = cmd_bench(a)

@@ -1,0 +1,87 @@
+"""`pyrt serve`: flags (llama-server's names) and the runner. Thin: the server is pyrt.server, the
+engine pyrt.engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import PyrtError
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-np", "--parallel", type=int, default=4,
+                   help="parallel sequences (slots) sharing the KV cache of -c cells (default: 4)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    p.add_argument("-a", "--alias", default=None, help="model name in the API (default: the file name)")
+    p.add_argument("--api-key", default=None,
+                   help="API key(s), comma-separated: clients send 'Authorization: Bearer KEY' or 'X-Api-Key'")
+    p.add_argument("--api-key-file", default=None, help="file with one API key per line")
+    p.add_argument("--slot-save-path", default=None, help="folder for /slots/{id}?action=save|restore files")
+    p.add_argument("--chat-template", default=None,
+                   help="chat template: Jinja text, a file, or a built-in name (chatml, gemma); "
+                        "default: the file's tokenizer.chat_template")
+    p.add_argument("-to", "--timeout", type=float, default=600.0,
+                   help="per-request time limit in seconds, from arrival (default: 600)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a slot before new ones get 503 (default: 256)")
+    p.add_argument("--max-body-size", type=int, default=8 << 20,
+                   help="largest request body in bytes (default: 8 MiB; larger gets 413)")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default: 10)")
+    p.add_argument("-cram", "--cache-ram", type=int, default=0, metavar="MiB",
+                   help="host RAM for prefixes evicted from the KV cache, restored when a prompt starts with "
+                        "one (default: 0 = off)")
+    p.add_argument("-dt", "--defrag-thold", type=float, default=0.1,
+                   help="defragment the KV cache above this free fraction (default: 0.1; < 0 = off)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default: warning)")
+
+
+def _api_keys(a: argparse.Namespace) -> list[str]:
+    keys = [k.strip() for k in (a.api_key or "").split(",") if k.strip()]
+    if a.api_key_file:
+        try:
+            with open(a.api_key_file, encoding="utf-8") as fh:
+                keys += [line.strip() for line in fh if line.strip()]
+        except OSError as e:
+            raise PyrtError(f"cannot read --api-key-file {a.api_key_file}: {e.strerror}") from None
+    return keys
+
+
+def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
+    try:
+        from .server.app import ServerConfig, ServerState, run
+    except ImportError as e:
+        raise PyrtError(f"pyrt serve needs the server extra ({e.name} is missing): "
+                        f"pip install -e \".[server]\"") from None
+    if a.cache_ram < 0:
+        raise PyrtError("--cache-ram must be >= 0 (MiB)")
+    if a.parallel < 1 or a.parallel > 64:
+        raise PyrtError("-np must be in [1, 64]")
+    if a.slot_save_path is not None and not os.path.isdir(a.slot_save_path):
+        raise PyrtError(f"--slot-save-path {a.slot_save_path} is not a directory")
+    cfg = ServerConfig(model_alias=a.alias or os.path.basename(model_path), api_keys=_api_keys(a),
+                       slot_save_path=a.slot_save_path, chat_template=a.chat_template,
+                       timeout_s=a.timeout if a.timeout > 0 else None, max_body_bytes=a.max_body_size,
+                       shutdown_grace_s=a.shutdown_grace)
+
+    def loader():
+        from .engine import Engine
+        from .runtime.llm import load
+        llm = load(model_path, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size,
+                   n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
+                   warmup=not a.no_warmup, n_seq_max=a.parallel, defrag_thold=a.defrag_thold, mla=a.mla_use,
+                   swa_full=a.swa_full)
+        print(f"pyrt serve: {llm.model.hp.arch}, n_ctx = {llm.n_ctx} cells shared by {a.parallel} slots, "
+              f"n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}, n_threads = {llm.n_threads}",
+              file=sys.stderr, flush=True)
+        return Engine(llm, a.parallel, max_queue=a.max_queue, cache_ram_bytes=a.cache_ram << 20).start()
+
+    state = ServerState(cfg, loader)
+    print(f"pyrt serve: loading {model_path}; http://{a.host}:{a.port} answers /health with 503 until ready",
+          file=sys.stderr, flush=True)
+    return run(state, a.host, a.port, log_level=a.log_level)
