@@ -348,6 +348,9 @@ def test_cli_json_compare_and_merge(server, tmp_path, capsys):
     assert doc["results"][0]["server"]["models"] == "fake-model"
     assert "| c=1 " in stdout and "| c=2 " in stdout and "A / B" in stdout
     assert len(server.arrivals) == 4 * 2 * 2
+    # per load point both servers get the same prompts, and each point new ones (none cached from the last)
+    sets = [{b["prompt"] for _, _, b in server.arrivals[i:i + 4]} for i in range(0, 16, 4)]
+    assert sets[0] == sets[1] and sets[2] == sets[3] and not sets[0] & sets[2]
     # --merge: the tables and ratios of two saved results, without running
     rc = cli.main(["bench", "serve", "--merge", str(out), str(out)])
     stdout = capsys.readouterr().out

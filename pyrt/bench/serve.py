@@ -155,10 +155,11 @@ async def _fit_words(tok: Tokenizer, rng: random.Random, n_tokens: int, head: st
     return words, n
 
 
-async def make_prompts(tok: Tokenizer, cfg: RunConfig) -> list[Prompt]:
+async def make_prompts(tok: Tokenizer, cfg: RunConfig, salt: str = "") -> list[Prompt]:
     """num_prompts random prompts of input_len tokens; in the shared-prefix mode request i belongs to group
-    i % num_groups and its prompt is that group's shared_prefix_len-token prefix plus input_len own tokens."""
-    rng = random.Random(cfg.seed)
+    i % num_groups and its prompt is that group's shared_prefix_len-token prefix plus input_len own tokens.
+    The words depend on cfg.seed and salt only."""
+    rng = random.Random(f"{cfg.seed}/{salt}")
     prefixes = []
     if cfg.shared_prefix_len > 0:
         for _ in range(cfg.num_groups):
@@ -316,10 +317,10 @@ async def _run_async(cfg: RunConfig, warmup: int, progress=None) -> dict:
     async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.timeout), limits=limits) as client:
         tok = Tokenizer(client, cfg.base_url, headers)
         prompts = await make_prompts(tok, cfg)
-        for w in range(warmup):  # its own random words (another seed): shares no prefix with the prompts
-            wcfg = RunConfig(**{**asdict(cfg), "seed": cfg.seed + 1000 + w, "num_prompts": 1,
-                                "shared_prefix_len": 0, "output_len": min(cfg.output_len, 8)})
-            wp = (await make_prompts(tok, wcfg))[0]
+        for w in range(warmup):  # its own random words: shares no prefix with the measured prompts
+            wcfg = RunConfig(**{**asdict(cfg), "num_prompts": 1, "shared_prefix_len": 0,
+                                "output_len": min(cfg.output_len, 8)})
+            wp = (await make_prompts(tok, wcfg, salt=f"warmup{w}"))[0]
             r = await send_request(client, wcfg, headers, wp, -1, time.perf_counter())
             if not r.ok:
                 raise RuntimeError(f"warm-up request to {cfg.base_url}{cfg.endpoint} failed: {r.error}")
@@ -424,16 +425,17 @@ def load_points(rates: list[float], concurrencies: list[int | None]) -> list[tup
 def bench_serve(servers: list[RunConfig], points: list[tuple[float, int | None]], warmup: int = 1,
                 progress=None) -> dict:
     """Runs every load point against each server in turn (one server under load at a time: for each point the
-    servers take turns, so slow drift of the machine hits both alike); returns the JSON-ready document."""
+    servers take turns, so slow drift of the machine hits both alike); returns the JSON-ready document.
+    Load point k uses seed + k: its prompts are new to a server that kept the earlier points' prompts cached."""
     doc = {"facts": client_facts(), "results": []}
     for cfg in servers:
         doc["results"].append({"label": cfg.label or cfg.base_url, "base_url": cfg.base_url,
                                "endpoint": cfg.endpoint, "server": server_facts(cfg.base_url, cfg.api_key),
                                "runs": []})
-    for rate, conc in points:
+    for k, (rate, conc) in enumerate(points):
         for cfg, res in zip(servers, doc["results"]):
-            run = run_benchmark(RunConfig(**{**asdict(cfg), "request_rate": rate, "max_concurrency": conc}),
-                                warmup=warmup, progress=progress)
+            run = run_benchmark(RunConfig(**{**asdict(cfg), "request_rate": rate, "max_concurrency": conc,
+                                             "seed": cfg.seed + k}), warmup=warmup, progress=progress)
             res["runs"].append(run)
     return doc
 
