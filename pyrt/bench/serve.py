@@ -353,7 +353,12 @@ async def _run_async(cfg: RunConfig, warmup: int, progress=None) -> dict:
     if progress:
         progress(f"{cfg.label or cfg.base_url}: {describe(cfg)}: {sum(r.ok for r in results)}/{len(results)} ok "
                  f"in {duration:.2f} s")
+    try:
+        load = round(os.getloadavg()[0], 2)  # the machine's 1-minute load at the end of the run
+    except OSError:
+        load = None
     return {"config": _config_dict(cfg), "tokenizer": "server /tokenize" if tok.exact else "~1 token per word",
+            "load_avg_1m": load,
             "peak_concurrency": peak, "metrics": compute_metrics(results, duration),
             "requests": [_request_dict(r) for r in results]}
 
@@ -513,11 +518,12 @@ def _mode(c: dict) -> str:
 
 
 def runs_table_md(runs: list[dict]) -> str:
-    """One row per run: counts, throughputs and the prompt tokens the server evaluated / reused."""
+    """One row per run: counts, mean prompt and output tokens, throughputs, the most requests in flight, the
+    prompt tokens the server evaluated / reused, and the machine's 1-minute load average after the run."""
     lines = ["| load              | reqs |  ok | in len | out len |  dur s |  req/s | out tok/s | tot tok/s | "
-             "peak conc | prompt eval | prompt cached |",
+             "peak conc | prompt eval | prompt cached | load 1m |",
              "|-------------------|------|-----|--------|---------|--------|--------|-----------|-----------|"
-             "-----------|-------------|---------------|"]
+             "-----------|-------------|---------------|---------|"]
     for run in runs:
         c, m = run["config"], run["metrics"]
         n_in = m["total_input_tokens"] / m["completed"] if m["completed"] else None
@@ -526,7 +532,7 @@ def runs_table_md(runs: list[dict]) -> str:
                      f"{_f(n_out, '7.1f', 7)} | {m['duration_s']:6.2f} | {_f(m['request_throughput'], '6.3f', 6)} | "
                      f"{_f(m['output_throughput'], '9.2f', 9)} | {_f(m['total_token_throughput'], '9.2f', 9)} | "
                      f"{run['peak_concurrency']:9d} | {_f(m['prompt_tokens_evaluated'], 'd', 11)} | "
-                     f"{_f(m['prompt_tokens_cached'], 'd', 13)} |")
+                     f"{_f(m['prompt_tokens_cached'], 'd', 13)} | {_f(run.get('load_avg_1m'), '7.2f', 7)} |")
     return "\n".join(lines)
 
 
