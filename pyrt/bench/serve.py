@@ -37,7 +37,7 @@ WORDS = (
     "piece land product doctor wall patient worker news test movie north love support technology step baby "
     "computer type attention film tree source organization hair window evidence population truth song energy "
     "garden river animal summer stone bridge winter island forest train letter color bread apple glass chair "
-    "cloud ocean horse paint farm dinner metal sugar salt cheese flower garden engine plate coffee garden"
+    "cloud ocean horse paint farm dinner metal sugar salt cheese flower engine plate coffee"
 ).split()
 
 SHORT_WORDS = [w for w in WORDS if len(w) <= 4]
@@ -125,8 +125,11 @@ class Tokenizer:
                 if r.status_code == 200 and isinstance(r.json().get("tokens"), list):
                     self.exact = True
                     return len(r.json()["tokens"])
-            except Exception:  # noqa: BLE001 - no usable /tokenize: approximate from here on
-                pass
+                err = f"HTTP {r.status_code}"
+            except Exception as e:  # noqa: BLE001 - no usable /tokenize: approximate from here on
+                err = f"{type(e).__name__}: {e}"
+            if self.exact:  # one prompt set never mixes exact and approximate counts
+                raise RuntimeError(f"{self.url} answered before and failed now ({err})")
             self.exact = False
         return len(text.split())
 
