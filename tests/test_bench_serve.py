@@ -363,3 +363,10 @@ def test_cli_rejects_bad_arguments(capsys):
     from pyrt import cli
     assert cli.main(["bench", "serve", "--max-concurrency", "0"]) != 0
     assert "concurrenc" in capsys.readouterr().err
+
+
+def test_cli_unreachable_server_is_one_line(capsys):
+    from pyrt import cli
+    assert cli.main(["bench", "serve", "--base-url", "http://127.0.0.1:1", "-n", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: warm-up request") and "Traceback" not in err

@@ -18,6 +18,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..errors import PyrtError
+
+
+
+class BenchServeError(PyrtError):
+    """The server could not be benchmarked (warm-up failed, /tokenize broke off)."""
+
+
 ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/completion")
 
 # Common English words: one token each (after a space) in the usual BPE/SentencePiece vocabularies, so a prompt
@@ -129,7 +137,7 @@ class Tokenizer:
             except Exception as e:  # noqa: BLE001 - no usable /tokenize: approximate from here on
                 err = f"{type(e).__name__}: {e}"
             if self.exact:  # one prompt set never mixes exact and approximate counts
-                raise RuntimeError(f"{self.url} answered before and failed now ({err})")
+                raise BenchServeError(f"{self.url} answered before and failed now ({err})")
             self.exact = False
         return len(text.split())
 
@@ -326,7 +334,7 @@ async def _run_async(cfg: RunConfig, warmup: int, progress=None) -> dict:
             wp = (await make_prompts(tok, wcfg, salt=f"warmup{w}"))[0]
             r = await send_request(client, wcfg, headers, wp, -1, time.perf_counter())
             if not r.ok:
-                raise RuntimeError(f"warm-up request to {cfg.base_url}{cfg.endpoint} failed: {r.error}")
+                raise BenchServeError(f"warm-up request to {cfg.base_url}{cfg.endpoint} failed: {r.error}")
         gaps = arrival_gaps(cfg.num_prompts, cfg.request_rate, cfg.seed)
         sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
         in_flight = 0
