@@ -1,4 +1,4 @@
-"""`pyrt bench sweep | run | membw`: argument parsing and printing for the benchmarks in pyrt.bench.
+"""`pyrt bench sweep | run | membw | serve`: argument parsing and printing for the benchmarks in pyrt.bench.
 
 Thin: the work lives in pyrt.bench (a library user gets the same sweep, runs and tables); this module
 maps flags to calls, prints results on stdout and progress on stderr.
@@ -42,8 +42,8 @@ def _common(p: argparse.ArgumentParser, ctx_default: int) -> None:
 
 
 def add_bench_parser(sub) -> None:
-    """Adds `bench` with its sweep/run/membw subcommands to pyrt's subparsers."""
-    b = sub.add_parser("bench", help="benchmarks: sweep-bench, llama-bench-style runs, memory bandwidth",
+    """Adds `bench` with its sweep/run/membw/serve subcommands to pyrt's subparsers."""
+    b = sub.add_parser("bench", help="benchmarks: sweep-bench, llama-bench-style runs, memory bandwidth, server load",
                        allow_abbrev=False)
     bs = b.add_subparsers(dest="bench_command", metavar="BENCH")
     s = bs.add_parser("sweep", help="PP/TG speed against the tokens already in the cache (sweep-bench)",
@@ -62,11 +62,97 @@ def add_bench_parser(sub) -> None:
     r.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (default: 512, 0 = skip)")
     r.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (default: 128, 0 = skip)")
     r.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions (default: 5)")
+    _serve_parser(bs)
     m = bs.add_parser("membw", help="memory read bandwidth with a Numba kernel", allow_abbrev=False)
     m.add_argument("-t", "--threads", type=int, default=2, help="threads (default: 2)")
     m.add_argument("--size", type=int, default=None, help="buffer MiB (default: 4x the last-level cache, "
                    "at least 512)")
     m.add_argument("-r", "--repetitions", type=int, default=5, help="best of this many passes (default: 5)")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _concurrencies(text: str | None) -> list[int | None]:
+    return [None] if text is None else [int(x) for x in text.split(",") if x.strip()]
+
+
+def _serve_parser(bs) -> None:
+    v = bs.add_parser("serve", help="load benchmark of an OpenAI-compatible server (pyrt serve, llama-server): "
+                      "TTFT, TPOT, ITL, latency, throughput", allow_abbrev=False)
+    v.add_argument("--base-url", default="http://127.0.0.1:8080", help="server (default: http://127.0.0.1:8080)")
+    v.add_argument("--endpoint", default="/v1/completions", choices=["/v1/completions", "/v1/chat/completions",
+                                                                    "/completion"],
+                   help="streaming endpoint (default: /v1/completions; /completion is llama-server's own)")
+    v.add_argument("--model", default=None, help="model name sent in the requests (default: none)")
+    v.add_argument("--label", default=None, help="name of the server in the tables (default: the URL)")
+    v.add_argument("--compare", default=None, metavar="URL2",
+                   help="also measure this server, the two taking turns per load point, and print the ratios")
+    v.add_argument("--compare-label", default=None, help="name of the --compare server (default: its URL)")
+    v.add_argument("--merge", nargs=2, default=None, metavar=("A.json", "B.json"),
+                   help="no run: print the tables and A/B ratios of two saved --json results")
+    v.add_argument("-n", "--num-prompts", type=int, default=16, help="requests per load point (default: 16)")
+    v.add_argument("--input-len", type=int, default=128, help="prompt tokens per request (default: 128)")
+    v.add_argument("--output-len", type=int, default=64, help="max_tokens per request (default: 64)")
+    v.add_argument("--request-rate", default="inf",
+                   help="Poisson arrival rates in requests/s, comma-separated (default: inf = all at once)")
+    v.add_argument("--max-concurrency", default=None,
+                   help="caps on requests in flight, comma-separated: one load point each (default: no cap)")
+    v.add_argument("--shared-prefix-len", type=int, default=0,
+                   help="tokens of a system prompt shared within each group (default: 0, off)")
+    v.add_argument("--num-groups", type=int, default=1, help="groups sharing a prefix; request i is in group "
+                   "i %% G (default: 1)")
+    v.add_argument("--ignore-eos", action="store_true", help="ask for exactly --output-len tokens (ignore_eos)")
+    v.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
+    v.add_argument("--seed", type=int, default=0, help="seed of prompts, arrivals and sampling (default: 0)")
+    v.add_argument("--warmup", type=int, default=1, help="short requests before each load point (default: 1)")
+    v.add_argument("--extra-body", default=None, metavar="JSON", help="fields merged into every request body")
+    v.add_argument("--api-key", default=None, help="Bearer token (default: $OPENAI_API_KEY if set)")
+    v.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds (default: 600)")
+    v.add_argument("--json", default=None, metavar="FILE", help="also write the results (every request) as JSON")
+
+
+def _cmd_serve(a) -> int:
+    import json
+    import os
+
+    from .bench import serve
+
+    if a.merge:
+        docs = []
+        for path in a.merge:
+            with open(path) as fh:
+                docs.append(json.load(fh))
+        doc = {"facts": docs[0]["facts"], "results": [docs[0]["results"][0], docs[1]["results"][0]]}
+        sys.stdout.write(serve.document_md(doc))
+        return 0
+    try:
+        rates = _floats(a.request_rate)
+        concs = _concurrencies(a.max_concurrency)
+        extra = json.loads(a.extra_body) if a.extra_body else {}
+    except ValueError as e:
+        raise InvalidArgumentError(f"pyrt bench serve: {e}") from None
+    if not isinstance(extra, dict):
+        raise InvalidArgumentError("pyrt bench serve: --extra-body must be a JSON object")
+    if any(r <= 0 for r in rates) or any(c is not None and c < 1 for c in concs):
+        raise InvalidArgumentError("pyrt bench serve: rates must be > 0 and concurrencies >= 1")
+    if min(a.num_prompts, a.input_len, a.output_len, a.num_groups) < 1 or a.shared_prefix_len < 0:
+        raise InvalidArgumentError("pyrt bench serve: --num-prompts, --input-len, --output-len, --num-groups "
+                                   "must be >= 1 and --shared-prefix-len >= 0")
+    base = dict(endpoint=a.endpoint, model=a.model, num_prompts=a.num_prompts, input_len=a.input_len,
+                output_len=a.output_len, shared_prefix_len=a.shared_prefix_len, num_groups=a.num_groups,
+                ignore_eos=a.ignore_eos, temperature=a.temperature, seed=a.seed, timeout=a.timeout,
+                api_key=a.api_key or os.environ.get("OPENAI_API_KEY"), extra_body=extra)
+    servers = [serve.RunConfig(base_url=a.base_url, label=a.label or a.base_url, **base)]
+    if a.compare:
+        servers.append(serve.RunConfig(base_url=a.compare, label=a.compare_label or a.compare, **base))
+    doc = serve.bench_serve(servers, serve.load_points(rates, concs), warmup=a.warmup, progress=_log)
+    sys.stdout.write(serve.document_md(doc))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(doc, fh, indent=1)
+    return 0
 
 
 def _model_path(a) -> str:
@@ -200,7 +286,9 @@ def _cmd_membw(a) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.bench_command is None:
-        raise InvalidArgumentError("pyrt bench: choose sweep, run or membw (pyrt bench -h)")
+        raise InvalidArgumentError("pyrt bench: choose sweep, run, membw or serve (pyrt bench -h)")
     if a.bench_command == "membw":
         return _cmd_membw(a)
+    if a.bench_command == "serve":
+        return _cmd_serve(a)
     return _cmd_sweep(a) if a.bench_command == "sweep" else _cmd_run(a)
