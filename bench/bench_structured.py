@@ -109,8 +109,9 @@ def cmd_tg(a) -> None:
     path = _synthetic_32k() if a.model == "synthetic-32k" else a.model or _default_model()
     llm = pyrt.load(path, n_ctx=1024, n_threads=a.threads)
     schema = {"type": "object", "properties": {
-        "title": {"type": "string"}, "year": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "summary": {"type": "string"}}, "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
+        "title": {"type": "string"}, "year": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}}, "summary": {"type": "string"}},
+        "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
     msgs = [{"role": "user", "content": "Describe a film you like as JSON with title, year, tags and a long summary."}]
     kw = dict(chat_template=a.chat_template, max_tokens=a.n, temperature=0.0, ignore_eos=True)
     rows = {"free": [], "json_schema": []}
