@@ -243,7 +243,6 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
         raise PyrtError(f"cannot read text file {a.file}: {e.strerror}")
     if a.ctx_size <= 0:
         raise PyrtError("perplexity needs --ctx-size > 0")
-    constraint = _constraint_args(a)
     a.model = _model_path(a)
     llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
                n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
