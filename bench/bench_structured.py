@@ -5,6 +5,7 @@ and without a JSON schema (pyrt.runtime.constrain on llguidance; optionally outl
     python bench/bench_structured.py tg -n 64 -r 3              # Gemma 3 270M TG, free vs JSON schema
     python bench/bench_structured.py tg -m synthetic-32k --chat-template chatml -n 64 -r 3
     python bench/bench_structured.py outlines                   # outlines-core index build, same schemas
+    python bench/bench_structured.py validity                   # all schemas on Gemma 3 270M (~15 min)
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ def cmd_tg(a) -> None:
     path = _synthetic_32k() if a.model == "synthetic-32k" else a.model or _default_model()
     llm = pyrt.load(path, n_ctx=1024, n_threads=a.threads)
     schema = {"type": "object", "properties": {
-        "title": {"type": "string"}, "year": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "summary": {"type": "string"}}, "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
+        "title": {"type": "string"}, "year": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}}, "summary": {"type": "string"}},
+        "required": ["title", "year", "tags", "summary"], "additionalProperties": False}
     msgs = [{"role": "user", "content": "Describe a film you like as JSON with title, year, tags and a long summary."}]
     kw = dict(chat_template=a.chat_template, max_tokens=a.n, temperature=0.0, ignore_eos=True)
     rows = {"free": [], "json_schema": []}
@@ -168,6 +170,33 @@ def cmd_outlines(a) -> None:
             print("  failed:", f)
 
 
+def cmd_validity(a) -> None:
+    """Every schema of the set on a real model, greedy and sampled: valid / invalid / incomplete."""
+    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tools")]
+    import jsonschema
+    from test_structured import FORMATS, SAMPLERS
+    import pyrt
+    llm = pyrt.load(a.model or _default_model(), n_ctx=1024, n_threads=a.threads)
+    ok = bad = inc = 0
+    for s in SCHEMAS:
+        schema = s["schema"]
+        msgs = [{"role": "user", "content": f"Reply with one JSON value under this JSON Schema: {json.dumps(schema)}"}]
+        for sampler in ("greedy", "top_p_min_p"):
+            out = "".join(llm.chat(msgs, chat_template=a.chat_template, max_tokens=a.n, json_schema=schema,
+                                   **SAMPLERS[sampler]))
+            if llm.last_finish_reason != "stop":
+                inc += 1
+                print(f"incomplete: {s['name']} {sampler} ...{out[-60:]!r}")
+                continue
+            try:
+                jsonschema.validate(json.loads(out), schema, format_checker=FORMATS)
+                ok += 1
+            except (ValueError, jsonschema.ValidationError) as e:
+                bad += 1
+                print(f"INVALID: {s['name']} {sampler} {out[:100]!r}: {str(e)[:100]}")
+    print(f"| {2 * len(SCHEMAS)} | {ok} | {bad} | {inc} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -183,8 +212,13 @@ def main(argv=None) -> int:
     o = sub.add_parser("outlines")
     o.add_argument("-m", "--model", default=None)
     o.add_argument("--n-schemas", type=int, default=10)
+    v = sub.add_parser("validity")
+    v.add_argument("-m", "--model", default=None)
+    v.add_argument("-n", type=int, default=320)
+    v.add_argument("-t", "--threads", type=int, default=2)
+    v.add_argument("--chat-template", default="gemma")
     a = ap.parse_args(argv)
-    {"masks": cmd_masks, "tg": cmd_tg, "outlines": cmd_outlines}[a.cmd](a)
+    {"masks": cmd_masks, "tg": cmd_tg, "outlines": cmd_outlines, "validity": cmd_validity}[a.cmd](a)
     return 0
 
 

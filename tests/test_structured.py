@@ -318,8 +318,8 @@ def test_every_sampler_setting_respects_the_schema(models, sampler):
         _check_json(out, schema, llm.last_finish_reason, name)
 
 
-REGEXES = [r"[0-9]{3}-[0-9]{4}", r"(yes|no)", r"[a-z]{2,6}@[a-z]{2,5}\.(com|org)", r"-?(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?",
-           r"#[0-9a-f]{6}", r"\((x|y)(,(x|y)){0,4}\)"]
+REGEXES = [r"[0-9]{3}-[0-9]{4}", r"(yes|no)", r"[a-z]{2,6}@[a-z]{2,5}\.(com|org)",
+           r"-?(0|[1-9][0-9]{0,5})(\.[0-9]{1,3})?", r"#[0-9a-f]{6}", r"\((x|y)(,(x|y)){0,4}\)"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -387,7 +387,8 @@ def test_length_is_reported_before_the_grammar_completes(models):
     out = "".join(llm.generate("x", max_tokens=3, json_schema={"const": "a long constant string here"},
                                temperature=0.0))
     assert llm.last_finish_reason == "length"
-    assert json.dumps("a long constant string here").startswith(out) and out != json.dumps("a long constant string here")
+    full = json.dumps("a long constant string here")
+    assert full.startswith(out) and out != full
     # ignore_eos: the grammar may go on ([a-z]+), so only the token limit ends it
     ids = list(llm.generate_ids(llm.tokenize("x"), max_tokens=20, regex="[a-z]+", temperature=0.0, ignore_eos=True))
     assert len(ids) == 20 and llm.last_finish_reason == "length"
@@ -473,7 +474,8 @@ def test_schemas_valid_default_model(gemma_path):
 # ------------------------------------------------------------------------------------------- tool calls
 def test_required_and_named_tool_calls_parse_and_validate(models):
     from pyrt.runtime.tools import parse_tool_calls, tool_call_schema
-    tools = [{"type": "function", "function": {"name": n, "parameters": _bounded(SCHEMAS[[s["name"] for s in SCHEMAS].index(sn)]["schema"])}}
+    by_name = {s["name"]: s["schema"] for s in SCHEMAS}
+    tools = [{"type": "function", "function": {"name": n, "parameters": _bounded(by_name[sn])}}
              for n, sn in (("make_product", "product"), ("add_person", "object_person"), ("draw", "ref_defs"))]
     params = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     llm = models["qwen2"]
@@ -512,7 +514,7 @@ def test_unbounded_numbers_get_llama_cpp_digit_limit(models):
     assert b["properties"]["big"] == {"type": "integer", "minimum": 10 ** 20}  # never made unsatisfiable
     assert b["properties"]["c"] == {"const": {"type": "number"}}  # a value, not a schema
     llm = models["llama"]
-    tok, tb = llm.tokenizer, llm.tokenizer.token_bytes()
+    tb = llm.tokenizer.token_bytes()
     one, zero = tb.index(b"1"), tb.index(b"0")
     c = llm.constraint(json_schema={"type": "integer"})
     c.accept(one)

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import GrammarError, InvalidArgumentError, UnsupportedError
 
-__all__ = ["KINDS", "JSON_DEFAULTS", "NUMBER_LIMIT", "NUMBER_STEP", "GrammarEngine", "Constraint", "bound_numbers", "engine_for",
-           "request_grammar"]
+__all__ = ["KINDS", "JSON_DEFAULTS", "NUMBER_LIMIT", "NUMBER_STEP", "GrammarEngine", "Constraint", "bound_numbers",
+           "engine_for", "request_grammar"]
 
 # "grammar" is Lark or GBNF, told apart as llguidance does (a `start:` rule or `%llguidance` means Lark).
 KINDS = ("json_schema", "regex", "lark", "gbnf", "grammar")
@@ -185,8 +185,9 @@ def engine_for(tokenizer) -> GrammarEngine:
 
 
 class Constraint:
-    """One sequence's grammar state. Per step: `apply(logits)` (or `fill_mask` + `mask_logits`), sample,
-    then `accept(token)`. End-of-generation tokens are allowed only where the grammar is complete.
+    """One sequence's grammar state. Per step: `mask_logits(logits)` (computing the mask, or using the one
+    `fill_mask` computed for this state), sample, then `accept(token)`. End-of-generation tokens are
+    allowed only where the grammar is complete.
 
     Not thread-safe on its own: one step's calls come from one thread at a time (the mask of the next
     step may be computed in another thread while the forward pass runs; llguidance drops the GIL).
@@ -261,8 +262,6 @@ class Constraint:
         np.logical_not(self.allowed(), out=self._denied)
         np.copyto(logits, _NEG_INF, where=self._denied)
         return logits
-
-    apply = mask_logits
 
     def forbid(self, token_ids) -> None:
         """Clears the given tokens from the current state's mask (e.g. end-of-generation ids when the
