@@ -58,14 +58,19 @@ def main() -> None:
 
     eng.submit(plain()).result()  # warm-up (Numba, first decode)
     alone = [eng.submit(plain()).result() for _ in range(2)]
-    beside = []
-    for _ in range(2):
+
+    def pair(constraint):
         r1 = plain()
-        r2 = Request(json_prompt, GenerationParams(max_tokens=4 * a.tokens, temperature=0.0, constraint=spec,
-                                                   cache_prompt=False))
+        r2 = Request(json_prompt, GenerationParams(max_tokens=4 * a.tokens, temperature=0.0, constraint=constraint,
+                                                   ignore_eos=constraint is None, cache_prompt=False))
         eng.submit(r2)
         eng.submit(r1)
-        beside.append((r1.result(), r2.result()))
+        return r1.result(), r2.result()
+
+    beside, beside_free = [], []
+    for _ in range(2):  # alternated, so that load on the machine hits both alike
+        beside_free.append(pair(None))
+        beside.append(pair(spec))
     n_masked, t_mask = eng.n_masked, eng.t_mask
     eng.stop()
 
@@ -86,10 +91,11 @@ def main() -> None:
     print(f"model {Path(a.model).name}, n_vocab {tk.n_vocab}, threads {a.threads}, schema {a.schema}")
     print(f"grammar engine vocabulary {t_vocab * 1000:.0f} ms (once per tokenizer), schema compile {t_compile * 1000:.1f} ms")
     print(f"unconstrained alone:            {' '.join(f'{ms(c):.2f}' for c in alone)} ms/token")
+    print(f"unconstrained beside free text: {' '.join(f'{ms(p):.2f}' for p, _ in beside_free)} ms/token")
     print(f"unconstrained beside JSON:      {' '.join(f'{ms(p):.2f}' for p, _ in beside)} ms/token")
     print(f"constrained beside:             {' '.join(f'{ms(j):.2f}' for _, j in beside)} ms/token, "
           f"{beside[0][1].predicted_n} tokens, finish {beside[0][1].finish_reason}")
-    print(f"same greedy text beside as alone: {all(p.text == alone[0].text for p, _ in beside)}")
+    print(f"same greedy text beside as alone: {all(p.text == alone[0].text for p, _ in beside + beside_free)}")
     print(f"engine thread per mask (wait + mask logits): {t_mask / max(1, n_masked) * 1000:.3f} ms over {n_masked}")
     print(f"synchronous fill_mask: median {statistics.median(t_fill) * 1000:.3f} ms, max {max(t_fill) * 1000:.3f} ms; "
           f"mask_logits: median {statistics.median(t_apply) * 1000:.3f} ms")
