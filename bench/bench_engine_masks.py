@@ -89,7 +89,8 @@ def main() -> None:
 
     ms = lambda c: c.predicted_ms / max(1, c.predicted_n)  # noqa: E731
     print(f"model {Path(a.model).name}, n_vocab {tk.n_vocab}, threads {a.threads}, schema {a.schema}")
-    print(f"grammar engine vocabulary {t_vocab * 1000:.0f} ms (once per tokenizer), schema compile {t_compile * 1000:.1f} ms")
+    print(f"grammar engine vocabulary {t_vocab * 1000:.0f} ms (once per tokenizer), "
+          f"schema compile {t_compile * 1000:.1f} ms")
     print(f"unconstrained alone:            {' '.join(f'{ms(c):.2f}' for c in alone)} ms/token")
     print(f"unconstrained beside free text: {' '.join(f'{ms(p):.2f}' for p, _ in beside_free)} ms/token")
     print(f"unconstrained beside JSON:      {' '.join(f'{ms(p):.2f}' for p, _ in beside)} ms/token")

@@ -204,7 +204,8 @@ def test_tool_choice_auto_parses_a_call_or_returns_text(server):
 
 
 @pytest.mark.parametrize("body", [
-    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nosuchtype"}}}},
     {"grammar": "root ::= foo"},
     {"grammar": "root ::= \"a"},

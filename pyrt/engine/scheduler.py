@@ -7,7 +7,9 @@ evaluated exactly as it is alone (decode rows differ from a lone decode only in 
 N-row kernels). Slot i is sequence id i; the KV cells are one pool for all slots. A
 finished slot keeps its cells as a prefix cache until cells are needed (least recently used first); a
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
-cells) or restored from host RAM (--cache-ram), and evaluates only the rest.
+cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
+(`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
+runs; only that sequence's logits row is masked.
 Imports pyrt.runtime and pyrt.errors; no HTTP.
 """
 

@@ -2,7 +2,9 @@
 API (/v1/chat/completions, /v1/completions) and llama-server's /completion.
 
 Plain functions over dicts: no HTTP framework here. Errors are `ApiError(status, message, type, code)`.
-Imports pyrt.engine, pyrt.runtime.chat and pyrt.errors.
+Structured output: `response_format` / `json_schema` / `grammar` -> the engine's constraint spec (compiled
+here, so a bad one is a 400 before anything is queued), `tools` / `tool_choice` -> the template's tool list
+and the schema of a required call. Imports pyrt.engine, pyrt.runtime.chat, .constrain, .tools and pyrt.errors.
 """
 
 from __future__ import annotations
