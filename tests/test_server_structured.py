@@ -252,3 +252,40 @@ def test_constrained_beside_unconstrained_leaves_it_unchanged(server):
     jobs = [("plain", prompts[0]), ("json", "a"), ("plain", prompts[1]), ("json", "b c"), ("plain", prompts[2])]
     out = _run_concurrently(run, jobs)
     assert [o for o in out if o is not None] == alone
+
+
+@pytest.mark.slow
+def test_gemma_server_structured(gemma_path):
+    """Gemma 3 (262k vocabulary, its own chat template): a JSON-schema reply and a named tool call validate,
+    and an unconstrained request beside them gives its text alone."""
+    s = Server(gemma_path, "-c", "2048", "-np", "3", key=None)
+    try:
+        c = s.client()
+        schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                                   "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                  "required": ["name", "age"], "additionalProperties": False}
+        rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}}
+        msgs = [{"role": "user", "content": "Invent a person. Reply in JSON."}]
+
+        def plain(_=None):
+            return c.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hello."}],
+                                             temperature=0.0, max_tokens=24).choices[0].message.content
+
+        def person(_=None):
+            r = c.chat.completions.create(model="m", messages=msgs, response_format=rf, temperature=0.0,
+                                          max_tokens=64)
+            _valid(r.choices[0].message.content, schema, r.choices[0].finish_reason)
+
+        def weather(_=None):
+            r = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                                          tools=TOOLS, tool_choice={"type": "function",
+                                                                    "function": {"name": "get_weather"}},
+                                          temperature=0.0, max_tokens=64)
+            assert r.choices[0].finish_reason == "tool_calls"
+            assert _check_calls(r.choices[0].message.tool_calls) == "get_weather"
+
+        alone = plain()
+        out = _run_concurrently(lambda f: f(), [person, plain, weather])
+        assert out[1] == alone
+    finally:
+        s.stop()
