@@ -289,3 +289,17 @@ def test_gemma_server_structured(gemma_path):
         assert out[1] == alone
     finally:
         s.stop()
+
+
+def test_logprobs_under_a_grammar(server):
+    """Log-probabilities are those of the constrained distribution: the forbidden tokens are no
+    alternatives (and no -inf reaches the JSON)."""
+    r = server.client().chat.completions.create(model="m", messages=MSGS, logprobs=True, top_logprobs=5,
+                                                extra_body={"grammar": 'root ::= "yes" | "no"'}, **GREEDY)
+    ch = r.choices[0]
+    assert ch.message.content in ("yes", "no") and ch.finish_reason == "stop"
+    lps = ch.logprobs.content
+    assert lps and all(-1e9 < t.logprob <= 0 for t in lps)
+    first = lps[0].top_logprobs
+    assert 1 <= len(first) <= 5 and all(-1e9 < t.logprob <= 0 for t in first)
+    assert sum(2.718281828 ** t.logprob for t in first) == pytest.approx(1.0, abs=1e-3)

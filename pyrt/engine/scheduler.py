@@ -643,7 +643,8 @@ class Engine:
                 k = min(p.n_probs, lp.shape[0])
                 top = np.argpartition(-lp, k - 1)[:k]
                 top = top[np.argsort(-lp[top], kind="stable")]
-                info.top = [(int(t), float(lp[t])) for t in top]
+                # under a grammar, the tokens it forbids (log-probability -inf) are no alternatives
+                info.top = [(int(t), float(lp[t])) for t in top if np.isfinite(lp[t])]
         a.n_gen += 1
         self.n_predicted += 1
         a.history.append(tok)
