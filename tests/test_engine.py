@@ -5,6 +5,7 @@ strings, cancellation, eviction, slot save/restore. The oracle for generated tok
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -410,3 +411,30 @@ def test_gemma_concurrent_equals_sequential_and_prefix(gemma_path):
             assert c.cache_n == len(system) and c.prompt_n == len(p) - len(system)
     finally:
         eng.stop()
+
+
+def test_constrained_requests_match_llm_and_leave_others_unchanged(model_paths, engine_factory):
+    """Grammar-constrained requests in the engine give what LLM.generate_ids gives under the same grammar
+    (greedy), end with "stop" when the grammar is complete (also with ignore_eos) and with "length" when
+    max_tokens comes first; the unconstrained requests beside them are unchanged; a grammar that does not
+    compile is refused by submit, with nothing queued."""
+    pytest.importorskip("llguidance")
+    from pyrt.errors import GrammarError
+
+    path = model_paths["llama"]
+    eng = engine_factory(path, 4)
+    ps = prompts(4, seed=40)
+    rx = "[ab]{2,5}( [0-9]{1,3}){0,3}"
+    cases = [(ps[0], None, 40), (ps[1], ("regex", rx), 40), (ps[2], ("regex", "[ab]{8}"), 3), (ps[3], None, 40)]
+    reqs = [eng.submit(Request(p, greedy(n, constraint=spec))) for p, spec, n in cases]
+    out = [r.result() for r in reqs]
+    for (p, spec, n), c in zip(cases, out):
+        kw = {} if spec is None else {"regex": spec[1]}
+        assert ids(c) == reference(path, p, n, **kw), spec
+    assert out[1].finish_reason == "stop" and re.fullmatch(rx, out[1].text), out[1].text
+    assert out[2].finish_reason == "length" and re.fullmatch("[ab]{3}", out[2].text)
+    assert out[0].finish_reason == out[3].finish_reason == "length"
+    n_req = eng.n_requests
+    with pytest.raises(GrammarError, match="invalid regex"):
+        eng.submit(Request(ps[0], greedy(constraint=("regex", "(unclosed"))))
+    assert eng.n_waiting() == 0 and eng.n_requests == n_req

@@ -39,6 +39,9 @@ class GenerationParams:
     cache_prompt: bool = True     # reuse cached prefixes (False: evaluate the whole prompt)
     id_slot: int = -1             # run in this slot (-1: the engine picks)
     timeout_s: float | None = None  # wall-clock limit from submission
+    # (kind, text) of pyrt.runtime.constrain (request_grammar): every token is sampled under that grammar's
+    # mask, end of generation only where it is complete, and the request stops when the grammar is done
+    constraint: tuple[str, str] | None = None
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.repeat_penalty,

@@ -7,13 +7,16 @@ evaluated exactly as it is alone (decode rows differ from a lone decode only in 
 N-row kernels). Slot i is sequence id i; the KV cells are one pool for all slots. A
 finished slot keeps its cells as a prefix cache until cells are needed (least recently used first); a
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
-cells) or restored from host RAM (--cache-ram), and evaluates only the rest.
+cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
+(`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
+runs; only that sequence's logits row is masked.
 Imports pyrt.runtime and pyrt.errors; no HTTP.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 import time
 import traceback
@@ -75,6 +78,11 @@ class _Active:
         self.prompt_n = 0
         self.t_start = time.perf_counter()
         self.t_first = 0.0
+        self.constraint = None  # a pyrt.runtime.constrain.Constraint when params.constraint is set
+        self.mask_future = None  # its mask for the next token, being computed in the engine's mask pool
+        if p.constraint is not None:
+            from ..runtime.constrain import engine_for
+            self.constraint = engine_for(engine.tokenizer).constraint(*p.constraint)
 
     @property
     def generating(self) -> bool:
@@ -126,6 +134,11 @@ class Engine:
         self.n_batch_tokens_max = 0
         self.max_seqs_in_step = 0
         self.slot_info: list[dict] = [self._slot_dict(s) for s in self.slots]
+        # grammar masks of the next tokens are computed here while the forward pass runs (llguidance
+        # releases the GIL); started on the first constrained request
+        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.t_mask = 0.0             # seconds the engine thread waited for masks and masked logits
+        self.n_masked = 0
 
     # -- public, any thread ---------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -156,6 +169,9 @@ class Engine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._thread = None
+        if self._mask_pool is not None:
+            self._mask_pool.shutdown(wait=True)
+            self._mask_pool = None
 
     def submit(self, req: Request) -> Request:
         """Queue a request; raises InvalidArgumentError / ContextOverflowError (nothing queued) or
@@ -173,6 +189,9 @@ class Engine:
 
     def check(self, req: Request) -> None:
         req.params.validate()
+        if req.params.constraint is not None:
+            from ..runtime.constrain import engine_for
+            engine_for(self.tokenizer).compile(*req.params.constraint)  # GrammarError: nothing queued
         n = len(req.prompt)
         if n == 0:
             raise InvalidArgumentError("the prompt is empty (no tokens to evaluate)")
@@ -519,10 +538,12 @@ class Engine:
             want.extend(w)
         batch = Batch(np.asarray(tok, np.int64), np.asarray(pos, np.int64), np.asarray(seq, np.int64),
                       np.asarray(want, bool))
+        masks = self._start_masks(entries)
         t0 = time.perf_counter()
         try:
             logits = self.ctx.decode(batch)
         except ContextOverflowError as e:
+            concurrent.futures.wait(masks)
             # the window cache of a sliding-window model is full: give back idle caches and retry later;
             # with none to give back, the prompts of this batch fail and the generating sequences end
             if self._evict_one():
@@ -557,15 +578,63 @@ class Engine:
             row += 1
             self._sample(s, lg)
 
+    def _start_masks(self, entries) -> list:
+        """Computes, in the mask pool, the grammar mask of every constrained sequence that samples after
+        this decode: the masks depend only on the tokens accepted so far, so they overlap the forward pass."""
+        if not any(last and s.act is not None and s.act.constraint is not None for s, toks, last in entries):
+            return []
+        if self._mask_pool is None:
+            self._mask_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="pyrt-mask")
+        futs = []
+        for s, toks, last in entries:
+            a = s.act
+            if last and a is not None and a.constraint is not None and not a.constraint.is_stopped():
+                a.mask_future = self._mask_pool.submit(a.constraint.fill_mask)
+                futs.append(a.mask_future)
+        return futs
+
+    def _constrain(self, a: _Active, logits: np.ndarray) -> np.ndarray | None:
+        """The sequence's logits under its grammar's mask (a copy), or None when the grammar is complete and
+        allows nothing more. The mask is the one `_start_masks` computed (or is computed now)."""
+        c = a.constraint
+        t0 = time.perf_counter()
+        if a.mask_future is not None:  # the matcher is not touched while the pool computes its mask
+            f, a.mask_future = a.mask_future, None
+            f.result()  # the mask computed during the forward pass (or its GrammarError)
+        if c.is_stopped():
+            return None
+        if a.params.ignore_eos:
+            c.forbid(self.tokenizer.eog_ids)
+        out = c.mask_logits(np.array(logits, dtype=np.float32))
+        self.t_mask += time.perf_counter() - t0
+        self.n_masked += 1
+        return out
+
     def _sample(self, s: _Slot, logits: np.ndarray) -> None:
         a = s.act
         p = a.params
         if not a.generating:
             a.t_first = time.perf_counter()
+        c = a.constraint
+        if c is not None:
+            try:
+                logits = self._constrain(a, logits)
+            except PyrtError as e:
+                self._finish(s, FINISH_ERROR, error=e)
+                return
+            if logits is None:
+                self._finish(s, FINISH_STOP)
+                return
         tok = a.sampler.sample(logits, a.history)
         if not p.ignore_eos and self.tokenizer.is_eog(tok):
             self._finish(s, FINISH_STOP)
             return
+        if c is not None:
+            try:
+                c.accept(tok)
+            except PyrtError as e:
+                self._finish(s, FINISH_ERROR, error=e)
+                return
         info = TokenInfo(tok)
         if p.logprobs or p.n_probs > 0:
             lp = _log_softmax(logits)
@@ -574,7 +643,8 @@ class Engine:
                 k = min(p.n_probs, lp.shape[0])
                 top = np.argpartition(-lp, k - 1)[:k]
                 top = top[np.argsort(-lp[top], kind="stable")]
-                info.top = [(int(t), float(lp[t])) for t in top]
+                # under a grammar, the tokens it forbids (log-probability -inf) are no alternatives
+                info.top = [(int(t), float(lp[t])) for t in top if np.isfinite(lp[t])]
         a.n_gen += 1
         self.n_predicted += 1
         a.history.append(tok)
@@ -584,8 +654,8 @@ class Engine:
         if piece:
             a.req.sink(Piece(piece, a.unsent))
             a.unsent = []
-        if stopped:
-            self._finish(s, FINISH_STOP)
+        if stopped or (c is not None and c.is_stopped()):
+            self._finish(s, FINISH_STOP)  # a stop string, or a grammar that allows nothing more
         elif p.max_tokens >= 0 and a.n_gen >= p.max_tokens:
             self._finish(s, FINISH_LENGTH)
         else:

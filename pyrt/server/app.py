@@ -23,9 +23,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from ..engine import Engine, Request
-from ..engine.requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_TIMEOUT, Completion, Piece
+from ..engine.requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_STOP, FINISH_TIMEOUT, Completion, Piece
 from ..engine.scheduler import EngineStoppedError, QueueFullError, SlotBusyError
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
+from ..runtime.tools import parse_tool_calls
 from . import protocol as P
 from .protocol import ApiError
 
@@ -203,6 +204,15 @@ class _SSE:
             self.req.cancel()
 
 
+async def _constrain(eng: Engine, body: dict, params, spec=None) -> None:
+    """The request's constraint (given `spec`, else read from the body) compiled, off the event loop,
+    into params; a 400 with the grammar engine's message when it cannot be compiled."""
+    spec = spec if spec is not None else P.constraint_spec(body)
+    if spec is not None:
+        await asyncio.to_thread(P.compile_constraint, eng, spec)
+        params.constraint = spec
+
+
 def _created() -> int:
     return int(time.time())
 
@@ -233,7 +243,15 @@ def build_app(state: ServerState) -> Starlette:
         body = await _json_body(request, cfg.max_body_bytes)
         params = P.generation_params(body, timeout_s=cfg.timeout_s)
         P.openai_logprobs(body, params, chat=True)
-        ids = P.chat_prompt_ids(eng, state.template, body)
+        tools = P.tool_spec(body)
+        spec = P.constraint_spec(body)
+        if tools.schema is not None:
+            if spec is not None:
+                raise P.bad("a constraint (response_format, json_schema, grammar) and a required or named "
+                            "tool_choice are mutually exclusive")
+            spec = ("json_schema", json.dumps(tools.schema))
+        ids = P.chat_prompt_ids(eng, state.template, body, tools.tools if tools.parse else None)
+        await _constrain(eng, body, params, spec)
         stream = P._get(body, "stream", bool, False)
         so = body.get("stream_options") or {}
         include_usage = isinstance(so, dict) and so.get("include_usage") is True
@@ -241,6 +259,12 @@ def build_app(state: ServerState) -> Starlette:
         rid = f"chatcmpl-{req.id}"
         created = _created()
         tk = eng.tokenizer
+
+        def tool_calls(c: Completion) -> list:
+            """OpenAI tool_calls of a finished reply ([] when it is text, or was cut by max_tokens)."""
+            if not tools.parse or c.finish_reason != FINISH_STOP:
+                return []
+            return parse_tool_calls(c.text, tools.tools)
 
         def chunk(delta, fr=None, logprobs=None, **extra):
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id(),
@@ -251,27 +275,53 @@ def build_app(state: ServerState) -> Starlette:
             err = _completion_error(c)
             if err is not None:
                 return _error(err)
+            message = {"role": "assistant", "content": c.text}
+            fr = P.finish_reason(c)
+            calls = tool_calls(c)
+            if calls:
+                message, fr = {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
             return JSONResponse({
                 "id": rid, "object": "chat.completion", "created": created, "model": model_id(),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": P.chat_logprobs(tk, c.tokens) if params.logprobs else None,
-                             "finish_reason": P.finish_reason(c)}],
+                             "finish_reason": fr}],
                 "usage": P.usage(c), "timings": c.timings()})
 
         async def gen():
             yield chunk({"role": "assistant", "content": ""})
+            # text that may be a tool call is held back until the end (all of it for a required or named
+            # call; for "auto" while it still starts like one, P.may_be_tool_call)
+            holding = tools.parse
+            held, held_tokens = "", []
             while True:
                 ev = await bridge.queue.get()
                 if isinstance(ev, Piece):
-                    lp = P.chat_logprobs(tk, ev.tokens) if params.logprobs else None
-                    if ev.text or lp:
-                        yield chunk({"content": ev.text}, logprobs=lp)
+                    if holding:
+                        held += ev.text
+                        held_tokens += ev.tokens
+                        if tools.schema is not None or P.may_be_tool_call(held):
+                            continue
+                        holding = False
+                        text, toks, held, held_tokens = held, held_tokens, "", []
+                    else:
+                        text, toks = ev.text, ev.tokens
+                    lp = P.chat_logprobs(tk, toks) if params.logprobs else None
+                    if text or lp:
+                        yield chunk({"content": text}, logprobs=lp)
                     continue
                 err = _completion_error(ev)
                 if err is not None:
                     yield err.body()
                     return
-                yield chunk({}, P.finish_reason(ev), timings=ev.timings())
+                fr = P.finish_reason(ev)
+                calls = tool_calls(ev) if holding else []
+                if calls:
+                    fr = "tool_calls"
+                    yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]})
+                elif held or held_tokens:
+                    lp = P.chat_logprobs(tk, held_tokens) if params.logprobs else None
+                    yield chunk({"content": held}, logprobs=lp)
+                yield chunk({}, fr, timings=ev.timings())
                 if include_usage:
                     yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model_id(),
                            "choices": [], "usage": P.usage(ev)}
@@ -286,6 +336,7 @@ def build_app(state: ServerState) -> Starlette:
         if P._get(body, "echo", bool, False):
             raise P.bad("'echo' is not supported")
         ids = P.prompt_ids(eng, body.get("prompt"))
+        await _constrain(eng, body, params)
         stream = P._get(body, "stream", bool, False)
         so = body.get("stream_options") or {}
         include_usage = isinstance(so, dict) and so.get("include_usage") is True
@@ -333,6 +384,7 @@ def build_app(state: ServerState) -> Starlette:
         body = await _json_body(request, cfg.max_body_bytes)
         params = P.generation_params(body, llama=True, timeout_s=cfg.timeout_s)
         ids = P.prompt_ids(eng, body.get("prompt"))
+        await _constrain(eng, body, params)
         stream = P._get(body, "stream", bool, False)
         req, bridge = _submit(eng, ids, params)
         tk = eng.tokenizer

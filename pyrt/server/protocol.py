@@ -2,12 +2,15 @@
 API (/v1/chat/completions, /v1/completions) and llama-server's /completion.
 
 Plain functions over dicts: no HTTP framework here. Errors are `ApiError(status, message, type, code)`.
-Imports pyrt.engine, pyrt.runtime.chat and pyrt.errors.
+Structured output: `response_format` / `json_schema` / `grammar` -> the engine's constraint spec (compiled
+here, so a bad one is a 400 before anything is queued), `tools` / `tool_choice` -> the template's tool list
+and the schema of a required call. Imports pyrt.engine, pyrt.runtime.chat, .constrain, .tools and pyrt.errors.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from ..engine.requests import FINISH_LENGTH, FINISH_STOP, Completion, GenerationParams, TokenInfo
 
@@ -143,7 +146,7 @@ def _flatten_content(content, i: int):
     raise bad(f"messages[{i}].content must be a string or a list of text parts")
 
 
-def chat_prompt_ids(engine, template, body: dict) -> list[int]:
+def chat_prompt_ids(engine, template, body: dict, tools: list | None = None) -> list[int]:
     from ..runtime.chat import ChatTemplateError, chat_ids
 
     msgs = body.get("messages")
@@ -153,11 +156,17 @@ def chat_prompt_ids(engine, template, body: dict) -> list[int]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise bad(f"messages[{i}] must be an object with a 'role' string")
-        norm.append({"role": m["role"], "content": _flatten_content(m.get("content"), i)})
+        msg = {"role": m["role"], "content": _flatten_content(m.get("content"), i)}
+        for k in ("tool_calls", "tool_call_id", "name"):  # tool turns, as the templates read them
+            if m.get(k) is not None:
+                msg[k] = m[k]
+        norm.append(msg)
     if template is None:
         raise bad("this model has no chat template; start the server with --chat-template")
+    # tools go to the template as `tools` (the OpenAI list, as HF templates read it); not for "none"
+    extra = {"tools": tools} if tools else {}
     try:
-        text = template.render(norm, add_generation_prompt=True)
+        text = template.render(norm, add_generation_prompt=True, **extra)
     except ChatTemplateError as e:
         raise bad(str(e)) from None
     return chat_ids(engine.tokenizer, text, template.bos_token)
@@ -220,3 +229,80 @@ def llama_stop_type(c: Completion) -> str:
     if c.finish_reason == FINISH_STOP:
         return "word" if c.stop_word else "eos"
     return "none"
+
+
+# -- structured output -----------------------------------------------------------------------------
+def constraint_spec(body: dict) -> tuple[str, str] | None:
+    """(kind, text) of the request's constraint: OpenAI `response_format`, or llama-server's `json_schema`
+    (a schema object or JSON text) or `grammar` (GBNF or Lark text); at most one of them."""
+    from ..errors import InvalidArgumentError
+    from ..runtime.constrain import request_grammar
+
+    g = body.get("grammar")
+    if g is not None and not isinstance(g, str):
+        raise bad("'grammar' must be a string (GBNF or Lark)")
+    if g == "":
+        g = None  # llama-server sends "" for no grammar
+    try:
+        return request_grammar(json_schema=body.get("json_schema"), grammar=g,
+                               response_format=body.get("response_format"))
+    except InvalidArgumentError as e:
+        raise bad(str(e)) from None
+
+
+def compile_constraint(engine, spec: tuple[str, str]) -> None:
+    """Compiles the constraint against the engine's vocabulary (cached by text), so that a schema or
+    grammar the grammar engine rejects is a 400 with its message before anything is queued."""
+    from ..errors import GrammarError, InvalidArgumentError, UnsupportedError
+    from ..runtime.constrain import engine_for
+
+    try:
+        engine_for(engine.tokenizer).compile(*spec)
+    except (GrammarError, InvalidArgumentError) as e:
+        raise bad(str(e)) from None
+    except UnsupportedError as e:
+        raise ApiError(501, str(e), "not_supported_error") from None
+
+
+@dataclass
+class ToolSpec:
+    """A chat request's tools: the list for the template, the choice, the schema a required or named call
+    is generated under (None for "auto" / "none")."""
+
+    tools: list | None = None
+    choice: object = "none"
+    schema: dict | None = None
+
+    @property
+    def parse(self) -> bool:
+        """Whether the reply is read as tool calls."""
+        return self.tools is not None and self.choice != "none"
+
+
+def tool_spec(body: dict) -> ToolSpec:
+    from ..errors import InvalidArgumentError
+    from ..runtime.tools import tool_call_schema
+
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if tools is None or tools == []:
+        if choice not in (None, "none", "auto"):
+            raise bad("'tool_choice' needs 'tools'")
+        return ToolSpec()
+    choice = "auto" if choice is None else choice
+    parallel = _get(body, "parallel_tool_calls", bool, False)
+    try:
+        schema = tool_call_schema(tools, choice, parallel_tool_calls=parallel)
+    except InvalidArgumentError as e:
+        raise bad(str(e)) from None
+    return ToolSpec(tools, choice, schema)
+
+
+# how an "auto" reply that may be a tool call starts (after whitespace): the text is held back while it
+# could still be one of these, then parsed with pyrt.runtime.tools.parse_tool_calls at the end
+TOOL_CALL_OPENERS = ("{", "[", "```", "<tool_call>")
+
+
+def may_be_tool_call(text: str) -> bool:
+    s = text.lstrip()
+    return not s or any(s.startswith(o) or o.startswith(s) for o in TOOL_CALL_OPENERS)
