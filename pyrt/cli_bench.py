@@ -108,6 +108,9 @@ def _serve_parser(bs) -> None:
     v.add_argument("--seed", type=int, default=0, help="seed of prompts, arrivals and sampling (default: 0)")
     v.add_argument("--warmup", type=int, default=1, help="short requests before each load point (default: 1)")
     v.add_argument("--extra-body", default=None, metavar="JSON", help="fields merged into every request body")
+    v.add_argument("--extra-body-fraction", type=float, default=1.0, metavar="F",
+                   help="share of the requests that get --extra-body, spread evenly (default: 1; e.g. 0.5 with a "
+                        "response_format gives a mixed constrained/unconstrained workload)")
     v.add_argument("--api-key", default=None, help="Bearer token (default: $OPENAI_API_KEY if set)")
     v.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds (default: 600)")
     v.add_argument("--json", default=None, metavar="FILE", help="also write the results (every request) as JSON")
@@ -135,6 +138,8 @@ def _cmd_serve(a) -> int:
         raise InvalidArgumentError(f"pyrt bench serve: {e}") from None
     if not isinstance(extra, dict):
         raise InvalidArgumentError("pyrt bench serve: --extra-body must be a JSON object")
+    if not 0.0 <= a.extra_body_fraction <= 1.0:
+        raise InvalidArgumentError("pyrt bench serve: --extra-body-fraction must be in [0, 1]")
     if any(r <= 0 for r in rates) or any(c is not None and c < 1 for c in concs):
         raise InvalidArgumentError("pyrt bench serve: rates must be > 0 and concurrencies >= 1")
     if min(a.num_prompts, a.input_len, a.output_len, a.num_groups) < 1 or a.shared_prefix_len < 0:
@@ -143,7 +148,8 @@ def _cmd_serve(a) -> int:
     base = dict(endpoint=a.endpoint, model=a.model, num_prompts=a.num_prompts, input_len=a.input_len,
                 output_len=a.output_len, shared_prefix_len=a.shared_prefix_len, num_groups=a.num_groups,
                 ignore_eos=a.ignore_eos, temperature=a.temperature, seed=a.seed, timeout=a.timeout,
-                api_key=a.api_key or os.environ.get("OPENAI_API_KEY"), extra_body=extra)
+                api_key=a.api_key or os.environ.get("OPENAI_API_KEY"), extra_body=extra,
+                extra_body_fraction=a.extra_body_fraction)
     servers = [serve.RunConfig(base_url=a.base_url, label=a.label or a.base_url, **base)]
     if a.compare:
         servers.append(serve.RunConfig(base_url=a.compare, label=a.compare_label or a.compare, **base))

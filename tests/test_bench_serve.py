@@ -370,3 +370,14 @@ def test_cli_unreachable_server_is_one_line(capsys):
     assert cli.main(["bench", "serve", "--base-url", "http://127.0.0.1:1", "-n", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: warm-up request") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("fraction,n,want", [(0.5, 8, 4), (0.25, 8, 2), (1.0, 5, 5), (0.0, 5, 0), (1 / 3, 9, 3)])
+def test_extra_body_fraction_spreads_evenly(fraction, n, want):
+    cfg = serve.RunConfig(base_url="http://127.0.0.1:1", extra_body={"response_format": {"type": "json_object"}},
+                          extra_body_fraction=fraction)
+    p = serve.Prompt(text="a b", prefix="", suffix="a b", prompt_len=2, output_len=4)
+    marked = ["response_format" in serve.request_body(cfg, p, i) for i in range(n)]
+    assert sum(marked) == want
+    if 0 < want < n:  # spread out: no two neighbours both marked when at most half are
+        assert not any(a and b for a, b in zip(marked, marked[1:])) or fraction > 0.5

@@ -113,6 +113,7 @@ class RunConfig:
     timeout: float = 600.0
     api_key: str | None = None
     extra_body: dict = field(default_factory=dict)
+    extra_body_fraction: float = 1.0  # share of the requests that get extra_body (a mixed workload)
     label: str = ""
 
 
@@ -192,7 +193,13 @@ async def make_prompts(tok: Tokenizer, cfg: RunConfig, salt: str = "") -> list[P
 
 # ---- requests --------------------------------------------------------------------------------------------------
 
-def request_body(cfg: RunConfig, p: Prompt) -> dict:
+def gets_extra_body(cfg: RunConfig, index: int) -> bool:
+    """Whether request `index` carries extra_body: spread evenly, round(n * fraction) of any first n."""
+    f = cfg.extra_body_fraction
+    return bool(cfg.extra_body) and int((index + 1) * f + 0.5) > int(index * f + 0.5)
+
+
+def request_body(cfg: RunConfig, p: Prompt, index: int = 0) -> dict:
     """The streaming request for one prompt at cfg.endpoint; ignore_eos is llama-server's and vLLM's field."""
     if cfg.endpoint == "/completion":  # llama-server's own endpoint
         body = {"prompt": p.text, "n_predict": p.output_len, "stream": True, "cache_prompt": True}
@@ -210,7 +217,8 @@ def request_body(cfg: RunConfig, p: Prompt) -> dict:
     body["seed"] = cfg.seed
     if cfg.ignore_eos:
         body["ignore_eos"] = True
-    body.update(cfg.extra_body)
+    if gets_extra_body(cfg, index):
+        body.update(cfg.extra_body)
     return body
 
 
@@ -262,7 +270,7 @@ async def send_request(client, cfg: RunConfig, headers: dict, p: Prompt, index: 
     text = []
     usage_seen = False
     try:
-        async with client.stream("POST", url, json=request_body(cfg, p), headers=headers) as r:
+        async with client.stream("POST", url, json=request_body(cfg, p, index), headers=headers) as r:
             if r.status_code != 200:
                 body = (await r.aread()).decode("utf-8", "replace")
                 res.error = f"HTTP {r.status_code}: {body[:300]}"
