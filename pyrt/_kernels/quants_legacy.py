@@ -179,34 +179,62 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
 
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
+
+    Every 8-row group takes the tokens NT at a time, then 4; from two tokens on, the last 1-3 or 5-7
+    tokens run as one 4- or NT-token pass over zero-padded copies of their activations (the padding
+    columns' outputs are dropped), so a weight block is unpacked once per pass, not once per token.
+    Each token's column of a tile is computed alone, so its bits do not depend on the pass it is in.
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 2] i32 aux words
     x_aux_q8_0(xc, xq, _q_bias(kind))
+    # the padded tail: its m tokens (t_pad ..) in an n_pad-token pass (m = 0: none)
+    m = n_tok % NT if n_tok > 1 else 0
+    if m == 4:
+        m = 0
+    n_pad = 4 if m < 4 else NT
+    t_pad = n_tok - m
+    xq_pad = np.zeros((n_pad, xq.shape[1]), np.uint8)  # [n_pad, n_in/32*34]
+    xc_pad = np.zeros((n_pad, nb, AUX_WORDS), np.int32)
+    for i in range(m):
+        xq_pad[i] = xq[t_pad + i]
+        xc_pad[i] = xc[t_pad + i]
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    xps = np.int64(xq_pad.strides[0])
     cs = np.int64(nb * AUX_BYTES)
     pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)
-    if n_tok < 4:  # one-token dots: small tiles spread the weight stream over the threads
+    if n_tok < 2:  # one-token dots: small tiles spread the weight stream over the threads
         tile = ROW_TILE
     else:
         tile = max(ROWS, min(n_out, tile_bytes // max(ws, 1)) // ROWS * ROWS)
     chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
     for it in prange((n_out + tile - 1) // tile):
-        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        # taken here so that xc and the padded copies stay alive until the loop ends
+        cp = np.int64(xc.ctypes.data)
+        xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
+        out_pad = np.empty((NT, ROWS), np.float32)  # [token, row] outputs of the padded pass
+        op = np.int64(out_pad.ctypes.data)
         r0, r1 = it * tile, min(it * tile + tile, n_out)
         for t0 in range(0, n_tok, chunk):
             t1 = min(t0 + chunk, n_tok)
             r = r0
             while r + ROWS <= r1:
                 t = t0
-                while t < t1:  # NT tokens per pass, then 4, then one
-                    n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
-                    _tile_legacy(kind, n, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
-                                 dp + (t * n_out + r) * 4, n_out, pf)
-                    t += n
+                while t < t1:  # NT tokens per pass, then 4, then the padded tail (or the one token)
+                    if m > 0 and t == t_pad:
+                        _tile_legacy(kind, n_pad, wp + r * ws, ws, xpp, xps, cpp, cs, nb, op, ROWS, pf)
+                        for i in range(m):
+                            for j in range(ROWS):
+                                dst[t + i, r + j] = out_pad[i, j]
+                        t = t1
+                    else:
+                        n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
+                        _tile_legacy(kind, n, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
+                                     dp + (t * n_out + r) * 4, n_out, pf)
+                        t += n
                 r += ROWS
             if r < r1:  # the last rows of the matrix, one by one
                 for t in range(t0, t1):
