@@ -172,6 +172,25 @@ TILE_BYTES = 48 << 10
 CHUNK_BYTES = 128 << 10
 
 
+@njit(cache=True, nogil=True)
+def _pad_tail(xq, xc, t0, m, n_pad):
+    """Zero-padded copies of tokens t0 .. t0+m of xq [n_tok, bytes] and xc [n_tok, nb, 2]: [n_pad, ...]
+    ([0, ...] when m = 0). Serial: in a parallel kernel each fill would be a parallel launch of its own."""
+    n = n_pad if m > 0 else 0
+    xq_pad = np.zeros((n, xq.shape[1]), np.uint8)
+    xc_pad = np.zeros((n, xc.shape[1], xc.shape[2]), np.int32)
+    for i in range(m):
+        xq_pad[i] = xq[t0 + i]
+        xc_pad[i] = xc[t0 + i]
+    return xq_pad, xc_pad
+
+
+@njit(cache=True, nogil=True)
+def _pad_out(n_it):
+    """[n_it, NT, ROWS] f32 outputs of the padded passes, one slot per work item."""
+    return np.empty((n_it, NT, ROWS), np.float32)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind: KIND_*) and Q8_0 activations:
@@ -194,12 +213,8 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     if m == 4:
         m = 0
     n_pad = 4 if m < 4 else NT
-    t_pad = n_tok - m
-    xq_pad = np.zeros((n_pad, xq.shape[1]), np.uint8)  # [n_pad, n_in/32*34]
-    xc_pad = np.zeros((n_pad, nb, AUX_WORDS), np.int32)
-    for i in range(m):
-        xq_pad[i] = xq[t_pad + i]
-        xc_pad[i] = xc[t_pad + i]
+    t_pad = n_tok - m if m > 0 else n_tok  # (n_tok: no token starts the padded pass)
+    xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, n_pad)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     xps = np.int64(xq_pad.strides[0])
@@ -211,12 +226,14 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     else:
         tile = max(ROWS, min(n_out, tile_bytes // max(ws, 1)) // ROWS * ROWS)
     chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
-    for it in prange((n_out + tile - 1) // tile):
-        # taken here so that xc and the padded copies stay alive until the loop ends
-        cp = np.int64(xc.ctypes.data)
-        xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
-        out_pad = np.empty((NT, ROWS), np.float32)  # [token, row] outputs of the padded pass
-        op = np.int64(out_pad.ctypes.data)
+    n_it = (n_out + tile - 1) // tile
+    out_pad = _pad_out(n_it if m > 0 else 0)  # [work item, token, row] outputs of the padded pass
+    for it in prange(n_it):
+        cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        xpp, cpp, opp = np.int64(0), np.int64(0), np.int64(0)
+        if m > 0:  # the padded copies and this item's output slot
+            xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
+            opp = np.int64(out_pad.ctypes.data) + it * (NT * ROWS * 4)
         r0, r1 = it * tile, min(it * tile + tile, n_out)
         for t0 in range(0, n_tok, chunk):
             t1 = min(t0 + chunk, n_tok)
@@ -224,17 +241,19 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
             while r + ROWS <= r1:
                 t = t0
                 while t < t1:  # NT tokens per pass, then 4, then the padded tail (or the one token)
-                    if m > 0 and t == t_pad:
-                        _tile_legacy(kind, n_pad, wp + r * ws, ws, xpp, xps, cpp, cs, nb, op, ROWS, pf)
-                        for i in range(m):
-                            for j in range(ROWS):
-                                dst[t + i, r + j] = out_pad[i, j]
-                        t = t1
+                    if t == t_pad:
+                        n, x0, xs0, c0, d0, ds0 = n_pad, xpp, xps, cpp, opp, np.int64(ROWS)
                     else:
                         n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
-                        _tile_legacy(kind, n, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
-                                     dp + (t * n_out + r) * 4, n_out, pf)
-                        t += n
+                        x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
+                        d0, ds0 = dp + (t * n_out + r) * 4, np.int64(n_out)
+                    _tile_legacy(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
+                    if t == t_pad:
+                        for i in range(m):
+                            for j in range(ROWS):
+                                dst[t + i, r + j] = out_pad[it, i, j]
+                        n = m
+                    t += n
                 r += ROWS
             if r < r1:  # the last rows of the matrix, one by one
                 for t in range(t0, t1):
