@@ -123,9 +123,9 @@ def test_dot_path_rows_independent_of_batch(t):
 @pytest.mark.boundscheck
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0])
 def test_dot_path_every_token_count_matches_one_token(t):
-    """For 1..9 tokens (full NT/4-token passes and the zero-padded 1-3 / 5-7 token tails), each
-    token's outputs are bit-identical to that token alone; n_out = 45 leaves 5 rows outside the
-    8-row tiles."""
+    """For 1..9 tokens (NT- and 4-token passes, zero-padded 4-token passes for 2-3 leftover tokens,
+    one-token passes), each token's outputs are bit-identical to that token alone; n_out = 45 leaves
+    5 rows outside the 8-row tiles."""
     _, x, raw = _case(t, n_tok=9, n_out=45)
     one = np.stack([mm.matmul(x[i:i + 1].copy(), raw, t, path="dot")[0] for i in range(9)])
     for n_tok in range(1, 10):

@@ -187,8 +187,8 @@ def _pad_tail(xq, xc, t0, m, n_pad):
 
 @njit(cache=True, nogil=True)
 def _pad_out(n_it):
-    """[n_it, NT, ROWS] f32 outputs of the padded passes, one slot per work item."""
-    return np.empty((n_it, NT, ROWS), np.float32)
+    """[n_it, 4, ROWS] f32 outputs of the padded passes, one slot per work item."""
+    return np.empty((n_it, 4, ROWS), np.float32)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -199,22 +199,21 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
 
-    Every 8-row group takes the tokens NT at a time, then 4; from two tokens on, the last 1-3 or 5-7
-    tokens run as one 4- or NT-token pass over zero-padded copies of their activations (the padding
-    columns' outputs are dropped), so a weight block is unpacked once per pass, not once per token.
-    Each token's column of a tile is computed alone, so its bits do not depend on the pass it is in.
+    Every 8-row group takes the tokens NT at a time, then 4, then the last 2-3 tokens as one 4-token
+    pass over zero-padded copies of their activations (the padding columns' outputs are dropped) or
+    a last single token alone: each weight block is unpacked once per pass, and a padded 4-token pass
+    costs less than 2-3 one-token passes, while an NT-token pass for 5-7 tokens costs more than 4 + the
+    rest (measured on Zen 5, 2 threads). Each token's column of a tile is computed alone,
+    so its bits do not depend on the pass it is in.
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 2] i32 aux words
     x_aux_q8_0(xc, xq, _q_bias(kind))
-    # the padded tail: its m tokens (t_pad ..) in an n_pad-token pass (m = 0: none)
-    m = n_tok % NT if n_tok > 1 else 0
-    if m == 4:
-        m = 0
-    n_pad = 4 if m < 4 else NT
+    # the padded tail: its m tokens (t_pad ..) in one 4-token pass (m = 0: none)
+    m = n_tok % 4 if n_tok % 4 >= 2 else 0
     t_pad = n_tok - m if m > 0 else n_tok  # (n_tok: no token starts the padded pass)
-    xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, n_pad)
+    xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, 4)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     xps = np.int64(xq_pad.strides[0])
@@ -233,16 +232,16 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
         xpp, cpp, opp = np.int64(0), np.int64(0), np.int64(0)
         if m > 0:  # the padded copies and this item's output slot
             xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
-            opp = np.int64(out_pad.ctypes.data) + it * (NT * ROWS * 4)
+            opp = np.int64(out_pad.ctypes.data) + it * (4 * ROWS * 4)
         r0, r1 = it * tile, min(it * tile + tile, n_out)
         for t0 in range(0, n_tok, chunk):
             t1 = min(t0 + chunk, n_tok)
             r = r0
             while r + ROWS <= r1:
                 t = t0
-                while t < t1:  # NT tokens per pass, then 4, then the padded tail (or the one token)
+                while t < t1:  # NT tokens per pass, then 4, then the padded tail or the one token
                     if t == t_pad:
-                        n, x0, xs0, c0, d0, ds0 = n_pad, xpp, xps, cpp, opp, np.int64(ROWS)
+                        n, x0, xs0, c0, d0, ds0 = 4, xpp, xps, cpp, opp, np.int64(ROWS)
                     else:
                         n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
                         x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
