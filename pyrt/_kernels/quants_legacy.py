@@ -186,6 +186,12 @@ def _pad_tail(xq, xc, t0, m, n_pad):
 
 
 @njit(cache=True, nogil=True)
+def _keep_alive(a, b, c):
+    """A use of the arrays whose addresses a parallel loop took (their references end after it)."""
+    return a.size + b.size + c.size
+
+
+@njit(cache=True, nogil=True)
 def _pad_out(n_it):
     """[n_it, 4, ROWS] f32 outputs of the padded passes, one slot per work item."""
     return np.empty((n_it, 4, ROWS), np.float32)
@@ -227,12 +233,11 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
     n_it = (n_out + tile - 1) // tile
     out_pad = _pad_out(n_it if m > 0 else 0)  # [work item, token, row] outputs of the padded pass
+    # addresses taken once, not per work item (each .ctypes is a reference count update shared by the threads)
+    xpp, cpp, opp0 = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data), np.int64(out_pad.ctypes.data)
     for it in prange(n_it):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
-        xpp, cpp, opp = np.int64(0), np.int64(0), np.int64(0)
-        if m > 0:  # the padded copies and this item's output slot
-            xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
-            opp = np.int64(out_pad.ctypes.data) + it * (4 * ROWS * 4)
+        opp = opp0 + it * (4 * ROWS * 4)
         r0, r1 = it * tile, min(it * tile + tile, n_out)
         for t0 in range(0, n_tok, chunk):
             t1 = min(t0 + chunk, n_tok)
@@ -257,6 +262,7 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
             if r < r1:  # the last rows of the matrix, one by one
                 for t in range(t0, t1):
                     _rows_q_legacy(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
+    _keep_alive(xq_pad, xc_pad, out_pad)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
