@@ -530,6 +530,20 @@ def quantize_rows_q8_k(dst, src):
 # ----------------------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, nogil=True)
+def _pad_tail_q8_k(xq, t0):
+    """Q8_K rows t0.. of xq (2 or 3 of them) zero-padded to [4, bytes]; [0, bytes] for 0 or 1 rows.
+
+    Their dots then run as one 4-token pass (a token's result does not depend on the pass width).
+    Serial: in a parallel kernel the zero fill would be a parallel launch of its own."""
+    m = xq.shape[0] - t0
+    xq_pad = np.zeros((4 if m >= 2 else 0, xq.shape[1]), np.uint8)
+    if m >= 2:
+        for i in range(m):
+            xq_pad[i] = xq[t0 + i]
+    return xq_pad
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q4_k(dst, w, xq):
     """dst = xq @ w.T for Q4_K weights and Q8_K activations (llama.cpp vec_dot_q4_K_q8_K per block).
@@ -552,6 +566,7 @@ def matmul_q4_k(dst, w, xq):
     xb = xq.shape[1]
     n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
     n_tok4 = n_tok - n_tok % 4
+    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
     for it in prange(n_tiles):
         for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
             # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
@@ -561,8 +576,14 @@ def matmul_q4_k(dst, w, xq):
                 dst[t + 1, r] = a1
                 dst[t + 2, r] = a2
                 dst[t + 3, r] = a3
-            for t in range(n_tok4, n_tok):
-                dst[t, r] = _vdot1_q4_k(w, r * wb, xq, t * xb, xb, nb)
+            if xq_pad.shape[0]:
+                a0, a1, a2, a3 = _vdot4_q4_k(w, r * wb, xq_pad, 0, xb, nb)
+                dst[n_tok4, r] = a0
+                dst[n_tok4 + 1, r] = a1
+                if n_tok4 + 2 < n_tok:
+                    dst[n_tok4 + 2, r] = a2
+            elif n_tok4 < n_tok:
+                dst[n_tok4, r] = _vdot1_q4_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -587,6 +608,7 @@ def matmul_q5_k(dst, w, xq):
     xb = xq.shape[1]
     n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
     n_tok4 = n_tok - n_tok % 4
+    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
     for it in prange(n_tiles):
         for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
             # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
@@ -596,8 +618,14 @@ def matmul_q5_k(dst, w, xq):
                 dst[t + 1, r] = a1
                 dst[t + 2, r] = a2
                 dst[t + 3, r] = a3
-            for t in range(n_tok4, n_tok):
-                dst[t, r] = _vdot1_q5_k(w, r * wb, xq, t * xb, xb, nb)
+            if xq_pad.shape[0]:
+                a0, a1, a2, a3 = _vdot4_q5_k(w, r * wb, xq_pad, 0, xb, nb)
+                dst[n_tok4, r] = a0
+                dst[n_tok4 + 1, r] = a1
+                if n_tok4 + 2 < n_tok:
+                    dst[n_tok4 + 2, r] = a2
+            elif n_tok4 < n_tok:
+                dst[n_tok4, r] = _vdot1_q5_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -622,6 +650,7 @@ def matmul_q6_k(dst, w, xq):
     xb = xq.shape[1]
     n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
     n_tok4 = n_tok - n_tok % 4
+    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
     for it in prange(n_tiles):
         for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
             # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
@@ -631,8 +660,14 @@ def matmul_q6_k(dst, w, xq):
                 dst[t + 1, r] = a1
                 dst[t + 2, r] = a2
                 dst[t + 3, r] = a3
-            for t in range(n_tok4, n_tok):
-                dst[t, r] = _vdot1_q6_k(w, r * wb, xq, t * xb, xb, nb)
+            if xq_pad.shape[0]:
+                a0, a1, a2, a3 = _vdot4_q6_k(w, r * wb, xq_pad, 0, xb, nb)
+                dst[n_tok4, r] = a0
+                dst[n_tok4 + 1, r] = a1
+                if n_tok4 + 2 < n_tok:
+                    dst[n_tok4 + 2, r] = a2
+            elif n_tok4 < n_tok:
+                dst[n_tok4, r] = _vdot1_q6_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

@@ -172,6 +172,31 @@ TILE_BYTES = 48 << 10
 CHUNK_BYTES = 128 << 10
 
 
+@njit(cache=True, nogil=True)
+def _pad_tail(xq, xc, t0, m, n_pad):
+    """Zero-padded copies of tokens t0 .. t0+m of xq [n_tok, bytes] and xc [n_tok, nb, 2]: [n_pad, ...]
+    ([0, ...] when m = 0). Serial: in a parallel kernel each fill would be a parallel launch of its own."""
+    n = n_pad if m > 0 else 0
+    xq_pad = np.zeros((n, xq.shape[1]), np.uint8)
+    xc_pad = np.zeros((n, xc.shape[1], xc.shape[2]), np.int32)
+    for i in range(m):
+        xq_pad[i] = xq[t0 + i]
+        xc_pad[i] = xc[t0 + i]
+    return xq_pad, xc_pad
+
+
+@njit(cache=True, nogil=True)
+def _keep_alive(a, b, c):
+    """A use of the arrays whose addresses a parallel loop took (their references end after it)."""
+    return a.size + b.size + c.size
+
+
+@njit(cache=True, nogil=True)
+def _pad_out(n_it):
+    """[n_it, 4, ROWS] f32 outputs of the padded passes, one slot per work item."""
+    return np.empty((n_it, 4, ROWS), np.float32)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
     """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind: KIND_*) and Q8_0 activations:
@@ -179,38 +204,65 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
 
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
+
+    Every 8-row group takes the tokens NT at a time, then 4, then the last 2-3 tokens as one 4-token
+    pass over zero-padded copies of their activations (the padding columns' outputs are dropped) or
+    a last single token alone: each weight block is unpacked once per pass, and a padded 4-token pass
+    costs less than 2-3 one-token passes, while an NT-token pass for 5-7 tokens costs more than 4 + the
+    rest (measured on Zen 5, 2 threads). Each token's column of a tile is computed alone,
+    so its bits do not depend on the pass it is in.
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 2] i32 aux words
     x_aux_q8_0(xc, xq, _q_bias(kind))
+    # the padded tail: its m tokens (t_pad ..) in one 4-token pass (m = 0: none)
+    m = n_tok % 4 if n_tok % 4 >= 2 else 0
+    t_pad = n_tok - m if m > 0 else n_tok  # (n_tok: no token starts the padded pass)
+    xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, 4)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    xps = np.int64(xq_pad.strides[0])
     cs = np.int64(nb * AUX_BYTES)
     pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)
-    if n_tok < 4:  # one-token dots: small tiles spread the weight stream over the threads
+    if n_tok < 2:  # one-token dots: small tiles spread the weight stream over the threads
         tile = ROW_TILE
     else:
         tile = max(ROWS, min(n_out, tile_bytes // max(ws, 1)) // ROWS * ROWS)
     chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
-    for it in prange((n_out + tile - 1) // tile):
+    n_it = (n_out + tile - 1) // tile
+    out_pad = _pad_out(n_it if m > 0 else 0)  # [work item, token, row] outputs of the padded pass
+    # addresses taken once, not per work item (each .ctypes is a reference count update shared by the threads)
+    xpp, cpp, opp0 = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data), np.int64(out_pad.ctypes.data)
+    for it in prange(n_it):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
+        opp = opp0 + it * (4 * ROWS * 4)
         r0, r1 = it * tile, min(it * tile + tile, n_out)
         for t0 in range(0, n_tok, chunk):
             t1 = min(t0 + chunk, n_tok)
             r = r0
             while r + ROWS <= r1:
                 t = t0
-                while t < t1:  # NT tokens per pass, then 4, then one
-                    n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
-                    _tile_legacy(kind, n, wp + r * ws, ws, xp + t * xs, xs, cp + t * cs, cs, nb,
-                                 dp + (t * n_out + r) * 4, n_out, pf)
+                while t < t1:  # NT tokens per pass, then 4, then the padded tail or the one token
+                    if t == t_pad:
+                        n, x0, xs0, c0, d0, ds0 = 4, xpp, xps, cpp, opp, np.int64(ROWS)
+                    else:
+                        n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
+                        x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
+                        d0, ds0 = dp + (t * n_out + r) * 4, np.int64(n_out)
+                    _tile_legacy(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
+                    if t == t_pad:
+                        for i in range(m):
+                            for j in range(ROWS):
+                                dst[t + i, r + j] = out_pad[it, i, j]
+                        n = m
                     t += n
                 r += ROWS
             if r < r1:  # the last rows of the matrix, one by one
                 for t in range(t0, t1):
                     _rows_q_legacy(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
+    _keep_alive(xq_pad, xc_pad, out_pad)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
