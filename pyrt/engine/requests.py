@@ -10,7 +10,7 @@ import itertools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from ..errors import InvalidArgumentError
@@ -21,17 +21,11 @@ FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_TIMEOUT, FINISH_ERROR = (
 
 
 @dataclass
-class GenerationParams:
-    """Per-request generation settings (llama-server's defaults for the sampler)."""
+class GenerationParams(SamplingParams):
+    """Per-request generation settings: the sampler's (SamplingParams, llama-server's defaults; seed None or
+    < 0: random) and the request's own."""
 
     max_tokens: int = -1          # -1: until end of generation or a full context
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int | None = None       # None or < 0: random
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False        # report each generated token's log-probability
@@ -44,11 +38,10 @@ class GenerationParams:
     constraint: tuple[str, str] | None = None
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.repeat_penalty,
-                              self.repeat_last_n, self.seed)
+        return SamplingParams(**{f.name: getattr(self, f.name) for f in fields(SamplingParams)})
 
     def validate(self) -> None:
-        self.sampling().validate()
+        super().validate()
         if self.max_tokens < -1:
             raise InvalidArgumentError(f"max_tokens must be >= -1, got {self.max_tokens}")
         if not 0 <= self.n_probs <= 20:
