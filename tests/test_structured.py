@@ -62,16 +62,8 @@ def _vocab_tokenizer(name: str) -> Tokenizer:
 
 
 def _gpt2_unicode_to_byte() -> dict[str, int]:
-    # GPT-2's bytes_to_unicode, written out here as the reference for byte-level BPE pieces
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    """GPT-2's byte-level alphabet inverted (tools/synthetic.py writes it out as the reference)."""
+    return {c: b for b, c in synthetic.bytes_to_unicode()}
 
 
 def _reference_bytes(tok: Tokenizer) -> list[bytes]:

@@ -537,7 +537,7 @@ def _tile_table(rows, row_bytes):
 def _prefetch_start(addr, pf):
     """Prefetch of the first pf bytes at addr: the start of the next weight group a tile loop reaches (the
     dots prefetch pf ahead along their own rows, so nothing else asks for a group's first lines before
-    its first tile does; in-process A/B of the MoE decode kernel: ~1.5-2% faster)."""
+    its first tile does)."""
     for o in range(0, pf, 64):
         prefetch(addr + o)
 

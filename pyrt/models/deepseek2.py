@@ -25,13 +25,10 @@ from ..ops.attention import attention_matrix, flash_attn_rows
 from .base import ForwardInputs, HParams, Linear, TensorTable, adjacent_rows, linear_multi
 
 # Modes 2/3 decompress the cached latents and run ordinary flash attention for ubatches of at least
-# this many tokens, and the absorbed FlashMLA kernel below it. Measured on the 2-core dev machine with
-# `python bench/bench_mla.py crossover` (DeepSeek-V2-Lite shapes, f16 cache, N_KV 1024, ms per token
-# absorbed / decompressed): T=32 20.1/33.1, T=64 19.7/24.4, T=128 17.4/17.3, so the crossover is ~128
-# tokens (ik_llama.cpp's constant happens to agree). Larger N_KV favours decompression for big ubatches.
-# Re-measured on the AMD EPYC (Zen 4) VM after the 8-row integer gemm made the matmuls 2x faster
-# (`... crossover --n-kv 1024 --tokens 32,64,128,256,512`): T=64 22.1/25.2, T=128 23.5/22.8,
-# T=512 26.0/22.6: still ~128.
+# this many tokens, and the absorbed FlashMLA kernel below it: the crossover of the two per-token costs at
+# DeepSeek-V2-Lite shapes is ~128 tokens (ik_llama.cpp uses the same constant); larger N_KV favours
+# decompression for big ubatches. Re-derive it with
+# `python bench/bench_mla.py crossover --n-kv 1024 --tokens 32,64,128,256,512`.
 PP_MIN_TOKENS = 128
 FLOAT_TYPES = (int(T.F32), int(T.F16), int(T.BF16))
 
