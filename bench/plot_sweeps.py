@@ -3,7 +3,7 @@
 For sweeps run in separate processes (e.g. `bench/bench_mla.py sweep` for pyrt and for llama.cpp on a file
 too large for both engines in one process):
 
-    python bench/plot_sweeps.py bench/results/sweep-dsv2lite-q4_0.png pyrt=A.md llama.cpp=B.md --title "..."
+    python bench/plot_sweeps.py bench/results/sweep-dsv2lite-q4_0-CPU.png pyrt=A.md llama.cpp=B.md --title "..."
 """
 
 from __future__ import annotations
