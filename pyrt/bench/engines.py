@@ -202,9 +202,8 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
         engines.append(LlamaCppEngine(path, py.n_ctx, py.n_batch, py.n_ubatch, py.n_threads, type_k, type_v,
                                       flash_attn=flash_attn, warmup=warmup, use_mmap=use_mmap))
         if warmup:
-            # pyrt's warm-up again, now that llama.cpp has mapped (MAP_POPULATE) and run the same file: on the
-            # 2-core Zen 4 VM pyrt's first timed decodes after that ran 25-30% slower than the same decodes
-            # later in the run (sweep N_KV 0 TG 13-14 vs 17-19 t/s), a cost of loading the other engine
+            # pyrt's warm-up again, now that llama.cpp has mapped (MAP_POPULATE) and run the same file: loading
+            # the other engine evicts pyrt's working set, and the first timed row must not pay for that
             _warm_ubatch(py)
     return engines
 

@@ -188,9 +188,8 @@ def rebuild_split_folios(path: str, arr: np.ndarray) -> bool:
     """Reads a cached file again when most of it sits in small folios; returns whether it did.
 
     The page cache may hold a file in 4 KiB folios although it was read in 2 MiB ones: written just
-    now, or split by the host over time (seen on VMs: the share of a model in 2 MiB pages fell from 100%
-    to 5% in a day while it stayed cached). Decode then streams the weights through 4 KiB pages, ~10-15%
-    slower on the Zen 4 VM of bench/README. The file's share is measured by mapping one byte per 2 MiB
+    now, or split by the host over time (VM hosts do this to idle cached files). Decode then streams the
+    weights through 4 KiB pages, which costs page walks (bench/README, "Rules these numbers taught"). The file's share is measured by mapping one byte per 2 MiB
     range (smaps FilePmdMapped). Below MIN_HUGE_SHARE, a run of PROBE_RANGES ranges in the middle of the
     file is dropped (POSIX_FADV_DONTNEED, clean pages only) and read back first; only if it returns in 2 MiB
     folios is the whole file dropped and read back in file order (as `prefetch` does: isolated faults read

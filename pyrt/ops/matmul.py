@@ -16,14 +16,11 @@ from ..errors import InvalidArgumentError
 from ..formats.qtypes import DOT_TYPES, QType, get_qtype
 
 # From this many tokens on, a weight tile is dequantized to f32 and multiplied with OpenBLAS
-# (np.matmul) instead of running the integer/half dot kernel. Measured with
-# `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the MoE expert
-# shapes 1408x2048 / 2048x1408). The crossover depends on the CPU: on the Intel Xeon (AVX-512) dev
-# machine legacy 36-44 tokens, float types 20-24, k-quants > 128 (their dequantizers are serial scalar
-# code; re-measure when they change). Those legacy numbers predate quants_legacy.matmul_q_legacy's
-# cache blocking and 8-row x 8-token tiles (simd_legacy.gemm_*). On an AMD EPYC (Zen 4, AVX-512 VNNI) those
-# run at ~400 GFLOP/s (2 threads) from 8 to 512 tokens, 2.5x the dequantize + sgemm path at 512 tokens
-# (~160), so there the legacy quants never take the BLAS path.
+# (np.matmul) instead of running the integer/half dot kernel: the crossover of the two paths per type and
+# CPU vendor, from `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the
+# MoE expert shapes 1408x2048 / 2048x1408); re-derive it when a dot kernel changes. On AMD (AVX-512 VNNI)
+# the legacy quants' 8-row x 8-token integer tiles stay ahead of dequantize + sgemm at every size, so
+# they never take the BLAS path.
 NEVER = 1 << 62
 BLAS_MIN_TOKENS_INTEL = {
     "F32": 24, "F16": 24, "BF16": 20,
