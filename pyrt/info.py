@@ -56,8 +56,8 @@ def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f
 
     k_dims, v_dims = model.kv_dims()
     # sliding-window layers keep only the window (Context's cache_swa) unless swa_full
-    n_swa = int(getattr(model, "n_swa", 0) or 0)
-    is_swa = list(getattr(model, "is_swa", None) or [False] * hp.n_layer) if n_swa > 0 else [False] * hp.n_layer
+    n_swa = int(model.n_swa)
+    is_swa = list(model.is_swa) if n_swa > 0 else [False] * hp.n_layer
     n_ctx_swa = swa_cache_size(n_ctx, n_swa, n_seq_max, min(n_ubatch, n_ctx)) if any(is_swa) else n_ctx
     if swa_full or all(is_swa) or n_ctx_swa >= n_ctx:
         n_ctx_swa = n_ctx
@@ -82,7 +82,7 @@ def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f
         *swa_line,
         f"  scratch (ubatch)   = {act / MiB:10.2f} MiB activations + {logits / MiB:.2f} MiB logits (at most)",
     ]
-    if getattr(model, "is_mla", False):  # K-only latent cache (-mla 1..3): V is a view of each K row
+    if model.is_mla:  # K-only latent cache (-mla 1..3): V is a view of each K row
         lines.insert(-1, f"  MLA latent cache   : {k_dims[0]} values per cell and layer (kv_lora_rank + n_rot), "
                          f"no V tensor; -mla 0 would need "
                          f"{sum(cache_row_bytes(type_k, d) + cache_row_bytes(type_v, e) for d, e in zip(*model.kv_dims(0))) * n_ctx / MiB:.2f} MiB")

@@ -118,3 +118,46 @@ def test_linear_multi_fuses_adjacent_weights_bit_identically(gap):
             np.testing.assert_array_equal(y, ref)
     assert adjacent_rows(ls[0].w.raw, ls[0].w.raw) is None           # not consecutive
     assert adjacent_rows(ls[0].w.raw, ls[1].w.raw[:, :-18]) is None  # other row size
+
+
+def test_every_architecture_declares_the_model_protocol(synthetic_models, tmp_path):
+    """The runtime reads models through `models.base.Model` only: each architecture class provides every
+    member, and a loaded model of each synthetic variant satisfies it with values of the right kind."""
+    import inspect
+
+    from pyrt.io.gguf_file import GGUFFile
+    from pyrt.models import _registry, build_model
+    from pyrt.models.base import Model, ModelBase
+
+    members = [n for n in Model.__dict__ if not n.startswith("_")] + list(Model.__annotations__)
+    for arch, cls in _registry().items():
+        assert issubclass(cls, ModelBase), arch
+        for name in ("kv_layout", "kv_dims", "rope_params", "k_rope_offset", "forward"):
+            assert callable(getattr(cls, name)), (arch, name)
+        assert arch in cls.ARCHS
+    import synthetic_deepseek2
+    from test_swa_cache import write_gemma3
+
+    d = tmp_path / "protocol"
+    d.mkdir()
+    paths = {name: path for name, (path, _hp) in synthetic_models.items()}
+    write_gemma3(d / "gemma3.gguf")
+    paths["gemma3"] = str(d / "gemma3.gguf")
+    paths["deepseek2"] = str(d / "deepseek2.gguf")
+    synthetic_deepseek2.write_model(paths["deepseek2"], "F32", "k_b")
+    seen = set()
+    for name, path in paths.items():
+        m = build_model(GGUFFile(path))
+        assert isinstance(m, Model), name
+        for member in members:
+            assert hasattr(m, member), (name, member)
+        hp = m.hp
+        assert len(m.is_swa) == hp.n_layer and all(isinstance(s, bool) for s in m.is_swa)
+        assert (m.n_swa > 0) == any(m.is_swa), name
+        k_dims, v_dims, head_k, head_v = m.kv_layout(3 if m.is_mla else 0)
+        assert len(k_dims) == len(v_dims) == hp.n_layer and head_k > 0
+        assert isinstance(m.fingerprint(), str) and len(m.fingerprint()) > 0
+        assert len(m.rope_params(0)) >= 5
+        seen.add(hp.arch)
+        assert inspect.signature(m.forward).parameters
+    assert {"llama", "gemma3", "deepseek2"} <= seen

@@ -45,8 +45,8 @@ class ModelCosts:
                 b += c.v[j].nbytes // c.size
             kv_row.append(int(b))
         flops_pair = [2 * hp.n_head * (hp.n_embd_head_k + hp.n_embd_head_v)] * hp.n_layer
-        is_swa = getattr(model, "is_swa", None) or [False] * hp.n_layer
-        win = int(getattr(model, "n_swa", 0) or 0)
+        is_swa = model.is_swa
+        win = int(model.n_swa)
         n_swa = [win if s else 0 for s in is_swa]
         return cls(int(wbytes), int(mparams), hp.n_vocab * hp.n_embd, kv_row, flops_pair, n_swa)
 

@@ -6,6 +6,7 @@ import functools
 
 from ..errors import UnsupportedError
 from ..io.gguf_file import GGUFFile
+from .base import Model
 
 
 def _registry():
@@ -32,7 +33,7 @@ def check_architecture(f: GGUFFile):
     return cls
 
 
-def build_model(f: GGUFFile):
+def build_model(f: GGUFFile) -> Model:
     model = check_architecture(f)(f)
     # identifies the file in saved KV states; computed on first use (a state save or load), not at load
     model.fingerprint = functools.lru_cache(maxsize=None)(f.fingerprint)

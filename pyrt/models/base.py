@@ -7,7 +7,7 @@ Models never import the context, the cache class, the CLI or the server: `forwar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -17,9 +17,28 @@ from ..io.gguf_file import GGUFFile, Weight
 from ..ops import matmul as mm
 
 
+class MLAView(NamedTuple):
+    """A layer's K-only latent cache as an MLA model attends over it during one ubatch."""
+    k: np.ndarray         # [n_kv, row] the cache rows in their storage dtype (V is each row's first kv_lora_rank values)
+    type_k: str           # the cache type ("f16", "bf16", "q8_0", "f32")
+    cell_pos: np.ndarray  # [n_kv] int32 position of each cell
+    cell_seq: np.ndarray  # [n_kv] uint64 sequence bitset of each cell
+    kv_idx: np.ndarray    # [n_scan] int32 the cells to scan, in canonical order
+
+
 class KVAccess(Protocol):
-    def store(self, il: int, k: np.ndarray, v: np.ndarray | None) -> None: ...
-    def attend(self, il: int, q: np.ndarray, scale: float, n_swa: int = 0, softcap: float = 0.0) -> np.ndarray: ...
+    """The KV cache as a model sees it during one ubatch (runtime.context._KVBinding implements it)."""
+    mla: int  # the MLA attention mode (-mla 0..3); only MLA models read it
+
+    def store(self, il: int, k: np.ndarray, v: np.ndarray | None) -> None:
+        """Writes the ubatch's K [n_tok, k_dim] (and V [n_tok, v_dim]; None for a K-only cache) of layer il."""
+    def attend(self, il: int, q: np.ndarray, scale: float, n_swa: int = 0, softcap: float = 0.0,
+               head_dim_v: int | None = None) -> np.ndarray:
+        """Attention of q [n_tok, n_head, head_dim] over layer il's visible cells: [n_tok, n_head * head_dim_v]."""
+    def mla_view(self, il: int) -> MLAView:
+        """Layer il's K-only cache, for models that run their own attention over it (MLA)."""
+    def mla_cells(self, il: int) -> np.ndarray:
+        """The cells [n_tok] int32 this ubatch writes in layer il's cache (where `store` writes)."""
 
 
 @dataclass
@@ -29,6 +48,60 @@ class ForwardInputs:
     seq: np.ndarray       # [n_tok] int32
     out_rows: np.ndarray  # [n_out] int32, rows of this ubatch whose logits are wanted
     kv: KVAccess
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the runtime, info and bench use of a model; `ModelBase` gives the defaults of a model without
+    sliding-window layers or MLA. One instance per loaded file, built by `models.build_model`."""
+    ARCHS: dict[str, int]           # general.architecture values -> RoPE type
+    hp: HParams
+    is_mla: bool                    # a K-only latent cache is possible (-mla 1..3)
+    n_swa: int                      # sliding window in positions (0: none)
+    is_swa: list[bool]              # [n_layer] which layers attend through the window
+    fingerprint: Callable[[], str]  # identifies the file in saved states (set by build_model)
+
+    def kv_layout(self, mla: int) -> tuple[list[int], list[int], int, int]:
+        """(K row size per layer, V row size per layer (0: no V), head_dim_k, head_dim_v) for the mode."""
+    def kv_dims(self) -> tuple[list[int], list[int]]:
+        """(K, V) row sizes per layer of the default cache layout."""
+    def rope_params(self, il: int) -> tuple:
+        """(n_rot, freq_base, freq_scale, freq_factors, mode) of layer il's K, for the cache's K-shift."""
+    def k_rope_offset(self, mla: int) -> int:
+        """Where the rotated part starts in a K row (MLA: after the latent part)."""
+    def forward(self, inp: ForwardInputs) -> np.ndarray:
+        """Runs one ubatch; logits [n_out, n_vocab] f32 for inp.out_rows."""
+
+
+class ModelBase:
+    """Defaults of the `Model` protocol for a model with full attention in every layer and no MLA."""
+    is_mla = False
+    n_swa = 0
+    hp: HParams
+
+    @staticmethod
+    def fingerprint() -> str:
+        return ""
+
+    _is_swa: list[bool] | None = None
+
+    @property
+    def is_swa(self) -> list[bool]:
+        return self._is_swa if self._is_swa is not None else [False] * self.hp.n_layer
+
+    @is_swa.setter
+    def is_swa(self, v: list[bool]) -> None:
+        self._is_swa = list(v)
+
+    def kv_dims(self) -> tuple[list[int], list[int]]:
+        raise NotImplementedError
+
+    def kv_layout(self, mla: int) -> tuple[list[int], list[int], int, int]:
+        k_dims, v_dims = self.kv_dims()
+        return k_dims, v_dims, self.hp.n_embd_head_k, self.hp.n_embd_head_v
+
+    def k_rope_offset(self, mla: int) -> int:
+        return 0
 
 
 @dataclass

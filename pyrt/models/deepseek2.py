@@ -22,7 +22,7 @@ from ..ops import basic, mla, moe
 from ..ops import matmul as mm
 from ..ops.attention import BLAS_MIN_TOKENS as ATTN_BLAS_MIN_TOKENS
 from ..ops.attention import attention_matrix, flash_attn_rows
-from .base import ForwardInputs, HParams, Linear, TensorTable, adjacent_rows, linear_multi
+from .base import ForwardInputs, HParams, Linear, ModelBase, TensorTable, adjacent_rows, linear_multi
 
 # Modes 2/3 decompress the cached latents and run ordinary flash attention for ubatches of at least
 # this many tokens, and the absorbed FlashMLA kernel below it: the crossover of the two per-token costs at
@@ -59,7 +59,7 @@ def _encode_rows(x: np.ndarray, ggml_type: int) -> _Raw:
     return _Raw(out, T.Q8_0)
 
 
-class DeepSeek2Model:
+class DeepSeek2Model(ModelBase):
     """One instance per loaded file; weights stay views into the map (derived MLA tensors are small copies)."""
 
     ARCHS = {"deepseek2": basic.ROPE_NORM}

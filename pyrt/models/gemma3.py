@@ -16,7 +16,7 @@ from ..errors import ModelFileError
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
-from .base import ForwardInputs, Linear, TensorTable, linear_multi, read_hparams
+from .base import ForwardInputs, Linear, ModelBase, TensorTable, linear_multi, read_hparams
 
 
 def swa_layers(f: GGUFFile, n_layer: int, default_pattern: int = 6) -> list[bool]:
@@ -32,7 +32,7 @@ def swa_layers(f: GGUFFile, n_layer: int, default_pattern: int = 6) -> list[bool
     return [pat == 0 or (il % pat < pat - 1) for il in range(n_layer)]
 
 
-class Gemma3Model:
+class Gemma3Model(ModelBase):
     ARCHS = {"gemma3": basic.ROPE_NEOX}
 
     def __init__(self, f: GGUFFile):

@@ -14,10 +14,10 @@ import numpy as np
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
-from .base import ForwardInputs, HParams, Linear, TensorTable, linear_multi, read_hparams
+from .base import ForwardInputs, HParams, Linear, ModelBase, TensorTable, linear_multi, read_hparams
 
 
-class LlamaModel:
+class LlamaModel(ModelBase):
     """One instance per loaded file; holds views into the map, never copies of the weights."""
 
     ARCHS = {"llama": basic.ROPE_NORM, "qwen2": basic.ROPE_NEOX}

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BusyError, ContextOverflowError, InvalidArgumentError, UnsupportedError
+from ..errors import BusyError, ContextOverflowError, InvalidArgumentError
 from ..kv import state as kv_state
 from ..kv.cache import KVCache
 from ..kv.cells import Cells
-from ..models.base import ForwardInputs
+from ..models.base import ForwardInputs, MLAView, Model
 from ..ops.attention import attention, scan_order
 
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q8_KV")
@@ -133,9 +133,8 @@ class _KVBinding:
         return attention(q, self.caches[side], j, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
                          kv_idx=self._scan(side, int(n_swa)), head_dim_v=head_dim_v)
 
-    def mla_view(self, il):
-        """For models that run their own attention over a K-only cache (MLA): (K rows [n_kv, row] in the
-        storage dtype, type_k, cell_pos [n_kv] int32, cell_seq [n_kv] uint64, kv_idx int32 in scan order)."""
+    def mla_view(self, il) -> MLAView:
+        """For models that run their own attention over a K-only cache (MLA)."""
         side, j = self._side(il)
         cache = self.caches[side]
         cells = self._cells_view.get(side)
@@ -143,7 +142,7 @@ class _KVBinding:
             n_kv = cache.cells.n_kv()
             cells = self._cells_view[side] = (n_kv, cache.cells.pos_array()[:n_kv], cache.cells.seq_array()[:n_kv])
         n_kv, cell_pos, cell_seq = cells
-        return cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0)
+        return MLAView(cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0))
 
     def mla_cells(self, il):
         """The cells [n_tok] int32 this ubatch writes in layer il's cache (what `store` writes to)."""
@@ -181,7 +180,7 @@ class Context:
     iSWA cache): cells that no current or future query can see are reused, so only the window stays.
     """
 
-    def __init__(self, model, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
+    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1,
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False):
         hp = model.hp
@@ -200,17 +199,14 @@ class Context:
         self.n_seq_max = n_seq_max
         self.mla = int(mla)
         self.swa_full = bool(swa_full)
-        if getattr(model, "is_mla", False):  # MLA: the mode decides the cache layout (K-only for 1-3)
-            k_dims, v_dims, head_k, head_v = model.kv_layout(self.mla)
-            if self.mla > 0:
-                from ..ops.mla import check_cache_type
-                check_cache_type(type_k)
-        else:
-            k_dims, v_dims = model.kv_dims()
-            head_k, head_v = hp.n_embd_head_k, hp.n_embd_head_v
+        # MLA: the mode decides the cache layout (K-only for 1-3)
+        k_dims, v_dims, head_k, head_v = model.kv_layout(self.mla)
+        if model.is_mla and self.mla > 0:
+            from ..ops.mla import check_cache_type
+            check_cache_type(type_k)
         n_layer = hp.n_layer
-        self.n_swa = int(getattr(model, "n_swa", 0) or 0)
-        is_swa = list(getattr(model, "is_swa", None) or [False] * n_layer) if self.n_swa > 0 else [False] * n_layer
+        self.n_swa = int(model.n_swa)
+        is_swa = list(model.is_swa) if self.n_swa > 0 else [False] * n_layer
         swa = [il for il in range(n_layer) if is_swa[il]]
         base = [il for il in range(n_layer) if not is_swa[il]]
         self.n_ctx_swa = swa_cache_size(self.n_ctx, self.n_swa, n_seq_max, self.n_ubatch) if swa else self.n_ctx
@@ -381,8 +377,6 @@ class Context:
     # -- cache maintenance (llama_kv_cache_update) ------------------------------------------------
     def rope_params(self) -> list:
         """Per-layer (n_rot, freq_base, freq_scale, freq_factors, mode) from the model, for the K-shift."""
-        if not hasattr(self.model, "rope_params"):
-            raise UnsupportedError(f"{self.model.hp.arch}: this model cannot shift its KV cache (no K-shift)")
         return [self.model.rope_params(il) for il in range(self.model.hp.n_layer)]
 
     def _rope_of(self, layers) -> list:
@@ -393,8 +387,7 @@ class Context:
         """Re-rotate each cache's keys with the RoPE parameters of its own layers."""
         for cache, layers in ((self.cache, self._base_layers), (self.cache_swa, self._swa_layers)):
             if cache is not None and cache.cells.has_shift:
-                off = self.model.k_rope_offset(self.mla) if hasattr(self.model, "k_rope_offset") else 0
-                cache.k_shift(self._rope_of(layers), rope_offset=off)
+                cache.k_shift(self._rope_of(layers), rope_offset=self.model.k_rope_offset(self.mla))
 
     @_serialized
     def update(self) -> None:
@@ -492,11 +485,8 @@ class Context:
     # -- state save / restore (pyrt.kv.state) ------------------------------------------------------
     def _fingerprint(self) -> dict:
         hp = self.model.hp
-        has_rope = hasattr(self.model, "rope_params")
-        n_rot = [p[0] for p in self.rope_params()] if has_rope else [hp.n_rot] * hp.n_layer
-        fid = getattr(self.model, "fingerprint", "")
-        if callable(fid):  # build_model's lazy GGUFFile.fingerprint
-            fid = fid()
+        n_rot = [p[0] for p in self.rope_params()]
+        fid = self.model.fingerprint()  # build_model's lazy GGUFFile.fingerprint
         fp = dict(arch=f"{hp.arch}@{fid}" if fid else hp.arch, n_rot=[n_rot[il] for il in self._base_layers])
         if self.cache_swa is not None:
             fp.update(cache_swa=self.cache_swa, n_rot_swa=[n_rot[il] for il in self._swa_layers])
