@@ -9,14 +9,17 @@ finished slot keeps its cells as a prefix cache until cells are needed (least re
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
 cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
 (`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
-runs; only that sequence's logits row is masked.
-Imports pyrt.runtime and pyrt.errors; no HTTP.
+runs; only that sequence's logits row is masked. A request with a session state file (`Request.state_path`)
+resumes from it when no cache holds as much of its prompt, and leaves its sequence there when it ends.
+Imports pyrt.runtime, pyrt.kv.state (state file heads) and pyrt.errors; no HTTP.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
+import sys
 import threading
 import time
 import traceback
@@ -26,6 +29,7 @@ import numba
 import numpy as np
 
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
+from ..kv import state as kv_state
 from ..runtime.context import Batch
 from ..runtime.sampling import Sampler
 from .prefix_cache import HostPrefixCache
@@ -116,6 +120,11 @@ class Engine:
         # evicted prefixes as sequence states in host RAM (llama-server's --cache-ram); None: off
         self.host_cache = HostPrefixCache(cache_ram_bytes) if cache_ram_bytes > 0 else None
         self.n_host_restored = 0
+        # session state files (Request.state_path): their tokens by path, keyed by the file's stat
+        self._state_tokens: dict[str, tuple] = {}
+        self.n_state_saved = 0
+        self.n_state_restored = 0
+        self.t_state_save = 0.0
         self._waiting: collections.deque[Request] = collections.deque()
         self._commands: collections.deque = collections.deque()
         self._cv = threading.Condition()
@@ -418,6 +427,18 @@ class Engine:
                     self.n_host_restored += 1
                 except StateError:
                     pass  # not enough cells: evaluate the prompt
+        if r.state_path is not None and use_cache:
+            n_file = min(common_prefix(self._state_file_tokens(r.state_path), prompt), len(prompt) - 1)
+            if n_file > max(n_reuse, n_src):
+                try:
+                    data = _read_file(r.state_path)
+                    self._stash(dst)
+                    dst.tokens = list(self._restore_with_room(dst, data))
+                    n_reuse, restored = n_file, True
+                    self.n_state_restored += 1
+                except (OSError, StateError):
+                    # unreadable, another model's, or no room: evaluate the prompt
+                    self._state_tokens.pop(r.state_path, None)
         if not restored and n_src > n_reuse:
             # copy the cells of the prefix from the other sequence: they are shared, not duplicated
             self._stash(dst)
@@ -683,9 +704,42 @@ class Engine:
         if free:
             self.ctx.seq_rm(s.id, -1, -1)
             s.tokens = []
+        elif a.req.state_path is not None and reason in (FINISH_STOP, FINISH_LENGTH):
+            self._save_session(s, a.req.state_path)
         self._publish()
         a.req.sink(c)
         a.req.done.set()
+
+    def _save_session(self, s: _Slot, path: str) -> None:
+        """The slot's sequence to the request's state file (replaced whole); a failure is reported, not fatal."""
+        t0 = time.perf_counter()
+        try:
+            self.ctx.save_file(path, s.tokens, s.id)
+        except (OSError, StateError) as e:
+            print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
+            return
+        self._state_tokens[path] = (_file_key(path), list(s.tokens))
+        self.n_state_saved += 1
+        self.t_state_save += time.perf_counter() - t0
+
+    def _state_file_tokens(self, path: str) -> list[int]:
+        """The tokens of a state file ([] when there is none or it cannot be read), remembered while the file
+        is unchanged, so that a session served here reads only its own writes."""
+        key = _file_key(path)
+        if key is None:
+            self._state_tokens.pop(path, None)
+            return []
+        hit = self._state_tokens.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            toks = kv_state.read_tokens(path)
+        except (OSError, StateError):
+            toks = []
+        if len(self._state_tokens) >= 4096:
+            self._state_tokens.pop(next(iter(self._state_tokens)))
+        self._state_tokens[path] = (key, toks)
+        return toks
 
     def _slot_dict(self, s: _Slot) -> dict:
         a = s.act
@@ -695,6 +749,20 @@ class Engine:
 
     def _publish(self) -> None:
         self.slot_info = [self._slot_dict(s) for s in self.slots]
+
+
+def _file_key(path: str):
+    """(mtime, size, inode) of a file, None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 class SlotBusyError(PyrtError):
