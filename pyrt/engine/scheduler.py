@@ -229,6 +229,10 @@ class Engine:
             self._cv.notify_all()
         return fut
 
+    def healthy(self) -> bool:
+        """Whether the engine thread is running and takes requests."""
+        return self._running and not self._draining and self._thread is not None and self._thread.is_alive()
+
     def n_busy(self) -> int:
         return sum(1 for s in self.slots if s.act is not None)
 
