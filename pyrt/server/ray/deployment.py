@@ -323,7 +323,8 @@ def serve_forever(app, host: str = "127.0.0.1", port: int = 8080, address: str |
         serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
         t0 = time.time()
         serve.run(app, name=name, route_prefix="/", blocking=False)
-        print(f"pyrt serve --ray: ready in {time.time() - t0:.1f} s, listening on http://{host}:{port}",
+        print(f"pyrt serve --ray: ready in {time.time() - t0:.1f} s, listening on http://{host}:{port} "
+              f"(replica logs: the Ray session's logs/serve folder, /tmp/ray/session_latest on the head)",
               file=sys.stderr, flush=True)
         stop = threading.Event()
         prev = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
