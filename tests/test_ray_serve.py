@@ -24,6 +24,7 @@ from pyrt.server import protocol as P  # noqa: E402
 from pyrt.server.ray.routing import Prompter, block_hashes, prefix_blocks, routing_keys  # noqa: E402
 
 N_PARALLEL = 2
+MAX_LOAD = 3  # requests in flight at which a replica spills (above the slots: the kill test polls a busy one)
 N_CTX = 2048
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
 
@@ -78,7 +79,7 @@ def cluster(model):
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     app = deployment(model["path"], replicas=2, threads=1, n_parallel=N_PARALLEL, n_ctx=N_CTX,
                      chat_template="chatml", slot_save_path=model["slots"], stats_period_s=0.25,
-                     max_replicas_per_node=1, health_check_period_s=1.0)
+                     max_replicas_per_node=1, health_check_period_s=1.0, max_load=MAX_LOAD)
     serve.run(app, name="pyrt", route_prefix="/")
     yield {"url": f"http://127.0.0.1:{port}", "cluster": c}
     serve.shutdown()
@@ -222,15 +223,15 @@ def test_overloaded_replica_spills_to_the_other(cluster):
         except Exception as e:  # noqa: BLE001 - reported by the assertion below
             errors.append(e)
 
-    ts = [threading.Thread(target=hold) for _ in range(N_PARALLEL)]
+    ts = [threading.Thread(target=hold) for _ in range(MAX_LOAD)]
     for t in ts:
         t.start()
     try:
         t0 = time.time()
-        while len(started) < N_PARALLEL and not errors and time.time() - t0 < 60:
+        while len(started) < MAX_LOAD and not errors and time.time() - t0 < 60:
             time.sleep(0.02)
-        assert not errors and started == [home] * N_PARALLEL
-        # the session's replica has as many requests as slots: the next turn goes to the other one
+        assert not errors and started == [home] * MAX_LOAD
+        # the session's replica has max_load requests in flight: the next turn goes to the other one
         r = post(url, "/v1/chat/completions", {"messages": chat("spill system", "question 0 of busy"), **GREEDY},
                  headers={"X-Session-Id": "busy"})
         assert replica(r) != home
