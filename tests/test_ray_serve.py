@@ -130,6 +130,83 @@ def test_ingress_prompt_ids_are_the_servers(model, oracle):
     assert routing_keys(pr, "/v1/completions", b"not json", {}, 4) == (None, [])
 
 
+# -- the routing policy, no cluster ----------------------------------------------------------------------
+class _Replica:
+    def __init__(self, name, stats=None):
+        self.replica_id, self.routing_stats = name, stats or {}
+
+
+class _QueueLens:
+    def __init__(self, lens):
+        self.lens = lens
+
+    def get(self, rid):
+        return self.lens.get(rid)
+
+
+def _policy(replicas, queue=None, **kw):
+    """PrefixSessionRouter's policy without Ray's router machinery (its queue-length cache faked)."""
+    from pyrt.server.ray.router import PrefixSessionRouter
+
+    class Policy(PrefixSessionRouter):
+        def __init__(self):  # the framework's __init__ (metrics, handles) is not needed by the policy
+            self.initialize_state(**kw)
+
+        @property
+        def replica_queue_len_cache(self):
+            return _QueueLens(queue or {})
+
+    return Policy()
+
+
+def _pending(routed, rid="r"):
+    from types import SimpleNamespace
+    return SimpleNamespace(args=[routed], kwargs={}, metadata=SimpleNamespace(internal_request_id=rid))
+
+
+def _req(blocks=(), session=None):
+    from pyrt.server.ray.routing import RoutedRequest
+    return RoutedRequest("POST", "/v1/completions", b"", [], b"{}", session, list(blocks))
+
+
+def _choose(policy, replicas, routed):
+    import asyncio
+    return asyncio.run(policy.choose_replicas(replicas, _pending(routed)))
+
+
+def test_router_policy_session_prefix_spill_balance():
+    h = block_hashes(list(range(1, 100)), 16)  # 6 blocks
+    a, b = _Replica("A", {"n_parallel": 2}), _Replica("B", {"n_parallel": 2, "blocks": h[:4]})
+    both = [a, b]
+    p = _policy(both)
+    # the longest cached prefix, if it is at least min_match of the prompt
+    assert _choose(p, both, _req(h)) == [[b], [a]]
+    assert len(_choose(p, both, _req(h[:1] + [1, 2, 3, 4, 5]))[0]) == 2  # 1 of 6 blocks: balance
+    # no keys: both replicas, in either order (the framework takes the shorter queue, the first of equals)
+    orders = {tuple(r.replica_id for r in _choose(p, both, _req())[0]) for _ in range(64)}
+    assert orders == {("A", "B"), ("B", "A")}
+    # what this router sent counts before the replica reports it; a session beats a prefix
+    p.on_request_routed(_pending(_req([7, 8, 9], session="s"), "q1"), "A", None)
+    assert _choose(p, both, _req([7, 8, 9]))[0] == [a]
+    assert _choose(p, both, _req(h, session="s"))[0] == [a]
+    p.on_request_completed("A", "q1")
+    # a session another router sent: from the replica's report
+    c = _Replica("C", {"sessions": ["t"]})
+    assert _choose(p, [a, b, c], _req(h, session="t"))[0] == [c]
+    # overloaded (its slots in flight) while another has fewer: spill to the others, it comes last
+    busy = _policy(both, queue={"B": 2, "A": 1})
+    assert _choose(busy, both, _req(h)) == [[a], [b]] and busy.decisions["spill"] == 1
+    full = _policy(both, queue={"B": 2, "A": 2})
+    assert _choose(full, both, _req(h))[0] == [b]  # everyone as busy: the cache wins
+    # max_load and min_match from request_router_kwargs
+    assert _choose(_policy(both, queue={"B": 2}, max_load=3), both, _req(h))[0] == [b]
+    assert len(_choose(_policy(both, min_match=0.9), both, _req(h))[0]) == 2
+    # the local record expires after local_ttl_s
+    old = _policy(both, local_ttl_s=-1.0)
+    old.on_request_routed(_pending(_req([7, 8, 9])), "A", None)
+    assert len(_choose(old, both, _req([7, 8, 9]))[0]) == 2
+
+
 # -- the cluster --------------------------------------------------------------------------------------------
 def test_replicas_on_two_nodes_answer_as_one_server(cluster, oracle):
     url = cluster["url"]
@@ -289,3 +366,13 @@ def test_killed_replica_session_resumes_on_the_other(cluster, oracle):
     assert replica(m) == replica(r)
     restored = [ln for ln in m.text.splitlines() if ln.startswith("llamacpp:session_states_restored_total")]
     assert restored and float(restored[0].split()[1]) >= 1
+
+
+def test_cli_ray_flags_are_checked_before_ray_starts(model):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "pyrt.cli", "serve", "--ray", "--replicas", "0", "-m", model["path"]],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "--replicas must be in [1, 1024]" in r.stderr

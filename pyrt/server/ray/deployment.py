@@ -62,7 +62,8 @@ class PyrtReplica:
         self._slot_hashes: dict[int, tuple[list[int], list[int]]] = {}
 
     async def forward(self, routed: RoutedRequest):
-        """Run the request through the app: yields ("start", status, headers), then the body's chunks."""
+        """Run the request through the app: yields (status, headers, first body chunk, whether that is all),
+        then the other chunks of the body (a whole JSON response is one item: one trip through Ray)."""
         if routed.session:
             self._sessions[routed.session] = None
             self._sessions.move_to_end(routed.session)
@@ -89,20 +90,27 @@ class PyrtReplica:
 
         task = asyncio.ensure_future(self.app(scope, receive, send))
         task.add_done_callback(lambda t: out.put_nowait(None))
+        start = None
         try:
             while True:
                 msg = await out.get()
                 if msg is None:
                     if not task.cancelled() and task.exception() is not None:
                         raise task.exception()
+                    if start is not None:
+                        yield (*start, b"", True)
                     return
                 if msg["type"] == "http.response.start":
-                    yield ("start", msg["status"], [*msg.get("headers", []), (REPLICA_HEADER, self.name.encode()),
-                                                    (NODE_HEADER, self.node.encode())])
+                    start = (msg["status"], [*msg.get("headers", []), (REPLICA_HEADER, self.name.encode()),
+                                             (NODE_HEADER, self.node.encode())])
                 elif msg["type"] == "http.response.body":
-                    if msg.get("body"):
-                        yield bytes(msg["body"])
-                    if not msg.get("more_body", False):
+                    body, done = bytes(msg.get("body", b"")), not msg.get("more_body", False)
+                    if start is not None:
+                        yield (*start, body, done)
+                        start = None
+                    elif body:
+                        yield body
+                    if done:
                         return
         finally:
             gone.set()
@@ -174,9 +182,13 @@ class _Forward:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
-        _, status, headers = head
-        sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+        status, headers, first, done = head
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        if done:
+            await send({"type": "http.response.body", "body": first})
+            return
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
 
         async def watch():
             while (await receive())["type"] != "http.disconnect":
