@@ -124,10 +124,11 @@ def test_ingress_prompt_ids_are_the_servers(model, oracle):
     assert len(ids) == served["usage"]["prompt_tokens"]
     toks = oracle.post("/tokenize", json={"content": "a b c d", "add_special": True}).json()["tokens"]
     assert pr.prompt_ids("/completion", {"prompt": "a b c d"}) == toks
-    s, blocks = routing_keys(pr, "/v1/chat/completions", json.dumps({**body, "user": "u1"}).encode(), {}, 4)
-    assert s == P.session_file("u1") and blocks == block_hashes(ids, 4)
-    assert routing_keys(pr, "/v1/models", b"", {"x-session-id": "s"}, 4) == (P.session_file("s"), [])
-    assert routing_keys(pr, "/v1/completions", b"not json", {}, 4) == (None, [])
+    s, blocks, stream = routing_keys(pr, "/v1/chat/completions",
+                                     json.dumps({**body, "user": "u1", "stream": True}).encode(), {}, 4)
+    assert s == P.session_file("u1") and blocks == block_hashes(ids, 4) and stream
+    assert routing_keys(pr, "/v1/models", b"", {"x-session-id": "s"}, 4) == (P.session_file("s"), [], False)
+    assert routing_keys(pr, "/v1/completions", b"not json", {}, 4) == (None, [], False)
 
 
 # -- the routing policy, no cluster ----------------------------------------------------------------------

@@ -120,6 +120,17 @@ class PyrtReplica:
                 except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the caller is gone either way
                     task.cancel()
 
+    async def call(self, routed: RoutedRequest) -> tuple[int, list, bytes]:
+        """`forward` in one answer (status, headers, body): a response that is not streamed."""
+        status, headers, parts = 500, [], []
+        async for item in self.forward(routed):
+            if isinstance(item, tuple):
+                status, headers, body, _ = item
+                parts.append(body)
+            else:
+                parts.append(item)
+        return status, headers, b"".join(parts)
+
     def record_routing_stats(self) -> dict:
         """What the router reads: the block hashes of every cached sequence, the sessions served here, the
         slots and the requests running or waiting (changes only when these change: Serve then broadcasts)."""
@@ -151,17 +162,20 @@ def _error(status: int, message: str, type_: str, retry: bool = False) -> tuple[
 
 
 class _Forward:
-    """The ASGI response of a forwarded request: the replica's status, headers and body chunks as they come;
-    the client going away cancels the replica's request."""
+    """The ASGI response of a forwarded request: the replica's status, headers and body (chunks as they come
+    when it streams); the client going away cancels the replica's request."""
 
-    def __init__(self, handle, routed: RoutedRequest):
-        self.handle, self.routed = handle, routed
+    def __init__(self, handles, routed: RoutedRequest):
+        (self.unary, self.streaming), self.routed = handles, routed
 
     async def _start(self):
-        """(generator, head) of a replica that answered; a replica that died first gets one more try."""
+        """(generator or None, head) of a replica that answered (head: the whole response when the request does
+        not stream); a replica that died first gets one more try."""
         for attempt in (0, 1):
-            gen = self.handle.options(stream=True).forward.remote(self.routed)
             try:
+                if not self.routed.stream:
+                    return None, await self.unary.call.remote(self.routed)
+                gen = self.streaming.forward.remote(self.routed)
                 return gen, await gen.__anext__()
             except RETRYABLE as e:
                 if attempt:
@@ -229,7 +243,7 @@ class PyrtIngress:
 
     def __init__(self, replicas, model_path: str, chat_template: str | None = None, api_keys: tuple = (),
                  block_tokens: int = BLOCK_TOKENS, max_body_bytes: int = 8 << 20):
-        self.replicas = replicas
+        self.handles = (replicas, replicas.options(stream=True))
         self.prompter = Prompter(model_path, chat_template)
         self.api_keys = list(api_keys)
         self.block_tokens = block_tokens
@@ -251,12 +265,13 @@ class PyrtIngress:
             root = request.scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root):] or "/"
-            session, blocks = routing_keys(self.prompter, path, bytes(body), request.headers, self.block_tokens)
+            session, blocks, stream = routing_keys(self.prompter, path, bytes(body), request.headers,
+                                                   self.block_tokens)
             client = request.scope.get("client")
             routed = RoutedRequest(request.method, path, request.scope.get("query_string", b""),
                                    list(request.headers.raw), bytes(body), session, blocks,
-                                   tuple(client) if client else None)
-            return _Forward(self.replicas, routed)
+                                   tuple(client) if client else None, stream)
+            return _Forward(self.handles, routed)
 
         methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
         app = Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
@@ -280,7 +295,7 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
                max_body_bytes: int = 8 << 20, block_tokens: int = BLOCK_TOKENS, stats_period_s: float = 1.0,
                max_load: int | None = None, min_match: float = 0.5, max_ongoing_requests: int | None = None, ingress_replicas: int = 1,
                health_check_period_s: float = 5.0, max_replicas_per_node: int | None = None,
-               name: str = "pyrt"):
+               request_router_class=PrefixSessionRouter, name: str = "pyrt"):
     """The Ray Serve application of `replicas` pyrt engines behind one OpenAI-compatible endpoint
     (`serve.run(deployment(...), route_prefix="/")`).
 
@@ -289,7 +304,9 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
     every host: shared storage), for /slots and, with session_states, session migration. max_load: the
     in-flight requests at which a replica counts as overloaded (default: its slots); min_match: the fraction of
     a prompt's token blocks a replica must hold to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's
-    hard cap per replica (default 4 * n_parallel). The model file must be at `model` on every host."""
+    hard cap per replica (default 4 * n_parallel). request_router_class: Ray Serve's router for the replicas
+    (a class or its import path; Ray's "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter" routes
+    on load alone). The model file must be at `model` on every host."""
     if model is None:
         from ...default_model import default_model_path
         model = default_model_path()
@@ -302,8 +319,9 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
     load_kw = dict(load_kw or {})
     load_kw.update(n_ctx=n_ctx, n_threads=threads)
     router = RequestRouterConfig(
-        request_router_class=PrefixSessionRouter,
-        request_router_kwargs={"max_load": max_load, "min_match": min_match},
+        request_router_class=request_router_class,
+        request_router_kwargs={"max_load": max_load, "min_match": min_match}
+        if request_router_class is PrefixSessionRouter else {},
         request_routing_stats_period_s=stats_period_s,
         request_routing_stats_timeout_s=max(10.0, 10 * stats_period_s))
     opts = dict(name=f"{name}-replica", num_replicas=replicas, ray_actor_options={"num_cpus": threads},

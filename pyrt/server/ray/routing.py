@@ -61,6 +61,7 @@ class RoutedRequest:
     session: str | None = None       # P.session_file of the request's session id (a hash, not the id)
     blocks: list = field(default_factory=list)  # block_hashes of the prompt ids
     client: tuple | None = None
+    stream: bool = False             # the body asks for a streamed response
 
 
 class Prompter:
@@ -94,8 +95,9 @@ class Prompter:
 
 
 def routing_keys(prompter: Prompter | None, path: str, body_bytes: bytes, headers,
-                 block_tokens: int = BLOCK_TOKENS) -> tuple[str | None, list[int]]:
-    """(session key, prompt block hashes) of a request; (None, []) for what carries neither."""
+                 block_tokens: int = BLOCK_TOKENS) -> tuple[str | None, list[int], bool]:
+    """(session key, prompt block hashes, whether it streams) of a request; (None, [], False) for what carries
+    none of them."""
     try:
         body = json.loads(body_bytes) if body_bytes else {}
     except (ValueError, UnicodeDecodeError):
@@ -105,4 +107,4 @@ def routing_keys(prompter: Prompter | None, path: str, body_bytes: bytes, header
     sid = P.session_id(body, headers)
     session = P.session_file(sid) if sid is not None else None
     ids = prompter.prompt_ids(path, body) if prompter is not None and body else None
-    return session, block_hashes(ids, block_tokens) if ids else []
+    return session, block_hashes(ids, block_tokens) if ids else [], body.get("stream") is True
