@@ -384,16 +384,19 @@ def test_session_state_file_moves_a_conversation_between_engines(model_paths, tm
     e2 = Engine(LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2).start()
     try:
         c1 = e1.submit(Request(a, greedy(4), state_path=f)).result()
+        e1.wait_saved()
         held = a + ids(c1)[:3]  # the last generated token is never evaluated
         assert e1.n_state_saved == 1 and read_tokens(f) == held
         b = held + [5, 6, 7]
         c2 = e2.submit(Request(b, greedy(), state_path=f)).result()
+        e2.wait_saved()
         assert e2.n_state_restored == 1
         assert c2.cache_n == len(held) and c2.prompt_n == 3
         assert ids(c2) == reference(path, b)
         # the next turn back on e1: its own cache holds the first turn, the file (turn 2) holds more
         c = b + ids(c2)[:11] + [9, 9]
         c3 = e1.submit(Request(c, greedy(), state_path=f)).result()
+        e1.wait_saved()
         assert e1.n_state_restored == 1 and c3.prompt_n == 2
         assert ids(c3) == reference(path, c)
         # e1 saved turn 3 itself: turn 4 there reuses its cache without reading the file
@@ -410,6 +413,7 @@ def test_session_state_file_moves_a_conversation_between_engines(model_paths, tm
             c5 = e3.submit(Request(d, greedy(2), state_path=g)).result()
             assert c5.cache_n == 0 and c5.prompt_n == len(d) and e3.n_state_restored == 0
             assert ids(c5) == reference(path, d, 2)
+            e3.wait_saved()
             assert read_tokens(g) == d + ids(c5)[:1]
         finally:
             e3.stop()

@@ -115,7 +115,8 @@ class Request:
         self.params = params or GenerationParams()
         # a session's state file (pyrt's state format): restored into the request's slot when it holds a
         # longer prefix of the prompt than any cache, and rewritten with the slot's sequence when the request
-        # ends (stop or length), before its Completion is sent
+        # ends (stop or length; copied before its Completion is sent, written in the background:
+        # Engine.wait_saved)
         self.state_path = state_path
         self._queue: queue.Queue | None = None
         if sink is None:

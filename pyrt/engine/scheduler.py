@@ -10,8 +10,9 @@ new prompt reuses the longest prefix held by an idle slot, copied from a busy on
 cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
 (`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
 runs; only that sequence's logits row is masked. A request with a session state file (`Request.state_path`)
-resumes from it when no cache holds as much of its prompt, and leaves its sequence there when it ends.
-Imports pyrt.runtime, pyrt.kv.state (state file heads) and pyrt.errors; no HTTP.
+resumes from it when no cache holds as much of its prompt, and leaves its sequence there when it ends
+(written by a writer thread after the reply).
+Imports pyrt.runtime, pyrt.kv.state (state file heads), pyrt.io.files and pyrt.errors; no HTTP.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from concurrent.futures import Future
 import numba
 import numpy as np
 
-from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
+from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError, StateFileError
+from ..io.files import write_file_atomic
 from ..kv import state as kv_state
 from ..runtime.context import Batch
 from ..runtime.sampling import Sampler
@@ -122,6 +124,8 @@ class Engine:
         self.n_host_restored = 0
         # session state files (Request.state_path): their tokens by path, keyed by the file's stat
         self._state_tokens: dict[str, tuple] = {}
+        self._state_lock = threading.Lock()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # writes session state files
         self.n_state_saved = 0
         self.n_state_restored = 0
         self.t_state_save = 0.0
@@ -181,6 +185,9 @@ class Engine:
         if self._mask_pool is not None:
             self._mask_pool.shutdown(wait=True)
             self._mask_pool = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # the session states of finished turns reach the disk
+            self._writer = None
 
     def submit(self, req: Request) -> Request:
         """Queue a request; raises InvalidArgumentError / ContextOverflowError (nothing queued) or
@@ -442,7 +449,8 @@ class Engine:
                     self.n_state_restored += 1
                 except (OSError, StateError):
                     # unreadable, another model's, or no room: evaluate the prompt
-                    self._state_tokens.pop(r.state_path, None)
+                    with self._state_lock:
+                        self._state_tokens.pop(r.state_path, None)
         if not restored and n_src > n_reuse:
             # copy the cells of the prefix from the other sequence: they are shared, not duplicated
             self._stash(dst)
@@ -715,34 +723,55 @@ class Engine:
         a.req.done.set()
 
     def _save_session(self, s: _Slot, path: str) -> None:
-        """The slot's sequence to the request's state file (replaced whole); a failure is reported, not fatal."""
+        """The slot's sequence to the request's state file: copied here (between steps), written and renamed
+        into place by the state writer thread, so that neither the reply nor the next step waits for the disk;
+        a failure is reported, not fatal."""
         t0 = time.perf_counter()
         try:
-            self.ctx.save_file(path, s.tokens, s.id)
-        except (OSError, StateError) as e:
+            data = self.ctx.save_state(s.tokens, s.id)
+        except StateError as e:
             print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
             return
-        self._state_tokens[path] = (_file_key(path), list(s.tokens))
-        self.n_state_saved += 1
         self.t_state_save += time.perf_counter() - t0
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyrt-state")
+        self._writer.submit(self._write_session, path, data, list(s.tokens))
+
+    def _write_session(self, path: str, data: bytes, tokens: list[int]) -> None:
+        try:
+            write_file_atomic(path, [data], what="session state", error=StateFileError)
+        except OSError as e:
+            print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
+            return
+        with self._state_lock:
+            self._state_tokens[path] = (_file_key(path), tokens)
+            self.n_state_saved += 1
+
+    def wait_saved(self) -> None:
+        """Wait until every session state handed to the writer so far is on disk."""
+        w = self._writer
+        if w is not None:
+            w.submit(lambda: None).result()
 
     def _state_file_tokens(self, path: str) -> list[int]:
         """The tokens of a state file ([] when there is none or it cannot be read), remembered while the file
         is unchanged, so that a session served here reads only its own writes."""
         key = _file_key(path)
-        if key is None:
-            self._state_tokens.pop(path, None)
-            return []
-        hit = self._state_tokens.get(path)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        with self._state_lock:
+            if key is None:
+                self._state_tokens.pop(path, None)
+                return []
+            hit = self._state_tokens.get(path)
+            if hit is not None and hit[0] == key:
+                return hit[1]
         try:
             toks = kv_state.read_tokens(path)
         except (OSError, StateError):
             toks = []
-        if len(self._state_tokens) >= 4096:
-            self._state_tokens.pop(next(iter(self._state_tokens)))
-        self._state_tokens[path] = (key, toks)
+        with self._state_lock:
+            if len(self._state_tokens) >= 4096:
+                self._state_tokens.pop(next(iter(self._state_tokens)))
+            self._state_tokens[path] = (key, toks)
         return toks
 
     def _slot_dict(self, s: _Slot) -> dict:
