@@ -27,6 +27,11 @@ N_PARALLEL = 2
 MAX_LOAD = 3  # requests in flight at which a replica spills (above the slots: the kill test polls a busy one)
 N_CTX = 2048
 GREEDY = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
+KEY = "ray-test-key"
+
+
+def auth(**extra) -> dict:
+    return {"Authorization": f"Bearer {KEY}", **extra}
 
 
 def _free_port() -> int:
@@ -79,7 +84,7 @@ def cluster(model):
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     app = deployment(model["path"], replicas=2, threads=1, n_parallel=N_PARALLEL, n_ctx=N_CTX,
                      chat_template="chatml", slot_save_path=model["slots"], stats_period_s=0.25,
-                     max_replicas_per_node=1, health_check_period_s=1.0, max_load=MAX_LOAD)
+                     max_replicas_per_node=1, health_check_period_s=1.0, max_load=MAX_LOAD, api_keys=[KEY])
     serve.run(app, name="pyrt", route_prefix="/")
     yield {"url": f"http://127.0.0.1:{port}", "cluster": c}
     serve.shutdown()
@@ -88,7 +93,7 @@ def cluster(model):
 
 
 def post(url: str, path: str, body: dict, **kw) -> httpx.Response:
-    r = httpx.post(url + path, json=body, timeout=120, **kw)
+    r = httpx.post(url + path, json=body, timeout=120, headers=auth(**kw.pop("headers", {})), **kw)
     assert r.status_code == 200, r.text
     return r
 
@@ -225,7 +230,7 @@ def test_replicas_on_two_nodes_answer_as_one_server(cluster, oracle):
     # streaming through the ingress and the replica: the same text
     body = {"messages": chat("stream", "go"), **GREEDY, "stream": True}
     text = ""
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120, headers=auth()) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
@@ -234,8 +239,12 @@ def test_replicas_on_two_nodes_answer_as_one_server(cluster, oracle):
     want = oracle.post("/v1/chat/completions", json={**body, "stream": False}).json()
     assert text == want["choices"][0]["message"]["content"]
     # errors come back from the replica unchanged
-    r = httpx.post(url + "/v1/chat/completions", json={"messages": []}, timeout=60)
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": []}, timeout=60, headers=auth())
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    # API keys are checked at the endpoint (health and models stay open)
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": chat("s", "q"), **GREEDY}, timeout=60)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(url + "/v1/models", timeout=60).status_code == 200
     # the replicas run on the two nodes
     assert len(seen) == 2 or len({replica(post(url, "/v1/chat/completions", {"messages": chat(f"x{i}", "y"), **GREEDY}))
                                   for i in range(8)} | seen) == 2
@@ -246,7 +255,7 @@ def test_replicas_on_two_nodes_answer_as_one_server(cluster, oracle):
 def test_shared_system_prompt_lands_on_one_replica_and_is_computed_once(cluster):
     url = cluster["url"]
     system = "You are a model. " + " ".join(f"rule {i} is the number {i}." for i in range(30))
-    n_sys = len(httpx.post(url + "/tokenize", json={"content": system}, timeout=60).json()["tokens"])
+    n_sys = len(httpx.post(url + "/tokenize", json={"content": system}, timeout=60, headers=auth()).json()["tokens"])
     outs = [post(url, "/v1/chat/completions", {"messages": chat(system, q), **GREEDY})
             for q in ("hello", "the tensor", "a kernel thread", "four", "five")]
     assert len({replica(r) for r in outs}) == 1
@@ -295,7 +304,7 @@ def test_overloaded_replica_spills_to_the_other(cluster):
     def hold():
         try:
             with httpx.stream("POST", url + "/v1/chat/completions", json=long, timeout=120,
-                              headers={"X-Session-Id": "busy"}) as r:
+                              headers=auth(**{"X-Session-Id": "busy"})) as r:
                 started.append(replica(r))
                 release.wait(60)
         except Exception as e:  # noqa: BLE001 - reported by the assertion below
@@ -337,14 +346,14 @@ def test_killed_replica_session_resumes_on_the_other(cluster, oracle):
 
     def turn2():
         result["r"] = httpx.post(url + "/v1/chat/completions", json=body, timeout=180,
-                                 headers={"X-Session-Id": "mig"})
+                                 headers=auth(**{"X-Session-Id": "mig"}))
 
     th = threading.Thread(target=turn2)
     th.start()
     # wait until the turn runs on its replica (/slots of the session's replica), then kill that replica
     t0 = time.time()
     while time.time() - t0 < 60:
-        r = httpx.get(url + "/slots", headers={"X-Session-Id": "mig"}, timeout=30)
+        r = httpx.get(url + "/slots", headers=auth(**{"X-Session-Id": "mig"}), timeout=30)
         if replica(r) == home and any(s["is_processing"] for s in r.json()):
             break
         time.sleep(0.01)
@@ -363,10 +372,31 @@ def test_killed_replica_session_resumes_on_the_other(cluster, oracle):
     want = oracle.post("/v1/chat/completions", json={**body, "max_tokens": 12}).json()
     assert j["choices"][0]["message"]["content"].startswith(want["choices"][0]["message"]["content"])
     # the session now lives there: its replica counts the restored state
-    m = httpx.get(url + "/metrics", headers={"X-Session-Id": "mig"}, timeout=30)
+    m = httpx.get(url + "/metrics", headers=auth(**{"X-Session-Id": "mig"}), timeout=30)
     assert replica(m) == replica(r)
     restored = [ln for ln in m.text.splitlines() if ln.startswith("llamacpp:session_states_restored_total")]
     assert restored and float(restored[0].split()[1]) >= 1
+
+
+def test_killed_replica_ends_its_stream_with_a_retryable_error(cluster):
+    url = cluster["url"]
+    body = {"messages": chat("stream to kill", "go"), "temperature": 0.0, "max_tokens": 1800, "ignore_eos": True,
+            "stream": True}
+    events = []
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=180,
+                      headers=auth(**{"X-Session-Id": "killed-stream"})) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 3:
+                    break
+        ray.kill(ray.get_actor(replica(r), namespace="serve"), no_restart=True)
+        events += [line[6:] for line in lines if line.startswith("data: ")]
+    last = json.loads(events[-1])
+    assert last["error"]["code"] == 503 and "retry" in last["error"]["message"]
+    assert "[DONE]" not in events
 
 
 def test_cli_ray_flags_are_checked_before_ray_starts(model):
