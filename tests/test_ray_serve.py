@@ -331,8 +331,6 @@ def test_overloaded_replica_spills_to_the_other(cluster):
 def test_killed_replica_session_resumes_on_the_other(cluster, oracle):
     """A turn running on a replica that is killed is retried on the other replica, which restores the
     session's state file (the previous turn) and evaluates only the new tokens; the answer is unchanged."""
-    from ray import serve  # noqa: F401
-
     url = cluster["url"]
     system = "migration system prompt. " + " ".join(f"fact {i}." for i in range(20))
     t1 = post(url, "/v1/chat/completions", {"messages": chat(system, "first question"), "temperature": 0.0,

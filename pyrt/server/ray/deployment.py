@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+import ray
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.config import RequestRouterConfig
@@ -55,7 +56,6 @@ class PyrtReplica:
             raise RuntimeError(f"pyrt replica: the model failed to load: {self.state.load_error}")
         self.app = build_app(self.state)
         self.name = serve.get_replica_context().replica_id.to_full_id_str()
-        import ray
         self.node = ray.get_runtime_context().get_node_id()
         self.block_tokens = block_tokens
         self._sessions: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -131,9 +131,10 @@ class PyrtReplica:
                 parts.append(item)
         return status, headers, b"".join(parts)
 
-    def record_routing_stats(self) -> dict:
+    async def record_routing_stats(self) -> dict:
         """What the router reads: the block hashes of every cached sequence, the sessions served here, the
-        slots and the requests running or waiting (changes only when these change: Serve then broadcasts)."""
+        slots and the requests running or waiting (changes only when these change: Serve then broadcasts).
+        Async: it runs on the loop that runs `forward`, which updates the sessions."""
         eng = self.state.engine
         blocks: set[int] = set()
         for s in eng.slots:
@@ -344,8 +345,6 @@ def serve_forever(app, host: str = "127.0.0.1", port: int = 8080, address: str |
     until SIGINT/SIGTERM, then delete it (and stop the cluster this process started)."""
     import signal
     import threading
-
-    import ray
 
     ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
              log_to_driver=False)
