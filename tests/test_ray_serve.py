@@ -395,6 +395,19 @@ def test_killed_replica_ends_its_stream_with_a_retryable_error(cluster):
     last = json.loads(events[-1])
     assert last["error"]["code"] == 503 and "retry" in last["error"]["message"]
     assert "[DONE]" not in events
+    # Ray replaces the killed replicas: two run again and answer
+    from ray import serve
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        st = serve.status().applications["pyrt"].deployments["pyrt-replica"]
+        if st.replica_states.get("RUNNING", 0) == 2 and sum(st.replica_states.values()) == 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the killed replicas were not replaced: {st.replica_states}")
+    seen = {replica(post(url, "/v1/chat/completions", {"messages": chat(f"after {i}", "q"), **GREEDY}))
+            for i in range(12)}
+    assert len(seen) == 2
 
 
 def test_cli_ray_flags_are_checked_before_ray_starts(model):

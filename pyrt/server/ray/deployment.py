@@ -296,7 +296,8 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
                max_body_bytes: int = 8 << 20, block_tokens: int = BLOCK_TOKENS, stats_period_s: float = 1.0,
                max_load: int | None = None, min_match: float = 0.5, max_ongoing_requests: int | None = None, ingress_replicas: int = 1,
                health_check_period_s: float = 5.0, max_replicas_per_node: int | None = None,
-               request_router_class=PrefixSessionRouter, name: str = "pyrt"):
+               request_router_class=PrefixSessionRouter, replica_options: dict | None = None,
+               name: str = "pyrt"):
     """The Ray Serve application of `replicas` pyrt engines behind one OpenAI-compatible endpoint
     (`serve.run(deployment(...), route_prefix="/")`).
 
@@ -307,7 +308,8 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
     a prompt's token blocks a replica must hold to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's
     hard cap per replica (default 4 * n_parallel). request_router_class: Ray Serve's router for the replicas
     (a class or its import path; Ray's "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter" routes
-    on load alone). The model file must be at `model` on every host."""
+    on load alone). replica_options: more Ray Serve deployment options for the replicas (autoscaling_config,
+    placement_group_bundles, ...; they override these). The model file must be at `model` on every host."""
     if model is None:
         from ...default_model import default_model_path
         model = default_model_path()
@@ -330,6 +332,9 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
                 health_check_period_s=health_check_period_s, graceful_shutdown_timeout_s=30.0)
     if max_replicas_per_node is not None:
         opts["max_replicas_per_node"] = max_replicas_per_node
+    opts.update(replica_options or {})
+    if "autoscaling_config" in opts:
+        opts.pop("num_replicas")
     replica = serve.deployment(PyrtReplica).options(**opts)
     ingress = serve.deployment(PyrtIngress).options(
         name=f"{name}-ingress", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": 0},
