@@ -196,9 +196,10 @@ def test_router_policy_session_prefix_spill_balance():
     assert _choose(p, both, _req([7, 8, 9]))[0] == [a]
     assert _choose(p, both, _req(h, session="s"))[0] == [a]
     p.on_request_completed("A", "q1")
-    # a session another router sent: from the replica's report
-    c = _Replica("C", {"sessions": ["t"]})
+    # a session another router sent: from the replica's report; what this router sent last comes first
+    c = _Replica("C", {"sessions": ["t", "s"]})
     assert _choose(p, [a, b, c], _req(h, session="t"))[0] == [c]
+    assert _choose(p, [a, b, c], _req(h, session="s"))[0] == [a]
     # overloaded (its slots in flight) while another has fewer: spill to the others, it comes last
     busy = _policy(both, queue={"B": 2, "A": 1})
     assert _choose(busy, both, _req(h)) == [[a], [b]] and busy.decisions["spill"] == 1

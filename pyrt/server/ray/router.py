@@ -108,13 +108,14 @@ class PrefixSessionRouter(RequestRouter):
             n = max(n, m)
         return n
 
-    def _holds_session(self, r: RunningReplica, session: str, now: float) -> float:
-        """When this router last sent the session there (inf: the replica reports it; 0: neither)."""
+    def _holds_session(self, r: RunningReplica, session: str, now: float) -> tuple:
+        """How surely the session is there: (2, when this router last sent it there), else (1, 0) when the
+        replica reports it (it served it, maybe before the session moved on), else (0, 0)."""
         loc = self._local.get(r.replica_id)
         t = loc.sessions.get(session) if loc is not None else None
         if t is not None and now - t <= self.local_ttl_s:
-            return t
-        return float("inf") if session in self._report(r).sessions else 0.0
+            return (2, t)
+        return (1, 0.0) if session in self._report(r).sessions else (0, 0.0)
 
     # -- RequestRouter -------------------------------------------------------------------------------------
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
@@ -127,7 +128,7 @@ class PrefixSessionRouter(RequestRouter):
         if routed is not None and routed.session:
             # the replica this router last sent the session to, else one that reports it
             held = [(self._holds_session(r, routed.session, now), r) for r in candidate_replicas]
-            held = [x for x in held if x[0] > 0]
+            held = [x for x in held if x[0][0] > 0]
             if held:
                 preferred, kind = max(held, key=lambda x: x[0])[1], "session"
         if preferred is None and routed is not None and routed.blocks:
