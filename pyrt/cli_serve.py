@@ -37,6 +37,14 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-dt", "--defrag-thold", type=float, default=0.1,
                    help="defragment the KV cache above this free fraction (default: 0.1; < 0 = off)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
+    r = p.add_argument_group("Ray Serve (the ray extra)")
+    r.add_argument("--ray", action="store_true",
+                   help="serve --replicas engines on a Ray cluster behind one endpoint, routed by session and cached "
+                        "prefix (-t: threads per replica; --slot-save-path on shared storage moves sessions)")
+    r.add_argument("--replicas", type=int, default=2, help="engines with --ray (default: 2)")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join with --ray ('auto': the one `ray start` runs here; default: start a "
+                        "local one)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default: warning)")
 
@@ -81,7 +89,35 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
               file=sys.stderr, flush=True)
         return Engine(llm, a.parallel, max_queue=a.max_queue, cache_ram_bytes=a.cache_ram << 20).start()
 
+    if a.ray:
+        return _serve_ray(a, model_path, cfg)
     state = ServerState(cfg, loader)
     print(f"pyrt serve: loading {model_path}; http://{a.host}:{a.port} answers /health with 503 until ready",
           file=sys.stderr, flush=True)
     return run(state, a.host, a.port, log_level=a.log_level)
+
+
+def _serve_ray(a: argparse.Namespace, model_path: str, cfg) -> int:
+    try:
+        from .server import ray as pyrt_ray
+    except ImportError as e:
+        raise PyrtError(f"pyrt serve --ray needs the ray extra ({e.name} is missing): pip install -e \".[ray]\"") \
+            from None
+    if not 1 <= a.replicas <= 1024:
+        raise PyrtError("--replicas must be in [1, 1024]")
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.replicas)
+    if a.slot_save_path is None:
+        print("pyrt serve --ray: no --slot-save-path: sessions stick to their replica but do not move when it "
+              "goes away", file=sys.stderr, flush=True)
+    app = pyrt_ray.deployment(
+        model_path, replicas=a.replicas, threads=threads, n_parallel=a.parallel, n_ctx=a.ctx_size,
+        load_kw=dict(n_batch=a.batch_size, n_ubatch=a.ubatch_size, type_k=a.cache_type_k, type_v=a.cache_type_v,
+                     use_mmap=not a.no_mmap, warmup=not a.no_warmup, defrag_thold=a.defrag_thold, mla=a.mla_use,
+                     swa_full=a.swa_full),
+        slot_save_path=a.slot_save_path, chat_template=a.chat_template, alias=cfg.model_alias,
+        api_keys=cfg.api_keys, timeout_s=cfg.timeout_s, max_queue=a.max_queue, cache_ram_mib=a.cache_ram,
+        max_body_bytes=a.max_body_size)
+    print(f"pyrt serve --ray: {a.replicas} replicas of {model_path}, {threads} threads and {a.parallel} slots each",
+          file=sys.stderr, flush=True)
+    return pyrt_ray.serve_forever(app, a.host, a.port, address=a.address,
+                                  num_cpus=None if a.address else threads * a.replicas)

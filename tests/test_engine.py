@@ -369,6 +369,59 @@ def test_slot_save_restore_into_another_slot(model_paths, engine_factory, tmp_pa
     assert ids(cb) == reference(path, b)
 
 
+def test_session_state_file_moves_a_conversation_between_engines(model_paths, tmp_path):
+    """Request.state_path: the turn's sequence is saved when it ends; another engine (a fresh context, as
+    another replica) resumes from the file and evaluates only the new tokens, with the reference's output;
+    an engine that still holds the conversation does not read the file; a foreign or corrupt file is
+    ignored (the prompt is evaluated)."""
+    from pyrt.kv.state import read_tokens
+
+    path = model_paths["llama"]
+    rng = np.random.default_rng(21)
+    a = rng.integers(1, 512, 50).tolist()
+    f = str(tmp_path / "session.state")
+    e1 = Engine(LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2).start()
+    e2 = Engine(LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2).start()
+    try:
+        c1 = e1.submit(Request(a, greedy(4), state_path=f)).result()
+        e1.wait_saved()
+        held = a + ids(c1)[:3]  # the last generated token is never evaluated
+        assert e1.n_state_saved == 1 and read_tokens(f) == held
+        b = held + [5, 6, 7]
+        c2 = e2.submit(Request(b, greedy(), state_path=f)).result()
+        e2.wait_saved()
+        assert e2.n_state_restored == 1
+        assert c2.cache_n == len(held) and c2.prompt_n == 3
+        assert ids(c2) == reference(path, b)
+        # the next turn back on e1: its own cache holds the first turn, the file (turn 2) holds more
+        c = b + ids(c2)[:11] + [9, 9]
+        c3 = e1.submit(Request(c, greedy(), state_path=f)).result()
+        e1.wait_saved()
+        assert e1.n_state_restored == 1 and c3.prompt_n == 2
+        assert ids(c3) == reference(path, c)
+        # e1 saved turn 3 itself: turn 4 there reuses its cache without reading the file
+        d = c + ids(c3)[:11] + [4]
+        c4 = e1.submit(Request(d, greedy(2), state_path=f)).result()
+        assert e1.n_state_restored == 1 and c4.prompt_n == 1
+        # a corrupt file is ignored: the prompt is evaluated, and the file is replaced by the new turn
+        g = str(tmp_path / "bad.state")
+        data = bytearray(open(f, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        open(g, "wb").write(bytes(data))
+        e3 = Engine(LLM(path, n_ctx=512, n_seq_max=1, n_threads=1), 1).start()
+        try:
+            c5 = e3.submit(Request(d, greedy(2), state_path=g)).result()
+            assert c5.cache_n == 0 and c5.prompt_n == len(d) and e3.n_state_restored == 0
+            assert ids(c5) == reference(path, d, 2)
+            e3.wait_saved()
+            assert read_tokens(g) == d + ids(c5)[:1]
+        finally:
+            e3.stop()
+    finally:
+        e1.stop()
+        e2.stop()
+
+
 def test_stop_drains_and_refuses_new(model_paths):
     from pyrt.engine.scheduler import EngineStoppedError
 

@@ -109,10 +109,15 @@ class Request:
     Without a sink they go to an internal queue, read by `events()` / `result()`."""
 
     def __init__(self, prompt: list[int], params: GenerationParams | None = None,
-                 sink: Callable[[object], None] | None = None):
+                 sink: Callable[[object], None] | None = None, state_path: str | None = None):
         self.id = next(_ids)
         self.prompt = [int(t) for t in prompt]
         self.params = params or GenerationParams()
+        # a session's state file (pyrt's state format): restored into the request's slot when it holds a
+        # longer prefix of the prompt than any cache, and rewritten with the slot's sequence when the request
+        # ends (stop or length; copied before its Completion is sent, written in the background:
+        # Engine.wait_saved)
+        self.state_path = state_path
         self._queue: queue.Queue | None = None
         if sink is None:
             self._queue = queue.Queue()

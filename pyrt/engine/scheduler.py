@@ -9,14 +9,18 @@ finished slot keeps its cells as a prefix cache until cells are needed (least re
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
 cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
 (`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
-runs; only that sequence's logits row is masked.
-Imports pyrt.runtime and pyrt.errors; no HTTP.
+runs; only that sequence's logits row is masked. A request with a session state file (`Request.state_path`)
+resumes from it when no cache holds as much of its prompt, and leaves its sequence there when it ends
+(written by a writer thread after the reply).
+Imports pyrt.runtime, pyrt.kv.state (state file heads), pyrt.io.files and pyrt.errors; no HTTP.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
+import sys
 import threading
 import time
 import traceback
@@ -25,7 +29,9 @@ from concurrent.futures import Future
 import numba
 import numpy as np
 
-from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
+from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError, StateFileError
+from ..io.files import write_file_atomic
+from ..kv import state as kv_state
 from ..runtime.context import Batch
 from ..runtime.sampling import Sampler
 from .prefix_cache import HostPrefixCache
@@ -116,6 +122,13 @@ class Engine:
         # evicted prefixes as sequence states in host RAM (llama-server's --cache-ram); None: off
         self.host_cache = HostPrefixCache(cache_ram_bytes) if cache_ram_bytes > 0 else None
         self.n_host_restored = 0
+        # session state files (Request.state_path): their tokens by path, keyed by the file's stat
+        self._state_tokens: dict[str, tuple] = {}
+        self._state_lock = threading.Lock()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # writes session state files
+        self.n_state_saved = 0
+        self.n_state_restored = 0
+        self.t_state_save = 0.0
         self._waiting: collections.deque[Request] = collections.deque()
         self._commands: collections.deque = collections.deque()
         self._cv = threading.Condition()
@@ -172,6 +185,9 @@ class Engine:
         if self._mask_pool is not None:
             self._mask_pool.shutdown(wait=True)
             self._mask_pool = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # the session states of finished turns reach the disk
+            self._writer = None
 
     def submit(self, req: Request) -> Request:
         """Queue a request; raises InvalidArgumentError / ContextOverflowError (nothing queued) or
@@ -219,6 +235,10 @@ class Engine:
             self._commands.append((fn, fut))
             self._cv.notify_all()
         return fut
+
+    def healthy(self) -> bool:
+        """Whether the engine thread is running and takes requests."""
+        return self._running and not self._draining and self._thread is not None and self._thread.is_alive()
 
     def n_busy(self) -> int:
         return sum(1 for s in self.slots if s.act is not None)
@@ -418,6 +438,19 @@ class Engine:
                     self.n_host_restored += 1
                 except StateError:
                     pass  # not enough cells: evaluate the prompt
+        if r.state_path is not None and use_cache:
+            n_file = min(common_prefix(self._state_file_tokens(r.state_path), prompt), len(prompt) - 1)
+            if n_file > max(n_reuse, n_src):
+                try:
+                    data = _read_file(r.state_path)
+                    self._stash(dst)
+                    dst.tokens = list(self._restore_with_room(dst, data))
+                    n_reuse, restored = n_file, True
+                    self.n_state_restored += 1
+                except (OSError, StateError):
+                    # unreadable, another model's, or no room: evaluate the prompt
+                    with self._state_lock:
+                        self._state_tokens.pop(r.state_path, None)
         if not restored and n_src > n_reuse:
             # copy the cells of the prefix from the other sequence: they are shared, not duplicated
             self._stash(dst)
@@ -683,9 +716,63 @@ class Engine:
         if free:
             self.ctx.seq_rm(s.id, -1, -1)
             s.tokens = []
+        elif a.req.state_path is not None and reason in (FINISH_STOP, FINISH_LENGTH):
+            self._save_session(s, a.req.state_path)
         self._publish()
         a.req.sink(c)
         a.req.done.set()
+
+    def _save_session(self, s: _Slot, path: str) -> None:
+        """The slot's sequence to the request's state file: copied here (between steps), written and renamed
+        into place by the state writer thread, so that neither the reply nor the next step waits for the disk;
+        a failure is reported, not fatal."""
+        t0 = time.perf_counter()
+        try:
+            data = self.ctx.save_state(s.tokens, s.id)
+        except StateError as e:
+            print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
+            return
+        self.t_state_save += time.perf_counter() - t0
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyrt-state")
+        self._writer.submit(self._write_session, path, data, list(s.tokens))
+
+    def _write_session(self, path: str, data: bytes, tokens: list[int]) -> None:
+        try:
+            write_file_atomic(path, [data], what="session state", error=StateFileError)
+        except OSError as e:
+            print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
+            return
+        with self._state_lock:
+            self._state_tokens[path] = (_file_key(path), tokens)
+            self.n_state_saved += 1
+
+    def wait_saved(self) -> None:
+        """Wait until every session state handed to the writer so far is on disk."""
+        w = self._writer
+        if w is not None:
+            w.submit(lambda: None).result()
+
+    def _state_file_tokens(self, path: str) -> list[int]:
+        """The tokens of a state file ([] when there is none or it cannot be read), remembered while the file
+        is unchanged, so that a session served here reads only its own writes."""
+        key = _file_key(path)
+        with self._state_lock:
+            if key is None:
+                self._state_tokens.pop(path, None)
+                return []
+            hit = self._state_tokens.get(path)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        try:
+            toks = kv_state.read_tokens(path)
+        except (OSError, StateError):
+            toks = []
+        with self._state_lock:
+            if len(self._state_tokens) >= 4096:
+                self._state_tokens.pop(next(iter(self._state_tokens)))
+            self._state_tokens[path] = (key, toks)
+        return toks
 
     def _slot_dict(self, s: _Slot) -> dict:
         a = s.act
@@ -695,6 +782,20 @@ class Engine:
 
     def _publish(self) -> None:
         self.slot_info = [self._slot_dict(s) for s in self.slots]
+
+
+def _file_key(path: str):
+    """(mtime, size, inode) of a file, None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 class SlotBusyError(PyrtError):

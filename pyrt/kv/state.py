@@ -400,6 +400,28 @@ def save_file(path, cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "",
     return write_file_atomic(path, parts, what="state file", error=StateFileError)
 
 
+def read_tokens(path) -> list[int]:
+    """The token ids of a state file, read from its head alone (the cells are not read or checked: load_file
+    validates the whole file). StateFileError if it cannot be read, StateError if it is not a pyrt state."""
+    path = _check_path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HDR.size + 4)
+            if len(head) < _HDR.size + 4 or head[:4] != MAGIC:
+                raise StateError(f"state: {path} is not a pyrt KV state")
+            _, version, _, n_layer, _, _, n_tokens, _ = _HDR.unpack_from(head, 0)
+            (alen,) = struct.unpack_from("<I", head, _HDR.size)
+            if version != VERSION or alen > 256:
+                raise StateError(f"state: {path}: format version {version} is not supported")
+            f.seek(_HDR.size + 4 + alen + _TYPES.size + n_layer * _LAYER.size)
+            data = f.read(4 * n_tokens)
+    except OSError as e:
+        raise StateFileError.wrap(f"state: cannot read {path}", e) from e
+    if len(data) != 4 * n_tokens:
+        raise StateError(f"state: {path} is truncated")
+    return np.frombuffer(data, "<i4").tolist()
+
+
 def load_file(path, cache: KVCache, seq_id: int = -1, arch: str = "", n_rot=None, **swa) -> list[int]:
     """load_state from a file; a missing or unreadable file raises StateFileError. swa: as load_state."""
     path = _check_path(path)

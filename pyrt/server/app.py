@@ -42,6 +42,9 @@ class ServerConfig:
     timeout_s: float | None = 600.0
     max_body_bytes: int = 8 << 20
     shutdown_grace_s: float = 10.0
+    # keep each session's state (session_id / X-Session-Id / user) in a file on slot_save_path after every
+    # turn and resume from it where no cache holds the conversation (replicas sharing that folder)
+    session_states: bool = False
 
 
 class ServerState:
@@ -127,9 +130,16 @@ class _Bridge:
             pass
 
 
-def _submit(engine: Engine, ids: list[int], params) -> tuple[Request, _Bridge]:
+def _state_path(cfg: ServerConfig, body: dict, request: HttpRequest) -> str | None:
+    if not (cfg.session_states and cfg.slot_save_path):
+        return None
+    sid = P.session_id(body, request.headers)
+    return os.path.join(cfg.slot_save_path, P.session_file(sid)) if sid is not None else None
+
+
+def _submit(engine: Engine, ids: list[int], params, state_path: str | None = None) -> tuple[Request, _Bridge]:
     bridge = _Bridge()
-    req = Request(ids, params, sink=bridge)
+    req = Request(ids, params, sink=bridge, state_path=state_path)
     try:
         engine.submit(req)
     except ContextOverflowError as e:
@@ -255,7 +265,7 @@ def build_app(state: ServerState) -> Starlette:
         stream = P._get(body, "stream", bool, False)
         so = body.get("stream_options") or {}
         include_usage = isinstance(so, dict) and so.get("include_usage") is True
-        req, bridge = _submit(eng, ids, params)
+        req, bridge = _submit(eng, ids, params, _state_path(cfg, body, request))
         rid = f"chatcmpl-{req.id}"
         created = _created()
         tk = eng.tokenizer
@@ -340,7 +350,7 @@ def build_app(state: ServerState) -> Starlette:
         stream = P._get(body, "stream", bool, False)
         so = body.get("stream_options") or {}
         include_usage = isinstance(so, dict) and so.get("include_usage") is True
-        req, bridge = _submit(eng, ids, params)
+        req, bridge = _submit(eng, ids, params, _state_path(cfg, body, request))
         rid = f"cmpl-{req.id}"
         created = _created()
         tk = eng.tokenizer
@@ -386,7 +396,7 @@ def build_app(state: ServerState) -> Starlette:
         ids = P.prompt_ids(eng, body.get("prompt"))
         await _constrain(eng, body, params)
         stream = P._get(body, "stream", bool, False)
-        req, bridge = _submit(eng, ids, params)
+        req, bridge = _submit(eng, ids, params, _state_path(cfg, body, request))
         tk = eng.tokenizer
 
         def final(c: Completion) -> dict:
@@ -512,6 +522,10 @@ def build_app(state: ServerState) -> Starlette:
              eng.host_cache.n_bytes if eng.host_cache is not None else 0),
             ("cache_ram_restored_total", "counter", "Prompts that restored a prefix from host RAM.",
              eng.n_host_restored),
+            ("session_states_saved_total", "counter", "Session states written to the slot-save path.",
+             eng.n_state_saved),
+            ("session_states_restored_total", "counter", "Prompts that resumed from a session state file.",
+             eng.n_state_restored),
             ("kv_cache_usage_ratio", "gauge", "KV-cache usage. 1 means 100 percent usage.",
              eng.kv_used() / eng.ctx.n_ctx),
         ]

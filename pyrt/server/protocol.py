@@ -172,6 +172,22 @@ def chat_prompt_ids(engine, template, body: dict, tools: list | None = None) -> 
     return chat_ids(engine.tokenizer, text, template.bos_token)
 
 
+def session_id(body: dict, headers) -> str | None:
+    """The conversation a request continues: the body's `session_id`, else the `X-Session-Id` header, else the
+    body's `user` (OpenAI's end-user id); None without one."""
+    for v in (body.get("session_id") if isinstance(body, dict) else None, headers.get("x-session-id"),
+              body.get("user") if isinstance(body, dict) else None):
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def session_file(session: str) -> str:
+    """The file name of a session's state on the slot-save path (a hash: any id is a safe name)."""
+    import hashlib
+    return "session-" + hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()[:32] + ".state"
+
+
 # -- responses -------------------------------------------------------------------------------------
 def finish_reason(c: Completion) -> str:
     return "length" if c.finish_reason == FINISH_LENGTH else "stop"
