@@ -39,6 +39,17 @@ class CudaBackend:
         self._gelu = None
         self._scan_memo = []  # [(kv_idx host array, its device copies)]: one upload per ubatch and cache side
 
+    def describe(self) -> str:
+        """The GPU's name, compute capability and memory, for benchmark records."""
+        d = cuda.get_current_device()
+        try:
+            free, total = cuda.current_context().get_memory_info()
+            mem = f", {total / 2**30:.0f} GiB"
+        except Exception:  # the simulator has no memory info
+            mem = ""
+        name = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
+        return f"cuda: {name} (cc {d.compute_capability[0]}.{d.compute_capability[1]}{mem})"
+
     # -- memory --------------------------------------------------------------------------------
     def empty(self, shape, dtype=np.float32) -> CudaTensor:
         return CudaTensor(cuda.device_array(tuple(shape), dtype=np.dtype(dtype)), self)
