@@ -211,3 +211,27 @@ def test_tiny_model_logits_match_cpu(tmp_path, arch, wtype):
     top2 = np.sort(cpu, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > 4.0 * row_rms
     assert np.array_equal(gpu.argmax(1)[decided], cpu.argmax(1)[decided])
+
+
+def test_tiny_gemma3_logits_match_cpu(tmp_path):
+    """gemma3 (QK-norm, GELU-tanh table, sliding-window layers with their own cache, final softcap off):
+    F32 weights, so the CPU runs plain f32 dots too and the float rule applies (NMSE <= 1e-4)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from test_swa_cache import write_gemma3
+
+    import pyrt
+    from pyrt.runtime.context import Batch
+    path = str(tmp_path / "gemma3.gguf")
+    write_gemma3(path, n_swa=3, n_layer=2, n_vocab=330)
+    outs = []
+    for device in ("cpu", "cuda"):
+        llm = pyrt.load(path, n_ctx=512, n_ubatch=8, warmup=False, progress=False, device=device)
+        assert llm.ctx.cache_swa is not None  # the window layers have their own cache on both devices
+        rows = [llm.ctx.decode(Batch.from_tokens([1, 17, 42, 99, 5], logits="all"))]
+        for p, t in ((5, 7), (6, 123)):
+            rows.append(llm.ctx.decode(Batch.from_tokens([t], pos0=p)))
+        outs.append(np.concatenate(rows).astype(np.float64))
+    cpu, gpu = outs
+    nmse = float(((gpu - cpu) ** 2).sum() / (cpu ** 2).sum())
+    assert nmse <= 1e-4, nmse
+    assert np.array_equal(gpu.argmax(1), cpu.argmax(1))

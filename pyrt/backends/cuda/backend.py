@@ -9,6 +9,8 @@ per ubatch. Imports numba.cuda, numpy, pyrt.formats, pyrt._kernels(.cuda) and py
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from numba import cuda
 
@@ -92,8 +94,8 @@ class CudaBackend:
             elif isinstance(o, (list, tuple)):
                 for v in o:
                     walk(v)
-            elif hasattr(o, "__dict__") and not isinstance(o, type):
-                for v in vars(o).values():
+            elif isinstance(o, SimpleNamespace) or type(o).__module__.startswith("pyrt.models"):
+                for v in vars(o).values():  # layer records; never the file object or its whole mapping
                     walk(v)
         for k, v in vars(model).items():
             if k not in ("hp",):
