@@ -50,6 +50,7 @@ def test_registry_covers_every_kernel():
     assert set(dense.MATMUL) == set(dense.GET_ROWS) and len(dense.MATMUL) == 9
 
 
+@pytest.mark.slow  # ~1.5 min on 2 cores (the simulator runs each GPU thread as a Python thread)
 def test_parity_in_simulator():
     """Each kernel against the CPU ops, KV store bytes, attention and two tiny models, simulated."""
     pytest.importorskip("numba_cuda")

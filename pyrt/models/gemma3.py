@@ -34,6 +34,7 @@ def swa_layers(f: GGUFFile, n_layer: int, default_pattern: int = 6) -> list[bool
 
 class Gemma3Model:
     ARCHS = {"gemma3": basic.ROPE_NEOX}
+    DEVICES = ("cpu", "cuda")  # every op of forward has a kernel on these
 
     def __init__(self, f: GGUFFile):
         self.hp = hp = read_hparams(f, basic.ROPE_NEOX)

@@ -22,6 +22,7 @@ class LlamaModel:
 
     ARCHS = {"llama": basic.ROPE_NORM, "qwen2": basic.ROPE_NEOX}
     QKV_BIAS = {"llama": None, "qwen2": True}
+    DEVICES = ("cpu", "cuda")  # every op of forward has a kernel on these
 
     def __init__(self, f: GGUFFile):
         arch = f.architecture

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BusyError, ContextOverflowError, InvalidArgumentError, UnsupportedError
+from ..errors import BusyError, ContextOverflowError, DeviceError, InvalidArgumentError, UnsupportedError
 from ..kv import state as kv_state
 from ..backends import check_device, get_backend, to_host
 from ..kv.cache import KVCache
@@ -187,6 +187,9 @@ class Context:
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False, device: str = "cpu"):
         hp = model.hp
         self.device = check_device(device)
+        if self.device not in getattr(model, "DEVICES", ("cpu",)):
+            raise DeviceError(f"{hp.arch} models do not run on device {self.device} yet (only on "
+                              f"{', '.join(getattr(model, 'DEVICES', ('cpu',)))})")
         self.backend = get_backend(self.device)  # None on the CPU; DeviceError when the device cannot run
         if n_ctx <= 0:
             n_ctx = hp.n_ctx_train

@@ -36,21 +36,6 @@ u8_1d = types.Array(uint8, 1, "C")
 i32_1d = types.Array(int32, 1, "C")
 
 
-@cuda.jit(device=True)
-def block_sum(sh, tid):
-    """Tree sum of sh[0:NT] in shared memory; every thread returns the total."""
-    cuda.syncthreads()
-    s = NT // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] += sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    v = sh[0]
-    cuda.syncthreads()
-    return v
-
-
 def _make_matmul(value, bs, ts):
     def matmul(out, w, x):
         """out[t, r] = sum_i W[r, i] * x[t, i]. out [n_tok, n_out] f32; w [n_out*row_bytes] uint8; x [n_tok, n_in] f32.
