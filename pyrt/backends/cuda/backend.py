@@ -64,7 +64,10 @@ class CudaBackend:
         return CudaTensor(cuda.to_device(a), self, host=a)
 
     def weight(self, a: np.ndarray):
-        """The device copy of a host weight array (uploaded on first use, then found by address)."""
+        """The device copy of a host weight array (uploaded on first use, then found by address).
+
+        Weights are immutable (read-only file views, norm and bias vectors made at load): the entry keeps
+        the host array alive, so its address is never reused for another array while the copy is cached."""
         key = (a.__array_interface__["data"][0], a.nbytes)
         hit = self._weights.get(key)
         if hit is None:
@@ -85,7 +88,8 @@ class CudaBackend:
             seen.add(id(o))
             if isinstance(o, np.ndarray):
                 if o.size and o.dtype in (np.uint8, np.float32):
-                    total += self.weight(o).nbytes if o.nbytes else 0
+                    self.weight(o)
+                    total += o.nbytes
             elif isinstance(o, Linear):
                 walk(o.w)
                 walk(o.bias)
