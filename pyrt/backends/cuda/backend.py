@@ -49,8 +49,10 @@ class CudaBackend:
             mem = f", {total / 2**30:.0f} GiB"
         except Exception:  # the simulator has no memory info
             mem = ""
-        name = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
-        return f"cuda: {name} (cc {d.compute_capability[0]}.{d.compute_capability[1]}{mem})"
+        name = getattr(d, "name", "CUDA simulator")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        cc = getattr(d, "compute_capability", (0, 0))
+        return f"cuda: {name} (cc {cc[0]}.{cc[1]}{mem})"
 
     # -- memory --------------------------------------------------------------------------------
     def empty(self, shape, dtype=np.float32) -> CudaTensor:
