@@ -22,7 +22,7 @@ KIND_F32, KIND_F16, KIND_BF16, KIND_Q8_0 = range(4)
 MAX_HEAD_DIM = 1024  # shared-memory rows for one query head and its accumulator
 
 
-@cuda.jit(device=True)
+@dev.device_function
 def cache_value(buf, kind, row, e):
     """Element e of the cache row starting at byte `row`."""
     if kind == KIND_F32:
@@ -48,7 +48,7 @@ def store_rows(dst, row_bytes, col0, cells, src, kind):
         _store_row(dst, int64(cells[t]) * row_bytes, col0, src, t, n, kind)
 
 
-@cuda.jit(device=True)
+@dev.device_function
 def _store_row(dst, row, col0, src, t, n, kind):
     """src[t] (n values) into the cache row at byte `row`, from element col0 on; the block's threads share it."""
     if kind == KIND_Q8_0:

@@ -5,7 +5,8 @@ which Numba resolves at compile time).
 
 In the CUDA simulator they stay plain Python functions: the simulator runs kernels as Python anyway, and
 its device-function wrapper costs ~40 us a call, which the decoders (a few nested calls per weight value)
-would pay millions of times.
+would pay millions of times; it also swaps the module's `cuda` global on every call, which races between
+the threads of a block. `device_function` is the decorator the kernel modules use for their own helpers.
 """
 
 import os
@@ -15,7 +16,11 @@ from numba import cuda
 from .. import reference
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-    _ns = reference.specialise(lambda f: f)
+    def device_function(f):
+        return f
 else:
-    _ns = reference.specialise(lambda f: cuda.jit(device=True)(f))
+    def device_function(f):
+        return cuda.jit(device=True)(f)
+
+_ns = reference.specialise(device_function)
 globals().update(vars(_ns))
