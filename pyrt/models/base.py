@@ -55,6 +55,7 @@ class Model(Protocol):
     """What the runtime, info and bench use of a model; `ModelBase` gives the defaults of a model without
     sliding-window layers or MLA. One instance per loaded file, built by `models.build_model`."""
     ARCHS: dict[str, int]           # general.architecture values -> RoPE type
+    DEVICES: tuple[str, ...]        # where its forward runs ("cpu", "cuda")
     hp: HParams
     is_mla: bool                    # a K-only latent cache is possible (-mla 1..3)
     n_swa: int                      # sliding window in positions (0: none)
@@ -75,6 +76,7 @@ class Model(Protocol):
 
 class ModelBase:
     """Defaults of the `Model` protocol for a model with full attention in every layer and no MLA."""
+    DEVICES: tuple[str, ...] = ("cpu",)
     is_mla = False
     n_swa = 0
     hp: HParams
