@@ -274,3 +274,50 @@ def yarn_rope_cache(pos: np.ndarray, n_rot: int, freq_base: float, freq_scale: f
                                  float(freq_scale), float(ext_factor), float(corr_dims[0]), float(corr_dims[1]),
                                  float(mscale))
     return rc
+
+
+# ------------------------------------------------------------------------------------------------ the device
+# The same entry points over device arrays (numba-cuda), for the cuda backend. The kernels are imported on
+# first use, so a CPU install never imports numba.cuda.
+DEVICE_TARGET_BLOCKS = 264   # blocks wanted before the KV range is split (two waves of a 132-SM GPU)
+DEVICE_MIN_SPLIT_CELLS = 64  # cells per split at least
+
+
+def device_cache_views(k, type_k: str):
+    """(ka, kb): the device cache rows as the FlashMLA kernel of type_k reads them (q8_0: the row bytes as
+    float16, for the block scales, and as int8, for the quants; other types: the rows twice)."""
+    check_cache_type(type_k)
+    if type_k == "q8_0":
+        return k.view(np.float16), k.view(np.int8)
+    return k, k
+
+
+def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale: float, n_rot: int,
+                     out=None, stream=0):
+    """flash_mla on device arrays: q [n_tok, n_head, n_rot + C] f32, k [n_cells, row] (the latent cache rows in
+    the cache's storage dtype), cell_pos int32, cell_seq uint64, kv_idx/q_pos/q_seq int32 -> [n_tok, n_head, C]."""
+    from numba import cuda
+
+    from .._kernels.cuda import mla as cmla
+    n_tok, n_head, dk = q.shape
+    dv = dk - int(n_rot)
+    if q.dtype != np.float32 or n_rot <= 0 or dv <= 0:
+        raise InvalidArgumentError(f"flash_mla: q must be float32 [n_tok, n_head, n_rot + C], n_rot {n_rot}")
+    if dv > cmla.THREADS * cmla.MAX_COLS:
+        raise UnsupportedError(f"flash_mla on the device: kv_lora_rank {dv} > {cmla.THREADS * cmla.MAX_COLS}")
+    if type_k == "q8_0" and (dk % 32 or n_rot % 32):
+        raise InvalidArgumentError("flash_mla: q8_0 rows need n_rot and the row width to be multiples of 32")
+    width = dk // 32 * 34 if type_k == "q8_0" else dk
+    want = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8}[type_k]
+    if k.dtype != want or len(k.shape) != 2 or k.shape[1] < width:
+        raise InvalidArgumentError(f"flash_mla: {type_k} cache rows must be {np.dtype(want)} [n_cells, >= {width}]")
+    if out is None:
+        out = cuda.device_array((n_tok, n_head, dv), dtype=np.float32, stream=stream)
+    if n_tok == 0:
+        return out
+    n_split, split_len = cmla.choose_split(n_tok, n_head, kv_idx.shape[0], DEVICE_TARGET_BLOCKS,
+                                           DEVICE_MIN_SPLIT_CELLS)
+    ka, kb = device_cache_views(k, type_k)
+    cmla.launch_flash_mla(out, q, ka, kb, _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
+                          np.float32(scale), n_split, split_len, stream)
+    return out

@@ -1,0 +1,142 @@
+"""FlashMLA and YaRN RoPE on the device: the CUDA simulator against the CPU kernels and float64, and every
+kernel compiled to PTX for cc 8.0 and 9.0 (no GPU needed for either).
+
+The simulator tests need NUMBA_ENABLE_CUDASIM=1 before numba-cuda is imported, so `test_in_simulator`
+runs this file's simulator tests in a child pytest with it set; in the child they run, here they are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba_cuda")
+
+SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+sim_only = pytest.mark.skipif(not SIM, reason="runs in the child pytest of test_in_simulator")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+H, C, R = 4, 64, 32
+
+
+def run_simulator_child(path: str) -> None:
+    """Runs the simulator tests of test file `path` in a child pytest with NUMBA_ENABLE_CUDASIM=1."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", path],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
+
+
+@pytest.mark.skipif(SIM, reason="this is the parent of the simulator run")
+def test_in_simulator():
+    run_simulator_child(os.path.abspath(__file__))
+
+
+@pytest.mark.skipif(SIM, reason="the simulator has no compile_ptx")
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)])
+def test_kernels_compile_to_ptx(cc):
+    from pyrt._kernels.cuda import mla, ptx, yarn  # noqa: F401  (registers the kernels)
+    names = [n for n in ptx.REGISTRY if n.startswith(("mla.", "yarn."))]
+    assert len(names) == 7, names
+    for name in names:
+        fn, sigs = ptx.REGISTRY[name]
+        for sig in sigs:
+            text = ptx.compile_for(fn, sig, cc)
+            assert f".target sm_{cc[0]}{cc[1]}" in text, name
+            assert ".entry" in text, name
+
+
+# ---------------------------------------------------------------------------------------- simulator tests
+def _naive_latent(q, rows, cell_pos, cell_seq, q_pos, q_seq, scale):
+    """float64 reference: softmax(scale * q . row) . c_kv over the visible cells -> [n_tok, H, C]."""
+    q = q.astype(np.float64)
+    rows = rows.astype(np.float64)
+    s = np.einsum("thd,cd->thc", q, rows) * scale
+    vis = (((cell_seq[None, :] >> q_seq[:, None].astype(np.uint64)) & np.uint64(1)) == 1) & \
+        (cell_pos[None, :] <= q_pos[:, None])
+    s = np.where(vis[:, None, :], s, -np.inf)
+    m = s.max(axis=2, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(s - m)
+    den = p.sum(axis=2, keepdims=True)
+    p = np.divide(p, den, out=np.zeros_like(p), where=den > 0)
+    return np.einsum("thc,cd->thd", p, rows[:, R:])
+
+
+def _device_flash(q, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale):
+    from numba import cuda
+
+    from pyrt.ops import mla
+    d = cuda.to_device
+    out = mla.flash_mla_device(d(q), d(k), type_k, d(cell_pos), d(cell_seq), d(kv_idx), d(q_pos), d(q_seq),
+                               scale, R)
+    return out.copy_to_host()
+
+
+@sim_only
+@pytest.mark.parametrize("type_k", ["f32", "f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("n_head,n_tok,n_cells,split", [(4, 2, 37, False), (10, 1, 64, True)])
+def test_flash_mla_matches_cpu_and_float64(type_k, n_head, n_tok, n_cells, split, monkeypatch):
+    """Two interleaved sequences, causal by position; a partial head group; KV splits merged for decode."""
+    from pyrt.kv.cache import KVCache
+    from pyrt.ops import mla
+    if split:  # force several KV splits on this small cache
+        monkeypatch.setattr(mla, "DEVICE_MIN_SPLIT_CELLS", 16)
+    rng = np.random.default_rng(n_cells + len(type_k))
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
+    cache = KVCache(1, n_cells, [R + C], [0], type_k, type_k, n_seq_max=2, head_dim_k=R + C, head_dim_v=0)
+    cache.store(0, np.arange(n_cells, dtype=np.int32), rows, None)
+    held = cache.k_values(0, np.arange(n_cells))
+    cell_pos = (np.arange(n_cells, dtype=np.int32) // 2).astype(np.int32)
+    cell_seq = np.where(np.arange(n_cells) % 2 == 0, 1, 2).astype(np.uint64)
+    q_pos = np.sort(rng.integers(0, n_cells // 2, n_tok)).astype(np.int32)
+    q_pos[0] = -1 if n_tok > 1 else q_pos[0]  # a query that sees no cell: zeros
+    q_seq = rng.integers(0, 2, n_tok).astype(np.int32)
+    q = (0.3 * rng.standard_normal((n_tok, n_head, R + C))).astype(np.float32)
+    kv_idx = rng.permutation(n_cells).astype(np.int32)  # scan order is not cell order
+    from pyrt._kernels.cuda import mla as cmla
+    n_split, _ = cmla.choose_split(n_tok, n_head, n_cells, mla.DEVICE_TARGET_BLOCKS, mla.DEVICE_MIN_SPLIT_CELLS)
+    assert (n_split > 1) == split
+    got = _device_flash(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125)
+    cpu = mla.flash_mla(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
+    ref = _naive_latent(q, held, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    assert got.shape == (n_tok, n_head, C)
+    if n_tok > 1:
+        assert not got[0].any() and not cpu[0].any()
+    for out in (got, cpu):
+        nmse = ((out - ref) ** 2).sum() / (ref ** 2).sum()
+        assert nmse < (1e-10 if type_k == "f32" else 1e-9), nmse
+    np.testing.assert_allclose(got, cpu, rtol=1e-4, atol=1e-5)
+
+
+@sim_only
+def test_yarn_rope_matches_cpu():
+    """YaRN angles (ramp between the corr dims, interpolation, mscale) and the NORM rotation of a column
+    range inside each head, as the CPU rope cache and rope kernel apply them."""
+    from numba import cuda
+
+    from pyrt._kernels.cuda import yarn as cyarn
+    from pyrt.ops import mla
+    rng = np.random.default_rng(5)
+    n_tok, n_head, dn, n_rot = 3, 2, 8, 16
+    pos = np.array([0, 7, 4093], np.int32)
+    args = (10000.0, 0.025, 1.0, 3.0, 9.0, 1.0)  # freq_base, freq_scale, ext_factor, corr low/high, mscale
+    rc = mla.yarn_rope_cache(pos, n_rot, args[0], args[1], args[2], (args[3], args[4]), args[5])
+    cos = cuda.device_array((n_tok, n_rot // 2), np.float32)
+    sin = cuda.device_array((n_tok, n_rot // 2), np.float32)
+    cyarn.rope_cache_yarn[cyarn.blocks(cos.size), cyarn.THREADS](cos, sin, cuda.to_device(pos), *args)
+    np.testing.assert_allclose(cos.copy_to_host(), rc.cos, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(sin.copy_to_host(), rc.sin, rtol=0, atol=2e-7)
+    q = rng.standard_normal((n_tok, n_head, dn + n_rot)).astype(np.float32)
+    want = q.copy()
+    pe = np.ascontiguousarray(want[:, :, dn:])
+    rc.apply(pe)
+    want[:, :, dn:] = pe
+    dq = cuda.to_device(q)
+    cyarn.rope_yarn_norm[cyarn.blocks(n_tok * n_rot // 2), cyarn.THREADS](dq, dn, n_rot, cuda.to_device(pos), *args)
+    np.testing.assert_allclose(dq.copy_to_host(), want, rtol=1e-6, atol=1e-6)
