@@ -208,3 +208,95 @@ class MoEDecode:
         ql.moe_block_decode_legacy(x, ffn_norm, float(eps), self.sel, self.wsel, self.gate_inp, self.probs_b,
                                    self.gate_exps, self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp,
                                    self.down_shexp, self.kinds, self.gating, self.norm_w, self.w_scale)
+
+
+# ------------------------------------------------------------------------------------------------ the device
+# The same MoE over device arrays (numba-cuda), for the cuda backend: weights are objects with .raw (a device
+# [rows, row_bytes] uint8 array of GGUF blocks) and .ggml_type, as on the CPU. Only the selected experts' rows
+# are read. The kernels are imported on first use, so a CPU install never imports numba.cuda.
+
+def _device_type(ggml_type: int, what: str) -> str:
+    from .._kernels.cuda import moe as cmoe
+    name = T(int(ggml_type)).name
+    if name not in cmoe.TYPES:
+        raise InvalidArgumentError(f"moe on the device: {what} type {name} is not one of {', '.join(cmoe.TYPES)}")
+    return name
+
+
+def _check_device_rows(w, n_in: int, what: str) -> str:
+    name = _device_type(w.ggml_type, what)
+    qt = get_qtype(w.ggml_type)
+    if w.raw.dtype != np.uint8 or len(w.raw.shape) != 2 or n_in % qt.block_size \
+            or w.raw.shape[1] != n_in // qt.block_size * qt.type_size:
+        raise InvalidArgumentError(f"moe on the device: {what} rows do not hold {n_in} {name} values")
+    return name
+
+
+def route_device(logits, n_expert_used: int, gating: int, exp_probs_b, norm_w: bool, w_scale: float, stream=0):
+    """route on the device: logits [n_tok, n_expert] f32 device array -> (selected [n_tok, n_used] int32,
+    weights [n_tok, n_used] f32) device arrays. exp_probs_b: a [n_expert] f32 device array or None."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    n_tok, n_expert = logits.shape
+    if not 0 < n_expert_used <= n_expert:
+        raise InvalidArgumentError(f"moe: n_expert_used {n_expert_used} not in [1, {n_expert}]")
+    if gating not in (GATING_SOFTMAX, GATING_SIGMOID):
+        raise InvalidArgumentError(f"moe: unsupported gating function {gating}")
+    if exp_probs_b is None:
+        exp_probs_b = cuda.to_device(np.zeros(n_expert, np.float32), stream=stream)
+    sel = cuda.device_array((n_tok, n_expert_used), np.int32, stream=stream)
+    w = cuda.device_array((n_tok, n_expert_used), np.float32, stream=stream)
+    if n_tok:
+        cmoe.moe_route[n_tok, cmoe.ROUTE_THREADS, stream, cmoe.route_shared_bytes(n_expert)](
+            sel, w, logits, exp_probs_b, int(gating), bool(norm_w), float(w_scale))
+    return sel, w
+
+
+def matmul_id_device(x, w, row0, x_row, n_out: int, stream=0):
+    """dst[g] = w.raw[row0[g] : row0[g] + n_out] . x[x_row[g]] on the device -> [n_group, n_out] f32.
+
+    x [n_x, n_in] f32; row0, x_row [n_group] int64 device arrays (ggml's mul_mat_id)."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    name = _check_device_rows(w, x.shape[1], "matmul_id")
+    dst = cuda.device_array((row0.shape[0], n_out), np.float32, stream=stream)
+    if row0.shape[0]:
+        cmoe.MUL_MAT_ID[name][cmoe.row_blocks(row0.shape[0], n_out), cmoe.THREADS, stream](dst, x, w.raw, row0,
+                                                                                          x_row)
+    return dst
+
+
+def moe_ffn_device(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp: int, out=None, stream=0):
+    """moe_ffn on the device: x [n_tok, n_embd] f32, selected/weights [n_tok, n_used] (route_device) ->
+    out [n_tok, n_embd] f32 (added to when given): gate and up with SwiGLU in one launch, down, the weighted
+    sum of the slots in order. Each (token, slot) reads only its expert's rows."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    n_tok, n_embd = x.shape
+    n_used = selected.shape[1]
+    tg = _check_device_rows(gate_exps, n_embd, "gate_exps")
+    if _check_device_rows(up_exps, n_embd, "up_exps") != tg:
+        raise InvalidArgumentError("moe on the device: gate_exps and up_exps must have one type")
+    td = _check_device_rows(down_exps, n_ff_exp, "down_exps")
+    n_group = n_tok * n_used
+    row_g = cuda.device_array(n_group, np.int64, stream=stream)
+    row_d = cuda.device_array(n_group, np.int64, stream=stream)
+    x_row = cuda.device_array(n_group, np.int64, stream=stream)
+    g_row = cuda.device_array(n_group, np.int64, stream=stream)
+    accumulate = out is not None
+    if out is None:
+        out = cuda.device_array((n_tok, n_embd), np.float32, stream=stream)
+    if n_tok == 0:
+        return out
+    cmoe.expert_rows[max(1, (n_group + 127) // 128), 128, stream](row_g, row_d, x_row, g_row, selected, n_ff_exp,
+                                                                   n_embd)
+    h = cuda.device_array((n_group, n_ff_exp), np.float32, stream=stream)
+    cmoe.MOE_GATE_UP[tg][cmoe.row_blocks(n_group, n_ff_exp), cmoe.THREADS, stream](h, x, gate_exps.raw, up_exps.raw,
+                                                                                   row_g, x_row)
+    y = cuda.device_array((n_group, n_embd), np.float32, stream=stream)
+    cmoe.MUL_MAT_ID[td][cmoe.row_blocks(n_group, n_embd), cmoe.THREADS, stream](y, h, down_exps.raw, row_d, g_row)
+    cmoe.moe_combine[max(1, (n_tok * n_embd + 127) // 128), 128, stream](out, y, weights, accumulate)
+    return out
