@@ -84,3 +84,41 @@ def test_decoders_compile_to_ptx(name, cc):
     assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".func" in ptx
     ptx = compile_for(dev.DECODE_BLOCK[name].py_func, (f32, types.int64, u8, types.int64), cc, device=True)
     assert f".target sm_{cc[0]}{cc[1]}" in ptx
+
+
+def test_f32_to_f16_and_bf16_rounding(cpu):
+    @numba.njit
+    def conv(f, x, out):
+        for i in range(x.shape[0]):
+            out[i] = f(x[i])
+    rng = np.random.default_rng(3)
+    bits = np.concatenate([rng.integers(0, 1 << 32, 200000, dtype=np.uint64).astype(np.uint32),
+                           np.arange(0x33000000, 0x33000000 + 20000, dtype=np.uint32),   # f16 subnormal range
+                           np.arange(0x477FE000, 0x47800100, dtype=np.uint32),           # around f16 max / inf
+                           np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x00000001,
+                                     0x7F7FFFFF], np.uint32)])
+    x = bits.view(np.float32)
+    out = np.empty(x.shape[0], np.int64)
+    conv(cpu.f32_to_f16_bits, x, out)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16).astype(np.int64)
+    nan = np.isnan(x)
+    assert np.array_equal(out[~nan], want[~nan]) and np.all((out[nan] & 0x7C00) == 0x7C00)
+    conv(cpu.f32_to_bf16_bits, x, out)
+    u = bits.astype(np.uint64)
+    want = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.int64)   # ggml_compute_fp32_to_bf16
+    assert np.array_equal(out[~nan], want[~nan]) and np.all(out[nan] == 0x7FC0)
+
+
+def test_f32_bits_round_trip(cpu):
+    @numba.njit
+    def conv(f, x, out):
+        for i in range(x.shape[0]):
+            out[i] = f(x[i])
+    rng = np.random.default_rng(4)
+    bits = np.concatenate([rng.integers(0, 1 << 32, 100000, dtype=np.uint64).astype(np.uint32),
+                           np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 1, 0x807FFFFF], np.uint32)])
+    out = np.empty(bits.shape[0], np.int64)
+    conv(cpu.f32_to_f32_bits, bits.view(np.float32), out)
+    nan = np.isnan(bits.view(np.float32))
+    assert np.array_equal(out[~nan], bits[~nan].astype(np.int64)) and np.all(out[nan] == 0x7FC00000)

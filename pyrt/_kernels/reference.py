@@ -68,6 +68,68 @@ def f32_bits_to_f32(b):
     return np.float32(-v) if b & 0x80000000 else np.float32(v)
 
 
+def f32_to_f32_bits(x):
+    """float32 -> its IEEE binary32 bits (exact; NaN as the quiet NaN 0x7FC00000)."""
+    if x != x:
+        return np.int64(0x7FC00000)
+    s = np.int64(0x80000000) if math.copysign(1.0, x) < 0 else np.int64(0)
+    a = abs(x)
+    if a == np.inf:
+        return s | 0x7F800000
+    if a == 0:
+        return s
+    m, e = math.frexp(a)
+    if e - 1 >= -126:
+        return s | (np.int64(e + 126) << 23) | (np.int64(math.ldexp(m, 24)) - 0x800000)
+    return s | np.int64(math.ldexp(a, 149))
+
+
+def f32_to_f16_bits(x):
+    """float32 -> IEEE binary16 bits, round to nearest even (as F16C / numpy's astype), by arithmetic."""
+    if x != x:
+        return 0x7E00
+    s = 0x8000 if math.copysign(1.0, x) < 0 else 0
+    a = abs(x)
+    if a == np.inf:
+        return s | 0x7C00
+    if a == 0:
+        return s
+    m, e = math.frexp(a)  # a = m * 2^e, m in [0.5, 1)
+    if e - 1 >= -14:
+        q = round(math.ldexp(m, 11))  # 11 significant bits, ties to even
+        ex = e - 1
+        if q == 2048:
+            q = 1024
+            ex += 1
+        if ex > 15:
+            return s | 0x7C00
+        return s | ((ex + 15) << 10) | (q - 1024)
+    return s | round(math.ldexp(a, 24))  # subnormal: k * 2^-24 (k = 1024 encodes the smallest normal)
+
+
+def f32_to_bf16_bits(x):
+    """float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN (ggml's fp32_to_bf16)."""
+    if x != x:
+        return 0x7FC0
+    s = 0x8000 if math.copysign(1.0, x) < 0 else 0
+    a = abs(x)
+    if a == np.inf:
+        return s | 0x7F80
+    if a == 0:
+        return s
+    m, e = math.frexp(a)
+    if e - 1 >= -126:
+        q = round(math.ldexp(m, 8))
+        ex = e - 1
+        if q == 256:
+            q = 128
+            ex += 1
+        if ex > 127:
+            return s | 0x7F80
+        return s | ((ex + 127) << 7) | (q - 128)
+    return s | round(math.ldexp(a, 133))
+
+
 def read_u16(src, off):
     return np.int32(src[off]) | (np.int32(src[off + 1]) << 8)
 
