@@ -12,9 +12,9 @@ import math
 from numba import cuda, float32, uint64
 
 from . import ptx
-from .device import dev
+from . import device
 
-_bf16_bits_to_f32 = dev.bf16_bits_to_f32
+_bf16_bits_to_f32 = device.bf16_bits_to_f32
 
 # cache storage kinds (the values of pyrt._kernels.flash_mla)
 KIND_F32 = 0   # ka: float32 rows

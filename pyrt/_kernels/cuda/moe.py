@@ -14,7 +14,7 @@ from numba import cuda, float32, float64, int32
 
 from .. import reference
 from . import ptx
-from .device import dev
+from . import device
 
 THREADS = 128          # threads per block of the row kernels
 LANES = 32             # threads per output row
@@ -108,7 +108,7 @@ def _make_row_kernels(value, bs, ts):
 MUL_MAT_ID = {}
 MOE_GATE_UP = {}
 for _t in TYPES:
-    MUL_MAT_ID[_t], MOE_GATE_UP[_t] = _make_row_kernels(dev.VALUE[_t], *reference.BLOCK[_t])
+    MUL_MAT_ID[_t], MOE_GATE_UP[_t] = _make_row_kernels(device.VALUE[_t], *reference.BLOCK[_t])
 
 
 @cuda.jit
