@@ -22,6 +22,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 H, C, R = 4, 64, 32
 
+if SIM:
+    # The simulator runs the reference decoders as Python, and Python's math.ldexp refuses numpy integer
+    # exponents (compiled code takes any integer): their `math` gets an ldexp that converts. Only the device
+    # copies' globals change; removable once pyrt._kernels.reference passes int(e) itself.
+    import math
+
+    from pyrt._kernels.cuda import device as _device
+
+    class _Math:
+        def __getattr__(self, name):
+            return getattr(math, name)
+
+        @staticmethod
+        def ldexp(x, e):
+            return math.ldexp(x, int(e))
+
+    _device.f16_bits_to_f32.fn.__globals__["math"] = _Math()
+
 
 def run_simulator_child(path: str) -> None:
     """Runs the simulator tests of test file `path` in a child pytest with NUMBA_ENABLE_CUDASIM=1."""
@@ -140,3 +158,92 @@ def test_yarn_rope_matches_cpu():
     dq = cuda.to_device(q)
     cyarn.rope_yarn_norm[cyarn.blocks(n_tok * n_rot // 2), cyarn.THREADS](dq, dn, n_rot, cuda.to_device(pos), *args)
     np.testing.assert_allclose(dq.copy_to_host(), want, rtol=1e-6, atol=1e-6)
+
+
+class _HostKV:
+    """The KV side of ForwardInputs for one deepseek2 layer's CPU attention: a host latent cache."""
+
+    mla = 3
+
+    def __init__(self, cache, cells, cell_pos, cell_seq, kv_idx):
+        self.cache, self.cells, self.cell_pos, self.cell_seq, self.kv_idx = cache, cells, cell_pos, cell_seq, kv_idx
+
+    def store(self, il, k, v):
+        self.cache.store(0, self.cells, k, v)
+
+    def mla_view(self, il):
+        return self.cache.k[0], self.cache.type_k, self.cell_pos, self.cell_seq, self.kv_idx
+
+
+@sim_only
+@pytest.mark.parametrize("name,type_k", [("ds2-qlora-kb-q8_0", "q8_0")])
+def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monkeypatch):
+    """One deepseek2 layer's absorbed attention (YaRN rows, the K-only cache store, W_UK by head, FlashMLA,
+    W_UV by head) on the device against the model's CPU path, over a cache that already holds other cells."""
+    import sys
+    from types import SimpleNamespace
+
+    from numba import cuda
+
+    from pyrt._kernels.cuda import attention as ka
+    from pyrt.io.gguf_file import GGUFFile
+    from pyrt.kv.cache import KVCache
+    from pyrt.models import deepseek2
+    from pyrt.ops import basic, mla
+    from pyrt.ops import matmul as mm
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import synthetic_deepseek2 as sd
+    spec = {n: (w, c, d) for n, w, c, d in sd.VARIANTS}[name]
+    path = str(tmp_path / (name + ".gguf"))
+    sd.write_model(path, spec[0], spec[1], **spec[2])
+    model = deepseek2.DeepSeek2Model(GGUFFile(path))
+    hp, x_ = model.hp, model.hp.extra
+    L = model.layers[1]
+    H, C, R, Dn, Dv = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], hp.n_embd_head_v
+    rng = np.random.default_rng(3)
+    n_cells, n_old, n_tok = 24, 13, 2
+    cache = KVCache(1, n_cells, [R + C], [0], type_k, type_k, n_seq_max=2, head_dim_k=R + C, head_dim_v=0)
+    old = np.arange(n_old, dtype=np.int32)
+    cache.store(0, old, (0.5 * rng.standard_normal((n_old, R + C))).astype(np.float32), None)
+    cells = np.array([n_old, n_old + 3], np.int32)
+    cell_pos = np.full(n_cells, -1, np.int32)
+    cell_pos[old] = np.arange(n_old) // 2 + 1
+    cell_seq = np.zeros(n_cells, np.uint64)
+    cell_seq[old] = np.where(old % 2 == 0, 1, 2).astype(np.uint64)
+    pos = np.array([8, 9], np.int32)
+    seq = np.array([0, 0], np.int32)
+    cell_pos[cells] = pos
+    cell_seq[cells] = 1
+    kv_idx = np.nonzero(cell_seq)[0].astype(np.int32)
+    dev_k = cuda.to_device(cache.k[0].view(np.uint8).reshape(n_cells, -1))  # the cache before the ubatch
+    h = (rng.standard_normal((n_tok, hp.n_embd))).astype(np.float32)
+    # the projections (dense matmuls of the cuda backend) on the host; their outputs go to the device
+    if L.attn_q is None:
+        qa_, kva = mm.matmul_multi(h, [(L.attn_q_a.w.raw, L.attn_q_a.w.ggml_type),
+                                       (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type)])
+        q = L.attn_q_b(basic.rms_norm(qa_, L.attn_q_a_norm, hp.f_norm_rms_eps))
+    else:
+        q, kva = mm.matmul_multi(h, [(L.attn_q.w.raw, L.attn_q.w.ggml_type),
+                                     (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type)])
+    inp = SimpleNamespace(kv=_HostKV(cache, cells, cell_pos, cell_seq, kv_idx), pos=pos, seq=seq)
+    assert n_tok < deepseek2.PP_MIN_TOKENS  # the absorbed path
+    # CPU: the model's own path, fed the same projections (its one linear_multi call)
+    monkeypatch.setattr(deepseek2, "linear_multi", lambda hh, *lins: [q if L.attn_q is not None else qa_, kva])
+    want = model._attention(1, L, h, model.rope_cache(pos), inp, 3)
+    # device
+    yarn = (hp.rope_freq_base, hp.rope_freq_scale, x_["ext_factor"], *x_["corr_dims"], x_["rope_mscale"])
+    d = cuda.to_device
+    row = mla.mla_kv_rows_device(d(np.ascontiguousarray(kva)), d(L.attn_kv_a_norm), hp.f_norm_rms_eps, d(pos), yarn)
+    ka.store_rows[n_tok, ka.NT](dev_k.reshape(dev_k.size), dev_k.shape[1], 0, d(cells), row,
+                                ka.CACHE_KINDS.index(type_k))
+    # the stored latent rows are the CPU's, byte for byte (f32 rows within rounding, then the same conversion)
+    held = dev_k.copy_to_host()
+    np.testing.assert_array_equal(held[cells], cache.k[0].view(np.uint8).reshape(n_cells, -1)[cells])
+    kb = SimpleNamespace(raw=d(L.k_b_raw), ggml_type=L.k_b_type)
+    vb = SimpleNamespace(raw=d(L.v_b_raw), ggml_type=L.v_b_type)
+    got = mla.mla_attention_device(d(np.ascontiguousarray(q.reshape(n_tok, H, Dn + R))), kb, L.k_b_row0, vb,
+                                   L.v_b_row0, Dv, dev_k, type_k, d(cell_pos), d(cell_seq), d(kv_idx), d(pos),
+                                   d(seq), model.kq_scale, yarn, R).copy_to_host()
+    nmse = ((got - want) ** 2).sum() / (want ** 2).sum()
+    # the CPU quantizes the activations of both the W_UK and the W_UV product to Q8_0 (2x its matmul NMSE)
+    assert nmse < 3e-4, nmse

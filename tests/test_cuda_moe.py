@@ -5,7 +5,6 @@ CUDA simulator (a child pytest, see tests/test_cuda_mla.py); every kernel compil
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -16,22 +15,6 @@ from gguf.quants import dequantize, quantize
 pytest.importorskip("numba_cuda")
 
 from test_cuda_mla import SIM, run_simulator_child, sim_only  # noqa: E402
-
-if SIM:
-    # The simulator runs the reference decoders as Python, and Python's math.ldexp refuses numpy integer
-    # exponents (compiled code takes any integer): their `math` gets an ldexp that converts. Only the device
-    # copies' globals change; removable once pyrt._kernels.reference passes int(e) itself.
-    from pyrt._kernels.cuda import device as _device
-
-    class _Math:
-        def __getattr__(self, name):
-            return getattr(math, name)
-
-        @staticmethod
-        def ldexp(x, e):
-            return math.ldexp(x, int(e))
-
-    _device.f16_bits_to_f32.fn.__globals__["math"] = _Math()
 
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q5_0, T.Q4_K, T.Q5_K, T.Q6_K]
 # CPU matmul tolerance (tests/test_matmul.py): the CPU quantizes activations, the device does not

@@ -289,13 +289,15 @@ def device_cache_views(k, type_k: str):
     check_cache_type(type_k)
     if type_k == "q8_0":
         return k.view(np.float16), k.view(np.int8)
+    if k.dtype == np.uint8:  # a byte buffer of rows
+        k = k.view({"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[type_k])
     return k, k
 
 
 def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale: float, n_rot: int,
                      out=None, stream=0):
     """flash_mla on device arrays: q [n_tok, n_head, n_rot + C] f32, k [n_cells, row] (the latent cache rows in
-    the cache's storage dtype), cell_pos int32, cell_seq uint64, kv_idx/q_pos/q_seq int32 -> [n_tok, n_head, C]."""
+    the cache's storage dtype, or its bytes as uint8), cell_pos int32, cell_seq uint64, kv_idx/q_pos/q_seq int32 -> [n_tok, n_head, C]."""
     from numba import cuda
 
     from .._kernels.cuda import mla as cmla
@@ -309,6 +311,9 @@ def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq
         raise InvalidArgumentError("flash_mla: q8_0 rows need n_rot and the row width to be multiples of 32")
     width = dk // 32 * 34 if type_k == "q8_0" else dk
     want = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8}[type_k]
+    if k.dtype == np.uint8 and type_k != "q8_0":
+        width *= np.dtype(want).itemsize
+        want = np.uint8
     if k.dtype != want or len(k.shape) != 2 or k.shape[1] < width:
         raise InvalidArgumentError(f"flash_mla: {type_k} cache rows must be {np.dtype(want)} [n_cells, >= {width}]")
     if out is None:
@@ -321,3 +326,60 @@ def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq
     cmla.launch_flash_mla(out, q, ka, kb, _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
                           np.float32(scale), n_split, split_len, stream)
     return out
+
+
+def mla_kv_rows_device(kva, kv_a_norm, eps: float, pos, yarn: tuple, stream=0):
+    """The ubatch's latent cache rows on the device: kva [n_tok, C + n_rot] f32 (attn_kv_a_mqa's output),
+    kv_a_norm [C] f32, pos [n_tok] int32 -> [n_tok, n_rot + C] f32 = [rope(k_pe) | rmsnorm(c_kv) * kv_a_norm].
+    yarn: (freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale) of the layer's RoPE."""
+    from numba import cuda
+
+    from .._kernels.cuda import mla as cmla
+    n_tok, w = kva.shape
+    C = kv_a_norm.shape[0]
+    if w <= C or (w - C) % 2:
+        raise InvalidArgumentError(f"mla rows: kva rows of {w} do not hold {C} latents and an even rope part")
+    row = cuda.device_array((n_tok, w), np.float32, stream=stream)
+    if n_tok:
+        cmla.mla_kv_rows[n_tok, cmla.THREADS, stream](row, kva, kv_a_norm, float(eps), pos,
+                                                      *(float(v) for v in yarn))
+    return row
+
+
+def mla_attention_device(q, k_b, k_b_row0, v_b, v_b_row0, dv: int, k, type_k: str, cell_pos, cell_seq, kv_idx,
+                         q_pos, q_seq, scale: float, yarn: tuple, n_rot: int, stream=0):
+    """A ubatch's absorbed MLA attention on the device -> [n_tok, n_head * dv] f32: q_nope . W_UK (reading
+    each head's rows by id), the roped q_pe beside it, FlashMLA over the latent cache, then . W_UV per head.
+
+    q [n_tok, n_head, dn + n_rot] f32 (per head [q_nope | q_pe], q_pe not yet roped); k_b, v_b: weights with
+    .raw (device [rows, row_bytes] uint8) and .ggml_type; k_b_row0 / v_b_row0 [n_head] host int64, the first row
+    of each head's W_UK ([C, dn]) / W_UV ([dv, C]); k, type_k, cell_pos .. q_seq: as flash_mla_device (q_pos
+    also feeds RoPE); yarn as mla_kv_rows_device.
+    """
+    from numba import cuda
+
+    from .._kernels.cuda import mla as cmla
+    from .moe import matmul_id_device
+    n_tok, n_head, dk = q.shape
+    dn = dk - int(n_rot)
+    k_b_row0 = np.ascontiguousarray(k_b_row0, dtype=np.int64)
+    v_b_row0 = np.ascontiguousarray(v_b_row0, dtype=np.int64)
+    if dn <= 0 or k_b_row0.shape != (n_head,) or v_b_row0.shape != (n_head,):
+        raise InvalidArgumentError(f"mla: q of {dk} per head, n_rot {n_rot}, W_UK/W_UV row offsets of {n_head} "
+                                   "heads required")
+    C = k_b.raw.shape[0] // n_head if k_b_row0.size else 0
+    if int(k_b_row0.max()) + C > k_b.raw.shape[0] or int(v_b_row0.max()) + dv > v_b.raw.shape[0]:
+        raise InvalidArgumentError("mla: W_UK / W_UV row offsets out of range")
+    out = cuda.device_array((n_tok, n_head * dv), np.float32, stream=stream)
+    if n_tok == 0:
+        return out
+    x_row = cuda.to_device(np.arange(n_tok * n_head, dtype=np.int64), stream=stream)
+    q2 = q.reshape(n_tok * n_head, dk)
+    q_abs = matmul_id_device(q2[:, :dn], k_b, cuda.to_device(np.tile(k_b_row0, n_tok), stream=stream), x_row, C,
+                             stream)
+    qa = cuda.device_array((n_tok, n_head, n_rot + C), np.float32, stream=stream)
+    cmla.mla_q_rows[n_tok * n_head, cmla.THREADS, stream](qa, q, q_abs, q_pos, *(float(v) for v in yarn))
+    o_lat = flash_mla_device(qa, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot, stream=stream)
+    o = matmul_id_device(o_lat.reshape(n_tok * n_head, C), v_b, cuda.to_device(np.tile(v_b_row0, n_tok),
+                         stream=stream), x_row, dv, stream)
+    return o.reshape(n_tok, n_head * dv)

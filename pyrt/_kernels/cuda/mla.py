@@ -9,10 +9,11 @@ come from cell positions and sequence bitsets as in pyrt._kernels.flash_mla; red
 
 import math
 
-from numba import cuda, float32, uint64
+from numba import cuda, float32, float64, uint64
 
 from . import ptx
 from . import device
+from .yarn import yarn_cos_sin
 
 _bf16_bits_to_f32 = device.bf16_bits_to_f32
 
@@ -229,6 +230,66 @@ def flash_mla_merge(dst, pm, pl, pacc):
         dst[t, h, col] = o
 
 
+@cuda.jit
+def mla_kv_rows(row, kva, kv_a_norm, eps, pos, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale):
+    """The latent cache rows of a ubatch: row[t] = [rope(k_pe) | rmsnorm(c_kv) * kv_a_norm], one block per token.
+
+    row [n_tok, n_rot + C] f32 out; kva [n_tok, C + n_rot] f32 the attn_kv_a_mqa output [c_kv | k_pe];
+    kv_a_norm [C] f32; eps f64; pos [n_tok] int32; the YaRN scalars as yarn.rope_yarn_norm (NORM pairs).
+    The RMSNorm as pyrt._kernels.norm (the squares summed in f64, one f32 scale).
+    """
+    ss = cuda.shared.array(THREADS, float64)
+    t = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    C = kv_a_norm.shape[0]
+    n_rot = row.shape[1] - C
+    acc = float64(0.0)
+    for i in range(tid, C, THREADS):
+        v = float64(kva[t, i])
+        acc += v * v
+    ss[tid] = acc
+    s = THREADS // 2
+    while s > 0:
+        cuda.syncthreads()
+        if tid < s:
+            ss[tid] += ss[tid + s]
+        s //= 2
+    cuda.syncthreads()
+    scale = float32(1.0 / math.sqrt(ss[0] / C + eps))
+    for i in range(tid, C, THREADS):
+        row[t, n_rot + i] = (kva[t, i] * scale) * kv_a_norm[i]
+    for i in range(tid, n_rot // 2, THREADS):
+        c, sn = yarn_cos_sin(pos[t], i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale)
+        x0 = kva[t, C + 2 * i]
+        x1 = kva[t, C + 2 * i + 1]
+        row[t, 2 * i] = x0 * c - x1 * sn
+        row[t, 2 * i + 1] = x0 * sn + x1 * c
+
+
+@cuda.jit
+def mla_q_rows(qa, q, q_abs, pos, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale):
+    """The absorbed queries: qa[t, h] = [rope(q_pe) | q_abs[t * n_head + h]], one block per (token, head).
+
+    qa [n_tok, n_head, n_rot + C] f32 out; q [n_tok, n_head, dn + n_rot] f32 per head [q_nope | q_pe];
+    q_abs [n_tok * n_head, C] f32 (q_nope . W_UK); pos [n_tok] int32; the YaRN scalars as mla_kv_rows.
+    """
+    n_head = q.shape[1]
+    t = cuda.blockIdx.x // n_head
+    h = cuda.blockIdx.x % n_head
+    tid = cuda.threadIdx.x
+    C = q_abs.shape[1]
+    n_rot = qa.shape[2] - C
+    dn = q.shape[2] - n_rot
+    for i in range(tid, C, THREADS):
+        qa[t, h, n_rot + i] = q_abs[t * n_head + h, i]
+    for i in range(tid, n_rot // 2, THREADS):
+        c, sn = yarn_cos_sin(pos[t], i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale)
+        x0 = q[t, h, dn + 2 * i]
+        x1 = q[t, h, dn + 2 * i + 1]
+        qa[t, h, 2 * i] = x0 * c - x1 * sn
+        qa[t, h, 2 * i + 1] = x0 * sn + x1 * c
+
+
 def choose_split(n_tok: int, n_head: int, n_kv: int, target_blocks: int, min_cells: int) -> tuple[int, int]:
     """(n_split, split_len): split the KV range until about target_blocks blocks run, each split at least
     min_cells cells (rounded up to whole tiles)."""
@@ -279,5 +340,9 @@ def _sig(kind: int) -> str:
 
 for _k in FLASH_MLA:
     ptx.register(f"mla.flash_mla_{('f32', 'f16', 'bf16', 'q8_0')[_k]}", FLASH_MLA[_k], _sig(_k))
+_YARN = "int32[::1], float64, float64, float64, float64, float64, float64"
+ptx.register("mla.mla_kv_rows", mla_kv_rows,
+             f"void(float32[:, ::1], float32[:, ::1], float32[::1], float64, {_YARN})")
+ptx.register("mla.mla_q_rows", mla_q_rows, f"void(float32[:, :, ::1], float32[:, :, ::1], float32[:, ::1], {_YARN})")
 ptx.register("mla.flash_mla_merge", flash_mla_merge,
              "void(float32[:, :, ::1], float32[:, :, ::1], float32[:, :, ::1], float32[:, :, :, ::1])")

@@ -252,7 +252,8 @@ def route_shared_bytes(n_expert: int) -> int:
 
 _ROW_SIG = "void(float32[:, ::1], float32[:, ::1], uint8[:, ::1], int64[::1], int64[::1])"
 for _t in TYPES:
-    ptx.register(f"moe.mul_mat_id_{_t.lower()}", MUL_MAT_ID[_t], _ROW_SIG)
+    ptx.register(f"moe.mul_mat_id_{_t.lower()}", MUL_MAT_ID[_t], _ROW_SIG,
+                 _ROW_SIG.replace("float32[:, ::1], uint8", "float32[:, :], uint8"))  # x: a column range
     ptx.register(f"moe.moe_gate_up_{_t.lower()}", MOE_GATE_UP[_t],
                  "void(float32[:, ::1], float32[:, ::1], uint8[:, ::1], uint8[:, ::1], int64[::1], int64[::1])")
 ptx.register("moe.moe_route", moe_route,

@@ -15,7 +15,7 @@ THREADS = 128
 
 
 @cuda.jit(device=True)
-def _yarn_cos_sin(p, i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale):
+def yarn_cos_sin(p, i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale):
     """(cos, sin) of pair i at position p, times mscale, as f32 (theta mixed by the YaRN ramp)."""
     extrap = float64(p) * freq_base ** (-2.0 * i / n_rot)
     theta = freq_scale * extrap
@@ -39,7 +39,7 @@ def rope_cache_yarn(cos, sin, pos, freq_base, freq_scale, ext_factor, corr_low, 
     if g < cos.shape[0] * half:
         t = g // half
         i = g % half
-        c, s = _yarn_cos_sin(pos[t], i, 2 * half, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale)
+        c, s = yarn_cos_sin(pos[t], i, 2 * half, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale)
         cos[t, i] = c
         sin[t, i] = s
 
@@ -56,7 +56,7 @@ def rope_yarn_norm(x, col0, n_rot, pos, freq_base, freq_scale, ext_factor, corr_
     if g < x.shape[0] * half:
         t = g // half
         i = g % half
-        c, s = _yarn_cos_sin(pos[t], i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale)
+        c, s = yarn_cos_sin(pos[t], i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale)
         j = col0 + 2 * i
         for h in range(x.shape[1]):
             x0 = x[t, h, j]
