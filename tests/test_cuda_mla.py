@@ -195,7 +195,8 @@ def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monke
     import synthetic_deepseek2 as sd
     spec = {n: (w, c, d) for n, w, c, d in sd.VARIANTS}[name]
     path = str(tmp_path / (name + ".gguf"))
-    sd.write_model(path, spec[0], spec[1], **spec[2])
+    small = dict(n_embd=64, n_head=2, q_lora_rank=32, kv_lora_rank=32, n_ff=64, n_ff_exp=32)  # simulator time
+    sd.write_model(path, spec[0], spec[1], **{**small, **spec[2]})
     model = deepseek2.DeepSeek2Model(GGUFFile(path))
     hp, x_ = model.hp, model.hp.extra
     L = model.layers[1]

@@ -148,3 +148,47 @@ def test_moe_ffn_matches_cpu(t_gu, t_d):
             ref[tk] += wts[tk, k] * (d[e * n_embd:(e + 1) * n_embd] @ h)
     assert _nmse(got, ref) < 1e-10
     assert _nmse(got, cpu) < NMSE_CPU[T(t_gu).name] + NMSE_CPU[T(t_d).name]
+
+
+@sim_only
+def test_deepseek2_moe_block_on_device_matches_cpu(tmp_path):
+    """A synthetic deepseek2 MoE layer (sigmoid gating with exp_probs_b, weight norm and scale 2.5, a shared
+    expert) on the device against the model's op-by-op CPU path."""
+    import sys
+    from types import SimpleNamespace
+
+    from numba import cuda
+
+    from pyrt.io.gguf_file import GGUFFile
+    from pyrt.models import deepseek2
+    from pyrt.models.base import linear_multi
+    from pyrt.ops import basic, moe
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    import synthetic_deepseek2 as sd
+    name = "ds2-lite-kb-f16"
+    spec = {n: (w, c, d) for n, w, c, d in sd.VARIANTS}[name]
+    path = str(tmp_path / (name + ".gguf"))
+    small = dict(n_embd=64, n_head=2, q_lora_rank=32, kv_lora_rank=32, n_ff=64, n_ff_exp=32)  # simulator time
+    sd.write_model(path, spec[0], spec[1], **{**small, **spec[2]})
+    model = deepseek2.DeepSeek2Model(GGUFFile(path))
+    x_ = model.hp.extra
+    L = model.layers[1]
+    assert L.moe and L.exp_probs_b is not None and x_["expert_gating_func"] == moe.GATING_SIGMOID
+    h = np.random.default_rng(1).standard_normal((1, model.hp.n_embd)).astype(np.float32)
+    logits = L.ffn_gate_inp(h)
+    sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,
+                       x_["expert_weights_norm"], x_["expert_weights_scale"])
+    want = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"])
+    g, u = linear_multi(h, L.ffn_gate_shexp, L.ffn_up_shexp)
+    want += L.ffn_down_shexp(basic.swiglu(g, u))
+
+    def dev(wt):
+        return SimpleNamespace(raw=cuda.to_device(wt.raw), ggml_type=wt.ggml_type)
+    d = cuda.to_device
+    got = moe.moe_block_device(d(h), dev(L.ffn_gate_inp.w), d(L.exp_probs_b), dev(L.ffn_gate_exps),
+                               dev(L.ffn_up_exps), dev(L.ffn_down_exps),
+                               (dev(L.ffn_gate_shexp.w), dev(L.ffn_up_shexp.w), dev(L.ffn_down_shexp.w)),
+                               x_["n_ff_exp"], x_["n_expert_used"], x_["expert_gating_func"],
+                               x_["expert_weights_norm"], x_["expert_weights_scale"]).copy_to_host()
+    assert np.abs(want).max() > 0.01
+    assert _nmse(got, want) < 2 * NMSE_CPU["F16"], _nmse(got, want)

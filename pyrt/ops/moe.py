@@ -300,3 +300,43 @@ def moe_ffn_device(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp
     cmoe.MUL_MAT_ID[td][cmoe.row_blocks(n_group, n_embd), cmoe.THREADS, stream](y, h, down_exps.raw, row_d, g_row)
     cmoe.moe_combine[max(1, (n_tok * n_embd + 127) // 128), 128, stream](out, y, weights, accumulate)
     return out
+
+
+def gate_up_device(x, w_gate, w_up, row0, x_row, n_ff: int, stream=0):
+    """h[g] = silu(w_gate rows . x[x_row[g]]) * (w_up rows . x[x_row[g]]) on the device, each group's n_ff rows
+    from row0[g] -> [n_group, n_ff] f32 (one launch for gate, up and SwiGLU)."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    name = _check_device_rows(w_gate, x.shape[1], "gate")
+    if _check_device_rows(w_up, x.shape[1], "up") != name:
+        raise InvalidArgumentError("moe on the device: gate and up must have one type")
+    h = cuda.device_array((row0.shape[0], n_ff), np.float32, stream=stream)
+    if row0.shape[0]:
+        cmoe.MOE_GATE_UP[name][cmoe.row_blocks(row0.shape[0], n_ff), cmoe.THREADS, stream](h, x, w_gate.raw,
+                                                                                          w_up.raw, row0, x_row)
+    return h
+
+
+def moe_block_device(h, gate_inp, exp_probs_b, gate_exps, up_exps, down_exps, shexp, n_ff_exp: int, n_used: int,
+                     gating: int, norm_w: bool, w_scale: float, stream=0):
+    """A deepseek2 MoE FFN on the device: router, top-k, the selected experts' SwiGLU FFNs and the shared
+    experts -> [n_tok, n_embd] f32 (what the layer adds to its residual).
+
+    h [n_tok, n_embd] f32 (the ffn_norm output); gate_inp [n_expert, n_embd] and the expert tensors: weights with
+    .raw on the device; shexp: (gate, up, down) shared-expert weights or None; exp_probs_b: [n_expert] f32 device
+    array or None; the routing scalars as route."""
+    from numba import cuda
+    n_tok, n_embd = h.shape
+    n_expert = gate_inp.raw.shape[0]
+    zero = cuda.to_device(np.zeros(n_tok, np.int64), stream=stream)
+    rows = cuda.to_device(np.arange(n_tok, dtype=np.int64), stream=stream)
+    logits = matmul_id_device(h, gate_inp, zero, rows, n_expert, stream)
+    sel, w = route_device(logits, n_used, gating, exp_probs_b, norm_w, w_scale, stream)
+    if shexp is not None:
+        n_sh = shexp[0].raw.shape[0]
+        hs = gate_up_device(h, shexp[0], shexp[1], zero, rows, n_sh, stream)
+        out = matmul_id_device(hs, shexp[2], zero, rows, n_embd, stream)
+    else:
+        out = None
+    return moe_ffn_device(h, sel, w, gate_exps, up_exps, down_exps, n_ff_exp, out=out, stream=stream)
