@@ -60,7 +60,7 @@ def test_in_simulator():
 def test_kernels_compile_to_ptx(cc):
     from pyrt._kernels.cuda import mla, ptx, yarn  # noqa: F401  (registers the kernels)
     names = [n for n in ptx.REGISTRY if n.startswith(("mla.", "yarn."))]
-    assert len(names) == 7, names
+    assert len(names) == 9, names
     for name in names:
         fn, sigs = ptx.REGISTRY[name]
         for sig in sigs:
@@ -91,8 +91,7 @@ def _device_flash(q, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale)
 
     from pyrt.ops import mla
     d = cuda.to_device
-    out = mla.flash_mla_device(d(q), d(k), type_k, d(cell_pos), d(cell_seq), d(kv_idx), d(q_pos), d(q_seq),
-                               scale, R)
+    out = mla.flash_mla(d(q), d(k), type_k, d(cell_pos), d(cell_seq), d(kv_idx), d(q_pos), d(q_seq), scale, R)
     return out.copy_to_host()
 
 

@@ -87,8 +87,8 @@ def test_route_matches_cpu(gating, bias, norm_w, w_scale):
     logits[0, 5] = logits[0, 9]  # a tie: the lower expert id first
     pb = (0.5 * rng.standard_normal(n_expert)).astype(np.float32) if bias else None
     sel, w = moe.route(logits, n_used, gating, pb, norm_w, w_scale)
-    dsel, dw = moe.route_device(cuda.to_device(logits), n_used, gating, None if pb is None else cuda.to_device(pb),
-                                norm_w, w_scale)
+    dsel, dw = moe.route(cuda.to_device(logits), n_used, gating, None if pb is None else cuda.to_device(pb),
+                         norm_w, w_scale)
     assert np.array_equal(dsel.copy_to_host(), sel)
     np.testing.assert_allclose(dw.copy_to_host(), w, rtol=2e-6)
 

@@ -2,8 +2,9 @@
 
 `flash_mla` runs the absorbed attention (FlashMLA kernel), `MLADecode` a decoded token's whole absorbed
 attention (W_UK, FlashMLA, W_UV) in one call; `latent_rows` dequantizes cached latent rows for the
-decompressing prompt path. Imports pyrt._kernels, pyrt.formats, pyrt.ops.matmul and pyrt.errors only;
-the cache rows arrive as arrays from the caller.
+decompressing prompt path. The `*_device` functions run a ubatch's absorbed attention on numba-cuda device
+arrays (pyrt._kernels.cuda, imported on first use). Imports pyrt._kernels, pyrt.formats, pyrt.ops and
+pyrt.errors only; the cache rows arrive as arrays from the caller.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     """Absorbed attention of q [n_tok, n_head, n_rot + C] f32 over latent rows k [n_cells, row] -> [n_tok, n_head, C].
 
     q's per-head rows are [q_pe | q_nope . W_UK] and the cache rows [k_pe | c_kv] (same order); V is
-    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32).
+    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32). A device q
+    (a numba-cuda array) runs flash_mla_device, every other argument on that device too.
     """
+    if is_device_array(q):
+        return flash_mla_device(q, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot, out=out)
     if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
         raise InvalidArgumentError("flash_mla: q must be float32 [n_tok, n_head, n_rot + kv_lora_rank]")
     q = np.ascontiguousarray(q)
@@ -279,6 +283,11 @@ def yarn_rope_cache(pos: np.ndarray, n_rot: int, freq_base: float, freq_scale: f
 # ------------------------------------------------------------------------------------------------ the device
 # The same entry points over device arrays (numba-cuda), for the cuda backend. The kernels are imported on
 # first use, so a CPU install never imports numba.cuda.
+def is_device_array(x) -> bool:
+    """True for a numba-cuda device array (or the simulator's stand-in): what the device entry points take."""
+    return type(x) is not np.ndarray and hasattr(x, "copy_to_host")
+
+
 DEVICE_TARGET_BLOCKS = 264   # blocks wanted before the KV range is split (two waves of a 132-SM GPU)
 DEVICE_MIN_SPLIT_CELLS = 64  # cells per split at least
 

@@ -3,7 +3,8 @@ the experts' SwiGLU FFNs run only on the tokens routed to them, one matrix call 
 a decoded token's whole MoE FFN as one fused kernel call (MoEDecode).
 
 Expert weights are 3D GGUF tensors whose raw view is [n_expert * n_out, row_bytes]; an expert is a
-contiguous slice of rows. Imports pyrt.ops, pyrt.formats, pyrt._kernels and pyrt.errors only.
+contiguous slice of rows. The `*_device` functions run the same on numba-cuda device arrays
+(pyrt._kernels.cuda, imported on first use). Imports pyrt.ops, pyrt.formats, pyrt._kernels and pyrt.errors only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import basic
 from . import matmul as mm
+from .mla import is_device_array
 
 # Up to this many tokens, every (token, expert) pair is one group of a single grouped-matmul launch per
 # weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call, which
@@ -37,7 +39,10 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
 
     The bias only steers the selection; the weights are the unbiased probabilities, optionally
     divided by their sum (clamped at 2^-14 like ggml) and multiplied by w_scale (unless 0 or 1).
+    Device logits (a numba-cuda array) run route_device (exp_probs_b then on the device too).
     """
+    if is_device_array(logits):
+        return route_device(logits, n_expert_used, gating, exp_probs_b, norm_w, w_scale)
     n_tok, n_expert = logits.shape
     if not 0 < n_expert_used <= n_expert:
         raise InvalidArgumentError(f"moe: n_expert_used {n_expert_used} not in [1, {n_expert}]")
@@ -68,8 +73,11 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     x [n_tok, n_embd] f32; gate_exps/up_exps/down_exps: objects with .raw ([n_expert*n_out, row_bytes]
     uint8) and .ggml_type. Tokens routed to the same expert go through it as one batch. gate_up: optional
     raw view of gate_exps' rows directly followed by up_exps' (models.base.adjacent_rows), for the
-    few-token path's single gate+up launch.
+    few-token path's single gate+up launch. A device x (a numba-cuda array) runs moe_ffn_device (the
+    weights' .raw, selected and weights then on the device too).
     """
+    if is_device_array(x):
+        return moe_ffn_device(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp)
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
     if n_tok <= ID_MAX_TOKENS:
