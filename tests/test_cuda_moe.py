@@ -73,6 +73,19 @@ def test_kernels_compile_to_ptx(cc):
             assert f".target sm_{cc[0]}{cc[1]}" in text and ".entry" in text, name
 
 
+def test_constants_match_the_cpu_kernels():
+    """The device kernels keep their own copies of the CPU modules' codes (a leaf imports no CPU kernels)."""
+    from pyrt._kernels import flash_mla as fk
+    from pyrt._kernels import quants_legacy as ql
+    from pyrt._kernels.cuda import mla as cmla
+    from pyrt._kernels.cuda import moe as cmoe
+    assert (cmoe.GATING_SOFTMAX, cmoe.GATING_SIGMOID, cmoe.W_NORM_MIN) == (ql.GATING_SOFTMAX, ql.GATING_SIGMOID,
+                                                                            ql.W_NORM_MIN)
+    assert (cmla.KIND_F32, cmla.KIND_F16, cmla.KIND_BF16, cmla.KIND_Q8_0) == (fk.KIND_F32, fk.KIND_F16,
+                                                                              fk.KIND_BF16, fk.KIND_Q8_0)
+    assert cmla.shared_bytes(576) <= 48 * 1024  # DeepSeek's 512 + 64 latent rows fit a block
+
+
 # ---------------------------------------------------------------------------------------- simulator tests
 @sim_only
 @pytest.mark.parametrize("gating,bias,norm_w,w_scale", [(1, False, False, 1.0), (2, True, True, 2.5),

@@ -290,6 +290,7 @@ def is_device_array(x) -> bool:
 
 DEVICE_TARGET_BLOCKS = 264   # blocks wanted before the KV range is split (two waves of a 132-SM GPU)
 DEVICE_MIN_SPLIT_CELLS = 64  # cells per split at least
+DEVICE_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block gets without opting in (every cc >= 7.0)
 
 
 def device_cache_views(k, type_k: str):
@@ -316,6 +317,9 @@ def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq
         raise InvalidArgumentError(f"flash_mla: q must be float32 [n_tok, n_head, n_rot + C], n_rot {n_rot}")
     if dv > cmla.THREADS * cmla.MAX_COLS:
         raise UnsupportedError(f"flash_mla on the device: kv_lora_rank {dv} > {cmla.THREADS * cmla.MAX_COLS}")
+    if cmla.shared_bytes(dk) > DEVICE_SHARED_BYTES:
+        raise UnsupportedError(f"flash_mla on the device: rows of {dk} values need more than "
+                               f"{DEVICE_SHARED_BYTES} bytes of shared memory per block")
     if type_k == "q8_0" and (dk % 32 or n_rot % 32):
         raise InvalidArgumentError("flash_mla: q8_0 rows need n_rot and the row width to be multiples of 32")
     width = dk // 32 * 34 if type_k == "q8_0" else dk
