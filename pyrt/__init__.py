@@ -17,13 +17,13 @@ import os as _os
 if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
 
-from .errors import (BusyError, ContextOverflowError, FileAccessError, GrammarError,
+from .errors import (BusyError, ContextOverflowError, DeviceError, FileAccessError, GrammarError,
                      InvalidArgumentError, ModelFileError,
                      PyrtError, StateError, StateFileError, TokenizerError, UnsupportedError)
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "LLM", "Context", "Batch", "PyrtError", "ModelFileError", "UnsupportedError",
+__all__ = ["load", "LLM", "Context", "Batch", "PyrtError", "ModelFileError", "UnsupportedError", "DeviceError",
            "ContextOverflowError", "InvalidArgumentError", "TokenizerError", "StateError", "StateFileError",
            "FileAccessError", "BusyError", "GrammarError",
            "__version__"]

@@ -53,6 +53,28 @@ def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None
     p.add_argument("--swa-full", action="store_true",
                    help="full-size cache for sliding-window layers (default: they keep only the window, as "
                         "llama.cpp; full size lets any earlier prompt prefix be reused)")
+    add_device_args(p)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device and llama.cpp's -ngl (a whole model on the GPU when > 0: pyrt does not split layers)."""
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="where the model runs (default: cpu; cuda needs the [cuda] extra and an NVIDIA GPU)")
+    p.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=None, metavar="N",
+                   help="as llama.cpp: N > 0 runs all layers on the GPU (= --device cuda), 0 on the CPU")
+
+
+def device_of_args(a) -> str:
+    """The device the command line asks for (--device, else -ngl); UsageError when they disagree."""
+    ngl = getattr(a, "n_gpu_layers", None)
+    dev = getattr(a, "device", None)
+    if ngl is not None and ngl < 0:
+        ngl = 1 << 30  # llama.cpp's -ngl -1: all layers
+    if dev is None:
+        return "cuda" if ngl else "cpu"
+    if ngl is not None and (ngl > 0) != (dev == "cuda"):
+        raise UsageError(f"pyrt: --device {dev} contradicts -ngl {a.n_gpu_layers}")
+    return dev
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -239,7 +261,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     a.model = _model_path(a)
     a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
                type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup,
-               defrag_thold=a.defrag_thold, mla=a.mla_use, swa_full=a.swa_full)
+               defrag_thold=a.defrag_thold, mla=a.mla_use, swa_full=a.swa_full, device=device_of_args(a))
     if a.conversation:
         return _conversation(a, llm, prompt)
     llm.check_prompt(llm.tokenize(prompt))  # fail before printing anything
@@ -384,7 +406,7 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
     a.model = _model_path(a)
     a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
                n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
-               mla=a.mla_use, swa_full=a.swa_full)
+               mla=a.mla_use, swa_full=a.swa_full, device=device_of_args(a))
     err, out = sys.stderr, sys.stdout
     print(f"perplexity: calculating perplexity over chunks of n_ctx = {llm.n_ctx}, batch_size = {llm.ctx.n_batch}",
           file=err)

@@ -39,6 +39,8 @@ def _common(p: argparse.ArgumentParser, ctx_default: int) -> None:
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up decodes (compile then lands in row 1)")
     p.add_argument("--no-mmap", action="store_true",
                    help="both engines read the file into memory instead of mapping it (huge pages: faster decode)")
+    from .cli import add_device_args
+    add_device_args(p)
 
 
 def add_bench_parser(sub) -> None:
@@ -170,12 +172,14 @@ def _model_path(a) -> str:
 
 def _open(a, n_ctx: int):
     from .bench.engines import open_engines
+    from .cli import device_of_args
     if a.flash_attn == "off":
         _log("pyrt: -fa off: pyrt always uses its flash-attention kernel; the setting applies to llama.cpp only")
     return open_engines(_model_path(a), compare=a.compare, n_ctx=n_ctx, n_batch=a.batch_size,
                         n_ubatch=a.ubatch_size, n_threads=a.threads, type_k=a.cache_type_k,
                         type_v=a.cache_type_v or a.cache_type_k, flash_attn=a.flash_attn != "off", mla=a.mla_use,
-                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"), use_mmap=not a.no_mmap)
+                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"), use_mmap=not a.no_mmap,
+                        device=device_of_args(a))
 
 
 def _facts(a, engines) -> dict:
@@ -187,6 +191,8 @@ def _facts(a, engines) -> dict:
                      f"{mf['n_params'] / 1e6:.2f} M params)"
     facts["kv"] = f"K {a.cache_type_k}, V {a.cache_type_v or a.cache_type_k}"
     facts["flash_attn"] = ", ".join(f"{e.name} {e.flash_attn}" for e in engines)
+    if py.device != "cpu":
+        facts["pyrt_device"] = py.llm.ctx.backend.describe()
     f = py.llm.file
     if f.use_mmap and f._data is not None:
         from .io.mapping import huge_page_share

@@ -59,3 +59,8 @@ class BusyError(PyrtError):
 class GrammarError(InvalidArgumentError):
     """A JSON schema, regex or grammar the grammar engine cannot compile (the engine's message), or a
     token the grammar rejects."""
+
+
+class DeviceError(PyrtError):
+    """The requested device cannot be used: its backend's optional package is not installed, no such
+    device is present, or an operation has no kernel on it yet."""

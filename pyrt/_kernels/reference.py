@@ -38,7 +38,7 @@ def f16_bits_to_f32(h):
     elif e == 31:
         v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
     else:
-        v = math.ldexp(np.float32(m | 0x400), e - 25)
+        v = math.ldexp(np.float32(m | 0x400), int(e - 25))
     return np.float32(-v) if h & 0x8000 else np.float32(v)
 
 
@@ -51,7 +51,7 @@ def bf16_bits_to_f32(h):
     elif e == 255:
         v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
     else:
-        v = math.ldexp(np.float32(m | 0x80), e - 134)
+        v = math.ldexp(np.float32(m | 0x80), int(e - 134))
     return np.float32(-v) if h & 0x8000 else np.float32(v)
 
 
@@ -64,7 +64,7 @@ def f32_bits_to_f32(b):
     elif e == 255:
         v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
     else:
-        v = math.ldexp(np.float32(m | 0x800000), e - 150)
+        v = math.ldexp(np.float32(m | 0x800000), int(e - 150))
     return np.float32(-v) if b & 0x80000000 else np.float32(v)
 
 

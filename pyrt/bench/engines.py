@@ -65,7 +65,7 @@ class PyrtEngine:
 
     def __init__(self, path: str, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16", mla: int | None = None,
-                 warmup: bool = True, use_mmap: bool = True):
+                 warmup: bool = True, use_mmap: bool = True, device: str = "cpu"):
         from ..runtime.context import Batch
         from ..runtime.llm import LLM
 
@@ -77,7 +77,8 @@ class PyrtEngine:
             kw["mla"] = mla
         t0 = time.perf_counter()
         self.llm = LLM(path, n_ctx=n_ctx, n_batch=max(n_batch, n_ubatch), n_ubatch=n_ubatch, n_threads=n_threads,
-                       type_k=type_k, type_v=type_v, warmup=False, use_mmap=use_mmap, **kw)
+                       type_k=type_k, type_v=type_v, warmup=False, use_mmap=use_mmap, device=device, **kw)
+        self.device = device
         self.t_load = time.perf_counter() - t0
         self.ctx = self.llm.ctx
         self._Batch = Batch
@@ -180,7 +181,7 @@ def model_arch(path: str) -> str:
 def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_batch: int = 2048,
                  n_ubatch: int = 512, n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  flash_attn: bool = True, mla: int | None = None, warmup: bool = True,
-                 log=None, use_mmap: bool = True) -> list:
+                 log=None, use_mmap: bool = True, device: str = "cpu") -> list:
     """[pyrt] or [pyrt, llama.cpp]. A missing llama-cpp-python is reported through `log` and skipped."""
     if compare not in (None, "llama.cpp"):
         raise InvalidArgumentError(f"--compare: only 'llama.cpp' is supported, got {compare!r}")
@@ -190,7 +191,7 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
             raise InvalidArgumentError(f"-mla {mla}: {path} is a {arch} model without multi-head latent attention "
                                        f"(MLA applies to {', '.join(MLA_ARCHS)} files)")
     engines = [PyrtEngine(path, n_ctx, n_batch, n_ubatch, n_threads, type_k, type_v, mla=mla, warmup=warmup,
-                          use_mmap=use_mmap)]
+                          use_mmap=use_mmap, device=device)]
     if compare:
         try:
             import_llama_cpp()

@@ -93,11 +93,14 @@ class KVCache:
     v[il]: the same for V, or None when the layer has no V (n_embd_v[il] is 0 or None).
     head_dim_k/v: values per head (int or per layer; default the whole row, i.e. one head): the K-shift
     rotates each head, and q8_KV keeps one scale per head.
+    backend: None for host buffers; a device backend (pyrt.backends) allocates the buffers in its memory
+    (flat bytes [size, row bytes] in the same row formats) and runs store and moves there.
     """
 
     def __init__(self, n_layer: int, size: int, n_embd_k: list[int], n_embd_v: list[int | None],
                  type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1,
-                 head_dim_k: int | list[int] | None = None, head_dim_v: int | list[int] | None = None):
+                 head_dim_k: int | list[int] | None = None, head_dim_v: int | list[int] | None = None,
+                 backend=None):
         if n_layer <= 0 or size <= 0:
             raise InvalidArgumentError(f"KVCache: n_layer ({n_layer}) and size ({size}) must be positive")
         if len(n_embd_k) != n_layer or len(n_embd_v) != n_layer:
@@ -125,9 +128,21 @@ class KVCache:
         # q8_KV segment length (values per scale) per layer; 1 (unused) for the other types
         self.seg_k = [hd if type_k == "q8_KV" else 1 for hd in self.head_dim_k]
         self.seg_v = [hd if type_v == "q8_KV" else 1 for hd in self.head_dim_v]
-        self.k = [_alloc(type_k, size, n, self.seg_k[il], f"K layer {il}") for il, n in enumerate(self.n_embd_k)]
-        self.v = [_alloc(type_v, size, n, self.seg_v[il], f"V layer {il}") if n else None
+        self.backend = backend
+        alloc = _alloc if backend is None else self._alloc_device
+        self.k = [alloc(type_k, size, n, self.seg_k[il], f"K layer {il}") for il, n in enumerate(self.n_embd_k)]
+        self.v = [alloc(type_v, size, n, self.seg_v[il], f"V layer {il}") if n else None
                   for il, n in enumerate(self.n_embd_v)]
+
+    def _alloc_device(self, type_name: str, size: int, n: int, seg: int, what: str):
+        host_like = _alloc(type_name, 1, n, seg, what)  # validates type and width like the host buffers
+        return self.backend.kv_alloc(type_name, size, host_like.nbytes)
+
+    def require_host(self, what: str) -> None:
+        """DeviceError when the buffers live on a device (for operations that have no device kernels yet)."""
+        if self.backend is not None:
+            from ..errors import DeviceError
+            raise DeviceError(f"{what} is not supported for a KV cache on device {self.backend.name}")
 
     @property
     def n_seq_max(self) -> int:
@@ -147,6 +162,9 @@ class KVCache:
         if n_tok and (cell_idx.min() < 0 or cell_idx.max() >= self.size):
             raise InvalidArgumentError(f"store: cell index out of range [0, {self.size})")
         cells = np.ascontiguousarray(cell_idx, dtype=np.int32)
+        if self.backend is not None:
+            self._store_device(il, cells, k, v)
+            return
         k = _f32_rows("k", k, n_tok, self.n_embd_k[il])
         if self.v[il] is None:
             if v is not None:
@@ -161,6 +179,21 @@ class KVCache:
         if v is not None:
             _store(self.type_v, self.v[il], cells, v, self.seg_v[il])
 
+    def _store_device(self, il: int, cells: np.ndarray, k, v) -> None:
+        n_tok = cells.shape[0]
+        for name, rows, n in (("k", k, self.n_embd_k[il]), ("v", v, self.n_embd_v[il])):
+            if rows is None:
+                continue
+            if getattr(rows, "shape", None) != (n_tok, n) or getattr(rows, "dtype", None) != np.float32:
+                raise InvalidArgumentError(f"store: {name} must be float32 of shape ({n_tok}, {n}), got "
+                                           f"{getattr(rows, 'dtype', type(rows))} {getattr(rows, 'shape', '')}")
+        if (self.v[il] is None) != (v is None):
+            raise InvalidArgumentError(f"store: layer {il} " + ("has no V cache, but V rows were given"
+                                                                if v is not None else "needs V rows"))
+        self.backend.kv_store(self.k[il], self.type_k, cells, k)
+        if v is not None:
+            self.backend.kv_store(self.v[il], self.type_v, cells, v)
+
     def move_rows(self, src_cells: np.ndarray, dst_cells: np.ndarray) -> None:
         """Copy rows src -> dst in every layer's K and V (apply a defrag move plan; cells metadata moves separately)."""
         src = np.ascontiguousarray(src_cells, dtype=np.int32)
@@ -170,7 +203,11 @@ class KVCache:
         if src.size and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= self.size):
             raise InvalidArgumentError(f"move_rows: cell index out of range [0, {self.size})")
         for buf in self.k + self.v:
-            if buf is not None:
+            if buf is None:
+                continue
+            if self.backend is not None:
+                self.backend.kv_move(buf, src, dst)
+            else:
                 kvk.move_rows(buf.view(np.uint8), src, dst)
 
     def defrag(self, max_moves: int = -1) -> int:
@@ -194,6 +231,7 @@ class KVCache:
         rope_offset (MLA: one 576-wide head whose 64 rope values sit at a column offset). Quantized rows
         are dequantized, rotated and requantized. Returns the number of cells rotated.
         """
+        self.require_host("the K-shift (context shift, seq_add/seq_div)")
         if len(rope) != self.n_layer:
             raise InvalidArgumentError(f"k_shift: need RoPE parameters for {self.n_layer} layers, got {len(rope)}")
         pos, _, delta = self.cells.pos_array(), self.cells.seq_array(), self.cells.delta_array()
@@ -233,6 +271,7 @@ class KVCache:
 
     def k_values(self, il: int, cells) -> np.ndarray:
         """Dequantized K rows of layer il for the given cells: [m, n_embd_k[il]] f32."""
+        self.require_host("reading K rows back")
         c = np.ascontiguousarray(cells, dtype=np.int32)
         out = np.empty((c.shape[0], self.n_embd_k[il]), np.float32)
         kvk.dequant_rows(out, rows_view(self.k[il], self.type_k), KIND[self.type_k], self.seg_k[il], c)
@@ -242,6 +281,7 @@ class KVCache:
         """Dequantized V rows of layer il ([m, n_embd_v[il]] f32), None for a layer without V."""
         if self.v[il] is None:
             return None
+        self.require_host("reading V rows back")
         c = np.ascontiguousarray(cells, dtype=np.int32)
         out = np.empty((c.shape[0], self.n_embd_v[il]), np.float32)
         kvk.dequant_rows(out, rows_view(self.v[il], self.type_v), KIND[self.type_v], self.seg_v[il], c)

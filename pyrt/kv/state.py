@@ -85,6 +85,7 @@ def save_state(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_ro
 def _save_parts(cache: KVCache, tokens=(), seq_id: int = -1, arch: str = "", n_rot=None,
                 cache_swa: KVCache | None = None, n_rot_swa=None) -> list:
     """save_state as a list of buffers (written to a file without joining them first)."""
+    cache.require_host("saving the KV state")
     if cache_swa is not None:
         return (_save_record(cache, tokens, seq_id, arch, n_rot, FLAG_SWA)
                 + _save_record(cache_swa, (), seq_id, arch, n_rot_swa, 0))
@@ -358,6 +359,7 @@ def load_state(cache: KVCache, data, seq_id: int = -1, arch: str = "", n_rot=Non
     cache_swa: the sliding-window layers' cache (window n_swa), restored from the second record.
     Validates both records completely first; on any problem raises StateError with both caches unchanged.
     """
+    cache.require_host("restoring a KV state")
     recs = _records(data)
     fid = _model_id(recs[0])
     if fid is not None and fid != arch and _crc_ok(recs[0]):  # another model is the real cause of what follows

@@ -111,8 +111,8 @@ class Gemma3Model:
                 if inp.out_rows.shape[0] == 0:
                     return np.empty((0, hp.n_vocab), dtype=np.float32)
                 if inp.out_rows.shape[0] < n_tok:
-                    x = np.ascontiguousarray(x[inp.out_rows])
-                    attn = np.ascontiguousarray(attn[inp.out_rows])
+                    x = x[inp.out_rows]  # a row gather: a new contiguous array
+                    attn = attn[inp.out_rows]
                     h = np.empty_like(x)
             a = L.attn_output(attn)
             basic.rms_norm(a, L.post_attention_norm, eps, out=a)
@@ -125,5 +125,5 @@ class Gemma3Model:
         basic.rms_norm(x, self.output_norm, eps, out=x)
         logits = self.output(x)
         if self.softcap:
-            logits = (np.tanh(logits / self.softcap) * self.softcap).astype(np.float32)
+            logits = basic.softcap(logits, self.softcap)
         return logits

@@ -85,8 +85,8 @@ class LlamaModel:
                 return np.empty((0, hp.n_vocab), dtype=np.float32)
             if il == last and inp.out_rows.shape[0] < n_tok:
                 # as llama.cpp: only the rows that want logits go through the last layer's rest
-                x = np.ascontiguousarray(x[inp.out_rows])
-                attn = np.ascontiguousarray(attn[inp.out_rows])
+                x = x[inp.out_rows]  # a row gather: a new contiguous array
+                attn = attn[inp.out_rows]
                 h = np.empty_like(x)
             x += L.attn_output(attn)
             basic.rms_norm(x, L.ffn_norm, eps, out=h)

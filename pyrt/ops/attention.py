@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import attention as fa
+from ..backends import backend_of
 from ..errors import InvalidArgumentError
 
 _KINDS = {"f32": fa.KIND_F32, "f16": fa.KIND_F16, "bf16": fa.KIND_BF16, "q8_0": fa.KIND_Q8_0,
@@ -176,8 +177,16 @@ def attention(q: np.ndarray, cache, il: int, q_pos: np.ndarray, q_seq: np.ndarra
 
     The cells of scan_order (computed here unless the caller passes kv_idx, e.g. once per ubatch) are
     scanned. n_head_kv defaults to n_embd_k / head_dim_k; head_dim_v defaults to head_dim_k. A layer
-    without V (MLA) reads V from the K rows at element offset v_offset.
+    without V (MLA) reads V from the K rows at element offset v_offset. A device q runs on its backend
+    (whose cache buffers live there).
     """
+    if type(q) is not np.ndarray and (b := backend_of(q)) is not None:
+        if not 0 <= il < cache.n_layer:
+            raise InvalidArgumentError(f"attention: layer {il} out of range [0, {cache.n_layer})")
+        if out is not None:
+            raise InvalidArgumentError("attention: out buffers are host arrays; not accepted with a device q")
+        return b.attention(q, cache, il, q_pos, q_seq, scale, n_swa, softcap, kv_idx=kv_idx, n_head_kv=n_head_kv,
+                           head_dim_v=head_dim_v, v_offset=v_offset)
     if not 0 <= il < cache.n_layer:
         raise InvalidArgumentError(f"attention: layer {il} out of range [0, {cache.n_layer})")
     if not isinstance(q, np.ndarray) or q.ndim != 3:

@@ -1,6 +1,7 @@
-"""Norms, RoPE and gated activations: validation + kernel selection (CPU).
+"""Norms, RoPE and gated activations: validation + kernel selection.
 
-Imports pyrt._kernels and pyrt.errors only.
+Host arrays run the CPU kernels; device tensors go to their backend (pyrt.backends). Imports
+pyrt._kernels, pyrt.backends and pyrt.errors only.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import act, norm, rope
+from ..backends import backend_of
 from ..errors import InvalidArgumentError
 
 # Below this many elements an op runs on the calling thread: launching a parallel region costs
@@ -27,6 +29,8 @@ def _f32c(name: str, a: np.ndarray, ndim: int) -> None:
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
     """[n_rows, n] f32 -> rmsnorm(x) * w."""
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        return b.rms_norm(x, w, eps, out)
     _f32c("rms_norm x", x, 2)
     _f32c("rms_norm w", w, 1)
     if w.shape[0] != x.shape[1]:
@@ -44,6 +48,8 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = 
 
 def rms_norm_heads(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """In place on [n_tok, n_head, head_dim] f32 (QK-norm)."""
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        return b.rms_norm_heads(x, w, eps)
     _f32c("rms_norm_heads x", x, 3)
     _f32c("rms_norm_heads w", w, 1)
     if w.shape[0] != x.shape[2]:
@@ -74,9 +80,12 @@ class RopeCache:
                             np.ascontiguousarray(freq_factors, dtype=np.float32))
         self.n_rot = n_rot
         self.mode = mode
+        self.device_tables: dict = {}  # backend name -> its copies of cos/sin (made on first use)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """In place on [n_tok, n_head, head_dim] f32."""
+        if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+            return b.rope(x, self, self.mode == ROPE_NEOX)
         _f32c("rope x", x, 3)
         if x.shape[0] != self.cos.shape[0] or x.shape[2] < self.n_rot:
             raise InvalidArgumentError(f"rope: x has shape {x.shape}, table is for {self.cos.shape[0]} "
@@ -91,6 +100,8 @@ class RopeCache:
 
 def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """silu(gate) * up, written into gate."""
+    if type(gate) is not np.ndarray and (b := backend_of(gate)) is not None:
+        return b.swiglu(gate, up)
     _f32c("swiglu gate", gate, 2)
     _f32c("swiglu up", up, 2)
     if gate.shape != up.shape:
@@ -120,6 +131,8 @@ def geglu_tanh(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     As ggml's CPU backend: inside (-10, 10) the input is rounded to f16 and looked up in a table of
     f16 results; outside, 0 or the identity. Matching this keeps Gemma's logits on llama.cpp's.
     """
+    if type(gate) is not np.ndarray and (b := backend_of(gate)) is not None:
+        return b.geglu_tanh(gate, up, _gelu_table())
     _f32c("geglu gate", gate, 2)
     _f32c("geglu up", up, 2)
     if gate.shape != up.shape:
@@ -129,3 +142,10 @@ def geglu_tanh(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     fn = act.geglu_table_f32_serial if gate.size < PARALLEL_MIN_ELEMS else act.geglu_table_f32
     fn(gate, gate, up, idx, _gelu_table())
     return gate
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """tanh(x / cap) * cap (final logit softcapping); a new array on the host, in place on a device."""
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        return b.softcap(x, cap)
+    return (np.tanh(x / cap) * cap).astype(np.float32)

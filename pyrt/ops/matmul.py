@@ -1,7 +1,8 @@
 """Matmul over raw GGUF weight rows, embedding row lookup and dequantization: validation + kernel choice.
 
 Everything is checked here before a Numba kernel (which has no bounds checks) sees it.
-Imports pyrt.formats, pyrt._kernels (through the registry) and pyrt.errors only.
+Device tensors go to their backend (pyrt.backends). Imports pyrt.formats, pyrt._kernels (through the
+registry), pyrt.backends and pyrt.errors only.
 Shapes are numpy (row-major) order: weights are [n_out, row_bytes] uint8, y = x @ W.T.
 """
 
@@ -12,6 +13,7 @@ import threading
 
 import numpy as np
 
+from ..backends import backend_of
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import DOT_TYPES, QType, get_qtype
 
@@ -118,6 +120,8 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
     path: None picks by n_tok; "dot" forces the quantized-activation kernel, "blas" forces
     dequantize-tile + np.matmul (tests and benchmarks).
     """
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        return b.matmul(x, raw, ggml_type, out)
     qt = get_qtype(ggml_type)
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
         raise InvalidArgumentError(
@@ -210,6 +214,8 @@ def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
 
     weights: sequence of (raw, ggml_type). Used for Q/K/V and gate/up, which read the same input.
     """
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        return b.matmul_multi(x, weights)
     n_tok = x.shape[0] if isinstance(x, np.ndarray) and x.ndim == 2 else 0
     outs: list = [None] * len(weights)
     shared: dict[str, np.ndarray] = {}
@@ -357,7 +363,10 @@ def warmup(weights: dict) -> None:
 
 
 def get_rows(raw: np.ndarray, ggml_type: int, ids, n_per_row: int) -> np.ndarray:
-    """Embedding lookup: dequantize only the rows `ids` of raw. Returns [len(ids), n_per_row] f32."""
+    """Embedding lookup: dequantize only the rows `ids` of raw. Returns [len(ids), n_per_row] f32
+    (on the device of ids when ids is a device tensor)."""
+    if type(ids) is not np.ndarray and (b := backend_of(ids)) is not None:
+        return b.get_rows(raw, ggml_type, ids, n_per_row)
     qt = get_qtype(ggml_type)
     raw = _check_raw(raw, qt, n_per_row, "get_rows")
     ids = np.asarray(ids)

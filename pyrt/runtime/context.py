@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BusyError, ContextOverflowError, InvalidArgumentError, UnsupportedError
 from ..kv import state as kv_state
+from ..backends import check_device, get_backend, to_host
 from ..kv.cache import KVCache
 from ..kv.cells import Cells
 from ..models.base import ForwardInputs
@@ -183,8 +184,10 @@ class Context:
 
     def __init__(self, model, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1,
-                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False):
+                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False, device: str = "cpu"):
         hp = model.hp
+        self.device = check_device(device)
+        self.backend = get_backend(self.device)  # None on the CPU; DeviceError when the device cannot run
         if n_ctx <= 0:
             n_ctx = hp.n_ctx_train
         for name, v in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch)):
@@ -221,10 +224,11 @@ class Context:
                 return [v[il] for il in layers] if isinstance(v, (list, tuple)) else v
             self._base_layers, self._swa_layers = base, swa
             self.cache = KVCache(len(base), self.n_ctx, pick(k_dims, base), pick(v_dims, base), type_k, type_v,
-                                 n_seq_max=n_seq_max, head_dim_k=pick(head_k, base), head_dim_v=pick(head_v, base))
+                                 n_seq_max=n_seq_max, head_dim_k=pick(head_k, base), head_dim_v=pick(head_v, base),
+                                 backend=self.backend)
             self.cache_swa = KVCache(len(swa), self.n_ctx_swa, pick(k_dims, swa), pick(v_dims, swa), type_k,
                                      type_v, n_seq_max=n_seq_max, head_dim_k=pick(head_k, swa),
-                                     head_dim_v=pick(head_v, swa))
+                                     head_dim_v=pick(head_v, swa), backend=self.backend)
             self._layer_map = [None] * n_layer
             for side, layers in ((0, base), (1, swa)):
                 for j, il in enumerate(layers):
@@ -233,7 +237,7 @@ class Context:
             self.n_ctx_swa = self.n_ctx
             self._base_layers, self._swa_layers = list(range(n_layer)), []
             self.cache = KVCache(n_layer, self.n_ctx, k_dims, v_dims, type_k, type_v, n_seq_max=n_seq_max,
-                                 head_dim_k=head_k, head_dim_v=head_v)
+                                 head_dim_k=head_k, head_dim_v=head_v, backend=self.backend)
         self.cells = self.cache.cells
         self.cells_swa = None if self.cache_swa is None else self.cache_swa.cells
         self.timings = Timings()
@@ -362,7 +366,9 @@ class Context:
             except Exception as ex:  # validated above; only reached if the cells disagree
                 raise ContextOverflowError(f"no KV cells for the ubatch: {ex}") from None
             kv = _KVBinding(caches, cells_idx, pos, seq, self.mla, self._layer_map)
-            logits = self.model.forward(ForwardInputs(tok, pos, seq, out_rows, kv))
+            # on a device the token ids go there (the forward runs where its inputs are); logits come back
+            tok_in = tok if self.backend is None else self.backend.upload(tok)
+            logits = to_host(self.model.forward(ForwardInputs(tok_in, pos, seq, out_rows, kv)))
             if out_rows.shape[0]:
                 outs.append(logits)
         dt = time.perf_counter() - t0

@@ -17,6 +17,7 @@ from typing import Iterator
 import numba
 import numpy as np
 
+from ..backends import check_device, get_backend
 from ..errors import ContextOverflowError, InvalidArgumentError
 from ..io.gguf_file import GGUFFile
 from ..formats.qtypes import SUPPORTED_TYPES
@@ -61,9 +62,11 @@ class LLM:
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False,
-                 prefetch: bool = True, progress: bool = True):
+                 prefetch: bool = True, progress: bool = True, device: str = "cpu"):
         """progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
-        bar on a terminal, a closing line); a warm cache prints nothing."""
+        bar on a terminal, a closing line); a warm cache prints nothing.
+        device: "cpu", or "cuda" (the `cuda` extra and an NVIDIA GPU: weights are uploaded once at load,
+        the KV cache lives on the GPU, logits come back per ubatch); DeviceError when it cannot run."""
         t0 = time.perf_counter()
         _path_arg("path", path)  # the arguments first: a bad one fails before the file is read
         n_ctx = _int_arg("n_ctx", n_ctx, 0)  # 0: the model's training context, as llama.cpp
@@ -72,6 +75,8 @@ class LLM:
         if n_threads is not None:
             _int_arg("n_threads", n_threads)
         self.progress = bool(progress)
+        self.device = check_device(device)
+        backend = get_backend(self.device)  # before the file is read: a missing GPU is the first error
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
         check_architecture(self.file)  # first: an unknown architecture is the clearer error
@@ -90,7 +95,9 @@ class LLM:
             n_ctx = hp.n_ctx_train
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                            type_k=type_k, type_v=type_v, n_seq_max=n_seq_max, defrag_thold=defrag_thold,
-                           mla=mla, swa_full=swa_full)
+                           mla=mla, swa_full=swa_full, device=self.device)
+        if backend is not None:
+            backend.upload_model(self.model)  # every weight once, in its file layout
         self.t_load = time.perf_counter() - t0
         self.t_warmup = 0.0
         self.compiled = 0
@@ -151,6 +158,8 @@ class LLM:
                    if len(w.shape) >= 2 and w.ggml_type in SUPPORTED_TYPES}
         tok = self.tokenizer.bos_id if self.tokenizer.bos_id is not None else 0
         n_big = min(self.ctx.n_ubatch, 64, self.n_ctx - 1)
+        if self.device != "cpu":
+            weights = {}  # the CPU matmul kernels are not used; the decodes below compile the device kernels
         with CompileNotice(len(weights) + 1 + (n_big > 1), enabled=self.progress) as notice:
             for key, raw in weights.items():
                 mm.warmup({key: raw})

@@ -41,11 +41,16 @@ def store_rows(dst, row_bytes, col0, cells, src, kind):
 
     dst [size*row_bytes] uint8; cells [n_tok] int32; src [n_tok, n] f32; kind: CACHE_KINDS index.
     q8_0 (n, col0 multiples of 32): ggml's quantize_row_q8_0_ref (d = amax/127 as f16, q = roundf(x/d)).
-    Grid n_tok, NT threads.
+    Grid <= n_tok, NT threads.
     """
-    t = cuda.blockIdx.x
     n = src.shape[1]
-    row = int64(cells[t]) * row_bytes
+    for t in range(cuda.blockIdx.x, src.shape[0], cuda.gridDim.x):
+        _store_row(dst, int64(cells[t]) * row_bytes, col0, src, t, n, kind)
+
+
+@cuda.jit(device=True)
+def _store_row(dst, row, col0, src, t, n, kind):
+    """src[t] (n values) into the cache row at byte `row`, from element col0 on; the block's threads share it."""
     if kind == KIND_Q8_0:
         for b in range(cuda.threadIdx.x, n // 32, NT):
             amax = float32(0.0)
@@ -85,12 +90,12 @@ def store_rows(dst, row_bytes, col0, cells, src, kind):
 @cuda.jit
 def move_rows(buf, row_bytes, src, dst):
     """Copy cache row src[j] to row dst[j] (a defrag plan: sources and destinations never overlap).
-    buf [size*row_bytes] uint8; src, dst [n] int32. Grid n, NT threads."""
-    j = cuda.blockIdx.x
-    a = int64(src[j]) * row_bytes
-    b = int64(dst[j]) * row_bytes
-    for i in range(cuda.threadIdx.x, row_bytes, NT):
-        buf[b + i] = buf[a + i]
+    buf [size*row_bytes] uint8; src, dst [n] int32. Grid <= n, NT threads."""
+    for j in range(cuda.blockIdx.x, src.shape[0], cuda.gridDim.x):
+        a = int64(src[j]) * row_bytes
+        b = int64(dst[j]) * row_bytes
+        for i in range(cuda.threadIdx.x, row_bytes, NT):
+            buf[b + i] = buf[a + i]
 
 
 @cuda.jit

@@ -1,0 +1,112 @@
+"""The CUDA backend without a GPU: every kernel compiled to PTX for cc 8.0 and 9.0, the parity checks of
+tests/cuda/parity_checks.py in the CUDA simulator (a subprocess: numba reads NUMBA_ENABLE_CUDASIM when it
+loads), and the one-line errors when the extra or a GPU is missing."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def _registry():
+    if not HAS_NUMBA_CUDA:
+        return []
+    from pyrt._kernels.cuda import attention, dense, ptx  # noqa: F401 (registers the kernels)
+    return [(name, i) for name, (_, sigs) in ptx.REGISTRY.items() for i in range(len(sigs))]
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0)], ids=["sm80", "sm90"])
+@pytest.mark.parametrize("name,i", _registry())
+def test_kernel_compiles_to_ptx(name, i, cc):
+    pytest.importorskip("numba_cuda")
+    from pyrt._kernels.cuda import ptx
+    fn, sigs = ptx.REGISTRY[name]
+    text = ptx.compile_for(fn, sigs[i], cc)
+    assert f".target sm_{cc[0]}{cc[1]}" in text and ".entry" in text
+
+
+def test_registry_covers_every_kernel():
+    pytest.importorskip("numba_cuda")
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    from pyrt._kernels.cuda import attention, dense, ptx
+    registered = {getattr(fn, "__name__", "") for fn, _ in ptx.REGISTRY.values()}
+    for mod in (dense, attention):
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device"):
+                assert obj.py_func.__name__ in registered, name
+    assert set(dense.MATMUL) == set(dense.GET_ROWS) and len(dense.MATMUL) == 9
+
+
+def test_parity_in_simulator():
+    """Each kernel against the CPU ops, KV store bytes, attention and two tiny models, simulated."""
+    pytest.importorskip("numba_cuda")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        os.path.join(ROOT, "tests", "cuda", "parity_checks.py")],
+                       env=_env(NUMBA_ENABLE_CUDASIM="1"), cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
+
+
+def test_no_gpu_is_one_typed_error():
+    pytest.importorskip("numba_cuda")
+    from numba import cuda
+
+    from pyrt.backends import cuda as bc
+    from pyrt.backends import get_backend
+    from pyrt.errors import DeviceError
+    if cuda.is_available():  # on a GPU machine the backend must come up instead
+        assert get_backend("cuda").name == "cuda"
+        return
+    bc._BACKEND = None
+    with pytest.raises(DeviceError, match="no CUDA GPU found"):
+        get_backend("cuda")
+
+
+def test_missing_extra_is_one_typed_error(monkeypatch):
+    from pyrt.backends import cuda as bc
+    from pyrt.backends import get_backend
+    from pyrt.errors import DeviceError
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "numba_cuda" else real(n, *a))
+    monkeypatch.setattr(bc, "_BACKEND", None)
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    with pytest.raises(DeviceError, match=r"pip install 'pyrt\[cuda\]'"):
+        get_backend("cuda")
+    assert get_backend("cpu") is None
+
+
+def test_library_checks_device_before_reading_the_file(tmp_path):
+    import pyrt
+    from pyrt.errors import InvalidArgumentError
+    with pytest.raises(InvalidArgumentError, match="device 'tpu'"):
+        pyrt.load(str(tmp_path / "missing.gguf"), device="tpu")
+
+
+def test_cli_device_errors(tmp_path, synthetic_models):
+    path, _ = synthetic_models["llama-q8_0"]
+    base = [sys.executable, "-m", "pyrt.cli", "generate", "-m", path, "-p", "hi", "-n", "1", "--no-warmup"]
+    r = subprocess.run(base + ["--device", "tpu"], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "--device" in r.stderr
+    r = subprocess.run(base + ["--device", "cpu", "-ngl", "99"], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "contradicts" in r.stderr and r.stderr.count("\n") == 1
+    if HAS_NUMBA_CUDA:
+        from numba import cuda
+        if cuda.is_available():
+            return
+    r = subprocess.run(base + ["-ngl", "99"], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("error: device cuda: ") and r.stderr.count("\n") == 1, r.stderr
+    assert np.any([w in r.stderr for w in ("no CUDA GPU", "pip install")])
