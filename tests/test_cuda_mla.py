@@ -23,22 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, C, R = 4, 64, 32
 
 if SIM:
-    # The simulator runs the reference decoders as Python, and Python's math.ldexp refuses numpy integer
-    # exponents (compiled code takes any integer): their `math` gets an ldexp that converts. Only the device
-    # copies' globals change; removable once pyrt._kernels.reference passes int(e) itself.
-    import math
-
-    from pyrt._kernels.cuda import device as _device
-
-    class _Math:
-        def __getattr__(self, name):
-            return getattr(math, name)
-
-        @staticmethod
-        def ldexp(x, e):
-            return math.ldexp(x, int(e))
-
-    _device.f16_bits_to_f32.fn.__globals__["math"] = _Math()
+    sys.setswitchinterval(1e-5)  # the simulator's threads meet at barriers: switch between them quickly
 
 
 def run_simulator_child(path: str) -> None:
