@@ -341,7 +341,7 @@ def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq
     return out
 
 
-def mla_kv_rows_device(kva, kv_a_norm, eps: float, pos, yarn: tuple, stream=0):
+def mla_kv_rows_device(kva, kv_a_norm, eps: float, pos, yarn: tuple, out=None, stream=0):
     """The ubatch's latent cache rows on the device: kva [n_tok, C + n_rot] f32 (attn_kv_a_mqa's output),
     kv_a_norm [C] f32, pos [n_tok] int32 -> [n_tok, n_rot + C] f32 = [rope(k_pe) | rmsnorm(c_kv) * kv_a_norm].
     yarn: (freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale) of the layer's RoPE."""
@@ -352,7 +352,7 @@ def mla_kv_rows_device(kva, kv_a_norm, eps: float, pos, yarn: tuple, stream=0):
     C = kv_a_norm.shape[0]
     if w <= C or (w - C) % 2:
         raise InvalidArgumentError(f"mla rows: kva rows of {w} do not hold {C} latents and an even rope part")
-    row = cuda.device_array((n_tok, w), np.float32, stream=stream)
+    row = cuda.device_array((n_tok, w), np.float32, stream=stream) if out is None else out
     if n_tok:
         cmla.mla_kv_rows[n_tok, cmla.THREADS, stream](row, kva, kv_a_norm, float(eps), pos,
                                                       *(float(v) for v in yarn))
@@ -396,3 +396,94 @@ def mla_attention_device(q, k_b, k_b_row0, v_b, v_b_row0, dv: int, k, type_k: st
     o = matmul_id_device(o_lat.reshape(n_tok * n_head, C), v_b, cuda.to_device(np.tile(v_b_row0, n_tok),
                          stream=stream), x_row, dv, stream)
     return o.reshape(n_tok, n_head * dv)
+
+
+# --------------------------------------------------------------------- a ubatch's absorbed attention, any device
+# What deepseek2's forward calls for modes 1-3: host arrays run the CPU ops above, device tensors (pyrt.backends)
+# the device kernels. `rope` is the ubatch's RopeCache (the host tables); `yarn` the same angles as parameters
+# (freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale), which the device computes itself.
+
+def latent_rows_of(kva, kv_a_norm: np.ndarray, eps: float, rope, yarn: tuple, n_rot: int, pos: np.ndarray):
+    """The ubatch's latent cache rows [n_tok, n_rot + C] = [rope(k_pe) | rmsnorm(c_kv) * kv_a_norm] from
+    kva [n_tok, C + n_rot] f32, the attn_kv_a_mqa output [c_kv | k_pe]; pos [n_tok] int32."""
+    from ..backends import backend_of
+    from . import basic
+    C = kv_a_norm.shape[0]
+    if type(kva) is not np.ndarray and (b := backend_of(kva)) is not None:
+        row = b.empty((kva.shape[0], n_rot + C))
+        mla_kv_rows_device(kva.a, b.weight(kv_a_norm), eps, b.upload(np.ascontiguousarray(pos, np.int32)).a, yarn,
+                           out=row.a)
+        return row
+    n_tok = kva.shape[0]
+    k_pe = np.ascontiguousarray(kva[:, C:]).reshape(n_tok, 1, n_rot)  # [n_tok, 1, n_rot]
+    rope.apply(k_pe)
+    row = np.empty((n_tok, n_rot + C), np.float32)                    # [n_tok, n_rot + C], rope first
+    row[:, :n_rot] = k_pe[:, 0, :]
+    row[:, n_rot:] = basic.rms_norm(np.ascontiguousarray(kva[:, :C]), kv_a_norm, eps)
+    return row
+
+
+class AbsorbedWeights:
+    """One layer's W_UK / W_UV for absorbed attention: raw rows, types and each head's first row."""
+
+    def __init__(self, k_b_raw, k_b_type, k_b_row0, k_b_heads, v_b_raw, v_b_type, v_b_row0, v_b_heads, C, dv):
+        self.k_b_raw, self.k_b_type, self.k_b_row0, self.k_b_heads = k_b_raw, int(k_b_type), k_b_row0, k_b_heads
+        self.v_b_raw, self.v_b_type, self.v_b_row0, self.v_b_heads = v_b_raw, int(v_b_type), v_b_row0, v_b_heads
+        self.C, self.dv = C, dv
+
+
+def absorbed_attention(q, w: AbsorbedWeights, krows, type_k: str, cell_pos, cell_seq, kv_idx, pos, seq,
+                       scale: float, rope, yarn: tuple, n_rot: int):
+    """Absorbed MLA attention of a ubatch -> [n_tok, n_head * dv] f32: q [n_tok, n_head, dn + n_rot] f32 (per
+    head [q_nope | q_pe], q_pe not yet roped), krows the layer's latent cache rows (the cache has stored this
+    ubatch's rows already), cell_pos/cell_seq/kv_idx as flash_mla, pos/seq the ubatch's [n_tok] int32."""
+    from ..backends import backend_of
+    from . import matmul as mm
+    n_tok, H, dk = q.shape
+    dn = dk - n_rot
+    C, dv = w.C, w.dv
+    if type(q) is not np.ndarray and (b := backend_of(q)) is not None:
+        up = b.upload
+        kb = _DeviceRows(b.weight(w.k_b_raw).reshape(w.k_b_raw.shape), w.k_b_type)
+        vb = _DeviceRows(b.weight(w.v_b_raw).reshape(w.v_b_raw.shape), w.v_b_type)
+        krows_a = krows.a if hasattr(krows, "a") else krows
+        return _wrap(b, mla_attention_device(
+            q.a, kb, w.k_b_row0, vb, w.v_b_row0, dv, krows_a, type_k, up(np.ascontiguousarray(cell_pos)).a,
+            up(np.ascontiguousarray(cell_seq)).a, up(np.ascontiguousarray(kv_idx, dtype=np.int32)).a,
+            up(np.ascontiguousarray(pos, dtype=np.int32)).a, up(np.ascontiguousarray(seq, dtype=np.int32)).a,
+            scale, yarn, n_rot))
+    q_pe = np.ascontiguousarray(q[:, :, dn:])                      # [n_tok, H, n_rot]
+    rope.apply(q_pe)
+    q_nope = q[:, :, :dn]
+    qa = np.empty((n_tok, H, n_rot + C), np.float32)              # [n_tok, H, n_rot + C] = [q_pe | q_nope W_UK]
+    qa[:, :, :n_rot] = q_pe
+    if mm.dot_path(w.k_b_type, n_tok):  # one launch for every (token, head): q_nope[t, h] . W_UK[h]
+        qa[:, :, n_rot:] = mm.matmul_id(np.ascontiguousarray(q_nope).reshape(n_tok * H, dn), w.k_b_raw, w.k_b_type,
+                                        np.tile(w.k_b_row0, n_tok), np.arange(n_tok * H), C).reshape(n_tok, H, C)
+    else:
+        for hh in range(H):
+            qa[:, hh, n_rot:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), w.k_b_heads[hh], w.k_b_type)
+    o_lat = flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, pos, seq, scale, n_rot)
+    if mm.dot_path(w.v_b_type, n_tok):
+        out = mm.matmul_id(o_lat.reshape(n_tok * H, C), w.v_b_raw, w.v_b_type, np.tile(w.v_b_row0, n_tok),
+                           np.arange(n_tok * H), dv)                # [n_tok * H, dv]
+        return out.reshape(n_tok, H * dv)
+    out = np.empty((n_tok, H, dv), np.float32)                     # [n_tok, H, dv]
+    for hh in range(H):
+        out[:, hh, :] = mm.matmul(np.ascontiguousarray(o_lat[:, hh, :]), w.v_b_heads[hh], w.v_b_type)
+    return out.reshape(n_tok, H * dv)
+
+
+def _wrap(b, a):
+    """A device array the device entry points returned, as the backend's tensor."""
+    from ..backends.cuda.tensor import CudaTensor
+    return CudaTensor(a, b)
+
+
+class _DeviceRows:
+    """A weight on the device as the device entry points take it: .raw [rows, row_bytes] uint8, .ggml_type."""
+
+    __slots__ = ("raw", "ggml_type")
+
+    def __init__(self, raw, ggml_type: int):
+        self.raw, self.ggml_type = raw, int(ggml_type)

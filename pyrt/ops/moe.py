@@ -17,7 +17,8 @@ from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import basic
 from . import matmul as mm
-from .mla import is_device_array
+from ..backends import backend_of
+from .mla import _DeviceRows, _wrap, is_device_array
 
 # Up to this many tokens, every (token, expert) pair is one group of a single grouped-matmul launch per
 # weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call, which
@@ -43,6 +44,10 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
     """
     if is_device_array(logits):
         return route_device(logits, n_expert_used, gating, exp_probs_b, norm_w, w_scale)
+    if type(logits) is not np.ndarray and (b := backend_of(logits)) is not None:
+        sel, w = route_device(logits.a, n_expert_used, gating, None if exp_probs_b is None else b.weight(exp_probs_b),
+                              norm_w, w_scale)
+        return _wrap(b, sel), _wrap(b, w)
     n_tok, n_expert = logits.shape
     if not 0 < n_expert_used <= n_expert:
         raise InvalidArgumentError(f"moe: n_expert_used {n_expert_used} not in [1, {n_expert}]")
@@ -78,6 +83,9 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     """
     if is_device_array(x):
         return moe_ffn_device(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp)
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        dw = [_DeviceRows(b.weight(w.raw).reshape(w.raw.shape), w.ggml_type) for w in (gate_exps, up_exps, down_exps)]
+        return _wrap(b, moe_ffn_device(x.a, selected.a, weights.a, *dw, n_ff_exp))
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
     if n_tok <= ID_MAX_TOKENS:
