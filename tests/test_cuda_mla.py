@@ -26,10 +26,11 @@ if SIM:
     sys.setswitchinterval(1e-5)  # the simulator's threads meet at barriers: switch between them quickly
 
 
-def run_simulator_child(path: str) -> None:
-    """Runs the simulator tests of test file `path` in a child pytest with NUMBA_ENABLE_CUDASIM=1."""
+def run_simulator_child(path: str, markers: str = "not slow") -> None:
+    """Runs the simulator tests of test file `path` selected by the marker expression in a child pytest with
+    NUMBA_ENABLE_CUDASIM=1."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", path],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", markers, path],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
@@ -38,6 +39,13 @@ def run_simulator_child(path: str) -> None:
 @pytest.mark.skipif(SIM, reason="this is the parent of the simulator run")
 def test_in_simulator():
     run_simulator_child(os.path.abspath(__file__))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SIM, reason="this is the parent of the simulator run")
+def test_in_simulator_slow():
+    """The whole-model run (about two minutes simulated on 2 cores)."""
+    run_simulator_child(os.path.abspath(__file__), "slow")
 
 
 @pytest.mark.skipif(SIM, reason="the simulator has no compile_ptx")
@@ -232,3 +240,27 @@ def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monke
     nmse = ((got - want) ** 2).sum() / (want ** 2).sum()
     # the CPU quantizes the activations of both the W_UK and the W_UV product to Q8_0 (2x its matmul NMSE)
     assert nmse < 3e-4, nmse
+
+
+@pytest.mark.slow
+@sim_only
+def test_deepseek2_decodes_on_device_like_cpu(tmp_path):
+    """The synthetic deepseek2 model (q_lora, YaRN, Q8_0 weights, a dense layer then MoE layers with a shared
+    expert) on device="cuda": token by token through the latent cache, logits as on the CPU."""
+    import pyrt
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import synthetic_deepseek2 as sd
+    name = "ds2-qlora-kb-q8_0"
+    spec = {n: (w, c, d) for n, w, c, d in sd.VARIANTS}[name]
+    path = str(tmp_path / (name + ".gguf"))
+    small = dict(n_embd=64, n_head=2, q_lora_rank=32, kv_lora_rank=32, n_ff=64, n_ff_exp=32, n_layer=2)
+    sd.write_model(path, spec[0], spec[1], **{**small, **spec[2]})  # small: simulator time
+    ids = [5, 300]
+    kw = dict(n_ctx=32, n_ubatch=1, warmup=False, progress=False, type_k="q8_0")
+    cpu = np.asarray(pyrt.load(path, **kw).eval_logits(ids), np.float64)
+    dev = np.asarray(pyrt.load(path, device="cuda", **kw).eval_logits(ids), np.float64)
+    assert dev.shape == cpu.shape == (len(ids), 512) and np.isfinite(dev).all()
+    nmse = float(((dev - cpu) ** 2).sum() / (cpu ** 2).sum())
+    # the CPU quantizes activations to Q8_0 for every product; the device does not
+    assert nmse < 1e-3, nmse
+    assert (dev.argmax(1) == cpu.argmax(1)).all()

@@ -155,7 +155,6 @@ class MoEDecode:
         self.n_used, self.gating, self.norm_w, self.w_scale = n_used, gating, bool(norm_w), float(w_scale)
         self.sel = np.zeros(n_used, np.int32)
         self.wsel = np.zeros(n_used, np.float32)
-        self.kernel = ql.moe_ffn_decode_legacy
 
     @classmethod
     def build(cls, gate_inp, exp_probs_b, gate_exps, up_exps, down_exps, shexp, n_ff_exp: int, n_used: int,
@@ -208,9 +207,9 @@ class MoEDecode:
                 or not x.flags.c_contiguous):
             raise InvalidArgumentError(f"moe: x must be a C-contiguous float32 [1, {self.n_embd}] array")
         y = np.empty((1, self.n_embd), np.float32)
-        self.kernel(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps, self.up_exps,
-                    self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp, self.kinds, self.gating,
-                    self.norm_w, self.w_scale)
+        ql.moe_ffn_decode_legacy(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps,
+                                 self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp,
+                                 self.kinds, self.gating, self.norm_w, self.w_scale)
         return y
 
     def block(self, x: np.ndarray, ffn_norm: np.ndarray, eps: float) -> None:
