@@ -73,6 +73,24 @@ def test_kernels_compile_to_ptx(cc):
             assert f".target sm_{cc[0]}{cc[1]}" in text and ".entry" in text, name
 
 
+@pytest.mark.skipif(SIM, reason="the simulator has no CUDADispatcher")
+def test_registry_covers_every_kernel():
+    """Every kernel of the MLA, MoE and YaRN modules (the per-type tables included) is in the PTX registry."""
+    from numba.cuda.dispatcher import CUDADispatcher
+
+    from pyrt._kernels.cuda import mla, moe, ptx, yarn
+    registered = {id(fn) for fn, _ in ptx.REGISTRY.values()}
+    n = 0
+    for mod in (mla, moe, yarn):
+        objs = list(vars(mod).values())
+        objs += [k for table in (mla.FLASH_MLA, moe.MUL_MAT_ID, moe.MOE_GATE_UP) for k in table.values()]
+        for obj in objs:
+            if isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device"):
+                assert id(obj.py_func) in registered, obj.py_func.__name__
+                n += 1
+    assert n >= 2 * len(TYPES) + 9
+
+
 def test_constants_match_the_cpu_kernels():
     """The device kernels keep their own copies of the CPU modules' codes (a leaf imports no CPU kernels)."""
     from pyrt._kernels import flash_mla as fk

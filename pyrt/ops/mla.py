@@ -283,6 +283,7 @@ def yarn_rope_cache(pos: np.ndarray, n_rot: int, freq_base: float, freq_scale: f
 # ------------------------------------------------------------------------------------------------ the device
 # The same entry points over device arrays (numba-cuda), for the cuda backend. The kernels are imported on
 # first use, so a CPU install never imports numba.cuda.
+
 def is_device_array(x) -> bool:
     """True for a numba-cuda device array (or the simulator's stand-in): what the device entry points take."""
     return type(x) is not np.ndarray and hasattr(x, "copy_to_host")
@@ -307,7 +308,8 @@ def device_cache_views(k, type_k: str):
 def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale: float, n_rot: int,
                      out=None, stream=0):
     """flash_mla on device arrays: q [n_tok, n_head, n_rot + C] f32, k [n_cells, row] (the latent cache rows in
-    the cache's storage dtype, or its bytes as uint8), cell_pos int32, cell_seq uint64, kv_idx/q_pos/q_seq int32 -> [n_tok, n_head, C]."""
+    the cache's storage dtype, or its bytes as uint8), cell_pos int32, cell_seq uint64, kv_idx/q_pos/q_seq
+    int32 -> [n_tok, n_head, C]. Indices are not checked here (the cache made them)."""
     from numba import cuda
 
     from .._kernels.cuda import mla as cmla
@@ -383,9 +385,8 @@ def mla_attention_device(q, k_b, k_b_row0, v_b, v_b_row0, dv: int, k, type_k: st
     C = k_b.raw.shape[0] // n_head if k_b_row0.size else 0
     if int(k_b_row0.max()) + C > k_b.raw.shape[0] or int(v_b_row0.max()) + dv > v_b.raw.shape[0]:
         raise InvalidArgumentError("mla: W_UK / W_UV row offsets out of range")
-    out = cuda.device_array((n_tok, n_head * dv), np.float32, stream=stream)
     if n_tok == 0:
-        return out
+        return cuda.device_array((0, n_head * dv), np.float32, stream=stream)
     x_row = cuda.to_device(np.arange(n_tok * n_head, dtype=np.int64), stream=stream)
     q2 = q.reshape(n_tok * n_head, dk)
     q_abs = matmul_id_device(q2[:, :dn], k_b, cuda.to_device(np.tile(k_b_row0, n_tok), stream=stream), x_row, C,
@@ -443,15 +444,13 @@ def absorbed_attention(q, w: AbsorbedWeights, krows, type_k: str, cell_pos, cell
     dn = dk - n_rot
     C, dv = w.C, w.dv
     if type(q) is not np.ndarray and (b := backend_of(q)) is not None:
-        up = b.upload
+        up = _uploader(b)
         kb = _DeviceRows(b.weight(w.k_b_raw).reshape(w.k_b_raw.shape), w.k_b_type)
         vb = _DeviceRows(b.weight(w.v_b_raw).reshape(w.v_b_raw.shape), w.v_b_type)
         krows_a = krows.a if hasattr(krows, "a") else krows
         return _wrap(b, mla_attention_device(
-            q.a, kb, w.k_b_row0, vb, w.v_b_row0, dv, krows_a, type_k, up(np.ascontiguousarray(cell_pos)).a,
-            up(np.ascontiguousarray(cell_seq)).a, up(np.ascontiguousarray(kv_idx, dtype=np.int32)).a,
-            up(np.ascontiguousarray(pos, dtype=np.int32)).a, up(np.ascontiguousarray(seq, dtype=np.int32)).a,
-            scale, yarn, n_rot))
+            q.a, kb, w.k_b_row0, vb, w.v_b_row0, dv, krows_a, type_k, up(cell_pos, np.int32), up(cell_seq, np.uint64),
+            up(kv_idx, np.int32), up(pos, np.int32), up(seq, np.int32), scale, yarn, n_rot))
     q_pe = np.ascontiguousarray(q[:, :, dn:])                      # [n_tok, H, n_rot]
     rope.apply(q_pe)
     q_nope = q[:, :, :dn]
@@ -472,6 +471,23 @@ def absorbed_attention(q, w: AbsorbedWeights, krows, type_k: str, cell_pos, cell
     for hh in range(H):
         out[:, hh, :] = mm.matmul(np.ascontiguousarray(o_lat[:, hh, :]), w.v_b_heads[hh], w.v_b_type)
     return out.reshape(n_tok, H * dv)
+
+
+_UPLOADS: list = []  # [(host array, dtype, its device copy)]: the last few, found by identity
+
+
+def _uploader(b):
+    """upload(host, dtype) -> a device copy, made once per host array object: a ubatch's cell and position
+    arrays are the same objects for every layer (the caller keeps them unchanged while they are in use)."""
+    def upload(a, dtype):
+        global _UPLOADS
+        for h, dt, d in _UPLOADS:
+            if h is a and dt == dtype:
+                return d
+        d = b.upload(np.ascontiguousarray(a, dtype=dtype)).a
+        _UPLOADS = [(a, dtype, d)] + _UPLOADS[:7]
+        return d
+    return upload
 
 
 def _wrap(b, a):

@@ -1,8 +1,8 @@
 """YaRN RoPE on the device (ggml's rope_yarn, NORM pairs): angles computed per (token, pair), rotation in place.
 
-Leaf kernel module (numba.cuda and sibling kernel modules only). The same angle formula as pyrt._kernels.yarn.rope_cache_yarn_f32
-(float64 angle, cos/sin times mscale rounded to f32, then the f32 rotation of pyrt._kernels.rope), so the
-device rows match the CPU rows. Shapes are numpy row-major.
+Leaf kernel module (numba.cuda and sibling kernel modules only). The angle formula of
+pyrt._kernels.yarn.rope_cache_yarn_f32 (float64 angle, cos/sin times mscale rounded to f32, then the f32
+rotation of pyrt._kernels.rope), so the device rows match the CPU rows. Shapes are numpy row-major.
 """
 
 import math
