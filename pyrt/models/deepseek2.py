@@ -122,6 +122,8 @@ class DeepSeek2Model(ModelBase):
                 L.v_b_raw, L.v_b_row0 = v_b.raw, np.arange(H, dtype=np.int64) * Dv
             L.v_b_heads = [L.v_b_raw[r:r + Dv] for r in L.v_b_row0]     # [Dv, C] rows per head
             L.v_b_type = int(v_b.ggml_type)
+            L.absorbed = mla.AbsorbedWeights(L.k_b_raw, L.k_b_type, L.k_b_row0, L.k_b_heads, L.v_b_raw, L.v_b_type,
+                                             L.v_b_row0, L.v_b_heads, C, Dv)
             L.mla_decode = mla.MLADecode.build(L.k_b_raw, L.k_b_type, L.v_b_raw, L.v_b_row0, L.v_b_type, H, C, Dn, Dv)
             L.attn_output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
             q_lin = L.attn_q if L.attn_q is not None else L.attn_q_a
@@ -242,6 +244,8 @@ class DeepSeek2Model(ModelBase):
             rope_scaling=scaling, ext_factor=ext_factor, n_ctx_orig_yarn=n_ctx_orig, rope_yarn_log_mul=log_mul,
             corr_dims=(corr_low, corr_high), rope_mscale=float(rope_mscale),
         )
+        # the YaRN angles as parameters (what a device computes its RoPE from; the host uses the tables)
+        self.yarn = (freq_base, freq_scale, ext_factor, corr_low, corr_high, float(rope_mscale))
         self.hp = HParams(
             arch=arch, n_vocab=n_vocab, n_ctx_train=n_ctx_train, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
             n_head_kv=n_head, n_embd_head_k=dk, n_embd_head_v=dv, n_ff=num("feed_forward_length", 0),
@@ -294,8 +298,9 @@ class DeepSeek2Model(ModelBase):
         rope = self.rope_cache(inp.pos)
         eps = hp.f_norm_rms_eps
         last = hp.n_layer - 1
-        # a decoded token runs each layer's attention block and MoE block as one call each
-        one = n_tok == 1 and mode != 0 and inp.out_rows.shape[0] == 1
+        # a decoded token runs each layer's attention block and MoE block as one call each (CPU kernels:
+        # host arrays only)
+        one = n_tok == 1 and mode != 0 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray)
         slot = None
         for il, L in enumerate(self.layers):
             if one and L.attn_block is not None:
@@ -313,14 +318,15 @@ class DeepSeek2Model(ModelBase):
                 if il == last and inp.out_rows.shape[0] == 0:
                     return np.empty((0, hp.n_vocab), dtype=np.float32)
                 if il == last and inp.out_rows.shape[0] < n_tok:
-                    x = np.ascontiguousarray(x[inp.out_rows])
-                    attn = np.ascontiguousarray(attn[inp.out_rows])
+                    x = x[inp.out_rows]  # a row gather: a new contiguous array
+                    attn = attn[inp.out_rows]
                 x += L.attn_output(attn)
             h = basic.rms_norm(x, L.ffn_norm, eps)
             if not L.moe:
                 g, u = linear_multi(h, L.ffn_gate, L.ffn_up)
                 x += L.ffn_down(basic.swiglu(g, u))
-            elif h.shape[0] == 1 and L.moe_decode is not None and L.ffn_gate_inp.bias is None:
+            elif h.shape[0] == 1 and L.moe_decode is not None and L.ffn_gate_inp.bias is None \
+                    and isinstance(h, np.ndarray):
                 x += L.moe_decode(h)  # one fused call: router, experts, shared experts
             else:
                 logits = L.ffn_gate_inp(h)  # [n, n_expert]
@@ -346,6 +352,17 @@ class DeepSeek2Model(ModelBase):
         else:
             q, kva = linear_multi(h, L.attn_q, L.attn_kv_a_mqa)
         q = q.reshape(n_tok, H, Dk)                                  # [n_tok, H, Dn + R]
+        host = isinstance(q, np.ndarray)  # a device runs the absorbed attention for every ubatch size
+        decompress = host and mode in (2, 3) and n_tok >= PP_MIN_TOKENS
+        fused = host and mode != 0 and not decompress and n_tok == 1 and L.mla_decode is not None
+        if mode != 0 and not decompress and not fused:  # absorbed attention over the latent cache
+            inp.kv.store(il, mla.latent_rows_of(kva, L.attn_kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)
+            krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
+            return mla.absorbed_attention(q, L.absorbed, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
+                                          self.kq_scale, rope, self.yarn, R)
+        if not host:
+            raise UnsupportedError("deepseek2 on a device runs the absorbed attention over the latent cache: "
+                                   "use -mla 1, 2 or 3")
         c_kv = basic.rms_norm(np.ascontiguousarray(kva[:, :C]), L.attn_kv_a_norm, eps)  # [n_tok, C]
         k_pe = np.ascontiguousarray(kva[:, C:]).reshape(n_tok, 1, R)  # [n_tok, 1, R]
         q_pe = np.ascontiguousarray(q[:, :, Dn:])                     # [n_tok, H, R]
@@ -368,28 +385,10 @@ class DeepSeek2Model(ModelBase):
         row[:, R:] = c_kv
         inp.kv.store(il, row, None)
         krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
-        if mode in (2, 3) and n_tok >= PP_MIN_TOKENS:
-            return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
-        if n_tok == 1 and L.mla_decode is not None:  # W_UK, FlashMLA, W_UV in one call
+        if fused:  # W_UK, FlashMLA, W_UV in one call
             return L.mla_decode(np.ascontiguousarray(q_nope[0]), q_pe[0], krows, type_k, cell_pos, cell_seq, kv_idx,
                                 inp.pos, inp.seq, self.kq_scale).reshape(1, H * Dv)
-        qa = np.empty((n_tok, H, R + C), np.float32)                 # [n_tok, H, R + C] = [q_pe | q_nope W_UK]
-        qa[:, :, :R] = q_pe
-        if mm.dot_path(L.k_b_type, n_tok):  # one launch for every (token, head): q_nope[t, h] . W_UK[h]
-            qa[:, :, R:] = mm.matmul_id(np.ascontiguousarray(q_nope).reshape(n_tok * H, Dn), L.k_b_raw, L.k_b_type,
-                                        np.tile(L.k_b_row0, n_tok), np.arange(n_tok * H), C).reshape(n_tok, H, C)
-        else:
-            for hh in range(H):
-                qa[:, hh, R:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), L.k_b_heads[hh], L.k_b_type)
-        o_lat = mla.flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq, self.kq_scale, R)
-        if mm.dot_path(L.v_b_type, n_tok):
-            out = mm.matmul_id(o_lat.reshape(n_tok * H, C), L.v_b_raw, L.v_b_type, np.tile(L.v_b_row0, n_tok),
-                               np.arange(n_tok * H), Dv)             # [n_tok * H, Dv]
-            return out.reshape(n_tok, H * Dv)
-        out = np.empty((n_tok, H, Dv), np.float32)                   # [n_tok, H, Dv]
-        for hh in range(H):
-            out[:, hh, :] = mm.matmul(np.ascontiguousarray(o_lat[:, hh, :]), L.v_b_heads[hh], L.v_b_type)
-        return out.reshape(n_tok, H * Dv)
+        return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
 
     def _attn_decompressed(self, L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp) -> np.ndarray:
         """Prompt path of modes 2/3: decompress the cached latents of the visible cells through kv_b."""

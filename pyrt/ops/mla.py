@@ -2,8 +2,9 @@
 
 `flash_mla` runs the absorbed attention (FlashMLA kernel), `MLADecode` a decoded token's whole absorbed
 attention (W_UK, FlashMLA, W_UV) in one call; `latent_rows` dequantizes cached latent rows for the
-decompressing prompt path. Imports pyrt._kernels, pyrt.formats, pyrt.ops.matmul and pyrt.errors only;
-the cache rows arrive as arrays from the caller.
+decompressing prompt path. The `*_device` functions run a ubatch's absorbed attention on numba-cuda device
+arrays (pyrt._kernels.cuda, imported on first use). Imports pyrt._kernels, pyrt.formats, pyrt.ops and
+pyrt.errors only; the cache rows arrive as arrays from the caller.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     """Absorbed attention of q [n_tok, n_head, n_rot + C] f32 over latent rows k [n_cells, row] -> [n_tok, n_head, C].
 
     q's per-head rows are [q_pe | q_nope . W_UK] and the cache rows [k_pe | c_kv] (same order); V is
-    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32).
+    the c_kv part of each row (no V cache). kv_idx: the visible cells in scan order (int32). A device q
+    (a numba-cuda array) runs flash_mla_device, every other argument on that device too.
     """
+    if is_device_array(q):
+        return flash_mla_device(q, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot, out=out)
     if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
         raise InvalidArgumentError("flash_mla: q must be float32 [n_tok, n_head, n_rot + kv_lora_rank]")
     q = np.ascontiguousarray(q)
@@ -274,3 +278,228 @@ def yarn_rope_cache(pos: np.ndarray, n_rot: int, freq_base: float, freq_scale: f
                                  float(freq_scale), float(ext_factor), float(corr_dims[0]), float(corr_dims[1]),
                                  float(mscale))
     return rc
+
+
+# ------------------------------------------------------------------------------------------------ the device
+# The same entry points over device arrays (numba-cuda), for the cuda backend. The kernels are imported on
+# first use, so a CPU install never imports numba.cuda.
+
+def is_device_array(x) -> bool:
+    """True for a numba-cuda device array (or the simulator's stand-in): what the device entry points take."""
+    return type(x) is not np.ndarray and hasattr(x, "copy_to_host")
+
+
+DEVICE_TARGET_BLOCKS = 264   # blocks wanted before the KV range is split (two waves of a 132-SM GPU)
+DEVICE_MIN_SPLIT_CELLS = 64  # cells per split at least
+DEVICE_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block gets without opting in (every cc >= 7.0)
+
+
+def device_cache_views(k, type_k: str):
+    """(ka, kb): the device cache rows as the FlashMLA kernel of type_k reads them (q8_0: the row bytes as
+    float16, for the block scales, and as int8, for the quants; other types: the rows twice)."""
+    check_cache_type(type_k)
+    if type_k == "q8_0":
+        return k.view(np.float16), k.view(np.int8)
+    if k.dtype == np.uint8:  # a byte buffer of rows
+        k = k.view({"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[type_k])
+    return k, k
+
+
+def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale: float, n_rot: int,
+                     out=None, stream=0):
+    """flash_mla on device arrays: q [n_tok, n_head, n_rot + C] f32, k [n_cells, row] (the latent cache rows in
+    the cache's storage dtype, or its bytes as uint8), cell_pos int32, cell_seq uint64, kv_idx/q_pos/q_seq
+    int32 -> [n_tok, n_head, C]. Indices are not checked here (the cache made them)."""
+    from numba import cuda
+
+    from .._kernels.cuda import mla as cmla
+    n_tok, n_head, dk = q.shape
+    dv = dk - int(n_rot)
+    if q.dtype != np.float32 or n_rot <= 0 or dv <= 0:
+        raise InvalidArgumentError(f"flash_mla: q must be float32 [n_tok, n_head, n_rot + C], n_rot {n_rot}")
+    if dv > cmla.THREADS * cmla.MAX_COLS:
+        raise UnsupportedError(f"flash_mla on the device: kv_lora_rank {dv} > {cmla.THREADS * cmla.MAX_COLS}")
+    if cmla.shared_bytes(dk) > DEVICE_SHARED_BYTES:
+        raise UnsupportedError(f"flash_mla on the device: rows of {dk} values need more than "
+                               f"{DEVICE_SHARED_BYTES} bytes of shared memory per block")
+    if type_k == "q8_0" and (dk % 32 or n_rot % 32):
+        raise InvalidArgumentError("flash_mla: q8_0 rows need n_rot and the row width to be multiples of 32")
+    width = dk // 32 * 34 if type_k == "q8_0" else dk
+    want = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8}[type_k]
+    if k.dtype == np.uint8 and type_k != "q8_0":
+        width *= np.dtype(want).itemsize
+        want = np.uint8
+    if k.dtype != want or len(k.shape) != 2 or k.shape[1] < width:
+        raise InvalidArgumentError(f"flash_mla: {type_k} cache rows must be {np.dtype(want)} [n_cells, >= {width}]")
+    if out is None:
+        out = cuda.device_array((n_tok, n_head, dv), dtype=np.float32, stream=stream)
+    if n_tok == 0:
+        return out
+    n_split, split_len = cmla.choose_split(n_tok, n_head, kv_idx.shape[0], DEVICE_TARGET_BLOCKS,
+                                           DEVICE_MIN_SPLIT_CELLS)
+    ka, kb = device_cache_views(k, type_k)
+    cmla.launch_flash_mla(out, q, ka, kb, _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
+                          np.float32(scale), n_split, split_len, stream)
+    return out
+
+
+def mla_kv_rows_device(kva, kv_a_norm, eps: float, pos, yarn: tuple, out=None, stream=0):
+    """The ubatch's latent cache rows on the device: kva [n_tok, C + n_rot] f32 (attn_kv_a_mqa's output),
+    kv_a_norm [C] f32, pos [n_tok] int32 -> [n_tok, n_rot + C] f32 = [rope(k_pe) | rmsnorm(c_kv) * kv_a_norm].
+    yarn: (freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale) of the layer's RoPE."""
+    from numba import cuda
+
+    from .._kernels.cuda import mla as cmla
+    n_tok, w = kva.shape
+    C = kv_a_norm.shape[0]
+    if w <= C or (w - C) % 2:
+        raise InvalidArgumentError(f"mla rows: kva rows of {w} do not hold {C} latents and an even rope part")
+    row = cuda.device_array((n_tok, w), np.float32, stream=stream) if out is None else out
+    if n_tok:
+        cmla.mla_kv_rows[n_tok, cmla.THREADS, stream](row, kva, kv_a_norm, float(eps), pos,
+                                                      *(float(v) for v in yarn))
+    return row
+
+
+def mla_attention_device(q, k_b, k_b_row0, v_b, v_b_row0, dv: int, k, type_k: str, cell_pos, cell_seq, kv_idx,
+                         q_pos, q_seq, scale: float, yarn: tuple, n_rot: int, stream=0):
+    """A ubatch's absorbed MLA attention on the device -> [n_tok, n_head * dv] f32: q_nope . W_UK (reading
+    each head's rows by id), the roped q_pe beside it, FlashMLA over the latent cache, then . W_UV per head.
+
+    q [n_tok, n_head, dn + n_rot] f32 (per head [q_nope | q_pe], q_pe not yet roped); k_b, v_b: weights with
+    .raw (device [rows, row_bytes] uint8) and .ggml_type; k_b_row0 / v_b_row0 [n_head] host int64, the first row
+    of each head's W_UK ([C, dn]) / W_UV ([dv, C]); k, type_k, cell_pos .. q_seq: as flash_mla_device (q_pos
+    also feeds RoPE); yarn as mla_kv_rows_device.
+    """
+    from numba import cuda
+
+    from .._kernels.cuda import mla as cmla
+    from .moe import matmul_id_device
+    n_tok, n_head, dk = q.shape
+    dn = dk - int(n_rot)
+    k_b_row0 = np.ascontiguousarray(k_b_row0, dtype=np.int64)
+    v_b_row0 = np.ascontiguousarray(v_b_row0, dtype=np.int64)
+    if dn <= 0 or k_b_row0.shape != (n_head,) or v_b_row0.shape != (n_head,):
+        raise InvalidArgumentError(f"mla: q of {dk} per head, n_rot {n_rot}, W_UK/W_UV row offsets of {n_head} "
+                                   "heads required")
+    C = k_b.raw.shape[0] // n_head if k_b_row0.size else 0
+    if int(k_b_row0.max()) + C > k_b.raw.shape[0] or int(v_b_row0.max()) + dv > v_b.raw.shape[0]:
+        raise InvalidArgumentError("mla: W_UK / W_UV row offsets out of range")
+    if n_tok == 0:
+        return cuda.device_array((0, n_head * dv), np.float32, stream=stream)
+    x_row = cuda.to_device(np.arange(n_tok * n_head, dtype=np.int64), stream=stream)
+    q2 = q.reshape(n_tok * n_head, dk)
+    q_abs = matmul_id_device(q2[:, :dn], k_b, cuda.to_device(np.tile(k_b_row0, n_tok), stream=stream), x_row, C,
+                             stream)
+    qa = cuda.device_array((n_tok, n_head, n_rot + C), np.float32, stream=stream)
+    cmla.mla_q_rows[n_tok * n_head, cmla.THREADS, stream](qa, q, q_abs, q_pos, *(float(v) for v in yarn))
+    o_lat = flash_mla_device(qa, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot, stream=stream)
+    o = matmul_id_device(o_lat.reshape(n_tok * n_head, C), v_b, cuda.to_device(np.tile(v_b_row0, n_tok),
+                         stream=stream), x_row, dv, stream)
+    return o.reshape(n_tok, n_head * dv)
+
+
+# --------------------------------------------------------------------- a ubatch's absorbed attention, any device
+# What deepseek2's forward calls for modes 1-3: host arrays run the CPU ops above, device tensors (pyrt.backends)
+# the device kernels. `rope` is the ubatch's RopeCache (the host tables); `yarn` the same angles as parameters
+# (freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale), which the device computes itself.
+
+def latent_rows_of(kva, kv_a_norm: np.ndarray, eps: float, rope, yarn: tuple, n_rot: int, pos: np.ndarray):
+    """The ubatch's latent cache rows [n_tok, n_rot + C] = [rope(k_pe) | rmsnorm(c_kv) * kv_a_norm] from
+    kva [n_tok, C + n_rot] f32, the attn_kv_a_mqa output [c_kv | k_pe]; pos [n_tok] int32."""
+    from ..backends import backend_of
+    from . import basic
+    C = kv_a_norm.shape[0]
+    if type(kva) is not np.ndarray and (b := backend_of(kva)) is not None:
+        row = b.empty((kva.shape[0], n_rot + C))
+        mla_kv_rows_device(kva.a, b.weight(kv_a_norm), eps, b.upload(np.ascontiguousarray(pos, np.int32)).a, yarn,
+                           out=row.a)
+        return row
+    n_tok = kva.shape[0]
+    k_pe = np.ascontiguousarray(kva[:, C:]).reshape(n_tok, 1, n_rot)  # [n_tok, 1, n_rot]
+    rope.apply(k_pe)
+    row = np.empty((n_tok, n_rot + C), np.float32)                    # [n_tok, n_rot + C], rope first
+    row[:, :n_rot] = k_pe[:, 0, :]
+    row[:, n_rot:] = basic.rms_norm(np.ascontiguousarray(kva[:, :C]), kv_a_norm, eps)
+    return row
+
+
+class AbsorbedWeights:
+    """One layer's W_UK / W_UV for absorbed attention: raw rows, types and each head's first row."""
+
+    def __init__(self, k_b_raw, k_b_type, k_b_row0, k_b_heads, v_b_raw, v_b_type, v_b_row0, v_b_heads, C, dv):
+        self.k_b_raw, self.k_b_type, self.k_b_row0, self.k_b_heads = k_b_raw, int(k_b_type), k_b_row0, k_b_heads
+        self.v_b_raw, self.v_b_type, self.v_b_row0, self.v_b_heads = v_b_raw, int(v_b_type), v_b_row0, v_b_heads
+        self.C, self.dv = C, dv
+
+
+def absorbed_attention(q, w: AbsorbedWeights, krows, type_k: str, cell_pos, cell_seq, kv_idx, pos, seq,
+                       scale: float, rope, yarn: tuple, n_rot: int):
+    """Absorbed MLA attention of a ubatch -> [n_tok, n_head * dv] f32: q [n_tok, n_head, dn + n_rot] f32 (per
+    head [q_nope | q_pe], q_pe not yet roped), krows the layer's latent cache rows (the cache has stored this
+    ubatch's rows already), cell_pos/cell_seq/kv_idx as flash_mla, pos/seq the ubatch's [n_tok] int32."""
+    from ..backends import backend_of
+    from . import matmul as mm
+    n_tok, H, dk = q.shape
+    dn = dk - n_rot
+    C, dv = w.C, w.dv
+    if type(q) is not np.ndarray and (b := backend_of(q)) is not None:
+        up = _uploader(b)
+        kb = _DeviceRows(b.weight(w.k_b_raw).reshape(w.k_b_raw.shape), w.k_b_type)
+        vb = _DeviceRows(b.weight(w.v_b_raw).reshape(w.v_b_raw.shape), w.v_b_type)
+        krows_a = krows.a if hasattr(krows, "a") else krows
+        return _wrap(b, mla_attention_device(
+            q.a, kb, w.k_b_row0, vb, w.v_b_row0, dv, krows_a, type_k, up(cell_pos, np.int32), up(cell_seq, np.uint64),
+            up(kv_idx, np.int32), up(pos, np.int32), up(seq, np.int32), scale, yarn, n_rot))
+    q_pe = np.ascontiguousarray(q[:, :, dn:])                      # [n_tok, H, n_rot]
+    rope.apply(q_pe)
+    q_nope = q[:, :, :dn]
+    qa = np.empty((n_tok, H, n_rot + C), np.float32)              # [n_tok, H, n_rot + C] = [q_pe | q_nope W_UK]
+    qa[:, :, :n_rot] = q_pe
+    if mm.dot_path(w.k_b_type, n_tok):  # one launch for every (token, head): q_nope[t, h] . W_UK[h]
+        qa[:, :, n_rot:] = mm.matmul_id(np.ascontiguousarray(q_nope).reshape(n_tok * H, dn), w.k_b_raw, w.k_b_type,
+                                        np.tile(w.k_b_row0, n_tok), np.arange(n_tok * H), C).reshape(n_tok, H, C)
+    else:
+        for hh in range(H):
+            qa[:, hh, n_rot:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), w.k_b_heads[hh], w.k_b_type)
+    o_lat = flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, pos, seq, scale, n_rot)
+    if mm.dot_path(w.v_b_type, n_tok):
+        out = mm.matmul_id(o_lat.reshape(n_tok * H, C), w.v_b_raw, w.v_b_type, np.tile(w.v_b_row0, n_tok),
+                           np.arange(n_tok * H), dv)                # [n_tok * H, dv]
+        return out.reshape(n_tok, H * dv)
+    out = np.empty((n_tok, H, dv), np.float32)                     # [n_tok, H, dv]
+    for hh in range(H):
+        out[:, hh, :] = mm.matmul(np.ascontiguousarray(o_lat[:, hh, :]), w.v_b_heads[hh], w.v_b_type)
+    return out.reshape(n_tok, H * dv)
+
+
+_UPLOADS: list = []  # [(host array, dtype, its device copy)]: the last few, found by identity
+
+
+def _uploader(b):
+    """upload(host, dtype) -> a device copy, made once per host array object: a ubatch's cell and position
+    arrays are the same objects for every layer (the caller keeps them unchanged while they are in use)."""
+    def upload(a, dtype):
+        global _UPLOADS
+        for h, dt, d in _UPLOADS:
+            if h is a and dt == dtype:
+                return d
+        d = b.upload(np.ascontiguousarray(a, dtype=dtype)).a
+        _UPLOADS = [(a, dtype, d)] + _UPLOADS[:7]
+        return d
+    return upload
+
+
+def _wrap(b, a):
+    """A device array the device entry points returned, as the backend's tensor."""
+    from ..backends.cuda.tensor import CudaTensor
+    return CudaTensor(a, b)
+
+
+class _DeviceRows:
+    """A weight on the device as the device entry points take it: .raw [rows, row_bytes] uint8, .ggml_type."""
+
+    __slots__ = ("raw", "ggml_type")
+
+    def __init__(self, raw, ggml_type: int):
+        self.raw, self.ggml_type = raw, int(ggml_type)

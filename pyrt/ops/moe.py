@@ -3,7 +3,8 @@ the experts' SwiGLU FFNs run only on the tokens routed to them, one matrix call 
 a decoded token's whole MoE FFN as one fused kernel call (MoEDecode).
 
 Expert weights are 3D GGUF tensors whose raw view is [n_expert * n_out, row_bytes]; an expert is a
-contiguous slice of rows. Imports pyrt.ops, pyrt.formats, pyrt._kernels and pyrt.errors only.
+contiguous slice of rows. The `*_device` functions run the same on numba-cuda device arrays
+(pyrt._kernels.cuda, imported on first use). Imports pyrt.ops, pyrt.formats, pyrt._kernels and pyrt.errors only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import basic
 from . import matmul as mm
+from ..backends import backend_of
+from .mla import _DeviceRows, _wrap, is_device_array
 
 # Up to this many tokens, every (token, expert) pair is one group of a single grouped-matmul launch per
 # weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call, which
@@ -37,7 +40,14 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
 
     The bias only steers the selection; the weights are the unbiased probabilities, optionally
     divided by their sum (clamped at 2^-14 like ggml) and multiplied by w_scale (unless 0 or 1).
+    Device logits (a numba-cuda array) run route_device (exp_probs_b then on the device too).
     """
+    if is_device_array(logits):
+        return route_device(logits, n_expert_used, gating, exp_probs_b, norm_w, w_scale)
+    if type(logits) is not np.ndarray and (b := backend_of(logits)) is not None:
+        sel, w = route_device(logits.a, n_expert_used, gating, None if exp_probs_b is None else b.weight(exp_probs_b),
+                              norm_w, w_scale)
+        return _wrap(b, sel), _wrap(b, w)
     n_tok, n_expert = logits.shape
     if not 0 < n_expert_used <= n_expert:
         raise InvalidArgumentError(f"moe: n_expert_used {n_expert_used} not in [1, {n_expert}]")
@@ -68,8 +78,14 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     x [n_tok, n_embd] f32; gate_exps/up_exps/down_exps: objects with .raw ([n_expert*n_out, row_bytes]
     uint8) and .ggml_type. Tokens routed to the same expert go through it as one batch. gate_up: optional
     raw view of gate_exps' rows directly followed by up_exps' (models.base.adjacent_rows), for the
-    few-token path's single gate+up launch.
+    few-token path's single gate+up launch. A device x (a numba-cuda array) runs moe_ffn_device (the
+    weights' .raw, selected and weights then on the device too).
     """
+    if is_device_array(x):
+        return moe_ffn_device(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp)
+    if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
+        dw = [_DeviceRows(b.weight(w.raw).reshape(w.raw.shape), w.ggml_type) for w in (gate_exps, up_exps, down_exps)]
+        return _wrap(b, moe_ffn_device(x.a, selected.a, weights.a, *dw, n_ff_exp))
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
     if n_tok <= ID_MAX_TOKENS:
@@ -139,7 +155,6 @@ class MoEDecode:
         self.n_used, self.gating, self.norm_w, self.w_scale = n_used, gating, bool(norm_w), float(w_scale)
         self.sel = np.zeros(n_used, np.int32)
         self.wsel = np.zeros(n_used, np.float32)
-        self.kernel = ql.moe_ffn_decode_legacy
 
     @classmethod
     def build(cls, gate_inp, exp_probs_b, gate_exps, up_exps, down_exps, shexp, n_ff_exp: int, n_used: int,
@@ -192,9 +207,9 @@ class MoEDecode:
                 or not x.flags.c_contiguous):
             raise InvalidArgumentError(f"moe: x must be a C-contiguous float32 [1, {self.n_embd}] array")
         y = np.empty((1, self.n_embd), np.float32)
-        self.kernel(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps, self.up_exps,
-                    self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp, self.kinds, self.gating,
-                    self.norm_w, self.w_scale)
+        ql.moe_ffn_decode_legacy(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps,
+                                 self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp,
+                                 self.kinds, self.gating, self.norm_w, self.w_scale)
         return y
 
     def block(self, x: np.ndarray, ffn_norm: np.ndarray, eps: float) -> None:
@@ -208,3 +223,135 @@ class MoEDecode:
         ql.moe_block_decode_legacy(x, ffn_norm, float(eps), self.sel, self.wsel, self.gate_inp, self.probs_b,
                                    self.gate_exps, self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp,
                                    self.down_shexp, self.kinds, self.gating, self.norm_w, self.w_scale)
+
+
+# ------------------------------------------------------------------------------------------------ the device
+# The same MoE over device arrays (numba-cuda), for the cuda backend: weights are objects with .raw (a device
+# [rows, row_bytes] uint8 array of GGUF blocks) and .ggml_type, as on the CPU. Only the selected experts' rows
+# are read. The kernels are imported on first use, so a CPU install never imports numba.cuda.
+
+def _device_type(ggml_type: int, what: str) -> str:
+    from .._kernels.cuda import moe as cmoe
+    name = T(int(ggml_type)).name
+    if name not in cmoe.TYPES:
+        raise InvalidArgumentError(f"moe on the device: {what} type {name} is not one of {', '.join(cmoe.TYPES)}")
+    return name
+
+
+def _check_device_rows(w, n_in: int, what: str) -> str:
+    name = _device_type(w.ggml_type, what)
+    qt = get_qtype(w.ggml_type)
+    if w.raw.dtype != np.uint8 or len(w.raw.shape) != 2 or n_in % qt.block_size \
+            or w.raw.shape[1] != n_in // qt.block_size * qt.type_size:
+        raise InvalidArgumentError(f"moe on the device: {what} rows do not hold {n_in} {name} values")
+    return name
+
+
+def route_device(logits, n_expert_used: int, gating: int, exp_probs_b, norm_w: bool, w_scale: float, stream=0):
+    """route on the device: logits [n_tok, n_expert] f32 device array -> (selected [n_tok, n_used] int32,
+    weights [n_tok, n_used] f32) device arrays. exp_probs_b: a [n_expert] f32 device array or None."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    n_tok, n_expert = logits.shape
+    if not 0 < n_expert_used <= n_expert:
+        raise InvalidArgumentError(f"moe: n_expert_used {n_expert_used} not in [1, {n_expert}]")
+    if gating not in (GATING_SOFTMAX, GATING_SIGMOID):
+        raise InvalidArgumentError(f"moe: unsupported gating function {gating}")
+    if exp_probs_b is None:
+        exp_probs_b = cuda.to_device(np.zeros(n_expert, np.float32), stream=stream)
+    sel = cuda.device_array((n_tok, n_expert_used), np.int32, stream=stream)
+    w = cuda.device_array((n_tok, n_expert_used), np.float32, stream=stream)
+    if n_tok:
+        cmoe.moe_route[n_tok, cmoe.ROUTE_THREADS, stream, cmoe.route_shared_bytes(n_expert)](
+            sel, w, logits, exp_probs_b, int(gating), bool(norm_w), float(w_scale))
+    return sel, w
+
+
+def matmul_id_device(x, w, row0, x_row, n_out: int, stream=0):
+    """dst[g] = w.raw[row0[g] : row0[g] + n_out] . x[x_row[g]] on the device -> [n_group, n_out] f32.
+
+    x [n_x, n_in] f32; row0, x_row [n_group] int64 device arrays (ggml's mul_mat_id)."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    name = _check_device_rows(w, x.shape[1], "matmul_id")
+    dst = cuda.device_array((row0.shape[0], n_out), np.float32, stream=stream)
+    if row0.shape[0]:
+        cmoe.MUL_MAT_ID[name][cmoe.row_blocks(row0.shape[0], n_out), cmoe.THREADS, stream](dst, x, w.raw, row0,
+                                                                                          x_row)
+    return dst
+
+
+def moe_ffn_device(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp: int, out=None, stream=0):
+    """moe_ffn on the device: x [n_tok, n_embd] f32, selected/weights [n_tok, n_used] (route_device) ->
+    out [n_tok, n_embd] f32 (added to when given): gate and up with SwiGLU in one launch, down, the weighted
+    sum of the slots in order. Each (token, slot) reads only its expert's rows."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    n_tok, n_embd = x.shape
+    n_used = selected.shape[1]
+    tg = _check_device_rows(gate_exps, n_embd, "gate_exps")
+    if _check_device_rows(up_exps, n_embd, "up_exps") != tg:
+        raise InvalidArgumentError("moe on the device: gate_exps and up_exps must have one type")
+    td = _check_device_rows(down_exps, n_ff_exp, "down_exps")
+    n_group = n_tok * n_used
+    row_g = cuda.device_array(n_group, np.int64, stream=stream)
+    row_d = cuda.device_array(n_group, np.int64, stream=stream)
+    x_row = cuda.device_array(n_group, np.int64, stream=stream)
+    g_row = cuda.device_array(n_group, np.int64, stream=stream)
+    accumulate = out is not None
+    if out is None:
+        out = cuda.device_array((n_tok, n_embd), np.float32, stream=stream)
+    if n_tok == 0:
+        return out
+    cmoe.expert_rows[max(1, (n_group + 127) // 128), 128, stream](row_g, row_d, x_row, g_row, selected, n_ff_exp,
+                                                                   n_embd)
+    h = cuda.device_array((n_group, n_ff_exp), np.float32, stream=stream)
+    cmoe.MOE_GATE_UP[tg][cmoe.row_blocks(n_group, n_ff_exp), cmoe.THREADS, stream](h, x, gate_exps.raw, up_exps.raw,
+                                                                                   row_g, x_row)
+    y = cuda.device_array((n_group, n_embd), np.float32, stream=stream)
+    cmoe.MUL_MAT_ID[td][cmoe.row_blocks(n_group, n_embd), cmoe.THREADS, stream](y, h, down_exps.raw, row_d, g_row)
+    cmoe.moe_combine[max(1, (n_tok * n_embd + 127) // 128), 128, stream](out, y, weights, accumulate)
+    return out
+
+
+def gate_up_device(x, w_gate, w_up, row0, x_row, n_ff: int, stream=0):
+    """h[g] = silu(w_gate rows . x[x_row[g]]) * (w_up rows . x[x_row[g]]) on the device, each group's n_ff rows
+    from row0[g] -> [n_group, n_ff] f32 (one launch for gate, up and SwiGLU)."""
+    from numba import cuda
+
+    from .._kernels.cuda import moe as cmoe
+    name = _check_device_rows(w_gate, x.shape[1], "gate")
+    if _check_device_rows(w_up, x.shape[1], "up") != name:
+        raise InvalidArgumentError("moe on the device: gate and up must have one type")
+    h = cuda.device_array((row0.shape[0], n_ff), np.float32, stream=stream)
+    if row0.shape[0]:
+        cmoe.MOE_GATE_UP[name][cmoe.row_blocks(row0.shape[0], n_ff), cmoe.THREADS, stream](h, x, w_gate.raw,
+                                                                                          w_up.raw, row0, x_row)
+    return h
+
+
+def moe_block_device(h, gate_inp, exp_probs_b, gate_exps, up_exps, down_exps, shexp, n_ff_exp: int, n_used: int,
+                     gating: int, norm_w: bool, w_scale: float, stream=0):
+    """A deepseek2 MoE FFN on the device: router, top-k, the selected experts' SwiGLU FFNs and the shared
+    experts -> [n_tok, n_embd] f32 (what the layer adds to its residual).
+
+    h [n_tok, n_embd] f32 (the ffn_norm output); gate_inp [n_expert, n_embd] and the expert tensors: weights with
+    .raw on the device; shexp: (gate, up, down) shared-expert weights or None; exp_probs_b: [n_expert] f32 device
+    array or None; the routing scalars as route."""
+    from numba import cuda
+    n_tok, n_embd = h.shape
+    n_expert = gate_inp.raw.shape[0]
+    zero = cuda.to_device(np.zeros(n_tok, np.int64), stream=stream)
+    rows = cuda.to_device(np.arange(n_tok, dtype=np.int64), stream=stream)
+    logits = matmul_id_device(h, gate_inp, zero, rows, n_expert, stream)
+    sel, w = route_device(logits, n_used, gating, exp_probs_b, norm_w, w_scale, stream)
+    if shexp is not None:
+        n_sh = shexp[0].raw.shape[0]
+        hs = gate_up_device(h, shexp[0], shexp[1], zero, rows, n_sh, stream)
+        out = matmul_id_device(hs, shexp[2], zero, rows, n_embd, stream)
+    else:
+        out = None
+    return moe_ffn_device(h, sel, w, gate_exps, up_exps, down_exps, n_ff_exp, out=out, stream=stream)
