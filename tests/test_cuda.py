@@ -23,7 +23,7 @@ def _env(**extra):
 def _registry():
     if not HAS_NUMBA_CUDA:
         return []
-    from pyrt._kernels.cuda import attention, dense, ptx  # noqa: F401 (registers the kernels)
+    from pyrt._kernels.cuda import attention, dense, mla, moe, ptx, yarn  # noqa: F401 (registers the kernels)
     return [(name, i) for name, (_, sigs) in ptx.REGISTRY.items() for i in range(len(sigs))]
 
 
@@ -41,9 +41,9 @@ def test_registry_covers_every_kernel():
     pytest.importorskip("numba_cuda")
     from numba.cuda.dispatcher import CUDADispatcher
 
-    from pyrt._kernels.cuda import attention, dense, ptx
+    from pyrt._kernels.cuda import attention, dense, mla, moe, ptx, yarn
     registered = {getattr(fn, "__name__", "") for fn, _ in ptx.REGISTRY.values()}
-    for mod in (dense, attention):
+    for mod in (dense, attention, mla, moe, yarn):
         for name, obj in vars(mod).items():
             if isinstance(obj, CUDADispatcher) and not obj.targetoptions.get("device"):
                 assert obj.py_func.__name__ in registered, name

@@ -63,6 +63,7 @@ class DeepSeek2Model(ModelBase):
     """One instance per loaded file; weights stay views into the map (derived MLA tensors are small copies)."""
 
     ARCHS = {"deepseek2": basic.ROPE_NORM}
+    DEVICES = ("cpu", "cuda")  # modes 1-3: the absorbed attention and the routed MoE have device kernels
     is_mla = True
 
     def __init__(self, f: GGUFFile):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 
-import numpy as np
 from numba import cuda, float32, int32, int64, types, uint8
 
 from .. import reference as ref

@@ -34,22 +34,22 @@ DOT_PARTS = THREADS // N_DOT  # threads per score (partial sums combined in shar
 N_ACC = HEAD_GROUP * MAX_COLS  # accumulators per thread
 
 
-@cuda.jit(device=True)
+@device.device_function
 def _load_f32(ka, kb, c, i):
     return ka[c, i]
 
 
-@cuda.jit(device=True)
+@device.device_function
 def _load_f16(ka, kb, c, i):
     return float32(ka[c, i])
 
 
-@cuda.jit(device=True)
+@device.device_function
 def _load_bf16(ka, kb, c, i):
     return _bf16_bits_to_f32(int(ka[c, i]))
 
 
-@cuda.jit(device=True)
+@device.device_function
 def _load_q8_0(ka, kb, c, i):
     b = i // QK8_0
     return float32(kb[c, b * Q8_0_BLOCK_BYTES + 2 + i % QK8_0]) * float32(ka[c, b * (Q8_0_BLOCK_BYTES // 2)])

@@ -26,7 +26,7 @@ W_NORM_MIN = 6.103515625e-05  # 2^-14: ggml clamps the selected weights' sum fro
 TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K")
 
 
-@cuda.jit(device=True)
+@device.device_function
 def _lane_sum(sm, tid, lane):
     """Adds sm[tid - lane : tid - lane + LANES] into sm[tid - lane] (a tree in shared memory); every thread of
     the block must call it."""
@@ -43,7 +43,7 @@ def _make_row_kernels(value, bs, ts):
     """(mul_mat_id, moe_gate_up) for one weight type: value(src, blk, i) decodes element i of the block at byte
     blk; bs values per block of ts bytes."""
 
-    @cuda.jit(device=True)
+    @device.device_function
     def _dot(w, row, x, xr, n_in, lane):
         """Partial dot of lane `lane`: elements lane, lane + LANES, ... of weight row `row` with x[xr]."""
         s = float32(0.0)

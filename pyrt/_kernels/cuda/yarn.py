@@ -9,12 +9,12 @@ import math
 
 from numba import cuda, float32, float64
 
-from . import ptx
+from . import device, ptx
 
 THREADS = 128
 
 
-@cuda.jit(device=True)
+@device.device_function
 def yarn_cos_sin(p, i, n_rot, freq_base, freq_scale, ext_factor, corr_low, corr_high, mscale):
     """(cos, sin) of pair i at position p, times mscale, as f32 (theta mixed by the YaRN ramp)."""
     extrap = float64(p) * freq_base ** (-2.0 * i / n_rot)

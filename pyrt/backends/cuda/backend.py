@@ -12,6 +12,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+
+try:
+    from numpy.lib.array_utils import byte_bounds  # numpy >= 2
+except ImportError:  # numpy 1.26
+    byte_bounds = np.byte_bounds
 from numba import cuda
 
 from ..._kernels.cuda import attention as ka
@@ -78,20 +83,22 @@ class CudaBackend:
         return hit[1]
 
     def upload_model(self, model) -> int:
-        """Uploads every weight a model holds (Linear weights, tensor views, f32 vectors); returns bytes."""
+        """Uploads every weight a model holds (Linear weights, tensor views, f32 vectors); returns bytes.
+
+        A view that spans several tensors (a host-side fusion such as deepseek2's adjacent gate+up experts)
+        is not uploaded here: its parts are, and the view itself only on first use, so no weight byte is
+        on the device twice unless a kernel asks for the fused view."""
         from ...io.gguf_file import Weight
         from ...models.base import Linear
-        seen, total = set(), 0
+        seen, arrays = set(), []
 
         def walk(o):
-            nonlocal total
             if id(o) in seen:
                 return
             seen.add(id(o))
             if isinstance(o, np.ndarray):
                 if o.size and o.dtype in (np.uint8, np.float32):
-                    self.weight(o)
-                    total += o.nbytes
+                    arrays.append(o)
             elif isinstance(o, Linear):
                 walk(o.w)
                 walk(o.bias)
@@ -106,6 +113,15 @@ class CudaBackend:
         for k, v in vars(model).items():
             if k not in ("hp",):
                 walk(v)
+        # smallest first: the parts of a fused view come before it, which then overlaps them
+        spans, total = [], 0
+        for a in sorted(arrays, key=lambda a: a.nbytes):
+            lo, hi = byte_bounds(a)
+            if any(lo < e and s < hi for s, e in spans):
+                continue
+            spans.append((lo, hi))
+            self.weight(a)
+            total += a.nbytes
         return total
 
     # -- elementwise ---------------------------------------------------------------------------
