@@ -3,7 +3,6 @@ row dots, half/bfloat conversions and the f16 row dequantizer. The legacy quants
 in simd_legacy.py, built on the helpers here.
 
 Leaf module (numba, llvmlite only); pointers are integer addresses the calling kernels keep in range.
-The Numba disk cache does not notice edits here: clear NUMBA_CACHE_DIR after changing this file.
 """
 
 import llvmlite.binding as llvm
