@@ -32,7 +32,7 @@ RUN = textwrap.dedent("""
 def _package(tmp_path, helper_value):
     pkg = tmp_path / "kpkg"
     pkg.mkdir(exist_ok=True)
-    for name in ("__init__.py", "disk_cache.py"):
+    for name in ("__init__.py", "config.py", "disk_cache.py"):
         shutil.copy(os.path.join(KERNELS, name), pkg / name)
     (pkg / "helper.py").write_text(textwrap.dedent(f"""
         from numba import njit

@@ -6,6 +6,7 @@ here before any kernel module is imported.
 
 import os as _os
 
+from .config import CACHE_VARIANT as _CACHE_VARIANT
 from .disk_cache import install as _install
 
-SOURCE_STAMP = _install(_os.path.dirname(_os.path.abspath(__file__)))
+SOURCE_STAMP = _install(_os.path.dirname(_os.path.abspath(__file__)), _CACHE_VARIANT)

@@ -31,8 +31,11 @@ def package_stamp(root: str) -> str:
     return h.hexdigest()
 
 
-def install(root: str) -> str:
-    """Key the Numba disk cache of every function defined below root on package_stamp(root); returns it."""
+def install(root: str, variant: str = "") -> str:
+    """Key the Numba disk cache of every function defined below root on package_stamp(root); returns it.
+
+    A non-empty variant (a setting that changes the generated code) keeps its cache in a subdirectory of its own.
+    """
     root = os.path.abspath(root)
     stamp = package_stamp(root)
     prefix = root + os.sep
@@ -43,11 +46,9 @@ def install(root: str) -> str:
         def __init__(self, inner):
             self._inner = inner
 
-        def ensure_cache_path(self):
-            self._inner.ensure_cache_path()
-
         def get_cache_path(self):
-            return self._inner.get_cache_path()
+            path = self._inner.get_cache_path()
+            return os.path.join(path, variant) if variant else path
 
         def get_source_stamp(self):
             return stamp

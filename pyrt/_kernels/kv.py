@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import FASTMATH
+from .simd import bits_to_f32, f16_to_f32
 
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
@@ -226,58 +227,47 @@ def move_rows(buf, src_cells, dst_cells):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _dequant_row(out, row, kind, seg):
-    """out [n] f32 = the values of one cache row (row: uint32 / uint16 / uint8 view per kind)."""
-    n = out.shape[0]
+def decode_row(dst, row, e0, n, kind, seg):
+    """dst[:n] = values [e0, e0+n) of one cache row, as f32.
+
+    dst [>= n] f32; row [row bytes / 2 / 4] uint32 (f32 bits) | uint16 (f16/bf16 bits) | uint8 (q8_0, q8_KV).
+    q8_0: e0 and n multiples of 32. q8_KV: [e0, e0+n) inside one segment of seg values, or whole segments.
+    """
     if kind == KIND_F32:
-        tmp = out.view(np.uint32)
+        src = row[e0:e0 + n]  # 1-D views with zero-based indices: the loops vectorize (offset indices do not)
         for i in range(n):
-            tmp[i] = np.uint32(row[i])
+            dst[i] = bits_to_f32(src[i])
     elif kind == KIND_F16:
-        tmp = out.view(np.uint32)
+        src = row[e0:e0 + n]
         for i in range(n):
-            tmp[i] = _f16_bits_to_f32_bits(row[i])
+            dst[i] = f16_to_f32(src[i])
     elif kind == KIND_BF16:
-        tmp = out.view(np.uint32)
+        src = row[e0:e0 + n]
         for i in range(n):
-            tmp[i] = np.uint32(row[i]) << 16
+            dst[i] = bits_to_f32(np.uint32(src[i]) << 16)
     elif kind == KIND_Q8_0:
-        hdr = np.empty(1, dtype=np.uint32)
+        o0 = e0 // QK8_0 * Q8_0_BLOCK_BYTES
         for b in range(n // QK8_0):
-            o = b * Q8_0_BLOCK_BYTES
-            hdr[0] = _f16_bits_to_f32_bits(np.int64(row[o]) | (np.int64(row[o + 1]) << 8))
-            d = hdr.view(np.float32)[0]
-            for j in range(QK8_0):
-                out[b * QK8_0 + j] = np.float32((np.int32(row[o + 2 + j]) ^ 0x80) - 0x80) * d
+            blk = row[o0 + b * Q8_0_BLOCK_BYTES:o0 + (b + 1) * Q8_0_BLOCK_BYTES]
+            d = f16_to_f32(np.uint16(blk[0]) | (np.uint16(blk[1]) << 8))
+            qs = blk[2:]
+            db = dst[b * QK8_0:(b + 1) * QK8_0]
+            for i in range(QK8_0):
+                db[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d  # uint8 byte -> int8 value
     else:
-        hdr = np.empty(1, dtype=np.uint32)
-        for s in range(n // seg):
+        i0 = 0
+        while i0 < n:
+            s = (e0 + i0) // seg
             o = s * (seg + Q8_KV_HEADER)
-            hdr[0] = (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
-                      | (np.uint32(row[o + 3]) << 24))
-            d = hdr.view(np.float32)[0]
-            for j in range(seg):
-                out[s * seg + j] = np.float32((np.int32(row[o + Q8_KV_HEADER + j]) ^ 0x80) - 0x80) * d
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _f16_bits_to_f32_bits(h):
-    """uint16 bits of an f16 -> uint32 bits of the same value as f32 (exact, subnormals normalized)."""
-    h = np.int64(h)
-    sgn = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        if m == 0:
-            return np.uint32(sgn)
-        e2 = 113
-        while (m & 0x400) == 0:
-            m <<= 1
-            e2 -= 1
-        return np.uint32(sgn | (e2 << 23) | ((m & 0x3FF) << 13))
-    if e == 31:
-        return np.uint32(sgn | 0x7F800000 | (m << 13))
-    return np.uint32(sgn | ((e + 112) << 23) | (m << 13))
+            d = bits_to_f32(np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
+                            | (np.uint32(row[o + 3]) << 24))
+            q0 = e0 + i0 - s * seg
+            m = min(n - i0, seg - q0)
+            qs = row[o + Q8_KV_HEADER + q0:o + Q8_KV_HEADER + q0 + m]
+            ds = dst[i0:i0 + m]
+            for i in range(m):
+                ds[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
+            i0 += m
 
 
 @njit(cache=True, nogil=True)
@@ -325,7 +315,7 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
         c = cells[t]
         x = np.empty(n, dtype=np.float32)  # [n] f32 the dequantized row
         row = buf[c]
-        _dequant_row(x, row, kind, seg)
+        decode_row(x, row, 0, n, kind, seg)
         for h in range(n_head):
             b = off + h * head_stride
             for i in range(half):
@@ -348,7 +338,7 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
 def dequant_rows(out, buf, kind, seg, cells):
     """out [m, n] f32 = values of cache rows buf[cells] (tests, debugging, state checks)."""
     for t in range(cells.shape[0]):
-        _dequant_row(out[t], buf[cells[t]], kind, seg)
+        decode_row(out[t], buf[cells[t]], 0, out.shape[1], kind, seg)
 
 
 @njit(cache=True, nogil=True)

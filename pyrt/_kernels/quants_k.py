@@ -2,19 +2,18 @@
 
 Layouts and integer dot products follow llama.cpp (ggml-common.h, ggml-quants.c, ggml-cpu/quants.c). The row dots
 are LLVM IR emitted by Numba intrinsics: AVX2 pmaddubsw/pmaddwd when the target has AVX2, portable vector IR
-otherwise. Leaf: imports numpy, numba and llvmlite only. Shapes are numpy (row-major) order.
+otherwise. Leaf: imports numpy, numba, llvmlite and simd.py's IR toolkit. Shapes are numpy (row-major) order.
 """
-
-import os
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange
-from numba.core import cgutils, config as _nb_config, types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from .config import FASTMATH
-from .simd import PREFETCH_BYTES, prefetch_ptr
+from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _h2f, _hsum8, _load_ptr, _mask, _splat,
+                   prefetch_ptr)
 
 QK_K = 256
 BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
@@ -30,42 +29,10 @@ _ROW_TILE = 16
 _EXACT_MATH = False
 
 
-def _target_features():
-    """(has_avx2, has_f16c) of the CPU Numba compiles for (honours NUMBA_CPU_NAME / NUMBA_CPU_FEATURES).
-
-    PYRT_NO_SIMD=1 forces the portable IR (debugging aid; use it with a fresh NUMBA_CACHE_DIR, since the disk
-    cache keys on the CPU, not on this switch).
-    """
-    if os.environ.get("PYRT_NO_SIMD", "") not in ("", "0"):
-        return False, False
-    if _nb_config.CPU_NAME:
-        feats = set((_nb_config.CPU_FEATURES or "").split(","))
-        return "+avx2" in feats, "+f16c" in feats
-    try:
-        import llvmlite.binding as llb
-
-        host = llb.get_host_cpu_features()
-        triple = llb.get_process_triple()
-    except Exception:  # pragma: no cover - exotic llvmlite builds
-        return False, False
-    if not (triple.startswith("x86_64") or triple.startswith("i686") or triple.startswith("i386")):
-        return False, False
-    return bool(host.get("avx2", False)), bool(host.get("f16c", False))
-
-
-# Compile-time constants: the disk cache is keyed by CPU name and features, so a cached AVX2 build is never
-# loaded on a CPU without AVX2.
-HAS_AVX2, _HAS_F16C = _target_features()
-
 # ----------------------------------------------------------------------------------------------------------
-# LLVM IR helpers (run at compile time inside the intrinsics' codegen)
+# k-quant IR pieces (the shared toolkit and the target's features are simd.py's)
 # ----------------------------------------------------------------------------------------------------------
 
-_I8 = ir.IntType(8)
-_I16 = ir.IntType(16)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_F32 = ir.FloatType()
 _V32I8 = ir.VectorType(_I8, 32)
 _V16I8 = ir.VectorType(_I8, 16)
 _V16I16 = ir.VectorType(_I16, 16)
@@ -76,39 +43,11 @@ _V4I32 = ir.VectorType(_I32, 4)
 _V8F32 = ir.VectorType(_F32, 8)
 
 
-def _splat(vty, value):
-    return ir.Constant(vty, [ir.Constant(vty.element, value)] * vty.count)
-
-
-def _mask(idx):
-    return ir.Constant(ir.VectorType(_I32, len(idx)), [ir.Constant(_I32, i) for i in idx])
-
-
 def _byte_ptr(context, builder, aryty, ary, off):
     """i8* to byte `off` of a uint8 array's buffer."""
     data = context.make_array(aryty)(context, builder, ary).data
     data = builder.bitcast(data, _I8.as_pointer())
     return builder.gep(data, [off])
-
-
-def _load(builder, p, ty):
-    return builder.load(builder.bitcast(p, ty.as_pointer()), align=1)
-
-
-def _f16_to_f32(builder, h):
-    """IEEE half (i16 bits) -> float, exact for all inputs (normals, subnormals, inf, nan)."""
-    if _HAS_F16C:
-        return builder.fpext(builder.bitcast(h, ir.HalfType()), _F32)
-    h32 = builder.zext(h, _I32)
-    mag = builder.shl(builder.and_(h32, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
-    # exponent rebias by multiplying with 2**112 (exact, also turns half subnormals into f32 normals)
-    f = builder.fmul(builder.bitcast(mag, _F32), ir.Constant(_F32, 2.0**112))
-    fbits = builder.bitcast(f, _I32)
-    is_special = builder.icmp_unsigned("==", builder.and_(h32, ir.Constant(_I32, 0x7C00)), ir.Constant(_I32, 0x7C00))
-    special = builder.or_(mag, ir.Constant(_I32, 0x7F800000))
-    bits = builder.select(is_special, special, fbits)
-    sign = builder.shl(builder.and_(h32, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
-    return builder.bitcast(builder.or_(bits, sign), _F32)
 
 
 def _maddubs(builder, a, b, simd):
@@ -142,20 +81,11 @@ def _bcast_f32(builder, f):
     return builder.shuffle_vector(v, v, _mask([0] * 8))
 
 
-def _hsum_f32(builder, v):
-    """Fixed-order lane sum (pairwise tree), so results never depend on how the row was split."""
-    for width in (4, 2, 1):
-        lo = builder.shuffle_vector(v, v, _mask(range(width)))
-        hi = builder.shuffle_vector(v, v, _mask(range(width, 2 * width)))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
 def _k4_scales_mins(builder, p):
     """Unpack the 12-byte 6-bit scales/mins of Q4_K/Q5_K at p -> i16[16]: lanes 0..7 scales, 8..15 mins."""
-    u0 = _load(builder, p, _I32)
-    u1 = _load(builder, builder.gep(p, [ir.Constant(_I64, 4)]), _I32)
-    u2 = _load(builder, builder.gep(p, [ir.Constant(_I64, 8)]), _I32)
+    u0 = _load_ptr(builder, p, _I32)
+    u1 = _load_ptr(builder, builder.gep(p, [ir.Constant(_I64, 4)]), _I32)
+    u2 = _load_ptr(builder, builder.gep(p, [ir.Constant(_I64, 8)]), _I32)
     c = lambda v: ir.Constant(_I32, v)  # noqa: E731
     km1, km2, km3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
     t3 = builder.or_(
@@ -172,9 +102,9 @@ def _k4_scales_mins(builder, p):
 
 def _q8k_parts(builder, xp):
     """(d f32, pointer to qs, bsums i16[16]) of the Q8_K block at xp."""
-    d = _load(builder, xp, _F32)
+    d = _load_ptr(builder, xp, _F32)
     qs = builder.gep(xp, [ir.Constant(_I64, 4)])
-    bsums = _load(builder, builder.gep(xp, [ir.Constant(_I64, 4 + QK_K)]), _V16I16)
+    bsums = _load_ptr(builder, builder.gep(xp, [ir.Constant(_I64, 4 + QK_K)]), _V16I16)
     return d, qs, bsums
 
 
@@ -187,26 +117,26 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
 
     The weight block is unpacked once and reused for every activation block (several tokens).
     """
-    dw = _f16_to_f32(builder, _load(builder, wp, _I16))
-    dminw = _f16_to_f32(builder, _load(builder, _gep(builder, wp, 2), _I16))
+    dw = _h2f(builder, _load_ptr(builder, wp, _I16))
+    dminw = _h2f(builder, _load_ptr(builder, _gep(builder, wp, 2), _I16))
     sm = _k4_scales_mins(builder, _gep(builder, wp, 4))
     undef16 = ir.Constant(_V16I16, ir.Undefined)
     qs_off = 16
     if high_bits:
-        qh = _load(builder, _gep(builder, wp, 16), _V32I8)
+        qh = _load_ptr(builder, _gep(builder, wp, 16), _V32I8)
         qs_off = 48
-    m4 = _splat(_V32I8, 0x0F)
+    m4 = _splat(_I8, 32, 0x0F)
     quants = []  # (u8[32] quants, i16[16] broadcast scale, byte offset in the Q8_K qs)
     for j in range(QK_K // 64):
-        bits = _load(builder, _gep(builder, wp, qs_off + 32 * j), _V32I8)
+        bits = _load_ptr(builder, _gep(builder, wp, qs_off + 32 * j), _V32I8)
         lo = builder.and_(bits, m4)
-        hi = builder.lshr(bits, _splat(_V32I8, 4))
+        hi = builder.lshr(bits, _splat(_I8, 32, 4))
         if high_bits:
-            one = _splat(_V32I8, 1)
-            h_lo = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j)), one)
-            h_hi = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j + 1)), one)
-            lo = builder.or_(lo, builder.shl(h_lo, _splat(_V32I8, 4)))
-            hi = builder.or_(hi, builder.shl(h_hi, _splat(_V32I8, 4)))
+            one = _splat(_I8, 32, 1)
+            h_lo = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * j)), one)
+            h_hi = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * j + 1)), one)
+            lo = builder.or_(lo, builder.shl(h_lo, _splat(_I8, 32, 4)))
+            hi = builder.or_(hi, builder.shl(h_hi, _splat(_I8, 32, 4)))
         quants.append((lo, builder.shuffle_vector(sm, undef16, _mask([2 * j] * 16)), 64 * j))
         quants.append((hi, builder.shuffle_vector(sm, undef16, _mask([2 * j + 1] * 16)), 64 * j + 32))
     # mins term: sum_j m[j] * (bsums[2j] + bsums[2j+1])
@@ -216,7 +146,7 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
         dx, q8, bsums = _q8k_parts(builder, xp)
         acc = None
         for q, sv, xo in quants:
-            xv = _load(builder, _gep(builder, q8, xo), _V32I8)
+            xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
             part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
             acc = part if acc is None else builder.add(acc, part)
         msum = _maddwd(builder, bsums, mins2, simd)
@@ -228,25 +158,25 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
 
 def _emit_vdot_q6_k(builder, wp, xps, simd):
     """Dots of the Q6_K block at wp with the Q8_K blocks at xps -> [f32[8]] lanes (quants -32 via the bsums)."""
-    dw = _f16_to_f32(builder, _load(builder, _gep(builder, wp, 208), _I16))
-    sc = builder.sext(_load(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
+    dw = _h2f(builder, _load_ptr(builder, _gep(builder, wp, 208), _I16))
+    sc = builder.sext(_load_ptr(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
     undef16 = ir.Constant(_V16I16, ir.Undefined)
-    m4 = _splat(_V32I8, 0x0F)
-    m3 = _splat(_V32I8, 0x03)
+    m4 = _splat(_I8, 32, 0x0F)
+    m3 = _splat(_I8, 32, 0x03)
     quants = []  # (u8[32] quants 0..63, i16[16] scales (8 lanes per 16 quants), byte offset in the Q8_K qs)
     for h in range(2):
-        ql0 = _load(builder, _gep(builder, wp, 64 * h), _V32I8)
-        ql1 = _load(builder, _gep(builder, wp, 64 * h + 32), _V32I8)
-        qh = _load(builder, _gep(builder, wp, 128 + 32 * h), _V32I8)
+        ql0 = _load_ptr(builder, _gep(builder, wp, 64 * h), _V32I8)
+        ql1 = _load_ptr(builder, _gep(builder, wp, 64 * h + 32), _V32I8)
+        qh = _load_ptr(builder, _gep(builder, wp, 128 + 32 * h), _V32I8)
         quads = (
             (builder.and_(ql0, m4), 0),
             (builder.and_(ql1, m4), 2),
-            (builder.lshr(ql0, _splat(_V32I8, 4)), 4),
-            (builder.lshr(ql1, _splat(_V32I8, 4)), 6),
+            (builder.lshr(ql0, _splat(_I8, 32, 4)), 4),
+            (builder.lshr(ql1, _splat(_I8, 32, 4)), 6),
         )
         for k, (low, shift) in enumerate(quads):
-            hb = builder.and_(builder.lshr(qh, _splat(_V32I8, shift)), m3) if shift else builder.and_(qh, m3)
-            q = builder.or_(low, builder.shl(hb, _splat(_V32I8, 4)))
+            hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, shift)), m3) if shift else builder.and_(qh, m3)
+            q = builder.or_(low, builder.shl(hb, _splat(_I8, 32, 4)))
             sv = builder.shuffle_vector(sc, undef16, _mask([8 * h + 2 * k] * 8 + [8 * h + 2 * k + 1] * 8))
             quants.append((q, sv, 128 * h + 32 * k))
     out = []
@@ -254,11 +184,11 @@ def _emit_vdot_q6_k(builder, wp, xps, simd):
         dx, q8, bsums = _q8k_parts(builder, xp)
         acc = None
         for q, sv, xo in quants:
-            xv = _load(builder, _gep(builder, q8, xo), _V32I8)
+            xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
             part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
             acc = part if acc is None else builder.add(acc, part)
         off = _maddwd(builder, sc, bsums, simd)
-        sumi = builder.sub(acc, builder.shl(off, _splat(_V8I32, 5)))
+        sumi = builder.sub(acc, builder.shl(off, _splat(_I32, 8, 5)))
         out.append(builder.fmul(builder.sitofp(sumi, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx))))
     return out
 
@@ -313,7 +243,7 @@ def _make_vdot_rows(kind, simd, n_x):
                 xps = [builder.gep(p, [xoff]) for p in x0]
                 for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
                     builder.store(builder.fadd(builder.load(acc), v), acc)
-            vals = [_hsum_f32(builder, builder.load(acc)) for acc in accs]
+            vals = [_hsum8(builder, builder.load(acc)) for acc in accs]
             return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
 
         return retty(w, wo, x, xo, xstride, nb), codegen
@@ -342,7 +272,7 @@ def _load_f16(typingctx, a, off):
 
     def codegen(context, builder, sig, args):
         p = _byte_ptr(context, builder, sig.args[0], args[0], context.cast(builder, args[1], sig.args[1], types.int64))
-        return _f16_to_f32(builder, _load(builder, p, _I16))
+        return _h2f(builder, _load_ptr(builder, p, _I16))
 
     return types.float32(a, off), codegen
 

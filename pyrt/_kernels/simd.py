@@ -11,6 +11,8 @@ from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
+from .config import NO_SIMD
+
 _I1 = ir.IntType(1)
 _I8 = ir.IntType(8)
 _I16 = ir.IntType(16)
@@ -25,10 +27,15 @@ def _vec(t, n):
 
 
 def _target_features() -> set:
-    """Features of the target Numba compiles for (honours NUMBA_CPU_NAME/NUMBA_CPU_FEATURES)."""
+    """Features of the target Numba compiles for (honours NUMBA_CPU_NAME/NUMBA_CPU_FEATURES); empty under
+    PYRT_NO_SIMD=1, which selects the portable IR (its own cache directory: see config.CACHE_VARIANT)."""
+    if NO_SIMD:
+        return set()
     if config.CPU_NAME and config.CPU_NAME != "host":
         feats = config.CPU_FEATURES or ""
         return {f[1:] for f in feats.split(",") if f.startswith("+")}
+    if not llvm.get_process_triple().startswith(("x86_64", "i686", "i386")):
+        return set()
     return {k for k, v in llvm.get_host_cpu_features().items() if v}
 
 
@@ -46,6 +53,16 @@ HAS_VNNI = HAS_AVX2 and ("avxvnni" in _FEATS or ("avx512vnni" in _FEATS and "avx
 def _load(builder, addr, ty):
     p = builder.inttoptr(addr, ir.PointerType(ty))
     return builder.load(p, typ=ty, align=1)
+
+
+def _load_ptr(builder, p, ty):
+    """Unaligned load of a ty at pointer p."""
+    return builder.load(builder.bitcast(p, ty.as_pointer()), align=1)
+
+
+def _mask(idx):
+    """Shuffle mask (an <n x i32> constant) of the lane indices idx."""
+    return ir.Constant(_vec(_I32, len(idx)), [ir.Constant(_I32, i) for i in idx])
 
 
 def _addr(builder, base, off):
@@ -264,6 +281,23 @@ def i32_as_f32(typingctx, i):
         return builder.bitcast(v, _F32)
 
     return types.float32(i), codegen
+
+
+@intrinsic
+def bits_to_f32(typingctx, u):
+    """The float32 whose bits are the low 32 bits of the unsigned integer u (zero-extended if narrower)."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if v.type.width > 32:
+            v = builder.trunc(v, _I32)
+        elif v.type.width < 32:
+            v = builder.zext(v, _I32)
+        return builder.bitcast(v, _F32)
+
+    return types.float32(u), codegen
 
 
 @intrinsic

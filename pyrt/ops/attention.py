@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from .._kernels import attention as fa
+from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError
 
-_KINDS = {"f32": fa.KIND_F32, "f16": fa.KIND_F16, "bf16": fa.KIND_BF16, "q8_0": fa.KIND_Q8_0,
-          "q8_KV": fa.KIND_Q8_KV}
+_KINDS = {"f32": kvk.KIND_F32, "f16": kvk.KIND_F16, "bf16": kvk.KIND_BF16, "q8_0": kvk.KIND_Q8_0,
+          "q8_KV": kvk.KIND_Q8_KV}
 _ELEM = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}  # elements, bytes per block
 _DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q8_KV": np.uint8}
 
@@ -43,7 +44,7 @@ def rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
 
 def _n_elems(buf: np.ndarray, type_name: str, seg: int) -> int:
     if type_name == "q8_KV":
-        return buf.shape[1] // (seg + fa.Q8_KV_HEADER) * seg
+        return buf.shape[1] // (seg + kvk.Q8_KV_HEADER) * seg
     blk, nbytes = _ELEM[type_name]
     return buf.shape[1] if blk == 1 else buf.shape[1] // nbytes * blk
 
@@ -119,10 +120,10 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
     seg_v = int(seg_v) if type_v == "q8_KV" else 1
     if seg_k <= 0 or seg_v <= 0:
         raise InvalidArgumentError("attention: q8_KV rows need a positive segment length")
-    if type_k == "q8_KV" and (k.shape[1] % (seg_k + fa.Q8_KV_HEADER) or any(
+    if type_k == "q8_KV" and (k.shape[1] % (seg_k + kvk.Q8_KV_HEADER) or any(
             (g * dk) // seg_k != (g * dk + dk - 1) // seg_k for g in range(n_head_kv))):
         raise InvalidArgumentError(f"attention: q8_KV K heads of {dk} must each lie inside one segment of {seg_k}")
-    if type_v == "q8_KV" and (v.shape[1] % (seg_v + fa.Q8_KV_HEADER) or any(
+    if type_v == "q8_KV" and (v.shape[1] % (seg_v + kvk.Q8_KV_HEADER) or any(
             (v_offset + g * dv) // seg_v != (v_offset + g * dv + dv - 1) // seg_v for g in range(n_head_kv))):
         raise InvalidArgumentError(f"attention: q8_KV V heads of {dv} must each lie inside one segment of {seg_v}")
     if _n_elems(k, type_k, seg_k) < n_head_kv * dk:

@@ -18,7 +18,7 @@ from ..formats.qtypes import get_qtype
 from .attention import rows_view
 from .matmul import _check_raw
 
-_KINDS = {"f32": fk.KIND_F32, "f16": fk.KIND_F16, "bf16": fk.KIND_BF16, "q8_0": fk.KIND_Q8_0}
+_KINDS = {"f32": kvk.KIND_F32, "f16": kvk.KIND_F16, "bf16": kvk.KIND_BF16, "q8_0": kvk.KIND_Q8_0}
 MLA_CACHE_TYPES = tuple(_KINDS)
 
 KV_TILE = 32
