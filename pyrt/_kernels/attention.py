@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from .config import FASTMATH
 from .kv import decode_row
-from .simd import i32_as_f32
+from .simd import bits_to_f32
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _exp_neg(x):
@@ -28,7 +28,7 @@ def _exp_neg(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1.0)
-    e = i32_as_f32((np.int32(n) + 127) << 23)
+    e = bits_to_f32((np.int32(n) + 127) << 23)
     return p * e if x >= np.float32(-87.0) else np.float32(0.0)
 
 

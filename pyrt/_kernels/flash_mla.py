@@ -10,8 +10,7 @@ from numba import njit, prange
 
 from .attention import _exp_neg
 from .config import FASTMATH
-from .kv import (KIND_BF16, KIND_F16, KIND_F32, Q8_0_BLOCK_BYTES, QK8_0, _f32_bits_to_bf16_bits,
-                 _f32_bits_to_f16_bits, _quant_block_q8_0, decode_row)
+from .kv import Q8_0_BLOCK_BYTES, QK8_0, decode_row, encode_row
 from .norm import _rms_row
 from .quants_legacy import ROW_TILE, _q_bias, _rows_q_legacy, quantize_rows_q8_0, x_aux_q8_0
 from .rope import _rope_norm_row
@@ -370,29 +369,6 @@ def mla_decode_legacy(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _store_latent_row(k, kind, cell, row):
-    """row [n] f32 -> cache row `cell` of k, converted as kv.store_rows_* do.
-
-    k: the cache rows as flash_attn_mla takes them (uint32 f32 bits, uint16 f16/bf16 bits, q8_0 bytes).
-    """
-    bits = row.view(np.uint32)
-    n = row.shape[0]
-    if kind == KIND_F32:
-        for i in range(n):
-            k[cell, i] = bits[i]
-    elif kind == KIND_F16:
-        for i in range(n):
-            k[cell, i] = np.uint16(_f32_bits_to_f16_bits(bits[i]))
-    elif kind == KIND_BF16:
-        for i in range(n):
-            k[cell, i] = np.uint16(_f32_bits_to_bf16_bits(bits[i]))
-    else:
-        dst = k[cell]
-        for b in range(n // QK8_0):
-            _quant_block_q8_0(dst, b, row)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _q8_0_with_aux(x, kind):
     """x [n] f32 -> (the Q8_0 row [1, n/32*34] uint8, its aux words [1, n/32, 2] int32 for weights of kind)."""
     nb = x.shape[0] // QK8_0
@@ -477,7 +453,7 @@ def mla_block_decode_legacy(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb
     for i in range(n_rot):
         row[i] = kva[C + i]
     _rope_norm_row(row[:n_rot], cos, sin)
-    _store_latent_row(k, kind, cell, row)
+    encode_row(k[cell], row, kind, 0, 0, row.shape[0])
     q_nope = np.empty((n_head, dn), np.float32)
     q_pe = np.empty((n_head, n_rot), np.float32)
     for hh in range(n_head):

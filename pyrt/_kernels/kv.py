@@ -82,57 +82,8 @@ def store_rows_f32(dst, cells, src):
             dst[c, i] = src[t, i]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def store_rows_f16(dst, cells, src):
-    """Convert token rows to f16 (round-to-nearest-even) into cache rows.
-
-    dst   [size, n] uint16    f16 bits
-    cells [n_tok] int32
-    src   [n_tok, n] f32
-    """
-    bits = src.view(np.uint32)  # [n_tok, n] uint32
-    n = src.shape[1]
-    for t in range(cells.shape[0]):
-        c = cells[t]
-        for i in range(n):
-            dst[c, i] = np.uint16(_f32_bits_to_f16_bits(bits[t, i]))
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def store_rows_bf16(dst, cells, src):
-    """Convert token rows to bf16 (ggml's rounding) into cache rows.
-
-    dst   [size, n] uint16    bf16 bits
-    cells [n_tok] int32
-    src   [n_tok, n] f32
-    """
-    bits = src.view(np.uint32)  # [n_tok, n] uint32
-    n = src.shape[1]
-    for t in range(cells.shape[0]):
-        c = cells[t]
-        for i in range(n):
-            dst[c, i] = np.uint16(_f32_bits_to_bf16_bits(bits[t, i]))
-
-
-# No fastmath here: `arcp` would turn amax/127 into amax*(1/127) and break bit-exactness with ggml.
-@njit(cache=True, nogil=True)
-def store_rows_q8_0(dst, cells, src):
-    """Quantize token rows to Q8_0 into cache rows (ggml's quantize_row_q8_0_ref).
-
-    dst   [size, n/32*34] uint8   per block: f16 d (little-endian), then 32 int8 qs
-    cells [n_tok] int32
-    src   [n_tok, n] f32          n a multiple of 32
-    Block: d = amax/127 (stored as f16), q = roundf(x * (1/d)) with the f32 d, 0 for an all-zero block.
-    """
-    n = src.shape[1]
-    nb = n // QK8_0
-    for t in range(cells.shape[0]):
-        c = cells[t]
-        for b in range(nb):
-            _quant_block_q8_0(dst[c], b, src[t])
-
-
-# No fastmath (see store_rows_q8_0).
+# No fastmath here or in the callers that quantize: `arcp` would turn amax/127 into amax*(1/127) and break
+# bit-exactness with ggml.
 @njit(cache=True, nogil=True)
 def _quant_block_q8_0(row, b, x):
     """Block b of x [n] f32 -> bytes of block b of row [n/32*34] uint8 (quantize_row_q8_0_ref)."""
@@ -195,18 +146,41 @@ def _quant_seg_q8_kv(row, s, seg, x):
 
 
 @njit(cache=True, nogil=True)
-def store_rows_q8_kv(dst, cells, src, seg):
-    """Quantize token rows to q8_KV (one f32 scale and int32 sum per segment of seg values) into cache rows.
+def store_rows(dst, cells, src, kind, seg):
+    """Encode token rows into cache rows.
 
-    dst   [size, n/seg*(8+seg)] uint8
-    cells [n_tok] int32
-    src   [n_tok, n] f32          n a multiple of seg
+    dst   [size, row] uint16 (f16/bf16 bits) | uint8 (q8_0, q8_KV bytes), as decode_row's rows
+    cells [n_tok] int32       destination cell of each token
+    src   [n_tok, n] f32      n a multiple of 32 (q8_0) or of seg (q8_KV)
+    kind  KIND_F16 | KIND_BF16 | KIND_Q8_0 | KIND_Q8_KV; seg: q8_KV segment length
     """
     n = src.shape[1]
     for t in range(cells.shape[0]):
-        c = cells[t]
-        for s in range(n // seg):
-            _quant_seg_q8_kv(dst[c], s, seg, src[t])
+        encode_row(dst[cells[t]], src[t], kind, seg, 0, n)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_f16(dst, cells, src):
+    """store_rows to f16 rows (dst [size, n] uint16)."""
+    store_rows(dst, cells, src, KIND_F16, 1)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_bf16(dst, cells, src):
+    """store_rows to bf16 rows (dst [size, n] uint16)."""
+    store_rows(dst, cells, src, KIND_BF16, 1)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_q8_0(dst, cells, src):
+    """store_rows to q8_0 rows (dst [size, n/32*34] uint8)."""
+    store_rows(dst, cells, src, KIND_Q8_0, 1)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_q8_kv(dst, cells, src, seg):
+    """store_rows to q8_KV rows (dst [size, n/seg*(8+seg)] uint8)."""
+    store_rows(dst, cells, src, KIND_Q8_KV, seg)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -271,8 +245,12 @@ def decode_row(dst, row, e0, n, kind, seg):
 
 
 @njit(cache=True, nogil=True)
-def _requant_row(row, x, kind, seg, lo, hi):
-    """Write x [n] f32 back into one cache row, re-encoding only the blocks/segments overlapping [lo, hi)."""
+def encode_row(row, x, kind, seg, lo, hi):
+    """Write x [n] f32 into one cache row, encoding only the values/blocks/segments overlapping [lo, hi).
+
+    row: as decode_row's; kind KIND_*; seg: the q8_KV segment length. f16 like numpy's astype(float16), bf16
+    like GGML_FP32_TO_BF16, q8_0 like quantize_row_q8_0_ref, q8_KV as _quant_seg_q8_kv.
+    """
     n = x.shape[0]
     if kind == KIND_F32:
         xb = x.view(np.uint32)
@@ -331,7 +309,7 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
                 x1 = x[i1]
                 x[i0] = x0 * cs - x1 * sn
                 x[i1] = x0 * sn + x1 * cs
-        _requant_row(row, x, kind, seg, lo, hi)
+        encode_row(row, x, kind, seg, lo, hi)
 
 
 @njit(cache=True, nogil=True)

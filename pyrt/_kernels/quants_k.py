@@ -20,6 +20,7 @@ BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
 BLOCK_BYTES_Q5_K = 176  # f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
 BLOCK_BYTES_Q6_K = 210  # u8 ql[128], u8 qh[64], i8 scales[16], f16 d
 BLOCK_BYTES_Q8_K = 292  # f32 d, i8 qs[256], i16 bsums[16]
+KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = 4, 5, 6
 
 # Output rows per prange work item of the matmuls.
 _ROW_TILE = 16
@@ -474,130 +475,86 @@ def _pad_tail_q8_k(xq, t0):
     return xq_pad
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _vdot4_k(kind, w, wo, xq, xo, xb, nb):
+    """Dots of weight row w[wo:] (kind KIND_Q4_K/Q5_K/Q6_K) with the 4 Q8_K rows at xq[xo:] (stride xb)."""
+    if kind == KIND_Q4_K:
+        return _vdot4_q4_k(w, wo, xq, xo, xb, nb)
+    if kind == KIND_Q5_K:
+        return _vdot4_q5_k(w, wo, xq, xo, xb, nb)
+    return _vdot4_q6_k(w, wo, xq, xo, xb, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _vdot1_k(kind, w, wo, xq, xo, xb, nb):
+    """Dot of weight row w[wo:] (kind KIND_Q4_K/Q5_K/Q6_K) with the Q8_K row at xq[xo:]."""
+    if kind == KIND_Q4_K:
+        return _vdot1_q4_k(w, wo, xq, xo, xb, nb)
+    if kind == KIND_Q5_K:
+        return _vdot1_q5_k(w, wo, xq, xo, xb, nb)
+    return _vdot1_q6_k(w, wo, xq, xo, xb, nb)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_k(dst, w, xq, kind):
+    """dst = xq @ w.T for k-quant weights and Q8_K activations (llama.cpp vec_dot_q{4,5,6}_K_q8_K per block).
+
+    dst:  [n_tok, n_out] f32
+    w:    [n_out, n_in / 256 * BLOCK_BYTES_Q{4,5,6}_K] uint8 (GGUF bytes, may be read-only)
+    xq:   [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
+    kind: KIND_Q4_K | KIND_Q5_K | KIND_Q6_K
+    """
+    n_tok = xq.shape[0]
+    n_out = w.shape[0]
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else (BLOCK_BYTES_Q5_K if kind == KIND_Q5_K else BLOCK_BYTES_Q6_K)
+    if (
+        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
+        or w.shape[1] != nb * w_block
+        or dst.shape[0] != n_tok
+        or dst.shape[1] != n_out
+    ):
+        raise ValueError("matmul_k: shape mismatch")
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
+    n_tok4 = n_tok - n_tok % 4
+    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
+    for it in prange(n_tiles):
+        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
+            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
+            for t in range(0, n_tok4, 4):
+                a0, a1, a2, a3 = _vdot4_k(kind, w, r * wb, xq, t * xb, xb, nb)
+                dst[t, r] = a0
+                dst[t + 1, r] = a1
+                dst[t + 2, r] = a2
+                dst[t + 3, r] = a3
+            if xq_pad.shape[0]:
+                a0, a1, a2, a3 = _vdot4_k(kind, w, r * wb, xq_pad, 0, xb, nb)
+                dst[n_tok4, r] = a0
+                dst[n_tok4 + 1, r] = a1
+                if n_tok4 + 2 < n_tok:
+                    dst[n_tok4 + 2, r] = a2
+            elif n_tok4 < n_tok:
+                dst[n_tok4, r] = _vdot1_k(kind, w, r * wb, xq, n_tok4 * xb, xb, nb)
+
+
+@njit(cache=True, nogil=True)
 def matmul_q4_k(dst, w, xq):
-    """dst = xq @ w.T for Q4_K weights and Q8_K activations (llama.cpp vec_dot_q4_K_q8_K per block).
-
-    dst: [n_tok, n_out] f32
-    w:   [n_out, n_in / 256 * 144] uint8 (GGUF bytes, may be read-only)
-    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
-    """
-    n_tok = xq.shape[0]
-    n_out = w.shape[0]
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    if (
-        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
-        or w.shape[1] != nb * BLOCK_BYTES_Q4_K
-        or dst.shape[0] != n_tok
-        or dst.shape[1] != n_out
-    ):
-        raise ValueError("matmul_q4_k: shape mismatch")
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
-    n_tok4 = n_tok - n_tok % 4
-    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
-    for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
-            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
-            for t in range(0, n_tok4, 4):
-                a0, a1, a2, a3 = _vdot4_q4_k(w, r * wb, xq, t * xb, xb, nb)
-                dst[t, r] = a0
-                dst[t + 1, r] = a1
-                dst[t + 2, r] = a2
-                dst[t + 3, r] = a3
-            if xq_pad.shape[0]:
-                a0, a1, a2, a3 = _vdot4_q4_k(w, r * wb, xq_pad, 0, xb, nb)
-                dst[n_tok4, r] = a0
-                dst[n_tok4 + 1, r] = a1
-                if n_tok4 + 2 < n_tok:
-                    dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_q4_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
+    """Q4_K weights x Q8_K activations (matmul_k)."""
+    matmul_k(dst, w, xq, KIND_Q4_K)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_q5_k(dst, w, xq):
-    """dst = xq @ w.T for Q5_K weights and Q8_K activations (llama.cpp vec_dot_q5_K_q8_K per block).
-
-    dst: [n_tok, n_out] f32
-    w:   [n_out, n_in / 256 * 176] uint8 (GGUF bytes, may be read-only)
-    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
-    """
-    n_tok = xq.shape[0]
-    n_out = w.shape[0]
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    if (
-        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
-        or w.shape[1] != nb * BLOCK_BYTES_Q5_K
-        or dst.shape[0] != n_tok
-        or dst.shape[1] != n_out
-    ):
-        raise ValueError("matmul_q5_k: shape mismatch")
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
-    n_tok4 = n_tok - n_tok % 4
-    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
-    for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
-            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
-            for t in range(0, n_tok4, 4):
-                a0, a1, a2, a3 = _vdot4_q5_k(w, r * wb, xq, t * xb, xb, nb)
-                dst[t, r] = a0
-                dst[t + 1, r] = a1
-                dst[t + 2, r] = a2
-                dst[t + 3, r] = a3
-            if xq_pad.shape[0]:
-                a0, a1, a2, a3 = _vdot4_q5_k(w, r * wb, xq_pad, 0, xb, nb)
-                dst[n_tok4, r] = a0
-                dst[n_tok4 + 1, r] = a1
-                if n_tok4 + 2 < n_tok:
-                    dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_q5_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
+    """Q5_K weights x Q8_K activations (matmul_k)."""
+    matmul_k(dst, w, xq, KIND_Q5_K)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_q6_k(dst, w, xq):
-    """dst = xq @ w.T for Q6_K weights and Q8_K activations (llama.cpp vec_dot_q6_K_q8_K per block).
-
-    dst: [n_tok, n_out] f32
-    w:   [n_out, n_in / 256 * 210] uint8 (GGUF bytes, may be read-only)
-    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
-    """
-    n_tok = xq.shape[0]
-    n_out = w.shape[0]
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    if (
-        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
-        or w.shape[1] != nb * BLOCK_BYTES_Q6_K
-        or dst.shape[0] != n_tok
-        or dst.shape[1] != n_out
-    ):
-        raise ValueError("matmul_q6_k: shape mismatch")
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
-    n_tok4 = n_tok - n_tok % 4
-    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
-    for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
-            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
-            for t in range(0, n_tok4, 4):
-                a0, a1, a2, a3 = _vdot4_q6_k(w, r * wb, xq, t * xb, xb, nb)
-                dst[t, r] = a0
-                dst[t + 1, r] = a1
-                dst[t + 2, r] = a2
-                dst[t + 3, r] = a3
-            if xq_pad.shape[0]:
-                a0, a1, a2, a3 = _vdot4_q6_k(w, r * wb, xq_pad, 0, xb, nb)
-                dst[n_tok4, r] = a0
-                dst[n_tok4 + 1, r] = a1
-                if n_tok4 + 2 < n_tok:
-                    dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_q6_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
+    """Q6_K weights x Q8_K activations (matmul_k)."""
+    matmul_k(dst, w, xq, KIND_Q6_K)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -608,9 +565,9 @@ def _matmul_k_portable(dst, w, xq, kind):
     xb = xq.shape[1]
     for r in range(w.shape[0]):
         for t in range(xq.shape[0]):
-            if kind == 4:
+            if kind == KIND_Q4_K:
                 dst[t, r] = _vdot1_q4_k_portable(w, r * wb, xq, t * xb, xb, nb)
-            elif kind == 5:
+            elif kind == KIND_Q5_K:
                 dst[t, r] = _vdot1_q5_k_portable(w, r * wb, xq, t * xb, xb, nb)
             else:
                 dst[t, r] = _vdot1_q6_k_portable(w, r * wb, xq, t * xb, xb, nb)
@@ -618,7 +575,6 @@ def _matmul_k_portable(dst, w, xq, kind):
 
 # ------------------------------------------------------------------------- grouped matmul
 
-KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = 4, 5, 6
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -639,9 +595,4 @@ def matmul_id_k(dst, w, xq, w_row0, x_row, kind):
         xo = x_row[g] * xb
         for r in range(r0, min(n_out, r0 + _ROW_TILE)):
             wo = (w_row0[g] + r) * wb
-            if kind == KIND_Q4_K:
-                dst[g, r] = _vdot1_q4_k(w, wo, xq, xo, xb, nb)
-            elif kind == KIND_Q5_K:
-                dst[g, r] = _vdot1_q5_k(w, wo, xq, xo, xb, nb)
-            else:
-                dst[g, r] = _vdot1_q6_k(w, wo, xq, xo, xb, nb)
+            dst[g, r] = _vdot1_k(kind, w, wo, xq, xo, xb, nb)

@@ -309,52 +309,49 @@ def matmul_q5_0(dst, w, xq):
     matmul_q_legacy(dst, w, xq, KIND_Q5_0, TILE_BYTES, CHUNK_BYTES)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _dot_float(kind, wp, xp, n):
+    """Dot of the n-element rows at addresses wp and xp, both of float kind KIND_F16 | KIND_BF16 | KIND_F32,
+    products accumulated in f32 (ggml_vec_dot_f16 / _bf16)."""
+    if kind == KIND_F16:
+        return dot_f16_f16(wp, xp, n)
+    if kind == KIND_BF16:
+        return dot_bf16_bf16(wp, xp, n)
+    return dot_f32_f32(wp, xp, n)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_float(dst, w, x, kind):
+    """Float weights x activations of the same float kind (KIND_F16 | KIND_BF16 | KIND_F32).
+
+    dst: [n_tok, n_out] f32; w: [n_out, n_in * elem bytes] uint8; x: [n_tok, n_in] uint16 (f16/bf16 bits) | f32.
+    """
+    n_tok, n_out = dst.shape
+    n = np.int64(x.shape[1])
+    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
+    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
+    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
+        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
+            for t in range(n_tok):
+                dst[t, r] = _dot_float(kind, wp + r * ws, xp + t * xs, n)
+
+
+@njit(cache=True, nogil=True)
 def matmul_f16(dst, w, x):
-    """F16 weights x f16 activations, products accumulated in f32 (ggml_vec_dot_f16).
-
-    dst: [n_tok, n_out] f32; w: [n_out, 2*n_in] uint8; x: [n_tok, n_in] uint16 (half bits).
-    """
-    n_tok, n_out = dst.shape
-    n = np.int64(x.shape[1])
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            for t in range(n_tok):
-                dst[t, r] = dot_f16_f16(wp + r * ws, xp + t * xs, n)
+    """F16 weights x f16 activations (matmul_float)."""
+    matmul_float(dst, w, x, KIND_F16)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_bf16(dst, w, x):
-    """BF16 weights x bf16 activations, products accumulated in f32 (ggml_vec_dot_bf16).
-
-    dst: [n_tok, n_out] f32; w: [n_out, 2*n_in] uint8; x: [n_tok, n_in] uint16 (bf16 bits).
-    """
-    n_tok, n_out = dst.shape
-    n = np.int64(x.shape[1])
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            for t in range(n_tok):
-                dst[t, r] = dot_bf16_bf16(wp + r * ws, xp + t * xs, n)
+    """BF16 weights x bf16 activations (matmul_float)."""
+    matmul_float(dst, w, x, KIND_BF16)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_f32(dst, w, x):
-    """F32 weights x f32 activations.
-
-    dst: [n_tok, n_out] f32; w: [n_out, 4*n_in] uint8; x: [n_tok, n_in] f32.
-    """
-    n_tok, n_out = dst.shape
-    n = np.int64(x.shape[1])
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            for t in range(n_tok):
-                dst[t, r] = dot_f32_f32(wp + r * ws, xp + t * xs, n)
+    """F32 weights x f32 activations (matmul_float)."""
+    matmul_float(dst, w, x, KIND_F32)
 
 
 # ------------------------------------------------------------------------- grouped matmul
@@ -404,13 +401,7 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
             _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp0 + x_row[g] * cs, nb, dst[g], pf)
         else:
             for rr in range(r0, r1):
-                if kind == KIND_F16:
-                    v = dot_f16_f16(wg + rr * ws, xg, nb)
-                elif kind == KIND_BF16:
-                    v = dot_bf16_bf16(wg + rr * ws, xg, nb)
-                else:
-                    v = dot_f32_f32(wg + rr * ws, xg, nb)
-                dst[g, rr] = v
+                dst[g, rr] = _dot_float(kind, wg + rr * ws, xg, nb)
 
 
 @njit(cache=True, nogil=True)

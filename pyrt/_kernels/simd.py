@@ -267,25 +267,9 @@ dot_f32_f32 = intrinsic(_make_float_dot(_F32, None))
 
 
 @intrinsic
-def i32_as_f32(typingctx, i):
-    """The float32 whose bits are the int32 i (a bitcast; vectorizes inside loops)."""
-    if not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = args[0]
-        if v.type.width > 32:
-            v = builder.trunc(v, _I32)
-        elif v.type.width < 32:
-            v = builder.sext(v, _I32)
-        return builder.bitcast(v, _F32)
-
-    return types.float32(i), codegen
-
-
-@intrinsic
 def bits_to_f32(typingctx, u):
-    """The float32 whose bits are the low 32 bits of the unsigned integer u (zero-extended if narrower)."""
+    """The float32 whose bits are the low 32 bits of the integer u (a narrower u is sign- or zero-extended by
+    its signedness); a bitcast, so loops that use it vectorize."""
     if not isinstance(u, types.Integer):
         return None
 
@@ -294,61 +278,47 @@ def bits_to_f32(typingctx, u):
         if v.type.width > 32:
             v = builder.trunc(v, _I32)
         elif v.type.width < 32:
-            v = builder.zext(v, _I32)
+            v = builder.sext(v, _I32) if signature.args[0].signed else builder.zext(v, _I32)
         return builder.bitcast(v, _F32)
 
     return types.float32(u), codegen
 
 
-@intrinsic
-def f16_to_f32(typingctx, h):
-    """uint16 bit pattern of an IEEE half -> float32 (exact, incl. subnormals/inf/nan)."""
-    if not isinstance(h, types.Integer):
-        return None
+def _make_f16_to_f32(portable):
+    def typer(typingctx, h):
+        if not isinstance(h, types.Integer):
+            return None
 
-    def codegen(context, builder, signature, args):
-        v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
-        return _h2f(builder, v)
+        def codegen(context, builder, signature, args):
+            v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
+            return _h2f_int(builder, v, None) if portable else _h2f(builder, v)
 
-    return types.float32(types.uint16), codegen
+        return types.float32(types.uint16), codegen
 
-
-@intrinsic
-def f32_to_f16(typingctx, x):
-    """float32 -> uint16 bit pattern of the nearest half (round to nearest even, like F16C)."""
-    if not isinstance(x, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        if HAS_F16C:
-            return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
-        return _f2h_int(builder, args[0])
-
-    return types.uint16(types.float32), codegen
-
-@intrinsic
-def f16_to_f32_portable(typingctx, h):
-    """f16_to_f32 with integer ops only (what targets without F16C run; for tests)."""
-    if not isinstance(h, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
-        return _h2f_int(builder, v, None)
-
-    return types.float32(types.uint16), codegen
+    return typer
 
 
-@intrinsic
-def f32_to_f16_portable(typingctx, x):
-    """f32_to_f16 with integer ops only (what targets without F16C run; for tests)."""
-    if not isinstance(x, types.Float):
-        return None
+def _make_f32_to_f16(portable):
+    def typer(typingctx, x):
+        if not isinstance(x, types.Float):
+            return None
 
-    def codegen(context, builder, signature, args):
-        return _f2h_int(builder, args[0])
+        def codegen(context, builder, signature, args):
+            if HAS_F16C and not portable:
+                return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
+            return _f2h_int(builder, args[0])
 
-    return types.uint16(types.float32), codegen
+        return types.uint16(types.float32), codegen
+
+    return typer
+
+
+# uint16 bits of an IEEE half <-> float32: exact, subnormals, inf and nan included; f32 -> f16 rounds to
+# nearest even like F16C. The _portable variants use integer ops only (what targets without F16C run).
+f16_to_f32 = intrinsic(_make_f16_to_f32(False))
+f32_to_f16 = intrinsic(_make_f32_to_f16(False))
+f16_to_f32_portable = intrinsic(_make_f16_to_f32(True))
+f32_to_f16_portable = intrinsic(_make_f32_to_f16(True))
 
 # ------------------------------------------------------------------ row dequantizers
 
