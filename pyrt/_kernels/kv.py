@@ -10,6 +10,7 @@ astype(float16), bf16 like ggml's GGML_FP32_TO_BF16, q8_0 like ggml's quantize_r
 import numpy as np
 from numba import njit, prange
 
+from . import codes
 from .config import FASTMATH
 from .simd import bits_to_f32, f16_to_f32
 
@@ -17,12 +18,8 @@ QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
 Q8_KV_HEADER = 8  # f32 d + int32 sum per segment
 
-# storage kinds, shared with pyrt._kernels.attention
-KIND_F32 = 0
-KIND_F16 = 1
-KIND_BF16 = 2
-KIND_Q8_0 = 3
-KIND_Q8_KV = 4
+# storage kinds (codes.py)
+KIND_F32, KIND_F16, KIND_BF16, KIND_Q8_0, KIND_Q8_KV = codes.F32, codes.F16, codes.BF16, codes.Q8_0, codes.Q8_KV
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

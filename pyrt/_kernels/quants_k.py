@@ -11,6 +11,7 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from . import codes
 from .config import FASTMATH
 from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _h2f, _hsum8, _load_ptr, _mask, _splat,
                    prefetch_ptr)
@@ -20,7 +21,7 @@ BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
 BLOCK_BYTES_Q5_K = 176  # f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
 BLOCK_BYTES_Q6_K = 210  # u8 ql[128], u8 qh[64], i8 scales[16], f16 d
 BLOCK_BYTES_Q8_K = 292  # f32 d, i8 qs[256], i16 bsums[16]
-KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = 4, 5, 6
+KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = codes.Q4_K, codes.Q5_K, codes.Q6_K
 
 # Output rows per prange work item of the matmuls.
 _ROW_TILE = 16
@@ -559,7 +560,7 @@ def matmul_q6_k(dst, w, xq):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _matmul_k_portable(dst, w, xq, kind):
-    """Serial matmul through the portable-IR block dots (kind 4/5/6); test aid for CPUs without AVX2."""
+    """Serial matmul through the portable-IR block dots (kind KIND_Q4_K/Q5_K/Q6_K); test aid for CPUs without AVX2."""
     nb = xq.shape[1] // BLOCK_BYTES_Q8_K
     wb = w.shape[1]
     xb = xq.shape[1]

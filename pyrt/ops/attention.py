@@ -11,11 +11,11 @@ import numpy as np
 from .._kernels import attention as fa
 from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError
+from ..formats.cache_types import CACHE_TYPES
 
-_KINDS = {"f32": kvk.KIND_F32, "f16": kvk.KIND_F16, "bf16": kvk.KIND_BF16, "q8_0": kvk.KIND_Q8_0,
-          "q8_KV": kvk.KIND_Q8_KV}
-_ELEM = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}  # elements, bytes per block
-_DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q8_KV": np.uint8}
+_KINDS = {c.name: c.code for c in CACHE_TYPES.values()}
+_ELEM = {c.name: (c.block_size, c.type_size) for c in CACHE_TYPES.values() if c.block_size}  # elements, bytes per block
+_DTYPE = {c.name: np.dtype(c.dtype).type for c in CACHE_TYPES.values()}
 
 KV_TILE = 64
 # From this many queries on (prompt chunks), attention runs as dequantized-K/V matrix products through

@@ -151,11 +151,6 @@ def dot_path(ggml_type: int, n_tok: int) -> bool:
     return n_tok < BLAS_MIN_TOKENS.get(get_qtype(ggml_type).name, 32)
 
 
-_ID_KERNELS = {"Q8_0": ("matmul_id_legacy", 0), "Q4_0": ("matmul_id_legacy", 1), "Q5_0": ("matmul_id_legacy", 2),
-               "F16": ("matmul_id_legacy", 3), "BF16": ("matmul_id_legacy", 4), "F32": ("matmul_id_legacy", 5),
-               "Q4_K": ("matmul_id_k", 4), "Q5_K": ("matmul_id_k", 5), "Q6_K": ("matmul_id_k", 6)}
-
-
 def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_out: int,
               out: np.ndarray | None = None) -> np.ndarray:
     """Grouped matmul (ggml's mul_mat_id): out[g] = x[x_row[g]] @ raw[w_row0[g] : w_row0[g] + n_out].T.
@@ -186,7 +181,7 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
         raise InvalidArgumentError(f"matmul_id: out must be a writable C-contiguous float32 {(n_group, n_out)} array")
     if n_group == 0:
         return out
-    name, kind = _ID_KERNELS[qt.name]
+    name, kind = ("matmul_id_k" if qt.dot_type == "Q8_K" else "matmul_id_legacy"), qt.code
     kernel = _KERNEL_CACHE_ID.get(name)
     if kernel is None:
         import importlib
