@@ -51,8 +51,10 @@ def _package(tmp_path, helper_value):
     """))
 
 
-def _run(tmp_path):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=str(tmp_path))
+def _run(tmp_path, **extra):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=str(tmp_path), **extra)
+    if "PYRT_NO_SIMD" not in extra:
+        env.pop("PYRT_NO_SIMD", None)
     r = subprocess.run([sys.executable, "-c", RUN], env=env, cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
@@ -66,6 +68,15 @@ def test_helper_edit_recompiles_kernel_in_other_file(tmp_path):
     _package(tmp_path, 2)  # only helper.py changes; kern.py's bytes and mtime stay as they were
     assert _run(tmp_path) == "50 ['helper', 'kernel']"
     assert _run(tmp_path) == "50 []"
+
+
+def test_no_simd_keeps_its_own_cache(tmp_path):
+    _package(tmp_path, 1)
+    assert _run(tmp_path) == "40 ['helper', 'kernel']"
+    assert _run(tmp_path, PYRT_NO_SIMD="1") == "40 ['helper', 'kernel']"  # code differs: not the default's cache
+    assert _run(tmp_path, PYRT_NO_SIMD="1") == "40 []"
+    assert _run(tmp_path) == "40 []"  # the default cache was left alone
+    assert any(d == "no-simd" for _, dirs, _ in os.walk(tmp_path / "numba") for d in dirs)
 
 
 def test_stamp_covers_every_kernel_file(tmp_path):
