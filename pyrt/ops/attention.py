@@ -233,7 +233,7 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
     run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count independent.
     Returns [n_tok, n_head*dv] f32.
     """
-    from .matmul import _blas_pool
+    from ..backends.cpu import blas_pool
     import numba
 
     n_tok, n_head, dk = q.shape
@@ -279,6 +279,6 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
         o[...] = np.matmul(S, Vg).reshape(t1 - t0, n_gqa, dv)
 
     items = [(g, t0) for g in range(n_head_kv) for t0 in range(0, n_tok, rows)]
-    _blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
+    blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
     return out.reshape(n_tok, n_head * dv)
 
