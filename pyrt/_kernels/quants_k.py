@@ -13,7 +13,7 @@ from numba.extending import intrinsic
 
 from . import codes
 from .config import FASTMATH
-from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _h2f, _hsum8, _load_ptr, _mask, _splat,
+from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _h2f, _hsum8_shuffled, _load_ptr, _mask, _splat,
                    prefetch_ptr)
 
 QK_K = 256
@@ -245,7 +245,7 @@ def _make_vdot_rows(kind, simd, n_x):
                 xps = [builder.gep(p, [xoff]) for p in x0]
                 for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
                     builder.store(builder.fadd(builder.load(acc), v), acc)
-            vals = [_hsum8(builder, builder.load(acc)) for acc in accs]
+            vals = [_hsum8_shuffled(builder, builder.load(acc)) for acc in accs]
             return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
 
         return retty(w, wo, x, xo, xstride, nb), codegen

@@ -147,6 +147,17 @@ def _hsum8(builder, v):
     return builder.fadd(b[0], b[1])
 
 
+def _hsum8_shuffled(builder, v):
+    """_hsum8's sum, built from half-vector shuffles. Inside a fast-math caller LLVM may regroup a chain of
+    scalar adds differently per call site; the shuffled form keeps one order everywhere (the k-quant dots
+    of 1 and of 4 activation rows must give the same bits)."""
+    for width in (4, 2, 1):
+        lo = builder.shuffle_vector(v, v, _mask(range(width)))
+        hi = builder.shuffle_vector(v, v, _mask(range(width, 2 * width)))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
 def _fold(builder, v, n):
     """<n x float> -> <8 x float> by adding halves (fixed order)."""
     while n > 8:
