@@ -19,10 +19,11 @@ import time
 
 from . import __version__
 from .errors import InvalidArgumentError, ModelFileError, PyrtError
+from .formats.cache_types import CACHE_TYPE_NAMES
 
 _T_START = time.perf_counter()  # the wall time of a command counts from here (imported first by `pyrt`)
 
-CACHE_TYPES = ["f32", "f16", "bf16", "q8_0", "q8_KV"]
+CACHE_TYPES = list(CACHE_TYPE_NAMES)
 
 
 class UsageError(InvalidArgumentError):

@@ -10,8 +10,9 @@ import argparse
 import sys
 
 from .errors import InvalidArgumentError
+from .formats.cache_types import LLAMA_CPP_CACHE_TYPES
 
-CACHE_TYPES = ["f32", "f16", "bf16", "q8_0"]
+CACHE_TYPES = list(LLAMA_CPP_CACHE_TYPES)
 
 
 def _log(msg: str) -> None:

@@ -14,9 +14,9 @@ from gguf.quants import dequantize
 from pyrt._kernels import quants_k as qk
 
 TYPES = {
-    "q4_k": (T.Q4_K, qk.BLOCK_BYTES_Q4_K, qk.dequant_rows_q4_k, qk.matmul_q4_k, 4),
-    "q5_k": (T.Q5_K, qk.BLOCK_BYTES_Q5_K, qk.dequant_rows_q5_k, qk.matmul_q5_k, 5),
-    "q6_k": (T.Q6_K, qk.BLOCK_BYTES_Q6_K, qk.dequant_rows_q6_k, qk.matmul_q6_k, 6),
+    "q4_k": (T.Q4_K, qk.BLOCK_BYTES_Q4_K, qk.dequant_rows_q4_k, qk.matmul_q4_k, qk.KIND_Q4_K),
+    "q5_k": (T.Q5_K, qk.BLOCK_BYTES_Q5_K, qk.dequant_rows_q5_k, qk.matmul_q5_k, qk.KIND_Q5_K),
+    "q6_k": (T.Q6_K, qk.BLOCK_BYTES_Q6_K, qk.dequant_rows_q6_k, qk.matmul_q6_k, qk.KIND_Q6_K),
 }
 Q8K = qk.BLOCK_BYTES_Q8_K
 

@@ -1,1 +1,12 @@
-"""Numba kernels: pure array functions. A leaf layer: imports only numpy, numba and sibling kernel modules."""
+"""Numba kernels: pure array functions. A leaf layer: imports only numpy, numba and sibling kernel modules.
+
+Every cached kernel below this package is keyed on one stamp of all its files (disk_cache.py), installed
+here before any kernel module is imported.
+"""
+
+import os as _os
+
+from .config import CACHE_VARIANT as _CACHE_VARIANT
+from .disk_cache import install as _install
+
+SOURCE_STAMP = _install(_os.path.dirname(_os.path.abspath(__file__)), _CACHE_VARIANT)

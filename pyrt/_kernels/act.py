@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import FASTMATH
-from .simd import i32_as_f32
+from .simd import bits_to_f32
 
 GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.79788456080286535587989211986876
@@ -40,7 +40,7 @@ def exp_f32(x):
     p = p * r + np.float32(0.5)
     p = p * r + np.float32(1.0)
     p = p * r + np.float32(1.0)
-    v = p * i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
+    v = p * bits_to_f32((np.int32(n) + np.int32(127)) << np.int32(23))
     return v if x > np.float32(EXP_X_MIN) else np.float32(0.0)
 
 

@@ -6,55 +6,11 @@ once per kv head for all query heads of its GQA group (and all queries of a quer
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from .config import FASTMATH
-
-# cache storage kinds (the `kind_k` / `kind_v` arguments)
-KIND_F32 = 0  # rows passed as uint32 bits
-KIND_F16 = 1  # uint16 bits
-KIND_BF16 = 2  # uint16 bits
-KIND_Q8_0 = 3  # uint8 bytes: per 32 values f16 d + 32 int8
-KIND_Q8_KV = 4  # uint8 bytes: per segment of `seg` values f32 d, int32 sum, seg int8 (ik_llama.cpp)
-QK8_0 = 32
-Q8_0_BLOCK_BYTES = 34
-Q8_KV_HEADER = 8
-
-
-def _int_to_width(builder, x, width):
-    if x.type.width > width:
-        return builder.trunc(x, ir.IntType(width))
-    if x.type.width < width:
-        return builder.zext(x, ir.IntType(width))
-    return x
-
-
-@intrinsic
-def _f16_bits_to_f32(typingctx, h):
-    """f16 bits (low 16 bits of an integer) -> f32; lowers to vcvtph2ps on x86 with F16C."""
-    if not isinstance(h, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        x = _int_to_width(builder, args[0], 16)
-        return builder.fpext(builder.bitcast(x, ir.HalfType()), ir.FloatType())
-
-    return types.float32(h), codegen
-
-
-@intrinsic
-def _bits_to_f32(typingctx, u):
-    """Reinterpret the low 32 bits of an integer as an f32."""
-    if not isinstance(u, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(_int_to_width(builder, args[0], 32), ir.FloatType())
-
-    return types.float32(u), codegen
-
+from .kv import decode_row
+from .simd import bits_to_f32
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _exp_neg(x):
@@ -72,45 +28,8 @@ def _exp_neg(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1.0)
-    e = _bits_to_f32((np.int32(n) + 127) << 23)
+    e = bits_to_f32((np.int32(n) + 127) << 23)
     return p * e if x >= np.float32(-87.0) else np.float32(0.0)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _load_row(out, j, src, c, e0, n, kind, seg):
-    """out[j, :n] = f32 values [e0, e0+n) of cache row src[c] (e0, n multiples of 32 for q8_0;
-    for q8_KV [e0, e0+n) lies inside one segment of seg values)."""
-    dst = out[j]  # 1-D views with zero-based indices: the loops vectorize (offset indices did not)
-    if kind == KIND_F32:
-        seg = src[c, e0:e0 + n]
-        for i in range(n):
-            dst[i] = _bits_to_f32(seg[i])
-    elif kind == KIND_F16:
-        seg = src[c, e0:e0 + n]
-        for i in range(n):
-            dst[i] = _f16_bits_to_f32(seg[i])
-    elif kind == KIND_BF16:
-        seg = src[c, e0:e0 + n]
-        for i in range(n):
-            dst[i] = _bits_to_f32(np.uint32(seg[i]) << 16)
-    elif kind == KIND_Q8_KV:
-        s = e0 // seg
-        o = s * (seg + Q8_KV_HEADER)
-        d = _bits_to_f32(np.uint32(src[c, o]) | (np.uint32(src[c, o + 1]) << 8) | (np.uint32(src[c, o + 2]) << 16)
-                         | (np.uint32(src[c, o + 3]) << 24))
-        q0 = o + Q8_KV_HEADER + (e0 - s * seg)
-        qs = src[c, q0:q0 + n]
-        for i in range(n):
-            dst[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
-    else:
-        o0 = e0 // QK8_0 * Q8_0_BLOCK_BYTES
-        for b in range(n // QK8_0):
-            blk = src[c, o0 + b * Q8_0_BLOCK_BYTES:o0 + (b + 1) * Q8_0_BLOCK_BYTES]
-            d = _f16_bits_to_f32(np.int32(blk[0]) | (np.int32(blk[1]) << 8))
-            qs = blk[2:]
-            db = dst[b * QK8_0:(b + 1) * QK8_0]
-            for i in range(QK8_0):
-                db[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d  # uint8 byte -> int8 value
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -169,8 +88,8 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
         for j in range(nc):
             if cvis[j]:
-                _load_row(kt, j, k, kv_idx[cb + j], g * dk, dk, kind_k, seg_k)
-                _load_row(vt, j, v, kv_idx[cb + j], v_off + g * dv, dv, kind_v, seg_v)
+                decode_row(kt[j], k[kv_idx[cb + j]], g * dk, dk, kind_k, seg_k)
+                decode_row(vt[j], v[kv_idx[cb + j]], v_off + g * dv, dv, kind_v, seg_v)
         for j in range(nc):  # scores; 1-D row views keep the inner loops simple enough to vectorize
             kr = kt[j]
             for r in range(R):

@@ -6,101 +6,16 @@ once into an f32 scratch and serves the scores and the value sum of all heads. S
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
+from .attention import _exp_neg
 from .config import FASTMATH
-from .kv import _f32_bits_to_bf16_bits, _f32_bits_to_f16_bits, _quant_block_q8_0
+from .kv import Q8_0_BLOCK_BYTES, QK8_0, decode_row, encode_row
 from .norm import _rms_row
 from .quants_legacy import ROW_TILE, _q_bias, _rows_q_legacy, quantize_rows_q8_0, x_aux_q8_0
 from .rope import _rope_norm_row
 from .simd import PREFETCH_BYTES
 from .simd_legacy import AUX_BYTES, AUX_WORDS
-
-# cache storage kinds (same values as pyrt._kernels.kv / attention)
-KIND_F32 = 0  # rows passed as uint32 bits
-KIND_F16 = 1  # uint16 bits
-KIND_BF16 = 2  # uint16 bits
-KIND_Q8_0 = 3  # uint8 bytes: per 32 values f16 d + 32 int8
-QK8_0 = 32
-Q8_0_BLOCK_BYTES = 34
-
-
-def _int_to_width(builder, x, width):
-    if x.type.width > width:
-        return builder.trunc(x, ir.IntType(width))
-    if x.type.width < width:
-        return builder.zext(x, ir.IntType(width))
-    return x
-
-
-@intrinsic
-def _f16_bits_to_f32(typingctx, h):
-    """f16 bits (low 16 bits of an integer) -> f32 (vcvtph2ps with F16C)."""
-    if not isinstance(h, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        x = _int_to_width(builder, args[0], 16)
-        return builder.fpext(builder.bitcast(x, ir.HalfType()), ir.FloatType())
-
-    return types.float32(h), codegen
-
-
-@intrinsic
-def _bits_to_f32(typingctx, u):
-    """Reinterpret the low 32 bits of an integer as an f32."""
-    if not isinstance(u, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(_int_to_width(builder, args[0], 32), ir.FloatType())
-
-    return types.float32(u), codegen
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _exp_neg(x):
-    """exp(x) for x <= 0 in f32 (Cephes expf polynomial), exactly 0 below -87 and for -inf."""
-    xc = x if x > np.float32(-87.0) else np.float32(-87.0)
-    n = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
-    r = xc - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    p = p * r * r + r + np.float32(1.0)
-    e = _bits_to_f32((np.int32(n) + 127) << 23)
-    return p * e if x >= np.float32(-87.0) else np.float32(0.0)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _load_latent_row(dst, src, c, n, kind):
-    """dst[:n] = the first n values of cache row src[c], as f32."""
-    if kind == KIND_F32:
-        row = src[c, :n]
-        for i in range(n):
-            dst[i] = _bits_to_f32(row[i])
-    elif kind == KIND_F16:
-        row = src[c, :n]
-        for i in range(n):
-            dst[i] = _f16_bits_to_f32(row[i])
-    elif kind == KIND_BF16:
-        row = src[c, :n]
-        for i in range(n):
-            dst[i] = _bits_to_f32(np.uint32(row[i]) << 16)
-    else:
-        for b in range(n // QK8_0):
-            blk = src[c, b * Q8_0_BLOCK_BYTES:(b + 1) * Q8_0_BLOCK_BYTES]
-            d = _f16_bits_to_f32(np.int32(blk[0]) | (np.int32(blk[1]) << 8))
-            qs = blk[2:]
-            db = dst[b * QK8_0:(b + 1) * QK8_0]
-            for i in range(QK8_0):
-                db[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
-
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _dot4x4(s, q0, q1, q2, q3, k0, k1, k2, k3, r0, j0, n):
@@ -200,7 +115,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             continue
         for j in range(nc):  # one dequantization per cell serves every head's K and V
             if cvis[j]:
-                _load_latent_row(kt[j], k, kv_idx[cb + j], dk, kind)
+                decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
         nc4 = nc - nc % 4
         for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
             k0 = kt[j0]
@@ -454,29 +369,6 @@ def mla_decode_legacy(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _store_latent_row(k, kind, cell, row):
-    """row [n] f32 -> cache row `cell` of k, converted as kv.store_rows_* do.
-
-    k: the cache rows as flash_attn_mla takes them (uint32 f32 bits, uint16 f16/bf16 bits, q8_0 bytes).
-    """
-    bits = row.view(np.uint32)
-    n = row.shape[0]
-    if kind == KIND_F32:
-        for i in range(n):
-            k[cell, i] = bits[i]
-    elif kind == KIND_F16:
-        for i in range(n):
-            k[cell, i] = np.uint16(_f32_bits_to_f16_bits(bits[i]))
-    elif kind == KIND_BF16:
-        for i in range(n):
-            k[cell, i] = np.uint16(_f32_bits_to_bf16_bits(bits[i]))
-    else:
-        dst = k[cell]
-        for b in range(n // QK8_0):
-            _quant_block_q8_0(dst, b, row)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _q8_0_with_aux(x, kind):
     """x [n] f32 -> (the Q8_0 row [1, n/32*34] uint8, its aux words [1, n/32, 2] int32 for weights of kind)."""
     nb = x.shape[0] // QK8_0
@@ -561,7 +453,7 @@ def mla_block_decode_legacy(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb
     for i in range(n_rot):
         row[i] = kva[C + i]
     _rope_norm_row(row[:n_rot], cos, sin)
-    _store_latent_row(k, kind, cell, row)
+    encode_row(k[cell], row, kind, 0, 0, row.shape[0])
     q_nope = np.empty((n_head, dn), np.float32)
     q_pe = np.empty((n_head, n_rot), np.float32)
     for hh in range(n_head):

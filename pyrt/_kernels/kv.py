@@ -10,18 +10,16 @@ astype(float16), bf16 like ggml's GGML_FP32_TO_BF16, q8_0 like ggml's quantize_r
 import numpy as np
 from numba import njit, prange
 
+from . import codes
 from .config import FASTMATH
+from .simd import bits_to_f32, f16_to_f32
 
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
 Q8_KV_HEADER = 8  # f32 d + int32 sum per segment
 
-# storage kinds, shared with pyrt._kernels.attention
-KIND_F32 = 0
-KIND_F16 = 1
-KIND_BF16 = 2
-KIND_Q8_0 = 3
-KIND_Q8_KV = 4
+# storage kinds (codes.py)
+KIND_F32, KIND_F16, KIND_BF16, KIND_Q8_0, KIND_Q8_KV = codes.F32, codes.F16, codes.BF16, codes.Q8_0, codes.Q8_KV
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -81,57 +79,8 @@ def store_rows_f32(dst, cells, src):
             dst[c, i] = src[t, i]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def store_rows_f16(dst, cells, src):
-    """Convert token rows to f16 (round-to-nearest-even) into cache rows.
-
-    dst   [size, n] uint16    f16 bits
-    cells [n_tok] int32
-    src   [n_tok, n] f32
-    """
-    bits = src.view(np.uint32)  # [n_tok, n] uint32
-    n = src.shape[1]
-    for t in range(cells.shape[0]):
-        c = cells[t]
-        for i in range(n):
-            dst[c, i] = np.uint16(_f32_bits_to_f16_bits(bits[t, i]))
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def store_rows_bf16(dst, cells, src):
-    """Convert token rows to bf16 (ggml's rounding) into cache rows.
-
-    dst   [size, n] uint16    bf16 bits
-    cells [n_tok] int32
-    src   [n_tok, n] f32
-    """
-    bits = src.view(np.uint32)  # [n_tok, n] uint32
-    n = src.shape[1]
-    for t in range(cells.shape[0]):
-        c = cells[t]
-        for i in range(n):
-            dst[c, i] = np.uint16(_f32_bits_to_bf16_bits(bits[t, i]))
-
-
-# No fastmath here: `arcp` would turn amax/127 into amax*(1/127) and break bit-exactness with ggml.
-@njit(cache=True, nogil=True)
-def store_rows_q8_0(dst, cells, src):
-    """Quantize token rows to Q8_0 into cache rows (ggml's quantize_row_q8_0_ref).
-
-    dst   [size, n/32*34] uint8   per block: f16 d (little-endian), then 32 int8 qs
-    cells [n_tok] int32
-    src   [n_tok, n] f32          n a multiple of 32
-    Block: d = amax/127 (stored as f16), q = roundf(x * (1/d)) with the f32 d, 0 for an all-zero block.
-    """
-    n = src.shape[1]
-    nb = n // QK8_0
-    for t in range(cells.shape[0]):
-        c = cells[t]
-        for b in range(nb):
-            _quant_block_q8_0(dst[c], b, src[t])
-
-
-# No fastmath (see store_rows_q8_0).
+# No fastmath here or in the callers that quantize: `arcp` would turn amax/127 into amax*(1/127) and break
+# bit-exactness with ggml.
 @njit(cache=True, nogil=True)
 def _quant_block_q8_0(row, b, x):
     """Block b of x [n] f32 -> bytes of block b of row [n/32*34] uint8 (quantize_row_q8_0_ref)."""
@@ -194,18 +143,41 @@ def _quant_seg_q8_kv(row, s, seg, x):
 
 
 @njit(cache=True, nogil=True)
-def store_rows_q8_kv(dst, cells, src, seg):
-    """Quantize token rows to q8_KV (one f32 scale and int32 sum per segment of seg values) into cache rows.
+def store_rows(dst, cells, src, kind, seg):
+    """Encode token rows into cache rows.
 
-    dst   [size, n/seg*(8+seg)] uint8
-    cells [n_tok] int32
-    src   [n_tok, n] f32          n a multiple of seg
+    dst   [size, row] uint16 (f16/bf16 bits) | uint8 (q8_0, q8_KV bytes), as decode_row's rows
+    cells [n_tok] int32       destination cell of each token
+    src   [n_tok, n] f32      n a multiple of 32 (q8_0) or of seg (q8_KV)
+    kind  KIND_F16 | KIND_BF16 | KIND_Q8_0 | KIND_Q8_KV; seg: q8_KV segment length
     """
     n = src.shape[1]
     for t in range(cells.shape[0]):
-        c = cells[t]
-        for s in range(n // seg):
-            _quant_seg_q8_kv(dst[c], s, seg, src[t])
+        encode_row(dst[cells[t]], src[t], kind, seg, 0, n)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_f16(dst, cells, src):
+    """store_rows to f16 rows (dst [size, n] uint16)."""
+    store_rows(dst, cells, src, KIND_F16, 1)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_bf16(dst, cells, src):
+    """store_rows to bf16 rows (dst [size, n] uint16)."""
+    store_rows(dst, cells, src, KIND_BF16, 1)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_q8_0(dst, cells, src):
+    """store_rows to q8_0 rows (dst [size, n/32*34] uint8)."""
+    store_rows(dst, cells, src, KIND_Q8_0, 1)
+
+
+@njit(cache=True, nogil=True)
+def store_rows_q8_kv(dst, cells, src, seg):
+    """store_rows to q8_KV rows (dst [size, n/seg*(8+seg)] uint8)."""
+    store_rows(dst, cells, src, KIND_Q8_KV, seg)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -226,63 +198,56 @@ def move_rows(buf, src_cells, dst_cells):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _dequant_row(out, row, kind, seg):
-    """out [n] f32 = the values of one cache row (row: uint32 / uint16 / uint8 view per kind)."""
-    n = out.shape[0]
+def decode_row(dst, row, e0, n, kind, seg):
+    """dst[:n] = values [e0, e0+n) of one cache row, as f32.
+
+    dst [>= n] f32; row [row bytes / 2 / 4] uint32 (f32 bits) | uint16 (f16/bf16 bits) | uint8 (q8_0, q8_KV).
+    q8_0: e0 and n multiples of 32. q8_KV: [e0, e0+n) inside one segment of seg values, or whole segments.
+    """
     if kind == KIND_F32:
-        tmp = out.view(np.uint32)
+        src = row[e0:e0 + n]  # 1-D views with zero-based indices: the loops vectorize (offset indices do not)
         for i in range(n):
-            tmp[i] = np.uint32(row[i])
+            dst[i] = bits_to_f32(src[i])
     elif kind == KIND_F16:
-        tmp = out.view(np.uint32)
+        src = row[e0:e0 + n]
         for i in range(n):
-            tmp[i] = _f16_bits_to_f32_bits(row[i])
+            dst[i] = f16_to_f32(src[i])
     elif kind == KIND_BF16:
-        tmp = out.view(np.uint32)
+        src = row[e0:e0 + n]
         for i in range(n):
-            tmp[i] = np.uint32(row[i]) << 16
+            dst[i] = bits_to_f32(np.uint32(src[i]) << 16)
     elif kind == KIND_Q8_0:
-        hdr = np.empty(1, dtype=np.uint32)
+        o0 = e0 // QK8_0 * Q8_0_BLOCK_BYTES
         for b in range(n // QK8_0):
-            o = b * Q8_0_BLOCK_BYTES
-            hdr[0] = _f16_bits_to_f32_bits(np.int64(row[o]) | (np.int64(row[o + 1]) << 8))
-            d = hdr.view(np.float32)[0]
-            for j in range(QK8_0):
-                out[b * QK8_0 + j] = np.float32((np.int32(row[o + 2 + j]) ^ 0x80) - 0x80) * d
+            blk = row[o0 + b * Q8_0_BLOCK_BYTES:o0 + (b + 1) * Q8_0_BLOCK_BYTES]
+            d = f16_to_f32(np.uint16(blk[0]) | (np.uint16(blk[1]) << 8))
+            qs = blk[2:]
+            db = dst[b * QK8_0:(b + 1) * QK8_0]
+            for i in range(QK8_0):
+                db[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d  # uint8 byte -> int8 value
     else:
-        hdr = np.empty(1, dtype=np.uint32)
-        for s in range(n // seg):
+        i0 = 0
+        while i0 < n:
+            s = (e0 + i0) // seg
             o = s * (seg + Q8_KV_HEADER)
-            hdr[0] = (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
-                      | (np.uint32(row[o + 3]) << 24))
-            d = hdr.view(np.float32)[0]
-            for j in range(seg):
-                out[s * seg + j] = np.float32((np.int32(row[o + Q8_KV_HEADER + j]) ^ 0x80) - 0x80) * d
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _f16_bits_to_f32_bits(h):
-    """uint16 bits of an f16 -> uint32 bits of the same value as f32 (exact, subnormals normalized)."""
-    h = np.int64(h)
-    sgn = (h & 0x8000) << 16
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
-    if e == 0:
-        if m == 0:
-            return np.uint32(sgn)
-        e2 = 113
-        while (m & 0x400) == 0:
-            m <<= 1
-            e2 -= 1
-        return np.uint32(sgn | (e2 << 23) | ((m & 0x3FF) << 13))
-    if e == 31:
-        return np.uint32(sgn | 0x7F800000 | (m << 13))
-    return np.uint32(sgn | ((e + 112) << 23) | (m << 13))
+            d = bits_to_f32(np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
+                            | (np.uint32(row[o + 3]) << 24))
+            q0 = e0 + i0 - s * seg
+            m = min(n - i0, seg - q0)
+            qs = row[o + Q8_KV_HEADER + q0:o + Q8_KV_HEADER + q0 + m]
+            ds = dst[i0:i0 + m]
+            for i in range(m):
+                ds[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
+            i0 += m
 
 
 @njit(cache=True, nogil=True)
-def _requant_row(row, x, kind, seg, lo, hi):
-    """Write x [n] f32 back into one cache row, re-encoding only the blocks/segments overlapping [lo, hi)."""
+def encode_row(row, x, kind, seg, lo, hi):
+    """Write x [n] f32 into one cache row, encoding only the values/blocks/segments overlapping [lo, hi).
+
+    row: as decode_row's; kind KIND_*; seg: the q8_KV segment length. f16 like numpy's astype(float16), bf16
+    like GGML_FP32_TO_BF16, q8_0 like quantize_row_q8_0_ref, q8_KV as _quant_seg_q8_kv.
+    """
     n = x.shape[0]
     if kind == KIND_F32:
         xb = x.view(np.uint32)
@@ -325,7 +290,7 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
         c = cells[t]
         x = np.empty(n, dtype=np.float32)  # [n] f32 the dequantized row
         row = buf[c]
-        _dequant_row(x, row, kind, seg)
+        decode_row(x, row, 0, n, kind, seg)
         for h in range(n_head):
             b = off + h * head_stride
             for i in range(half):
@@ -341,14 +306,14 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
                 x1 = x[i1]
                 x[i0] = x0 * cs - x1 * sn
                 x[i1] = x0 * sn + x1 * cs
-        _requant_row(row, x, kind, seg, lo, hi)
+        encode_row(row, x, kind, seg, lo, hi)
 
 
 @njit(cache=True, nogil=True)
 def dequant_rows(out, buf, kind, seg, cells):
     """out [m, n] f32 = values of cache rows buf[cells] (tests, debugging, state checks)."""
     for t in range(cells.shape[0]):
-        _dequant_row(out[t], buf[cells[t]], kind, seg)
+        decode_row(out[t], buf[cells[t]], 0, out.shape[1], kind, seg)
 
 
 @njit(cache=True, nogil=True)

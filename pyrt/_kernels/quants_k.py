@@ -2,25 +2,26 @@
 
 Layouts and integer dot products follow llama.cpp (ggml-common.h, ggml-quants.c, ggml-cpu/quants.c). The row dots
 are LLVM IR emitted by Numba intrinsics: AVX2 pmaddubsw/pmaddwd when the target has AVX2, portable vector IR
-otherwise. Leaf: imports numpy, numba and llvmlite only. Shapes are numpy (row-major) order.
+otherwise. Leaf: imports numpy, numba, llvmlite and simd.py's IR toolkit. Shapes are numpy (row-major) order.
 """
-
-import os
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange
-from numba.core import cgutils, config as _nb_config, types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from . import codes
 from .config import FASTMATH
-from .simd import PREFETCH_BYTES, prefetch_ptr
+from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _h2f, _hsum8_shuffled, _load_ptr, _mask, _splat,
+                   prefetch_ptr)
 
 QK_K = 256
 BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
 BLOCK_BYTES_Q5_K = 176  # f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]
 BLOCK_BYTES_Q6_K = 210  # u8 ql[128], u8 qh[64], i8 scales[16], f16 d
 BLOCK_BYTES_Q8_K = 292  # f32 d, i8 qs[256], i16 bsums[16]
+KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = codes.Q4_K, codes.Q5_K, codes.Q6_K
 
 # Output rows per prange work item of the matmuls.
 _ROW_TILE = 16
@@ -30,42 +31,10 @@ _ROW_TILE = 16
 _EXACT_MATH = False
 
 
-def _target_features():
-    """(has_avx2, has_f16c) of the CPU Numba compiles for (honours NUMBA_CPU_NAME / NUMBA_CPU_FEATURES).
-
-    PYRT_NO_SIMD=1 forces the portable IR (debugging aid; use it with a fresh NUMBA_CACHE_DIR, since the disk
-    cache keys on the CPU, not on this switch).
-    """
-    if os.environ.get("PYRT_NO_SIMD", "") not in ("", "0"):
-        return False, False
-    if _nb_config.CPU_NAME:
-        feats = set((_nb_config.CPU_FEATURES or "").split(","))
-        return "+avx2" in feats, "+f16c" in feats
-    try:
-        import llvmlite.binding as llb
-
-        host = llb.get_host_cpu_features()
-        triple = llb.get_process_triple()
-    except Exception:  # pragma: no cover - exotic llvmlite builds
-        return False, False
-    if not (triple.startswith("x86_64") or triple.startswith("i686") or triple.startswith("i386")):
-        return False, False
-    return bool(host.get("avx2", False)), bool(host.get("f16c", False))
-
-
-# Compile-time constants: the disk cache is keyed by CPU name and features, so a cached AVX2 build is never
-# loaded on a CPU without AVX2.
-HAS_AVX2, _HAS_F16C = _target_features()
-
 # ----------------------------------------------------------------------------------------------------------
-# LLVM IR helpers (run at compile time inside the intrinsics' codegen)
+# k-quant IR pieces (the shared toolkit and the target's features are simd.py's)
 # ----------------------------------------------------------------------------------------------------------
 
-_I8 = ir.IntType(8)
-_I16 = ir.IntType(16)
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
-_F32 = ir.FloatType()
 _V32I8 = ir.VectorType(_I8, 32)
 _V16I8 = ir.VectorType(_I8, 16)
 _V16I16 = ir.VectorType(_I16, 16)
@@ -76,39 +45,11 @@ _V4I32 = ir.VectorType(_I32, 4)
 _V8F32 = ir.VectorType(_F32, 8)
 
 
-def _splat(vty, value):
-    return ir.Constant(vty, [ir.Constant(vty.element, value)] * vty.count)
-
-
-def _mask(idx):
-    return ir.Constant(ir.VectorType(_I32, len(idx)), [ir.Constant(_I32, i) for i in idx])
-
-
 def _byte_ptr(context, builder, aryty, ary, off):
     """i8* to byte `off` of a uint8 array's buffer."""
     data = context.make_array(aryty)(context, builder, ary).data
     data = builder.bitcast(data, _I8.as_pointer())
     return builder.gep(data, [off])
-
-
-def _load(builder, p, ty):
-    return builder.load(builder.bitcast(p, ty.as_pointer()), align=1)
-
-
-def _f16_to_f32(builder, h):
-    """IEEE half (i16 bits) -> float, exact for all inputs (normals, subnormals, inf, nan)."""
-    if _HAS_F16C:
-        return builder.fpext(builder.bitcast(h, ir.HalfType()), _F32)
-    h32 = builder.zext(h, _I32)
-    mag = builder.shl(builder.and_(h32, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
-    # exponent rebias by multiplying with 2**112 (exact, also turns half subnormals into f32 normals)
-    f = builder.fmul(builder.bitcast(mag, _F32), ir.Constant(_F32, 2.0**112))
-    fbits = builder.bitcast(f, _I32)
-    is_special = builder.icmp_unsigned("==", builder.and_(h32, ir.Constant(_I32, 0x7C00)), ir.Constant(_I32, 0x7C00))
-    special = builder.or_(mag, ir.Constant(_I32, 0x7F800000))
-    bits = builder.select(is_special, special, fbits)
-    sign = builder.shl(builder.and_(h32, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
-    return builder.bitcast(builder.or_(bits, sign), _F32)
 
 
 def _maddubs(builder, a, b, simd):
@@ -142,20 +83,11 @@ def _bcast_f32(builder, f):
     return builder.shuffle_vector(v, v, _mask([0] * 8))
 
 
-def _hsum_f32(builder, v):
-    """Fixed-order lane sum (pairwise tree), so results never depend on how the row was split."""
-    for width in (4, 2, 1):
-        lo = builder.shuffle_vector(v, v, _mask(range(width)))
-        hi = builder.shuffle_vector(v, v, _mask(range(width, 2 * width)))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
 def _k4_scales_mins(builder, p):
     """Unpack the 12-byte 6-bit scales/mins of Q4_K/Q5_K at p -> i16[16]: lanes 0..7 scales, 8..15 mins."""
-    u0 = _load(builder, p, _I32)
-    u1 = _load(builder, builder.gep(p, [ir.Constant(_I64, 4)]), _I32)
-    u2 = _load(builder, builder.gep(p, [ir.Constant(_I64, 8)]), _I32)
+    u0 = _load_ptr(builder, p, _I32)
+    u1 = _load_ptr(builder, builder.gep(p, [ir.Constant(_I64, 4)]), _I32)
+    u2 = _load_ptr(builder, builder.gep(p, [ir.Constant(_I64, 8)]), _I32)
     c = lambda v: ir.Constant(_I32, v)  # noqa: E731
     km1, km2, km3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
     t3 = builder.or_(
@@ -172,9 +104,9 @@ def _k4_scales_mins(builder, p):
 
 def _q8k_parts(builder, xp):
     """(d f32, pointer to qs, bsums i16[16]) of the Q8_K block at xp."""
-    d = _load(builder, xp, _F32)
+    d = _load_ptr(builder, xp, _F32)
     qs = builder.gep(xp, [ir.Constant(_I64, 4)])
-    bsums = _load(builder, builder.gep(xp, [ir.Constant(_I64, 4 + QK_K)]), _V16I16)
+    bsums = _load_ptr(builder, builder.gep(xp, [ir.Constant(_I64, 4 + QK_K)]), _V16I16)
     return d, qs, bsums
 
 
@@ -187,26 +119,26 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
 
     The weight block is unpacked once and reused for every activation block (several tokens).
     """
-    dw = _f16_to_f32(builder, _load(builder, wp, _I16))
-    dminw = _f16_to_f32(builder, _load(builder, _gep(builder, wp, 2), _I16))
+    dw = _h2f(builder, _load_ptr(builder, wp, _I16))
+    dminw = _h2f(builder, _load_ptr(builder, _gep(builder, wp, 2), _I16))
     sm = _k4_scales_mins(builder, _gep(builder, wp, 4))
     undef16 = ir.Constant(_V16I16, ir.Undefined)
     qs_off = 16
     if high_bits:
-        qh = _load(builder, _gep(builder, wp, 16), _V32I8)
+        qh = _load_ptr(builder, _gep(builder, wp, 16), _V32I8)
         qs_off = 48
-    m4 = _splat(_V32I8, 0x0F)
+    m4 = _splat(_I8, 32, 0x0F)
     quants = []  # (u8[32] quants, i16[16] broadcast scale, byte offset in the Q8_K qs)
     for j in range(QK_K // 64):
-        bits = _load(builder, _gep(builder, wp, qs_off + 32 * j), _V32I8)
+        bits = _load_ptr(builder, _gep(builder, wp, qs_off + 32 * j), _V32I8)
         lo = builder.and_(bits, m4)
-        hi = builder.lshr(bits, _splat(_V32I8, 4))
+        hi = builder.lshr(bits, _splat(_I8, 32, 4))
         if high_bits:
-            one = _splat(_V32I8, 1)
-            h_lo = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j)), one)
-            h_hi = builder.and_(builder.lshr(qh, _splat(_V32I8, 2 * j + 1)), one)
-            lo = builder.or_(lo, builder.shl(h_lo, _splat(_V32I8, 4)))
-            hi = builder.or_(hi, builder.shl(h_hi, _splat(_V32I8, 4)))
+            one = _splat(_I8, 32, 1)
+            h_lo = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * j)), one)
+            h_hi = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * j + 1)), one)
+            lo = builder.or_(lo, builder.shl(h_lo, _splat(_I8, 32, 4)))
+            hi = builder.or_(hi, builder.shl(h_hi, _splat(_I8, 32, 4)))
         quants.append((lo, builder.shuffle_vector(sm, undef16, _mask([2 * j] * 16)), 64 * j))
         quants.append((hi, builder.shuffle_vector(sm, undef16, _mask([2 * j + 1] * 16)), 64 * j + 32))
     # mins term: sum_j m[j] * (bsums[2j] + bsums[2j+1])
@@ -216,7 +148,7 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
         dx, q8, bsums = _q8k_parts(builder, xp)
         acc = None
         for q, sv, xo in quants:
-            xv = _load(builder, _gep(builder, q8, xo), _V32I8)
+            xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
             part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
             acc = part if acc is None else builder.add(acc, part)
         msum = _maddwd(builder, bsums, mins2, simd)
@@ -228,25 +160,25 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
 
 def _emit_vdot_q6_k(builder, wp, xps, simd):
     """Dots of the Q6_K block at wp with the Q8_K blocks at xps -> [f32[8]] lanes (quants -32 via the bsums)."""
-    dw = _f16_to_f32(builder, _load(builder, _gep(builder, wp, 208), _I16))
-    sc = builder.sext(_load(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
+    dw = _h2f(builder, _load_ptr(builder, _gep(builder, wp, 208), _I16))
+    sc = builder.sext(_load_ptr(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
     undef16 = ir.Constant(_V16I16, ir.Undefined)
-    m4 = _splat(_V32I8, 0x0F)
-    m3 = _splat(_V32I8, 0x03)
+    m4 = _splat(_I8, 32, 0x0F)
+    m3 = _splat(_I8, 32, 0x03)
     quants = []  # (u8[32] quants 0..63, i16[16] scales (8 lanes per 16 quants), byte offset in the Q8_K qs)
     for h in range(2):
-        ql0 = _load(builder, _gep(builder, wp, 64 * h), _V32I8)
-        ql1 = _load(builder, _gep(builder, wp, 64 * h + 32), _V32I8)
-        qh = _load(builder, _gep(builder, wp, 128 + 32 * h), _V32I8)
+        ql0 = _load_ptr(builder, _gep(builder, wp, 64 * h), _V32I8)
+        ql1 = _load_ptr(builder, _gep(builder, wp, 64 * h + 32), _V32I8)
+        qh = _load_ptr(builder, _gep(builder, wp, 128 + 32 * h), _V32I8)
         quads = (
             (builder.and_(ql0, m4), 0),
             (builder.and_(ql1, m4), 2),
-            (builder.lshr(ql0, _splat(_V32I8, 4)), 4),
-            (builder.lshr(ql1, _splat(_V32I8, 4)), 6),
+            (builder.lshr(ql0, _splat(_I8, 32, 4)), 4),
+            (builder.lshr(ql1, _splat(_I8, 32, 4)), 6),
         )
         for k, (low, shift) in enumerate(quads):
-            hb = builder.and_(builder.lshr(qh, _splat(_V32I8, shift)), m3) if shift else builder.and_(qh, m3)
-            q = builder.or_(low, builder.shl(hb, _splat(_V32I8, 4)))
+            hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, shift)), m3) if shift else builder.and_(qh, m3)
+            q = builder.or_(low, builder.shl(hb, _splat(_I8, 32, 4)))
             sv = builder.shuffle_vector(sc, undef16, _mask([8 * h + 2 * k] * 8 + [8 * h + 2 * k + 1] * 8))
             quants.append((q, sv, 128 * h + 32 * k))
     out = []
@@ -254,11 +186,11 @@ def _emit_vdot_q6_k(builder, wp, xps, simd):
         dx, q8, bsums = _q8k_parts(builder, xp)
         acc = None
         for q, sv, xo in quants:
-            xv = _load(builder, _gep(builder, q8, xo), _V32I8)
+            xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
             part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
             acc = part if acc is None else builder.add(acc, part)
         off = _maddwd(builder, sc, bsums, simd)
-        sumi = builder.sub(acc, builder.shl(off, _splat(_V8I32, 5)))
+        sumi = builder.sub(acc, builder.shl(off, _splat(_I32, 8, 5)))
         out.append(builder.fmul(builder.sitofp(sumi, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx))))
     return out
 
@@ -313,7 +245,7 @@ def _make_vdot_rows(kind, simd, n_x):
                 xps = [builder.gep(p, [xoff]) for p in x0]
                 for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
                     builder.store(builder.fadd(builder.load(acc), v), acc)
-            vals = [_hsum_f32(builder, builder.load(acc)) for acc in accs]
+            vals = [_hsum8_shuffled(builder, builder.load(acc)) for acc in accs]
             return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
 
         return retty(w, wo, x, xo, xstride, nb), codegen
@@ -342,7 +274,7 @@ def _load_f16(typingctx, a, off):
 
     def codegen(context, builder, sig, args):
         p = _byte_ptr(context, builder, sig.args[0], args[0], context.cast(builder, args[1], sig.args[1], types.int64))
-        return _f16_to_f32(builder, _load(builder, p, _I16))
+        return _h2f(builder, _load_ptr(builder, p, _I16))
 
     return types.float32(a, off), codegen
 
@@ -544,143 +476,99 @@ def _pad_tail_q8_k(xq, t0):
     return xq_pad
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _vdot4_k(kind, w, wo, xq, xo, xb, nb):
+    """Dots of weight row w[wo:] (kind KIND_Q4_K/Q5_K/Q6_K) with the 4 Q8_K rows at xq[xo:] (stride xb)."""
+    if kind == KIND_Q4_K:
+        return _vdot4_q4_k(w, wo, xq, xo, xb, nb)
+    if kind == KIND_Q5_K:
+        return _vdot4_q5_k(w, wo, xq, xo, xb, nb)
+    return _vdot4_q6_k(w, wo, xq, xo, xb, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _vdot1_k(kind, w, wo, xq, xo, xb, nb):
+    """Dot of weight row w[wo:] (kind KIND_Q4_K/Q5_K/Q6_K) with the Q8_K row at xq[xo:]."""
+    if kind == KIND_Q4_K:
+        return _vdot1_q4_k(w, wo, xq, xo, xb, nb)
+    if kind == KIND_Q5_K:
+        return _vdot1_q5_k(w, wo, xq, xo, xb, nb)
+    return _vdot1_q6_k(w, wo, xq, xo, xb, nb)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_k(dst, w, xq, kind):
+    """dst = xq @ w.T for k-quant weights and Q8_K activations (llama.cpp vec_dot_q{4,5,6}_K_q8_K per block).
+
+    dst:  [n_tok, n_out] f32
+    w:    [n_out, n_in / 256 * BLOCK_BYTES_Q{4,5,6}_K] uint8 (GGUF bytes, may be read-only)
+    xq:   [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
+    kind: KIND_Q4_K | KIND_Q5_K | KIND_Q6_K
+    """
+    n_tok = xq.shape[0]
+    n_out = w.shape[0]
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else (BLOCK_BYTES_Q5_K if kind == KIND_Q5_K else BLOCK_BYTES_Q6_K)
+    if (
+        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
+        or w.shape[1] != nb * w_block
+        or dst.shape[0] != n_tok
+        or dst.shape[1] != n_out
+    ):
+        raise ValueError("matmul_k: shape mismatch")
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
+    n_tok4 = n_tok - n_tok % 4
+    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
+    for it in prange(n_tiles):
+        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
+            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
+            for t in range(0, n_tok4, 4):
+                a0, a1, a2, a3 = _vdot4_k(kind, w, r * wb, xq, t * xb, xb, nb)
+                dst[t, r] = a0
+                dst[t + 1, r] = a1
+                dst[t + 2, r] = a2
+                dst[t + 3, r] = a3
+            if xq_pad.shape[0]:
+                a0, a1, a2, a3 = _vdot4_k(kind, w, r * wb, xq_pad, 0, xb, nb)
+                dst[n_tok4, r] = a0
+                dst[n_tok4 + 1, r] = a1
+                if n_tok4 + 2 < n_tok:
+                    dst[n_tok4 + 2, r] = a2
+            elif n_tok4 < n_tok:
+                dst[n_tok4, r] = _vdot1_k(kind, w, r * wb, xq, n_tok4 * xb, xb, nb)
+
+
+@njit(cache=True, nogil=True)
 def matmul_q4_k(dst, w, xq):
-    """dst = xq @ w.T for Q4_K weights and Q8_K activations (llama.cpp vec_dot_q4_K_q8_K per block).
-
-    dst: [n_tok, n_out] f32
-    w:   [n_out, n_in / 256 * 144] uint8 (GGUF bytes, may be read-only)
-    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
-    """
-    n_tok = xq.shape[0]
-    n_out = w.shape[0]
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    if (
-        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
-        or w.shape[1] != nb * BLOCK_BYTES_Q4_K
-        or dst.shape[0] != n_tok
-        or dst.shape[1] != n_out
-    ):
-        raise ValueError("matmul_q4_k: shape mismatch")
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
-    n_tok4 = n_tok - n_tok % 4
-    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
-    for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
-            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
-            for t in range(0, n_tok4, 4):
-                a0, a1, a2, a3 = _vdot4_q4_k(w, r * wb, xq, t * xb, xb, nb)
-                dst[t, r] = a0
-                dst[t + 1, r] = a1
-                dst[t + 2, r] = a2
-                dst[t + 3, r] = a3
-            if xq_pad.shape[0]:
-                a0, a1, a2, a3 = _vdot4_q4_k(w, r * wb, xq_pad, 0, xb, nb)
-                dst[n_tok4, r] = a0
-                dst[n_tok4 + 1, r] = a1
-                if n_tok4 + 2 < n_tok:
-                    dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_q4_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
+    """Q4_K weights x Q8_K activations (matmul_k)."""
+    matmul_k(dst, w, xq, KIND_Q4_K)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_q5_k(dst, w, xq):
-    """dst = xq @ w.T for Q5_K weights and Q8_K activations (llama.cpp vec_dot_q5_K_q8_K per block).
-
-    dst: [n_tok, n_out] f32
-    w:   [n_out, n_in / 256 * 176] uint8 (GGUF bytes, may be read-only)
-    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
-    """
-    n_tok = xq.shape[0]
-    n_out = w.shape[0]
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    if (
-        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
-        or w.shape[1] != nb * BLOCK_BYTES_Q5_K
-        or dst.shape[0] != n_tok
-        or dst.shape[1] != n_out
-    ):
-        raise ValueError("matmul_q5_k: shape mismatch")
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
-    n_tok4 = n_tok - n_tok % 4
-    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
-    for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
-            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
-            for t in range(0, n_tok4, 4):
-                a0, a1, a2, a3 = _vdot4_q5_k(w, r * wb, xq, t * xb, xb, nb)
-                dst[t, r] = a0
-                dst[t + 1, r] = a1
-                dst[t + 2, r] = a2
-                dst[t + 3, r] = a3
-            if xq_pad.shape[0]:
-                a0, a1, a2, a3 = _vdot4_q5_k(w, r * wb, xq_pad, 0, xb, nb)
-                dst[n_tok4, r] = a0
-                dst[n_tok4 + 1, r] = a1
-                if n_tok4 + 2 < n_tok:
-                    dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_q5_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
+    """Q5_K weights x Q8_K activations (matmul_k)."""
+    matmul_k(dst, w, xq, KIND_Q5_K)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_q6_k(dst, w, xq):
-    """dst = xq @ w.T for Q6_K weights and Q8_K activations (llama.cpp vec_dot_q6_K_q8_K per block).
-
-    dst: [n_tok, n_out] f32
-    w:   [n_out, n_in / 256 * 210] uint8 (GGUF bytes, may be read-only)
-    xq:  [n_tok, n_in / 256 * 292] uint8 (quantize_rows_q8_k)
-    """
-    n_tok = xq.shape[0]
-    n_out = w.shape[0]
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    if (
-        xq.shape[1] != nb * BLOCK_BYTES_Q8_K
-        or w.shape[1] != nb * BLOCK_BYTES_Q6_K
-        or dst.shape[0] != n_tok
-        or dst.shape[1] != n_out
-    ):
-        raise ValueError("matmul_q6_k: shape mismatch")
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
-    n_tok4 = n_tok - n_tok % 4
-    xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
-    for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
-            # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
-            for t in range(0, n_tok4, 4):
-                a0, a1, a2, a3 = _vdot4_q6_k(w, r * wb, xq, t * xb, xb, nb)
-                dst[t, r] = a0
-                dst[t + 1, r] = a1
-                dst[t + 2, r] = a2
-                dst[t + 3, r] = a3
-            if xq_pad.shape[0]:
-                a0, a1, a2, a3 = _vdot4_q6_k(w, r * wb, xq_pad, 0, xb, nb)
-                dst[n_tok4, r] = a0
-                dst[n_tok4 + 1, r] = a1
-                if n_tok4 + 2 < n_tok:
-                    dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_q6_k(w, r * wb, xq, n_tok4 * xb, xb, nb)
+    """Q6_K weights x Q8_K activations (matmul_k)."""
+    matmul_k(dst, w, xq, KIND_Q6_K)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _matmul_k_portable(dst, w, xq, kind):
-    """Serial matmul through the portable-IR block dots (kind 4/5/6); test aid for CPUs without AVX2."""
+    """Serial matmul through the portable-IR block dots (kind KIND_Q4_K/Q5_K/Q6_K); test aid for CPUs without AVX2."""
     nb = xq.shape[1] // BLOCK_BYTES_Q8_K
     wb = w.shape[1]
     xb = xq.shape[1]
     for r in range(w.shape[0]):
         for t in range(xq.shape[0]):
-            if kind == 4:
+            if kind == KIND_Q4_K:
                 dst[t, r] = _vdot1_q4_k_portable(w, r * wb, xq, t * xb, xb, nb)
-            elif kind == 5:
+            elif kind == KIND_Q5_K:
                 dst[t, r] = _vdot1_q5_k_portable(w, r * wb, xq, t * xb, xb, nb)
             else:
                 dst[t, r] = _vdot1_q6_k_portable(w, r * wb, xq, t * xb, xb, nb)
@@ -688,7 +576,6 @@ def _matmul_k_portable(dst, w, xq, kind):
 
 # ------------------------------------------------------------------------- grouped matmul
 
-KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = 4, 5, 6
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -709,9 +596,4 @@ def matmul_id_k(dst, w, xq, w_row0, x_row, kind):
         xo = x_row[g] * xb
         for r in range(r0, min(n_out, r0 + _ROW_TILE)):
             wo = (w_row0[g] + r) * wb
-            if kind == KIND_Q4_K:
-                dst[g, r] = _vdot1_q4_k(w, wo, xq, xo, xb, nb)
-            elif kind == KIND_Q5_K:
-                dst[g, r] = _vdot1_q5_k(w, wo, xq, xo, xb, nb)
-            else:
-                dst[g, r] = _vdot1_q6_k(w, wo, xq, xo, xb, nb)
+            dst[g, r] = _vdot1_k(kind, w, wo, xq, xo, xb, nb)

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .act import _swiglu_row
+from . import codes
 from .config import FASTMATH
 from .norm import _rms_row
 from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f16_to_f32, f32_to_f16, prefetch
@@ -23,7 +24,8 @@ Q4_0_BYTES = 18       # f16 d + u8 qs[16]
 Q5_0_BYTES = 22       # f16 d + u32 qh + u8 qs[16]
 ROW_TILE = 16         # output rows per parallel work item of the one-token matmuls (a multiple of ROWS)
 # weight kinds of the kernels that take one (matmul_q_legacy, matmul_id_legacy, the fused MoE decode)
-KIND_Q8_0, KIND_Q4_0, KIND_Q5_0, KIND_F16, KIND_BF16, KIND_F32 = 0, 1, 2, 3, 4, 5
+KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 = codes.Q8_0, codes.Q4_0, codes.Q5_0
+KIND_F16, KIND_BF16, KIND_F32 = codes.F16, codes.BF16, codes.F32
 
 # Dequantize/quantize kernels run without fast-math: they must be bit-exact (arcp would turn
 # amax/127 into amax*(1/127)); they vectorize without it since nothing is reduced.
@@ -309,52 +311,49 @@ def matmul_q5_0(dst, w, xq):
     matmul_q_legacy(dst, w, xq, KIND_Q5_0, TILE_BYTES, CHUNK_BYTES)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _dot_float(kind, wp, xp, n):
+    """Dot of the n-element rows at addresses wp and xp, both of float kind KIND_F16 | KIND_BF16 | KIND_F32,
+    products accumulated in f32 (ggml_vec_dot_f16 / _bf16)."""
+    if kind == KIND_F16:
+        return dot_f16_f16(wp, xp, n)
+    if kind == KIND_BF16:
+        return dot_bf16_bf16(wp, xp, n)
+    return dot_f32_f32(wp, xp, n)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_float(dst, w, x, kind):
+    """Float weights x activations of the same float kind (KIND_F16 | KIND_BF16 | KIND_F32).
+
+    dst: [n_tok, n_out] f32; w: [n_out, n_in * elem bytes] uint8; x: [n_tok, n_in] uint16 (f16/bf16 bits) | f32.
+    """
+    n_tok, n_out = dst.shape
+    n = np.int64(x.shape[1])
+    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
+    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
+    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
+        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
+            for t in range(n_tok):
+                dst[t, r] = _dot_float(kind, wp + r * ws, xp + t * xs, n)
+
+
+@njit(cache=True, nogil=True)
 def matmul_f16(dst, w, x):
-    """F16 weights x f16 activations, products accumulated in f32 (ggml_vec_dot_f16).
-
-    dst: [n_tok, n_out] f32; w: [n_out, 2*n_in] uint8; x: [n_tok, n_in] uint16 (half bits).
-    """
-    n_tok, n_out = dst.shape
-    n = np.int64(x.shape[1])
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            for t in range(n_tok):
-                dst[t, r] = dot_f16_f16(wp + r * ws, xp + t * xs, n)
+    """F16 weights x f16 activations (matmul_float)."""
+    matmul_float(dst, w, x, KIND_F16)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_bf16(dst, w, x):
-    """BF16 weights x bf16 activations, products accumulated in f32 (ggml_vec_dot_bf16).
-
-    dst: [n_tok, n_out] f32; w: [n_out, 2*n_in] uint8; x: [n_tok, n_in] uint16 (bf16 bits).
-    """
-    n_tok, n_out = dst.shape
-    n = np.int64(x.shape[1])
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            for t in range(n_tok):
-                dst[t, r] = dot_bf16_bf16(wp + r * ws, xp + t * xs, n)
+    """BF16 weights x bf16 activations (matmul_float)."""
+    matmul_float(dst, w, x, KIND_BF16)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+@njit(cache=True, nogil=True)
 def matmul_f32(dst, w, x):
-    """F32 weights x f32 activations.
-
-    dst: [n_tok, n_out] f32; w: [n_out, 4*n_in] uint8; x: [n_tok, n_in] f32.
-    """
-    n_tok, n_out = dst.shape
-    n = np.int64(x.shape[1])
-    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
-    xp, xs = np.int64(x.ctypes.data), np.int64(x.strides[0])
-    for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
-        for r in range(it * ROW_TILE, min(it * ROW_TILE + ROW_TILE, n_out)):
-            for t in range(n_tok):
-                dst[t, r] = dot_f32_f32(wp + r * ws, xp + t * xs, n)
+    """F32 weights x f32 activations (matmul_float)."""
+    matmul_float(dst, w, x, KIND_F32)
 
 
 # ------------------------------------------------------------------------- grouped matmul
@@ -382,14 +381,14 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     pf = np.int64(PREFETCH_BYTES)
-    if kind <= KIND_Q5_0:
+    if _is_block_q(kind):
         nb = np.int64(xq.shape[1] // Q8_0_BYTES)
         bias = _q_bias(kind)
     else:
         nb = np.int64(xq.shape[1])  # elements per row
         bias = np.int32(0)
-    xc = np.empty((xq.shape[0], max(nb, 1) if kind <= KIND_Q5_0 else 1, AUX_WORDS), np.int32)
-    if kind <= KIND_Q5_0:
+    xc = np.empty((xq.shape[0], max(nb, 1) if _is_block_q(kind) else 1, AUX_WORDS), np.int32)
+    if _is_block_q(kind):
         x_aux_q8_0(xc, xq, bias)
     cs = np.int64(xc.shape[1] * AUX_BYTES)
     n_tiles = (n_out + ROW_TILE - 1) // ROW_TILE
@@ -400,17 +399,17 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
         r1 = min(r0 + ROW_TILE, n_out)
         wg = wp + w_row0[g] * ws
         xg = xp + x_row[g] * xs
-        if kind <= KIND_Q5_0:
+        if _is_block_q(kind):
             _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp0 + x_row[g] * cs, nb, dst[g], pf)
         else:
             for rr in range(r0, r1):
-                if kind == KIND_F16:
-                    v = dot_f16_f16(wg + rr * ws, xg, nb)
-                elif kind == KIND_BF16:
-                    v = dot_bf16_bf16(wg + rr * ws, xg, nb)
-                else:
-                    v = dot_f32_f32(wg + rr * ws, xg, nb)
-                dst[g, rr] = v
+                dst[g, rr] = _dot_float(kind, wg + rr * ws, xg, nb)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_block_q(kind):
+    """Whether kind is a block format dotted against Q8_0 activations (KIND_Q8_0 | KIND_Q4_0 | KIND_Q5_0)."""
+    return kind == KIND_Q8_0 or kind == KIND_Q4_0 or kind == KIND_Q5_0
 
 
 @njit(cache=True, nogil=True)
@@ -599,7 +598,7 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     xc = np.empty((3, nbx, AUX_WORDS), np.int32)              # [3, nbx, 2] aux (exps, shexp, router)
     x_aux_q8_0(xc[0:1], xq, _q_bias(kinds[0]))
     x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
-    if kinds[4] <= KIND_Q5_0:
+    if _is_block_q(kinds[4]):
         x_aux_q8_0(xc[2:3], xq, _q_bias(kinds[4]))
     # (raw addresses are taken where they are used: Numba frees an array after the last use of its name, so an
     # address kept in an int while the array is otherwise dead points at memory that later arrays reuse)
@@ -620,7 +619,7 @@ def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps
     for it in prange(n_rt + (n_sh + FFN_TILE - 1) // FFN_TILE):
         if it < n_rt:
             e0 = ROWS * it
-            if kinds[4] <= KIND_Q5_0:
+            if _is_block_q(kinds[4]):
                 _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + ROWS, n_expert), np.int64(xq.ctypes.data),
                                np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), logits, pf)
             else:

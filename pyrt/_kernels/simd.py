@@ -3,7 +3,6 @@ row dots, half/bfloat conversions and the f16 row dequantizer. The legacy quants
 in simd_legacy.py, built on the helpers here.
 
 Leaf module (numba, llvmlite only); pointers are integer addresses the calling kernels keep in range.
-The Numba disk cache does not notice edits here: clear NUMBA_CACHE_DIR after changing this file.
 """
 
 import llvmlite.binding as llvm
@@ -11,6 +10,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
+
+from .config import NO_SIMD
 
 _I1 = ir.IntType(1)
 _I8 = ir.IntType(8)
@@ -26,10 +27,15 @@ def _vec(t, n):
 
 
 def _target_features() -> set:
-    """Features of the target Numba compiles for (honours NUMBA_CPU_NAME/NUMBA_CPU_FEATURES)."""
+    """Features of the target Numba compiles for (honours NUMBA_CPU_NAME/NUMBA_CPU_FEATURES); empty under
+    PYRT_NO_SIMD=1, which selects the portable IR (its own cache directory: see config.CACHE_VARIANT)."""
+    if NO_SIMD:
+        return set()
     if config.CPU_NAME and config.CPU_NAME != "host":
         feats = config.CPU_FEATURES or ""
         return {f[1:] for f in feats.split(",") if f.startswith("+")}
+    if not llvm.get_process_triple().startswith(("x86_64", "i686", "i386")):
+        return set()
     return {k for k, v in llvm.get_host_cpu_features().items() if v}
 
 
@@ -47,6 +53,16 @@ HAS_VNNI = HAS_AVX2 and ("avxvnni" in _FEATS or ("avx512vnni" in _FEATS and "avx
 def _load(builder, addr, ty):
     p = builder.inttoptr(addr, ir.PointerType(ty))
     return builder.load(p, typ=ty, align=1)
+
+
+def _load_ptr(builder, p, ty):
+    """Unaligned load of a ty at pointer p."""
+    return builder.load(builder.bitcast(p, ty.as_pointer()), align=1)
+
+
+def _mask(idx):
+    """Shuffle mask (an <n x i32> constant) of the lane indices idx."""
+    return ir.Constant(_vec(_I32, len(idx)), [ir.Constant(_I32, i) for i in idx])
 
 
 def _addr(builder, base, off):
@@ -129,6 +145,17 @@ def _hsum8(builder, v):
     a = [builder.fadd(e[i], e[i + 4]) for i in range(4)]
     b = [builder.fadd(a[0], a[2]), builder.fadd(a[1], a[3])]
     return builder.fadd(b[0], b[1])
+
+
+def _hsum8_shuffled(builder, v):
+    """_hsum8's sum, built from half-vector shuffles. Inside a fast-math caller LLVM may regroup a chain of
+    scalar adds differently per call site; the shuffled form keeps one order everywhere (the k-quant dots
+    of 1 and of 4 activation rows must give the same bits)."""
+    for width in (4, 2, 1):
+        lo = builder.shuffle_vector(v, v, _mask(range(width)))
+        hi = builder.shuffle_vector(v, v, _mask(range(width, 2 * width)))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
 def _fold(builder, v, n):
@@ -251,9 +278,10 @@ dot_f32_f32 = intrinsic(_make_float_dot(_F32, None))
 
 
 @intrinsic
-def i32_as_f32(typingctx, i):
-    """The float32 whose bits are the int32 i (a bitcast; vectorizes inside loops)."""
-    if not isinstance(i, types.Integer):
+def bits_to_f32(typingctx, u):
+    """The float32 whose bits are the low 32 bits of the integer u (a narrower u is sign- or zero-extended by
+    its signedness); a bitcast, so loops that use it vectorize."""
+    if not isinstance(u, types.Integer):
         return None
 
     def codegen(context, builder, signature, args):
@@ -261,61 +289,47 @@ def i32_as_f32(typingctx, i):
         if v.type.width > 32:
             v = builder.trunc(v, _I32)
         elif v.type.width < 32:
-            v = builder.sext(v, _I32)
+            v = builder.sext(v, _I32) if signature.args[0].signed else builder.zext(v, _I32)
         return builder.bitcast(v, _F32)
 
-    return types.float32(i), codegen
+    return types.float32(u), codegen
 
 
-@intrinsic
-def f16_to_f32(typingctx, h):
-    """uint16 bit pattern of an IEEE half -> float32 (exact, incl. subnormals/inf/nan)."""
-    if not isinstance(h, types.Integer):
-        return None
+def _make_f16_to_f32(portable):
+    def typer(typingctx, h):
+        if not isinstance(h, types.Integer):
+            return None
 
-    def codegen(context, builder, signature, args):
-        v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
-        return _h2f(builder, v)
+        def codegen(context, builder, signature, args):
+            v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
+            return _h2f_int(builder, v, None) if portable else _h2f(builder, v)
 
-    return types.float32(types.uint16), codegen
+        return types.float32(types.uint16), codegen
 
-
-@intrinsic
-def f32_to_f16(typingctx, x):
-    """float32 -> uint16 bit pattern of the nearest half (round to nearest even, like F16C)."""
-    if not isinstance(x, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        if HAS_F16C:
-            return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
-        return _f2h_int(builder, args[0])
-
-    return types.uint16(types.float32), codegen
-
-@intrinsic
-def f16_to_f32_portable(typingctx, h):
-    """f16_to_f32 with integer ops only (what targets without F16C run; for tests)."""
-    if not isinstance(h, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = builder.trunc(args[0], _I16) if args[0].type.width > 16 else args[0]
-        return _h2f_int(builder, v, None)
-
-    return types.float32(types.uint16), codegen
+    return typer
 
 
-@intrinsic
-def f32_to_f16_portable(typingctx, x):
-    """f32_to_f16 with integer ops only (what targets without F16C run; for tests)."""
-    if not isinstance(x, types.Float):
-        return None
+def _make_f32_to_f16(portable):
+    def typer(typingctx, x):
+        if not isinstance(x, types.Float):
+            return None
 
-    def codegen(context, builder, signature, args):
-        return _f2h_int(builder, args[0])
+        def codegen(context, builder, signature, args):
+            if HAS_F16C and not portable:
+                return builder.bitcast(builder.fptrunc(args[0], _F16), _I16)
+            return _f2h_int(builder, args[0])
 
-    return types.uint16(types.float32), codegen
+        return types.uint16(types.float32), codegen
+
+    return typer
+
+
+# uint16 bits of an IEEE half <-> float32: exact, subnormals, inf and nan included; f32 -> f16 rounds to
+# nearest even like F16C. The _portable variants use integer ops only (what targets without F16C run).
+f16_to_f32 = intrinsic(_make_f16_to_f32(False))
+f32_to_f16 = intrinsic(_make_f32_to_f16(False))
+f16_to_f32_portable = intrinsic(_make_f16_to_f32(True))
+f32_to_f16_portable = intrinsic(_make_f32_to_f16(True))
 
 # ------------------------------------------------------------------ row dequantizers
 

@@ -3,7 +3,6 @@
 
 Leaf module (llvmlite, numba and simd's IR helpers); pointers are integer addresses the kernels keep in
 range. Block dots: vpdpbusd (AVX-VNNI/AVX512-VNNI), pmaddubsw (AVX2) or portable IR, same bits.
-The Numba disk cache does not notice edits here: clear NUMBA_CACHE_DIR after changing this file.
 """
 
 from llvmlite import ir

@@ -13,9 +13,10 @@ import time
 import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats.cache_types import CACHE_TYPES as _CT
+from ..formats.cache_types import LLAMA_CPP_CACHE_TYPES
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0")
-_GGML_CACHE_TYPE = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30}  # enum ggml_type
+CACHE_TYPES = LLAMA_CPP_CACHE_TYPES
 MLA_ARCHS = ("deepseek2",)
 LLAMA_CPP_MISSING = ("llama-cpp-python is not installed (pip install 'pyrt[compare]'); "
                      "--compare llama.cpp skipped, pyrt only")
@@ -123,8 +124,8 @@ class LlamaCppEngine:
         n_threads = n_threads or None
         t0 = time.perf_counter()
         self.llm = L.Llama(model_path=path, n_ctx=n_ctx, n_batch=max(n_batch, n_ubatch), n_ubatch=n_ubatch,
-                           n_threads=n_threads, n_threads_batch=n_threads, type_k=_GGML_CACHE_TYPE[type_k],
-                           type_v=_GGML_CACHE_TYPE[type_v], flash_attn=bool(flash_attn), use_mmap=use_mmap,
+                           n_threads=n_threads, n_threads_batch=n_threads, type_k=_CT[type_k].ggml_type,
+                           type_v=_CT[type_v].ggml_type, flash_attn=bool(flash_attn), use_mmap=use_mmap,
                            verbose=False)
         self.t_load = time.perf_counter() - t0
         self.ctx = self.llm._ctx.ctx

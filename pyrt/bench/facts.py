@@ -34,7 +34,7 @@ def rss_hwm_mib() -> float | None:
 
 
 def cpu_model() -> str:
-    from ..ops.matmul import cpuinfo_field
+    from ..backends.cpu import cpuinfo_field
     return cpuinfo_field("model name") or platform.processor() or platform.machine() or "?"
 
 

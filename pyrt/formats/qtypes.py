@@ -33,6 +33,11 @@ class QType:
     module: str = _LEGACY
 
     @property
+    def code(self) -> int:
+        """The kernels' `kind` for this format (pyrt._kernels.codes)."""
+        return getattr(importlib.import_module("pyrt._kernels.codes"), self.name)
+
+    @property
     def suffix(self) -> str:
         return self.name.lower()
 

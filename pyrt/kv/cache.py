@@ -14,22 +14,13 @@ from .._kernels import kv as kvk
 from .._kernels import rope as ropek
 from .._kernels import yarn as yarnk
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats.cache_types import CACHE_TYPES
 from ..ops.attention import rows_view
 from .cells import Cells
 
-# cache type -> (numpy storage dtype, elements per block, bytes per block); q8_KV's blocks are
-# segments of head_dim values plus an 8-byte header (see row_bytes)
-CACHE_TYPES = {
-    "f32": (np.float32, 1, 4),
-    "f16": (np.float16, 1, 2),
-    "bf16": (np.uint16, 1, 2),
-    "q8_0": (np.uint8, kvk.QK8_0, kvk.Q8_0_BLOCK_BYTES),
-    "q8_KV": (np.uint8, 0, 0),
-}
-# ggml / ik_llama.cpp type ids (recorded in state files)
-GGML_TYPE_ID = {"f32": 0, "f16": 1, "q8_0": 8, "bf16": 30, "q8_KV": 151}
-KIND = {"f32": kvk.KIND_F32, "f16": kvk.KIND_F16, "bf16": kvk.KIND_BF16, "q8_0": kvk.KIND_Q8_0,
-        "q8_KV": kvk.KIND_Q8_KV}
+# ggml / ik_llama.cpp type ids (recorded in state files) and the kernels' codes, from the one table
+GGML_TYPE_ID = {c.name: c.ggml_type for c in CACHE_TYPES.values()}
+KIND = {c.name: c.code for c in CACHE_TYPES.values()}
 ROPE_NEOX = 2  # ggml's LLAMA_ROPE_TYPE_NEOX (pyrt.ops.basic.ROPE_NEOX)
 
 
@@ -37,15 +28,16 @@ def row_bytes(type_name: str, n: int, seg: int | None = None) -> int:
     """Bytes of one cache row of n values (ggml_row_size); q8_KV: n/seg segments of 8 + seg bytes."""
     if type_name == "q8_KV":
         seg = n if seg is None else seg
-        return n // seg * (kvk.Q8_KV_HEADER + seg)
-    _, blk, nbytes = CACHE_TYPES[type_name]
-    return n // blk * nbytes
+        return n // seg * (CACHE_TYPES["q8_KV"].type_size + seg)
+    ct = CACHE_TYPES[type_name]
+    return n // ct.block_size * ct.type_size
 
 
 def _alloc(type_name: str, size: int, n: int, seg: int, what: str) -> np.ndarray:
     if type_name not in CACHE_TYPES:
         raise UnsupportedError(f"{what}: cache type {type_name!r} is not supported ({', '.join(CACHE_TYPES)})")
-    dtype, blk, nbytes = CACHE_TYPES[type_name]
+    ct = CACHE_TYPES[type_name]
+    dtype, blk, nbytes = np.dtype(ct.dtype), ct.block_size, ct.type_size
     if type_name == "q8_KV":
         if seg <= 0 or n % seg:
             raise InvalidArgumentError(f"{what}: {n} values per row is not a multiple of the q8_KV row length {seg}")

@@ -10,12 +10,13 @@ import numpy as np
 
 from .._kernels import attention as fa
 from ..backends import backend_of
+from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError
+from ..formats.cache_types import CACHE_TYPES
 
-_KINDS = {"f32": fa.KIND_F32, "f16": fa.KIND_F16, "bf16": fa.KIND_BF16, "q8_0": fa.KIND_Q8_0,
-          "q8_KV": fa.KIND_Q8_KV}
-_ELEM = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}  # elements, bytes per block
-_DTYPE = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "q8_0": np.uint8, "q8_KV": np.uint8}
+_KINDS = {c.name: c.code for c in CACHE_TYPES.values()}
+_ELEM = {c.name: (c.block_size, c.type_size) for c in CACHE_TYPES.values() if c.block_size}  # elements, bytes per block
+_DTYPE = {c.name: np.dtype(c.dtype).type for c in CACHE_TYPES.values()}
 
 KV_TILE = 64
 # From this many queries on (prompt chunks), attention runs as dequantized-K/V matrix products through
@@ -44,7 +45,7 @@ def rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
 
 def _n_elems(buf: np.ndarray, type_name: str, seg: int) -> int:
     if type_name == "q8_KV":
-        return buf.shape[1] // (seg + fa.Q8_KV_HEADER) * seg
+        return buf.shape[1] // (seg + kvk.Q8_KV_HEADER) * seg
     blk, nbytes = _ELEM[type_name]
     return buf.shape[1] if blk == 1 else buf.shape[1] // nbytes * blk
 
@@ -115,15 +116,15 @@ def flash_attn_rows(q: np.ndarray, k: np.ndarray, type_k: str, v: np.ndarray, ty
     if type_k == "q8_0" and dk % 32:
         raise InvalidArgumentError(f"attention: q8_0 K needs head_dim % 32 == 0, got {dk}")
     if type_v == "q8_0" and (dv % 32 or v_offset % 32):
-        raise InvalidArgumentError(f"attention: q8_0 V needs head_dim_v and v_offset multiples of 32")
+        raise InvalidArgumentError("attention: q8_0 V needs head_dim_v and v_offset multiples of 32")
     seg_k = int(seg_k) if type_k == "q8_KV" else 1
     seg_v = int(seg_v) if type_v == "q8_KV" else 1
     if seg_k <= 0 or seg_v <= 0:
         raise InvalidArgumentError("attention: q8_KV rows need a positive segment length")
-    if type_k == "q8_KV" and (k.shape[1] % (seg_k + fa.Q8_KV_HEADER) or any(
+    if type_k == "q8_KV" and (k.shape[1] % (seg_k + kvk.Q8_KV_HEADER) or any(
             (g * dk) // seg_k != (g * dk + dk - 1) // seg_k for g in range(n_head_kv))):
         raise InvalidArgumentError(f"attention: q8_KV K heads of {dk} must each lie inside one segment of {seg_k}")
-    if type_v == "q8_KV" and (v.shape[1] % (seg_v + fa.Q8_KV_HEADER) or any(
+    if type_v == "q8_KV" and (v.shape[1] % (seg_v + kvk.Q8_KV_HEADER) or any(
             (v_offset + g * dv) // seg_v != (v_offset + g * dv + dv - 1) // seg_v for g in range(n_head_kv))):
         raise InvalidArgumentError(f"attention: q8_KV V heads of {dv} must each lie inside one segment of {seg_v}")
     if _n_elems(k, type_k, seg_k) < n_head_kv * dk:
@@ -241,7 +242,7 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
     run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count independent.
     Returns [n_tok, n_head*dv] f32.
     """
-    from .matmul import _blas_pool
+    from ..backends.cpu import blas_pool
     import numba
 
     n_tok, n_head, dk = q.shape
@@ -287,6 +288,6 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
         o[...] = np.matmul(S, Vg).reshape(t1 - t0, n_gqa, dv)
 
     items = [(g, t0) for g in range(n_head_kv) for t0 in range(0, n_tok, rows)]
-    _blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
+    blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
     return out.reshape(n_tok, n_head * dv)
 

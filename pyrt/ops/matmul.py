@@ -2,7 +2,7 @@
 
 Everything is checked here before a Numba kernel (which has no bounds checks) sees it.
 Device tensors go to their backend (pyrt.backends). Imports pyrt.formats, pyrt._kernels (through the
-registry), pyrt.backends and pyrt.errors only.
+registry), pyrt.backends (cpu.py: the BLAS pool) and pyrt.errors only.
 Shapes are numpy (row-major) order: weights are [n_out, row_bytes] uint8, y = x @ W.T.
 """
 
@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..backends import backend_of
+from ..backends.cpu import blas_pool, is_amd
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import DOT_TYPES, QType, get_qtype
 
@@ -32,19 +33,7 @@ BLAS_MIN_TOKENS_INTEL = {
 BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=NEVER)
 
 
-def cpuinfo_field(key: str) -> str:
-    """The first `key` line of /proc/cpuinfo ('vendor_id', 'model name'), or '' where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if cpuinfo_field("vendor_id") == "AuthenticAMD" else BLAS_MIN_TOKENS_INTEL
+BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if is_amd() else BLAS_MIN_TOKENS_INTEL
 # Bytes of the f32 weight tile of the BLAS path (one per worker thread; stays in L2).
 BLAS_TILE_BYTES = 2 << 20
 
@@ -152,11 +141,6 @@ def dot_path(ggml_type: int, n_tok: int) -> bool:
     return n_tok < BLAS_MIN_TOKENS.get(get_qtype(ggml_type).name, 32)
 
 
-_ID_KERNELS = {"Q8_0": ("matmul_id_legacy", 0), "Q4_0": ("matmul_id_legacy", 1), "Q5_0": ("matmul_id_legacy", 2),
-               "F16": ("matmul_id_legacy", 3), "BF16": ("matmul_id_legacy", 4), "F32": ("matmul_id_legacy", 5),
-               "Q4_K": ("matmul_id_k", 4), "Q5_K": ("matmul_id_k", 5), "Q6_K": ("matmul_id_k", 6)}
-
-
 def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_out: int,
               out: np.ndarray | None = None) -> np.ndarray:
     """Grouped matmul (ggml's mul_mat_id): out[g] = x[x_row[g]] @ raw[w_row0[g] : w_row0[g] + n_out].T.
@@ -187,7 +171,7 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
         raise InvalidArgumentError(f"matmul_id: out must be a writable C-contiguous float32 {(n_group, n_out)} array")
     if n_group == 0:
         return out
-    name, kind = _ID_KERNELS[qt.name]
+    name, kind = ("matmul_id_k" if qt.dot_type == "Q8_K" else "matmul_id_legacy"), qt.code
     kernel = _KERNEL_CACHE_ID.get(name)
     if kernel is None:
         import importlib
@@ -235,69 +219,6 @@ def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
     return outs
 
 
-def _openblas_local_threads():
-    """openblas_set_num_threads_local from the OpenBLAS numpy uses (None if not found)."""
-    import ctypes
-    import glob
-    import os
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in glob.glob(os.path.join(libs, "*openblas*")) + glob.glob(os.path.join(np.__path__[0], ".dylibs", "*openblas*")):
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn
-    return None
-
-
-class _BlasPool:
-    """Worker threads for the BLAS path; each runs OpenBLAS single-threaded.
-
-    Splitting output-row tiles over our own threads (dequantize + sgemm per tile) avoids OpenBLAS's
-    busy-waiting worker threads fighting Numba's for the cores; tiles are fixed, so the result does
-    not depend on the thread count.
-    """
-
-    def __init__(self):
-        self.set_local = _openblas_local_threads()
-        self.executor = None
-        self.n = 0
-
-    def map(self, fn, n_threads, items):
-        if self.set_local is None or n_threads <= 1:
-            prev = self.set_local(1) if self.set_local is not None else None  # 1 thread asked: 1 used
-            try:
-                for it in items:
-                    fn(it)
-            finally:
-                if prev is not None:
-                    self.set_local(prev)
-            return
-        if self.executor is None or self.n != n_threads:
-            from concurrent.futures import ThreadPoolExecutor
-            if self.executor is not None:
-                self.executor.shutdown(wait=True)
-            self.executor = ThreadPoolExecutor(n_threads, thread_name_prefix="pyrt-blas",
-                                               initializer=self.set_local, initargs=(1,))
-            self.n = n_threads
-        chunks = [items[i::n_threads] for i in range(n_threads)]
-        for f in [self.executor.submit(lambda c=c: [fn(it) for it in c]) for c in chunks]:
-            f.result()
-
-
-_pool_lock = threading.Lock()
-_pool: _BlasPool | None = None
-
-
-def _blas_pool() -> _BlasPool:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = _BlasPool()
-        return _pool
-
-
 def _activations_as_dotted(x: np.ndarray, qt: QType) -> np.ndarray:
     """x rounded through the weight type's activation format and back to f32.
 
@@ -343,7 +264,7 @@ def _matmul_blas(out: np.ndarray, x: np.ndarray, raw: np.ndarray, qt: QType) -> 
         np.matmul(x, wt.T, out=out[:, r0:r1])
 
     n_tiles = -(-n_out // tile)
-    _blas_pool().map(run, min(numba.get_num_threads(), n_tiles), list(range(0, n_out, tile)))
+    blas_pool().map(run, min(numba.get_num_threads(), n_tiles), list(range(0, n_out, tile)))
 
 
 def warmup(weights: dict) -> None:

@@ -15,11 +15,12 @@ from gguf import GGMLQuantizationType as T
 from .._kernels import flash_mla as fk
 from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats.cache_types import CACHE_TYPES
 from ..formats.qtypes import get_qtype
 from .attention import rows_view
 from .matmul import _check_raw
 
-_KINDS = {"f32": fk.KIND_F32, "f16": fk.KIND_F16, "bf16": fk.KIND_BF16, "q8_0": fk.KIND_Q8_0}
+_KINDS = {c.name: c.code for c in CACHE_TYPES.values() if c.block_size}  # q8_KV: per-head segments, not MLA's row
 MLA_CACHE_TYPES = tuple(_KINDS)
 
 KV_TILE = 32
@@ -125,7 +126,7 @@ FUSED_DECODE = True
 # ... and the whole attention block (norm, projections, RoPE, cache store, attention, attn_output) as one
 # MLABlockDecode call; False runs the block op by op around MLADecode (tests and A/B benchmarks).
 FUSED_BLOCK = True
-_LEGACY_W = {int(T.Q8_0): 0, int(T.Q4_0): 1, int(T.Q5_0): 2}  # quants_legacy.KIND_*
+_LEGACY_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0)}  # weights the fused kernels dot
 
 
 class MLADecode:

@@ -31,7 +31,7 @@ GATING_SIGMOID = ql.GATING_SIGMOID
 # Single-token MoE layers run as one fused kernel call (router to weighted sum, shared experts included)
 # when the weights allow it (MoEDecode.build); False runs them op by op (tests and A/B benchmarks).
 FUSED_DECODE = True
-_FUSED_KINDS = {int(T.Q8_0): 0, int(T.Q4_0): 1, int(T.Q5_0): 2, int(T.F32): 5}  # quants_legacy.KIND_*
+_FUSED_KINDS = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0, T.F32)}  # weights the fused kernel dots
 
 
 def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.ndarray | None,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BusyError, ContextOverflowError, DeviceError, InvalidArgumentError
+from ..formats.cache_types import CACHE_TYPE_NAMES
 from ..kv import state as kv_state
 from ..backends import check_device, get_backend, to_host
 from ..kv.cache import KVCache
@@ -27,7 +28,7 @@ from ..kv.cells import Cells
 from ..models.base import ForwardInputs, MLAView, Model
 from ..ops.attention import attention, scan_order
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q8_KV")
+CACHE_TYPES = CACHE_TYPE_NAMES
 # llama.cpp mainline's default (common_params.defrag_thold = 0.1): defragment after a decode that leaves
 # more than 10% of the scanned cells [0, n_kv) free. Negative disables it (ik_llama.cpp's default).
 DEFRAG_THOLD = 0.1

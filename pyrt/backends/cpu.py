@@ -1,0 +1,91 @@
+"""The CPU backend's host facts and threads: /proc/cpuinfo fields (the vendor picks ops.matmul's BLAS
+crossover table) and the worker pool that runs OpenBLAS single-threaded per task. Imports numpy and the
+standard library only; nothing from the rest of pyrt.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+def cpuinfo_field(key: str) -> str:
+    """The first `key` line of /proc/cpuinfo ('vendor_id', 'model name'), or '' where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def is_amd() -> bool:
+    """Whether this CPU is an AMD one (vendor_id AuthenticAMD)."""
+    return cpuinfo_field("vendor_id") == "AuthenticAMD"
+
+
+def _openblas_local_threads():
+    """openblas_set_num_threads_local from the OpenBLAS numpy uses (None if not found)."""
+    import ctypes
+    import glob
+    import os
+    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in glob.glob(os.path.join(libs, "*openblas*")) + glob.glob(os.path.join(np.__path__[0], ".dylibs", "*openblas*")):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+class BlasPool:
+    """Worker threads for the BLAS paths; each runs OpenBLAS single-threaded.
+
+    Splitting output-row tiles over our own threads (dequantize + sgemm per tile) avoids OpenBLAS's
+    busy-waiting worker threads fighting Numba's for the cores; tiles are fixed, so the result does
+    not depend on the thread count.
+    """
+
+    def __init__(self):
+        self.set_local = _openblas_local_threads()
+        self.executor = None
+        self.n = 0
+
+    def map(self, fn, n_threads, items):
+        if self.set_local is None or n_threads <= 1:
+            prev = self.set_local(1) if self.set_local is not None else None  # 1 thread asked: 1 used
+            try:
+                for it in items:
+                    fn(it)
+            finally:
+                if prev is not None:
+                    self.set_local(prev)
+            return
+        if self.executor is None or self.n != n_threads:
+            from concurrent.futures import ThreadPoolExecutor
+            if self.executor is not None:
+                self.executor.shutdown(wait=True)
+            self.executor = ThreadPoolExecutor(n_threads, thread_name_prefix="pyrt-blas",
+                                               initializer=self.set_local, initargs=(1,))
+            self.n = n_threads
+        chunks = [items[i::n_threads] for i in range(n_threads)]
+        for f in [self.executor.submit(lambda c=c: [fn(it) for it in c]) for c in chunks]:
+            f.result()
+
+
+_pool_lock = threading.Lock()
+_pool: BlasPool | None = None
+
+
+def blas_pool() -> BlasPool:
+    """The process's one BlasPool (created on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = BlasPool()
+        return _pool
