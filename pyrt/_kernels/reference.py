@@ -29,43 +29,35 @@ BLOCK = {
 }
 
 
-def f16_bits_to_f32(h):
-    """IEEE binary16 bits (an int in [0, 65536)) -> float32, exactly, by integer arithmetic."""
-    e = (h >> 10) & 0x1F
-    m = h & 0x3FF
+def ieee_bits_to_f32(b, m_bits, e_bits):
+    """The bits of an IEEE-style binary float with m_bits mantissa and e_bits exponent bits (sign above them)
+    -> float32, exactly, by integer arithmetic (subnormals, infinities and NaN included)."""
+    e_max = (1 << e_bits) - 1
+    shift = (e_max >> 1) + m_bits  # exponent bias + mantissa bits
+    e = (b >> m_bits) & e_max
+    m = b & ((1 << m_bits) - 1)
     if e == 0:
-        v = math.ldexp(np.float32(m), -24)
-    elif e == 31:
+        v = math.ldexp(np.float32(m), int(1 - shift))
+    elif e == e_max:
         v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
     else:
-        v = math.ldexp(np.float32(m | 0x400), int(e - 25))
-    return np.float32(-v) if h & 0x8000 else np.float32(v)
+        v = math.ldexp(np.float32(m | (1 << m_bits)), int(e - shift))
+    return np.float32(-v) if (b >> (m_bits + e_bits)) & 1 else np.float32(v)
+
+
+def f16_bits_to_f32(h):
+    """IEEE binary16 bits (an int in [0, 65536)) -> float32, exactly."""
+    return ieee_bits_to_f32(h, 10, 5)
 
 
 def bf16_bits_to_f32(h):
     """bfloat16 bits (the high half of a float32) -> float32, exactly."""
-    e = (h >> 7) & 0xFF
-    m = h & 0x7F
-    if e == 0:
-        v = math.ldexp(np.float32(m), -133)
-    elif e == 255:
-        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    else:
-        v = math.ldexp(np.float32(m | 0x80), int(e - 134))
-    return np.float32(-v) if h & 0x8000 else np.float32(v)
+    return ieee_bits_to_f32(h, 7, 8)
 
 
 def f32_bits_to_f32(b):
     """IEEE binary32 bits (an int in [0, 2**32)) -> float32, exactly."""
-    e = (b >> 23) & 0xFF
-    m = b & 0x7FFFFF
-    if e == 0:
-        v = math.ldexp(np.float32(m), -149)
-    elif e == 255:
-        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    else:
-        v = math.ldexp(np.float32(m | 0x800000), int(e - 150))
-    return np.float32(-v) if b & 0x80000000 else np.float32(v)
+    return ieee_bits_to_f32(b, 23, 8)
 
 
 def f32_to_f32_bits(x):
