@@ -92,15 +92,14 @@ def test_registry_covers_every_kernel():
 
 
 def test_constants_match_the_cpu_kernels():
-    """The device kernels keep their own copies of the CPU modules' codes (a leaf imports no CPU kernels)."""
-    from pyrt._kernels import flash_mla as fk
+    """The device kernels take the CPU kernels' codes (pyrt._kernels.codes) and routing constants."""
+    from pyrt._kernels import codes as fk
     from pyrt._kernels import quants_legacy as ql
     from pyrt._kernels.cuda import mla as cmla
     from pyrt._kernels.cuda import moe as cmoe
     assert (cmoe.GATING_SOFTMAX, cmoe.GATING_SIGMOID, cmoe.W_NORM_MIN) == (ql.GATING_SOFTMAX, ql.GATING_SIGMOID,
                                                                             ql.W_NORM_MIN)
-    assert (cmla.KIND_F32, cmla.KIND_F16, cmla.KIND_BF16, cmla.KIND_Q8_0) == (fk.KIND_F32, fk.KIND_F16,
-                                                                              fk.KIND_BF16, fk.KIND_Q8_0)
+    assert (cmla.KIND_F32, cmla.KIND_F16, cmla.KIND_BF16, cmla.KIND_Q8_0) == (fk.F32, fk.F16, fk.BF16, fk.Q8_0)
     assert cmla.shared_bytes(576) <= 48 * 1024  # DeepSeek's 512 + 64 latent rows fit a block
 
 

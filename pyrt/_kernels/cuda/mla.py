@@ -11,6 +11,7 @@ import math
 
 from numba import cuda, float32, float64, uint64
 
+from .. import codes
 from . import ptx
 from . import device
 from .yarn import yarn_cos_sin
@@ -18,10 +19,9 @@ from .yarn import yarn_cos_sin
 _bf16_bits_to_f32 = device.bf16_bits_to_f32
 
 # cache storage kinds (the values of pyrt._kernels.flash_mla)
-KIND_F32 = 0   # ka: float32 rows
-KIND_F16 = 1   # ka: float16 rows
-KIND_BF16 = 2  # ka: uint16 bits
-KIND_Q8_0 = 3  # ka: the row bytes as float16 (d of block b at ka[c, 17 b]), kb: the same bytes as int8
+# the cache row views per kind: F32 ka float32 rows; F16 ka float16 rows; BF16 ka uint16 bits; Q8_0 ka the
+# row bytes as float16 (d of block b at ka[c, 17 b]), kb the same bytes as int8
+KIND_F32, KIND_F16, KIND_BF16, KIND_Q8_0 = codes.F32, codes.F16, codes.BF16, codes.Q8_0
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
 

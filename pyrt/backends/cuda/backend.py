@@ -108,7 +108,9 @@ class CudaBackend:
                 for v in o:
                     walk(v)
             elif isinstance(o, SimpleNamespace) or type(o).__module__.startswith("pyrt.models"):
-                for v in vars(o).values():  # layer records; never the file object or its whole mapping
+                # layer records and load-time weights (`__slots__` ones too); never the file object or its mapping
+                fields = vars(o).values() if hasattr(o, "__dict__") else [getattr(o, k, None) for k in o.__slots__]
+                for v in fields:
                     walk(v)
         for k, v in vars(model).items():
             if k not in ("hp",):
