@@ -95,8 +95,6 @@ class ModelBase:
     def is_swa(self, v: list[bool]) -> None:
         self._is_swa = list(v)
 
-    def kv_dims(self) -> tuple[list[int], list[int]]:
-        raise NotImplementedError
 
     def kv_layout(self, mla: int) -> tuple[list[int], list[int], int, int]:
         k_dims, v_dims = self.kv_dims()
