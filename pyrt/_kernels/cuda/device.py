@@ -10,12 +10,54 @@ the threads of a block. `device_function` is the decorator the kernel modules us
 """
 
 import os
+import sys
+import threading
 
+import numpy as np
 from numba import cuda
 
 from .. import reference
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _serialise_simulator_shared_arrays():
+    """Make the simulator's `cuda.shared.array` one array per call site for all threads of a block.
+
+    The simulator (numba-cuda 0.30) keys a block's shared arrays by the caller's file and line and
+    creates a missing one with an unlocked check-then-set: when two threads of a block reach the line
+    together, both create an array and they no longer share it, so a shared-memory reduction silently
+    sums the wrong values. Here the lookup and the creation happen under one lock.
+    """
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.cuda import types
+    from numba.cuda.np import numpy_support
+
+    if getattr(FakeCUDAShared.array, "_pyrt_locked", False):
+        return
+    original = FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory has no call-site key
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    array._pyrt_locked = True
+    FakeCUDAShared.array = array
+
+
+if SIMULATOR:
+    _serialise_simulator_shared_arrays()
+
     def device_function(f):
         return f
 else:
