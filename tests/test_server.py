@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -42,7 +43,7 @@ class Server:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         cmd = [sys.executable, "-m", "pyrt.cli", "serve", "-m", model, "--port", str(self.port), "-t", "1",
                *args] + (["--api-key", key] if key else [])
-        self.log = open(os.path.join(os.path.dirname(model), f"server-{self.port}.log"), "w+")
+        self.log = tempfile.TemporaryFile("w+")  # the server's output, gone when the test's server stops
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
