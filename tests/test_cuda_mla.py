@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from mla_reference import naive_latent
 
 pytest.importorskip("numba_cuda")
 
@@ -63,22 +64,6 @@ def test_kernels_compile_to_ptx(cc):
 
 
 # ---------------------------------------------------------------------------------------- simulator tests
-def _naive_latent(q, rows, cell_pos, cell_seq, q_pos, q_seq, scale):
-    """float64 reference: softmax(scale * q . row) . c_kv over the visible cells -> [n_tok, H, C]."""
-    q = q.astype(np.float64)
-    rows = rows.astype(np.float64)
-    s = np.einsum("thd,cd->thc", q, rows) * scale
-    vis = (((cell_seq[None, :] >> q_seq[:, None].astype(np.uint64)) & np.uint64(1)) == 1) & \
-        (cell_pos[None, :] <= q_pos[:, None])
-    s = np.where(vis[:, None, :], s, -np.inf)
-    m = s.max(axis=2, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    p = np.exp(s - m)
-    den = p.sum(axis=2, keepdims=True)
-    p = np.divide(p, den, out=np.zeros_like(p), where=den > 0)
-    return np.einsum("thc,cd->thd", p, rows[:, R:])
-
-
 def _device_flash(q, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale):
     from numba import cuda
 
@@ -114,7 +99,7 @@ def test_flash_mla_matches_cpu_and_float64(type_k, n_head, n_tok, n_cells, split
     assert (n_split > 1) == split
     got = _device_flash(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125)
     cpu = mla.flash_mla(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
-    ref = _naive_latent(q, held, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    ref = naive_latent(q, held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
     assert got.shape == (n_tok, n_head, C)
     if n_tok > 1:
         assert not got[0].any() and not cpu[0].any()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mla_reference import naive_latent
 
 from pyrt.errors import InvalidArgumentError, UnsupportedError
 from pyrt.kv.cache import KVCache
@@ -15,20 +16,6 @@ from pyrt.ops import mla
 from pyrt.ops.attention import flash_attn_rows
 
 H, C, R, DN, DV = 4, 64, 32, 32, 32
-
-
-def _naive_latent(q, rows, cell_pos, cell_seq, q_pos, q_seq, scale):
-    """float64 reference: softmax(scale * q . row) . c_kv over the visible cells -> [n_tok, H, C]."""
-    q = q.astype(np.float64)
-    rows = rows.astype(np.float64)
-    s = np.einsum("thd,cd->thc", q, rows) * scale
-    vis = (((cell_seq[None, :] >> q_seq[:, None].astype(np.uint64)) & np.uint64(1)) == 1) & \
-        (cell_pos[None, :] <= q_pos[:, None])
-    s = np.where(vis[:, None, :], s, -np.inf)
-    m = s.max(axis=2, keepdims=True)
-    p = np.exp(s - m)
-    p /= p.sum(axis=2, keepdims=True)
-    return np.einsum("thc,cd->thd", p, rows[:, R:])
 
 
 def _cache(type_k, rows):
@@ -50,7 +37,7 @@ def test_flash_mla_matches_float64(type_k, n_tok, n_cells):
     q = (0.3 * rng.standard_normal((n_tok, H, R + C))).astype(np.float32)
     kv_idx = np.arange(n_cells, dtype=np.int32)
     out = mla.flash_mla(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
-    ref = _naive_latent(q, held, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    ref = naive_latent(q, held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
     nmse = ((out - ref) ** 2).sum() / (ref ** 2).sum()
     assert out.shape == (n_tok, H, C)
     assert nmse < 1e-10 if type_k == "f32" else nmse < 1e-9, nmse
@@ -116,7 +103,7 @@ def test_split_merge_is_exact_and_thread_independent():
     finally:
         numba.set_num_threads(old)
     assert np.array_equal(a, b)
-    ref = _naive_latent(q, rows, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
+    ref = naive_latent(q, rows, R, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
     assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-10
 
 
