@@ -5,7 +5,7 @@ Usage: python bench/bench_kernels.py [--threads 2] [--types q4_0,q8_0,...] [--sh
 Weights are realistic blocks (gguf-quantized random normals, tiled). 'hot' repeats one matrix (it may sit
 in a big L3); 'cold' cycles through copies totalling --cold-mb so weights stream from DRAM as in generation.
 --crossover times the 'dot' and 'blas' paths against n_tok (to set BLAS_MIN_TOKENS in pyrt/ops/matmul.py).
---decode times only the dot path on cold weights at n_tok 1 and 4 for the legacy decode shapes of Gemma 3
+--decode times only the dot path on cold weights at n_tok 1 and 4 for the Q8_0-family decode shapes of Gemma 3
 270M and the llama bench model (or --cases type:n_outxn_in,...): ms per call and GB/s, median of --reps.
 """
 

@@ -2,8 +2,8 @@
 
 `memory`: RSS (file-backed and anonymous) and peak RSS through a long prompt and generation.
 `crossover`: time one ubatch of T tokens at depth N_KV with the absorbed FlashMLA path (-mla 1) and the
-decompressing path (-mla 2 takes it for T >= PP_MIN_TOKENS; forced here for every T), to pick
-pyrt.models.deepseek2.PP_MIN_TOKENS. `sweep`: sweep-bench rows (pyrt.bench.sweep) for pyrt -mla 3,
+decompressing path (-mla 2 takes it for T >= mla_decompress_min_tokens; forced here for every T), to pick
+pyrt.ops.paths.Paths.mla_decompress_min_tokens. `sweep`: sweep-bench rows (pyrt.bench.sweep) for pyrt -mla 3,
 optionally -mla 0, and llama.cpp on the same file. Usage: `python bench/bench_mla.py crossover|sweep|memory -m FILE`.
 """
 
@@ -25,11 +25,11 @@ def _load(path, mla, n_ctx, n_ubatch, threads, type_k="f16"):
 
 
 def crossover(a) -> int:
-    from pyrt.models import deepseek2
+    from pyrt.ops import paths
     from pyrt.runtime.context import Batch
     rng = np.random.default_rng(0)
     sizes = [int(s) for s in a.tokens.split(",")]
-    print(f"| N_KV | T | absorbed ms/tok | decompressed ms/tok | faster |")
+    print("| N_KV | T | absorbed ms/tok | decompressed ms/tok | faster |")
     print("|---|---|---|---|---|")
     llm = _load(a.model, 2, a.n_kv + max(sizes) + 16, max(sizes), a.threads)
     n_vocab = llm.n_vocab
@@ -37,24 +37,20 @@ def crossover(a) -> int:
     fill = rng.integers(0, n_vocab, a.n_kv).tolist()
     for s in range(0, a.n_kv, 512):
         llm.ctx.decode(Batch.from_tokens(fill[s:s + 512], pos0=s, logits="none"))
-    saved = deepseek2.PP_MIN_TOKENS
-    try:
-        for T in sizes:
-            toks = rng.integers(0, n_vocab, T).tolist()
-            res = {}
-            for name, thr in (("absorbed", 1 << 30), ("decompressed", 1)):
-                deepseek2.PP_MIN_TOKENS = thr
-                best = 1e9
+    for T in sizes:
+        toks = rng.integers(0, n_vocab, T).tolist()
+        res = {}
+        for name, thr in (("absorbed", 1 << 30), ("decompressed", 1)):
+            best = 1e9
+            with paths.using(mla_decompress_min_tokens=thr):
                 for _ in range(a.reps + 1):  # first run warms the kernels for this shape
                     llm.ctx.seq_rm(0, a.n_kv, -1)
                     t0 = time.perf_counter()
                     llm.ctx.decode(Batch.from_tokens(toks, pos0=a.n_kv, logits="last"))
                     best = min(best, time.perf_counter() - t0)
-                res[name] = best / T * 1e3
-            fast = min(res, key=res.get)
-            print(f"| {a.n_kv} | {T} | {res['absorbed']:.2f} | {res['decompressed']:.2f} | {fast} |", flush=True)
-    finally:
-        deepseek2.PP_MIN_TOKENS = saved
+            res[name] = best / T * 1e3
+        fast = min(res, key=res.get)
+        print(f"| {a.n_kv} | {T} | {res['absorbed']:.2f} | {res['decompressed']:.2f} | {fast} |", flush=True)
     return 0
 
 

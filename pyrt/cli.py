@@ -20,6 +20,7 @@ import time
 from . import __version__
 from .errors import InvalidArgumentError, ModelFileError, PyrtError
 from .formats.cache_types import CACHE_TYPE_NAMES
+from .ops import paths
 
 _T_START = time.perf_counter()  # the wall time of a command counts from here (imported first by `pyrt`)
 
@@ -553,6 +554,10 @@ def _run(argv, a_box: list) -> int:
         sys.stdout.flush()
         return 2
     _check_args(a)
+    try:
+        paths.current()  # PYRT_PATHS is checked with the command line, before anything loads
+    except InvalidArgumentError as e:
+        raise UsageError(str(e)) from None
     if a.command == "generate":
         rc = _cmd_generate(a)
     elif a.command == "info":

@@ -94,7 +94,7 @@ def test_registry_covers_every_kernel():
 def test_constants_match_the_cpu_kernels():
     """The device kernels take the CPU kernels' codes (pyrt._kernels.codes) and routing constants."""
     from pyrt._kernels import codes as fk
-    from pyrt._kernels import quants_legacy as ql
+    from pyrt._kernels import fused_moe as ql
     from pyrt._kernels.cuda import mla as cmla
     from pyrt._kernels.cuda import moe as cmoe
     assert (cmoe.GATING_SOFTMAX, cmoe.GATING_SIGMOID, cmoe.W_NORM_MIN) == (ql.GATING_SOFTMAX, ql.GATING_SIGMOID,

@@ -17,6 +17,7 @@ import pyrt
 from pyrt.errors import UnsupportedError
 from pyrt.runtime.context import Batch
 from pyrt.models import deepseek2
+from pyrt.ops import paths
 
 GOLDENS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "goldens_deepseek2")
 NMSE_MAX = {"F32": 1e-4, "F16": 1e-4}
@@ -132,24 +133,22 @@ def test_grouped_decode_paths_bit_identical(name, ds2_models, monkeypatch):
     """Decoding through the grouped kernels (one launch for all experts / all heads) gives exactly the
     logits of the per-expert and per-head matmul calls they replace."""
     from pyrt.ops import matmul as mm
-    from pyrt.ops import moe
     path, _ = ds2_models[name]
     ids = [5, 9, 14, 3]
-    monkeypatch.setattr(moe, "FUSED_DECODE", False)  # the grouped launches, not the fused MoE kernel
 
     def run():
         llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
         return np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
                                for i, t in enumerate(ids)])
-    grouped = run()
-    monkeypatch.setattr(moe, "ID_MAX_TOKENS", 0)
-    monkeypatch.setattr(mm, "dot_path", lambda ggml_type, n_tok: False)  # per-head loop in attention
-    np.testing.assert_array_equal(run(), grouped)
+    with paths.using(fused_moe_decode=False):  # the grouped launches, not the fused MoE kernel
+        grouped = run()
+        monkeypatch.setattr(mm, "dot_path", lambda ggml_type, n_tok: False)  # per-head loop in attention
+        with paths.using(moe_id_max_tokens=0):
+            np.testing.assert_array_equal(run(), grouped)
 
 
-def test_fused_moe_decode_matches_op_by_op(ds2_models, monkeypatch):
+def test_fused_moe_decode_matches_op_by_op(ds2_models):
     """Single-token decode through the fused MoE kernel gives the logits of the op-by-op MoE FFN."""
-    from pyrt.ops import moe
     path, _ = ds2_models["ds2-lite-kvb-q4_0"]
     ids = [5, 9, 14, 3, 7, 11]
 
@@ -159,8 +158,8 @@ def test_fused_moe_decode_matches_op_by_op(ds2_models, monkeypatch):
         return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
                                       for i, t in enumerate(ids)])
     on, a = run()
-    monkeypatch.setattr(moe, "FUSED_DECODE", False)
-    off, b = run()
+    with paths.using(fused_moe_decode=False):
+        off, b = run()
     assert all(on) and not any(off)
     assert _nmse(a, b) < 1e-10
 

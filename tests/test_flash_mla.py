@@ -124,7 +124,7 @@ def test_invisible_query_gets_zeros_and_bad_inputs_raise():
 
 
 def _q_rows(rng, n_rows, n_in, ggml_type):
-    """Random raw rows of a legacy quant (real f16 scales, random quants), read-only like mapped weights."""
+    """Random raw rows of a Q8_0/Q4_0/Q5_0 weight (real f16 scales, random quants), read-only like mapped weights."""
     from pyrt.formats.qtypes import get_qtype
     qt = get_qtype(ggml_type)
     nb = n_in // 32

@@ -11,6 +11,7 @@ from gguf.quants import quantize
 from pyrt.errors import InvalidArgumentError, UnsupportedError
 from pyrt.formats.qtypes import DOT_TYPES, get_qtype
 from pyrt.ops import matmul as mm
+from pyrt.ops import paths
 
 
 # NMSE of matmul(x, W_q) against x @ W (unquantized weights and activations), per type; measured
@@ -102,7 +103,7 @@ def test_blas_path_vs_reference_and_dot(t):
 @pytest.mark.boundscheck
 def test_dispatch_picks_paths_by_n_tok(monkeypatch):
     t = T.Q4_0
-    th = 40  # the table's value depends on the CPU (NEVER for legacy quants on AMD)
+    th = 40  # the table's value depends on the CPU (NEVER for the Q8_0-family blocks on AMD)
     monkeypatch.setitem(mm.BLAS_MIN_TOKENS, "Q4_0", th)
     w, x, raw = _case(t, n_tok=th)
     small = x[: th - 1].copy()
@@ -147,15 +148,15 @@ def test_dot_path_rows_independent_of_pairing(t):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.F16, T.BF16, T.F32, T.Q4_K])
-def test_thread_count_independent(t, monkeypatch):
-    monkeypatch.setattr(mm, "BLAS_TILE_BYTES", 16 * N_IN * 4)  # several BLAS tiles over the workers
+def test_thread_count_independent(t):
     _, x, raw = _case(t, n_tok=4, n_out=101)
     res = {}
     old = numba.get_num_threads()
     try:
         for n in (1, 2):
             numba.set_num_threads(n)
-            res[n] = (mm.matmul(x, raw, t, path="dot"), mm.matmul(x, raw, t, path="blas"))
+            with paths.using(blas_tile_bytes=16 * N_IN * 4):  # several BLAS tiles over the workers
+                res[n] = (mm.matmul(x, raw, t, path="dot"), mm.matmul(x, raw, t, path="blas"))
     finally:
         numba.set_num_threads(old)
     assert np.array_equal(res[1][0], res[2][0]) and np.array_equal(res[1][1], res[2][1])
@@ -261,7 +262,7 @@ def test_matmul_id_validation():
 def test_cache_blocked_gemm_any_blocking(t):
     """The prompt-path gemm gives the same bits for every row tile / token chunk size (odd row counts,
     chunks that do not divide the tokens, one token group per chunk) as one token at a time."""
-    from pyrt._kernels import quants_legacy as ql
+    from pyrt._kernels import matmul_q8_0 as ql
     kind = {T.Q8_0: ql.KIND_Q8_0, T.Q4_0: ql.KIND_Q4_0, T.Q5_0: ql.KIND_Q5_0}[t]
     _, x, raw = _case(t, n_tok=23, n_out=37)
     xq = mm._quantize_activations(x, get_qtype(t)).copy()
@@ -270,5 +271,5 @@ def test_cache_blocked_gemm_any_blocking(t):
     for tile_bytes, chunk_bytes in [(ql.TILE_BYTES, ql.CHUNK_BYTES), (1, 1), (3 * rb, 2 * tb), (5 * rb, 9 * tb),
                                     (100 * rb, 4 * tb)]:
         out = np.full((23, 37), np.nan, np.float32)
-        ql.matmul_q_legacy(out, raw, xq, kind, tile_bytes, chunk_bytes)
+        ql.matmul_q(out, raw, xq, kind, tile_bytes, chunk_bytes)
         assert np.array_equal(out, one), (tile_bytes, chunk_bytes)

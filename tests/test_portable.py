@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from gguf import GGMLQuantizationType as T, quants
-    from pyrt._kernels import simd, simd_legacy
+    from pyrt._kernels import simd, dots_q8_0
     from pyrt.formats.cache_types import CACHE_TYPES
     from pyrt.formats.qtypes import SUPPORTED_TYPES
     from pyrt.kv.cache import KVCache
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     n_in, n_out = 512, 24
     xf = rng.standard_normal((n_in * n_out,)).astype(np.float32).reshape(n_out, n_in)
     x = rng.standard_normal((5, n_in)).astype(np.float32)
-    out = {"features": np.array([simd.HAS_AVX2, simd.HAS_F16C, simd_legacy.DOT_MODE == "generic"])}
+    out = {"features": np.array([simd.HAS_AVX2, simd.HAS_F16C, dots_q8_0.DOT_MODE == "generic"])}
     for qt in SUPPORTED_TYPES.values():
         t = qt.ggml_type
         if qt.name == "F32":

@@ -12,7 +12,7 @@ import gguf
 from pyrt.errors import ContextOverflowError, StateError
 from pyrt.io.gguf_file import GGUFFile
 from pyrt.models import build_model
-from pyrt.runtime import context as ctxmod
+from pyrt.ops import paths
 from pyrt.runtime.context import Batch, Context, swa_cache_size
 
 N_SWA = 8
@@ -98,9 +98,10 @@ def model(gemma_tiny):
 
 
 @pytest.fixture
-def no_pad(monkeypatch):
+def no_pad():
     """Window caches of exactly min(n_ctx, n_swa * n_seq_max + n_ubatch) cells (llama.cpp pads to 256)."""
-    monkeypatch.setattr(ctxmod, "SWA_PAD", 1)
+    with paths.using(swa_pad=1):
+        yield
 
 
 def make(model, swa_full=False, n_ctx=256, n_ubatch=16, n_batch=64, n_seq_max=1, **kw):
@@ -142,7 +143,7 @@ def same_snapshot(a, b):
                                     for x, y in zip(a, b))
 
 
-def test_sizes_and_memory_report(model, monkeypatch):
+def test_sizes_and_memory_report(model):
     assert model.n_swa == N_SWA and model.is_swa == [True, False, True, False]
     ctx = make(model, n_ctx=512)
     assert ctx.cache_swa is not None and ctx.cache_swa.size == 256 == swa_cache_size(512, N_SWA, 1, 16)
@@ -159,9 +160,9 @@ def test_sizes_and_memory_report(model, monkeypatch):
     full = make(model, n_ctx=512, swa_full=True)
     assert full.cache_swa is None and full.cache.n_layer == 4
     assert full.cache.total_bytes() == 2 * ctx.cache.total_bytes()
-    monkeypatch.setattr(ctxmod, "SWA_PAD", 1)
     for n_seq_max, n_ubatch in ((1, 16), (3, 16), (2, 5)):
-        c = make(model, n_ctx=200, n_seq_max=n_seq_max, n_ubatch=n_ubatch)
+        with paths.using(swa_pad=1):
+            c = make(model, n_ctx=200, n_seq_max=n_seq_max, n_ubatch=n_ubatch)
         assert c.cache_swa.size == N_SWA * n_seq_max + n_ubatch
         assert c.cache_swa.total_bytes() * 200 == c.cache.total_bytes() * c.cache_swa.size
 

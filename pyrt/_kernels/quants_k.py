@@ -52,30 +52,26 @@ def _byte_ptr(context, builder, aryty, ary, off):
     return builder.gep(data, [off])
 
 
-def _maddubs(builder, a, b, simd):
-    """pmaddubsw: u8 a[32] x i8 b[32] -> i16[16], pairwise sums. Our operands never saturate (|sum| <= 2*63*127)."""
-    if simd:
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V16I16, [_V32I8, _V32I8]), "llvm.x86.avx2.pmadd.ub.sw"
-        )
-        return builder.call(fn, [a, b])
-    p = builder.mul(builder.zext(a, _V32I16), builder.sext(b, _V32I16))
-    ev = builder.shuffle_vector(p, p, _mask(range(0, 32, 2)))
-    od = builder.shuffle_vector(p, p, _mask(range(1, 32, 2)))
-    return builder.add(ev, od)
+def _make_madd(intrinsic, in_ty, out_ty, wide_ty, unsigned_a):
+    """An emitter of a pairwise multiply-add (out[i] = a[2i]*b[2i] + a[2i+1]*b[2i+1]): the AVX2 intrinsic when
+    simd, else the same sums in portable vector IR (a zero- or sign-extended, b sign-extended)."""
+    n = out_ty.count
+
+    def madd(builder, a, b, simd):
+        if simd:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(out_ty, [in_ty, in_ty]), intrinsic)
+            return builder.call(fn, [a, b])
+        p = builder.mul(builder.zext(a, wide_ty) if unsigned_a else builder.sext(a, wide_ty), builder.sext(b, wide_ty))
+        ev = builder.shuffle_vector(p, p, _mask(range(0, 2 * n, 2)))
+        od = builder.shuffle_vector(p, p, _mask(range(1, 2 * n, 2)))
+        return builder.add(ev, od)
+    return madd
 
 
-def _maddwd(builder, a, b, simd):
-    """pmaddwd: i16 a[16] x i16 b[16] -> i32[8], pairwise sums."""
-    if simd:
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V8I32, [_V16I16, _V16I16]), "llvm.x86.avx2.pmadd.wd"
-        )
-        return builder.call(fn, [a, b])
-    p = builder.mul(builder.sext(a, _V16I32), builder.sext(b, _V16I32))
-    ev = builder.shuffle_vector(p, p, _mask(range(0, 16, 2)))
-    od = builder.shuffle_vector(p, p, _mask(range(1, 16, 2)))
-    return builder.add(ev, od)
+# pmaddubsw: u8 a[32] x i8 b[32] -> i16[16]; our operands never saturate (|sum| <= 2*63*127)
+_maddubs = _make_madd("llvm.x86.avx2.pmadd.ub.sw", _V32I8, _V16I16, _V32I16, True)
+# pmaddwd: i16 a[16] x i16 b[16] -> i32[8]
+_maddwd = _make_madd("llvm.x86.avx2.pmadd.wd", _V16I16, _V8I32, _V16I32, False)
 
 
 def _bcast_f32(builder, f):

@@ -1,6 +1,6 @@
 """Numba intrinsics that emit LLVM vector IR: the target's features, IR helpers, software prefetch, float
-row dots, half/bfloat conversions and the f16 row dequantizer. The legacy quants' block dots and tiles are
-in simd_legacy.py, built on the helpers here.
+row dots, half/bfloat conversions and the f16 row dequantizer. The block dots and tiles of Q8_0/Q4_0/Q5_0 weights
+(Q8_0 activations) are in dots_q8_0.py, built on the helpers here.
 
 Leaf module (numba, llvmlite only); pointers are integer addresses the calling kernels keep in range.
 """

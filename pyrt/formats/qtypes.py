@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as _T
 
 from ..errors import InvalidArgumentError, UnsupportedError
 
-_LEGACY = "pyrt._kernels.quants_legacy"
+_Q8_0_FAMILY = "pyrt._kernels.matmul_q8_0"
 _KQUANT = "pyrt._kernels.quants_k"
 
 
@@ -30,7 +30,7 @@ class QType:
     block_size: int
     type_size: int
     dot_type: str | None
-    module: str = _LEGACY
+    module: str = _Q8_0_FAMILY
 
     @property
     def code(self) -> int:

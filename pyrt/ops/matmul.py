@@ -17,12 +17,13 @@ from ..backends import backend_of
 from ..backends.cpu import blas_pool, is_amd
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import DOT_TYPES, QType, get_qtype
+from . import paths
 
 # From this many tokens on, a weight tile is dequantized to f32 and multiplied with OpenBLAS
 # (np.matmul) instead of running the integer/half dot kernel: the crossover of the two paths per type and
 # CPU vendor, from `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the
 # MoE expert shapes 1408x2048 / 2048x1408); re-derive it when a dot kernel changes. On AMD (AVX-512 VNNI)
-# the legacy quants' 8-row x 8-token integer tiles stay ahead of dequantize + sgemm at every size, so
+# the Q8_0-family blocks' 8-row x 8-token integer tiles stay ahead of dequantize + sgemm at every size, so
 # they never take the BLAS path.
 NEVER = 1 << 62
 BLAS_MIN_TOKENS_INTEL = {
@@ -34,8 +35,6 @@ BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=N
 
 
 BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if is_amd() else BLAS_MIN_TOKENS_INTEL
-# Bytes of the f32 weight tile of the BLAS path (one per worker thread; stays in L2).
-BLAS_TILE_BYTES = 2 << 20
 
 _tls = threading.local()
 
@@ -171,7 +170,7 @@ def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_o
         raise InvalidArgumentError(f"matmul_id: out must be a writable C-contiguous float32 {(n_group, n_out)} array")
     if n_group == 0:
         return out
-    name, kind = ("matmul_id_k" if qt.dot_type == "Q8_K" else "matmul_id_legacy"), qt.code
+    name, kind = ("matmul_id_k" if qt.dot_type == "Q8_K" else "matmul_id_q"), qt.code
     kernel = _KERNEL_CACHE_ID.get(name)
     if kernel is None:
         import importlib
@@ -186,7 +185,7 @@ _KERNEL_CACHE_ID: dict[str, object] = {}
 
 def _rows_in_range(a: np.ndarray, lo: int, hi: int) -> bool:
     """lo <= a[i] <= hi for all i: one pass (decode validates ~100 small index arrays per token)."""
-    from .._kernels.quants_legacy import all_in_range
+    from .._kernels.matmul_q8_0 import all_in_range
     return bool(all_in_range(a, np.int64(lo), np.int64(hi)))
 
 
@@ -254,7 +253,7 @@ def _matmul_blas(out: np.ndarray, x: np.ndarray, raw: np.ndarray, qt: QType) -> 
 
     x = _activations_as_dotted(x, qt)
     n_out, n_in = raw.shape[0], x.shape[1]
-    tile = max(16, min(n_out, BLAS_TILE_BYTES // (4 * n_in)))
+    tile = max(16, min(n_out, paths.current().blas_tile_bytes // (4 * n_in)))
     deq = qt.kernel("dequant_rows")
 
     def run(r0):

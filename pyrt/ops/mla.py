@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .._kernels import flash_mla as fk
+from .._kernels import attention_mla as ak
+from .._kernels import fused_mla as fk
 from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.cache_types import CACHE_TYPES
@@ -115,7 +116,7 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
         return out
     q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, args[4].shape[0])
     k_, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq = args
-    fk.flash_attn_mla(out, q, k_, kind, int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale),
+    ak.flash_attn_mla(out, q, k_, kind, int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale),
                       q_tile, kv_tile, n_split)
     return out
 
@@ -130,7 +131,7 @@ _LEGACY_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0)}  # wei
 
 
 class MLADecode:
-    """One layer's W_UK / W_UV checked once, for flash_mla.mla_decode_legacy (absorbed attention of one token:
+    """One layer's W_UK / W_UV checked once, for fused_mla.mla_decode (absorbed attention of one token:
     q_nope . W_UK, FlashMLA, . W_UV in one call). `build` returns None unless both are Q8_0/Q4_0/Q5_0."""
 
     def __init__(self, k_b, kb_kind, v_b, v_row0, vb_kind, n_head, C, dn, dv):
@@ -164,8 +165,8 @@ class MLADecode:
             1, H, n_rot + self.C, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_rot)
         _, kv_tile, n_split = choose_tiles(1, H, kv_idx.shape[0])
         out = np.empty((H, self.dv), np.float32)
-        fk.mla_decode_legacy(out, q_nope, q_pe, self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind, k_,
-                             kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), kv_tile, n_split)
+        fk.mla_decode(out, q_nope, q_pe, self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind, k_,
+                      kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), kv_tile, n_split)
         return out
 
 
@@ -177,7 +178,7 @@ def _f32_vec(name: str, a, n: int) -> np.ndarray:
 
 class MLABlockDecode:
     """One deepseek2 layer's attention block for a decoded token, checked once at load, for
-    flash_mla.mla_block_decode_legacy: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
+    fused_mla.mla_block_decode: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
 
     `build` returns None unless every projection (q or q_a/q_b, kv_a, attn_output) is Q8_0/Q4_0/Q5_0 without a
     bias and the absorbed attention has an MLADecode; those layers run op by op. Per ubatch, `slot` checks
@@ -250,11 +251,11 @@ class MLABlockDecode:
                 or not k.flags.writeable):
             raise InvalidArgumentError("mla block: the layer's cache rows differ from the slot's")
         d = self.decode
-        fk.mla_block_decode_legacy(x, self.attn_norm, self.eps, self.wq, self.q_kind, self.wkv, self.kv_kind,
-                                   self.wqb, self.qb_kind, self.q_a_norm, self.kv_a_norm, cos, sin, d.k_b,
-                                   d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, type_k), kind, cell,
-                                   cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split, self.wo,
-                                   self.wo_kind, d.dn, d.dv)
+        fk.mla_block_decode(x, self.attn_norm, self.eps, self.wq, self.q_kind, self.wkv, self.kv_kind,
+                            self.wqb, self.qb_kind, self.q_a_norm, self.kv_a_norm, cos, sin, d.k_b,
+                            d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, type_k), kind, cell,
+                            cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split, self.wo,
+                            self.wo_kind, d.dn, d.dv)
 
 
 def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.ndarray:

@@ -12,25 +12,18 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .._kernels import quants_legacy as ql
+from .._kernels import fused_moe as fm
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import basic
 from . import matmul as mm
+from . import paths
 from ..backends import backend_of
 from .mla import _DeviceRows, _wrap, is_device_array
 
-# Up to this many tokens, every (token, expert) pair is one group of a single grouped-matmul launch per
-# weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call, which
-# reads that expert's rows once for all of them.
-ID_MAX_TOKENS = 1
+GATING_SOFTMAX = fm.GATING_SOFTMAX
+GATING_SIGMOID = fm.GATING_SIGMOID
 
-GATING_SOFTMAX = ql.GATING_SOFTMAX
-GATING_SIGMOID = ql.GATING_SIGMOID
-
-# Single-token MoE layers run as one fused kernel call (router to weighted sum, shared experts included)
-# when the weights allow it (MoEDecode.build); False runs them op by op (tests and A/B benchmarks).
-FUSED_DECODE = True
 _FUSED_KINDS = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0, T.F32)}  # weights the fused kernel dots
 
 
@@ -64,7 +57,7 @@ def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.n
     selected = np.argsort(-sel_probs, axis=1, kind="stable")[:, :n_expert_used].astype(np.int32)
     weights = np.take_along_axis(probs, selected, axis=1).astype(np.float32)
     if norm_w:
-        s = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(ql.W_NORM_MIN))
+        s = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(fm.W_NORM_MIN))
         weights = (weights / s).astype(np.float32)
     if w_scale != 0.0 and w_scale != 1.0:
         weights = (weights * np.float32(w_scale)).astype(np.float32)
@@ -88,7 +81,7 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
         return _wrap(b, moe_ffn_device(x.a, selected.a, weights.a, *dw, n_ff_exp))
     n_tok, n_embd = x.shape
     n_used = selected.shape[1]
-    if n_tok <= ID_MAX_TOKENS:
+    if n_tok <= paths.current().moe_id_max_tokens:
         return _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp, gate_up)
     ys = np.zeros((n_used, n_tok, n_embd), dtype=np.float32)  # [n_used, n_tok, n_embd] per selection slot
     flat = selected.reshape(-1)
@@ -140,7 +133,7 @@ def _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp, g
 
 
 class MoEDecode:
-    """One MoE layer's weights checked once, for quants_legacy.moe_ffn_decode_legacy (one token per call).
+    """One MoE layer's weights checked once, for fused_moe.moe_ffn_decode (one token per call).
 
     `build` returns None when the layer does not fit the fused kernel (expert or shared-expert weights
     not Q8_0/Q4_0/Q5_0, router not one of those or F32, gate and up of different types); those layers
@@ -162,7 +155,7 @@ class MoEDecode:
         """gate_inp, gate/up/down_exps: weights (.raw [rows, row_bytes] uint8, .ggml_type), the experts'
         rows stacked; shexp: the shared experts' (gate, up, down) weights or None; exp_probs_b: [n_expert]
         f32 or None. Raises InvalidArgumentError when the tensors disagree in shape."""
-        if not FUSED_DECODE or gating not in (GATING_SOFTMAX, GATING_SIGMOID):
+        if not paths.current().fused_moe_decode or gating not in (GATING_SOFTMAX, GATING_SIGMOID):
             return None
         types = [int(gate_exps.ggml_type), int(down_exps.ggml_type)]
         types += [int(shexp[0].ggml_type), int(shexp[2].ggml_type)] if shexp else [int(T.Q8_0)] * 2
@@ -207,9 +200,9 @@ class MoEDecode:
                 or not x.flags.c_contiguous):
             raise InvalidArgumentError(f"moe: x must be a C-contiguous float32 [1, {self.n_embd}] array")
         y = np.empty((1, self.n_embd), np.float32)
-        ql.moe_ffn_decode_legacy(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps,
-                                 self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp,
-                                 self.kinds, self.gating, self.norm_w, self.w_scale)
+        fm.moe_ffn_decode(y[0], self.sel, self.wsel, x[0], self.gate_inp, self.probs_b, self.gate_exps,
+                          self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp, self.down_shexp,
+                          self.kinds, self.gating, self.norm_w, self.w_scale)
         return y
 
     def block(self, x: np.ndarray, ffn_norm: np.ndarray, eps: float) -> None:
@@ -220,9 +213,9 @@ class MoEDecode:
         if (not isinstance(ffn_norm, np.ndarray) or ffn_norm.dtype != np.float32 or ffn_norm.shape != (self.n_embd,)
                 or not ffn_norm.flags.c_contiguous):
             raise InvalidArgumentError(f"moe: ffn_norm must be a C-contiguous float32 [{self.n_embd}] array")
-        ql.moe_block_decode_legacy(x, ffn_norm, float(eps), self.sel, self.wsel, self.gate_inp, self.probs_b,
-                                   self.gate_exps, self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp,
-                                   self.down_shexp, self.kinds, self.gating, self.norm_w, self.w_scale)
+        fm.moe_block_decode(x, ffn_norm, float(eps), self.sel, self.wsel, self.gate_inp, self.probs_b,
+                            self.gate_exps, self.up_exps, self.down_exps, self.gate_shexp, self.up_shexp,
+                            self.down_shexp, self.kinds, self.gating, self.norm_w, self.w_scale)
 
 
 # ------------------------------------------------------------------------------------------------ the device

@@ -26,6 +26,7 @@ from ..backends import check_device, get_backend, to_host
 from ..kv.cache import KVCache
 from ..kv.cells import Cells
 from ..models.base import ForwardInputs, MLAView, Model
+from ..ops import paths
 from ..ops.attention import attention, scan_order
 
 CACHE_TYPES = CACHE_TYPE_NAMES
@@ -178,7 +179,7 @@ class Context:
 
     `cache` holds the full-attention layers (all layers for models without sliding windows). For a
     model with sliding-window layers (Gemma 3), unless swa_full, those layers get their own smaller
-    `cache_swa` of min(n_ctx, n_swa * n_seq_max + n_ubatch) cells (padded to SWA_PAD, as llama.cpp's
+    `cache_swa` of min(n_ctx, n_swa * n_seq_max + n_ubatch) cells (padded to ops.paths' swa_pad, as llama.cpp's
     iSWA cache): cells that no current or future query can see are reused, so only the window stays.
     """
 
@@ -565,12 +566,9 @@ class Context:
             f"    SWA KV cache: {self.cache_swa.size_report_mainline()} (window {self.n_swa})"])
 
 
-SWA_PAD = 256  # llama.cpp pads the window cache to 256 cells
-
-
 def swa_cache_size(n_ctx: int, n_swa: int, n_seq_max: int = 1, n_ubatch: int = 512, pad: int | None = None) -> int:
     """Cells of the sliding-window cache (llama_kv_cache_iswa): min(n_ctx, n_swa * n_seq_max + n_ubatch)
-    rounded up to `pad` (SWA_PAD), and never more than n_ctx."""
-    pad = SWA_PAD if pad is None else int(pad)
+    rounded up to `pad` (ops.paths' swa_pad, 256 as llama.cpp), and never more than n_ctx."""
+    pad = paths.current().swa_pad if pad is None else int(pad)
     n = min(int(n_ctx), int(n_swa) * int(n_seq_max) + int(n_ubatch))
     return min(int(n_ctx), -(-n // pad) * pad)

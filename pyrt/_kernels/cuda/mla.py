@@ -3,7 +3,7 @@
 Leaf kernel module (numpy, numba.cuda and sibling kernel modules only). Every query head attends to the same
 cache row [k_pe (n_rot) | c_kv (kv_lora_rank)] and V is the c_kv part of that row, so a block dequantizes a tile
 of rows once into shared memory and serves the scores and the value sums of a group of heads from it. Masks
-come from cell positions and sequence bitsets as in pyrt._kernels.flash_mla; reductions go through shared memory
+come from cell positions and sequence bitsets as in pyrt._kernels.attention_mla; reductions go through shared memory
 (no warp shuffles, so the kernels run in the CUDA simulator). Shapes are numpy row-major.
 """
 
@@ -18,7 +18,7 @@ from .yarn import yarn_cos_sin
 
 _bf16_bits_to_f32 = device.bf16_bits_to_f32
 
-# cache storage kinds (the values of pyrt._kernels.flash_mla)
+# cache storage kinds (pyrt._kernels.codes)
 # the cache row views per kind: F32 ka float32 rows; F16 ka float16 rows; BF16 ka uint16 bits; Q8_0 ka the
 # row bytes as float16 (d of block b at ka[c, 17 b]), kb the same bytes as int8
 KIND_F32, KIND_F16, KIND_BF16, KIND_Q8_0 = codes.F32, codes.F16, codes.BF16, codes.Q8_0

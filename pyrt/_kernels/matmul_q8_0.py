@@ -1,29 +1,29 @@
-"""Kernels for the float and legacy block formats: F32, F16, BF16, Q8_0, Q4_0, Q5_0.
+"""Kernels for the formats whose activations are Q8_0 or f32: Q8_0, Q4_0, Q5_0 (ggml's 32-value type-0
+blocks) and F32, F16, BF16.
 
 Row dequantizers (bit-exact with gguf.quants.dequantize), the Q8_0 activation quantizer and the
-matmuls over raw GGUF weight bytes. Leaf module: numpy, numba and sibling kernel modules only.
+matmuls over raw GGUF weight bytes (the block dots are in dots_q8_0.py; the k-quants, whose activations
+are Q8_K, in quants_k.py). Leaf module: numpy, numba and sibling kernel modules only.
 Shapes are numpy (row-major) order. Weights are uint8 [n_out, row_bytes] rows straight from the mmap.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .act import _swiglu_row
 from . import codes
 from .config import FASTMATH
-from .norm import _rms_row
-from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f16_to_f32, f32_to_f16, prefetch
-from .simd_legacy import AUX_BYTES, AUX_WORDS, NT, Q8_0_VNNI_BIAS, ROWS
-from .simd_legacy import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
-from .simd_legacy import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
-from .simd_legacy import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
+from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f16_to_f32, f32_to_f16
+from .dots_q8_0 import AUX_BYTES, AUX_WORDS, NT, Q8_0_VNNI_BIAS, ROWS
+from .dots_q8_0 import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
+from .dots_q8_0 import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
+from .dots_q8_0 import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
 
-QK = 32               # elements per legacy block
+QK = 32               # elements per block
 Q8_0_BYTES = 34       # f16 d + int8 qs[32]
 Q4_0_BYTES = 18       # f16 d + u8 qs[16]
 Q5_0_BYTES = 22       # f16 d + u32 qh + u8 qs[16]
 ROW_TILE = 16         # output rows per parallel work item of the one-token matmuls (a multiple of ROWS)
-# weight kinds of the kernels that take one (matmul_q_legacy, matmul_id_legacy, the fused MoE decode)
+# weight kinds of the kernels that take one (matmul_q, matmul_id_q, the fused MoE decode)
 KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 = codes.Q8_0, codes.Q4_0, codes.Q5_0
 KIND_F16, KIND_BF16, KIND_F32 = codes.F16, codes.BF16, codes.F32
 
@@ -137,12 +137,12 @@ def _quantize_blocks_q8_0(out, x, b0, b1):
 # ------------------------------------------------------------------------------ matmuls
 # dst[t, r] = dot(w[r], x[t]). Parallel over tiles of output rows; each weight row is read from
 # memory once and then reused from the caches for every token. Every output is one fixed-order dot,
-# so the result does not depend on the thread count (nor, for the legacy quants, on the batching).
+# so the result does not depend on the thread count (nor, for the block formats, on the batching).
 
 
 @njit(cache=True, nogil=True)
 def x_aux_q8_0(dst, xq, bias):
-    """Per activation block, the words the block dots read besides the quants (simd_legacy.AUX_WORDS).
+    """Per activation block, the words the block dots read besides the quants (dots_q8_0.AUX_WORDS).
 
     dst[t, b, 0] = -bias * sum(qs): the bias term of weights stored as q + bias, which does not depend
     on the weight row; dst[t, b, 1] = dx as f32 bits.
@@ -200,9 +200,9 @@ def _pad_out(n_it):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
+def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
     """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind: KIND_*) and Q8_0 activations:
-    per block the exact isum(qw*qx), times dw*dx, accumulated in f32 (simd_legacy's block dots).
+    per block the exact isum(qw*qx), times dw*dx, accumulated in f32 (dots_q8_0's block dots).
 
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
@@ -253,7 +253,7 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
                         n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
                         x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
                         d0, ds0 = dp + (t * n_out + r) * 4, np.int64(n_out)
-                    _tile_legacy(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
+                    _tile_q(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
                     if t == t_pad:
                         for i in range(m):
                             for j in range(ROWS):
@@ -263,12 +263,12 @@ def matmul_q_legacy(dst, w, xq, kind, tile_bytes, chunk_bytes):
                 r += ROWS
             if r < r1:  # the last rows of the matrix, one by one
                 for t in range(t0, t1):
-                    _rows_q_legacy(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
+                    _rows_q(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
     _keep_alive(xq_pad, xc_pad, out_pad)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _tile_legacy(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
+def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
     """ROWS rows x n tokens (NT, 4 or 1) of kind KIND_Q8_0/Q4_0/Q5_0 (simd gemm_*, gemm4_*, rows8_*)."""
     if kind == KIND_Q4_0:
         if n == NT:
@@ -295,20 +295,20 @@ def _tile_legacy(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
 
 @njit(cache=True, nogil=True)
 def matmul_q8_0(dst, w, xq):
-    """Q8_0 weights x Q8_0 activations (matmul_q_legacy)."""
-    matmul_q_legacy(dst, w, xq, KIND_Q8_0, TILE_BYTES, CHUNK_BYTES)
+    """Q8_0 weights x Q8_0 activations (matmul_q)."""
+    matmul_q(dst, w, xq, KIND_Q8_0, TILE_BYTES, CHUNK_BYTES)
 
 
 @njit(cache=True, nogil=True)
 def matmul_q4_0(dst, w, xq):
-    """Q4_0 weights x Q8_0 activations (matmul_q_legacy)."""
-    matmul_q_legacy(dst, w, xq, KIND_Q4_0, TILE_BYTES, CHUNK_BYTES)
+    """Q4_0 weights x Q8_0 activations (matmul_q)."""
+    matmul_q(dst, w, xq, KIND_Q4_0, TILE_BYTES, CHUNK_BYTES)
 
 
 @njit(cache=True, nogil=True)
 def matmul_q5_0(dst, w, xq):
-    """Q5_0 weights x Q8_0 activations (matmul_q_legacy)."""
-    matmul_q_legacy(dst, w, xq, KIND_Q5_0, TILE_BYTES, CHUNK_BYTES)
+    """Q5_0 weights x Q8_0 activations (matmul_q)."""
+    matmul_q(dst, w, xq, KIND_Q5_0, TILE_BYTES, CHUNK_BYTES)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -371,8 +371,8 @@ def all_in_range(a, lo, hi):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
-    """dst[g, r] = dot(w[w_row0[g] + r], xq[x_row[g]]) for the float and legacy formats (kind: KIND_*).
+def matmul_id_q(dst, w, xq, w_row0, x_row, kind):
+    """dst[g, r] = dot(w[w_row0[g] + r], xq[x_row[g]]) for the float and Q8_0-family formats (kind: KIND_*).
 
     dst: [n_group, n_out] f32; w: [n_rows, row_bytes] uint8; xq: [n_x, ...] the dot-type activations
     (Q8_0 bytes, f16/bf16 bits or f32); w_row0, x_row: [n_group] int64, validated by ops.matmul.
@@ -400,7 +400,7 @@ def matmul_id_legacy(dst, w, xq, w_row0, x_row, kind):
         wg = wp + w_row0[g] * ws
         xg = xp + x_row[g] * xs
         if _is_block_q(kind):
-            _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp0 + x_row[g] * cs, nb, dst[g], pf)
+            _rows_q(kind, wg, ws, r0, r1, xg, cp0 + x_row[g] * cs, nb, dst[g], pf)
         else:
             for rr in range(r0, r1):
                 dst[g, rr] = _dot_float(kind, wg + rr * ws, xg, nb)
@@ -414,12 +414,12 @@ def _is_block_q(kind):
 
 @njit(cache=True, nogil=True)
 def _q_bias(kind):
-    """The offset stored in a legacy quant's values (x_aux_q8_0's bias): Q8_0 (VNNI unsigned trick), Q4_0, Q5_0."""
+    """The offset stored in a block's values (x_aux_q8_0's bias): Q8_0 (VNNI unsigned trick), Q4_0, Q5_0."""
     return np.int32(Q8_0_VNNI_BIAS) if kind == KIND_Q8_0 else (np.int32(8) if kind == KIND_Q4_0 else np.int32(16))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
+def _rows_q(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
     """dst[r] = dot(row r of the weight block at wg, the Q8_0 activation row at xg) for r in [r0, r1).
 
     kind: KIND_Q8_0/Q4_0/Q5_0; wg: address of the block's row 0, ws its row stride; xg, cp: addresses of
@@ -429,7 +429,7 @@ def _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
     dp = np.int64(dst.ctypes.data)
     r = r0
     while r + ROWS <= r1:
-        _tile_legacy(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nb, dp + r * 4, 0, pf)
+        _tile_q(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nb, dp + r * 4, 0, pf)
         r += ROWS
     while r < r1:
         if kind == KIND_Q4_0:
@@ -439,265 +439,3 @@ def _rows_q_legacy(kind, wg, ws, r0, r1, xg, cp, nb, dst, pf):
         else:
             dst[r] = dot_q5_0_q8_0(wg + r * ws, xg, cp, nb, pf)
         r += 1
-
-
-# ---------------------------------------------------------------------- fused MoE decode
-# One decoded token's whole MoE FFN in one call (three parallel regions, no Python in between): router
-# logits, gating and top-k, the selected experts' gate/up rows together with the shared experts', SwiGLU
-# and requantization, the down rows, the weighted sum. Same arithmetic as ops.moe.route + moe_ffn + the
-# shared-expert FFN run op by op.
-
-GATING_SOFTMAX = 1   # ops.moe's gating ids
-GATING_SIGMOID = 2
-W_NORM_MIN = 6.103515625e-5  # ggml clamps the sum of the selected weights at 2^-14
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale):
-    """Gating probabilities, top-k by probs + bias (ties: lower expert id), weights as ops.moe.route.
-
-    sel: [n_used] int32 out; wsel: [n_used] f32 out; probs: [n_expert] f32 scratch; logits, probs_b: [n_expert] f32.
-    """
-    n_expert = logits.shape[0]
-    if gating == GATING_SOFTMAX:
-        mx = logits[0]
-        for e in range(1, n_expert):
-            mx = max(mx, logits[e])
-        s = 0.0  # f64 sum, as ggml's soft_max
-        for e in range(n_expert):
-            v = np.exp(logits[e] - mx)
-            probs[e] = v
-            s += v
-        inv = np.float32(1.0 / s)
-        for e in range(n_expert):
-            probs[e] = probs[e] * inv
-    else:
-        for e in range(n_expert):
-            probs[e] = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits[e]))
-    taken = np.zeros(n_expert, np.bool_)
-    for k in range(sel.shape[0]):
-        best = -1
-        bv = np.float32(0.0)
-        for e in range(n_expert):
-            v = probs[e] + probs_b[e]
-            if not taken[e] and (best < 0 or v > bv):
-                best, bv = e, v
-        taken[best] = True
-        sel[k] = best
-        wsel[k] = probs[best]
-    if norm_w:
-        s32 = np.float32(0.0)
-        for k in range(sel.shape[0]):
-            s32 += wsel[k]
-        s32 = max(s32, np.float32(W_NORM_MIN))
-        for k in range(sel.shape[0]):
-            wsel[k] = wsel[k] / s32
-    if w_scale != 0.0 and w_scale != 1.0:
-        for k in range(sel.shape[0]):
-            wsel[k] = wsel[k] * np.float32(w_scale)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _tile_rows(base, row_bytes):
-    """Rows of a tile of row_bytes-byte rows: ROW_TILE rows' worth of base-byte rows, a multiple of ROWS."""
-    return max(ROWS, (ROW_TILE * base + row_bytes // 2) // row_bytes // ROWS * ROWS)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _tile_table(rows, row_bytes):
-    """(group, first row, end row) of the tiles of groups of rows[g] rows of row_bytes[g] bytes each.
-
-    A tile holds ROW_TILE rows of the narrowest group and about as many bytes in the others, so that the
-    parallel loop's equal split of tiles between threads is an equal split of the weight bytes.
-    rows, row_bytes: [n_group] int64.
-    """
-    base = row_bytes[0]
-    for g in range(rows.shape[0]):
-        base = min(base, row_bytes[g])
-    n = 0
-    for g in range(rows.shape[0]):
-        rpt = _tile_rows(base, row_bytes[g])
-        n += (rows[g] + rpt - 1) // rpt
-    tg = np.empty(n, np.int64)
-    tr = np.empty(n, np.int64)
-    te = np.empty(n, np.int64)
-    i = 0
-    for g in range(rows.shape[0]):
-        rpt = _tile_rows(base, row_bytes[g])
-        for r0 in range(0, rows[g], rpt):
-            tg[i] = g
-            tr[i] = r0
-            te[i] = min(r0 + rpt, rows[g])
-            i += 1
-    return tg, tr, te
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _prefetch_start(addr, pf):
-    """Prefetch of the first pf bytes at addr: the start of the next weight group a tile loop reaches (the
-    dots prefetch pf ahead along their own rows, so nothing else asks for a group's first lines before
-    its first tile does)."""
-    for o in range(0, pf, 64):
-        prefetch(addr + o)
-
-
-FFN_TILE = QK  # hidden rows per work item of the fused gate/up: one Q8_0 block of the hidden row (~74 KB of Q4_0 weights at 2048 columns)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _gate_up_tile(kind, wg, wu, ws, r0, r1, xg, cp, nbx, g, u, hq, hc, bias, pf):
-    """Hidden rows [r0, r1) of one gate/up pair, all the way to the down projection's input.
-
-    g[r] = gate row r . x and u[r] = up row r . x (8-row tiles of each in turn, so that both weight streams
-    run ahead under their prefetches), then g[r0:r1] = silu(g) * u, quantized to the Q8_0 blocks
-    r0/QK..r1/QK of hq with their aux words in hc (bias: the down weights' kind's). The same arithmetic as
-    the row matmuls, SwiGLU and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each block depends on
-    its own 32 values only. wg, wu: addresses of row 0 of the gate and up weights, ws their row stride;
-    xg, cp: the Q8_0 input row and its aux words, nbx blocks; g, u: [n_ff] f32; hq: [nbf*34] uint8;
-    hc: [nbf, 2] int32; r0, r1: multiples of QK (and of ROWS).
-    """
-    gp = np.int64(g.ctypes.data)
-    up = np.int64(u.ctypes.data)
-    for r in range(r0, r1, ROWS):
-        _tile_legacy(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nbx, gp + r * 4, 0, pf)
-        _tile_legacy(kind, 1, wu + r * ws, ws, xg, 0, cp, 0, nbx, up + r * 4, 0, pf)
-    _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1])
-    _quantize_blocks_q8_0(hq, g, r0 // QK, r1 // QK)
-    _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def moe_ffn_decode_legacy(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_exps,
-                          gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
-    """One token's MoE FFN: y = sum_k wsel[k] * down_e(silu(gate_e(x)) * up_e(x)) (+ the shared experts' FFN).
-
-    y: [n_embd] f32 out; sel: [n_used] int32 out (experts, best first); wsel: [n_used] f32 out (their
-    weights); x: [n_embd] f32 (the ffn_norm output); gate_inp: [n_expert, rb_r] uint8 (router rows);
-    probs_b: [n_expert] f32 selection bias (zeros for none); gate_exps, up_exps: [n_expert*n_ff_exp, rb]
-    uint8; down_exps: [n_expert*n_embd, rb_ff] uint8; gate_shexp, up_shexp: [n_ff_sh, rb] uint8 and
-    down_shexp: [n_embd, rb_sh] uint8, or 0 rows for no shared experts; kinds: [5] int64 KIND_Q8_0/Q4_0/Q5_0
-    of (gate/up exps, down exps, gate/up shexp, down shexp), then the router's (one of those or KIND_F32).
-    Shapes are validated by ops.moe (n_ff_exp and n_ff_sh multiples of QK).
-
-    Three parallel regions: (1) the router rows and the shared experts' gate/up (which need no routing),
-    (2) after top-k, the selected experts' gate/up, (3) every down row; SwiGLU and the requantization of
-    the hidden rows run inside the gate/up work items (_gate_up_tile), and each region's work items carry
-    about the same number of weight bytes.
-    """
-    n_embd = x.shape[0]
-    n_expert = gate_inp.shape[0]
-    n_used = sel.shape[0]
-    n_ff = gate_exps.shape[0] // n_expert
-    n_sh = gate_shexp.shape[0]
-    n_dn = n_used + (1 if n_sh > 0 else 0)
-    pf = np.int64(PREFETCH_BYTES)
-    # x as Q8_0 once, with the aux words for the experts', the shared experts' and the router's kinds
-    nbx = n_embd // QK
-    xq = np.empty((1, nbx * Q8_0_BYTES), np.uint8)           # [1, nbx*34] block_q8_0
-    quantize_rows_q8_0(xq, x.reshape(1, n_embd))
-    xc = np.empty((3, nbx, AUX_WORDS), np.int32)              # [3, nbx, 2] aux (exps, shexp, router)
-    x_aux_q8_0(xc[0:1], xq, _q_bias(kinds[0]))
-    x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
-    if _is_block_q(kinds[4]):
-        x_aux_q8_0(xc[2:3], xq, _q_bias(kinds[4]))
-    # (raw addresses are taken where they are used: Numba frees an array after the last use of its name, so an
-    # address kept in an int while the array is otherwise dead points at memory that later arrays reuse)
-    # hidden rows: f32 gate (then silu(gate)*up in place) and up, and the Q8_0 input of the down rows
-    nbf, nbs = n_ff // QK, n_sh // QK
-    hg = np.empty((n_used, n_ff), np.float32)                 # [n_used, n_ff] f32
-    hu = np.empty((n_used, n_ff), np.float32)
-    hq = np.empty((n_used, nbf * Q8_0_BYTES), np.uint8)       # [n_used, nbf*34] block_q8_0
-    hc = np.empty((n_used, nbf, AUX_WORDS), np.int32)         # [n_used, nbf, 2] aux of the down kind
-    sg = np.empty(n_sh, np.float32)                           # [n_sh] f32: the shared experts' hidden
-    su = np.empty(n_sh, np.float32)
-    sq = np.empty(max(nbs, 1) * Q8_0_BYTES, np.uint8)         # [nbs*34]
-    sc = np.empty((max(nbs, 1), AUX_WORDS), np.int32)
-    # (1) router logits (as the router's own matmul would give them) and the shared experts' gate/up
-    logits = np.empty(n_expert, np.float32)                   # [n_expert] f32
-    gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
-    n_rt = (n_expert + ROWS - 1) // ROWS
-    for it in prange(n_rt + (n_sh + FFN_TILE - 1) // FFN_TILE):
-        if it < n_rt:
-            e0 = ROWS * it
-            if _is_block_q(kinds[4]):
-                _rows_q_legacy(kinds[4], gp, gs, e0, min(e0 + ROWS, n_expert), np.int64(xq.ctypes.data),
-                               np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), logits, pf)
-            else:
-                for e in range(e0, min(e0 + ROWS, n_expert)):
-                    logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
-        else:
-            r0 = (it - n_rt) * FFN_TILE
-            _gate_up_tile(kinds[2], np.int64(gate_shexp.ctypes.data), np.int64(up_shexp.ctypes.data),
-                          np.int64(gate_shexp.strides[0]), r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
-                          np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), sg, su, sq, sc,
-                          _q_bias(kinds[3]), pf)
-    probs = np.empty(n_expert, np.float32)
-    _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
-    # (2) the selected experts' gate/up, FFN_TILE hidden rows a work item
-    ws = np.int64(gate_exps.strides[0])
-    e_g = np.empty(n_used, np.int64)
-    e_u = np.empty(n_used, np.int64)
-    for k in range(n_used):
-        e_g[k] = np.int64(gate_exps.ctypes.data) + np.int64(sel[k]) * n_ff * ws
-        e_u[k] = np.int64(up_exps.ctypes.data) + np.int64(sel[k]) * n_ff * ws
-    per = (n_ff + FFN_TILE - 1) // FFN_TILE
-    bias_dn = _q_bias(kinds[1])
-    for it in prange(n_used * per):
-        ke = it // per
-        h0 = (it - ke * per) * FFN_TILE
-        if h0 + FFN_TILE >= n_ff and ke + 1 < n_used:  # the next expert's first lines: nothing else asks for them yet
-            _prefetch_start(e_g[ke + 1], pf)
-            _prefetch_start(e_u[ke + 1], pf)
-        _gate_up_tile(kinds[0], e_g[ke], e_u[ke], ws, h0, min(h0 + FFN_TILE, n_ff), np.int64(xq.ctypes.data),
-                      np.int64(xc.ctypes.data), np.int64(nbx), hg[ke], hu[ke], hq[ke], hc[ke], bias_dn, pf)
-    # (3) down: the experts' rows and the shared experts' rows in one region
-    dn = np.empty((n_dn, n_embd), np.float32)                # [n_dn, n_embd] f32
-    d_w = np.empty(n_dn, np.int64)
-    d_rows = np.full(n_dn, n_embd, np.int64)
-    d_s = np.empty(n_dn, np.int64)
-    for k in range(n_used):
-        d_w[k] = np.int64(down_exps.ctypes.data) + np.int64(sel[k]) * n_embd * np.int64(down_exps.strides[0])
-        d_s[k] = np.int64(down_exps.strides[0])
-    if n_sh > 0:
-        d_w[n_used] = np.int64(down_shexp.ctypes.data)
-        d_s[n_used] = np.int64(down_shexp.strides[0])
-    tg2, tr2, te2 = _tile_table(d_rows, d_s)
-    for it in prange(tg2.shape[0]):
-        k = tg2[it]
-        if it + 1 < tg2.shape[0] and tg2[it + 1] != k:
-            _prefetch_start(d_w[tg2[it + 1]], pf)
-        r0 = tr2[it]
-        r1 = te2[it]
-        if k < n_used:
-            _rows_q_legacy(kinds[1], d_w[k], np.int64(down_exps.strides[0]), r0, r1,
-                           np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
-                           np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), dn[k], pf)
-        else:
-            _rows_q_legacy(kinds[3], d_w[k], np.int64(down_shexp.strides[0]), r0, r1, np.int64(sq.ctypes.data),
-                           np.int64(sc.ctypes.data), np.int64(nbs), dn[k], pf)
-    # weighted sum in slot order, then the shared experts (as ggml adds them)
-    for i in range(n_embd):
-        acc = dn[0, i] * wsel[0]
-        for k in range(1, n_used):
-            acc += dn[k, i] * wsel[k]
-        if n_sh > 0:
-            acc += dn[n_used, i]
-        y[i] = acc
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def moe_block_decode_legacy(x, ffn_norm, eps, sel, wsel, gate_inp, probs_b, gate_exps, up_exps, down_exps,
-                            gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
-    """x += moe_ffn_decode_legacy(rmsnorm(x) * ffn_norm): a decoded token's whole FFN block.
-
-    x: [n_embd] f32 in/out (the residual stream); ffn_norm: [n_embd] f32; eps: the RMSNorm epsilon;
-    the other arguments as moe_ffn_decode_legacy.
-    """
-    n_embd = x.shape[0]
-    h = np.empty(n_embd, np.float32)
-    _rms_row(h, x, ffn_norm, eps)
-    y = np.empty(n_embd, np.float32)
-    moe_ffn_decode_legacy(y, sel, wsel, h, gate_inp, probs_b, gate_exps, up_exps, down_exps, gate_shexp, up_shexp,
-                          down_shexp, kinds, gating, norm_w, w_scale)
-    for i in range(n_embd):
-        x[i] += y[i]

@@ -1,5 +1,5 @@
-"""Numba intrinsics for the legacy quants (Q8_0, Q4_0, Q5_0): block unpackers, the integer block dots and
-8-row tiles of the matmul kernels in quants_legacy.py, and the row dequantizers.
+"""Numba intrinsics for Q8_0, Q4_0 and Q5_0 weights against Q8_0 activations: block unpackers, the integer
+block dots and 8-row tiles of the matmul kernels in matmul_q8_0.py, and the row dequantizers.
 
 Leaf module (llvmlite, numba and simd's IR helpers); pointers are integer addresses the kernels keep in
 range. Block dots: vpdpbusd (AVX-VNNI/AVX512-VNNI), pmaddubsw (AVX2) or portable IR, same bits.
@@ -69,7 +69,7 @@ _unpack_q5_0_generic = _make_unpack_q5_0(False)
 
 
 # ------------------------------------------------------------------ block integer dots
-# A legacy weight block times a Q8_0 activation block is an exact integer S = sum_j (w_j - bias) * x_j,
+# A Q8_0/Q4_0/Q5_0 weight block times a Q8_0 activation block is an exact integer S = sum_j (w_j - bias) * x_j,
 # then acc = fma(dw*dx, S, acc) in f32, block after block. Every kernel does exactly this per (row,
 # token): the 8-row tiles of one or NT tokens and the one-row dot for leftover rows, in every SIMD
 # mode (the integer sums are exact whatever the instructions), so a result does not depend on how rows

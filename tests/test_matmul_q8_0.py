@@ -12,8 +12,8 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 from numba import njit
 
-from pyrt._kernels import quants_legacy as ql
-from pyrt._kernels import simd, simd_legacy
+from pyrt._kernels import matmul_q8_0 as ql
+from pyrt._kernels import simd, dots_q8_0
 from pyrt.errors import InvalidArgumentError, UnsupportedError
 from pyrt.formats.qtypes import SUPPORTED_TYPES, get_qtype, row_bytes
 
@@ -123,26 +123,26 @@ def _dots(kind, w, x, xc, nb):
     dp = np.int64(out.ctypes.data)
     pf = np.int64(2048)
     if kind == 0:
-        out[0] = simd_legacy.dot_q8_0_q8_0(wp, xp, cp, nb, pf)
-        out[1] = simd_legacy.dot_q8_0_q8_0_generic(wp, xp, cp, nb, pf)
-        out[2] = simd_legacy.dot_q8_0_q8_0_avx2(wp, xp, cp, nb, pf)
-        simd_legacy.rows8_q8_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
-        simd_legacy.rows8_q8_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
-        simd_legacy.rows8_q8_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
+        out[0] = dots_q8_0.dot_q8_0_q8_0(wp, xp, cp, nb, pf)
+        out[1] = dots_q8_0.dot_q8_0_q8_0_generic(wp, xp, cp, nb, pf)
+        out[2] = dots_q8_0.dot_q8_0_q8_0_avx2(wp, xp, cp, nb, pf)
+        dots_q8_0.rows8_q8_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
+        dots_q8_0.rows8_q8_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
+        dots_q8_0.rows8_q8_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
     elif kind == 1:
-        out[0] = simd_legacy.dot_q4_0_q8_0(wp, xp, cp, nb, pf)
-        out[1] = simd_legacy.dot_q4_0_q8_0_generic(wp, xp, cp, nb, pf)
-        out[2] = simd_legacy.dot_q4_0_q8_0_avx2(wp, xp, cp, nb, pf)
-        simd_legacy.rows8_q4_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
-        simd_legacy.rows8_q4_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
-        simd_legacy.rows8_q4_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
+        out[0] = dots_q8_0.dot_q4_0_q8_0(wp, xp, cp, nb, pf)
+        out[1] = dots_q8_0.dot_q4_0_q8_0_generic(wp, xp, cp, nb, pf)
+        out[2] = dots_q8_0.dot_q4_0_q8_0_avx2(wp, xp, cp, nb, pf)
+        dots_q8_0.rows8_q4_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
+        dots_q8_0.rows8_q4_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
+        dots_q8_0.rows8_q4_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
     else:
-        out[0] = simd_legacy.dot_q5_0_q8_0(wp, xp, cp, nb, pf)
-        out[1] = simd_legacy.dot_q5_0_q8_0_generic(wp, xp, cp, nb, pf)
-        out[2] = simd_legacy.dot_q5_0_q8_0_avx2(wp, xp, cp, nb, pf)
-        simd_legacy.rows8_q5_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
-        simd_legacy.rows8_q5_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
-        simd_legacy.rows8_q5_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
+        out[0] = dots_q8_0.dot_q5_0_q8_0(wp, xp, cp, nb, pf)
+        out[1] = dots_q8_0.dot_q5_0_q8_0_generic(wp, xp, cp, nb, pf)
+        out[2] = dots_q8_0.dot_q5_0_q8_0_avx2(wp, xp, cp, nb, pf)
+        dots_q8_0.rows8_q5_0_q8_0(wp, ws, xp, 0, cp, 0, nb, dp + 12, 0, pf)
+        dots_q8_0.rows8_q5_0_q8_0_generic(wp, ws, xp, 0, cp, 0, nb, dp + 44, 0, pf)
+        dots_q8_0.rows8_q5_0_q8_0_avx2(wp, ws, xp, 0, cp, 0, nb, dp + 76, 0, pf)
     return out
 
 
@@ -163,8 +163,8 @@ def test_block_dot_host_and_portable(kind, t):
         xq_ext = xq.copy().reshape(-1, 34)
         xq_ext[:, 2:] = np.where(np.arange(32) % 3 == 0, 129, 127).astype(np.uint8)  # -127 / 127
         for x in (xq, xq_ext.reshape(-1)):
-            xc = np.empty((1, n // 32, simd_legacy.AUX_WORDS), np.int32)
-            ql.x_aux_q8_0(xc, x.reshape(1, -1), np.int32({0: simd_legacy.Q8_0_VNNI_BIAS, 1: 8, 2: 16}[kind]))
+            xc = np.empty((1, n // 32, dots_q8_0.AUX_WORDS), np.int32)
+            ql.x_aux_q8_0(xc, x.reshape(1, -1), np.int32({0: dots_q8_0.Q8_0_VNNI_BIAS, 1: 8, 2: 16}[kind]))
             wd = dequantize(w, t).reshape(8, n).astype(np.float64)
             xd = dequantize(x, T.Q8_0).astype(np.float64)
             ref = wd @ xd
@@ -220,7 +220,7 @@ def test_f16_conversions_portable():
 def test_x_aux_q8_0():
     rng = np.random.default_rng(9)
     xq = _quantize_q8_0(rng.standard_normal((3, 256)).astype(np.float32))
-    xc = np.empty((3, 8, simd_legacy.AUX_WORDS), np.int32)
+    xc = np.empty((3, 8, dots_q8_0.AUX_WORDS), np.int32)
     ql.x_aux_q8_0(xc, xq, np.int32(16))
     blocks = xq.reshape(3, 8, 34)
     q = blocks[..., 2:].view(np.int8).astype(np.int32)

@@ -1,0 +1,143 @@
+"""FlashMLA on the CPU: absorbed multi-head latent attention over a K-only cache (one latent row per cell).
+
+Leaf kernel module (numpy, numba and sibling kernel modules only). Every query head attends to the same cache row
+[k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each KV tile is dequantized
+once into an f32 scratch and serves the scores and the value sum of all heads. Shapes are numpy row-major.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .config import FASTMATH
+from .kv import decode_row
+from .softmax import (add_pv, finish_item, merge_split_row, online_update, qk_scores, query_seqs, split_partials,
+                      start_rows, tile_mask, work_item)
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _dot4x4(s, q0, q1, q2, q3, k0, k1, k2, k3, r0, j0, n):
+    """s[r0:r0+4, j0:j0+4] = the 16 dot products of 4 query rows with 4 key rows (length n)."""
+    z = np.float32(0.0)
+    d00 = z; d01 = z; d02 = z; d03 = z  # noqa: E702
+    d10 = z; d11 = z; d12 = z; d13 = z  # noqa: E702
+    d20 = z; d21 = z; d22 = z; d23 = z  # noqa: E702
+    d30 = z; d31 = z; d32 = z; d33 = z  # noqa: E702
+    for i in range(n):
+        a0 = q0[i]
+        a1 = q1[i]
+        a2 = q2[i]
+        a3 = q3[i]
+        b0 = k0[i]
+        b1 = k1[i]
+        b2 = k2[i]
+        b3 = k3[i]
+        d00 += a0 * b0; d01 += a0 * b1; d02 += a0 * b2; d03 += a0 * b3  # noqa: E702
+        d10 += a1 * b0; d11 += a1 * b1; d12 += a1 * b2; d13 += a1 * b3  # noqa: E702
+        d20 += a2 * b0; d21 += a2 * b1; d22 += a2 * b2; d23 += a2 * b3  # noqa: E702
+        d30 += a3 * b0; d31 += a3 * b1; d32 += a3 * b2; d33 += a3 * b3  # noqa: E702
+    s[r0, j0] = d00; s[r0, j0 + 1] = d01; s[r0, j0 + 2] = d02; s[r0, j0 + 3] = d03  # noqa: E702
+    s[r0 + 1, j0] = d10; s[r0 + 1, j0 + 1] = d11; s[r0 + 1, j0 + 2] = d12; s[r0 + 1, j0 + 3] = d13  # noqa: E702
+    s[r0 + 2, j0] = d20; s[r0 + 2, j0 + 1] = d21; s[r0 + 2, j0 + 2] = d22; s[r0 + 2, j0 + 3] = d23  # noqa: E702
+    s[r0 + 3, j0] = d30; s[r0 + 3, j0 + 1] = d31; s[r0 + 3, j0 + 2] = d32; s[r0 + 3, j0 + 3] = d33  # noqa: E702
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _axpy4x4(a0, a1, a2, a3, s, r0, j0, v0, v1, v2, v3, n):
+    """a_r[:n] += sum_j s[r0+r, j0+j] * v_j[:n] for 4 accumulator rows and 4 value rows."""
+    p00 = s[r0, j0]; p01 = s[r0, j0 + 1]; p02 = s[r0, j0 + 2]; p03 = s[r0, j0 + 3]  # noqa: E702
+    p10 = s[r0 + 1, j0]; p11 = s[r0 + 1, j0 + 1]; p12 = s[r0 + 1, j0 + 2]; p13 = s[r0 + 1, j0 + 3]  # noqa: E702
+    p20 = s[r0 + 2, j0]; p21 = s[r0 + 2, j0 + 1]; p22 = s[r0 + 2, j0 + 2]; p23 = s[r0 + 2, j0 + 3]  # noqa: E702
+    p30 = s[r0 + 3, j0]; p31 = s[r0 + 3, j0 + 1]; p32 = s[r0 + 3, j0 + 2]; p33 = s[r0 + 3, j0 + 3]  # noqa: E702
+    for i in range(n):
+        b0 = v0[i]
+        b1 = v1[i]
+        b2 = v2[i]
+        b3 = v3[i]
+        a0[i] += p00 * b0 + p01 * b1 + p02 * b2 + p03 * b3
+        a1[i] += p10 * b0 + p11 * b1 + p12 * b2 + p13 * b3
+        a2[i] += p20 * b0 + p21 * b1 + p22 * b2 + p23 * b3
+        a3[i] += p30 * b0 + p31 * b1 + p32 * b2 + p33 * b3
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+              kv_tile):
+    """One work item: every head of query tokens [t0, t1) over cells kv_idx[c0:c1]; unnormalized result.
+
+    acc [R, dv] f32, m [R] f32, l [R] f32 with R = (t1 - t0) * n_head, row r = (t - t0) * n_head + h.
+    """
+    n_head = q.shape[1]
+    dk = q.shape[2]
+    dv = acc.shape[1]
+    nt = t1 - t0
+    R = nt * n_head
+    qs = np.empty((R, dk), dtype=np.float32)  # [R, dk] the item's query rows, contiguous
+    for tl in range(nt):
+        for h in range(n_head):
+            qr = qs[tl * n_head + h]
+            src = q[t0 + tl, h]
+            for i in range(dk):
+                qr[i] = src[i]
+    kt = np.zeros((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
+    s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
+    mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 visible, -inf masked
+    cvis = np.empty(kv_tile, dtype=np.bool_)
+    qseq = query_seqs(q_seq, t0, t1)
+    start_rows(acc, m, l)
+    R4 = R - R % 4
+    for cb in range(c0, c1, kv_tile):
+        nc = min(kv_tile, c1 - cb)
+        if not tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
+            continue
+        for j in range(nc):  # one dequantization per cell serves every head's K and V
+            if cvis[j]:
+                decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
+        nc4 = nc - nc % 4
+        for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
+            k0 = kt[j0]
+            k1 = kt[j0 + 1]
+            k2 = kt[j0 + 2]
+            k3 = kt[j0 + 3]
+            for r0 in range(0, R4, 4):
+                _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
+        qk_scores(s, qs, kt, R4, R, 0, nc4)
+        qk_scores(s, qs, kt, 0, R, nc4, nc)
+        online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
+        for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators
+            for j0 in range(0, nc4, 4):
+                _axpy4x4(acc[r0], acc[r0 + 1], acc[r0 + 2], acc[r0 + 3], s, r0, j0, kt[j0, v_off:v_off + dv],
+                         kt[j0 + 1, v_off:v_off + dv], kt[j0 + 2, v_off:v_off + dv], kt[j0 + 3, v_off:v_off + dv], dv)
+        add_pv(acc, s, kt, v_off, 0, R4, nc4, nc)
+        add_pv(acc, s, kt, v_off, R4, R, 0, nc)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, q_tile, kv_tile,
+                   n_split):
+    """Absorbed MLA attention of a ubatch over latent cache rows, online softmax over KV tiles.
+
+    dst      [n_tok, n_head, dv] f32     output: per head the attention-weighted sum of c_kv (latent, dv = kv_lora_rank)
+    q        [n_tok, n_head, dk] f32     per head [q_pe (n_rot) | q_nope . W_UK (kv_lora_rank)], the cache row order
+    k        [n_cells, row]              cache rows [k_pe | c_kv]: uint32 (f32 bits) | uint16 (f16/bf16) | uint8 (q8_0)
+    kind     KIND_F32 | KIND_F16 | KIND_BF16 | KIND_Q8_0
+    v_off    int    element offset of c_kv inside a row (n_rot); dk = v_off + dv
+    cell_pos [n_cells] int32, cell_seq [n_cells] uint64 bitsets, kv_idx [n_kv] int32 cells in scan order
+    q_pos [n_tok] int32, q_seq [n_tok] int32; scale f32 (the softmax scale, mscale^2/sqrt(head_dim_k))
+    q_tile tokens per item (all heads of a token share the K tile); kv_tile cells per tile; n_split KV splits.
+    Items (query tile, split) run in parallel; the splits are merged in a fixed order afterwards, so
+    the result does not depend on the thread count. A query that sees no cell gets zeros.
+    """
+    n_tok = q.shape[0]
+    n_head = q.shape[1]
+    dv = dst.shape[2]
+    n_kv = kv_idx.shape[0]
+    n_qt = (n_tok + q_tile - 1) // q_tile
+    split_len, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
+    for it in prange(n_qt * n_split):
+        _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
+        _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+                  kv_tile)
+        finish_item(dst, pm, pl, pacc, acc, m, l, t0, 0, n_head, sp, n_split)
+    if n_split == 1:
+        return
+    for th in prange(n_tok * n_head):
+        merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)

@@ -1,0 +1,250 @@
+"""The online-softmax core of every attention kernel (attention.flash_attn, attention_mla.flash_attn_mla):
+masks of a KV tile from cell metadata, the running max / sum update of a tile's scores, and the fixed-order
+merge of KV splits. A work item owns R = n_tok * n_group rows (row r: query token t0 + r // n_group, head
+g * n_group + r % n_group); MLA is the case of one group holding every head.
+
+Leaf kernel module (numpy, numba and sibling kernel modules only).
+"""
+
+import numpy as np
+from numba import njit
+
+from .config import FASTMATH
+from .simd import bits_to_f32
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def exp_neg(x):
+    """exp(x) for x <= 0 in f32 (Cephes expf polynomial, ~1e-6 relative), exactly 0 below -87 and for -inf.
+
+    Numba has no vector exp without SVML; this inlines and vectorizes, which matters for the softmax.
+    """
+    xc = x if x > np.float32(-87.0) else np.float32(-87.0)
+    n = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = xc - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    e = bits_to_f32((np.int32(n) + 127) << 23)
+    return p * e if x >= np.float32(-87.0) else np.float32(0.0)
+
+
+@njit(cache=True, nogil=True)
+def query_seqs(q_seq, t0, t1):
+    """[t1 - t0] uint64: the sequence bit index of each query of the item (tile_mask's qseq)."""
+    qseq = np.empty(t1 - t0, dtype=np.uint64)
+    for tl in range(t1 - t0):
+        qseq[tl] = np.uint64(q_seq[t0 + tl])
+    return qseq
+
+
+@njit(cache=True, nogil=True)
+def start_rows(acc, m, l):
+    """An item's accumulators before its first tile: acc [R, dv] = 0, m [R] = -inf, l [R] = 0."""
+    for r in range(acc.shape[0]):
+        m[r] = np.float32(-np.inf)
+        l[r] = np.float32(0.0)
+        for i in range(acc.shape[1]):
+            acc[r, i] = np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
+    """Masks of cells kv_idx[cb:cb+nc] for the item's queries; returns whether any query sees any of them.
+
+    mask [nt, >= nc] f32 out: 0 where query t0 + tl sees the cell (its sequence bit is set, the cell's
+    position is not after the query's and, with n_swa > 0, within the window), else -inf; cvis [>= nc]
+    bool out: the cell is visible to some query of the item. qseq: query_seqs(q_seq, t0, t0 + nt).
+    """
+    nt = qseq.shape[0]
+    one = np.uint64(1)
+    zero = np.float32(0.0)
+    neg_inf = np.float32(-np.inf)
+    any_vis = False
+    for j in range(nc):
+        c = kv_idx[cb + j]
+        cs = cell_seq[c]
+        cp = cell_pos[c]
+        cv = False
+        for tl in range(nt):
+            qp = q_pos[t0 + tl]
+            ok = ((cs >> qseq[tl]) & one) == one and cp <= qp
+            if n_swa > 0 and qp - cp >= n_swa:
+                ok = False
+            mask[tl, j] = zero if ok else neg_inf
+            cv = cv or ok
+        cvis[j] = cv
+        any_vis = any_vis or cv
+    return any_vis
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def online_update(s, mask, n_group, nc, scale, softcap, acc, m, l):
+    """One tile of the online softmax, in place for every row r of the item.
+
+    s [R, >= nc] f32: the tile's raw scores q.k, replaced by exp(score - m_new) (zeros for a row that sees
+    no cell of the tile); mask as tile_mask (row r reads mask[r // n_group]); scale f32; softcap f32
+    (> 0: softcap * tanh(score * scale / softcap)); acc [R, dv], m, l [R]: rescaled to the new running max.
+    """
+    zero = np.float32(0.0)
+    neg_inf = np.float32(-np.inf)
+    for r in range(s.shape[0]):
+        sr = s[r]
+        mr = mask[r // n_group]
+        if softcap > zero:
+            sc_in = scale / softcap
+            for j in range(nc):
+                sr[j] = softcap * np.tanh(sr[j] * sc_in) + mr[j]
+        else:
+            for j in range(nc):
+                sr[j] = sr[j] * scale + mr[j]
+        smax = neg_inf
+        for j in range(nc):
+            if sr[j] > smax:
+                smax = sr[j]
+        if smax == neg_inf:
+            for j in range(nc):
+                sr[j] = zero
+            continue
+        m_old = m[r]
+        m_new = smax if smax > m_old else m_old
+        alpha = exp_neg(m_old - m_new)  # 0 while m[r] is still -inf
+        lsum = zero
+        for j in range(nc):
+            p = exp_neg(sr[j] - m_new)
+            sr[j] = p
+            lsum += p
+        l[r] = l[r] * alpha + lsum
+        m[r] = m_new
+        if alpha != np.float32(1.0):
+            ar = acc[r]
+            for i in range(ar.shape[0]):
+                ar[i] *= alpha
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def qk_scores(s, qs, krows, r0, r1, j0, j1):
+    """s[r, j] = qs[r] . krows[j] for rows [r0, r1) and cells [j0, j1) (qs [R, dk], krows [>= j1, >= dk] f32)."""
+    dk = qs.shape[1]
+    for j in range(j0, j1):  # 1-D row views keep the inner loop simple enough to vectorize
+        kr = krows[j]
+        for r in range(r0, r1):
+            qr = qs[r]
+            d = np.float32(0.0)
+            for i in range(dk):
+                d += qr[i] * kr[i]
+            s[r, j] = d
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def add_pv(acc, s, vrows, v_off, r0, r1, j0, j1):
+    """acc[r] += sum_j s[r, j] * vrows[j, v_off:v_off + dv] for rows [r0, r1) and cells [j0, j1), in cell
+    order per row; four rows at a time, so each value row load feeds four accumulators."""
+    dv = acc.shape[1]
+    r4 = r0 + (r1 - r0) // 4 * 4
+    for ra in range(r0, r4, 4):
+        a0 = acc[ra]
+        a1 = acc[ra + 1]
+        a2 = acc[ra + 2]
+        a3 = acc[ra + 3]
+        for j in range(j0, j1):
+            p0 = s[ra, j]
+            p1 = s[ra + 1, j]
+            p2 = s[ra + 2, j]
+            p3 = s[ra + 3, j]
+            vr = vrows[j, v_off:v_off + dv]
+            for i in range(dv):
+                vi = vr[i]
+                a0[i] += p0 * vi
+                a1[i] += p1 * vi
+                a2[i] += p2 * vi
+                a3[i] += p3 * vi
+    for r in range(r4, r1):
+        ar = acc[r]
+        for j in range(j0, j1):
+            p = s[r, j]
+            vr = vrows[j, v_off:v_off + dv]
+            for i in range(dv):
+                ar[i] += p * vr[i]
+
+
+@njit(cache=True, nogil=True)
+def work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_group):
+    """Work item `it` of a (group, query tile, split) grid, split fastest: (g, sp, t0, t1, c0, c1, acc, m, l)
+    with queries [t0, t1), scan positions [c0, c1) of kv_idx and the item's scratch acc [R, dv], m, l [R]
+    (R = (t1 - t0) * n_group rows)."""
+    sp = it % n_split
+    qt = (it // n_split) % n_qt
+    g = it // (n_split * n_qt)
+    t0 = qt * q_tile
+    t1 = min(n_tok, t0 + q_tile)
+    c0 = min(n_kv, sp * split_len)
+    c1 = min(n_kv, c0 + split_len)
+    R = (t1 - t0) * n_group
+    acc = np.empty((R, dv), dtype=np.float32)
+    m = np.empty(R, dtype=np.float32)
+    l = np.empty(R, dtype=np.float32)
+    return g, sp, t0, t1, c0, c1, acc, m, l
+
+
+@njit(cache=True, nogil=True)
+def split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv):
+    """(split_len, pm, pl, pacc) for n_split KV splits of n_kv cells: splits start on tile boundaries; the
+    partials are [n_split, n_tok, n_head] running max and sum and [n_split, n_tok, n_head, dv] accumulators
+    (empty with one split: items then write dst directly)."""
+    split_len = (n_kv + n_split - 1) // n_split
+    split_len = (split_len + kv_tile - 1) // kv_tile * kv_tile
+    ns = n_split if n_split > 1 else 0
+    pm = np.empty((ns, n_tok, n_head), dtype=np.float32)
+    pl = np.empty((ns, n_tok, n_head), dtype=np.float32)
+    pacc = np.empty((ns, n_tok, n_head, dv), dtype=np.float32)
+    return split_len, pm, pl, pacc
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def finish_item(dst, pm, pl, pacc, acc, m, l, t0, g, n_group, sp, n_split):
+    """An item's rows out: normalized into dst [n_tok, n_head, dv] with one split, else kept as split sp's
+    partials pm, pl [n_split, n_tok, n_head], pacc [n_split, n_tok, n_head, dv] for merge_splits."""
+    dv = acc.shape[1]
+    for r in range(acc.shape[0]):
+        t = t0 + r // n_group
+        h = g * n_group + r % n_group
+        if n_split == 1:
+            inv = np.float32(1.0) / l[r] if l[r] > np.float32(0.0) else np.float32(0.0)
+            for i in range(dv):
+                dst[t, h, i] = acc[r, i] * inv
+            continue
+        pm[sp, t, h] = m[r]
+        pl[sp, t, h] = l[r]
+        for i in range(dv):
+            pacc[sp, t, h, i] = acc[r, i]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def merge_split_row(dst, pm, pl, pacc, t, h):
+    """dst[t, h] from the partials of every split, in split order (the result does not depend on which
+    thread ran which split); zeros when no split saw a cell."""
+    n_split = pm.shape[0]
+    dv = dst.shape[2]
+    mx = np.float32(-np.inf)
+    for sp in range(n_split):
+        mx = max(mx, pm[sp, t, h])
+    for i in range(dv):
+        dst[t, h, i] = np.float32(0.0)
+    if mx == np.float32(-np.inf):
+        return
+    den = np.float32(0.0)
+    for sp in range(n_split):
+        if pm[sp, t, h] == np.float32(-np.inf):
+            continue
+        w = np.exp(pm[sp, t, h] - mx)
+        den += w * pl[sp, t, h]
+        for i in range(dv):
+            dst[t, h, i] += w * pacc[sp, t, h, i]
+    inv = np.float32(1.0) / den
+    for i in range(dv):
+        dst[t, h, i] *= inv
