@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError, StateFileError
-from ..io.files import write_file_atomic
+from ..io.files import read_file, write_file_atomic
 from ..kv import state as kv_state
 from ..runtime.context import Batch
 from ..runtime.sampling import Sampler
@@ -442,7 +442,7 @@ class Engine:
             n_file = min(common_prefix(self._state_file_tokens(r.state_path), prompt), len(prompt) - 1)
             if n_file > max(n_reuse, n_src):
                 try:
-                    data = _read_file(r.state_path)
+                    data = read_file(r.state_path)
                     self._stash(dst)
                     dst.tokens = list(self._restore_with_room(dst, data))
                     n_reuse, restored = n_file, True
@@ -791,11 +791,6 @@ def _file_key(path: str):
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 class SlotBusyError(PyrtError):
