@@ -7,11 +7,10 @@ evaluated exactly as it is alone (decode rows differ from a lone decode only in 
 N-row kernels). Slot i is sequence id i; the KV cells are one pool for all slots. A
 finished slot keeps its cells as a prefix cache until cells are needed (least recently used first); a
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
-cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
-(`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
-runs; only that sequence's logits row is masked. A request with a session state file (`Request.state_path`)
-resumes from it when no cache holds as much of its prompt, and leaves its sequence there when it ends
-(written by a writer thread after the reply).
+cells) or restored from host RAM (--cache-ram), and evaluates only the rest. Each sequence that has logits
+takes its next token from `Sampling` (pyrt.engine.sampling: grammar masks, logprobs). A request with a
+session state file (`Request.state_path`) resumes from it when no cache holds as much of its prompt, and
+leaves its sequence there when it ends (written by a writer thread after the reply).
 Imports pyrt.runtime, pyrt.kv.state (state file heads), pyrt.io.files and pyrt.errors; no HTTP.
 """
 
@@ -37,6 +36,7 @@ from ..runtime.sampling import Sampler
 from .prefix_cache import HostPrefixCache
 from .requests import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT, Completion,
                        GenerationParams, Piece, Request, TextStream, TokenInfo)
+from .sampling import End, Sampling
 
 
 # a waiting request whose prompt shares at least this many tokens with a prompt being evaluated (more
@@ -147,11 +147,7 @@ class Engine:
         self.n_batch_tokens_max = 0
         self.max_seqs_in_step = 0
         self.slot_info: list[dict] = [self._slot_dict(s) for s in self.slots]
-        # grammar masks of the next tokens are computed here while the forward pass runs (llguidance
-        # releases the GIL); started on the first constrained request
-        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.t_mask = 0.0             # seconds the engine thread waited for masks and masked logits
-        self.n_masked = 0
+        self.sampling = Sampling(self.tokenizer)
 
     # -- public, any thread ---------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -182,9 +178,7 @@ class Engine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._thread = None
-        if self._mask_pool is not None:
-            self._mask_pool.shutdown(wait=True)
-            self._mask_pool = None
+        self.sampling.shutdown()
         if self._writer is not None:
             self._writer.shutdown(wait=True)  # the session states of finished turns reach the disk
             self._writer = None
@@ -248,6 +242,15 @@ class Engine:
 
     def kv_used(self) -> int:
         return int(self.ctx.cells.used)
+
+    @property
+    def t_mask(self) -> float:
+        """Seconds the engine thread waited for grammar masks and masked logits."""
+        return self.sampling.t_mask
+
+    @property
+    def n_masked(self) -> int:
+        return self.sampling.n_masked
 
     # -- slot state (run through `call`) ----------------------------------------------------------
     def slot_save(self, slot_id: int, path: str) -> dict:
@@ -571,7 +574,7 @@ class Engine:
             want.extend(w)
         batch = Batch(np.asarray(tok, np.int64), np.asarray(pos, np.int64), np.asarray(seq, np.int64),
                       np.asarray(want, bool))
-        masks = self._start_masks(entries)
+        masks = self.sampling.start_masks(entries)
         t0 = time.perf_counter()
         try:
             logits = self.ctx.decode(batch)
@@ -611,73 +614,18 @@ class Engine:
             row += 1
             self._sample(s, lg)
 
-    def _start_masks(self, entries) -> list:
-        """Computes, in the mask pool, the grammar mask of every constrained sequence that samples after
-        this decode: the masks depend only on the tokens accepted so far, so they overlap the forward pass."""
-        if not any(last and s.act is not None and s.act.constraint is not None for s, toks, last in entries):
-            return []
-        if self._mask_pool is None:
-            self._mask_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="pyrt-mask")
-        futs = []
-        for s, toks, last in entries:
-            a = s.act
-            if last and a is not None and a.constraint is not None and not a.constraint.is_stopped():
-                a.mask_future = self._mask_pool.submit(a.constraint.fill_mask)
-                futs.append(a.mask_future)
-        return futs
-
-    def _constrain(self, a: _Active, logits: np.ndarray) -> np.ndarray | None:
-        """The sequence's logits under its grammar's mask (a copy), or None when the grammar is complete and
-        allows nothing more. The mask is the one `_start_masks` computed (or is computed now)."""
-        c = a.constraint
-        t0 = time.perf_counter()
-        if a.mask_future is not None:  # the matcher is not touched while the pool computes its mask
-            f, a.mask_future = a.mask_future, None
-            f.result()  # the mask computed during the forward pass (or its GrammarError)
-        if c.is_stopped():
-            return None
-        if a.params.ignore_eos:
-            c.forbid(self.tokenizer.eog_ids)
-        out = c.mask_logits(np.array(logits, dtype=np.float32))
-        self.t_mask += time.perf_counter() - t0
-        self.n_masked += 1
-        return out
-
     def _sample(self, s: _Slot, logits: np.ndarray) -> None:
+        """The slot's next token from its logits row, streamed; the request ends when it is done."""
         a = s.act
         p = a.params
         if not a.generating:
             a.t_first = time.perf_counter()
-        c = a.constraint
-        if c is not None:
-            try:
-                logits = self._constrain(a, logits)
-            except PyrtError as e:
-                self._finish(s, FINISH_ERROR, error=e)
-                return
-            if logits is None:
-                self._finish(s, FINISH_STOP)
-                return
-        tok = a.sampler.sample(logits, a.history)
-        if not p.ignore_eos and self.tokenizer.is_eog(tok):
-            self._finish(s, FINISH_STOP)
+        info = self.sampling.next_token(a, logits)
+        if isinstance(info, End):
+            self._finish(s, info.reason, error=info.error)
             return
-        if c is not None:
-            try:
-                c.accept(tok)
-            except PyrtError as e:
-                self._finish(s, FINISH_ERROR, error=e)
-                return
-        info = TokenInfo(tok)
-        if p.logprobs or p.n_probs > 0:
-            lp = _log_softmax(logits)
-            info.logprob = float(lp[tok])
-            if p.n_probs > 0:
-                k = min(p.n_probs, lp.shape[0])
-                top = np.argpartition(-lp, k - 1)[:k]
-                top = top[np.argsort(-lp[top], kind="stable")]
-                # under a grammar, the tokens it forbids (log-probability -inf) are no alternatives
-                info.top = [(int(t), float(lp[t])) for t in top if np.isfinite(lp[t])]
+        tok = info.id
+        c = a.constraint
         a.n_gen += 1
         self.n_predicted += 1
         a.history.append(tok)
@@ -796,8 +744,3 @@ def _file_key(path: str):
 class SlotBusyError(PyrtError):
     """A slot operation on a slot that is processing a request."""
 
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
