@@ -24,7 +24,8 @@ from starlette.routing import Route
 
 from ..engine import Engine, Request
 from ..engine.requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_STOP, FINISH_TIMEOUT, Completion, Piece
-from ..engine.scheduler import EngineStoppedError, QueueFullError, SlotBusyError
+from ..engine.scheduler import EngineStoppedError, QueueFullError
+from ..engine.slots import SlotBusyError
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
 from ..io.files import read_file
 from ..runtime.tools import parse_tool_calls
