@@ -7,20 +7,18 @@ evaluated exactly as it is alone (decode rows differ from a lone decode only in 
 N-row kernels). Slot i is sequence id i; the KV cells are one pool for all slots. A
 finished slot keeps its cells as a prefix cache until cells are needed (least recently used first); a
 new prompt reuses the longest prefix held by an idle slot, copied from a busy one (`seq_cp`, shared
-cells) or restored from host RAM (--cache-ram), and evaluates only the rest. A request with a grammar
-(`GenerationParams.constraint`) samples under its mask, computed in a thread pool while the forward pass
-runs; only that sequence's logits row is masked. A request with a session state file (`Request.state_path`)
-resumes from it when no cache holds as much of its prompt, and leaves its sequence there when it ends
-(written by a writer thread after the reply).
-Imports pyrt.runtime, pyrt.kv.state (state file heads), pyrt.io.files and pyrt.errors; no HTTP.
+cells) or restored from host RAM (--cache-ram), and evaluates only the rest. Each sequence that has logits
+takes its next token from `Sampling` (pyrt.engine.sampling: grammar masks, logprobs). A request with a
+session state file (`Request.state_path`) resumes from it when no cache holds as much of its prompt, and
+leaves its sequence there when it ends (pyrt.engine.slots: `SessionStore` writes it after the reply, and the
+slot records and slot save/restore/erase live there too).
+Imports pyrt.runtime, pyrt.io.files, pyrt.errors and the engine's other modules; no HTTP.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import os
-import sys
 import threading
 import time
 import traceback
@@ -29,14 +27,14 @@ from concurrent.futures import Future
 import numba
 import numpy as np
 
-from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError, StateFileError
-from ..io.files import write_file_atomic
-from ..kv import state as kv_state
+from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
+from ..io.files import read_file
 from ..runtime.context import Batch
-from ..runtime.sampling import Sampler
 from .prefix_cache import HostPrefixCache
 from .requests import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT, Completion,
-                       GenerationParams, Piece, Request, TextStream, TokenInfo)
+                       GenerationParams, Piece, Request)
+from .sampling import End, Sampling
+from .slots import Active, SessionStore, Slot, erase_slot, restore_slot, restore_with_room, save_slot
 
 
 # a waiting request whose prompt shares at least this many tokens with a prompt being evaluated (more
@@ -66,44 +64,6 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if diff.shape[0] else n
 
 
-class _Active:
-    """A request running in a slot."""
-
-    def __init__(self, req: Request, engine: "Engine"):
-        p = req.params
-        self.req = req
-        self.params = p
-        self.sampler = Sampler(p.sampling(), engine.ctx.n_ctx)
-        self.history = list(req.prompt)
-        self.text = TextStream(engine.tokenizer, p.stop)
-        self.next_tok: int | None = None  # sampled, to be evaluated in the next step (generating phase)
-        self.n_gen = 0
-        self.tokens: list[TokenInfo] = []
-        self.unsent: list[TokenInfo] = []
-        self.cache_n = 0
-        self.prompt_n = 0
-        self.t_start = time.perf_counter()
-        self.t_first = 0.0
-        self.constraint = None  # a pyrt.runtime.constrain.Constraint when params.constraint is set
-        self.mask_future = None  # its mask for the next token, being computed in the engine's mask pool
-        if p.constraint is not None:
-            from ..runtime.constrain import engine_for
-            self.constraint = engine_for(engine.tokenizer).constraint(*p.constraint)
-
-    @property
-    def generating(self) -> bool:
-        return self.next_tok is not None
-
-
-class _Slot:
-    def __init__(self, i: int):
-        self.id = i
-        self.tokens: list[int] = []  # what the sequence holds in the cache, positions 0..len-1
-        self.act: _Active | None = None
-        self.t_last = 0.0            # last use, for LRU eviction of idle caches
-        self.n_task = -1
-
-
 class Engine:
     """Serves requests on `llm` (a pyrt.runtime.llm.LLM made with n_seq_max >= n_parallel).
 
@@ -118,17 +78,11 @@ class Engine:
         self.tokenizer = llm.tokenizer
         self.n_parallel = n_parallel
         self.max_queue = max_queue
-        self.slots = [_Slot(i) for i in range(n_parallel)]
+        self.slots = [Slot(i) for i in range(n_parallel)]
         # evicted prefixes as sequence states in host RAM (llama-server's --cache-ram); None: off
         self.host_cache = HostPrefixCache(cache_ram_bytes) if cache_ram_bytes > 0 else None
         self.n_host_restored = 0
-        # session state files (Request.state_path): their tokens by path, keyed by the file's stat
-        self._state_tokens: dict[str, tuple] = {}
-        self._state_lock = threading.Lock()
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # writes session state files
-        self.n_state_saved = 0
-        self.n_state_restored = 0
-        self.t_state_save = 0.0
+        self.sessions = SessionStore()  # session state files (Request.state_path)
         self._waiting: collections.deque[Request] = collections.deque()
         self._commands: collections.deque = collections.deque()
         self._cv = threading.Condition()
@@ -147,11 +101,7 @@ class Engine:
         self.n_batch_tokens_max = 0
         self.max_seqs_in_step = 0
         self.slot_info: list[dict] = [self._slot_dict(s) for s in self.slots]
-        # grammar masks of the next tokens are computed here while the forward pass runs (llguidance
-        # releases the GIL); started on the first constrained request
-        self._mask_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.t_mask = 0.0             # seconds the engine thread waited for masks and masked logits
-        self.n_masked = 0
+        self.sampling = Sampling(self.tokenizer)
 
     # -- public, any thread ---------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -182,12 +132,8 @@ class Engine:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
         self._thread = None
-        if self._mask_pool is not None:
-            self._mask_pool.shutdown(wait=True)
-            self._mask_pool = None
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)  # the session states of finished turns reach the disk
-            self._writer = None
+        self.sampling.shutdown()
+        self.sessions.shutdown()
 
     def submit(self, req: Request) -> Request:
         """Queue a request; raises InvalidArgumentError / ContextOverflowError (nothing queued) or
@@ -249,50 +195,41 @@ class Engine:
     def kv_used(self) -> int:
         return int(self.ctx.cells.used)
 
-    # -- slot state (run through `call`) ----------------------------------------------------------
+    @property
+    def t_mask(self) -> float:
+        """Seconds the engine thread waited for grammar masks and masked logits."""
+        return self.sampling.t_mask
+
+    @property
+    def n_masked(self) -> int:
+        return self.sampling.n_masked
+
+    def wait_saved(self) -> None:
+        """Wait until every session state handed to the writer so far is on disk."""
+        self.sessions.wait_saved()
+
+    @property
+    def n_state_saved(self) -> int:
+        return self.sessions.n_saved
+
+    @property
+    def n_state_restored(self) -> int:
+        return self.sessions.n_restored
+
+    @property
+    def t_state_save(self) -> float:
+        return self.sessions.t_save
+
+    # -- slot state (run through `call`; pyrt.engine.slots) ---------------------------------------
     def slot_save(self, slot_id: int, path: str) -> dict:
-        s = self._idle_slot(slot_id)
-        t0 = time.perf_counter()
-        n = self.ctx.save_file(path, s.tokens, s.id)
-        return dict(id_slot=s.id, n_saved=len(s.tokens), n_written=int(n),
-                    timings=dict(save_ms=(time.perf_counter() - t0) * 1000.0))
+        return save_slot(self, slot_id, path)
 
     def slot_restore(self, slot_id: int, data: bytes) -> dict:
         """Restores a sequence state (validated in full first: a StateError leaves the cache as it was)."""
-        s = self._idle_slot(slot_id)
-        t0 = time.perf_counter()
-        toks = self._restore_with_room(s, data)
-        s.tokens = list(toks)
-        s.t_last = time.perf_counter()
-        self._publish()
-        return dict(id_slot=s.id, n_restored=len(toks), n_read=len(data),
-                    timings=dict(restore_ms=(time.perf_counter() - t0) * 1000.0))
-
-    def _restore_with_room(self, s: _Slot, data: bytes) -> list[int]:
-        while True:
-            try:
-                return self.ctx.load_state(data, s.id)
-            except StateError as e:
-                # not enough free cells: give it the cells of idle caches, then try again
-                if "cells needed" in str(e) and self._evict_one(exclude=s):
-                    continue
-                raise
+        return restore_slot(self, slot_id, data)
 
     def slot_erase(self, slot_id: int) -> dict:
-        s = self._idle_slot(slot_id)
-        n = len(s.tokens)
-        self.ctx.seq_rm(s.id, -1, -1)
-        s.tokens = []
-        self._publish()
-        return dict(id_slot=s.id, n_erased=n)
-
-    def _idle_slot(self, slot_id: int) -> _Slot:
-        if not 0 <= slot_id < self.n_parallel:
-            raise InvalidArgumentError(f"slot {slot_id} out of range [0, {self.n_parallel})")
-        s = self.slots[slot_id]
-        if s.act is not None:
-            raise SlotBusyError(f"slot {slot_id} is processing a request")
-        return s
+        return erase_slot(self, slot_id)
 
     # -- engine thread ----------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -404,7 +341,7 @@ class Engine:
                     return True
         return False
 
-    def _bind(self, r: Request, idle: list[_Slot]) -> None:
+    def _bind(self, r: Request, idle: list[Slot]) -> None:
         prompt = r.prompt
         use_cache = r.params.cache_prompt
         lcp = {s.id: common_prefix(s.tokens, prompt) if use_cache else 0 for s in self.slots}
@@ -433,24 +370,23 @@ class Engine:
             if n_host > max(n_reuse, n_src):
                 self._stash(dst)
                 try:
-                    dst.tokens = list(self._restore_with_room(dst, self.host_cache.get(key)))
+                    dst.tokens = list(restore_with_room(self, dst, self.host_cache.get(key)))
                     n_reuse, restored = n_host, True
                     self.n_host_restored += 1
                 except StateError:
                     pass  # not enough cells: evaluate the prompt
         if r.state_path is not None and use_cache:
-            n_file = min(common_prefix(self._state_file_tokens(r.state_path), prompt), len(prompt) - 1)
+            n_file = min(common_prefix(self.sessions.tokens(r.state_path), prompt), len(prompt) - 1)
             if n_file > max(n_reuse, n_src):
                 try:
-                    data = _read_file(r.state_path)
+                    data = read_file(r.state_path)
                     self._stash(dst)
-                    dst.tokens = list(self._restore_with_room(dst, data))
+                    dst.tokens = list(restore_with_room(self, dst, data))
                     n_reuse, restored = n_file, True
-                    self.n_state_restored += 1
+                    self.sessions.n_restored += 1
                 except (OSError, StateError):
                     # unreadable, another model's, or no room: evaluate the prompt
-                    with self._state_lock:
-                        self._state_tokens.pop(r.state_path, None)
+                    self.sessions.forget(r.state_path)
         if not restored and n_src > n_reuse:
             # copy the cells of the prefix from the other sequence: they are shared, not duplicated
             self._stash(dst)
@@ -463,7 +399,7 @@ class Engine:
         n_reuse = self.ctx.seq_resume_pos(dst.id, n_reuse)
         self.ctx.seq_rm(dst.id, n_reuse, -1)
         del dst.tokens[n_reuse:]
-        a = _Active(r, self)
+        a = Active(r, self)
         a.cache_n = n_reuse
         dst.act = a
         dst.n_task = r.id
@@ -471,7 +407,7 @@ class Engine:
         self.n_requests += 1
         self.n_cached_tokens += n_reuse
 
-    def _evict_one(self, exclude: _Slot | None = None) -> bool:
+    def _evict_one(self, exclude: Slot | None = None) -> bool:
         """Free the cells of the least recently used idle slot that holds any; False if none."""
         cands = [s for s in self.slots if s.act is None and s.tokens and s is not exclude]
         if not cands:
@@ -482,7 +418,7 @@ class Engine:
         s.tokens = []
         return True
 
-    def _stash(self, s: _Slot) -> None:
+    def _stash(self, s: Slot) -> None:
         """Keep the slot's cached tokens in host RAM before its cells go (with --cache-ram)."""
         hc = self.host_cache
         if hc is None or len(s.tokens) < STASH_MIN_TOKENS or hc.covers(s.tokens):
@@ -548,7 +484,7 @@ class Engine:
             self._decode([e for e in entries if e[0].act is not None])
         self._publish()
 
-    def _requeue(self, s: _Slot) -> None:
+    def _requeue(self, s: Slot) -> None:
         r = s.act.req
         self.ctx.seq_rm(s.id, -1, -1)
         s.tokens = []
@@ -571,7 +507,7 @@ class Engine:
             want.extend(w)
         batch = Batch(np.asarray(tok, np.int64), np.asarray(pos, np.int64), np.asarray(seq, np.int64),
                       np.asarray(want, bool))
-        masks = self._start_masks(entries)
+        masks = self.sampling.start_masks(entries)
         t0 = time.perf_counter()
         try:
             logits = self.ctx.decode(batch)
@@ -611,73 +547,18 @@ class Engine:
             row += 1
             self._sample(s, lg)
 
-    def _start_masks(self, entries) -> list:
-        """Computes, in the mask pool, the grammar mask of every constrained sequence that samples after
-        this decode: the masks depend only on the tokens accepted so far, so they overlap the forward pass."""
-        if not any(last and s.act is not None and s.act.constraint is not None for s, toks, last in entries):
-            return []
-        if self._mask_pool is None:
-            self._mask_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="pyrt-mask")
-        futs = []
-        for s, toks, last in entries:
-            a = s.act
-            if last and a is not None and a.constraint is not None and not a.constraint.is_stopped():
-                a.mask_future = self._mask_pool.submit(a.constraint.fill_mask)
-                futs.append(a.mask_future)
-        return futs
-
-    def _constrain(self, a: _Active, logits: np.ndarray) -> np.ndarray | None:
-        """The sequence's logits under its grammar's mask (a copy), or None when the grammar is complete and
-        allows nothing more. The mask is the one `_start_masks` computed (or is computed now)."""
-        c = a.constraint
-        t0 = time.perf_counter()
-        if a.mask_future is not None:  # the matcher is not touched while the pool computes its mask
-            f, a.mask_future = a.mask_future, None
-            f.result()  # the mask computed during the forward pass (or its GrammarError)
-        if c.is_stopped():
-            return None
-        if a.params.ignore_eos:
-            c.forbid(self.tokenizer.eog_ids)
-        out = c.mask_logits(np.array(logits, dtype=np.float32))
-        self.t_mask += time.perf_counter() - t0
-        self.n_masked += 1
-        return out
-
-    def _sample(self, s: _Slot, logits: np.ndarray) -> None:
+    def _sample(self, s: Slot, logits: np.ndarray) -> None:
+        """The slot's next token from its logits row, streamed; the request ends when it is done."""
         a = s.act
         p = a.params
         if not a.generating:
             a.t_first = time.perf_counter()
-        c = a.constraint
-        if c is not None:
-            try:
-                logits = self._constrain(a, logits)
-            except PyrtError as e:
-                self._finish(s, FINISH_ERROR, error=e)
-                return
-            if logits is None:
-                self._finish(s, FINISH_STOP)
-                return
-        tok = a.sampler.sample(logits, a.history)
-        if not p.ignore_eos and self.tokenizer.is_eog(tok):
-            self._finish(s, FINISH_STOP)
+        info = self.sampling.next_token(a, logits)
+        if isinstance(info, End):
+            self._finish(s, info.reason, error=info.error)
             return
-        if c is not None:
-            try:
-                c.accept(tok)
-            except PyrtError as e:
-                self._finish(s, FINISH_ERROR, error=e)
-                return
-        info = TokenInfo(tok)
-        if p.logprobs or p.n_probs > 0:
-            lp = _log_softmax(logits)
-            info.logprob = float(lp[tok])
-            if p.n_probs > 0:
-                k = min(p.n_probs, lp.shape[0])
-                top = np.argpartition(-lp, k - 1)[:k]
-                top = top[np.argsort(-lp[top], kind="stable")]
-                # under a grammar, the tokens it forbids (log-probability -inf) are no alternatives
-                info.top = [(int(t), float(lp[t])) for t in top if np.isfinite(lp[t])]
+        tok = info.id
+        c = a.constraint
         a.n_gen += 1
         self.n_predicted += 1
         a.history.append(tok)
@@ -694,7 +575,7 @@ class Engine:
         else:
             a.next_tok = tok
 
-    def _finish(self, s: _Slot, reason: str, error: Exception | None = None, free: bool = False) -> None:
+    def _finish(self, s: Slot, reason: str, error: Exception | None = None, free: bool = False) -> None:
         """End the slot's request; its cells stay as a prefix cache unless `free` (cancellation)."""
         a = s.act
         if a is None:
@@ -717,64 +598,12 @@ class Engine:
             self.ctx.seq_rm(s.id, -1, -1)
             s.tokens = []
         elif a.req.state_path is not None and reason in (FINISH_STOP, FINISH_LENGTH):
-            self._save_session(s, a.req.state_path)
+            self.sessions.save(self.ctx, s, a.req.state_path)
         self._publish()
         a.req.sink(c)
         a.req.done.set()
 
-    def _save_session(self, s: _Slot, path: str) -> None:
-        """The slot's sequence to the request's state file: copied here (between steps), written and renamed
-        into place by the state writer thread, so that neither the reply nor the next step waits for the disk;
-        a failure is reported, not fatal."""
-        t0 = time.perf_counter()
-        try:
-            data = self.ctx.save_state(s.tokens, s.id)
-        except StateError as e:
-            print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
-            return
-        self.t_state_save += time.perf_counter() - t0
-        if self._writer is None:
-            self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyrt-state")
-        self._writer.submit(self._write_session, path, data, list(s.tokens))
-
-    def _write_session(self, path: str, data: bytes, tokens: list[int]) -> None:
-        try:
-            write_file_atomic(path, [data], what="session state", error=StateFileError)
-        except OSError as e:
-            print(f"pyrt engine: warning: cannot save the session state {path}: {e}", file=sys.stderr, flush=True)
-            return
-        with self._state_lock:
-            self._state_tokens[path] = (_file_key(path), tokens)
-            self.n_state_saved += 1
-
-    def wait_saved(self) -> None:
-        """Wait until every session state handed to the writer so far is on disk."""
-        w = self._writer
-        if w is not None:
-            w.submit(lambda: None).result()
-
-    def _state_file_tokens(self, path: str) -> list[int]:
-        """The tokens of a state file ([] when there is none or it cannot be read), remembered while the file
-        is unchanged, so that a session served here reads only its own writes."""
-        key = _file_key(path)
-        with self._state_lock:
-            if key is None:
-                self._state_tokens.pop(path, None)
-                return []
-            hit = self._state_tokens.get(path)
-            if hit is not None and hit[0] == key:
-                return hit[1]
-        try:
-            toks = kv_state.read_tokens(path)
-        except (OSError, StateError):
-            toks = []
-        with self._state_lock:
-            if len(self._state_tokens) >= 4096:
-                self._state_tokens.pop(next(iter(self._state_tokens)))
-            self._state_tokens[path] = (key, toks)
-        return toks
-
-    def _slot_dict(self, s: _Slot) -> dict:
+    def _slot_dict(self, s: Slot) -> dict:
         a = s.act
         return dict(id=s.id, id_task=s.n_task if a is not None else -1, n_ctx=self.ctx.n_ctx,
                     is_processing=a is not None, n_past=len(s.tokens), n_cached=len(s.tokens),
@@ -782,27 +611,3 @@ class Engine:
 
     def _publish(self) -> None:
         self.slot_info = [self._slot_dict(s) for s in self.slots]
-
-
-def _file_key(path: str):
-    """(mtime, size, inode) of a file, None when it does not exist."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
-class SlotBusyError(PyrtError):
-    """A slot operation on a slot that is processing a request."""
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))

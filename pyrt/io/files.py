@@ -1,4 +1,4 @@
-"""Files that pyrt writes (state and prompt-cache files): replaced whole or not at all.
+"""Files that pyrt writes (state and prompt-cache files): replaced whole or not at all, read back whole.
 
 A file is written to `.<name>.pyrt-tmp.<pid>` in its own folder, fsynced, renamed over the target and the
 folder fsynced; on any failure (full disk, signal) the temp file is removed, and temp files of processes
@@ -110,3 +110,9 @@ def write_file_atomic(path, parts, what: str = "file", error=FileAccessError) ->
         raise
     _fsync_dir(os.path.dirname(path))
     return n
+
+
+def read_file(path) -> bytes:
+    """The whole content of `path` (OSError when it cannot be read)."""
+    with open(path, "rb") as fh:
+        return fh.read()

@@ -3,7 +3,7 @@
 Thin: parsing and formatting live in pyrt.server.protocol, generation in pyrt.engine. Engine events
 cross from the engine thread into the event loop with `call_soon_threadsafe`. A client that goes away
 (streaming or not) has its request cancelled, which frees its cells at the engine's next step.
-Imports starlette (the `server` extra), pyrt.engine, pyrt.server.protocol.
+Imports starlette (the `server` extra), pyrt.engine, pyrt.io.files (slot files), pyrt.server.protocol.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from starlette.routing import Route
 
 from ..engine import Engine, Request
 from ..engine.requests import FINISH_CANCELLED, FINISH_ERROR, FINISH_STOP, FINISH_TIMEOUT, Completion, Piece
-from ..engine.scheduler import EngineStoppedError, QueueFullError, SlotBusyError
+from ..engine.scheduler import EngineStoppedError, QueueFullError
+from ..engine.slots import SlotBusyError
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
+from ..io.files import read_file
 from ..runtime.tools import parse_tool_calls
 from . import protocol as P
 from .protocol import ApiError
@@ -497,7 +499,7 @@ def build_app(state: ServerState) -> Starlette:
             out["filename"] = name
             return JSONResponse(out)
         try:
-            data = await asyncio.to_thread(_read_file, path)
+            data = await asyncio.to_thread(read_file, path)
         except FileNotFoundError:
             raise ApiError(404, f"no slot file {name!r}", "not_found_error") from None
         out = await _engine_call(eng, lambda e: e.slot_restore(slot_id, data))
@@ -587,11 +589,6 @@ async def _engine_call(eng: Engine, fn):
         raise ApiError(503, str(e), "unavailable_error") from None
     except InvalidArgumentError as e:
         raise P.bad(str(e)) from None
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 def valid_filename(name: str) -> bool:
