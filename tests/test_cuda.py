@@ -1,6 +1,6 @@
 """The CUDA backend without a GPU: every kernel compiled to PTX for cc 8.0 and 9.0, the parity checks of
-tests/cuda/parity_checks.py in the CUDA simulator (a subprocess: numba reads NUMBA_ENABLE_CUDASIM when it
-loads), and the one-line errors when the extra or a GPU is missing."""
+tests/cuda/parity_checks.py, test_cuda_mla.py and test_cuda_moe.py in the CUDA simulator (child pytests,
+tests/simulator.py: numba reads NUMBA_ENABLE_CUDASIM when it loads), and the one-line errors when the extra or a GPU is missing."""
 
 import importlib.util
 import os
@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from simulator import run_children
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
@@ -101,15 +102,18 @@ def test_simulator_shares_one_array_per_block():
     assert r.stdout.strip() == "[64.0]", r.stdout
 
 
-@pytest.mark.slow  # ~1.5 min on 2 cores (the simulator runs each GPU thread as a Python thread)
-def test_parity_in_simulator():
-    """Each kernel against the CPU ops, KV store bytes, attention and two tiny models, simulated."""
+def test_simulator():
+    """FlashMLA, YaRN and the MoE kernels against the CPU kernels and float64, simulated."""
     pytest.importorskip("numba_cuda")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        os.path.join(ROOT, "tests", "cuda", "parity_checks.py")],
-                       env=_env(NUMBA_ENABLE_CUDASIM="1"), cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]
+    run_children([("test_cuda_mla.py", "not slow", True), ("test_cuda_moe.py", "not slow", True)])
+
+
+@pytest.mark.slow  # ~1.5 min on 2 cores
+def test_simulator_slow():
+    """Each kernel against the CPU ops, KV store bytes, attention and tiny models (tests/cuda/parity_checks.py),
+    and the synthetic deepseek2 model decoding token by token, simulated."""
+    pytest.importorskip("numba_cuda")
+    run_children([("cuda/parity_checks.py", None, False), ("test_cuda_mla.py", "slow", True)])
 
 
 def test_no_gpu_is_one_typed_error():

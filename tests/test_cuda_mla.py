@@ -1,52 +1,25 @@
 """FlashMLA and YaRN RoPE on the device: the CUDA simulator against the CPU kernels and float64, and every
 kernel compiled to PTX for cc 8.0 and 9.0 (no GPU needed for either).
 
-The simulator tests need NUMBA_ENABLE_CUDASIM=1 before numba-cuda is imported, so `test_in_simulator`
-runs this file's simulator tests in a child pytest with it set; in the child they run, here they are skipped.
+The simulator tests need NUMBA_ENABLE_CUDASIM=1 before numba-cuda is imported: tests/test_cuda.py runs this
+file in a child pytest with it set (tests/simulator.py); in the child they run, here they are skipped.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 from mla_reference import naive_latent
+from simulator import ROOT, SIM
 
 pytest.importorskip("numba_cuda")
 
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-sim_only = pytest.mark.skipif(not SIM, reason="runs in the child pytest of test_in_simulator")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sim_only = pytest.mark.skipif(not SIM, reason="runs in tests/test_cuda.py's simulator children")
 
 H, C, R = 4, 64, 32
-
-if SIM:
-    sys.setswitchinterval(1e-5)  # the simulator's threads meet at barriers: switch between them quickly
-
-
-def run_simulator_child(path: str, markers: str = "not slow") -> None:
-    """Runs the simulator tests of test file `path` selected by the marker expression in a child pytest with
-    NUMBA_ENABLE_CUDASIM=1."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", markers, path],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-3000:]
-
-
-@pytest.mark.skipif(SIM, reason="this is the parent of the simulator run")
-def test_in_simulator():
-    run_simulator_child(os.path.abspath(__file__))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(SIM, reason="this is the parent of the simulator run")
-def test_in_simulator_slow():
-    """The whole-model run (about two minutes simulated on 2 cores)."""
-    run_simulator_child(os.path.abspath(__file__), "slow")
 
 
 @pytest.mark.skipif(SIM, reason="the simulator has no compile_ptx")

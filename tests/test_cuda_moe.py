@@ -14,7 +14,8 @@ from gguf.quants import dequantize, quantize
 
 pytest.importorskip("numba_cuda")
 
-from test_cuda_mla import SIM, run_simulator_child, sim_only  # noqa: E402
+from simulator import SIM  # noqa: E402
+from test_cuda_mla import sim_only  # noqa: E402
 
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q5_0, T.Q4_K, T.Q5_K, T.Q6_K]
 # CPU matmul tolerance (tests/test_matmul.py): the CPU quantizes activations, the device does not
@@ -53,11 +54,6 @@ class W:
 
 def _nmse(a, ref):
     return float(((a - ref) ** 2).sum() / (ref ** 2).sum())
-
-
-@pytest.mark.skipif(SIM, reason="this is the parent of the simulator run")
-def test_in_simulator():
-    run_simulator_child(os.path.abspath(__file__))
 
 
 @pytest.mark.skipif(SIM, reason="the simulator has no compile_ptx")
