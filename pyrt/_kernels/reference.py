@@ -76,50 +76,40 @@ def f32_to_f32_bits(x):
     return s | np.int64(math.ldexp(a, 149))
 
 
-def f32_to_f16_bits(x):
-    """float32 -> IEEE binary16 bits, round to nearest even (as F16C / numpy's astype), by arithmetic."""
+def f32_to_ieee_bits(x, m_bits, e_bits):
+    """float32 -> the bits of an IEEE-style binary float with m_bits mantissa and e_bits exponent bits, round
+    to nearest even, by arithmetic; NaN becomes the quiet NaN (F16C / numpy's astype, ggml's fp32_to_bf16)."""
+    bias = ((1 << e_bits) - 1) >> 1
+    inf = ((1 << e_bits) - 1) << m_bits
     if x != x:
-        return 0x7E00
-    s = 0x8000 if math.copysign(1.0, x) < 0 else 0
+        return inf | (1 << (m_bits - 1))
+    s = (1 << (m_bits + e_bits)) if math.copysign(1.0, x) < 0 else 0
     a = abs(x)
     if a == np.inf:
-        return s | 0x7C00
+        return s | inf
     if a == 0:
         return s
     m, e = math.frexp(a)  # a = m * 2^e, m in [0.5, 1)
-    if e - 1 >= -14:
-        q = round(math.ldexp(m, 11))  # 11 significant bits, ties to even
+    if e - 1 >= 1 - bias:
+        q = round(math.ldexp(m, m_bits + 1))  # m_bits + 1 significant bits, ties to even
         ex = e - 1
-        if q == 2048:
-            q = 1024
+        if q == 1 << (m_bits + 1):
+            q = 1 << m_bits
             ex += 1
-        if ex > 15:
-            return s | 0x7C00
-        return s | ((ex + 15) << 10) | (q - 1024)
-    return s | round(math.ldexp(a, 24))  # subnormal: k * 2^-24 (k = 1024 encodes the smallest normal)
+        if ex > bias:
+            return s | inf
+        return s | ((ex + bias) << m_bits) | (q - (1 << m_bits))
+    return s | round(math.ldexp(a, bias - 1 + m_bits))  # subnormal (k = 1 << m_bits encodes the smallest normal)
+
+
+def f32_to_f16_bits(x):
+    """float32 -> IEEE binary16 bits."""
+    return f32_to_ieee_bits(x, 10, 5)
 
 
 def f32_to_bf16_bits(x):
-    """float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN (ggml's fp32_to_bf16)."""
-    if x != x:
-        return 0x7FC0
-    s = 0x8000 if math.copysign(1.0, x) < 0 else 0
-    a = abs(x)
-    if a == np.inf:
-        return s | 0x7F80
-    if a == 0:
-        return s
-    m, e = math.frexp(a)
-    if e - 1 >= -126:
-        q = round(math.ldexp(m, 8))
-        ex = e - 1
-        if q == 256:
-            q = 128
-            ex += 1
-        if ex > 127:
-            return s | 0x7F80
-        return s | ((ex + 127) << 7) | (q - 128)
-    return s | round(math.ldexp(a, 133))
+    """float32 -> bfloat16 bits."""
+    return f32_to_ieee_bits(x, 7, 8)
 
 
 def read_u16(src, off):
