@@ -68,8 +68,8 @@ class DeepSeek2Model(ModelBase):
 
     def __init__(self, f: GGUFFile):
         self._read_hparams(f)
-        hp, x = self.hp, self.hp.extra
-        H, C, R, Dn, Dv = hp.n_head, x["kv_lora_rank"], hp.n_rot, x["n_embd_head_qk_nope"], hp.n_embd_head_v
+        hp, ex = self.hp, self.hp.extra
+        H, C, R, Dn, Dv = hp.n_head, ex["kv_lora_rank"], hp.n_rot, ex["n_embd_head_qk_nope"], hp.n_embd_head_v
         Dk = hp.n_embd_head_k
         t = TensorTable(f)
         self.token_embd = t.get("token_embd.weight", (hp.n_vocab, hp.n_embd))
@@ -78,15 +78,15 @@ class DeepSeek2Model(ModelBase):
         self.output = Linear(out if out is not None else self.token_embd)
         self.layers = []
         self.derive_seconds = 0.0
-        n_ff_exp, n_expert, n_shexp = x["n_ff_exp"], x["n_expert"], x["n_expert_shared"]
+        n_ff_exp, n_expert, n_shexp = ex["n_ff_exp"], ex["n_expert"], ex["n_expert_shared"]
         for il in range(hp.n_layer):
             p = f"blk.{il}."
             L = SimpleNamespace()
             L.attn_norm = t.vector(p + "attn_norm.weight", hp.n_embd)
-            if x["q_lora_rank"] > 0:
-                L.attn_q_a = t.linear(p + "attn_q_a", x["q_lora_rank"], hp.n_embd)
-                L.attn_q_a_norm = t.vector(p + "attn_q_a_norm.weight", x["q_lora_rank"])
-                L.attn_q_b = t.linear(p + "attn_q_b", H * Dk, x["q_lora_rank"])
+            if ex["q_lora_rank"] > 0:
+                L.attn_q_a = t.linear(p + "attn_q_a", ex["q_lora_rank"], hp.n_embd)
+                L.attn_q_a_norm = t.vector(p + "attn_q_a_norm.weight", ex["q_lora_rank"])
+                L.attn_q_b = t.linear(p + "attn_q_b", H * Dk, ex["q_lora_rank"])
                 L.attn_q = None
             else:
                 L.attn_q = t.linear(p + "attn_q", H * Dk, hp.n_embd)
@@ -135,7 +135,7 @@ class DeepSeek2Model(ModelBase):
                 (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type), L.attn_kv_a_norm,
                 (L.attn_output.w.raw, L.attn_output.w.ggml_type), hp.n_embd, R, hp.f_norm_rms_eps)
             L.ffn_norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
-            if il < x["n_layer_dense_lead"]:
+            if il < ex["n_layer_dense_lead"]:
                 L.moe = False
                 L.ffn_gate = t.linear(p + "ffn_gate", hp.n_ff, hp.n_embd)
                 L.ffn_up = t.linear(p + "ffn_up", hp.n_ff, hp.n_embd)
@@ -154,7 +154,8 @@ class DeepSeek2Model(ModelBase):
                 sh = (L.ffn_gate_shexp.w, L.ffn_up_shexp.w, L.ffn_down_shexp.w) if n_shexp > 0 else None
                 L.moe_decode = moe.MoEDecode.build(
                     L.ffn_gate_inp.w, L.exp_probs_b, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, sh, n_ff_exp,
-                    x["n_expert_used"], x["expert_gating_func"], x["expert_weights_norm"], x["expert_weights_scale"])
+                    ex["n_expert_used"], ex["expert_gating_func"], ex["expert_weights_norm"],
+                    ex["expert_weights_scale"])
             self.layers.append(L)
 
     @staticmethod
@@ -275,8 +276,8 @@ class DeepSeek2Model(ModelBase):
 
     def rope_params(self, il: int) -> tuple:
         """(n_rot, freq_base, freq_scale, freq_factors, mode, yarn) of layer il's k_pe, for the cache's K-shift."""
-        hp, x = self.hp, self.hp.extra
-        yarn = (x["ext_factor"], x["corr_dims"][0], x["corr_dims"][1])
+        hp, ex = self.hp, self.hp.extra
+        yarn = (ex["ext_factor"], ex["corr_dims"][0], ex["corr_dims"][1])
         return hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, None, hp.rope_type, yarn
 
     def k_rope_offset(self, mla_mode: int) -> int:
@@ -285,14 +286,14 @@ class DeepSeek2Model(ModelBase):
         return self.hp.extra["n_embd_head_qk_nope"] if mla_mode == 0 else 0
 
     def rope_cache(self, pos: np.ndarray) -> basic.RopeCache:
-        hp, x = self.hp, self.hp.extra
-        return mla.yarn_rope_cache(pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, x["ext_factor"],
-                                   x["corr_dims"], x["rope_mscale"])
+        hp, ex = self.hp, self.hp.extra
+        return mla.yarn_rope_cache(pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, ex["ext_factor"],
+                                   ex["corr_dims"], ex["rope_mscale"])
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, inp: ForwardInputs) -> np.ndarray:
         """Runs one ubatch; returns logits [n_out, n_vocab] f32 for inp.out_rows."""
-        hp, x_ = self.hp, self.hp.extra
+        hp, ex = self.hp, self.hp.extra
         mode = int(getattr(inp.kv, "mla", 3))
         n_tok = inp.tokens.shape[0]
         x = mm.get_rows(self.token_embd.raw, self.token_embd.ggml_type, inp.tokens, hp.n_embd)  # [n_tok, n_embd]
@@ -331,9 +332,9 @@ class DeepSeek2Model(ModelBase):
                 x += L.moe_decode(h)  # one fused call: router, experts, shared experts
             else:
                 logits = L.ffn_gate_inp(h)  # [n, n_expert]
-                sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,
-                                   x_["expert_weights_norm"], x_["expert_weights_scale"])
-                y = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"],
+                sel, w = moe.route(logits, ex["n_expert_used"], ex["expert_gating_func"], L.exp_probs_b,
+                                   ex["expert_weights_norm"], ex["expert_weights_scale"])
+                y = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, ex["n_ff_exp"],
                                 L.ffn_gate_up_exps)
                 g, u = linear_multi(h, L.ffn_gate_shexp, L.ffn_up_shexp)
                 y += L.ffn_down_shexp(basic.swiglu(g, u))
@@ -342,9 +343,9 @@ class DeepSeek2Model(ModelBase):
         return self.output(x)
 
     def _attention(self, il, L, h, rope, inp, mode) -> np.ndarray:
-        hp, x_ = self.hp, self.hp.extra
+        hp, ex = self.hp, self.hp.extra
         n_tok = h.shape[0]
-        H, C, R, Dn, Dv, Dk = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], \
+        H, C, R, Dn, Dv, Dk = hp.n_head, ex["kv_lora_rank"], hp.n_rot, ex["n_embd_head_qk_nope"], \
             hp.n_embd_head_v, hp.n_embd_head_k
         eps = hp.f_norm_rms_eps
         if L.attn_q is None:
@@ -393,9 +394,9 @@ class DeepSeek2Model(ModelBase):
 
     def _attn_decompressed(self, L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp) -> np.ndarray:
         """Prompt path of modes 2/3: decompress the cached latents of the visible cells through kv_b."""
-        hp, x_ = self.hp, self.hp.extra
+        hp, ex = self.hp, self.hp.extra
         n_tok = q_nope.shape[0]
-        H, C, R, Dn, Dv, Dk = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], \
+        H, C, R, Dn, Dv, Dk = hp.n_head, ex["kv_lora_rank"], hp.n_rot, ex["n_embd_head_qk_nope"], \
             hp.n_embd_head_v, hp.n_embd_head_k
         n_vis = kv_idx.shape[0]
         lat = mla.latent_rows(krows, type_k, kv_idx, R + C)          # [n_vis, R + C]
