@@ -149,7 +149,7 @@ def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monke
     sd.write_model(path, spec[0], spec[1], **{**small, **spec[2]})
     model = deepseek2.DeepSeek2Model(GGUFFile(path))
     hp, x_ = model.hp, model.hp.extra
-    L = model.layers[1]
+    A = model.layers[1].attn
     H, C, R, Dn, Dv = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], hp.n_embd_head_v
     rng = np.random.default_rng(3)
     n_cells, n_old, n_tok = 24, 13, 2
@@ -169,31 +169,29 @@ def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monke
     dev_k = cuda.to_device(cache.k[0].view(np.uint8).reshape(n_cells, -1))  # the cache before the ubatch
     h = (rng.standard_normal((n_tok, hp.n_embd))).astype(np.float32)
     # the projections (dense matmuls of the cuda backend) on the host; their outputs go to the device
-    if L.attn_q is None:
-        qa_, kva = mm.matmul_multi(h, [(L.attn_q_a.w.raw, L.attn_q_a.w.ggml_type),
-                                       (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type)])
-        q = L.attn_q_b(basic.rms_norm(qa_, L.attn_q_a_norm, hp.f_norm_rms_eps))
+    if A.q is None:
+        qa_, kva = mm.matmul_multi(h, [(A.q_a.w.raw, A.q_a.w.ggml_type), (A.kv_a_mqa.w.raw, A.kv_a_mqa.w.ggml_type)])
+        q = A.q_b(basic.rms_norm(qa_, A.q_a_norm, hp.f_norm_rms_eps))
     else:
-        q, kva = mm.matmul_multi(h, [(L.attn_q.w.raw, L.attn_q.w.ggml_type),
-                                     (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type)])
+        q, kva = mm.matmul_multi(h, [(A.q.w.raw, A.q.w.ggml_type), (A.kv_a_mqa.w.raw, A.kv_a_mqa.w.ggml_type)])
     inp = SimpleNamespace(kv=_HostKV(cache, cells, cell_pos, cell_seq, kv_idx), pos=pos, seq=seq)
     assert n_tok < deepseek2.PP_MIN_TOKENS  # the absorbed path
     # CPU: the model's own path, fed the same projections (its one linear_multi call)
-    monkeypatch.setattr(deepseek2, "linear_multi", lambda hh, *lins: [q if L.attn_q is not None else qa_, kva])
-    want = model._attention(1, L, h, model.rope_cache(pos), inp, 3)
+    monkeypatch.setattr(deepseek2, "linear_multi", lambda hh, *lins: [q if A.q is not None else qa_, kva])
+    want = model._attention(1, A, h, model.rope_cache(pos), inp, 3)
     # device
     yarn = (hp.rope_freq_base, hp.rope_freq_scale, x_["ext_factor"], *x_["corr_dims"], x_["rope_mscale"])
     d = cuda.to_device
-    row = mla.mla_kv_rows_device(d(np.ascontiguousarray(kva)), d(L.attn_kv_a_norm), hp.f_norm_rms_eps, d(pos), yarn)
+    row = mla.mla_kv_rows_device(d(np.ascontiguousarray(kva)), d(A.kv_a_norm), hp.f_norm_rms_eps, d(pos), yarn)
     ka.store_rows[n_tok, ka.NT](dev_k.reshape(dev_k.size), dev_k.shape[1], 0, d(cells), row,
                                 ka.CACHE_KINDS.index(type_k))
     # the stored latent rows are the CPU's, byte for byte (f32 rows within rounding, then the same conversion)
     held = dev_k.copy_to_host()
     np.testing.assert_array_equal(held[cells], cache.k[0].view(np.uint8).reshape(n_cells, -1)[cells])
-    kb = SimpleNamespace(raw=d(L.k_b_raw), ggml_type=L.k_b_type)
-    vb = SimpleNamespace(raw=d(L.v_b_raw), ggml_type=L.v_b_type)
-    got = mla.mla_attention_device(d(np.ascontiguousarray(q.reshape(n_tok, H, Dn + R))), kb, L.k_b_row0, vb,
-                                   L.v_b_row0, Dv, dev_k, type_k, d(cell_pos), d(cell_seq), d(kv_idx), d(pos),
+    kb = SimpleNamespace(raw=d(A.k_b.raw), ggml_type=A.k_b.ggml_type)
+    vb = SimpleNamespace(raw=d(A.v_b.raw), ggml_type=A.v_b.ggml_type)
+    got = mla.mla_attention_device(d(np.ascontiguousarray(q.reshape(n_tok, H, Dn + R))), kb, A.k_b.row0, vb,
+                                   A.v_b.row0, Dv, dev_k, type_k, d(cell_pos), d(cell_seq), d(kv_idx), d(pos),
                                    d(seq), model.kq_scale, yarn, R).copy_to_host()
     nmse = ((got - want) ** 2).sum() / (want ** 2).sum()
     # the CPU quantizes the activations of both the W_UK and the W_UV product to Q8_0 (2x its matmul NMSE)

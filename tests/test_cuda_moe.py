@@ -198,22 +198,22 @@ def test_deepseek2_moe_block_on_device_matches_cpu(tmp_path):
     sd.write_model(path, spec[0], spec[1], **{**small, **spec[2]})
     model = deepseek2.DeepSeek2Model(GGUFFile(path))
     x_ = model.hp.extra
-    L = model.layers[1]
-    assert L.moe and L.exp_probs_b is not None and x_["expert_gating_func"] == moe.GATING_SIGMOID
+    F = model.layers[1].ffn
+    assert isinstance(F, deepseek2.MoEFFN) and F.exp_probs_b is not None
+    assert x_["expert_gating_func"] == moe.GATING_SIGMOID
     h = np.random.default_rng(1).standard_normal((1, model.hp.n_embd)).astype(np.float32)
-    logits = L.ffn_gate_inp(h)
-    sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,
+    logits = F.gate_inp(h)
+    sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], F.exp_probs_b,
                        x_["expert_weights_norm"], x_["expert_weights_scale"])
-    want = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"])
-    g, u = linear_multi(h, L.ffn_gate_shexp, L.ffn_up_shexp)
-    want += L.ffn_down_shexp(basic.swiglu(g, u))
+    want = moe.moe_ffn(h, sel, w, F.gate_exps, F.up_exps, F.down_exps, x_["n_ff_exp"])
+    g, u = linear_multi(h, F.gate_shexp, F.up_shexp)
+    want += F.down_shexp(basic.swiglu(g, u))
 
     def dev(wt):
         return SimpleNamespace(raw=cuda.to_device(wt.raw), ggml_type=wt.ggml_type)
     d = cuda.to_device
-    got = moe.moe_block_device(d(h), dev(L.ffn_gate_inp.w), d(L.exp_probs_b), dev(L.ffn_gate_exps),
-                               dev(L.ffn_up_exps), dev(L.ffn_down_exps),
-                               (dev(L.ffn_gate_shexp.w), dev(L.ffn_up_shexp.w), dev(L.ffn_down_shexp.w)),
+    got = moe.moe_block_device(d(h), dev(F.gate_inp.w), d(F.exp_probs_b), dev(F.gate_exps), dev(F.up_exps),
+                               dev(F.down_exps), (dev(F.gate_shexp.w), dev(F.up_shexp.w), dev(F.down_shexp.w)),
                                x_["n_ff_exp"], x_["n_expert_used"], x_["expert_gating_func"],
                                x_["expert_weights_norm"], x_["expert_weights_scale"]).copy_to_host()
     assert np.abs(want).max() > 0.01

@@ -154,7 +154,7 @@ def test_fused_moe_decode_matches_op_by_op(ds2_models):
 
     def run():
         llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
-        fused = [L.moe_decode is not None for L in llm.model.layers if L.moe]
+        fused = [L.ffn.decode is not None for L in llm.model.layers if isinstance(L.ffn, deepseek2.MoEFFN)]
         return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
                                       for i, t in enumerate(ids)])
     on, a = run()
@@ -175,7 +175,7 @@ def test_fused_mla_decode_bit_identical(name, ds2_models, monkeypatch):
 
     def run():
         llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=1, warmup=False)
-        fused = [L.mla_decode is not None for L in llm.model.layers]
+        fused = [L.attn.decode is not None for L in llm.model.layers]
         return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
                                       for i, t in enumerate(ids)])
     monkeypatch.setattr(mla, "FUSED_BLOCK", False)  # MLADecode inside the op-by-op block
@@ -198,7 +198,7 @@ def test_fused_block_decode_bit_identical(name, type_k, ds2_models, monkeypatch)
 
     def run():
         llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=3, type_k=type_k, warmup=False)
-        blocks = [L.attn_block is not None for L in llm.model.layers]
+        blocks = [L.attn.block is not None for L in llm.model.layers]
         ctx = llm.ctx
         out = [ctx.decode(Batch.from_tokens([5, 9, 14], pos0=0, logits="all"))]
         out += [ctx.decode(Batch.from_tokens([t], pos0=3 + i)) for i, t in enumerate([3, 7, 11])]

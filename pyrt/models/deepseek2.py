@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..errors import InvalidArgumentError, ModelFileError, UnsupportedError
 from ..formats.qtypes import DOT_TYPES
-from ..io.gguf_file import GGUFFile
+from ..io.gguf_file import GGUFFile, Weight
 from ..ops import basic, mla, moe
 from ..ops import matmul as mm
 from ..ops.attention import BLAS_MIN_TOKENS as ATTN_BLAS_MIN_TOKENS
@@ -34,7 +34,7 @@ FLOAT_TYPES = (int(T.F32), int(T.F16), int(T.BF16))
 
 
 class _Raw:
-    """A weight-like (raw rows + type) built at load time (derived k_b / v_b / kv_b)."""
+    """A weight-like (raw rows + type) built at load time (derived k_b / kv_b)."""
 
     __slots__ = ("raw", "ggml_type")
 
@@ -59,6 +59,78 @@ def _encode_rows(x: np.ndarray, ggml_type: int) -> _Raw:
     return _Raw(out, T.Q8_0)
 
 
+@dataclass(slots=True)
+class HeadRows:
+    """A per-head weight as stacked raw rows (MLA's W_UK^T and W_UV): head h's n rows start at row0[h]."""
+
+    raw: np.ndarray            # [rows, row bytes] uint8, read-only: every head's rows
+    ggml_type: int
+    row0: np.ndarray           # [n_head] int64: each head's first row in raw
+    heads: list[np.ndarray]    # n_head views [n, row bytes] of raw: each head's rows
+
+    @classmethod
+    def of(cls, raw: np.ndarray, ggml_type: int, row0: np.ndarray, n: int) -> HeadRows:
+        return cls(raw, int(ggml_type), row0, [raw[r:r + n] for r in row0])
+
+
+# Shapes below: H heads, C = kv_lora_rank, R = n_rot, Dn = qk_nope, Dk = Dn + R, Dv = v_head. A Linear's or
+# Weight's is its logical shape, numpy order ([out, in]); its .raw holds the rows as bytes.
+@dataclass(slots=True)
+class MLAAttention:
+    """One layer's multi-head latent attention: x += output(MLA(rms_norm(x) * norm))."""
+
+    norm: np.ndarray                   # [n_embd] f32: attn_norm
+    q: Linear | None                   # attn_q [H*Dk, n_embd]; None with q_lora (q_a, q_a_norm, q_b instead)
+    q_a: Linear | None                 # attn_q_a [q_lora_rank, n_embd]; None without q_lora
+    q_a_norm: np.ndarray | None        # [q_lora_rank] f32; None without q_lora
+    q_b: Linear | None                 # attn_q_b [H*Dk, q_lora_rank]; None without q_lora
+    kv_a_mqa: Linear                   # attn_kv_a_mqa [C + R, n_embd]: [c_kv | k_pe] per token
+    kv_a_norm: np.ndarray              # [C] f32
+    kv_b: Weight | _Raw                # attn_kv_b [H*(Dn + Dv), C]: per head [W_UK; W_UV] (rebuilt when absent)
+    k_b: HeadRows                      # W_UK^T [H*C, Dn]: head h's [C, Dn] (attn_k_b, or derived from kv_b)
+    v_b: HeadRows                      # W_UV: head h's [Dv, C] (attn_v_b [H*Dv, C], or read in place in kv_b)
+    absorbed: mla.AbsorbedWeights      # k_b and v_b for the absorbed attention of a ubatch
+    decode: mla.MLADecode | None       # one token's W_UK, FlashMLA, W_UV in one call; None: three calls
+    output: Linear                     # attn_output [n_embd, H*Dv]
+    block: mla.MLABlockDecode | None   # one decoded token's whole attention block in one call; None: op by op
+
+
+@dataclass(slots=True)
+class DenseFFN:
+    """A leading dense layer's FFN: x += down(swiglu(gate(h), up(h))), h = rms_norm(x) * norm."""
+
+    norm: np.ndarray   # [n_embd] f32: ffn_norm
+    gate: Linear       # ffn_gate [n_ff, n_embd]
+    up: Linear         # ffn_up [n_ff, n_embd]
+    down: Linear       # ffn_down [n_embd, n_ff]
+
+
+@dataclass(slots=True)
+class MoEFFN:
+    """A MoE layer's FFN: x += the n_expert_used routed experts' weighted sum + the shared experts, of
+    h = rms_norm(x) * norm."""
+
+    norm: np.ndarray                  # [n_embd] f32: ffn_norm
+    gate_inp: Linear                  # ffn_gate_inp [n_expert, n_embd]: the router
+    exp_probs_b: np.ndarray | None    # [n_expert] f32: the selection bias, or None
+    gate_exps: Weight                 # ffn_gate_exps [n_expert, n_ff_exp, n_embd]
+    up_exps: Weight                   # ffn_up_exps [n_expert, n_ff_exp, n_embd]
+    down_exps: Weight                 # ffn_down_exps [n_expert, n_embd, n_ff_exp]
+    gate_up_exps: np.ndarray | None   # [2*n_expert*n_ff_exp, row bytes] uint8: gate, up adjacent as one view, or None
+    gate_shexp: Linear                # ffn_gate_shexp [n_ff_exp*n_expert_shared, n_embd]
+    up_shexp: Linear                  # ffn_up_shexp [n_ff_exp*n_expert_shared, n_embd]
+    down_shexp: Linear                # ffn_down_shexp [n_embd, n_ff_exp*n_expert_shared]
+    decode: moe.MoEDecode | None      # one token's FFN (router, experts, shared experts) in one call; None: op by op
+
+
+@dataclass(slots=True)
+class DeepSeek2Layer:
+    """One block: the attention, then the FFN, each with its own pre-norm and residual add."""
+
+    attn: MLAAttention
+    ffn: DenseFFN | MoEFFN
+
+
 class DeepSeek2Model(ModelBase):
     """One instance per loaded file; weights stay views into the map (derived MLA tensors are small copies)."""
 
@@ -68,94 +140,95 @@ class DeepSeek2Model(ModelBase):
 
     def __init__(self, f: GGUFFile):
         self._read_hparams(f)
-        hp, x = self.hp, self.hp.extra
-        H, C, R, Dn, Dv = hp.n_head, x["kv_lora_rank"], hp.n_rot, x["n_embd_head_qk_nope"], hp.n_embd_head_v
-        Dk = hp.n_embd_head_k
+        hp = self.hp
         t = TensorTable(f)
         self.token_embd = t.get("token_embd.weight", (hp.n_vocab, hp.n_embd))
         self.output_norm = t.vector("output_norm.weight", hp.n_embd)
         out = t.get("output.weight", (hp.n_vocab, hp.n_embd), required=False)
         self.output = Linear(out if out is not None else self.token_embd)
-        self.layers = []
         self.derive_seconds = 0.0
-        n_ff_exp, n_expert, n_shexp = x["n_ff_exp"], x["n_expert"], x["n_expert_shared"]
-        for il in range(hp.n_layer):
-            p = f"blk.{il}."
-            L = SimpleNamespace()
-            L.attn_norm = t.vector(p + "attn_norm.weight", hp.n_embd)
-            if x["q_lora_rank"] > 0:
-                L.attn_q_a = t.linear(p + "attn_q_a", x["q_lora_rank"], hp.n_embd)
-                L.attn_q_a_norm = t.vector(p + "attn_q_a_norm.weight", x["q_lora_rank"])
-                L.attn_q_b = t.linear(p + "attn_q_b", H * Dk, x["q_lora_rank"])
-                L.attn_q = None
-            else:
-                L.attn_q = t.linear(p + "attn_q", H * Dk, hp.n_embd)
-            L.attn_kv_a_mqa = t.linear(p + "attn_kv_a_mqa", C + R, hp.n_embd)
-            L.attn_kv_a_norm = t.vector(p + "attn_kv_a_norm.weight", C)
-            kv_b = t.get(p + "attn_kv_b.weight", (H * (Dn + Dv), C), required=False)
-            k_b = self._get_any(t, f, p + "attn_k_b.weight", [(H, C, Dn), (H * C, Dn)])
-            v_b = self._get_any(t, f, p + "attn_v_b.weight", [(H, Dv, C), (H * Dv, C)])
-            if kv_b is None and (k_b is None or v_b is None):
-                raise ModelFileError(f"{f.path}: layer {il} has neither attn_kv_b nor attn_k_b + attn_v_b")
-            t0 = time.perf_counter()
-            if k_b is None:  # legacy file: derive W_UK^T per head (ik's llm_prepare_mla)
-                w = mm.dequantize(kv_b.raw, kv_b.ggml_type, C).reshape(H, Dn + Dv, C)
-                kt = np.ascontiguousarray(w[:, :Dn, :].transpose(0, 2, 1)).reshape(H * C, Dn)  # [H*C, Dn]
-                ty = kv_b.ggml_type if kv_b.ggml_type in FLOAT_TYPES else (T.Q8_0 if Dn % 32 == 0 else T.F32)
-                k_b = _encode_rows(kt, ty)
-            if v_b is None:  # W_UV rows of each head, in place: no copy, no requantization
-                v_b = SimpleNamespace(raw=None, ggml_type=kv_b.ggml_type,
-                                      heads=[kv_b.raw[h * (Dn + Dv) + Dn:(h + 1) * (Dn + Dv)] for h in range(H)])
-            if kv_b is None:  # mainline MLA file: rebuild kv_b for the decompressing paths (llm_compute_wkv_b)
-                wk = mm.dequantize(k_b.raw, k_b.ggml_type, Dn).reshape(H, C, Dn).transpose(0, 2, 1)
-                wv = mm.dequantize(v_b.raw, v_b.ggml_type, C).reshape(H, Dv, C)
-                both = np.concatenate([wk, wv], axis=1).reshape(H * (Dn + Dv), C)
-                ty = k_b.ggml_type if k_b.ggml_type == v_b.ggml_type and k_b.ggml_type in FLOAT_TYPES else T.Q8_0
-                kv_b = _encode_rows(both, ty if (ty != T.Q8_0 or C % 32 == 0) else T.F32)
-            self.derive_seconds += time.perf_counter() - t0
-            L.attn_kv_b = kv_b
-            L.k_b_raw, L.k_b_type = k_b.raw, int(k_b.ggml_type)       # [H*C, Dn]: head h's rows start at h*C
-            L.k_b_row0 = np.arange(H, dtype=np.int64) * C
-            L.k_b_heads = [k_b.raw[h * C:(h + 1) * C] for h in range(H)]  # [C, Dn] rows per head
-            if getattr(v_b, "raw", None) is None:  # W_UV read in place inside attn_kv_b
-                L.v_b_raw, L.v_b_row0 = kv_b.raw, np.arange(H, dtype=np.int64) * (Dn + Dv) + Dn
-            else:
-                L.v_b_raw, L.v_b_row0 = v_b.raw, np.arange(H, dtype=np.int64) * Dv
-            L.v_b_heads = [L.v_b_raw[r:r + Dv] for r in L.v_b_row0]     # [Dv, C] rows per head
-            L.v_b_type = int(v_b.ggml_type)
-            L.absorbed = mla.AbsorbedWeights(L.k_b_raw, L.k_b_type, L.k_b_row0, L.k_b_heads, L.v_b_raw, L.v_b_type,
-                                             L.v_b_row0, L.v_b_heads, C, Dv)
-            L.mla_decode = mla.MLADecode.build(L.k_b_raw, L.k_b_type, L.v_b_raw, L.v_b_row0, L.v_b_type, H, C, Dn, Dv)
-            L.attn_output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
-            q_lin = L.attn_q if L.attn_q is not None else L.attn_q_a
-            lins = [q_lin, L.attn_kv_a_mqa, L.attn_output] + ([L.attn_q_b] if L.attn_q is None else [])
-            L.attn_block = None if any(li.bias is not None for li in lins) else mla.MLABlockDecode.build(
-                L.mla_decode, L.attn_norm, (q_lin.w.raw, q_lin.w.ggml_type), L.attn_q_a_norm if L.attn_q is None
-                else None, (L.attn_q_b.w.raw, L.attn_q_b.w.ggml_type) if L.attn_q is None else None,
-                (L.attn_kv_a_mqa.w.raw, L.attn_kv_a_mqa.w.ggml_type), L.attn_kv_a_norm,
-                (L.attn_output.w.raw, L.attn_output.w.ggml_type), hp.n_embd, R, hp.f_norm_rms_eps)
-            L.ffn_norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
-            if il < x["n_layer_dense_lead"]:
-                L.moe = False
-                L.ffn_gate = t.linear(p + "ffn_gate", hp.n_ff, hp.n_embd)
-                L.ffn_up = t.linear(p + "ffn_up", hp.n_ff, hp.n_embd)
-                L.ffn_down = t.linear(p + "ffn_down", hp.n_embd, hp.n_ff)
-            else:
-                L.moe = True
-                L.ffn_gate_inp = t.linear(p + "ffn_gate_inp", n_expert, hp.n_embd)
-                L.exp_probs_b = t.vector(p + "exp_probs_b.bias", n_expert, required=False)
-                L.ffn_gate_exps = t.get(p + "ffn_gate_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
-                L.ffn_up_exps = t.get(p + "ffn_up_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
-                L.ffn_down_exps = t.get(p + "ffn_down_exps.weight", (n_expert, hp.n_embd, n_ff_exp))
-                L.ffn_gate_up_exps = adjacent_rows(L.ffn_gate_exps.raw, L.ffn_up_exps.raw)  # None unless back to back
-                L.ffn_gate_shexp = t.linear(p + "ffn_gate_shexp", n_ff_exp * n_shexp, hp.n_embd)
-                L.ffn_up_shexp = t.linear(p + "ffn_up_shexp", n_ff_exp * n_shexp, hp.n_embd)
-                L.ffn_down_shexp = t.linear(p + "ffn_down_shexp", hp.n_embd, n_ff_exp * n_shexp)
-                sh = (L.ffn_gate_shexp.w, L.ffn_up_shexp.w, L.ffn_down_shexp.w) if n_shexp > 0 else None
-                L.moe_decode = moe.MoEDecode.build(
-                    L.ffn_gate_inp.w, L.exp_probs_b, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, sh, n_ff_exp,
-                    x["n_expert_used"], x["expert_gating_func"], x["expert_weights_norm"], x["expert_weights_scale"])
-            self.layers.append(L)
+        self.layers = [DeepSeek2Layer(self._load_attention(t, f, il), self._load_ffn(t, il))
+                       for il in range(hp.n_layer)]
+
+    def _load_attention(self, t: TensorTable, f: GGUFFile, il: int) -> MLAAttention:
+        """Layer il's attention; derives W_UK^T or attn_kv_b where the file lacks it (timed in derive_seconds)."""
+        hp, ex = self.hp, self.hp.extra
+        H, C, R, Dn, Dv = hp.n_head, ex["kv_lora_rank"], hp.n_rot, ex["n_embd_head_qk_nope"], hp.n_embd_head_v
+        Dk = hp.n_embd_head_k
+        p = f"blk.{il}."
+        norm = t.vector(p + "attn_norm.weight", hp.n_embd)
+        q = q_a = q_a_norm = q_b = None
+        if ex["q_lora_rank"] > 0:
+            q_a = t.linear(p + "attn_q_a", ex["q_lora_rank"], hp.n_embd)
+            q_a_norm = t.vector(p + "attn_q_a_norm.weight", ex["q_lora_rank"])
+            q_b = t.linear(p + "attn_q_b", H * Dk, ex["q_lora_rank"])
+        else:
+            q = t.linear(p + "attn_q", H * Dk, hp.n_embd)
+        kv_a_mqa = t.linear(p + "attn_kv_a_mqa", C + R, hp.n_embd)
+        kv_a_norm = t.vector(p + "attn_kv_a_norm.weight", C)
+        kv_b = t.get(p + "attn_kv_b.weight", (H * (Dn + Dv), C), required=False)
+        k_b = self._get_any(t, f, p + "attn_k_b.weight", [(H, C, Dn), (H * C, Dn)])
+        v_b = self._get_any(t, f, p + "attn_v_b.weight", [(H, Dv, C), (H * Dv, C)])
+        if kv_b is None and (k_b is None or v_b is None):
+            raise ModelFileError(f"{f.path}: layer {il} has neither attn_kv_b nor attn_k_b + attn_v_b")
+        t0 = time.perf_counter()
+        if k_b is None:  # legacy file: derive W_UK^T per head (ik's llm_prepare_mla)
+            w = mm.dequantize(kv_b.raw, kv_b.ggml_type, C).reshape(H, Dn + Dv, C)
+            kt = np.ascontiguousarray(w[:, :Dn, :].transpose(0, 2, 1)).reshape(H * C, Dn)  # [H*C, Dn]
+            ty = kv_b.ggml_type if kv_b.ggml_type in FLOAT_TYPES else (T.Q8_0 if Dn % 32 == 0 else T.F32)
+            k_b = _encode_rows(kt, ty)
+        if kv_b is None:  # mainline MLA file: rebuild kv_b for the decompressing paths (llm_compute_wkv_b)
+            wk = mm.dequantize(k_b.raw, k_b.ggml_type, Dn).reshape(H, C, Dn).transpose(0, 2, 1)
+            wv = mm.dequantize(v_b.raw, v_b.ggml_type, C).reshape(H, Dv, C)
+            both = np.concatenate([wk, wv], axis=1).reshape(H * (Dn + Dv), C)
+            ty = k_b.ggml_type if k_b.ggml_type == v_b.ggml_type and k_b.ggml_type in FLOAT_TYPES else T.Q8_0
+            kv_b = _encode_rows(both, ty if (ty != T.Q8_0 or C % 32 == 0) else T.F32)
+        self.derive_seconds += time.perf_counter() - t0
+        heads = np.arange(H, dtype=np.int64)
+        w_uk = HeadRows.of(k_b.raw, k_b.ggml_type, heads * C, C)
+        if v_b is None:  # W_UV rows of each head, in place inside attn_kv_b: no copy, no requantization
+            w_uv = HeadRows.of(kv_b.raw, kv_b.ggml_type, heads * (Dn + Dv) + Dn, Dv)
+        else:
+            w_uv = HeadRows.of(v_b.raw, v_b.ggml_type, heads * Dv, Dv)
+        absorbed = mla.AbsorbedWeights(w_uk.raw, w_uk.ggml_type, w_uk.row0, w_uk.heads, w_uv.raw, w_uv.ggml_type,
+                                       w_uv.row0, w_uv.heads, C, Dv)
+        decode = mla.MLADecode.build(w_uk.raw, w_uk.ggml_type, w_uv.raw, w_uv.row0, w_uv.ggml_type, H, C, Dn, Dv)
+        output = t.linear(p + "attn_output", hp.n_embd, H * Dv)
+        q_lin = q if q is not None else q_a
+        lins = [q_lin, kv_a_mqa, output] + ([q_b] if q is None else [])
+        block = None if any(li.bias is not None for li in lins) else mla.MLABlockDecode.build(
+            decode, norm, (q_lin.w.raw, q_lin.w.ggml_type), q_a_norm,
+            (q_b.w.raw, q_b.w.ggml_type) if q is None else None, (kv_a_mqa.w.raw, kv_a_mqa.w.ggml_type), kv_a_norm,
+            (output.w.raw, output.w.ggml_type), hp.n_embd, R, hp.f_norm_rms_eps)
+        return MLAAttention(norm=norm, q=q, q_a=q_a, q_a_norm=q_a_norm, q_b=q_b, kv_a_mqa=kv_a_mqa,
+                            kv_a_norm=kv_a_norm, kv_b=kv_b, k_b=w_uk, v_b=w_uv, absorbed=absorbed, decode=decode,
+                            output=output, block=block)
+
+    def _load_ffn(self, t: TensorTable, il: int) -> DenseFFN | MoEFFN:
+        """Layer il's FFN: dense for the first n_layer_dense_lead layers, MoE after them."""
+        hp, ex = self.hp, self.hp.extra
+        p = f"blk.{il}."
+        norm = t.vector(p + "ffn_norm.weight", hp.n_embd)
+        if il < ex["n_layer_dense_lead"]:
+            return DenseFFN(norm=norm, gate=t.linear(p + "ffn_gate", hp.n_ff, hp.n_embd),
+                            up=t.linear(p + "ffn_up", hp.n_ff, hp.n_embd),
+                            down=t.linear(p + "ffn_down", hp.n_embd, hp.n_ff))
+        n_ff_exp, n_expert, n_shexp = ex["n_ff_exp"], ex["n_expert"], ex["n_expert_shared"]
+        gate_inp = t.linear(p + "ffn_gate_inp", n_expert, hp.n_embd)
+        exp_probs_b = t.vector(p + "exp_probs_b.bias", n_expert, required=False)
+        gate_exps = t.get(p + "ffn_gate_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
+        up_exps = t.get(p + "ffn_up_exps.weight", (n_expert, n_ff_exp, hp.n_embd))
+        down_exps = t.get(p + "ffn_down_exps.weight", (n_expert, hp.n_embd, n_ff_exp))
+        gate_shexp = t.linear(p + "ffn_gate_shexp", n_ff_exp * n_shexp, hp.n_embd)
+        up_shexp = t.linear(p + "ffn_up_shexp", n_ff_exp * n_shexp, hp.n_embd)
+        down_shexp = t.linear(p + "ffn_down_shexp", hp.n_embd, n_ff_exp * n_shexp)
+        sh = (gate_shexp.w, up_shexp.w, down_shexp.w) if n_shexp > 0 else None
+        decode = moe.MoEDecode.build(
+            gate_inp.w, exp_probs_b, gate_exps, up_exps, down_exps, sh, n_ff_exp, ex["n_expert_used"],
+            ex["expert_gating_func"], ex["expert_weights_norm"], ex["expert_weights_scale"])
+        return MoEFFN(norm=norm, gate_inp=gate_inp, exp_probs_b=exp_probs_b, gate_exps=gate_exps, up_exps=up_exps,
+                      down_exps=down_exps, gate_up_exps=adjacent_rows(gate_exps.raw, up_exps.raw),
+                      gate_shexp=gate_shexp, up_shexp=up_shexp, down_shexp=down_shexp, decode=decode)
 
     @staticmethod
     def _get_any(t: TensorTable, f: GGUFFile, name: str, shapes):
@@ -275,8 +348,8 @@ class DeepSeek2Model(ModelBase):
 
     def rope_params(self, il: int) -> tuple:
         """(n_rot, freq_base, freq_scale, freq_factors, mode, yarn) of layer il's k_pe, for the cache's K-shift."""
-        hp, x = self.hp, self.hp.extra
-        yarn = (x["ext_factor"], x["corr_dims"][0], x["corr_dims"][1])
+        hp, ex = self.hp, self.hp.extra
+        yarn = (ex["ext_factor"], ex["corr_dims"][0], ex["corr_dims"][1])
         return hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, None, hp.rope_type, yarn
 
     def k_rope_offset(self, mla_mode: int) -> int:
@@ -285,14 +358,14 @@ class DeepSeek2Model(ModelBase):
         return self.hp.extra["n_embd_head_qk_nope"] if mla_mode == 0 else 0
 
     def rope_cache(self, pos: np.ndarray) -> basic.RopeCache:
-        hp, x = self.hp, self.hp.extra
-        return mla.yarn_rope_cache(pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, x["ext_factor"],
-                                   x["corr_dims"], x["rope_mscale"])
+        hp, ex = self.hp, self.hp.extra
+        return mla.yarn_rope_cache(pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, ex["ext_factor"],
+                                   ex["corr_dims"], ex["rope_mscale"])
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, inp: ForwardInputs) -> np.ndarray:
         """Runs one ubatch; returns logits [n_out, n_vocab] f32 for inp.out_rows."""
-        hp, x_ = self.hp, self.hp.extra
+        hp, ex = self.hp, self.hp.extra
         mode = int(getattr(inp.kv, "mla", 3))
         n_tok = inp.tokens.shape[0]
         x = mm.get_rows(self.token_embd.raw, self.token_embd.ggml_type, inp.tokens, hp.n_embd)  # [n_tok, n_embd]
@@ -304,74 +377,74 @@ class DeepSeek2Model(ModelBase):
         one = n_tok == 1 and mode != 0 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray)
         slot = None
         for il, L in enumerate(self.layers):
-            if one and L.attn_block is not None:
+            A, F = L.attn, L.ffn
+            fused_moe = isinstance(F, MoEFFN) and F.decode is not None and F.gate_inp.bias is None
+            if one and A.block is not None:
                 krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
                 if slot is None:
-                    slot = L.attn_block.slot(krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
-                                             inp.kv.mla_cells(il), self.kq_scale)
-                L.attn_block(x[0], rope.cos[0], rope.sin[0], krows, slot)
-                if L.moe and L.moe_decode is not None and L.ffn_gate_inp.bias is None:
-                    L.moe_decode.block(x[0], L.ffn_norm, eps)
+                    slot = A.block.slot(krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
+                                        inp.kv.mla_cells(il), self.kq_scale)
+                A.block(x[0], rope.cos[0], rope.sin[0], krows, slot)
+                if fused_moe:
+                    F.decode.block(x[0], F.norm, eps)
                     continue
             else:
-                h = basic.rms_norm(x, L.attn_norm, eps)
-                attn = self._attention(il, L, h, rope, inp, mode)  # [n_tok, n_head*Dv]
+                h = basic.rms_norm(x, A.norm, eps)
+                attn = self._attention(il, A, h, rope, inp, mode)  # [n_tok, n_head*Dv]
                 if il == last and inp.out_rows.shape[0] == 0:
                     return np.empty((0, hp.n_vocab), dtype=np.float32)
                 if il == last and inp.out_rows.shape[0] < n_tok:
                     x = x[inp.out_rows]  # a row gather: a new contiguous array
                     attn = attn[inp.out_rows]
-                x += L.attn_output(attn)
-            h = basic.rms_norm(x, L.ffn_norm, eps)
-            if not L.moe:
-                g, u = linear_multi(h, L.ffn_gate, L.ffn_up)
-                x += L.ffn_down(basic.swiglu(g, u))
-            elif h.shape[0] == 1 and L.moe_decode is not None and L.ffn_gate_inp.bias is None \
-                    and isinstance(h, np.ndarray):
-                x += L.moe_decode(h)  # one fused call: router, experts, shared experts
+                x += A.output(attn)
+            h = basic.rms_norm(x, F.norm, eps)
+            if isinstance(F, DenseFFN):
+                g, u = linear_multi(h, F.gate, F.up)
+                x += F.down(basic.swiglu(g, u))
+            elif h.shape[0] == 1 and fused_moe and isinstance(h, np.ndarray):
+                x += F.decode(h)  # one fused call: router, experts, shared experts
             else:
-                logits = L.ffn_gate_inp(h)  # [n, n_expert]
-                sel, w = moe.route(logits, x_["n_expert_used"], x_["expert_gating_func"], L.exp_probs_b,
-                                   x_["expert_weights_norm"], x_["expert_weights_scale"])
-                y = moe.moe_ffn(h, sel, w, L.ffn_gate_exps, L.ffn_up_exps, L.ffn_down_exps, x_["n_ff_exp"],
-                                L.ffn_gate_up_exps)
-                g, u = linear_multi(h, L.ffn_gate_shexp, L.ffn_up_shexp)
-                y += L.ffn_down_shexp(basic.swiglu(g, u))
+                logits = F.gate_inp(h)  # [n, n_expert]
+                sel, w = moe.route(logits, ex["n_expert_used"], ex["expert_gating_func"], F.exp_probs_b,
+                                   ex["expert_weights_norm"], ex["expert_weights_scale"])
+                y = moe.moe_ffn(h, sel, w, F.gate_exps, F.up_exps, F.down_exps, ex["n_ff_exp"], F.gate_up_exps)
+                g, u = linear_multi(h, F.gate_shexp, F.up_shexp)
+                y += F.down_shexp(basic.swiglu(g, u))
                 x += y
         basic.rms_norm(x, self.output_norm, eps, out=x)
         return self.output(x)
 
-    def _attention(self, il, L, h, rope, inp, mode) -> np.ndarray:
-        hp, x_ = self.hp, self.hp.extra
+    def _attention(self, il, A: MLAAttention, h, rope, inp, mode) -> np.ndarray:
+        hp, ex = self.hp, self.hp.extra
         n_tok = h.shape[0]
-        H, C, R, Dn, Dv, Dk = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], \
+        H, C, R, Dn, Dv, Dk = hp.n_head, ex["kv_lora_rank"], hp.n_rot, ex["n_embd_head_qk_nope"], \
             hp.n_embd_head_v, hp.n_embd_head_k
         eps = hp.f_norm_rms_eps
-        if L.attn_q is None:
-            qa, kva = linear_multi(h, L.attn_q_a, L.attn_kv_a_mqa)
-            q = L.attn_q_b(basic.rms_norm(qa, L.attn_q_a_norm, eps))
+        if A.q is None:
+            qa, kva = linear_multi(h, A.q_a, A.kv_a_mqa)
+            q = A.q_b(basic.rms_norm(qa, A.q_a_norm, eps))
         else:
-            q, kva = linear_multi(h, L.attn_q, L.attn_kv_a_mqa)
+            q, kva = linear_multi(h, A.q, A.kv_a_mqa)
         q = q.reshape(n_tok, H, Dk)                                  # [n_tok, H, Dn + R]
         host = isinstance(q, np.ndarray)  # a device runs the absorbed attention for every ubatch size
         decompress = host and mode in (2, 3) and n_tok >= PP_MIN_TOKENS
-        fused = host and mode != 0 and not decompress and n_tok == 1 and L.mla_decode is not None
+        fused = host and mode != 0 and not decompress and n_tok == 1 and A.decode is not None
         if mode != 0 and not decompress and not fused:  # absorbed attention over the latent cache
-            inp.kv.store(il, mla.latent_rows_of(kva, L.attn_kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)
+            inp.kv.store(il, mla.latent_rows_of(kva, A.kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)
             krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
-            return mla.absorbed_attention(q, L.absorbed, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
+            return mla.absorbed_attention(q, A.absorbed, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
                                           self.kq_scale, rope, self.yarn, R)
         if not host:
             raise UnsupportedError("deepseek2 on a device runs the absorbed attention over the latent cache: "
                                    "use -mla 1, 2 or 3")
-        c_kv = basic.rms_norm(np.ascontiguousarray(kva[:, :C]), L.attn_kv_a_norm, eps)  # [n_tok, C]
+        c_kv = basic.rms_norm(np.ascontiguousarray(kva[:, :C]), A.kv_a_norm, eps)  # [n_tok, C]
         k_pe = np.ascontiguousarray(kva[:, C:]).reshape(n_tok, 1, R)  # [n_tok, 1, R]
         q_pe = np.ascontiguousarray(q[:, :, Dn:])                     # [n_tok, H, R]
         rope.apply(k_pe)
         rope.apply(q_pe)
         q_nope = q[:, :, :Dn]
         if mode == 0:
-            kv = mm.matmul(c_kv, L.attn_kv_b.raw, L.attn_kv_b.ggml_type).reshape(n_tok, H, Dn + Dv)
+            kv = mm.matmul(c_kv, A.kv_b.raw, A.kv_b.ggml_type).reshape(n_tok, H, Dn + Dv)
             k = np.empty((n_tok, H, Dk), np.float32)                 # [n_tok, H, Dn + R], nope first
             k[:, :, :Dn] = kv[:, :, :Dn]
             k[:, :, Dn:] = k_pe
@@ -387,19 +460,20 @@ class DeepSeek2Model(ModelBase):
         inp.kv.store(il, row, None)
         krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
         if fused:  # W_UK, FlashMLA, W_UV in one call
-            return L.mla_decode(np.ascontiguousarray(q_nope[0]), q_pe[0], krows, type_k, cell_pos, cell_seq, kv_idx,
-                                inp.pos, inp.seq, self.kq_scale).reshape(1, H * Dv)
-        return self._attn_decompressed(L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
+            return A.decode(np.ascontiguousarray(q_nope[0]), q_pe[0], krows, type_k, cell_pos, cell_seq, kv_idx,
+                            inp.pos, inp.seq, self.kq_scale).reshape(1, H * Dv)
+        return self._attn_decompressed(A, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
 
-    def _attn_decompressed(self, L, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp) -> np.ndarray:
+    def _attn_decompressed(self, A: MLAAttention, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx,
+                           inp) -> np.ndarray:
         """Prompt path of modes 2/3: decompress the cached latents of the visible cells through kv_b."""
-        hp, x_ = self.hp, self.hp.extra
+        hp, ex = self.hp, self.hp.extra
         n_tok = q_nope.shape[0]
-        H, C, R, Dn, Dv, Dk = hp.n_head, x_["kv_lora_rank"], hp.n_rot, x_["n_embd_head_qk_nope"], \
+        H, C, R, Dn, Dv, Dk = hp.n_head, ex["kv_lora_rank"], hp.n_rot, ex["n_embd_head_qk_nope"], \
             hp.n_embd_head_v, hp.n_embd_head_k
         n_vis = kv_idx.shape[0]
         lat = mla.latent_rows(krows, type_k, kv_idx, R + C)          # [n_vis, R + C]
-        kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), L.attn_kv_b.raw, L.attn_kv_b.ggml_type)
+        kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), A.kv_b.raw, A.kv_b.ggml_type)
         kv = kv.reshape(n_vis, H, Dn + Dv)
         k = np.empty((n_vis, H, Dk), np.float32)                      # [n_vis, H, Dn + R]
         k[:, :, :Dn] = kv[:, :, :Dn]

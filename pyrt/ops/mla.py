@@ -9,6 +9,8 @@ pyrt.errors only; the cache rows arrive as arrays from the caller.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
@@ -176,6 +178,26 @@ def _f32_vec(name: str, a, n: int) -> np.ndarray:
     return a
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class MLABlockSlot:
+    """A ubatch's cache-side arguments of MLABlockDecode, validated once by `slot` for every layer."""
+
+    type_k: str                # the cache type
+    shape: tuple[int, ...]     # [n_cells, row]: the shape of every layer's cache rows
+    dtype: np.dtype            # the dtype of every layer's cache rows
+    kind: int                  # the kernel's code of type_k
+    cell: int                  # the cell the token writes
+    cell_pos: np.ndarray       # [>= n_cells] int32
+    cell_seq: np.ndarray       # [>= n_cells] uint64
+    kv_idx: np.ndarray         # [n_vis] int32: the visible cells in scan order
+    q_pos: np.ndarray          # [1] int32
+    q_seq: np.ndarray          # [1] int32
+    scale: np.float32
+    kv_tile: int
+    n_split: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class MLABlockDecode:
     """One deepseek2 layer's attention block for a decoded token, checked once at load, for
     fused_mla.mla_block_decode: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
@@ -185,8 +207,21 @@ class MLABlockDecode:
     the cache side once; per layer, the call checks only that layer's cache rows.
     """
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    decode: MLADecode          # the layer's W_UK / W_UV
+    attn_norm: np.ndarray      # [n_embd] f32
+    wq: np.ndarray             # [n_q, row bytes of n_embd] uint8: attn_q (n_q = n_head*(dn + n_rot)) or attn_q_a
+    q_kind: int                # wq's quants_legacy KIND_*, as the other *_kind
+    wkv: np.ndarray            # [C + n_rot, row bytes of n_embd] uint8: attn_kv_a_mqa
+    kv_kind: int
+    wqb: np.ndarray            # [n_head*(dn + n_rot), row bytes of n_q] uint8: attn_q_b; [0, 34] without q_lora
+    qb_kind: int               # 0 without q_lora
+    q_a_norm: np.ndarray       # [n_q] f32; [0] without q_lora
+    kv_a_norm: np.ndarray      # [C] f32
+    wo: np.ndarray             # [n_embd, row bytes of n_head*dv] uint8: attn_output
+    wo_kind: int
+    n_embd: int
+    n_rot: int
+    eps: float
 
     @classmethod
     def build(cls, decode: "MLADecode | None", attn_norm, q, q_a_norm, q_b, kv_a, kv_a_norm, wo, n_embd: int,
@@ -224,7 +259,8 @@ class MLABlockDecode:
                    q_a_norm=qan, kv_a_norm=_f32_vec("kv_a_norm", kv_a_norm, C), wo=wo_,
                    wo_kind=_LEGACY_W[int(wo[1])], n_embd=n_embd, n_rot=n_rot, eps=float(eps))
 
-    def slot(self, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, cells, scale: float):
+    def slot(self, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, cells,
+             scale: float) -> MLABlockSlot:
         """The ubatch's cache-side arguments, validated once for every layer: k is one layer's cache rows
         [n_cells, row] (every layer's must match it), cells the [1] cell the token writes."""
         d = self.decode
@@ -234,28 +270,27 @@ class MLABlockDecode:
         if cells.shape != (1,) or not 0 <= int(cells[0]) < k.shape[0]:
             raise InvalidArgumentError(f"mla block: the token's cell must be one index in [0, {k.shape[0]})")
         _, kv_tile, n_split = choose_tiles(1, d.n_head, kv_idx.shape[0])
-        return (type_k, k.shape, k.dtype, kind, int(cells[0]), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
-                np.float32(scale), kv_tile, n_split)
+        return MLABlockSlot(type_k, k.shape, k.dtype, kind, int(cells[0]), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
+                            np.float32(scale), kv_tile, n_split)
 
-    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, k: np.ndarray, slot: tuple) -> None:
+    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, k: np.ndarray, slot: MLABlockSlot) -> None:
         """x [n_embd] f32 (one token's residual stream, updated in place); cos, sin [n_rot/2] f32 its RoPE
         row; k this layer's cache rows (as given to `slot`)."""
-        type_k, shape, dtype, kind, cell, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split = slot
         if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != (self.n_embd,)
                 or not x.flags.c_contiguous or not x.flags.writeable):
             raise InvalidArgumentError(f"mla block: x must be a writable C-contiguous float32 [{self.n_embd}] array")
         half = self.n_rot // 2
         _f32_vec("cos", cos, half)
         _f32_vec("sin", sin, half)
-        if (not isinstance(k, np.ndarray) or k.shape != shape or k.dtype != dtype or not k.flags.c_contiguous
+        if (not isinstance(k, np.ndarray) or k.shape != slot.shape or k.dtype != slot.dtype or not k.flags.c_contiguous
                 or not k.flags.writeable):
             raise InvalidArgumentError("mla block: the layer's cache rows differ from the slot's")
         d = self.decode
         fk.mla_block_decode(x, self.attn_norm, self.eps, self.wq, self.q_kind, self.wkv, self.kv_kind,
                             self.wqb, self.qb_kind, self.q_a_norm, self.kv_a_norm, cos, sin, d.k_b,
-                            d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, type_k), kind, cell,
-                            cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split, self.wo,
-                            self.wo_kind, d.dn, d.dv)
+                            d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, slot.type_k), slot.kind,
+                            slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx, slot.q_pos, slot.q_seq,
+                            slot.scale, slot.kv_tile, slot.n_split, self.wo, self.wo_kind, d.dn, d.dv)
 
 
 def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.ndarray:
