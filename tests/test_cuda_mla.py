@@ -7,6 +7,7 @@ file in a child pytest with it set (tests/simulator.py); in the child they run, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -49,12 +50,16 @@ def _device_flash(q, k, type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale)
 @sim_only
 @pytest.mark.parametrize("type_k", ["f32", "f16", "bf16", "q8_0"])
 @pytest.mark.parametrize("n_head,n_tok,n_cells,split", [(4, 2, 37, False), (10, 1, 64, True)])
-def test_flash_mla_matches_cpu_and_float64(type_k, n_head, n_tok, n_cells, split, monkeypatch):
+def test_flash_mla_matches_cpu_and_float64(type_k, n_head, n_tok, n_cells, split):
     """Two interleaved sequences, causal by position; a partial head group; KV splits merged for decode."""
+    from pyrt.ops import paths
+    with paths.using(device_min_split_cells=16) if split else contextlib.nullcontext():  # several KV splits
+        _check_flash_mla(type_k, n_head, n_tok, n_cells, split)
+
+
+def _check_flash_mla(type_k, n_head, n_tok, n_cells, split):
     from pyrt.kv.cache import KVCache
-    from pyrt.ops import mla
-    if split:  # force several KV splits on this small cache
-        monkeypatch.setattr(mla, "DEVICE_MIN_SPLIT_CELLS", 16)
+    from pyrt.ops import mla, paths
     rng = np.random.default_rng(n_cells + len(type_k))
     rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
     cache = KVCache(1, n_cells, [R + C], [0], type_k, type_k, n_seq_max=2, head_dim_k=R + C, head_dim_v=0)
@@ -68,7 +73,8 @@ def test_flash_mla_matches_cpu_and_float64(type_k, n_head, n_tok, n_cells, split
     q = (0.3 * rng.standard_normal((n_tok, n_head, R + C))).astype(np.float32)
     kv_idx = rng.permutation(n_cells).astype(np.int32)  # scan order is not cell order
     from pyrt._kernels.cuda import mla as cmla
-    n_split, _ = cmla.choose_split(n_tok, n_head, n_cells, mla.DEVICE_TARGET_BLOCKS, mla.DEVICE_MIN_SPLIT_CELLS)
+    n_split, _ = cmla.choose_split(n_tok, n_head, n_cells, mla.DEVICE_TARGET_BLOCKS,
+                                  paths.current().device_min_split_cells)
     assert (n_split > 1) == split
     got = _device_flash(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125)
     cpu = mla.flash_mla(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
@@ -139,7 +145,7 @@ def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monke
     from pyrt.io.gguf_file import GGUFFile
     from pyrt.kv.cache import KVCache
     from pyrt.models import deepseek2
-    from pyrt.ops import basic, mla
+    from pyrt.ops import basic, mla, paths
     from pyrt.ops import matmul as mm
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import synthetic_deepseek2 as sd
@@ -175,7 +181,7 @@ def test_deepseek2_attention_on_device_matches_cpu(name, type_k, tmp_path, monke
     else:
         q, kva = mm.matmul_multi(h, [(A.q.w.raw, A.q.w.ggml_type), (A.kv_a_mqa.w.raw, A.kv_a_mqa.w.ggml_type)])
     inp = SimpleNamespace(kv=_HostKV(cache, cells, cell_pos, cell_seq, kv_idx), pos=pos, seq=seq)
-    assert n_tok < deepseek2.PP_MIN_TOKENS  # the absorbed path
+    assert n_tok < paths.current().mla_decompress_min_tokens  # the absorbed path
     # CPU: the model's own path, fed the same projections (its one linear_multi call)
     monkeypatch.setattr(deepseek2, "linear_multi", lambda hh, *lins: [q if A.q is not None else qa_, kva])
     want = model._attention(1, A, h, model.rope_cache(pos), inp, 3)

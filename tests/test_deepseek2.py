@@ -41,14 +41,20 @@ def _nmse(a, b):
 CASES = [(name, 3) for name, *_ in sd.VARIANTS] + [("ds2-qlora-kb-q8_0", 1), ("ds2-lite-kb-f16", 0)]
 
 
+@pytest.fixture
+def decompress_from_16():
+    """-mla 2/3 decompress ubatches of 16 tokens and more (the prompts here are short)."""
+    with paths.using(mla_decompress_min_tokens=16):
+        yield 16
+
+
 @pytest.mark.parametrize("name,mode", CASES)
-def test_logits_and_greedy_match_llama_cpp(name, mode, ds2_models, parity_report, monkeypatch):
-    monkeypatch.setattr(deepseek2, "PP_MIN_TOKENS", 16)
+def test_logits_and_greedy_match_llama_cpp(name, mode, ds2_models, parity_report, decompress_from_16):
     path, hp = ds2_models[name]
     g = np.load(os.path.join(GOLDENS, name + ".npz"))
     ref = g["logits"].astype(np.float64)
     llm = pyrt.load(path, n_ctx=256, n_threads=2, mla=mode, warmup=False)
-    assert len(g["ids"]) >= deepseek2.PP_MIN_TOKENS > len(g["prompt"])
+    assert len(g["ids"]) >= decompress_from_16 > len(g["prompt"])
     out = np.asarray(llm.eval_logits([int(t) for t in g["ids"]]), dtype=np.float64)
     assert out.shape == ref.shape and np.isfinite(out).all()
     nmse = _nmse(out, ref)
@@ -70,9 +76,8 @@ def test_logits_and_greedy_match_llama_cpp(name, mode, ds2_models, parity_report
     assert gen[:check_upto] == gen_ref[:check_upto]
 
 
-def test_all_modes_agree_f32_cache(ds2_models, monkeypatch):
+def test_all_modes_agree_f32_cache(ds2_models, decompress_from_16):
     """-mla 0..3 on an f32 cache: NMSE <= 1e-5 between every mode and mode 0, prompt and decode."""
-    monkeypatch.setattr(deepseek2, "PP_MIN_TOKENS", 16)
     path, _ = ds2_models["ds2-lite-kb-f16"]
     ids = list(range(20, 60))  # 40 tokens: mode 2/3 decompress the prompt, then decode absorbed
     res = {}
@@ -87,8 +92,7 @@ def test_all_modes_agree_f32_cache(ds2_models, monkeypatch):
         assert _nmse(res[mode][1], res[0][1]) <= 1e-5, mode
 
 
-def test_prefill_equals_repeated_decode(ds2_models, monkeypatch):
-    monkeypatch.setattr(deepseek2, "PP_MIN_TOKENS", 16)
+def test_prefill_equals_repeated_decode(ds2_models, decompress_from_16):
     path, _ = ds2_models["ds2-qlora-kvb-f32"]
     ids = list(range(30, 70))
     a = pyrt.load(path, n_ctx=128, n_threads=2, mla=3, type_k="f32", warmup=False)
@@ -166,10 +170,9 @@ def test_fused_moe_decode_matches_op_by_op(ds2_models):
 
 @pytest.mark.boundscheck
 @pytest.mark.parametrize("name", ["ds2-lite-kvb-q4_0", "ds2-qlora-kb-q8_0"])
-def test_fused_mla_decode_bit_identical(name, ds2_models, monkeypatch):
+def test_fused_mla_decode_bit_identical(name, ds2_models):
     """One decoded token's absorbed attention in one call (W_UK, FlashMLA, W_UV) gives exactly the logits of
     the three separate calls; on the W_UK-from-attn_kv_b and the attn_k_b/attn_v_b conventions."""
-    from pyrt.ops import mla
     path, _ = ds2_models[name]
     ids = [5, 9, 14, 3, 7]
 
@@ -178,10 +181,10 @@ def test_fused_mla_decode_bit_identical(name, ds2_models, monkeypatch):
         fused = [L.attn.decode is not None for L in llm.model.layers]
         return fused, np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=i, logits="all"))
                                       for i, t in enumerate(ids)])
-    monkeypatch.setattr(mla, "FUSED_BLOCK", False)  # MLADecode inside the op-by-op block
-    on, a = run()
-    monkeypatch.setattr(mla, "FUSED_DECODE", False)
-    _, b = run()
+    with paths.using(fused_mla_block=False):  # MLADecode inside the op-by-op block
+        on, a = run()
+        with paths.using(fused_mla_decode=False):
+            _, b = run()
     assert all(on)
     np.testing.assert_array_equal(a, b)
 
@@ -189,11 +192,10 @@ def test_fused_mla_decode_bit_identical(name, ds2_models, monkeypatch):
 @pytest.mark.boundscheck
 @pytest.mark.parametrize("name,type_k", [("ds2-lite-kvb-q4_0", "f16"), ("ds2-lite-kvb-q4_0", "q8_0"),
                                          ("ds2-qlora-kb-q8_0", "bf16"), ("ds2-qlora-kb-q8_0", "f32")])
-def test_fused_block_decode_bit_identical(name, type_k, ds2_models, monkeypatch):
+def test_fused_block_decode_bit_identical(name, type_k, ds2_models):
     """A decoded token's attention block and MoE block as one call each (norms, projections with and without
     q_lora, RoPE, the cache store in every MLA cache type, attention, attn_output, residuals) give exactly
     the logits and the cache rows of the op-by-op block; prompt chunks in between still run op by op."""
-    from pyrt.ops import mla
     path, _ = ds2_models[name]
 
     def run():
@@ -208,8 +210,8 @@ def test_fused_block_decode_bit_identical(name, type_k, ds2_models, monkeypatch)
         out.append(ctx.decode(Batch.from_tokens([1], pos0=11)))
         return blocks, np.concatenate(out), [k.copy() for k in ctx.cache.k]
     on, a, ka = run()
-    monkeypatch.setattr(mla, "FUSED_BLOCK", False)
-    off, b, kb = run()
+    with paths.using(fused_mla_block=False):
+        off, b, kb = run()
     assert all(on) and not any(off)
     np.testing.assert_array_equal(a, b)
     for x, y in zip(ka, kb):

@@ -110,6 +110,16 @@ def _gep(builder, p, off):
     return builder.gep(p, [ir.Constant(_I64, off)])
 
 
+def _sum_quants(builder, quants, q8, simd):
+    """<8 x i32> sum over (u8 quants q [32], i16 scales sv [16], byte offset xo) of sv . pairsums(q * q8[xo:xo+32])."""
+    acc = None
+    for q, sv, xo in quants:
+        xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
+        part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
+        acc = part if acc is None else builder.add(acc, part)
+    return acc
+
+
 def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
     """Dots of the Q4_K (high_bits=False) or Q5_K (True) block at wp with the Q8_K blocks at xps -> [f32[8]] lanes.
 
@@ -142,11 +152,7 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
     out = []
     for xp in xps:
         dx, q8, bsums = _q8k_parts(builder, xp)
-        acc = None
-        for q, sv, xo in quants:
-            xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
-            part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
-            acc = part if acc is None else builder.add(acc, part)
+        acc = _sum_quants(builder, quants, q8, simd)
         msum = _maddwd(builder, bsums, mins2, simd)
         r = builder.fmul(builder.sitofp(acc, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx)))
         m = builder.fmul(builder.sitofp(msum, _V8F32), _bcast_f32(builder, builder.fmul(dminw, dx)))
@@ -180,11 +186,7 @@ def _emit_vdot_q6_k(builder, wp, xps, simd):
     out = []
     for xp in xps:
         dx, q8, bsums = _q8k_parts(builder, xp)
-        acc = None
-        for q, sv, xo in quants:
-            xv = _load_ptr(builder, _gep(builder, q8, xo), _V32I8)
-            part = _maddwd(builder, sv, _maddubs(builder, q, xv, simd), simd)
-            acc = part if acc is None else builder.add(acc, part)
+        acc = _sum_quants(builder, quants, q8, simd)
         off = _maddwd(builder, sc, bsums, simd)
         sumi = builder.sub(acc, builder.shl(off, _splat(_I32, 8, 5)))
         out.append(builder.fmul(builder.sitofp(sumi, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx))))

@@ -18,18 +18,12 @@ from gguf import GGMLQuantizationType as T
 from ..errors import InvalidArgumentError, ModelFileError, UnsupportedError
 from ..formats.qtypes import DOT_TYPES
 from ..io.gguf_file import GGUFFile, Weight
-from ..ops import basic, mla, moe
+from ..ops import basic, mla, moe, paths
 from ..ops import matmul as mm
 from ..ops.attention import BLAS_MIN_TOKENS as ATTN_BLAS_MIN_TOKENS
 from ..ops.attention import attention_matrix, flash_attn_rows
 from .base import ForwardInputs, HParams, Linear, ModelBase, TensorTable, adjacent_rows, linear_multi
 
-# Modes 2/3 decompress the cached latents and run ordinary flash attention for ubatches of at least
-# this many tokens, and the absorbed FlashMLA kernel below it: the crossover of the two per-token costs at
-# DeepSeek-V2-Lite shapes is ~128 tokens (ik_llama.cpp uses the same constant); larger N_KV favours
-# decompression for big ubatches. Re-derive it with
-# `python bench/bench_mla.py crossover --n-kv 1024 --tokens 32,64,128,256,512`.
-PP_MIN_TOKENS = 128
 FLOAT_TYPES = (int(T.F32), int(T.F16), int(T.BF16))
 
 
@@ -427,7 +421,7 @@ class DeepSeek2Model(ModelBase):
             q, kva = linear_multi(h, A.q, A.kv_a_mqa)
         q = q.reshape(n_tok, H, Dk)                                  # [n_tok, H, Dn + R]
         host = isinstance(q, np.ndarray)  # a device runs the absorbed attention for every ubatch size
-        decompress = host and mode in (2, 3) and n_tok >= PP_MIN_TOKENS
+        decompress = host and mode in (2, 3) and n_tok >= paths.current().mla_decompress_min_tokens
         fused = host and mode != 0 and not decompress and n_tok == 1 and A.decode is not None
         if mode != 0 and not decompress and not fused:  # absorbed attention over the latent cache
             inp.kv.store(il, mla.latent_rows_of(kva, A.kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)

@@ -20,6 +20,7 @@ from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.cache_types import CACHE_TYPES
 from ..formats.qtypes import get_qtype
+from . import paths
 from .attention import rows_view
 from .matmul import _check_raw
 
@@ -123,13 +124,9 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     return out
 
 
-# A decoded token's absorbed attention runs as one MLADecode call where the weights allow it
-# (MLADecode.build, at load); False runs W_UK, FlashMLA and W_UV as separate calls (tests and A/B benchmarks).
-FUSED_DECODE = True
-# ... and the whole attention block (norm, projections, RoPE, cache store, attention, attn_output) as one
-# MLABlockDecode call; False runs the block op by op around MLADecode (tests and A/B benchmarks).
-FUSED_BLOCK = True
-_LEGACY_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0)}  # weights the fused kernels dot
+# weights the fused decode kernels dot (against Q8_0 activations), with their kernel codes; whether the fused
+# paths are taken at all is ops.paths' fused_mla_decode / fused_mla_block
+_FUSED_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0)}
 
 
 class MLADecode:
@@ -144,7 +141,7 @@ class MLADecode:
     def build(cls, k_b, k_b_type: int, v_b, v_row0, v_b_type: int, n_head: int, C: int, dn: int,
               dv: int) -> "MLADecode | None":
         """k_b: [n_head*C, row bytes of dn] raw rows; v_b: raw rows of C values, head h's dv rows from v_row0[h]."""
-        if not FUSED_DECODE or int(k_b_type) not in _LEGACY_W or int(v_b_type) not in _LEGACY_W or dn % 32 or C % 32:
+        if not paths.current().fused_mla_decode or int(k_b_type) not in _FUSED_W or int(v_b_type) not in _FUSED_W or dn % 32 or C % 32:
             return None
         k_b = _check_raw(k_b, get_qtype(k_b_type), dn, "mla W_UK")
         v_b = _check_raw(v_b, get_qtype(v_b_type), C, "mla W_UV")
@@ -152,7 +149,7 @@ class MLADecode:
         if k_b.shape[0] != n_head * C or v_row0.shape != (n_head,) or (v_row0 < 0).any() \
                 or (v_row0 + dv > v_b.shape[0]).any():
             raise InvalidArgumentError(f"mla: W_UK / W_UV do not hold {n_head} heads of {C} x {dn} / {dv} x {C}")
-        return cls(k_b, _LEGACY_W[int(k_b_type)], v_b, v_row0, _LEGACY_W[int(v_b_type)], n_head, C, dn, dv)
+        return cls(k_b, _FUSED_W[int(k_b_type)], v_b, v_row0, _FUSED_W[int(v_b_type)], n_head, C, dn, dv)
 
     def __call__(self, q_nope: np.ndarray, q_pe: np.ndarray, k: np.ndarray, type_k: str, cell_pos, cell_seq,
                  kv_idx, q_pos, q_seq, scale: float) -> np.ndarray:
@@ -210,7 +207,7 @@ class MLABlockDecode:
     decode: MLADecode          # the layer's W_UK / W_UV
     attn_norm: np.ndarray      # [n_embd] f32
     wq: np.ndarray             # [n_q, row bytes of n_embd] uint8: attn_q (n_q = n_head*(dn + n_rot)) or attn_q_a
-    q_kind: int                # wq's quants_legacy KIND_*, as the other *_kind
+    q_kind: int                # wq's kernel code (pyrt._kernels.codes), as the other *_kind
     wkv: np.ndarray            # [C + n_rot, row bytes of n_embd] uint8: attn_kv_a_mqa
     kv_kind: int
     wqb: np.ndarray            # [n_head*(dn + n_rot), row bytes of n_q] uint8: attn_q_b; [0, 34] without q_lora
@@ -228,10 +225,10 @@ class MLABlockDecode:
               n_rot: int, eps: float) -> "MLABlockDecode | None":
         """q, q_b, kv_a, wo: (raw rows, ggml type) of attn_q (or attn_q_a), attn_q_b (None without q_lora),
         attn_kv_a_mqa and attn_output; attn_norm, q_a_norm (None without q_lora), kv_a_norm: f32 vectors."""
-        if decode is None or not FUSED_BLOCK:
+        if decode is None or not paths.current().fused_mla_block:
             return None
         mats = [q, kv_a, wo] + ([q_b] if q_b is not None else [])
-        if any(int(t) not in _LEGACY_W for _, t in mats) or n_embd % 32 or n_rot % 2:
+        if any(int(t) not in _FUSED_W for _, t in mats) or n_embd % 32 or n_rot % 2:
             return None
         H, C, dn, dv = decode.n_head, decode.C, decode.dn, decode.dv
         dk = dn + n_rot
@@ -244,7 +241,7 @@ class MLABlockDecode:
         if q_b is not None:
             wqb = _check_raw(q_b[0], get_qtype(q_b[1]), n_q, "mla block q_b")
             qan = _f32_vec("q_a_norm", q_a_norm, n_q)
-            qb_kind = _LEGACY_W[int(q_b[1])]
+            qb_kind = _FUSED_W[int(q_b[1])]
         else:
             wqb = np.zeros((0, 34), np.uint8)
             wqb.flags.writeable = False
@@ -255,9 +252,9 @@ class MLABlockDecode:
             raise InvalidArgumentError(f"mla block: q / kv_a / attn_output rows ({n_qh}, {wkv.shape[0]}, "
                                        f"{wo_.shape[0]}) do not fit {H} heads of {dk}, {C} + {n_rot} and {n_embd}")
         return cls(decode=decode, attn_norm=_f32_vec("attn_norm", attn_norm, n_embd), wq=wq,
-                   q_kind=_LEGACY_W[int(q[1])], wkv=wkv, kv_kind=_LEGACY_W[int(kv_a[1])], wqb=wqb, qb_kind=qb_kind,
+                   q_kind=_FUSED_W[int(q[1])], wkv=wkv, kv_kind=_FUSED_W[int(kv_a[1])], wqb=wqb, qb_kind=qb_kind,
                    q_a_norm=qan, kv_a_norm=_f32_vec("kv_a_norm", kv_a_norm, C), wo=wo_,
-                   wo_kind=_LEGACY_W[int(wo[1])], n_embd=n_embd, n_rot=n_rot, eps=float(eps))
+                   wo_kind=_FUSED_W[int(wo[1])], n_embd=n_embd, n_rot=n_rot, eps=float(eps))
 
     def slot(self, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, cells,
              scale: float) -> MLABlockSlot:
@@ -327,7 +324,6 @@ def is_device_array(x) -> bool:
 
 
 DEVICE_TARGET_BLOCKS = 264   # blocks wanted before the KV range is split (two waves of a 132-SM GPU)
-DEVICE_MIN_SPLIT_CELLS = 64  # cells per split at least
 DEVICE_SHARED_BYTES = 48 * 1024  # dynamic shared memory a block gets without opting in (every cc >= 7.0)
 
 
@@ -373,7 +369,7 @@ def flash_mla_device(q, k, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq
     if n_tok == 0:
         return out
     n_split, split_len = cmla.choose_split(n_tok, n_head, kv_idx.shape[0], DEVICE_TARGET_BLOCKS,
-                                           DEVICE_MIN_SPLIT_CELLS)
+                                           paths.current().device_min_split_cells)
     ka, kb = device_cache_views(k, type_k)
     cmla.launch_flash_mla(out, q, ka, kb, _KINDS[type_k], int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
                           np.float32(scale), n_split, split_len, stream)
