@@ -3,7 +3,8 @@ masks of a KV tile from cell metadata, the running max / sum update of a tile's 
 merge of KV splits. A work item owns R = n_tok * n_group rows (row r: query token t0 + r // n_group, head
 g * n_group + r % n_group); MLA is the case of one group holding every head.
 
-Leaf kernel module (numpy, numba and sibling kernel modules only).
+Leaf kernel module (numpy, numba and sibling kernel modules only). The helpers are inlined where they are
+called (Numba IR inlining), so they add no compiled functions and no calls.
 """
 
 import numpy as np
@@ -33,7 +34,7 @@ def exp_neg(x):
     return p * e if x >= np.float32(-87.0) else np.float32(0.0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def query_seqs(q_seq, t0, t1):
     """[t1 - t0] uint64: the sequence bit index of each query of the item (tile_mask's qseq)."""
     qseq = np.empty(t1 - t0, dtype=np.uint64)
@@ -42,7 +43,7 @@ def query_seqs(q_seq, t0, t1):
     return qseq
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def start_rows(acc, m, l):
     """An item's accumulators before its first tile: acc [R, dv] = 0, m [R] = -inf, l [R] = 0."""
     for r in range(acc.shape[0]):
@@ -52,7 +53,7 @@ def start_rows(acc, m, l):
             acc[r, i] = np.float32(0.0)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
     """Masks of cells kv_idx[cb:cb+nc] for the item's queries; returns whether any query sees any of them.
 
@@ -82,7 +83,7 @@ def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n
     return any_vis
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def online_update(s, mask, n_group, nc, scale, softcap, acc, m, l):
     """One tile of the online softmax, in place for every row r of the item.
 
@@ -126,7 +127,7 @@ def online_update(s, mask, n_group, nc, scale, softcap, acc, m, l):
                 ar[i] *= alpha
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def qk_scores(s, qs, krows, r0, r1, j0, j1):
     """s[r, j] = qs[r] . krows[j] for rows [r0, r1) and cells [j0, j1) (qs [R, dk], krows [>= j1, >= dk] f32)."""
     dk = qs.shape[1]
@@ -140,7 +141,7 @@ def qk_scores(s, qs, krows, r0, r1, j0, j1):
             s[r, j] = d
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def add_pv(acc, s, vrows, v_off, r0, r1, j0, j1):
     """acc[r] += sum_j s[r, j] * vrows[j, v_off:v_off + dv] for rows [r0, r1) and cells [j0, j1), in cell
     order per row; four rows at a time, so each value row load feeds four accumulators."""
@@ -172,7 +173,7 @@ def add_pv(acc, s, vrows, v_off, r0, r1, j0, j1):
                 ar[i] += p * vr[i]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_group):
     """Work item `it` of a (group, query tile, split) grid, split fastest: (g, sp, t0, t1, c0, c1, acc, m, l)
     with queries [t0, t1), scan positions [c0, c1) of kv_idx and the item's scratch acc [R, dv], m, l [R]
@@ -191,7 +192,7 @@ def work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_group):
     return g, sp, t0, t1, c0, c1, acc, m, l
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv):
     """(split_len, pm, pl, pacc) for n_split KV splits of n_kv cells: splits start on tile boundaries; the
     partials are [n_split, n_tok, n_head] running max and sum and [n_split, n_tok, n_head, dv] accumulators
@@ -205,7 +206,7 @@ def split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv):
     return split_len, pm, pl, pacc
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def finish_item(dst, pm, pl, pacc, acc, m, l, t0, g, n_group, sp, n_split):
     """An item's rows out: normalized into dst [n_tok, n_head, dv] with one split, else kept as split sp's
     partials pm, pl [n_split, n_tok, n_head], pacc [n_split, n_tok, n_head, dv] for merge_splits."""
@@ -224,7 +225,7 @@ def finish_item(dst, pm, pl, pacc, acc, m, l, t0, g, n_group, sp, n_split):
             pacc[sp, t, h, i] = acc[r, i]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def merge_split_row(dst, pm, pl, pacc, t, h):
     """dst[t, h] from the partials of every split, in split order (the result does not depend on which
     thread ran which split); zeros when no split saw a cell."""
