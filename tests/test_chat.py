@@ -22,7 +22,6 @@ from pyrt.runtime.chat import (CHATML_TEMPLATE, GEMMA_TEMPLATE, ChatTemplate, Ch
                                chat_ids, resolve_template)
 
 ROOT = Path(__file__).resolve().parents[1]
-GEMMA_FILE = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
@@ -271,17 +270,15 @@ def test_conversation_drops_the_oldest_exchanges_to_fit(llm):
 # -- the real vocabulary ---------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_gemma_chat_ids_match_llama_cpp():
+def test_gemma_chat_ids_match_llama_cpp(gemma_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    if not GEMMA_FILE.exists():
-        pytest.skip("Gemma 3 270M not present")
     from pyrt.io.gguf_file import GGUFFile
     from pyrt.runtime.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_metadata(GGUFFile(GEMMA_FILE).metadata)
+    tok = Tokenizer.from_metadata(GGUFFile(gemma_path).metadata)
     t = ChatTemplate.for_tokenizer(GEMMA_TEMPLATE, tok)
     assert t.bos_token == "<bos>" and t.eos_token == "<eos>"
-    ref = llama_cpp.Llama(str(GEMMA_FILE), vocab_only=True, verbose=False)
+    ref = llama_cpp.Llama(gemma_path, vocab_only=True, verbose=False)
     end_of_turn = tok.tokenize("<end_of_turn>", add_special=False, parse_special=True)
     assert len(end_of_turn) == 1 and tok.is_eog(end_of_turn[0])
     for msgs in CONVERSATIONS:
