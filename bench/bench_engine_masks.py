@@ -38,7 +38,8 @@ def main() -> None:
     if a.model is None:
         from pyrt.default_model import default_model_path
         a.model = default_model_path(quiet=True)
-    llm = LLM(a.model, n_ctx=1024, n_seq_max=2, n_threads=a.threads)
+    eng = Engine.launch(lambda: LLM(a.model, n_ctx=1024, n_seq_max=2, n_threads=a.threads), 2)
+    llm = eng.llm
     tk = llm.tokenizer
     schema = next(s["schema"] for s in SCHEMAS if s["name"] == a.schema)
     spec = ("json_schema", json.dumps(schema))
@@ -48,7 +49,6 @@ def main() -> None:
     t0 = time.perf_counter()
     ge.compile(*spec)
     t_compile = time.perf_counter() - t0
-    eng = Engine(llm, 2).start()
     plain_prompt = tk.tokenize("The history of the city of Rome begins", add_special=True)
     json_prompt = tk.tokenize("Write a product as JSON:", add_special=True)
 

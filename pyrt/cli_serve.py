@@ -81,14 +81,18 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
         from .cli import device_of_args
         from .engine import Engine
         from .runtime.llm import load
-        llm = load(model_path, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size,
-                   n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
-                   warmup=not a.no_warmup, n_seq_max=a.parallel, defrag_thold=a.defrag_thold, mla=a.mla_use,
-                   swa_full=a.swa_full, device=device_of_args(a))
+        def load_llm():
+            return load(model_path, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size,
+                        n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
+                        warmup=not a.no_warmup, n_seq_max=a.parallel, defrag_thold=a.defrag_thold, mla=a.mla_use,
+                        swa_full=a.swa_full, device=device_of_args(a))
+
+        eng = Engine.launch(load_llm, a.parallel, max_queue=a.max_queue, cache_ram_bytes=a.cache_ram << 20)
+        llm = eng.llm
         print(f"pyrt serve: {llm.model.hp.arch}, n_ctx = {llm.n_ctx} cells shared by {a.parallel} slots, "
               f"n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}, n_threads = {llm.n_threads}",
               file=sys.stderr, flush=True)
-        return Engine(llm, a.parallel, max_queue=a.max_queue, cache_ram_bytes=a.cache_ram << 20).start()
+        return eng
 
     if a.ray:
         return _serve_ray(a, model_path, cfg)

@@ -380,8 +380,8 @@ def test_session_state_file_moves_a_conversation_between_engines(model_paths, tm
     rng = np.random.default_rng(21)
     a = rng.integers(1, 512, 50).tolist()
     f = str(tmp_path / "session.state")
-    e1 = Engine(LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2).start()
-    e2 = Engine(LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2).start()
+    e1 = Engine.launch(lambda: LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2)
+    e2 = Engine.launch(lambda: LLM(path, n_ctx=512, n_seq_max=2, n_threads=1), 2)
     try:
         c1 = e1.submit(Request(a, greedy(4), state_path=f)).result()
         e1.wait_saved()
@@ -408,7 +408,7 @@ def test_session_state_file_moves_a_conversation_between_engines(model_paths, tm
         data = bytearray(open(f, "rb").read())
         data[len(data) // 2] ^= 0xFF
         open(g, "wb").write(bytes(data))
-        e3 = Engine(LLM(path, n_ctx=512, n_seq_max=1, n_threads=1), 1).start()
+        e3 = Engine.launch(lambda: LLM(path, n_ctx=512, n_seq_max=1, n_threads=1), 1)
         try:
             c5 = e3.submit(Request(d, greedy(2), state_path=g)).result()
             assert c5.cache_n == 0 and c5.prompt_n == len(d) and e3.n_state_restored == 0
@@ -491,3 +491,34 @@ def test_constrained_requests_match_llm_and_leave_others_unchanged(model_paths, 
     with pytest.raises(GrammarError, match="invalid regex"):
         eng.submit(Request(ps[0], greedy(constraint=("regex", "(unclosed"))))
     assert eng.n_waiting() == 0 and eng.n_requests == n_req
+
+
+def test_launch_loads_in_a_thread_that_has_ended(model_paths):
+    """Engine.launch runs the loader in a passing thread, over when the engine starts (so the engine thread
+    is the only long-lived thread that runs parallel kernels: pyrt.backends.cpu), serves from its LLM, and
+    hands a loader's exception to the caller with no engine left running."""
+    path = model_paths["llama"]
+    where = []
+
+    def load():
+        where.append(threading.current_thread())
+        return LLM(path, n_ctx=256, n_seq_max=1, n_threads=1)
+
+    eng = Engine.launch(load, 1)
+    try:
+        assert where[0] is not threading.current_thread() and not where[0].is_alive()
+        p = prompts(1, seed=31)[0]
+        assert ids(eng.submit(Request(p, greedy())).result()) == reference(path, p)
+    finally:
+        eng.stop()
+
+    class LoadFailed(Exception):
+        pass
+
+    def bad():
+        raise LoadFailed("no such file")
+
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(LoadFailed, match="no such file"):
+        Engine.launch(bad, 1)
+    assert {t.name for t in threading.enumerate()} - before == set()

@@ -60,8 +60,8 @@ def oracle(model):
     from pyrt.server.app import ServerConfig, ServerState, build_app
 
     def loader():
-        llm = load(model["path"], n_ctx=N_CTX, n_threads=1, n_seq_max=N_PARALLEL, progress=False)
-        return Engine(llm, N_PARALLEL).start()
+        return Engine.launch(lambda: load(model["path"], n_ctx=N_CTX, n_threads=1, n_seq_max=N_PARALLEL,
+                                          progress=False), N_PARALLEL)
 
     state = ServerState(ServerConfig(chat_template="chatml"), loader)
     state.load()

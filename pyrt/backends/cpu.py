@@ -1,6 +1,13 @@
 """The CPU backend's host facts and threads: /proc/cpuinfo fields (the vendor picks ops.matmul's BLAS
-crossover table) and the worker pool that runs OpenBLAS single-threaded per task. Imports numpy and the
-standard library only; nothing from the rest of pyrt.
+crossover table), the worker pool that runs OpenBLAS single-threaded per task, and `in_passing_thread`.
+Imports numpy and the standard library only; nothing from the rest of pyrt.
+
+Numba's OpenMP layer gives each thread that runs a parallel kernel a team of workers for that thread's
+life. While the process has no more such threads than CPUs, idle workers spin between kernels; with more
+(two teams of n_threads = all cores) libgomp makes them sleep, and every parallel region then pays a
+futex wake-up (~50 us against ~2 us; a Gemma 3 270M token went from ~12 to ~25 ms on 2 cores). So a
+process runs its kernels in one long-lived thread: a model that another thread will decode (the serving
+engine) is loaded in a passing thread, whose team ends with it.
 """
 
 from __future__ import annotations
@@ -76,6 +83,25 @@ class BlasPool:
         chunks = [items[i::n_threads] for i in range(n_threads)]
         for f in [self.executor.submit(lambda c=c: [fn(it) for it in c]) for c in chunks]:
             f.result()
+
+
+def in_passing_thread(fn):
+    """fn() run in a new thread that ends when fn returns: its result, or its exception raised here.
+    The thread is a daemon, so an interrupted caller (Ctrl-C while a model loads) does not wait for it."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="pyrt-load", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 _pool_lock = threading.Lock()

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 import numba
 import numpy as np
 
+from ..backends.cpu import in_passing_thread
 from ..errors import ContextOverflowError, InvalidArgumentError, PyrtError, StateError
 from ..io.files import read_file
 from ..runtime.context import Batch
@@ -103,10 +104,18 @@ class Engine:
         self.slot_info: list[dict] = [self._slot_dict(s) for s in self.slots]
         self.sampling = Sampling(self.tokenizer)
 
+    @classmethod
+    def launch(cls, load_llm, n_parallel: int = 1, **kw) -> "Engine":
+        """The engine, started, on the LLM that load_llm() returns, which runs in a passing thread: the
+        engine thread is then the only thread that has run Numba's parallel kernels (see
+        pyrt.backends.cpu: a second long-lived one, such as a main thread that loaded the model, makes
+        every kernel launch of the engine wait for sleeping workers). kw: as __init__."""
+        return cls(in_passing_thread(load_llm), n_parallel, **kw).start()
+
     # -- public, any thread ---------------------------------------------------------------------
     def start(self) -> "Engine":
-        """Run the engine in a new thread (load the model in the main thread: under Numba's OpenMP
-        layer, kernels ran 1.5-3x slower in a process whose model was loaded in another thread)."""
+        """Run the engine in a new thread. Its kernels run at full speed when no other long-lived thread
+        runs kernels: load the LLM with `launch`, or in a thread that has ended."""
         if self._thread is None:
             self._running = True
             self._thread = threading.Thread(target=self._loop, name="pyrt-engine", daemon=True)

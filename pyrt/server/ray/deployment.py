@@ -47,8 +47,8 @@ class PyrtReplica:
         def loader():
             from ...engine import Engine
             from ...runtime.llm import load
-            llm = load(model_path, n_seq_max=n_parallel, progress=False, **load_kw)
-            return Engine(llm, n_parallel, max_queue=max_queue, cache_ram_bytes=cache_ram_bytes).start()
+            return Engine.launch(lambda: load(model_path, n_seq_max=n_parallel, progress=False, **load_kw),
+                                 n_parallel, max_queue=max_queue, cache_ram_bytes=cache_ram_bytes)
 
         self.state = ServerState(ServerConfig(**server_kw), loader)
         self.state.load()
