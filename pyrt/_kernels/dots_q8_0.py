@@ -10,8 +10,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_FMA, HAS_VNNI, _F32, _I1, _I8, _I16, _I32, _I64, _addr, _call,
-                   _f16_scale, _h2f, _load, _prefetch, _splat, _vec)
+from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_F16C, HAS_FMA, HAS_VNNI, _F32, _I1, _I8, _I16, _I32, _I64, _addr, _call,
+                   _f16_scale, _f2h_int, _h2f, _load, _prefetch, _splat, _vec)
 
 
 # ------------------------------------------------------------------ weight block unpackers
@@ -405,3 +405,60 @@ def _make_dequant_row(unpack, w_bytes):
 dequant_row_q8_0 = intrinsic(_make_dequant_row(_unpack_q8_0, 34))
 dequant_row_q4_0 = intrinsic(_make_dequant_row(_unpack_q4_0, 18))
 dequant_row_q5_0 = intrinsic(_make_dequant_row(_unpack_q5_0, 22))
+
+
+# ------------------------------------------------------------------ activation quantizer and aux words
+# quantize_row_q8_0's arithmetic (matmul_q8_0.quantize_rows_q8_0), 32 lanes at a time: amax = max |x|
+# (exact in any order), d = amax/127 rounded to f16, q = rint(x * (127/amax)) ties to even (0 when amax
+# is 0). Every step is an exact or correctly rounded IEEE operation, so the bits equal the scalar loop's.
+
+
+def _quantize_row_codegen(context, builder, signature, args):
+    op, xp, nb = args
+    v32f = _vec(_F32, 32)
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        v = _load(builder, builder.add(xp, builder.mul(b, ir.Constant(_I64, 128))), v32f)
+        amax = _call(builder, "llvm.vector.reduce.fmax.v32f32", _F32, [_call(builder, "llvm.fabs.v32f32", v32f, [v])])
+        d = builder.fdiv(amax, ir.Constant(_F32, 127.0))
+        h = builder.bitcast(builder.fptrunc(d, ir.HalfType()), _I16) if HAS_F16C else _f2h_int(builder, d)
+        ob = builder.add(op, builder.mul(b, ir.Constant(_I64, 34)))
+        builder.store(h, builder.inttoptr(ob, ir.PointerType(_I16)), align=1)
+        nz = builder.fcmp_ordered("!=", amax, ir.Constant(_F32, 0.0))
+        idv = builder.select(nz, builder.fdiv(ir.Constant(_F32, 127.0), amax), ir.Constant(_F32, 0.0))
+        idvv = builder.shuffle_vector(builder.insert_element(ir.Constant(v32f, ir.Undefined), idv, ir.Constant(_I32, 0)),
+                                      ir.Constant(v32f, ir.Undefined), ir.Constant(_vec(_I32, 32), [0] * 32))
+        q = _call(builder, "llvm.rint.v32f32", v32f, [builder.fmul(v, idvv)])
+        q8 = builder.trunc(builder.fptosi(q, _vec(_I32, 32)), _vec(_I8, 32))
+        builder.store(q8, builder.inttoptr(_addr(builder, ob, 2), ir.PointerType(_vec(_I8, 32))), align=1)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def quantize_row_q8_0(typingctx, op, xp, nb):
+    """nb blocks of f32 at xp -> block_q8_0 bytes at op (quantize_rows_q8_0's bits)."""
+    if not _ints(op, xp, nb):
+        return None
+    return types.none(types.int64, types.int64, types.int64), _quantize_row_codegen
+
+
+def _aux_row_codegen(context, builder, signature, args):
+    cp, xp, nb, bias = args
+    with cgutils.for_range(builder, nb) as loop:
+        b = loop.index
+        xb = builder.add(xp, builder.mul(b, ir.Constant(_I64, 34)))
+        q = builder.sext(_load(builder, _addr(builder, xb, 2), _vec(_I8, 32)), _vec(_I32, 32))
+        s = _call(builder, "llvm.vector.reduce.add.v32i32", _I32, [q])
+        cb = builder.add(cp, builder.mul(b, ir.Constant(_I64, AUX_BYTES)))
+        builder.store(builder.mul(builder.sub(ir.Constant(_I32, 0), builder.trunc(bias, _I32)), s),
+                      builder.inttoptr(cb, ir.PointerType(_I32)), align=4)
+        builder.store(_f16_scale(builder, xb), builder.inttoptr(_addr(builder, cb, 4), ir.PointerType(_F32)), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def aux_row_q8_0(typingctx, cp, xp, nb, bias):
+    """x_aux_q8_0 for one row: nb Q8_0 blocks at xp -> (-bias * sum(qs), dx) word pairs at cp."""
+    if not _ints(cp, xp, nb, bias):
+        return None
+    return types.none(*([types.int64] * 4)), _aux_row_codegen

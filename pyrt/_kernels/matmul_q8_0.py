@@ -12,8 +12,9 @@ from numba import njit, prange
 
 from . import codes
 from .config import FASTMATH
-from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f16_to_f32, f32_to_f16
+from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f32_to_f16
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, NT, Q8_0_VNNI_BIAS, ROWS
+from .dots_q8_0 import aux_row_q8_0, quantize_row_q8_0
 from .dots_q8_0 import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
 from .dots_q8_0 import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
 from .dots_q8_0 import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
@@ -116,9 +117,22 @@ def quantize_rows_q8_0(dst, src):
         _quantize_blocks_q8_0(dst[r], src[r], 0, nb)
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def quantize_rows_q8_0_par(dst, src):
+    """quantize_rows_q8_0 with the rows spread over the threads (prompt batches)."""
+    nb = src.shape[1] // QK
+    for r in prange(src.shape[0]):
+        _quantize_blocks_q8_0(dst[r], src[r], 0, nb)
+
+
 @njit(cache=True, nogil=True)
 def _quantize_blocks_q8_0(out, x, b0, b1):
-    """Blocks [b0, b1) of one row: x [n] f32 -> out [n/32*34] uint8 (quantize_rows_q8_0's arithmetic)."""
+    """Blocks [b0, b1) of one row: x [n] f32 -> out [n/32*34] uint8 (quantize_rows_q8_0's arithmetic:
+    the vector intrinsic where the row is contiguous, else this loop)."""
+    if x.strides[0] == 4 and b1 > b0:
+        quantize_row_q8_0(np.int64(out.ctypes.data) + b0 * Q8_0_BYTES, np.int64(x.ctypes.data) + b0 * QK * 4,
+                          np.int64(b1 - b0))
+        return
     qs = out.view(np.int8)
     for b in range(b0, b1):
         amax = np.float32(0.0)
@@ -154,16 +168,10 @@ def x_aux_q8_0(dst, xq, bias):
 
 @njit(cache=True, nogil=True)
 def _x_aux_blocks(dst, xq, bias, b0, b1):
-    """Blocks [b0, b1) of one row of x_aux_q8_0: dst [nb, 2] int32, xq [nb*34] uint8."""
-    qs = xq.view(np.int8)
-    dxf = dst.view(np.float32)
-    for b in range(b0, b1):
-        o = b * Q8_0_BYTES
-        dxf[b, 1] = f16_to_f32(np.uint16(xq[o]) | (np.uint16(xq[o + 1]) << np.uint16(8)))
-        s = np.int32(0)
-        for j in range(QK):
-            s += np.int32(qs[o + 2 + j])
-        dst[b, 0] = -bias * s
+    """Blocks [b0, b1) of one row of x_aux_q8_0: dst [nb, 2] int32 (C-contiguous), xq [nb*34] uint8."""
+    if b1 > b0:
+        aux_row_q8_0(np.int64(dst.ctypes.data) + b0 * AUX_BYTES, np.int64(xq.ctypes.data) + b0 * Q8_0_BYTES,
+                     np.int64(b1 - b0), np.int64(bias))
 
 
 # Prompt-sized batches run in cache blocks: a work item is a tile of output rows (about TILE_BYTES of
