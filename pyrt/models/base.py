@@ -231,7 +231,7 @@ def linear_multi(x: np.ndarray, *linears: Linear) -> list[np.ndarray]:
     type run as one matmul over the joint rows: one kernel launch instead of several, same results.
     """
     t = linears[0].w.ggml_type
-    if (len(linears) > 1 and isinstance(x, np.ndarray) and x.ndim == 2 and mm.dot_path(t, x.shape[0])
+    if (len(linears) > 1 and isinstance(x, np.ndarray) and x.ndim == 2 and mm.quantized_path(t, x.shape[0])
             and all(L.w.ggml_type == t for L in linears)):
         key = tuple(id(L) for L in linears[1:])
         fused = linears[0].fused.get(key, False)

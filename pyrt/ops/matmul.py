@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..backends import backend_of
+from .._kernels.simd import HAS_VNNI
 from ..backends.cpu import blas_pool, is_amd
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import DOT_TYPES, QType, get_qtype
@@ -21,20 +22,46 @@ from . import paths
 
 # From this many tokens on, a weight tile is dequantized to f32 and multiplied with OpenBLAS
 # (np.matmul) instead of running the integer/half dot kernel: the crossover of the two paths per type and
-# CPU vendor, from `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the
-# MoE expert shapes 1408x2048 / 2048x1408); re-derive it when a dot kernel changes. On AMD (AVX-512 VNNI)
-# the Q8_0-family blocks' 8-row x 8-token integer tiles stay ahead of dequantize + sgemm at every size, so
-# they never take the BLAS path.
+# CPU, from `python bench/bench_kernels.py --crossover --threads 2` (2 threads, 5632x2048 and the
+# MoE expert shapes 1408x2048 / 2048x1408); re-derive it when a dot kernel changes. Where the CPU has VNNI
+# (AMD Zen 4/5, Intel Xeon since Cascade Lake), the Q8_0-family blocks' 8-row x 8-token integer tiles stay
+# ahead of dequantize + sgemm at every size (Xeon with AMX, 5632x2048 Q4_0, 512 tokens: 266 against
+# 140 GOP/s), so they never take the BLAS path.
 NEVER = 1 << 62
 BLAS_MIN_TOKENS_INTEL = {
     "F32": 24, "F16": 24, "BF16": 20,
     "Q8_0": 40, "Q4_0": 40, "Q5_0": 36,
     "Q4_K": 128, "Q5_K": 128, "Q6_K": 128,
 }
-BLAS_MIN_TOKENS_AMD = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=NEVER)
+BLAS_MIN_TOKENS_VNNI = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=NEVER)
 
 
-BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_AMD if is_amd() else BLAS_MIN_TOKENS_INTEL
+BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_VNNI if (is_amd() or HAS_VNNI) else BLAS_MIN_TOKENS_INTEL
+
+# Weight types whose prompt batches run on AMX-INT8 tiles where the CPU has them (pyrt._kernels.amx), from
+# paths.amx_min_tokens tokens on: the same bits as their integer dot kernel, several times its throughput.
+AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0"})
+_amx_state: list = []  # [(enabled, config bytes)] once asked
+
+
+def amx_enabled() -> bool:
+    """Whether this process runs AMX tiles (the CPU has AMX-INT8 and the kernel granted its state)."""
+    if not _amx_state:
+        from .._kernels import amx
+        on = amx.enable()
+        _amx_state.append((on, amx.config_bytes() if on else None))
+    return _amx_state[0][0]
+
+
+def _path_for(qt: QType, n_tok: int) -> str:
+    """"amx", "dot" (the quantized-activation kernel) or "blas" (dequantize + np.matmul) for n_tok tokens."""
+    p = paths.current()
+    if qt.name in AMX_TYPES and p.amx and n_tok >= p.amx_min_tokens and amx_enabled():
+        return "amx"
+    return "blas" if n_tok >= BLAS_MIN_TOKENS.get(qt.name, 32) else "dot"
+
+# From this many tokens on, activations are quantized to Q8_0 by all threads (one parallel launch).
+PARALLEL_QUANTIZE_MIN_TOKENS = 8
 
 _tls = threading.local()
 
@@ -82,7 +109,11 @@ def _quantize_activations(x: np.ndarray, qt: QType) -> np.ndarray:
         return _f32_to_bf16(x)
     aq = DOT_TYPES[dt]
     xq = _scratch("xq", np.uint8, (x.shape[0], aq.row_bytes(x.shape[1])))
-    aq.kernel("quantize_rows")(xq, x)
+    if dt == "Q8_0" and x.shape[0] >= PARALLEL_QUANTIZE_MIN_TOKENS:
+        from .._kernels.matmul_q8_0 import quantize_rows_q8_0_par
+        quantize_rows_q8_0_par(xq, x)
+    else:
+        aq.kernel("quantize_rows")(xq, x)
     return xq
 
 
@@ -103,7 +134,7 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
     x: [n_tok, n_in] f32 C-contiguous; raw: [n_out, row_bytes] uint8 (read-only mmap view, never
     copied); out: optional [n_tok, n_out] f32 C-contiguous. Returns out.
     path: None picks by n_tok; "dot" forces the quantized-activation kernel, "blas" forces
-    dequantize-tile + np.matmul (tests and benchmarks).
+    dequantize-tile + np.matmul, "amx" the AMX tiles (Q8_0/Q4_0/Q5_0 where amx_enabled(); tests and benchmarks).
     """
     if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
         return b.matmul(x, raw, ggml_type, out)
@@ -125,19 +156,33 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
     if n_tok == 0 or n_out == 0:
         return out
     if path is None:
-        path = "blas" if n_tok >= BLAS_MIN_TOKENS.get(qt.name, 32) else "dot"
+        path = _path_for(qt, n_tok)
     if path == "dot":
         qt.kernel("matmul")(out, raw, _quantize_activations(x, qt))
     elif path == "blas":
         _matmul_blas(out, x, raw, qt)
+    elif path == "amx":
+        if qt.name not in AMX_TYPES or not amx_enabled():
+            raise InvalidArgumentError(f"matmul: no AMX path for {qt.name} weights on this machine")
+        _matmul_amx(out, raw, _quantize_activations(x, qt), qt)
     else:
-        raise InvalidArgumentError(f"matmul: unknown path {path!r} (use 'dot' or 'blas')")
+        raise InvalidArgumentError(f"matmul: unknown path {path!r} (use 'dot', 'blas' or 'amx')")
     return out
 
 
+def _matmul_amx(out: np.ndarray, raw: np.ndarray, xq: np.ndarray, qt: QType) -> None:
+    from .._kernels.amx import matmul_q_amx
+    matmul_q_amx(out, raw, xq, qt.code, _amx_state[0][1])
+
+
 def dot_path(ggml_type: int, n_tok: int) -> bool:
-    """Whether matmul takes the quantized-activation dot path (not dequantize + BLAS) for n_tok tokens."""
-    return n_tok < BLAS_MIN_TOKENS.get(get_qtype(ggml_type).name, 32)
+    """Whether matmul runs n_tok tokens through the per-token dot kernels (not AMX tiles, not dequantize + BLAS)."""
+    return _path_for(get_qtype(ggml_type), n_tok) == "dot"
+
+
+def quantized_path(ggml_type: int, n_tok: int) -> bool:
+    """Whether matmul multiplies quantized activations for n_tok tokens (the dot kernels or AMX tiles)."""
+    return _path_for(get_qtype(ggml_type), n_tok) != "blas"
 
 
 def matmul_id(x: np.ndarray, raw: np.ndarray, ggml_type: int, w_row0, x_row, n_out: int,
@@ -201,7 +246,8 @@ def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
     shared: dict[str, np.ndarray] = {}
     for i, (raw, ggml_type) in enumerate(weights):
         qt = get_qtype(ggml_type)
-        if n_tok and n_tok < BLAS_MIN_TOKENS.get(qt.name, 32) and qt.dot_type in DOT_TYPES:
+        path = _path_for(qt, n_tok) if n_tok else "blas"
+        if path != "blas" and qt.dot_type in DOT_TYPES:
             # validate as matmul would, then reuse one quantized copy of x per dot type
             if x.dtype != np.float32 or not x.flags.c_contiguous:
                 raise InvalidArgumentError("matmul: x must be a C-contiguous float32 [n_tok, n_in] array")
@@ -211,7 +257,10 @@ def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
                 xq = shared[qt.dot_type] = _quantize_activations(x, qt).copy()
             out = np.empty((n_tok, raw.shape[0]), np.float32)
             if raw.shape[0]:
-                qt.kernel("matmul")(out, raw, xq)
+                if path == "amx":
+                    _matmul_amx(out, raw, xq, qt)
+                else:
+                    qt.kernel("matmul")(out, raw, xq)
             outs[i] = out
         else:
             outs[i] = matmul(x, raw, ggml_type)

@@ -1,0 +1,309 @@
+"""AMX-INT8 tiles for prompt-sized matmuls of Q8_0/Q4_0/Q5_0 weights x Q8_0 activations.
+
+One tile product (tdpbssd) multiplies 16 tokens x 32 int8 activations (one Q8_0 block of 16 rows, loaded
+straight from the quantized activation rows) with 32 x 16 signed weights (one block of 16 weight rows,
+unpacked to q - bias in the VNNI layout once per matmul): the 16 x 16 exact integer block sums S of
+dots_q8_0. They leave the tile unit through memory and enter the f32 accumulators exactly as every other
+kernel adds them, acc = fma(dw*dx, S, acc) block after block, so a result has the same bits as the AVX
+tiles and the one-row dots.
+
+The tile instructions are inline assembly (LLVM's AMX intrinsics need the x86_amx type, which llvmlite's
+IR lacks); the assembler parser must be initialized for the JIT (`enable`). Tile registers are live only
+inside one `tile_block_amx`/`pack` call sequence of a work item, and a work item configures them first
+(ldtilecfg) and releases them last (tilerelease). AMX needs the process to ask the kernel for the tile
+data state (arch_prctl ARCH_REQ_XCOMP_PERM): `enable` does both and says whether AMX can run; an AMX
+instruction without that permission kills the process with SIGILL, so nothing here runs before it.
+
+Leaf module (numba, llvmlite, ctypes, and sibling kernel modules).
+"""
+
+import ctypes
+import os
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .config import FASTMATH, NO_SIMD
+from .matmul_q8_0 import _q_bias, _rows_q, x_aux_q8_0
+from .simd import PREFETCH_BYTES
+from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
+from .simd import _F32, _FEATS, _I8, _I32, _I64, _addr, _load, _splat, _vec
+from . import codes
+
+TM = 16          # tokens of a tile (rows of the activation tile and of the result tile)
+TN = 16          # weight rows of a tile (columns of the result tile)
+QK = 32          # values of a block: the K of one tile product
+Q8_0_BYTES = 34
+BLOCK_TILE = TN * QK  # bytes of one packed weight block tile: [QK/4, TN*4] int8 (VNNI layout)
+
+KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 = codes.Q8_0, codes.Q4_0, codes.Q5_0
+
+HAS_AMX_TARGET = not NO_SIMD and "amx-int8" in _FEATS and "amx-tile" in _FEATS
+
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+_SYS_arch_prctl = 158
+_enabled: bool | None = None
+
+
+def enable() -> bool:
+    """Whether AMX tiles can run in this process: the target has AMX-INT8, PYRT_NO_AMX is unset, the
+    kernel granted the tile data state and the JIT can assemble inline asm. Asks once per process."""
+    global _enabled
+    if _enabled is None:
+        _enabled = False
+        if HAS_AMX_TARGET and os.environ.get("PYRT_NO_AMX", "") in ("", "0"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.syscall(_SYS_arch_prctl, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0:
+                    import llvmlite.binding as llb
+                    llb.initialize_native_asmparser()
+                    _enabled = True
+            except (OSError, AttributeError):
+                _enabled = False
+    return _enabled
+
+
+# ---------------------------------------------------------------------------- tile intrinsics
+
+
+def _asm(builder, text, n, clobber=""):
+    fnty = ir.FunctionType(ir.VoidType(), [_I64] * n)
+    cons = ",".join(["r"] * n + ["~{memory}"]) + clobber
+    return ir.InlineAsm(fnty, text, cons, side_effect=True)
+
+
+@intrinsic
+def tile_config(typingctx, cfg):
+    """ldtilecfg of the 64-byte palette-1 configuration at address cfg (config_bytes)."""
+    if not isinstance(cfg, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        builder.call(_asm(builder, "ldtilecfg ($0)", 1), [args[0]])
+        return context.get_dummy_value()
+
+    return types.none(types.int64), codegen
+
+
+@intrinsic
+def tile_release(typingctx):
+    """tilerelease: the tile registers back to their init state (cheap context switches)."""
+
+    def codegen(context, builder, signature, args):
+        builder.call(_asm(builder, "tilerelease", 0), [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+def config_bytes() -> np.ndarray:
+    """The tile configuration (palette 1), two sets of three tiles: tmm0/tmm3 16 rows x 64 bytes (i32
+    results), tmm1/tmm4 16 x 32 (activations), tmm2/tmm5 8 x 64 (weights, VNNI)."""
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    colsb = cfg[16:48].view(np.uint16)
+    rows = cfg[48:64]
+    for base in (0, 3):
+        colsb[base], rows[base] = 4 * TN, TM
+        colsb[base + 1], rows[base + 1] = QK, TM
+        colsb[base + 2], rows[base + 2] = 4 * TN, QK // 4
+    return cfg
+
+
+def _product_asm(builder, base):
+    """asm(xb, xs, wb, cb): the block product of tile set `base` (tmm base..base+2) stored at cb."""
+    c, a, w = f"%tmm{base}", f"%tmm{base + 1}", f"%tmm{base + 2}"
+    t = (f"tileloadd ($0,$1,1), {a}\n\t"
+         "mov $$64, %r11\n\t"
+         f"tileloadd ($2,%r11,1), {w}\n\t"
+         f"tilezero {c}\n\t"
+         f"tdpbssd {w}, {a}, {c}\n\t"
+         f"tilestored {c}, ($3,%r11,1)")
+    return _asm(builder, t, 4, ",~{r11}")
+
+
+def _tile_block_codegen(context, builder, signature, args):
+    """16 tokens x 16 weight rows over nb blocks; see tile_block_amx.
+
+    Software-pipelined over the two tile sets: block b+1's product is issued before block b's sums are
+    scaled into the accumulators, so the tile unit's load-multiply-store chain of one block overlaps the
+    vector work of the previous one (one chain at a time left both units mostly waiting)."""
+    wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args
+    v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
+    cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 2 * TM * TN))
+    cbuf.align = 64
+    cbs = [builder.ptrtoint(cbuf, _I64)]
+    cbs.append(builder.add(cbs[0], ir.Constant(_I64, 4 * TM * TN)))
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * TN)) for _ in range(TM)]
+    products = [_product_asm(builder, 0), _product_asm(builder, 3)]
+
+    def issue(b, k):
+        xb = builder.add(xp, builder.add(builder.mul(b, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2)))
+        wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
+        builder.call(products[k], [xb, xs, wb, cbs[k]])
+
+    def consume(b, k):
+        dwv = _load(builder, builder.add(dwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
+        co = builder.add(cp, builder.add(builder.mul(b, ir.Constant(_I64, AUX_BYTES)), ir.Constant(_I64, 4)))
+        for i in range(TM):
+            dx = _load(builder, builder.add(co, builder.mul(cs, ir.Constant(_I64, i))), _F32)
+            dxv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), dx, ir.Constant(_I32, 0)),
+                                         ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, [0] * TN))
+            s = builder.sitofp(_load(builder, builder.add(cbs[k], ir.Constant(_I64, 4 * TN * i)), v16i), v16f)
+            builder.store(_fma(builder, builder.fmul(dwv, dxv), s, builder.load(accs[i])), accs[i])
+
+    one = ir.Constant(_I64, 1)
+    with cgutils.if_likely(builder, builder.icmp_signed(">", nb, ir.Constant(_I64, 0))):
+        issue(ir.Constant(_I64, 0), 0)
+    # pairs of blocks (b, b+1) on sets (0, 1); block b+2 is issued before block b+1 is consumed
+    with cgutils.for_range(builder, builder.udiv(builder.add(nb, one), ir.Constant(_I64, 2))) as loop:
+        b = builder.mul(loop.index, ir.Constant(_I64, 2))
+        b1 = builder.add(b, one)
+        has1 = builder.icmp_signed("<", b1, nb)
+        with cgutils.if_likely(builder, has1):
+            issue(b1, 1)
+        consume(b, 0)
+        with builder.if_then(has1, likely=True):
+            b2 = builder.add(b1, one)
+            with cgutils.if_likely(builder, builder.icmp_signed("<", b2, nb)):
+                issue(b2, 0)
+            consume(b1, 1)
+    for i in range(TM):
+        with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(_I64, i), nt)):
+            p = builder.add(dp, builder.mul(ds, ir.Constant(_I64, 4 * i)))
+            builder.store(builder.load(accs[i]), builder.inttoptr(p, ir.PointerType(v16f)), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def tile_block_amx(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
+    """dst[t, j] = sum over blocks b of fma(dw[b, j]*dx[t, b], S[t, j, b]) for 16 tokens t x 16 rows j.
+
+    wp: packed weight blocks [nb, 8, 64] i8 (pack_rows_amx); dwp: their scales [nb, 16] f32; xp, xs: the
+    first token's Q8_0 activation row and the row stride (16 rows are read); cp, cs: its aux words
+    (x_aux_q8_0: dx is word 1) and their row stride; dp, ds: f32 output of token 0, row 0 and the token
+    stride in elements; the first nt (<= 16) tokens are stored. The tiles must be configured (tile_config).
+    """
+    if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt)):
+        return None
+    return types.none(*([types.int64] * 10)), _tile_block_codegen
+
+
+def _make_pack(unpack, w_bytes):
+    def codegen(context, builder, signature, args):
+        wp, ws, nb, op, dwp = args
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            ob = builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
+            for j in range(TN):
+                wb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
+                                 builder.mul(b, ir.Constant(_I64, w_bytes)))
+                dw, q, bias = unpack(builder, wb)
+                if bias:
+                    q = builder.sub(q, _splat(_I8, 32, bias))
+                dwo = builder.add(dwp, builder.mul(b, ir.Constant(_I64, 4 * TN)))
+                builder.store(dw, builder.inttoptr(builder.add(dwo, ir.Constant(_I64, 4 * j)), ir.PointerType(_F32)))
+                words = builder.bitcast(q, _vec(_I32, 8))
+                for k in range(QK // 4):  # dword k (values 4k..4k+3) of row j -> tile row k, column j
+                    p = builder.add(ob, ir.Constant(_I64, k * 4 * TN + 4 * j))
+                    builder.store(builder.extract_element(words, ir.Constant(_I32, k)),
+                                  builder.inttoptr(p, ir.PointerType(_I32)), align=4)
+        return context.get_dummy_value()
+
+    def typer(typingctx, wp, ws, nb, op, dwp):
+        if not all(isinstance(a, types.Integer) for a in (wp, ws, nb, op, dwp)):
+            return None
+        return types.none(*([types.int64] * 5)), codegen
+
+    return typer
+
+
+# pack_*(wp, ws, nb, op, dwp): 16 weight rows (wp + j*ws) of nb blocks -> op [nb, 8, 64] i8 (q - bias in the
+# VNNI layout: dword k of row j at k*64 + 4j) and dwp [nb, 16] f32 (the block scales).
+pack_q8_0 = intrinsic(_make_pack(_unpack_q8_0, 34))
+pack_q4_0 = intrinsic(_make_pack(_unpack_q4_0, 18))
+pack_q5_0 = intrinsic(_make_pack(_unpack_q5_0, 22))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pack(kind, wp, ws, nb, op, dwp):
+    if kind == KIND_Q4_0:
+        pack_q4_0(wp, ws, nb, op, dwp)
+    elif kind == KIND_Q8_0:
+        pack_q8_0(wp, ws, nb, op, dwp)
+    else:
+        pack_q5_0(wp, ws, nb, op, dwp)
+
+
+@njit(cache=True, nogil=True)
+def _padded_rows(xq, xc, t0, m):
+    """Tokens t0 .. t0+m of xq and xc zero-padded to TM rows (a tail tile reads TM rows)."""
+    xq_pad = np.zeros((TM, xq.shape[1]), np.uint8)
+    xc_pad = np.zeros((TM, xc.shape[1], xc.shape[2]), np.int32)
+    for i in range(m):
+        xq_pad[i] = xq[t0 + i]
+        xc_pad[i] = xc[t0 + i]
+    return xq_pad, xc_pad
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_q_amx(dst, w, xq, kind, cfg):
+    """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind) and Q8_0 activations on AMX tiles;
+    the same bits as matmul_q8_0.matmul_q. Only where `enable()` said True.
+
+    dst: [n_tok, n_out] f32 C-contiguous; w: [n_out, row_bytes] uint8; xq: [n_tok, n_in/32*34] uint8
+    C-contiguous; cfg: config_bytes(). A work item is 16 weight rows: packed once, then multiplied with
+    every 16-token tile; the last n_out % 16 rows are one more work item of one-row dots (matmul_q8_0's).
+    """
+    n_tok, n_out = dst.shape
+    nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)
+    x_aux_q8_0(xc, xq, _q_bias(kind))  # word 1, dx, for the tiles; word 0 for the one-row dots
+    n_full = n_tok // TM * TM
+    m = n_tok - n_full
+    xq_pad, xc_pad = _padded_rows(xq, xc, n_full, m)
+    wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
+    xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
+    xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
+    cs = np.int64(nb * AUX_BYTES)
+    dp = np.int64(dst.ctypes.data)
+    cfgp = np.int64(cfg.ctypes.data)
+    n_it = n_out // TN
+    n_items = (n_out + TN - 1) // TN
+    for it in prange(n_items):
+        cp = np.int64(xc.ctypes.data)
+        r0 = it * TN
+        if it == n_it:
+            for t in range(n_tok):
+                _rows_q(kind, wp, ws, r0, n_out, xp + t * xs, cp + t * cs, nb, dst[t], np.int64(PREFETCH_BYTES))
+        else:
+            _item(kind, wp + r0 * ws, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp + r0 * 4, np.int64(n_out))
+    _keep(xq_pad, xc_pad, cfg)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _item(kind, wp, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp, n_out):
+    """One work item of matmul_q_amx: 16 weight rows at wp (stride ws), packed, times every token tile;
+    dp: output of token 0, row 0 of the item; n_out: the output row stride."""
+    wbuf = np.empty(nb * BLOCK_TILE + 64, np.uint8)
+    dwbuf = np.empty(nb * TN, np.float32)
+    wbp = (np.int64(wbuf.ctypes.data) + 63) // 64 * 64
+    dwp = np.int64(dwbuf.ctypes.data)
+    _pack(kind, wp, ws, nb, wbp, dwp)
+    tile_config(cfgp)
+    for t0 in range(0, n_full, TM):
+        tile_block_amx(wbp, dwp, xp + t0 * xs, xs, cp + t0 * cs, cs, nb, dp + t0 * n_out * 4, n_out, np.int64(TM))
+    if m > 0:
+        tile_block_amx(wbp, dwp, xpp, xs, cpp, cs, nb, dp + n_full * n_out * 4, n_out, np.int64(m))
+    tile_release()
+    return wbuf.size + dwbuf.size
+
+
+@njit(cache=True, nogil=True)
+def _keep(a, b, c):
+    """A use of the arrays whose addresses the parallel loop took (their references end after it)."""
+    return a.size + b.size + c.size
