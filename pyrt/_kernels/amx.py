@@ -27,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .config import FASTMATH, NO_SIMD
-from .matmul_q8_0 import _q_bias, _rows_q, x_aux_q8_0
+from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
 from .simd import PREFETCH_BYTES
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
 from .simd import _F32, _FEATS, _I8, _I32, _I64, _addr, _load, _splat, _vec
@@ -239,17 +239,6 @@ def _pack(kind, wp, ws, nb, op, dwp):
         pack_q5_0(wp, ws, nb, op, dwp)
 
 
-@njit(cache=True, nogil=True)
-def _padded_rows(xq, xc, t0, m):
-    """Tokens t0 .. t0+m of xq and xc zero-padded to TM rows (a tail tile reads TM rows)."""
-    xq_pad = np.zeros((TM, xq.shape[1]), np.uint8)
-    xc_pad = np.zeros((TM, xc.shape[1], xc.shape[2]), np.int32)
-    for i in range(m):
-        xq_pad[i] = xq[t0 + i]
-        xc_pad[i] = xc[t0 + i]
-    return xq_pad, xc_pad
-
-
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_amx(dst, w, xq, kind, cfg):
     """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind) and Q8_0 activations on AMX tiles;
@@ -265,7 +254,7 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
     x_aux_q8_0(xc, xq, _q_bias(kind))  # word 1, dx, for the tiles; word 0 for the one-row dots
     n_full = n_tok // TM * TM
     m = n_tok - n_full
-    xq_pad, xc_pad = _padded_rows(xq, xc, n_full, m)
+    xq_pad, xc_pad = _pad_tail(xq, xc, n_full, m, TM)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
