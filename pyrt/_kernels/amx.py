@@ -28,9 +28,8 @@ from numba.extending import intrinsic
 
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
-from .simd import PREFETCH_BYTES
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .simd import _F32, _FEATS, _I8, _I32, _I64, _addr, _load, _splat, _vec
+from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I32, _I64, _addr, _load, _splat, _vec
 from . import codes
 
 TM = 16          # tokens of a tile (rows of the activation tile and of the result tile)

@@ -60,6 +60,7 @@ def _path_for(qt: QType, n_tok: int) -> str:
         return "amx"
     return "blas" if n_tok >= BLAS_MIN_TOKENS.get(qt.name, 32) else "dot"
 
+
 # From this many tokens on, activations are quantized to Q8_0 by all threads (one parallel launch).
 PARALLEL_QUANTIZE_MIN_TOKENS = 8
 
