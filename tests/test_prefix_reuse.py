@@ -39,13 +39,16 @@ def _prompt(llm, n: int) -> list[int]:
     return ids[:n]
 
 
-def _split_eval(llm, toks: list[int], k: int) -> np.ndarray:
-    """A fresh evaluation with the same batch split as the reuse: toks[:k], then toks[k:]; last logits."""
+def _replay(llm, toks: list[int], *spans: tuple[int, int]) -> np.ndarray:
+    """A fresh context decoding toks[lo:hi] for each span in turn, the cache cut to [0, lo) before each
+    (what prefix reuse does); the last logits."""
     from pyrt import Batch
 
     llm.reset()
-    llm.ctx.decode(Batch.from_tokens(toks[:k], logits="none"))
-    return llm.ctx.decode(Batch.from_tokens(toks[k:], pos0=k))[-1]
+    for lo, hi in spans:
+        llm.ctx.seq_rm(0, lo, -1)
+        out = llm.ctx.decode(Batch.from_tokens(toks[lo:hi], pos0=lo, logits="last"))
+    return out[-1]
 
 
 @pytest.mark.parametrize("n", [100, 512, 800])  # shorter than, as long as, longer than the window (800 prunes)
@@ -61,12 +64,14 @@ def test_rerun_and_extension_evaluate_only_what_is_new(llms, n):
     assert t.n_p_eval == n and np.array_equal(first, ref)
     again = win._ingest(ids)
     assert (t.n_p_eval, t.n_eval) == (n, 1), "the rerun must decode only the last token"
-    assert np.array_equal(again, ref)
-    # bit for bit what a fresh context computes with the same batches (the prompt, then the extension);
-    # one batch of both differs by rounding only (Gemma 3 270M amplifies it: see NMSE_TARGET in test_gemma.py)
+    # The reuse is bit for bit what a fresh context computes with the same batches. A different split is
+    # not: a one-token step runs the single-query attention kernel, a prompt chunk the matrix-product path,
+    # equal up to f32 rounding, which Gemma 3 270M amplifies (see NMSE_TARGET in test_gemma.py).
+    assert np.array_equal(again, _replay(fresh, ids, (0, n), (n - 1, n)))
+    assert nmse(again, ref) < 1e-2 and int(again.argmax()) == int(ref.argmax())
     ext = win._ingest(ids + more)
     assert (t.n_p_eval, t.n_eval) == (n + len(more), 1)
-    assert np.array_equal(ext, _split_eval(fresh, ids + more, n))
+    assert np.array_equal(ext, _replay(fresh, ids + more, (0, n), (n - 1, n), (n, n + len(more))))
     one = fresh.eval_logits(ids + more)[-1]
     assert nmse(ext, one) < 1e-2 and int(ext.argmax()) == int(one.argmax())
 
