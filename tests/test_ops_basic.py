@@ -75,6 +75,19 @@ def test_activations():
     gd, ud = g.astype(np.float64), u.astype(np.float64)
     ref = gd / (1 + np.exp(-gd)) * ud
     np.testing.assert_allclose(basic.swiglu(g.copy(), u), ref, rtol=1e-5, atol=1e-6)
+    # the parallel kernel (rows split into chunks, each through a scratch row), in place or not, gives the
+    # serial kernel's bits
+    from pyrt._kernels import act
+    gb = rng.standard_normal((131, 1000)).astype(np.float32) * 4
+    ub = rng.standard_normal((131, 1000)).astype(np.float32)
+    serial = np.empty_like(gb)
+    act.swiglu_f32_serial(serial, gb, ub)
+    gbd = gb.astype(np.float64)
+    np.testing.assert_allclose(serial, gbd / (1 + np.exp(-gbd)) * ub, rtol=1e-5, atol=1e-6)
+    out = np.empty_like(gb)
+    act.swiglu_f32(out, gb, ub)
+    assert np.array_equal(out, serial)
+    assert np.array_equal(basic.swiglu(gb.copy(), ub), serial)
     # ggml (GGML_GELU_FP16): input rounded to f16, result rounded to f16; identity/zero outside (-10, 10)
     g[0, :4] = [-12.0, 12.0, -10.0, 10.0]
     gh = g.astype(np.float16).astype(np.float64)

@@ -44,25 +44,41 @@ def exp_f32(x):
     return v if x > np.float32(EXP_X_MIN) else np.float32(0.0)
 
 
+# Where dst is gate, LLVM's runtime overlap check sends a fused loop to its scalar version (6x slower):
+# rows are computed into a scratch row, which aliases nothing, and copied.
 @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def _swiglu_row(dst, gate, up):
+def _swiglu_into(dst, gate, up):
+    """dst = silu(gate) * up for 1-d arrays; vectorized only where dst overlaps neither input."""
     for i in range(gate.shape[0]):
         g = gate[i]
         dst[i] = g / (np.float32(1.0) + exp_f32(-g)) * up[i]
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _swiglu_row(dst, gate, up, tmp):
+    """_swiglu_into through tmp (at least gate's length): dst may be gate."""
+    n = gate.shape[0]
+    _swiglu_into(tmp[:n], gate, up)
+    dst[:] = tmp[:n]
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def swiglu_f32(dst, gate, up):
     """dst = silu(gate) * up.  dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate)."""
-    for t in prange(gate.shape[0]):
-        _swiglu_row(dst[t], gate[t], up[t])
+    n_tok, n = gate.shape
+    n_chunk = min(n_tok, 64)
+    for c in prange(n_chunk):
+        tmp = np.empty(n, np.float32)
+        for t in range(c * n_tok // n_chunk, (c + 1) * n_tok // n_chunk):
+            _swiglu_row(dst[t], gate[t], up[t], tmp)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def swiglu_f32_serial(dst, gate, up):
     """As swiglu_f32 on the calling thread (small inputs)."""
+    tmp = np.empty(gate.shape[1], np.float32)
     for t in range(gate.shape[0]):
-        _swiglu_row(dst[t], gate[t], up[t])
+        _swiglu_row(dst[t], gate[t], up[t], tmp)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

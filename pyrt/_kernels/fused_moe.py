@@ -131,7 +131,7 @@ def _gate_up_tile(kind, wg, wu, ws, r0, r1, xg, cp, nbx, g, u, hq, hc, bias, pf)
     for r in range(r0, r1, ROWS):
         _tile_q(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nbx, gp + r * 4, 0, pf)
         _tile_q(kind, 1, wu + r * ws, ws, xg, 0, cp, 0, nbx, up + r * 4, 0, pf)
-    _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1])
+    _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1], np.empty(r1 - r0, np.float32))
     _quantize_blocks_q8_0(hq, g, r0 // QK, r1 // QK)
     _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
 
