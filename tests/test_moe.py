@@ -152,3 +152,59 @@ def test_exp_f32_within_one_ulp():
     _exp_all(out, edge)
     assert out[0] == 0 and out[1] == 0 and out[2] == 0 and np.isfinite(out[3]) and out[3] > 1e38
     assert np.isnan(basic.swiglu(np.array([[np.nan]], np.float32), np.ones((1, 1), np.float32))[0, 0])
+
+
+def _moe_ffn_ref(x, sel, w, ge, ue, de, n_ff):
+    """The prompt-path MoE FFN from public matmuls on each expert's gathered f32 rows, slots added in order."""
+    n_tok, n_embd = x.shape
+    ys = np.zeros((sel.shape[1], n_tok, n_embd), np.float32)
+    for e in np.unique(sel):
+        toks, slots = np.nonzero(sel == e)
+        xe = np.ascontiguousarray(x[toks])
+        g = mm.matmul(xe, ge.raw[e * n_ff:(e + 1) * n_ff], ge.ggml_type)
+        u = mm.matmul(xe, ue.raw[e * n_ff:(e + 1) * n_ff], ue.ggml_type)
+        y = mm.matmul(basic.swiglu(g, u), de.raw[e * n_embd:(e + 1) * n_embd], de.ggml_type)
+        ys[slots, toks] = y * w[toks, slots][:, None]
+    return ys.sum(axis=0) if sel.shape[1] == 1 else ys[0] + ys[1]
+
+
+def _weight(rng, n_out, n_in, t):
+    """Random weights of type t (K-quants as random blocks: gguf cannot quantize them)."""
+    if t in (T.Q4_K, T.Q5_K, T.Q6_K):
+        from test_quants_k import rand_blocks
+        w = W.__new__(W)
+        w.raw, w.ggml_type = rand_blocks(T(t).name.lower(), n_out, n_in, int(rng.integers(1 << 30))), t
+        return w
+    return W(rng.standard_normal((n_out, n_in)) * 0.05, t)
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("t_g, t_u, t_d", [(T.Q4_0, T.Q4_0, T.Q8_0), (T.Q8_0, T.Q5_0, T.Q4_0),
+                                           (T.Q4_K, T.Q4_K, T.Q6_K), (T.Q4_K, T.Q8_0, T.Q4_0)])
+def test_prompt_moe_quantizes_once_with_the_same_bits(t_g, t_u, t_d):
+    """Gate/up activations quantized once for all tokens and gathered per expert give the bits of
+    quantizing each expert's rows (one expert takes every token: AMX/BLAS sizes; the rest ~27: dot)."""
+    rng = np.random.default_rng(7)
+    n_tok, n_embd, n_ff, n_expert = 80, 256, 512, 4
+    x = rng.standard_normal((n_tok, n_embd)).astype(np.float32)
+    ge, ue, de = (_weight(rng, n_expert * n_out, n_in, t)
+                  for n_out, n_in, t in ((n_ff, n_embd, t_g), (n_ff, n_embd, t_u), (n_embd, n_ff, t_d)))
+    sel = np.stack([np.zeros(n_tok, np.int32), rng.integers(1, n_expert, n_tok).astype(np.int32)], axis=1)
+    w = rng.uniform(0.1, 1.0, (n_tok, 2)).astype(np.float32)
+    y = moe.moe_ffn(x, sel, w, ge, ue, de, n_ff)
+    assert np.array_equal(y, _moe_ffn_ref(x, sel, w, ge, ue, de, n_ff))
+
+
+def test_matmul_quantized_checks_its_rows():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    wq = W(rng.standard_normal((32, 64)), T.Q4_0)
+    xq = mm.quantized_rows(x, T.Q4_0)
+    assert np.array_equal(mm.matmul_quantized(xq[[4, 1]], wq.raw, T.Q4_0, 64),
+                          mm.matmul(np.ascontiguousarray(x[[4, 1]]), wq.raw, T.Q4_0))
+    assert mm.quantized_rows(x, T.F32) is None
+    for bad in (xq[:, :-1], xq.view(np.int8), xq[:, ::2]):
+        with pytest.raises(InvalidArgumentError):
+            mm.matmul_quantized(bad, wq.raw, T.Q4_0, 64)
+    with pytest.raises(InvalidArgumentError):
+        mm.matmul_quantized(xq, wq.raw, T.Q4_0, 96)

@@ -271,3 +271,31 @@ def moe_block_decode(x, ffn_norm, eps, sel, wsel, gate_inp, probs_b, gate_exps, 
                    down_shexp, kinds, gating, norm_w, w_scale)
     for i in range(n_embd):
         x[i] += y[i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def scatter_scaled(ys, y, w, toks, slots):
+    """ys[slots[i], toks[i]] = y[i] * w[toks[i], slots[i]] for the rows i of y (one expert's outputs into
+    their selection slots). ys: [n_used, n_tok, n] f32; y: [n_e, n] f32; w: [n_tok, n_used] f32;
+    toks, slots: [n_e] in range (the caller's routing makes them)."""
+    for i in prange(y.shape[0]):
+        t, k = toks[i], slots[i]
+        s = w[t, k]
+        dst = ys[k, t]
+        src = y[i]
+        for j in range(y.shape[1]):
+            dst[j] = src[j] * s
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def sum_slots(out, ys):
+    """out[t] = (ys[0, t] + ys[1, t]) + ... + ys[n_used-1, t], slots added in order as ggml does (no
+    reassociation). out: [n_tok, n] f32; ys: [n_used, n_tok, n] f32."""
+    n_used, n_tok, n = ys.shape
+    for t in prange(n_tok):
+        o = out[t]
+        o[:] = ys[0, t]
+        for k in range(1, n_used):
+            src = ys[k, t]
+            for j in range(n):
+                o[j] = o[j] + src[j]

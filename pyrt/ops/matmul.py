@@ -67,7 +67,7 @@ PARALLEL_QUANTIZE_MIN_TOKENS = 8
 _tls = threading.local()
 
 
-def _scratch(name: str, dtype, shape) -> np.ndarray:
+def scratch(name: str, dtype, shape) -> np.ndarray:
     """A per-thread reusable buffer viewed as `shape` (grown when too small)."""
     n = math.prod(shape)
     buf = getattr(_tls, name, None)
@@ -109,7 +109,7 @@ def _quantize_activations(x: np.ndarray, qt: QType) -> np.ndarray:
     if dt == "BF16":
         return _f32_to_bf16(x)
     aq = DOT_TYPES[dt]
-    xq = _scratch("xq", np.uint8, (x.shape[0], aq.row_bytes(x.shape[1])))
+    xq = scratch("xq", np.uint8, (x.shape[0], aq.row_bytes(x.shape[1])))
     if dt == "Q8_0" and x.shape[0] >= PARALLEL_QUANTIZE_MIN_TOKENS:
         from .._kernels.matmul_q8_0 import quantize_rows_q8_0_par
         quantize_rows_q8_0_par(xq, x)
@@ -268,6 +268,45 @@ def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
     return outs
 
 
+def quantized_rows(x: np.ndarray, ggml_type: int) -> np.ndarray | None:
+    """x [n_tok, n_in] f32 in the activation format of ggml_type's dot kernels ([n_tok, bytes] uint8, a new
+    array), or None where that type's kernels read f32/f16/bf16. Rows are quantized one by one, so a row
+    gather of the result is the quantization of the gathered rows (for matmul_quantized)."""
+    qt = get_qtype(ggml_type)
+    if qt.dot_type not in DOT_TYPES:
+        return None
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous:
+        raise InvalidArgumentError("quantized_rows: x must be a C-contiguous float32 [n_tok, n_in] array")
+    if x.shape[1] % DOT_TYPES[qt.dot_type].block_size:
+        raise InvalidArgumentError(f"quantized_rows: {x.shape[1]} values per row is not a multiple of "
+                                   f"{qt.dot_type}'s block of {DOT_TYPES[qt.dot_type].block_size}")
+    return _quantize_activations(x, qt).copy()
+
+
+def matmul_quantized(xq: np.ndarray, raw: np.ndarray, ggml_type: int, n_in: int) -> np.ndarray:
+    """x @ W.T from x's rows as quantized_rows gave them (or a row gather of those): the bits matmul gives
+    for x on its dot or AMX path. Raises where matmul would take the BLAS path for xq.shape[0] tokens
+    (check quantized_path first). Returns [n_tok, n_out] f32."""
+    qt = get_qtype(ggml_type)
+    dt = DOT_TYPES.get(qt.dot_type)
+    if (dt is None or not isinstance(xq, np.ndarray) or xq.dtype != np.uint8 or xq.ndim != 2
+            or not xq.flags.c_contiguous or n_in % dt.block_size or xq.shape[1] != dt.row_bytes(n_in)):
+        raise InvalidArgumentError(f"matmul_quantized: xq must be C-contiguous uint8 rows of {n_in} values in "
+                                   f"{qt.dot_type} (quantized_rows)")
+    raw = _check_raw(raw, qt, n_in, "matmul_quantized")
+    n_tok = xq.shape[0]
+    path = _path_for(qt, n_tok)
+    if path == "blas":
+        raise InvalidArgumentError(f"matmul_quantized: {qt.name} x {n_tok} tokens runs on the BLAS path")
+    out = np.empty((n_tok, raw.shape[0]), np.float32)
+    if n_tok and raw.shape[0]:
+        if path == "amx":
+            _matmul_amx(out, raw, xq, qt)
+        else:
+            qt.kernel("matmul")(out, raw, xq)
+    return out
+
+
 def _activations_as_dotted(x: np.ndarray, qt: QType) -> np.ndarray:
     """x rounded through the weight type's activation format and back to f32.
 
@@ -308,7 +347,7 @@ def _matmul_blas(out: np.ndarray, x: np.ndarray, raw: np.ndarray, qt: QType) -> 
 
     def run(r0):
         r1 = min(r0 + tile, n_out)
-        wt = _scratch("wtile", np.float32, (r1 - r0, n_in))  # [tile, n_in] f32, per worker thread
+        wt = scratch("wtile", np.float32, (r1 - r0, n_in))  # [tile, n_in] f32, per worker thread
         deq(wt, raw[r0:r1])
         np.matmul(x, wt.T, out=out[:, r0:r1])
 

@@ -83,27 +83,42 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     n_used = selected.shape[1]
     if n_tok <= paths.current().moe_id_max_tokens:
         return _moe_ffn_id(x, selected, weights, gate_exps, up_exps, down_exps, n_ff_exp, gate_up)
-    ys = np.zeros((n_used, n_tok, n_embd), dtype=np.float32)  # [n_used, n_tok, n_embd] per selection slot
+    # [n_used, n_tok, n_embd] per selection slot: every (token, slot) has one expert, so all rows are written
+    # (a reused buffer: a fresh one per layer spent its time in first-touch page faults)
+    ys = mm.scratch("moe_slots", np.float32, (n_used, n_tok, n_embd))
+    w32 = np.ascontiguousarray(weights, dtype=np.float32)
+    if selected.shape != (n_tok, n_used) or w32.shape != selected.shape:
+        raise InvalidArgumentError(f"moe_ffn: selected {selected.shape} and weights {w32.shape} must be "
+                                   f"[{n_tok} tokens, n_used]")
     flat = selected.reshape(-1)
     order = np.argsort(flat, kind="stable")
     experts, starts = np.unique(flat[order], return_index=True)
+    if experts.shape[0] and (experts[0] < 0 or experts[-1] >= gate_exps.raw.shape[0] // n_ff_exp):
+        raise InvalidArgumentError(f"moe_ffn: expert ids must be in [0, {gate_exps.raw.shape[0] // n_ff_exp})")
     bounds = list(starts) + [flat.shape[0]]
+    tg, tu = gate_exps.ggml_type, up_exps.ggml_type
+    # gate and up read x in one activation format: quantized once for all tokens, gathered per expert
+    xq = None
+    if x.dtype == np.float32 and x.flags.c_contiguous and get_qtype(tg).dot_type == get_qtype(tu).dot_type:
+        xq = mm.quantized_rows(x, tg)
     for i, e in enumerate(experts):
         idx = order[bounds[i]:bounds[i + 1]]   # entries (token * n_used + slot) routed to expert e
         toks = idx // n_used
         slots = idx % n_used
-        xe = np.ascontiguousarray(x[toks])    # [n_e, n_embd]
         r0, r1 = int(e) * n_ff_exp, (int(e) + 1) * n_ff_exp
-        g, u = mm.matmul_multi(xe, [(gate_exps.raw[r0:r1], gate_exps.ggml_type),
-                                    (up_exps.raw[r0:r1], up_exps.ggml_type)])
+        if xq is not None and mm.quantized_path(tg, toks.shape[0]) and mm.quantized_path(tu, toks.shape[0]):
+            xqe = xq[toks]                     # [n_e, row bytes]
+            g = mm.matmul_quantized(xqe, gate_exps.raw[r0:r1], tg, n_embd)
+            u = mm.matmul_quantized(xqe, up_exps.raw[r0:r1], tu, n_embd)
+        else:
+            xe = np.ascontiguousarray(x[toks])  # [n_e, n_embd]
+            g, u = mm.matmul_multi(xe, [(gate_exps.raw[r0:r1], tg), (up_exps.raw[r0:r1], tu)])
         h = basic.swiglu(g, u)                 # [n_e, n_ff_exp]
         d0, d1 = int(e) * n_embd, (int(e) + 1) * n_embd
         y = mm.matmul(h, down_exps.raw[d0:d1], down_exps.ggml_type)  # [n_e, n_embd]
-        y *= weights[toks, slots][:, None]
-        ys[slots, toks] = y
-    out = ys[0].copy()
-    for k in range(1, n_used):  # ggml adds the slots in order
-        out += ys[k]
+        fm.scatter_scaled(ys, y, w32, toks, slots)
+    out = np.empty((n_tok, n_embd), np.float32)
+    fm.sum_slots(out, ys)
     return out
 
 
