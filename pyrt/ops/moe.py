@@ -87,7 +87,7 @@ def moe_ffn(x: np.ndarray, selected: np.ndarray, weights: np.ndarray, gate_exps,
     # (a reused buffer: a fresh one per layer spent its time in first-touch page faults)
     ys = mm.scratch("moe_slots", np.float32, (n_used, n_tok, n_embd))
     w32 = np.ascontiguousarray(weights, dtype=np.float32)
-    if selected.shape != (n_tok, n_used) or w32.shape != selected.shape:
+    if n_used < 1 or selected.shape != (n_tok, n_used) or w32.shape != selected.shape:
         raise InvalidArgumentError(f"moe_ffn: selected {selected.shape} and weights {w32.shape} must be "
                                    f"[{n_tok} tokens, n_used]")
     flat = selected.reshape(-1)
