@@ -94,6 +94,34 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, n_head_kv, cel
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
 
 
+MAX_LANES = 16
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _mask_max_row(row, ok, lanes):
+    """row[c] = -inf where not ok[c], in place; returns the row's max. The max runs in MAX_LANES partial
+    maxima (a single running max does not vectorize: 3x slower); max is exact in any order."""
+    n = row.shape[0]
+    neg = np.float32(-np.inf)
+    lanes[:] = neg
+    c = 0
+    while c + MAX_LANES <= n:
+        for k in range(MAX_LANES):
+            x = row[c + k] if ok[c + k] else neg
+            row[c + k] = x
+            lanes[k] = x if x > lanes[k] else lanes[k]
+        c += MAX_LANES
+    m = neg
+    while c < n:
+        x = row[c] if ok[c] else neg
+        row[c] = x
+        m = x if x > m else m
+        c += 1
+    for k in range(MAX_LANES):
+        m = lanes[k] if lanes[k] > m else m
+    return m
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, softcap):
     """In place: masked softmax of score rows for the matrix-product prompt path (serial; called per task).
@@ -103,20 +131,23 @@ def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, s
     cell become zeros. softcap > 0 applies softcap*tanh(s/softcap) before the mask.
     """
     n_rows, n = s.shape
+    # the mask of a query, computed once for its n_gqa rows; the rows' loops are then branch-free (vectorized)
+    ok = np.empty(n, np.bool_)
+    lanes = np.empty(MAX_LANES, np.float32)
+    t_mask = -1
     for r in range(n_rows):
         t = t0 + r // n_gqa
-        qp = q_pos[t]
-        bit = np.uint64(1) << np.uint64(q_seq[t])
+        if t != t_mask:
+            qp = q_pos[t]
+            bit = np.uint64(1) << np.uint64(q_seq[t])
+            for c in range(n):
+                ok[c] = (cell_seq[c] & bit) != 0 and cell_pos[c] <= qp and (n_swa <= 0 or qp - cell_pos[c] < n_swa)
+            t_mask = t
         row = s[r]
-        m = np.float32(-np.inf)
-        for c in range(n):
-            x = row[c]
-            if softcap > 0.0:
-                x = softcap * np.tanh(x / softcap)
-            ok = (cell_seq[c] & bit) != 0 and cell_pos[c] <= qp and (n_swa <= 0 or qp - cell_pos[c] < n_swa)
-            x = x if ok else np.float32(-np.inf)
-            row[c] = x
-            m = max(m, x)
+        if softcap > 0.0:
+            for c in range(n):
+                row[c] = softcap * np.tanh(row[c] / softcap)
+        m = _mask_max_row(row, ok, lanes)
         if m == np.float32(-np.inf):
             for c in range(n):
                 row[c] = 0.0
