@@ -158,22 +158,24 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
         return out
     if path is None:
         path = _path_for(qt, n_tok)
-    if path == "dot":
-        qt.kernel("matmul")(out, raw, _quantize_activations(x, qt))
-    elif path == "blas":
+    if path == "blas":
         _matmul_blas(out, x, raw, qt)
-    elif path == "amx":
-        if qt.name not in AMX_TYPES or not amx_enabled():
+    elif path in ("dot", "amx"):
+        if path == "amx" and (qt.name not in AMX_TYPES or not amx_enabled()):
             raise InvalidArgumentError(f"matmul: no AMX path for {qt.name} weights on this machine")
-        _matmul_amx(out, raw, _quantize_activations(x, qt), qt)
+        _matmul_q(out, raw, _quantize_activations(x, qt), qt, path)
     else:
         raise InvalidArgumentError(f"matmul: unknown path {path!r} (use 'dot', 'blas' or 'amx')")
     return out
 
 
-def _matmul_amx(out: np.ndarray, raw: np.ndarray, xq: np.ndarray, qt: QType) -> None:
-    from .._kernels.amx import matmul_q_amx
-    matmul_q_amx(out, raw, xq, qt.code, _amx_state[0][1])
+def _matmul_q(out: np.ndarray, raw: np.ndarray, xq: np.ndarray, qt: QType, path: str) -> None:
+    """out = x @ W.T from x's quantized rows xq: the AMX tiles (path "amx") or the dot kernel ("dot")."""
+    if path == "amx":
+        from .._kernels.amx import matmul_q_amx
+        matmul_q_amx(out, raw, xq, qt.code, _amx_state[0][1])
+    else:
+        qt.kernel("matmul")(out, raw, xq)
 
 
 def dot_path(ggml_type: int, n_tok: int) -> bool:
@@ -258,10 +260,7 @@ def matmul_multi(x: np.ndarray, weights) -> list[np.ndarray]:
                 xq = shared[qt.dot_type] = _quantize_activations(x, qt).copy()
             out = np.empty((n_tok, raw.shape[0]), np.float32)
             if raw.shape[0]:
-                if path == "amx":
-                    _matmul_amx(out, raw, xq, qt)
-                else:
-                    qt.kernel("matmul")(out, raw, xq)
+                _matmul_q(out, raw, xq, qt, path)
             outs[i] = out
         else:
             outs[i] = matmul(x, raw, ggml_type)
@@ -300,10 +299,7 @@ def matmul_quantized(xq: np.ndarray, raw: np.ndarray, ggml_type: int, n_in: int)
         raise InvalidArgumentError(f"matmul_quantized: {qt.name} x {n_tok} tokens runs on the BLAS path")
     out = np.empty((n_tok, raw.shape[0]), np.float32)
     if n_tok and raw.shape[0]:
-        if path == "amx":
-            _matmul_amx(out, raw, xq, qt)
-        else:
-            qt.kernel("matmul")(out, raw, xq)
+        _matmul_q(out, raw, xq, qt, path)
     return out
 
 
