@@ -85,7 +85,7 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
             return load(model_path, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size,
                         n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
                         warmup=not a.no_warmup, n_seq_max=a.parallel, defrag_thold=a.defrag_thold, mla=a.mla_use,
-                        swa_full=a.swa_full, device=device_of_args(a))
+                        swa_full=a.swa_full, device=device_of_args(a), swa_per_seq=True)
 
         eng = Engine.launch(load_llm, a.parallel, max_queue=a.max_queue, cache_ram_bytes=a.cache_ram << 20)
         llm = eng.llm
@@ -118,7 +118,7 @@ def _serve_ray(a: argparse.Namespace, model_path: str, cfg) -> int:
         model_path, replicas=a.replicas, threads=threads, n_parallel=a.parallel, n_ctx=a.ctx_size,
         load_kw=dict(n_batch=a.batch_size, n_ubatch=a.ubatch_size, type_k=a.cache_type_k, type_v=a.cache_type_v,
                      use_mmap=not a.no_mmap, warmup=not a.no_warmup, defrag_thold=a.defrag_thold, mla=a.mla_use,
-                     swa_full=a.swa_full),
+                     swa_full=a.swa_full, swa_per_seq=True),
         slot_save_path=a.slot_save_path, chat_template=a.chat_template, alias=cfg.model_alias,
         api_keys=cfg.api_keys, timeout_s=cfg.timeout_s, max_queue=a.max_queue, cache_ram_mib=a.cache_ram,
         max_body_bytes=a.max_body_size)

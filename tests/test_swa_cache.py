@@ -364,3 +364,37 @@ def test_rerun_and_next_turn_evaluate_only_what_is_new(gemma_tiny, no_pad, n):
     got = other._ingest(ids + more)
     assert (other.ctx.timings.n_p_eval, other.ctx.timings.n_eval) == (0, 1)
     assert nmse(got, ref(ids + more)) < 1e-9
+
+
+@pytest.mark.parametrize("per_seq", [False, True])
+def test_server_window_cache_keeps_finished_prompts(gemma_tiny, no_pad, per_seq):
+    """swa_per_seq (pyrt serve): (n_swa + n_ubatch) window cells per sequence, as llama-server's slots have,
+    so that a finished request's prompt is still whole when the next request with its prefix arrives. With
+    llama.cpp's unified size (n_swa * n_seq_max + n_ubatch), the idle slot's cells and the generating
+    sequence leave too few cells, the window is pruned and the shared prefix is evaluated again."""
+    from pyrt.engine import Engine, GenerationParams, Request
+    from pyrt.runtime.llm import LLM
+
+    llm = LLM(gemma_tiny, n_ctx=256, n_seq_max=2, n_ubatch=16, n_threads=1, swa_per_seq=per_seq)
+    assert llm.ctx.cache_swa.size == (48 if per_seq else 32)
+    ref = LLM(gemma_tiny, n_ctx=256, n_ubatch=16, n_threads=1)
+    rng = np.random.default_rng(21)
+    system = rng.integers(3, 384, 12).tolist()
+    r1 = rng.integers(3, 384, 10).tolist()
+    r2 = system + rng.integers(3, 384, 3).tolist()
+    r3 = system + rng.integers(3, 384, 4).tolist()
+    eng = Engine(llm, 2).start()
+    try:
+        def gen(p, n):
+            return eng.submit(Request(p, GenerationParams(max_tokens=n, temperature=0.0, ignore_eos=True))).result()
+        gen(r1, 2)   # an idle slot holds 12 cells
+        gen(r2, 12)  # 27 cells: more than the unified window cache has left
+        c3 = gen(r3, 4)
+    finally:
+        eng.stop()
+    ref.reset()
+    assert [t.id for t in c3.tokens] == list(ref.generate_ids(r3, max_tokens=4, temperature=0.0, ignore_eos=True))
+    if per_seq:
+        assert c3.cache_n == len(system) and c3.prompt_n == len(r3) - len(system)
+    else:
+        assert c3.cache_n < len(system)

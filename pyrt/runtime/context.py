@@ -181,11 +181,15 @@ class Context:
     model with sliding-window layers (Gemma 3), unless swa_full, those layers get their own smaller
     `cache_swa` of min(n_ctx, n_swa * n_seq_max + n_ubatch) cells (padded to ops.paths' swa_pad, as llama.cpp's
     iSWA cache): cells that no current or future query can see are reused, so only the window stays.
+    swa_per_seq: (n_swa + n_ubatch) window cells per sequence instead (what llama-server's slots get
+    without -kvu), so that a server's finished sequences keep their prompts whole for prefix reuse while
+    every slot runs; the cache stays one pool.
     """
 
     def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  type_k: str = "f16", type_v: str = "f16", n_seq_max: int = 1,
-                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False, device: str = "cpu"):
+                 defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False, device: str = "cpu",
+                 swa_per_seq: bool = False):
         hp = model.hp
         self.device = check_device(device)
         if self.device not in model.DEVICES:
@@ -217,7 +221,8 @@ class Context:
         is_swa = list(model.is_swa) if self.n_swa > 0 else [False] * n_layer
         swa = [il for il in range(n_layer) if is_swa[il]]
         base = [il for il in range(n_layer) if not is_swa[il]]
-        self.n_ctx_swa = swa_cache_size(self.n_ctx, self.n_swa, n_seq_max, self.n_ubatch) if swa else self.n_ctx
+        self.n_ctx_swa = (swa_cache_size(self.n_ctx, self.n_swa, n_seq_max, self.n_ubatch, per_seq=swa_per_seq)
+                          if swa else self.n_ctx)
         self.cache_swa: KVCache | None = None
         self._layer_map = None  # il -> (0 full cache | 1 window cache, layer in that cache); None: all in cache
         if swa and base and not self.swa_full and self.n_ctx_swa < self.n_ctx:
@@ -566,9 +571,13 @@ class Context:
             f"    SWA KV cache: {self.cache_swa.size_report_mainline()} (window {self.n_swa})"])
 
 
-def swa_cache_size(n_ctx: int, n_swa: int, n_seq_max: int = 1, n_ubatch: int = 512, pad: int | None = None) -> int:
+def swa_cache_size(n_ctx: int, n_swa: int, n_seq_max: int = 1, n_ubatch: int = 512, pad: int | None = None,
+                   per_seq: bool = False) -> int:
     """Cells of the sliding-window cache (llama_kv_cache_iswa): min(n_ctx, n_swa * n_seq_max + n_ubatch)
-    rounded up to `pad` (ops.paths' swa_pad, 256 as llama.cpp), and never more than n_ctx."""
+    rounded up to `pad` (ops.paths' swa_pad, 256 as llama.cpp), and never more than n_ctx. per_seq:
+    (n_swa + n_ubatch) * n_seq_max instead (llama-server's slots without -kvu, each its own iSWA cache)."""
     pad = paths.current().swa_pad if pad is None else int(pad)
-    n = min(int(n_ctx), int(n_swa) * int(n_seq_max) + int(n_ubatch))
+    n_seq_max = int(n_seq_max)
+    n = (int(n_swa) + int(n_ubatch)) * n_seq_max if per_seq else int(n_swa) * n_seq_max + int(n_ubatch)
+    n = min(int(n_ctx), n)
     return min(int(n_ctx), -(-n // pad) * pad)

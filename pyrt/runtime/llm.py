@@ -62,7 +62,7 @@ class LLM:
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False,
-                 prefetch: bool = True, progress: bool = True, device: str = "cpu"):
+                 prefetch: bool = True, progress: bool = True, device: str = "cpu", swa_per_seq: bool = False):
         """progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
         bar on a terminal, a closing line); a warm cache prints nothing.
         device: "cpu", or "cuda" (the `cuda` extra and an NVIDIA GPU: weights are uploaded once at load,
@@ -95,7 +95,7 @@ class LLM:
             n_ctx = hp.n_ctx_train
         self.ctx = Context(self.model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
                            type_k=type_k, type_v=type_v, n_seq_max=n_seq_max, defrag_thold=defrag_thold,
-                           mla=mla, swa_full=swa_full, device=self.device)
+                           mla=mla, swa_full=swa_full, device=self.device, swa_per_seq=swa_per_seq)
         if backend is not None:
             backend.upload_model(self.model)  # every weight once, in its file layout
         self.t_load = time.perf_counter() - t0
