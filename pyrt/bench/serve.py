@@ -144,9 +144,11 @@ class Tokenizer:
 
 
 async def _fit_words(tok: Tokenizer, rng: random.Random, n_tokens: int, head: str = "") -> tuple[list, int]:
-    """Random words whose text (after `head`) is n_tokens tokens, in a few rounds of adding or dropping words
-    (short words from the second round, so the count converges); returns the words and the token count of
-    head + words as measured."""
+    """Random words whose text (after `head`) is n_tokens tokens, in a few rounds of adding or dropping words;
+    returns the words and the token count of head + words as measured. A round changes the word count by the
+    token difference divided by the tokens per word measured so far (a vocabulary that splits English words
+    into several tokens would otherwise overshoot by more each round), the last rounds by short words one at
+    a time."""
     words = [rng.choice(WORDS) for _ in range(n_tokens)]
     base = await tok.count(head) if head else 0
 
@@ -154,15 +156,17 @@ async def _fit_words(tok: Tokenizer, rng: random.Random, n_tokens: int, head: st
         return await tok.count(head + " " + " ".join(words)) if head else await tok.count(" ".join(words))
 
     n = await count()
-    for rnd in range(8):
+    for rnd in range(16):
         diff = base + n_tokens - n
         if diff == 0 or not tok.exact:
             break
+        per_word = max(1.0, (n - base) / max(1, len(words)))
+        k = max(1, int(abs(diff) / per_word)) if rnd < 8 else 1
         if diff > 0:
             pool = WORDS if rnd == 0 else SHORT_WORDS
-            words += [rng.choice(pool) for _ in range(diff)]
+            words += [rng.choice(pool) for _ in range(k)]
         else:
-            del words[max(1, len(words) + diff):]
+            del words[max(1, len(words) - k):]
         n = await count()
     return words, n
 
