@@ -338,7 +338,7 @@ DOT_MODE = "vnni" if HAS_VNNI else ("avx2" if HAS_AVX2 else "generic")
 # dot_*(wp, xp, cp, nb, pf) -> f32: weight row at wp, Q8_0 activation row at xp, its aux words at cp
 # (x_aux_q8_0 with the weight format's bias: Q4_0 8, Q5_0 16, Q8_0 Q8_0_VNNI_BIAS), nb blocks, pf the
 # prefetch distance in bytes. rows8_*(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf): ROWS rows (stride ws) x one
-# token; gemm_*, gemm4_*(same arguments): ROWS rows x NT or 4 tokens (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
+# token; gemm_*, gemm4_*, gemm2_*(same arguments): ROWS rows x NT, 4 or 2 tokens (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
 dot_q8_0_q8_0 = intrinsic(_make_row_dot(_unpack_q8_0, 34, DOT_MODE))
 dot_q4_0_q8_0 = intrinsic(_make_row_dot(_unpack_q4_0, 18, DOT_MODE))
 dot_q5_0_q8_0 = intrinsic(_make_row_dot(_unpack_q5_0, 22, DOT_MODE))
@@ -351,6 +351,9 @@ gemm_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, NT))
 gemm4_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, 4))
 gemm4_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, 4))
 gemm4_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, 4))
+gemm2_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, 2))
+gemm2_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, 2))
+gemm2_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, 2))
 # portable variants (tests): the generic IR, and the AVX2 path where the target has AVX2
 _AVX2_OR_GENERIC = "avx2" if HAS_AVX2 else "generic"
 dot_q8_0_q8_0_generic = intrinsic(_make_row_dot(_unpack_q8_0, 34, "generic"))

@@ -18,6 +18,7 @@ from .dots_q8_0 import aux_row_q8_0, quantize_row_q8_0
 from .dots_q8_0 import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
 from .dots_q8_0 import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
 from .dots_q8_0 import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
+from .dots_q8_0 import gemm2_q4_0_q8_0, gemm2_q5_0_q8_0, gemm2_q8_0_q8_0
 
 QK = 32               # elements per block
 Q8_0_BYTES = 34       # f16 d + int8 qs[32]
@@ -215,19 +216,20 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
 
-    Every 8-row group takes the tokens NT at a time, then 4, then the last 2-3 tokens as one 4-token
-    pass over zero-padded copies of their activations (the padding columns' outputs are dropped) or
-    a last single token alone: each weight block is unpacked once per pass, and a padded 4-token pass
-    costs less than 2-3 one-token passes, while an NT-token pass for 5-7 tokens costs more than 4 + the
-    rest (measured on Zen 5, 2 threads). Each token's column of a tile is computed alone,
-    so its bits do not depend on the pass it is in.
+    Every 8-row group takes the tokens NT at a time, then 4, then 2, then a last single token alone; a
+    last 3 tokens are one 4-token pass over zero-padded copies of their activations (the padding
+    columns' outputs are dropped): each weight block is unpacked once per pass, a padded 4-token pass
+    costs less than 2 + 1, while an NT-token pass for 5-7 tokens costs more than 4 + the rest (Zen 5,
+    2 threads), and a 2-token pass costs about one token's (a padded 4-token pass for 2 cost 1.5x; AMX
+    Xeon, Gemma's [262144, 640] Q8_0 output). Each token's column of a tile is computed alone, so its
+    bits do not depend on the pass it is in.
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)  # [n_tok, nb, 2] i32 aux words
     x_aux_q8_0(xc, xq, _q_bias(kind))
     # the padded tail: its m tokens (t_pad ..) in one 4-token pass (m = 0: none)
-    m = n_tok % 4 if n_tok % 4 >= 2 else 0
+    m = 3 if n_tok % 4 == 3 else 0
     t_pad = n_tok - m if m > 0 else n_tok  # (n_tok: no token starts the padded pass)
     xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, 4)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
@@ -258,7 +260,7 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
                     if t == t_pad:
                         n, x0, xs0, c0, d0, ds0 = 4, xpp, xps, cpp, opp, np.int64(ROWS)
                     else:
-                        n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else 1)
+                        n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else (2 if t + 2 <= t1 else 1))
                         x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
                         d0, ds0 = dp + (t * n_out + r) * 4, np.int64(n_out)
                     _tile_q(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
@@ -283,6 +285,8 @@ def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
             gemm_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         elif n == 4:
             gemm4_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == 2:
+            gemm2_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         else:
             rows8_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
     elif kind == KIND_Q8_0:
@@ -290,6 +294,8 @@ def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
             gemm_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         elif n == 4:
             gemm4_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == 2:
+            gemm2_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         else:
             rows8_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
     else:
@@ -297,6 +303,8 @@ def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
             gemm_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         elif n == 4:
             gemm4_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == 2:
+            gemm2_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         else:
             rows8_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
 
