@@ -4,7 +4,7 @@
 (6 used) + 2 shared of FFN 1408, one leading dense layer of FFN 10944, vocab 102400, YaRN as V2-Lite.
 Two weight mixes (--mix): q4_0, every matrix Q4_0 (8.2 GiB, the benchmark file), and q4_k_m, each tensor the
 type llama.cpp's Q4_K_M recipe gives it (Q4_K / Q6_K, Q5_0 / Q8_0 where a row is not a multiple of 256: the
-K-quant mix of downloaded DeepSeek files, about 9.6 GiB; the table is at q4_k_m_type). Random blocks are
+K-quant mix of downloaded DeepSeek files, 9.65 GiB; the table is at q4_k_m_type). Random blocks are
 written straight as bytes (no float quantization), tensor by tensor (a minute or two); values have std
 ~WEIGHT_STD whatever the type. Mainline MLA convention (attn_k_b/attn_v_b) so llama.cpp runs its MLA path.
 Imports numpy, gguf, tools/synthetic and pyrt.io.mapping (to drop the written file from the page cache) only.
