@@ -441,8 +441,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
 # it: a ctypes callback (llvmlite calls Numba's cache through them while kernels load) prints "Exception
 # ignored on calling ctypes callback function" and goes on; code run by exec/eval of a string (imports
 # inside Numba and the standard library do that) lets it through but marks the interpreter, which then
-# kills itself with SIGINT at exit instead of returning our exit code. So the handler does not raise
-# there, and until the interrupt has reached `main` it is raised again every RETRY_S from SIGALRM.
+# kills itself with SIGINT at exit instead of returning our exit code; a finalizer (`__del__`, such as
+# llvmlite's ObjectRef.__del__ while kernels load) prints "Exception ignored in ..." with a traceback and
+# goes on. So the handler does not raise there, and until the interrupt has reached `main` it is raised
+# again every RETRY_S from SIGALRM.
 RETRY_S = 0.2
 _CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
 
@@ -450,7 +452,7 @@ _CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
 def _unsafe_to_raise(frame) -> bool:
     while frame is not None:
         code = frame.f_code
-        if code.co_name in _CALLBACKS or code.co_filename == "<string>":
+        if code.co_name in _CALLBACKS or code.co_name == "__del__" or code.co_filename == "<string>":
             return True
         frame = frame.f_back
     return False

@@ -904,3 +904,21 @@ def test_state_rejected_by_a_model_differing_by_64k_in_a_tensor(model_path, llm,
     with pytest.raises(StateError, match="another model file"):
         o.load_state(data)
     record("9 fingerprint", "64 KiB changed mid-tensor", "clean")
+
+
+def test_interrupt_is_not_raised_inside_a_finalizer():
+    """A KeyboardInterrupt raised in a `__del__` is printed as 'Exception ignored' and lost: the CLI's handler
+    waits for the next retry instead (seen as a traceback when Ctrl-C hit llvmlite's ObjectRef.__del__)."""
+    import sys as _sys
+
+    from pyrt.cli import _unsafe_to_raise
+
+    class Holder:
+        def __del__(self):
+            seen.append(_unsafe_to_raise(_sys._getframe()))
+
+    seen = []
+    h = Holder()
+    del h
+    assert seen == [True]
+    assert not _unsafe_to_raise(_sys._getframe())
