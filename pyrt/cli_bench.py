@@ -199,7 +199,10 @@ def _facts(a, engines) -> dict:
         from .io.mapping import huge_page_share
         hp = huge_page_share(f._data)
         if hp is not None:  # after the runs: how pyrt's decode saw the weights
-            facts["pyrt_weights"] = f"mmap, {hp[0]:.0f} MiB resident, {100 * hp[1]:.0f}% in 2 MiB pages"
+            # of the mapped bytes: a range of small folios maps only its touched pages, so the share of the
+            # file in 2 MiB pages is the second number, not the percentage
+            facts["pyrt_weights"] = (f"mmap, {hp[0]:.0f} MiB mapped, {100 * hp[1]:.0f}% of it in 2 MiB pages "
+                                     f"({hp[0] * hp[1]:.0f} of the file's {f.file_size / 2**20:.0f} MiB)")
     return facts
 
 

@@ -66,7 +66,9 @@ class LLM:
         """progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
         bar on a terminal, a closing line); a warm cache prints nothing.
         device: "cpu", or "cuda" (the `cuda` extra and an NVIDIA GPU: weights are uploaded once at load,
-        the KV cache lives on the GPU, logits come back per ubatch); DeviceError when it cannot run."""
+        the KV cache lives on the GPU, logits come back per ubatch); DeviceError when it cannot run.
+        swa_per_seq: the sliding-window cache gets (n_swa + n_ubatch) cells per sequence (pyrt serve; see
+        Context)."""
         t0 = time.perf_counter()
         _path_arg("path", path)  # the arguments first: a bad one fails before the file is read
         n_ctx = _int_arg("n_ctx", n_ctx, 0)  # 0: the model's training context, as llama.cpp
