@@ -33,17 +33,10 @@ import subprocess
 import sys
 import time
 
+from pyrt.io.mapping import drop_from_page_cache as drop
+
 STATES = ("cold", "written", "moved", "small", "evicted", "shared", "warm")
 CHUNK = 64 << 20
-
-
-def drop(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_sequential(path: str) -> None:
