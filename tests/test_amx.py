@@ -1,6 +1,7 @@
 """AMX-INT8 prompt matmuls (pyrt._kernels.amx): for Q8_0/Q4_0/Q5_0 weights the same bits as the AVX tiles
-(matmul_q8_0.matmul_q), close to a float64 reference, and what ops.matmul runs for prompts where the CPU has
-AMX. Skipped with the reason where this CPU, its kernel or PYRT_NO_AMX gives no AMX."""
+(matmul_q8_0.matmul_q), for Q4_K/Q5_K close to the float64 product of the dequantized weights and Q8_0
+activations, and what ops.matmul runs for prompts where the CPU has AMX. Skipped with the reason where this
+CPU, its kernel or PYRT_NO_AMX gives no AMX."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pyrt._kernels import amx, codes
 from pyrt._kernels import matmul_q8_0 as ql
 
 KINDS = {"q8_0": (T.Q8_0, codes.Q8_0), "q4_0": (T.Q4_0, codes.Q4_0), "q5_0": (T.Q5_0, codes.Q5_0)}
+K_KINDS = {"q4_k": (T.Q4_K, codes.Q4_K), "q5_k": (T.Q5_K, codes.Q5_K)}
 
 
 def _why_no_amx():
@@ -86,3 +88,93 @@ def test_ops_matmul_prompt_runs_amx(name):
         got = mm.matmul(x, raw, int(t))
         assert mm.quantized_path(int(t), n_tok) and not mm.dot_path(int(t), n_tok)
     assert np.array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
+def _k_case(name, n_tok, n_out, n_in, seed):
+    from test_quants_k import q8k, rand_blocks
+    raw = rand_blocks(name, n_out, n_in, seed, edge=False)
+    raw[1, :] = 0  # an all-zero row (d = dmin = 0)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((n_tok, n_in)).astype(np.float32)
+    x[0, :256] = 0.0  # an all-zero activation block (d = 0)
+    return raw, x, q8k(x)
+
+
+def _f64_ref(raw, t, xq, n_out, n_in):
+    from test_quants_k import dequant_q8_k_f64
+    wd = dequantize(raw, t).reshape(n_out, n_in).astype(np.float64)
+    return dequant_q8_k_f64(xq) @ wd.T
+
+
+@pytest.mark.parametrize("name", list(K_KINDS))
+@pytest.mark.parametrize("n_tok,n_out,n_in", [(1, 16, 256), (15, 32, 512), (16, 48, 256), (37, 53, 2048),
+                                              (70, 16, 768)])
+def test_amx_k_quants_close_to_float64(name, n_tok, n_out, n_in):
+    """d*sc*q - dmin*m per 32-value sub-block against Q8_K activations, every row count (n_out % 16 != 0:
+    the zero-padded last tile) and token count (the zero-padded last token tile)."""
+    t, kind = K_KINDS[name]
+    raw, _, xq = _k_case(name, n_tok, n_out, n_in, n_tok + n_out)
+    ref = _f64_ref(raw, t, xq, n_out, n_in)
+    got = _amx(raw, xq, kind)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=2e-6 * np.abs(ref).max())
+    assert np.all(got[:, 1] == 0.0)
+
+
+@pytest.mark.parametrize("name", list(K_KINDS))
+def test_amx_k_quants_rows_do_not_depend_on_batching(name):
+    """A token's result is the same bits whatever the other tokens and the thread count."""
+    import numba
+    t, kind = K_KINDS[name]
+    raw, _, xq = _k_case(name, 40, 32, 512, 3)
+    full = _amx(raw, xq, kind)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _amx(raw, np.ascontiguousarray(xq[17:18]), kind)
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(one.view(np.uint32), full[17:18].view(np.uint32))
+
+
+@pytest.mark.parametrize("name", list(K_KINDS))
+def test_ops_matmul_k_quant_prompt_runs_amx(name):
+    """ops.matmul for a K-quant prompt batch takes the AMX path on the Q8_K rows its dot kernel reads (the
+    MoE experts' route through quantized_rows/matmul_quantized too), close to the dot kernel."""
+    from pyrt._kernels import quants_k as qk
+    t, kind = K_KINDS[name]
+    n_tok, n_out, n_in = 40, 48, 512
+    raw, x, xq = _k_case(name, n_tok, n_out, n_in, 11)
+    with paths.using(amx_min_tokens=32):
+        assert mm.quantized_path(int(t), n_tok) and not mm.dot_path(int(t), n_tok)
+        got = mm.matmul(x, raw, int(t))
+        via_rows = mm.matmul_quantized(mm.quantized_rows(x, int(t)), raw, int(t), n_in)
+    assert np.array_equal(got.view(np.uint32), _amx(raw, xq, kind).view(np.uint32))
+    assert np.array_equal(via_rows.view(np.uint32), got.view(np.uint32))
+    dot = np.empty((n_tok, n_out), np.float32)
+    qk.matmul_k(dot, raw, xq, kind)
+    np.testing.assert_allclose(got, dot, rtol=2e-6, atol=2e-6 * np.abs(dot).max())
+
+
+def test_transpose_rows_matches_numpy():
+    """The pack's register transpose (16 rows x 8 or 16 words) against numpy's transpose."""
+    from numba import njit
+    from pyrt._kernels.amx import pack_q4_0, BLOCK_TILE
+    rng = np.random.default_rng(2)
+    w = np.zeros((16, 2 * 18), np.uint8)
+    w[:, 2:18] = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    w[:, 20:36] = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+
+    @njit
+    def run(w, out, dw):
+        pack_q4_0(w.ctypes.data, w.strides[0], 2, out.ctypes.data, dw.ctypes.data)
+
+    out = np.zeros(2 * BLOCK_TILE + 64, np.uint8)
+    base = (-out.ctypes.data) % 64
+    dw = np.zeros(32, np.float32)
+    run(w, out[base:], dw)
+    for b in range(2):
+        qs = w[:, 2 + 18 * b:18 + 18 * b]
+        vals = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.int16) - 8  # [16 rows, 32]
+        tile = out[base + b * BLOCK_TILE: base + (b + 1) * BLOCK_TILE].view(np.int8).reshape(8, 16, 4)
+        assert np.array_equal(tile.astype(np.int16), vals.reshape(16, 8, 4).transpose(1, 0, 2))

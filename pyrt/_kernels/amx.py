@@ -1,4 +1,4 @@
-"""AMX-INT8 tiles for prompt-sized matmuls of Q8_0/Q4_0/Q5_0 weights x Q8_0 activations.
+"""AMX-INT8 tiles for prompt-sized matmuls of Q8_0/Q4_0/Q5_0/Q4_K/Q5_K weights x Q8_0 activations.
 
 One tile product (tdpbssd) multiplies 16 tokens x 32 int8 activations (one Q8_0 block of 16 rows, loaded
 straight from the quantized activation rows) with 32 x 16 signed weights (one block of 16 weight rows,
@@ -6,6 +6,12 @@ unpacked to q - bias in the VNNI layout once per matmul): the 16 x 16 exact inte
 dots_q8_0. They leave the tile unit through memory and enter the f32 accumulators exactly as every other
 kernel adds them, acc = fma(dw*dx, S, acc) block after block, so a result has the same bits as the AVX
 tiles and the one-row dots.
+
+Q4_K/Q5_K weights are 32-value sub-blocks of value d*sc*q - dmin*m (q unsigned, sc and m 6-bit): packed as
+q with the exact f32 scale d*sc and min dmin*m per sub-block. Their activations are the Q8_K rows their dot
+kernels (and llama.cpp) multiply: the A tile is 32 of a block's 256 int8 values, dx its block scale, and
+the min enters as a second term, acc = fma(dmin*m, dx*(-sum(xq)), acc), from the block sums (k_aux_words).
+The same products as the dot kernels, summed in another order.
 
 The tile instructions are inline assembly (LLVM's AMX intrinsics need the x86_amx type, which llvmlite's
 IR lacks); the assembler parser must be initialized for the JIT (`enable`). Tile registers are live only
@@ -29,7 +35,8 @@ from numba.extending import intrinsic
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I32, _I64, _addr, _load, _splat, _vec
+from .quants_k import BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q8_K, _k4_scales_mins
+from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
 from . import codes
 
 TM = 16          # tokens of a tile (rows of the activation tile and of the result tile)
@@ -39,6 +46,8 @@ Q8_0_BYTES = 34
 BLOCK_TILE = TN * QK  # bytes of one packed weight block tile: [QK/4, TN*4] int8 (VNNI layout)
 
 KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 = codes.Q8_0, codes.Q4_0, codes.Q5_0
+KIND_Q4_K, KIND_Q5_K = codes.Q4_K, codes.Q5_K
+QK_K = 256       # values of a K-quant super-block: 8 sub-blocks of QK
 
 HAS_AMX_TARGET = not NO_SIMD and "amx-int8" in _FEATS and "amx-tile" in _FEATS
 
@@ -130,8 +139,10 @@ def _tile_block_codegen(context, builder, signature, args):
 
     Software-pipelined over the two tile sets: block b+1's product is issued before block b's sums are
     scaled into the accumulators, so the tile unit's load-multiply-store chain of one block overlaps the
-    vector work of the previous one (one chain at a time left both units mostly waiting)."""
-    wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args
+    vector work of the previous one (one chain at a time left both units mostly waiting).
+    With an 11th argument (mwp, tile_block_amx_min) every block also adds its min term."""
+    wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args[:10]
+    mwp = args[10] if len(args) > 10 else None
     v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
     cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 2 * TM * TN))
     cbuf.align = 64
@@ -141,19 +152,35 @@ def _tile_block_codegen(context, builder, signature, args):
     products = [_product_asm(builder, 0), _product_asm(builder, 3)]
 
     def issue(b, k):
-        xb = builder.add(xp, builder.add(builder.mul(b, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2)))
+        if mwp is None:  # Q8_0 block b: f16 d, then its 32 values
+            xo = builder.add(builder.mul(b, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2))
+        else:  # 32 values of Q8_K block b/8: f32 d, then 256 values
+            xo = builder.add(builder.mul(builder.lshr(b, ir.Constant(_I64, 3)), ir.Constant(_I64, BLOCK_BYTES_Q8_K)),
+                             builder.add(builder.mul(builder.and_(b, ir.Constant(_I64, 7)), ir.Constant(_I64, QK)),
+                                         ir.Constant(_I64, 4)))
+        xb = builder.add(xp, xo)
         wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
         builder.call(products[k], [xb, xs, wb, cbs[k]])
 
     def consume(b, k):
         dwv = _load(builder, builder.add(dwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
+        if mwp is not None:
+            mwv = _load(builder, builder.add(mwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
         co = builder.add(cp, builder.add(builder.mul(b, ir.Constant(_I64, AUX_BYTES)), ir.Constant(_I64, 4)))
         for i in range(TM):
             dx = _load(builder, builder.add(co, builder.mul(cs, ir.Constant(_I64, i))), _F32)
             dxv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), dx, ir.Constant(_I32, 0)),
                                          ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, [0] * TN))
             s = builder.sitofp(_load(builder, builder.add(cbs[k], ir.Constant(_I64, 4 * TN * i)), v16i), v16f)
-            builder.store(_fma(builder, builder.fmul(dwv, dxv), s, builder.load(accs[i])), accs[i])
+            acc = _fma(builder, builder.fmul(dwv, dxv), s, builder.load(accs[i]))
+            if mwp is not None:  # + dmin*m * dx*(-sum(xq)): aux word 0 as k_aux_words left it
+                dxs = _load(builder, builder.sub(builder.add(co, builder.mul(cs, ir.Constant(_I64, i))),
+                                                 ir.Constant(_I64, 4)), _F32)
+                dxsv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), dxs,
+                                                                     ir.Constant(_I32, 0)),
+                                              ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, [0] * TN))
+                acc = _fma(builder, mwv, dxsv, acc)
+            builder.store(acc, accs[i])
 
     one = ir.Constant(_I64, 1)
     with cgutils.if_likely(builder, builder.icmp_signed(">", nb, ir.Constant(_I64, 0))):
@@ -192,25 +219,71 @@ def tile_block_amx(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
     return types.none(*([types.int64] * 10)), _tile_block_codegen
 
 
+@intrinsic
+def tile_block_amx_min(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt, mwp):
+    """tile_block_amx for Q8_K activation rows (block b: values 32(b%8).. of Q8_K block b/8) plus, per block
+    b, fma(mw[b, j], dx[t, b]*(-sum(xq[t, b])), .): the min term of the K-quants. mwp: the mins [nb, 16] f32
+    (pack_q4_k); cp: k_aux_words' words."""
+    if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt, mwp)):
+        return None
+    return types.none(*([types.int64] * 11)), _tile_block_codegen
+
+
+def _transpose_rows(builder, rows):
+    """TN vectors <C x i32> (row j's words k) -> C vectors <TN x i32> (word k of rows 0..TN-1), C = 8 or 16.
+
+    Rows j and j + TN/2 are joined into one TN-lane vector when C = 8; then each step pairs the vectors
+    whose indices differ in one bit and splits their lanes by that bit of k (one two-input shuffle per
+    output: vpermt2d), until vector k holds word k of every row, in row order."""
+    n = len(rows)
+    c = rows[0].type.count
+    if c == n // 2:
+        h = n // 2
+        vecs = [builder.shuffle_vector(rows[j], rows[j + h], _mask(range(n))) for j in range(h)]
+        labels = [[(j, k) for k in range(c)] + [(j + h, k) for k in range(c)] for j in range(h)]
+    else:
+        vecs, labels = list(rows), [[(j, k) for k in range(c)] for j in range(n)]
+    bit = 1
+    while bit < c:
+        out_v, out_l = list(vecs), list(labels)
+        for i in range(c):
+            if i & bit:
+                continue
+            both = labels[i] + labels[i | bit]
+            for dst in (i, i | bit):
+                keep = [t for t, (_, k) in enumerate(both) if (k & bit) == (dst & bit)]
+                if bit * 2 >= c:  # the last step puts the lanes in row order
+                    keep.sort(key=lambda t: both[t][0])
+                out_v[dst] = builder.shuffle_vector(vecs[i], vecs[i | bit], _mask(keep))
+                out_l[dst] = [both[t] for t in keep]
+        vecs, labels = out_v, out_l
+        bit *= 2
+    assert all(lab == [(j, k) for j in range(n)] for k, lab in enumerate(labels))
+    return vecs
+
+
+def _store_tile(builder, ob, qs):
+    """TN rows' <32 x i8> values of one block -> the VNNI block tile at ob (64-byte aligned): dword k of
+    row j at ob + k*64 + 4j."""
+    for k, v in enumerate(_transpose_rows(builder, [builder.bitcast(q, _vec(_I32, QK // 4)) for q in qs])):
+        builder.store(v, builder.inttoptr(builder.add(ob, ir.Constant(_I64, k * 4 * TN)), ir.PointerType(v.type)),
+                      align=64)
+
+
 def _make_pack(unpack, w_bytes):
     def codegen(context, builder, signature, args):
         wp, ws, nb, op, dwp = args
         with cgutils.for_range(builder, nb) as loop:
             b = loop.index
-            ob = builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
+            qs = []
             for j in range(TN):
                 wb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
                                  builder.mul(b, ir.Constant(_I64, w_bytes)))
                 dw, q, bias = unpack(builder, wb)
-                if bias:
-                    q = builder.sub(q, _splat(_I8, 32, bias))
-                dwo = builder.add(dwp, builder.mul(b, ir.Constant(_I64, 4 * TN)))
-                builder.store(dw, builder.inttoptr(builder.add(dwo, ir.Constant(_I64, 4 * j)), ir.PointerType(_F32)))
-                words = builder.bitcast(q, _vec(_I32, 8))
-                for k in range(QK // 4):  # dword k (values 4k..4k+3) of row j -> tile row k, column j
-                    p = builder.add(ob, ir.Constant(_I64, k * 4 * TN + 4 * j))
-                    builder.store(builder.extract_element(words, ir.Constant(_I32, k)),
-                                  builder.inttoptr(p, ir.PointerType(_I32)), align=4)
+                qs.append(builder.sub(q, _splat(_I8, 32, bias)) if bias else q)
+                p = builder.add(dwp, builder.add(builder.mul(b, ir.Constant(_I64, 4 * TN)), ir.Constant(_I64, 4 * j)))
+                builder.store(dw, builder.inttoptr(p, ir.PointerType(_F32)), align=4)
+            _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))), qs)
         return context.get_dummy_value()
 
     def typer(typingctx, wp, ws, nb, op, dwp):
@@ -228,29 +301,103 @@ pack_q4_0 = intrinsic(_make_pack(_unpack_q4_0, 18))
 pack_q5_0 = intrinsic(_make_pack(_unpack_q5_0, 22))
 
 
+def _make_pack_k(high_bits):
+    """pack_q4_k (high_bits=False) / pack_q5_k: 16 rows of Q4_K/Q5_K super-blocks -> the VNNI tiles of their
+    32-value sub-blocks (unsigned q), the f32 scales d*sc and the f32 mins dmin*m (both exact products)."""
+    bb = BLOCK_BYTES_Q5_K if high_bits else BLOCK_BYTES_Q4_K
+    qs_off = 48 if high_bits else 16
+    n_sub = QK_K // QK
+
+    def codegen(context, builder, signature, args):
+        wp, ws, nb, op, dwp, mwp = args
+        v16f = _vec(_F32, 16)
+        lo4 = _splat(_I8, 32, 0x0F)
+        with cgutils.for_range(builder, builder.udiv(nb, ir.Constant(_I64, n_sub))) as loop:
+            s = loop.index
+            b0 = builder.mul(s, ir.Constant(_I64, n_sub))  # first sub-block of super-block s
+            sbs, sms = [], []
+            for j in range(TN):
+                sb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
+                                 builder.mul(s, ir.Constant(_I64, bb)))
+                d, dmin = _f16_scale(builder, sb), _f16_scale(builder, _addr(builder, sb, 2))
+                scm = _k4_scales_mins(builder, builder.inttoptr(_addr(builder, sb, 4), _I8.as_pointer()))
+                dd = builder.shuffle_vector(builder.insert_element(builder.insert_element(
+                    ir.Constant(_vec(_F32, 2), ir.Undefined), d, ir.Constant(_I32, 0)), dmin, ir.Constant(_I32, 1)),
+                    ir.Constant(_vec(_F32, 2), ir.Undefined), _mask([0] * 8 + [1] * 8))
+                sm = builder.fmul(builder.uitofp(scm, v16f), dd)  # lanes 0..7 d*sc, 8..15 dmin*m: exact
+                sbs.append(sb)
+                sms.append(builder.bitcast(sm, _vec(_I32, 16)))
+            # lane i of row j's vector -> scale (i < 8) or min of sub-block i % 8, column j
+            for i, v in enumerate(_transpose_rows(builder, sms)):
+                base = mwp if i >= n_sub else dwp
+                p = builder.add(base, builder.mul(builder.add(b0, ir.Constant(_I64, i % n_sub)), ir.Constant(_I64, 4 * TN)))
+                builder.store(v, builder.inttoptr(p, ir.PointerType(v.type)), align=4)
+            for i in range(n_sub):
+                qs = []
+                for j in range(TN):
+                    raw = _load(builder, _addr(builder, sbs[j], qs_off + 32 * (i // 2)), _vec(_I8, 32))
+                    q = builder.and_(builder.lshr(raw, _splat(_I8, 32, 4)) if i % 2 else raw, lo4)
+                    if high_bits:  # bit i of qh[l] is bit 4 of value l
+                        qh = _load(builder, _addr(builder, sbs[j], 16), _vec(_I8, 32))
+                        hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, i)), _splat(_I8, 32, 1))
+                        q = builder.or_(q, builder.shl(hb, _splat(_I8, 32, 4)))
+                    qs.append(q)
+                b = builder.add(b0, ir.Constant(_I64, i))
+                _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))), qs)
+        return context.get_dummy_value()
+
+    def typer(typingctx, wp, ws, nb, op, dwp, mwp):
+        if not all(isinstance(a, types.Integer) for a in (wp, ws, nb, op, dwp, mwp)):
+            return None
+        return types.none(*([types.int64] * 6)), codegen
+
+    return typer
+
+
+# pack_q4_k/pack_q5_k(wp, ws, nb, op, dwp, mwp): as pack_* for nb 32-value sub-blocks (nb/8 super-blocks) of
+# 16 rows, plus mwp [nb, 16] f32 (the mins).
+pack_q4_k = intrinsic(_make_pack_k(False))
+pack_q5_k = intrinsic(_make_pack_k(True))
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _pack(kind, wp, ws, nb, op, dwp):
+def _is_k(kind):
+    return kind == KIND_Q4_K or kind == KIND_Q5_K
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pack(kind, wp, ws, nb, op, dwp, mwp):
     if kind == KIND_Q4_0:
         pack_q4_0(wp, ws, nb, op, dwp)
     elif kind == KIND_Q8_0:
         pack_q8_0(wp, ws, nb, op, dwp)
-    else:
+    elif kind == KIND_Q5_0:
         pack_q5_0(wp, ws, nb, op, dwp)
+    elif kind == KIND_Q4_K:
+        pack_q4_k(wp, ws, nb, op, dwp, mwp)
+    else:
+        pack_q5_k(wp, ws, nb, op, dwp, mwp)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_amx(dst, w, xq, kind, cfg):
-    """dst[t, r] = dot(w[r], xq[t]) for Q8_0/Q4_0/Q5_0 weights (kind) and Q8_0 activations on AMX tiles;
-    the same bits as matmul_q8_0.matmul_q. Only where `enable()` said True.
+    """dst[t, r] = dot(w[r], xq[t]) on AMX tiles for Q8_0/Q4_0/Q5_0 weights (kind) and Q8_0 activations (the
+    same bits as matmul_q8_0.matmul_q) or Q4_K/Q5_K weights and Q8_K activations (the products of
+    quants_k.matmul_k, summed in another order). Only where `enable()` said True.
 
-    dst: [n_tok, n_out] f32 C-contiguous; w: [n_out, row_bytes] uint8; xq: [n_tok, n_in/32*34] uint8
-    C-contiguous; cfg: config_bytes(). A work item is 16 weight rows: packed once, then multiplied with
-    every 16-token tile; the last n_out % 16 rows are one more work item of one-row dots (matmul_q8_0's).
+    dst: [n_tok, n_out] f32 C-contiguous; w: [n_out, row_bytes] uint8; xq: [n_tok, n_in/32*34] (Q8_0) or
+    [n_tok, n_in/256*292] (Q8_K) uint8 C-contiguous; cfg: config_bytes(). A work item is 16 weight rows: packed once, then multiplied with
+    every 16-token tile. The last n_out % 16 rows are one more work item: one-row dots (matmul_q8_0's) for
+    the Q8_0 family, a zero-padded 16-row tile for the K-quants.
     """
     n_tok, n_out = dst.shape
-    nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+    k_quant = _is_k(kind)
+    nb = np.int64(xq.shape[1] // BLOCK_BYTES_Q8_K * (QK_K // QK) if k_quant else xq.shape[1] // Q8_0_BYTES)
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)
-    x_aux_q8_0(xc, xq, _q_bias(kind))  # word 1, dx, for the tiles; word 0 for the one-row dots
+    if k_quant:
+        k_aux_words(xc, xq)
+    else:  # word 1, dx, for the tiles; word 0 for the one-row dots
+        x_aux_q8_0(xc, xq, _q_bias(kind))
     n_full = n_tok // TM * TM
     m = n_tok - n_full
     xq_pad, xc_pad = _pad_tail(xq, xc, n_full, m, TM)
@@ -265,12 +412,30 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
     for it in prange(n_items):
         cp = np.int64(xc.ctypes.data)
         r0 = it * TN
-        if it == n_it:
+        if it < n_it:
+            _item(kind, wp + r0 * ws, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp + r0 * 4, np.int64(n_out))
+        elif k_quant:
+            _item_padded(kind, w, r0, dst, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp)
+        else:
             for t in range(n_tok):
                 _rows_q(kind, wp, ws, r0, n_out, xp + t * xs, cp + t * cs, nb, dst[t], np.int64(PREFETCH_BYTES))
-        else:
-            _item(kind, wp + r0 * ws, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp + r0 * 4, np.int64(n_out))
     _keep(xq_pad, xc_pad, cfg)
+
+
+@njit(cache=True, nogil=True)
+def k_aux_words(xc, xq):
+    """The aux words of tile_block_amx_min for Q8_K activation rows, per 32-value block b: word 1 = d of Q8_K
+    block b/8, word 0 = d * -(its two 16-value block sums), both f32 bits.
+    xc: [n_tok, nb, 2] int32 (nb = values/32); xq: [n_tok, nb/8*292] uint8 (block_q8_k)."""
+    f = xc.view(np.float32)
+    for t in range(xc.shape[0]):
+        for s in range(xc.shape[1] // 8):
+            o = s * BLOCK_BYTES_Q8_K
+            d = xq[t, o:o + 4].view(np.float32)[0]
+            bs = xq[t, o + 4 + QK_K:o + BLOCK_BYTES_Q8_K].view(np.int16)
+            for i in range(8):
+                f[t, 8 * s + i, 1] = d
+                f[t, 8 * s + i, 0] = d * np.float32(-(np.int32(bs[2 * i]) + np.int32(bs[2 * i + 1])))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -278,17 +443,39 @@ def _item(kind, wp, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp, n_out
     """One work item of matmul_q_amx: 16 weight rows at wp (stride ws), packed, times every token tile;
     dp: output of token 0, row 0 of the item; n_out: the output row stride."""
     wbuf = np.empty(nb * BLOCK_TILE + 64, np.uint8)
-    dwbuf = np.empty(nb * TN, np.float32)
+    dwbuf = np.empty(2 * nb * TN, np.float32)  # [2, nb, 16]: scales, then the K-quants' mins
     wbp = (np.int64(wbuf.ctypes.data) + 63) // 64 * 64
     dwp = np.int64(dwbuf.ctypes.data)
-    _pack(kind, wp, ws, nb, wbp, dwp)
+    mwp = dwp + nb * TN * 4
+    _pack(kind, wp, ws, nb, wbp, dwp, mwp)
     tile_config(cfgp)
-    for t0 in range(0, n_full, TM):
-        tile_block_amx(wbp, dwp, xp + t0 * xs, xs, cp + t0 * cs, cs, nb, dp + t0 * n_out * 4, n_out, np.int64(TM))
-    if m > 0:
-        tile_block_amx(wbp, dwp, xpp, xs, cpp, cs, nb, dp + n_full * n_out * 4, n_out, np.int64(m))
+    k_quant = _is_k(kind)
+    for t0 in range(0, n_full + (TM if m > 0 else 0), TM):
+        x0, c0, nt = xp + t0 * xs, cp + t0 * cs, np.int64(TM)
+        if t0 == n_full:  # the padded tail tile of m tokens
+            x0, c0, nt = xpp, cpp, np.int64(m)
+        if k_quant:
+            tile_block_amx_min(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt, mwp)
+        else:
+            tile_block_amx(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
     tile_release()
     return wbuf.size + dwbuf.size
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _item_padded(kind, w, r0, dst, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp):
+    """_item for the last n_out - r0 (< 16) rows: a copy padded with zero rows (scales 0) into a [n_tok, 16]
+    result, of which the first n_out - r0 columns are dst's."""
+    n_tok, n_out = dst.shape
+    wt = np.zeros((TN, w.shape[1]), np.uint8)
+    for r in range(n_out - r0):
+        wt[r] = w[r0 + r]
+    yt = np.empty((n_tok, TN), np.float32)
+    _item(kind, np.int64(wt.ctypes.data), np.int64(w.shape[1]), nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp,
+          np.int64(yt.ctypes.data), np.int64(TN))
+    for t in range(n_tok):
+        for r in range(n_out - r0):
+            dst[t, r0 + r] = yt[t, r]
 
 
 @njit(cache=True, nogil=True)

@@ -39,8 +39,9 @@ BLAS_MIN_TOKENS_VNNI = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=
 BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_VNNI if (is_amd() or HAS_VNNI) else BLAS_MIN_TOKENS_INTEL
 
 # Weight types whose prompt batches run on AMX-INT8 tiles where the CPU has them (pyrt._kernels.amx), from
-# paths.amx_min_tokens tokens on: the same bits as their integer dot kernel, several times its throughput.
-AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0"})
+# paths.amx_min_tokens tokens on, several times the throughput of their integer dot kernel: for the Q8_0
+# family the same bits, for the K-quants the same Q8_K activations summed in another order.
+AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K"})
 _amx_state: list = []  # [(enabled, config bytes)] once asked
 
 
@@ -135,7 +136,7 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
     x: [n_tok, n_in] f32 C-contiguous; raw: [n_out, row_bytes] uint8 (read-only mmap view, never
     copied); out: optional [n_tok, n_out] f32 C-contiguous. Returns out.
     path: None picks by n_tok; "dot" forces the quantized-activation kernel, "blas" forces
-    dequantize-tile + np.matmul, "amx" the AMX tiles (Q8_0/Q4_0/Q5_0 where amx_enabled(); tests and benchmarks).
+    dequantize-tile + np.matmul, "amx" the AMX tiles (AMX_TYPES where amx_enabled(); tests and benchmarks).
     """
     if type(x) is not np.ndarray and (b := backend_of(x)) is not None:
         return b.matmul(x, raw, ggml_type, out)
