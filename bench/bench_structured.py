@@ -35,7 +35,7 @@ def _default_model() -> str:
 def _tokenizer(path: str):
     from pyrt.io.gguf_file import GGUFFile
     from pyrt.runtime.tokenizer import Tokenizer
-    return Tokenizer.from_metadata(dict(GGUFFile(path).metadata))
+    return Tokenizer.from_metadata(dict(GGUFFile(path, use_mmap=True).metadata))
 
 
 def _ms(xs) -> str:
@@ -95,7 +95,7 @@ def _synthetic_32k() -> str:
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import synthetic
     from pyrt.io.gguf_file import GGUFFile
-    md = GGUFFile(VOCAB_32K).metadata
+    md = GGUFFile(VOCAB_32K, use_mmap=True).metadata
     vocab = ([str(t) for t in md["tokenizer.ggml.tokens"]], [float(x) for x in md["tokenizer.ggml.scores"]],
              [int(x) for x in md["tokenizer.ggml.token_type"]])
     synthetic.spm_vocab = lambda n_vocab: vocab

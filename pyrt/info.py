@@ -25,7 +25,7 @@ def cache_row_bytes(cache_type: str, n: int) -> int:
 
 def describe(path: str, n_ctx: int = 4096, n_ubatch: int = 512, type_k: str = "f16", type_v: str = "f16",
              swa_full: bool = False, n_seq_max: int = 1) -> str:
-    f = GGUFFile(path)
+    f = GGUFFile(path, use_mmap=True)  # metadata only: map, do not read
     model = build_model(f)
     hp = model.hp
     if n_ctx <= 0:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pyrt.errors import ModelFileError, PyrtError, UnsupportedError
+from pyrt.io import gguf_file
 from pyrt.io.gguf_file import GGUFFile
 
 VOCAB = os.path.join(os.path.dirname(__file__), "data", "vocab")
@@ -83,16 +84,30 @@ def test_tensors_match_gguf_reader(tmp_path):
     assert ours.metadata["test.i64"] == -5 and ours.metadata["test.bool"] is True
 
 
-def test_weights_are_mapped_not_copied(tmp_path):
+def test_mapped_read_and_auto(tmp_path, monkeypatch):
     p = tmp_path / "t.gguf"
     _write_small(p)
-    f = GGUFFile(p)
-    base = f.tensors["t0"].raw
-    while base.base is not None and not isinstance(base, np.memmap):
-        base = base.base
-    assert isinstance(base, np.memmap)
+    f = GGUFFile(p, use_mmap=True)
+    assert f.use_mmap is True and f.mmap_requested is True
+    assert f.buffer_report().startswith("CPU_Mapped model buffer size = ")
     g = GGUFFile(p, use_mmap=False)
-    assert bytes(g.tensors["q"].raw) == bytes(f.tensors["q"].raw)
+    assert g.use_mmap is False
+    assert g.buffer_report().startswith("CPU model buffer size = ")
+    for name in f.tensors:
+        assert bytes(g.tensors[name].raw) == bytes(f.tensors[name].raw)
+        assert not g.tensors[name].raw.flags.writeable
+    size = os.path.getsize(p)
+    # auto: read when the file is at most half of MemAvailable, map it when larger or when unknown
+    monkeypatch.setattr(gguf_file, "mem_available", lambda: 2 * size)
+    a = GGUFFile(p)
+    assert a.mmap_requested is None and a.use_mmap is False and a.load_choice.startswith("auto: read")
+    monkeypatch.setattr(gguf_file, "mem_available", lambda: 2 * size - 1)
+    b = GGUFFile(p)
+    assert b.use_mmap is True and b.load_choice.startswith("auto: mapped")
+    monkeypatch.setattr(gguf_file, "mem_available", lambda: None)
+    assert GGUFFile(p).use_mmap is True
+    for name in f.tensors:
+        assert bytes(a.tensors[name].raw) == bytes(b.tensors[name].raw) == bytes(f.tensors[name].raw)
 
 
 def test_missing_and_foreign_files(tmp_path):

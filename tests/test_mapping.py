@@ -76,6 +76,18 @@ def test_llm_reports_prefetch(synthetic_models):
     np.testing.assert_array_equal(llm.eval_logits([1, 2, 3]), no.eval_logits([1, 2, 3]))
 
 
+def test_llm_logits_mapped_read_and_auto(synthetic_models):
+    import pyrt
+    path = str(next(iter(synthetic_models.values()))[0])
+    got = {}
+    for use_mmap in (True, False, None):
+        llm = pyrt.load(path, n_ctx=64, warmup=False, use_mmap=use_mmap)
+        assert llm.file.use_mmap is (use_mmap is True)  # auto reads a file this small
+        got[use_mmap] = llm.eval_logits([1, 2, 3])
+    np.testing.assert_array_equal(got[True], got[False])
+    np.testing.assert_array_equal(got[True], got[None])
+
+
 @linux
 def test_huge_page_share_of_a_mapping(data_file):
     path, data = data_file
@@ -115,3 +127,55 @@ def test_rebuild_split_folios(tmp_path):
     assert share() > mapping.MIN_HUGE_SHARE
     np.testing.assert_array_equal(a, data)
     assert mapping.rebuild_split_folios(p, a) is False  # now mostly 2 MiB folios: nothing to do
+
+
+def test_read_file_anon_reads_the_file(data_file, monkeypatch):
+    path, data = data_file
+    monkeypatch.setattr(mapping, "READ_CHUNK", 1 << 20)  # several chunks and a short last one
+    a = mapping.read_file_anon(path)
+    np.testing.assert_array_equal(a, data)
+    assert not a.flags.writeable
+    with pytest.raises(ValueError):
+        a[0] = 1
+    if sys.platform.startswith("linux"):
+        assert a.ctypes.data % mapping.HUGE_PAGE == 0
+        got = mapping.huge_page_share(a)
+        assert got is not None and 0.0 <= got[1] <= 1.0
+    tail = a[-1000:]
+    del a
+    gc.collect()
+    np.testing.assert_array_equal(tail, data[-1000:])  # views keep the memory alive
+    with pytest.raises(OSError):
+        mapping.read_file_anon(path + ".missing")
+
+
+@linux
+def test_read_file_anon_drops_the_page_cache(tmp_path):
+    """After the read the file is not left in the page cache (no second copy of the weights)."""
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise")
+    p = str(tmp_path / "cached.bin")
+    data = np.random.default_rng(2).integers(0, 256, 8 << 20, dtype=np.uint8)
+    data.tofile(p)
+    mapping.drop_from_page_cache(p)  # written back, so that its pages are clean and can be dropped
+    with open(p, "rb") as f:
+        f.read()
+    probe = mapping.map_file(p)  # mapped but never touched: mincore sees the page cache, not our page tables
+    if mapping._resident_pages(probe) is None:
+        pytest.skip("mincore is not available here")
+    if mapping.resident_fraction(probe) < 0.99:
+        pytest.skip("the file was not cached after a read (nothing to drop)")
+    mapping.drop_from_page_cache(p)
+    if mapping.resident_fraction(probe) > 0.01:
+        pytest.skip("POSIX_FADV_DONTNEED does not drop this file's pages on this filesystem (tmpfs?)")
+    with open(p, "rb") as f:
+        f.read()
+    a = mapping.read_file_anon(p)
+    np.testing.assert_array_equal(a, data)
+    assert mapping.resident_fraction(probe) < 0.01
+
+
+def test_mem_available():
+    got = mapping.mem_available()
+    if sys.platform.startswith("linux"):
+        assert got is not None and got > 0

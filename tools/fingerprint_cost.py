@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="drop the file from the page cache first (a load "
                     "without the prefetch)")
     a = ap.parse_args()
-    f = gf.GGUFFile(a.model)
+    f = gf.GGUFFile(a.model, use_mmap=True)  # the cost through the mapping
     if a.cold:
         from pyrt.io.mapping import drop_from_page_cache
         drop_from_page_cache(a.model)

@@ -172,7 +172,7 @@ class LlamaCppEngine:
 
 def model_arch(path: str) -> str:
     from ..io.gguf_file import GGUFFile
-    f = GGUFFile(path)
+    f = GGUFFile(path, use_mmap=True)  # metadata only: map, do not read
     try:
         return f.architecture
     finally:

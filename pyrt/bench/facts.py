@@ -56,7 +56,7 @@ def model_facts(path: str) -> dict:
     import gguf
 
     from ..io.gguf_file import GGUFFile
-    f = GGUFFile(path)
+    f = GGUFFile(path, use_mmap=True)  # metadata only: map, do not read
     try:
         ft = f.get("general.file_type")
         try:

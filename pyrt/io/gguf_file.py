@@ -1,7 +1,8 @@
-"""GGUF files: header, metadata and tensor table, with the tensor data left in the memory map.
+"""GGUF files: header, metadata and tensor table, with the tensor data mapped or read whole into memory.
 
-Owns parsing and validation of the container. Tensors are exposed as read-only uint8 views of the
-mapped file (`Weight.raw`, [n_rows, row_bytes]); nothing is copied or dequantized here.
+Owns parsing and validation of the container and the choice between mapping and reading (`choose_mmap`).
+Tensors are exposed as read-only uint8 views of the file's bytes (`Weight.raw`, [n_rows, row_bytes]);
+nothing is dequantized here.
 Imports only numpy, gguf (constants) and pyrt.errors / pyrt.formats.
 
 Why not `gguf.GGUFReader` itself: it builds one numpy array per array element, which takes ~10 s for
@@ -20,7 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import ModelFileError, UnsupportedError
-from .mapping import map_file, prefetch, rebuild_split_folios
+from .mapping import map_file, mem_available, prefetch, read_file_anon, rebuild_split_folios
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -170,10 +171,35 @@ class _Cursor:
         return out
 
 
-class GGUFFile:
-    """A parsed, validated GGUF file with its tensors mapped (or read, with use_mmap=False)."""
+# use_mmap=None reads the file when it is at most this share of MemAvailable, and maps it otherwise
+READ_MAX_SHARE = 0.5
 
-    def __init__(self, path: str | os.PathLike, use_mmap: bool = True):
+
+def choose_mmap(file_size: int, avail: int | None) -> tuple[bool, str]:
+    """The automatic choice (use_mmap=None): (map it?, why). Read into anonymous memory when the file takes
+    at most READ_MAX_SHARE of the available memory: decode from private memory keeps its speed whatever the
+    page cache went through (a mapping of a file whose page-cache folios were split runs up to 30% slower,
+    bench/results/mmap-states-*), and the rest leaves room for the KV cache and other processes. A larger
+    file, or one on a system that does not say how much memory it has, is mapped (it runs from the page cache
+    even when it does not fit)."""
+    gib = 1 << 30
+    if avail is None:
+        return True, "mapped (available memory unknown)"
+    if file_size <= READ_MAX_SHARE * avail:
+        return False, (f"read ({file_size / gib:.2f} GiB file <= {READ_MAX_SHARE:g} x {avail / gib:.2f} GiB "
+                       f"available)")
+    return True, f"mapped ({file_size / gib:.2f} GiB file > {READ_MAX_SHARE:g} x {avail / gib:.2f} GiB available)"
+
+
+class GGUFFile:
+    """A parsed, validated GGUF file with its tensors mapped or read into memory.
+
+    use_mmap: True maps the file (shared, read-only: processes on one host share one copy in the page
+    cache); False reads it into anonymous memory (io.mapping.read_file_anon: 2 MiB pages, the page cache
+    dropped as it reads); None (default) chooses by size (`choose_mmap`). Afterwards `use_mmap` says what
+    was done, `mmap_requested` what was asked and `load_choice` why, in words."""
+
+    def __init__(self, path: str | os.PathLike, use_mmap: bool | None = None):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise ModelFileError(f"{self.path}: no such file")
@@ -185,12 +211,15 @@ class GGUFFile:
                 head = fh.read(4)
             what = "truncated GGUF file" if head == GGUF_MAGIC else "not a GGUF file"
             raise ModelFileError(f"{self.path}: {what} (only {self.file_size} bytes)")
+        self.mmap_requested = use_mmap
+        if use_mmap is None:
+            use_mmap, why = choose_mmap(self.file_size, mem_available())
+            self.load_choice = "auto: " + why
+        else:
+            use_mmap = bool(use_mmap)
+            self.load_choice = "mapped (use_mmap=True)" if use_mmap else "read (use_mmap=False)"
         try:
-            if use_mmap:
-                self._data = map_file(self.path)
-            else:
-                self._data = np.fromfile(self.path, dtype=np.uint8)
-                self._data.flags.writeable = False
+            self._data = map_file(self.path) if use_mmap else read_file_anon(self.path)
         except OSError as e:
             raise ModelFileError(f"{self.path}: cannot read: {e.strerror or e}")
         self.use_mmap = use_mmap
@@ -325,6 +354,12 @@ class GGUFFile:
                 starts = np.arange(0, n - FP_STRIDE_BYTES + 1, FP_STRIDE, dtype=np.int64)
                 h.update(flat[starts[:, None] + np.arange(FP_STRIDE_BYTES)].tobytes())
         return h.hexdigest()
+
+    def buffer_report(self) -> str:
+        """llama.cpp's model buffer line (`CPU_Mapped` for a mapped file, `CPU` for one read into memory)
+        with how the choice was made."""
+        kind = "CPU_Mapped" if self.use_mmap else "CPU"
+        return f"{kind} model buffer size = {self.weights_bytes() / 2**20:.2f} MiB ({self.load_choice})"
 
     def prefetch(self) -> bool:
         """Reads a mapped file through the page cache once if it is not all cached, and again if the cache

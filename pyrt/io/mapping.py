@@ -6,7 +6,9 @@ page costs its own TLB entry and page walk; streaming 1-8 GB of weights per toke
 two thirds of the memory bandwidth. Mapping at a 2 MiB-aligned address lets the fault handler map
 whole PMD folios (smaps: FilePmdMapped), and MADV_HUGEPAGE asks readahead to build them when the file is
 not cached yet. The mapping stays a shared, read-only view of the file: nothing is copied.
-Linux only (ctypes mmap); elsewhere, or on any failure, np.memmap. Imports numpy and the stdlib only.
+Linux only (ctypes mmap); elsewhere, or on any failure, np.memmap. `read_file_anon` is the other way to
+hold weights: a copy in anonymous memory (2 MiB pages where THP allows), with the file's page cache
+dropped as it is read. Imports numpy and the stdlib only.
 """
 
 from __future__ import annotations
@@ -89,6 +91,66 @@ def map_file(path: str) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 
+# `read_file_anon` reads the file this many bytes at a time, dropping each chunk from the page cache after it
+READ_CHUNK = 64 << 20
+
+
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (free memory plus what the kernel can reclaim); None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def read_file_anon(path: str) -> np.ndarray:
+    """The whole file read into private anonymous memory, as a read-only uint8 array (2 MiB aligned).
+
+    The memory gets MADV_HUGEPAGE where THP is allowed (with THP `madvise`, plain anonymous memory is
+    4 KiB pages). The file is read READ_CHUNK bytes at a time and each chunk is dropped from the page cache
+    right after (POSIX_FADV_DONTNEED), so the load never holds the weights twice and leaves no second copy
+    behind; pages that another process maps or that are still dirty stay cached (the kernel keeps them).
+    OSError on any failure (no memory, a read error, the file shrinking while read).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb", buffering=0) as fh:
+        if size == 0:
+            return np.zeros(0, np.uint8)
+        length = -(-size // HUGE_PAGE) * HUGE_PAGE
+        # MAP_PRIVATE: Python's default for fileno -1 is a shared (shmem) mapping, which THP `madvise` ignores
+        mm = mmap.mmap(-1, length + HUGE_PAGE, flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", 0x20))
+        if sys.platform.startswith("linux") and _thp_allowed() and os.environ.get("PYRT_READ_THP", "1") != "0":
+            try:
+                mm.madvise(mmap.MADV_HUGEPAGE)  # advice only: an error (old kernels) is fine
+            except (OSError, AttributeError, ValueError):
+                pass
+        whole = np.frombuffer(mm, dtype=np.uint8)
+        start = -whole.ctypes.data % HUGE_PAGE  # the first 2 MiB boundary: whole PMDs for the weights
+        view = memoryview(mm)[start:start + size]
+        fd = fh.fileno()
+        drop = getattr(os, "posix_fadvise", None)
+        off = 0
+        try:
+            while off < size:
+                n = fh.readinto(view[off:off + READ_CHUNK])
+                if not n:
+                    raise OSError(5, f"the file ended at byte {off} while it was read (it had {size})")
+                if drop is not None:
+                    drop(fd, off, n, os.POSIX_FADV_DONTNEED)
+                off += n
+            if drop is not None:  # what readahead brought in past the last chunk, and pages written back since
+                drop(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            view.release()
+    arr = whole[start:start + size]
+    arr.flags.writeable = False
+    return arr
+
+
 def _resident_pages(arr: np.ndarray) -> np.ndarray | None:
     """Per 4 KiB page of a file mapping, whether the page cache holds it (mincore); None where unknown."""
     if not sys.platform.startswith("linux") or arr.size == 0:
@@ -125,11 +187,7 @@ def prefetch(path: str, arr: np.ndarray) -> bool:
     if res is None or res.all() or arr.ctypes.data % HUGE_PAGE:
         return False
     try:
-        avail = 0
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
+        avail = mem_available()
         if avail and arr.size > avail * 3 // 4:
             return False
         libc = _load_libc()
@@ -269,7 +327,8 @@ def huge_page_share(arr: np.ndarray) -> tuple[float, float] | None:
     """(resident MiB, share of it mapped in 2 MiB pages) of the mapping holding arr, from /proc/self/smaps.
 
     Tells whether decode streams the weights through huge pages (the page cache may hold a file in small
-    folios: written just now, or split by the host); None where unknown or not a file mapping.
+    folios: written just now, or split by the host). A file mapping counts FilePmdMapped, anonymous memory
+    (`read_file_anon`) AnonHugePages. None where unknown.
     """
     if not sys.platform.startswith("linux") or arr.size == 0:
         return None
@@ -287,8 +346,8 @@ def huge_page_share(arr: np.ndarray) -> tuple[float, float] | None:
                     inside = lo <= addr < hi
                 elif inside and head == "Rss:":
                     rss = int(line.split()[1])
-                elif inside and head == "FilePmdMapped:":
-                    pmd = int(line.split()[1])
+                elif inside and head in ("FilePmdMapped:", "AnonHugePages:"):
+                    pmd = (pmd or 0) + int(line.split()[1])
     except (OSError, ValueError):
         return None
     if rss is None or pmd is None:

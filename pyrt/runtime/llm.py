@@ -60,10 +60,13 @@ def _path_arg(name: str, path) -> str:
 class LLM:
     def __init__(self, path: str | os.PathLike, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
-                 use_mmap: bool = True, warmup: bool = True, n_seq_max: int = 1,
+                 use_mmap: bool | None = None, warmup: bool = True, n_seq_max: int = 1,
                  defrag_thold: float = DEFRAG_THOLD, mla: int = 3, swa_full: bool = False,
                  prefetch: bool = True, progress: bool = True, device: str = "cpu", swa_per_seq: bool = False):
-        """progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
+        """use_mmap: None (default) reads the file into anonymous memory when it takes at most half of the
+        available memory and maps it otherwise; True maps it (shared, read-only: processes on one host share
+        the page cache's copy); False reads it (see GGUFFile; `self.file.use_mmap` says what was done).
+        progress: while the warm-up compiles kernels (a cold Numba cache), say so on stderr (a line, a
         bar on a terminal, a closing line); a warm cache prints nothing.
         device: "cpu", or "cuda" (the `cuda` extra and an NVIDIA GPU: weights are uploaded once at load,
         the KV cache lives on the GPU, logits come back per ubatch); DeviceError when it cannot run.
@@ -82,8 +85,8 @@ class LLM:
         self.n_threads = _set_threads(n_threads)
         self.file = GGUFFile(path, use_mmap=use_mmap)
         check_architecture(self.file)  # first: an unknown architecture is the clearer error
-        # like llama.cpp's MAP_POPULATE: read the weights once, in file order, so that the page cache
-        # holds them in 2 MiB folios (decode streams them ~1.4x faster than through 4 KiB pages); before
+        # a mapped file only: like llama.cpp's MAP_POPULATE, read the weights once, in file order, so that
+        # the page cache holds them in 2 MiB folios (decode streams them ~1.4x faster than through 4 KiB pages); before
         # the model is built, whose reads (derived MLA tensors) would otherwise fault them in small
         self.prefetched = prefetch and self.file.prefetch()
         self.model = build_model(self.file)
@@ -429,7 +432,7 @@ class LLM:
 
 
 def load(path: str | os.PathLike | None = None, **kw) -> LLM:
-    """Memory-maps a GGUF file (None: the default model, pyrt.default_model) and prepares a context.
+    """Loads a GGUF file (None: the default model, pyrt.default_model) and prepares a context.
     See `LLM` for the keyword arguments."""
     if path is None:
         from ..default_model import default_model_path

@@ -74,7 +74,7 @@ class Prompter:
         from ...runtime.chat import template_for
         from ...runtime.tokenizer import Tokenizer
 
-        self.file = GGUFFile(model_path)
+        self.file = GGUFFile(model_path, use_mmap=True)  # the tokenizer only: map, do not read
         self.tokenizer = Tokenizer.from_metadata(self.file.metadata)
         try:
             self.template = template_for(self, chat_template)
