@@ -36,6 +36,26 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def add_mmap_args(p: argparse.ArgumentParser, both: str = "") -> None:
+    """--mmap / --no-mmap (one or the other; neither: pyrt reads the file when it fits in half of the available
+    memory and maps it otherwise). `mmap_of_args` turns them into use_mmap."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mmap", action="store_true",
+                   help=f"{both}map the file (shared, read-only: processes on this host share one copy in the page "
+                        "cache) instead of the default (read it into memory when it fits in half of the available "
+                        "memory, else map it)")
+    g.add_argument("--no-mmap", action="store_true", help=f"{both}read the whole file into memory, never map it")
+
+
+def mmap_of_args(a: argparse.Namespace) -> bool | None:
+    """use_mmap from --mmap / --no-mmap: True, False, or None (automatic)."""
+    if getattr(a, "mmap", False):
+        return True
+    if getattr(a, "no_mmap", False):
+        return False
+    return None
+
+
 def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="path to a GGUF file (default: Gemma 3 270M from the [model] extra)")
@@ -46,7 +66,7 @@ def _add_model_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("-ctk", "--cache-type-k", default="f16", choices=CACHE_TYPES, help="KV cache type for K")
     p.add_argument("-ctv", "--cache-type-v", default="f16", choices=CACHE_TYPES, help="KV cache type for V")
-    p.add_argument("--no-mmap", action="store_true", help="read the whole file into memory instead of mapping it")
+    add_mmap_args(p)
     p.add_argument("-mla", "--mla-use", type=int, default=3, choices=[0, 1, 2, 3],
                    help="MLA attention for DeepSeek2 files: 0 = decompressed K/V cache, 1 = absorbed (FlashMLA), "
                         "2 = absorbed decode + decompressed prompt, 3 = as 2 with FlashMLA decode (default: 3)")
@@ -262,7 +282,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
     constraint = a.constraint  # checked by _check_generate
     a.model = _model_path(a)
     a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size, n_threads=a.threads,
-               type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap, warmup=not a.no_warmup,
+               type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=mmap_of_args(a), warmup=not a.no_warmup,
                defrag_thold=a.defrag_thold, mla=a.mla_use, swa_full=a.swa_full, device=device_of_args(a))
     if a.conversation:
         return _conversation(a, llm, prompt)
@@ -297,6 +317,7 @@ def _print_header(a: argparse.Namespace, llm) -> None:
     err = sys.stderr
     print(f"pyrt: model {a.model}: {llm.model.hp.arch}, {llm.model.hp.n_layer} layers, "
           f"n_vocab = {llm.n_vocab}, n_threads = {llm.n_threads}", file=err)
+    print(f"pyrt: {llm.file.buffer_report()}", file=err)
     print(f"pyrt: n_ctx = {llm.n_ctx}, n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}", file=err)
     for line in llm.ctx.memory_report().splitlines():
         print(f"pyrt: {line}", file=err)
@@ -407,7 +428,7 @@ def _cmd_perplexity(a: argparse.Namespace) -> int:
     text = a.text  # read by _check_perplexity
     a.model = _model_path(a)
     a.llm = llm = load(a.model, n_ctx=a.ctx_size, n_batch=min(a.batch_size, a.ctx_size), n_ubatch=a.ubatch_size,
-               n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
+               n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=mmap_of_args(a),
                mla=a.mla_use, swa_full=a.swa_full, device=device_of_args(a))
     err, out = sys.stderr, sys.stdout
     print(f"perplexity: calculating perplexity over chunks of n_ctx = {llm.n_ctx}, batch_size = {llm.ctx.n_batch}",

@@ -38,9 +38,8 @@ def _common(p: argparse.ArgumentParser, ctx_default: int) -> None:
                    help="memory read bandwidth in GB/s for the roofline (default: measure; 0 = skip)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the random tokens (default: 1234)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up decodes (compile then lands in row 1)")
-    p.add_argument("--no-mmap", action="store_true",
-                   help="both engines read the file into memory instead of mapping it (huge pages: faster decode)")
-    from .cli import add_device_args
+    from .cli import add_device_args, add_mmap_args
+    add_mmap_args(p, both="pyrt (and llama.cpp, which follows what pyrt did): ")
     add_device_args(p)
 
 
@@ -173,14 +172,16 @@ def _model_path(a) -> str:
 
 def _open(a, n_ctx: int):
     from .bench.engines import open_engines
-    from .cli import device_of_args
+    from .cli import device_of_args, mmap_of_args
     if a.flash_attn == "off":
         _log("pyrt: -fa off: pyrt always uses its flash-attention kernel; the setting applies to llama.cpp only")
-    return open_engines(_model_path(a), compare=a.compare, n_ctx=n_ctx, n_batch=a.batch_size,
+    engines = open_engines(_model_path(a), compare=a.compare, n_ctx=n_ctx, n_batch=a.batch_size,
                         n_ubatch=a.ubatch_size, n_threads=a.threads, type_k=a.cache_type_k,
                         type_v=a.cache_type_v or a.cache_type_k, flash_attn=a.flash_attn != "off", mla=a.mla_use,
-                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"), use_mmap=not a.no_mmap,
+                        warmup=not a.no_warmup, log=lambda m: _log(f"pyrt: {m}"), use_mmap=mmap_of_args(a),
                         device=device_of_args(a))
+    _log(f"pyrt: {engines[0].llm.file.buffer_report()}")
+    return engines
 
 
 def _facts(a, engines) -> dict:
@@ -195,14 +196,20 @@ def _facts(a, engines) -> dict:
     if py.device != "cpu":
         facts["pyrt_device"] = py.llm.ctx.backend.describe()
     f = py.llm.file
-    if f.use_mmap and f._data is not None:
+    if f._data is not None:
         from .io.mapping import huge_page_share
         hp = huge_page_share(f._data)
-        if hp is not None:  # after the runs: how pyrt's decode saw the weights
+        if hp is None:
+            facts["pyrt_weights"] = "mmap" if f.use_mmap else "read into anonymous memory"
+        elif f.use_mmap:  # after the runs: how pyrt's decode saw the weights
             # of the mapped bytes: a range of small folios maps only its touched pages, so the share of the
             # file in 2 MiB pages is the second number, not the percentage
             facts["pyrt_weights"] = (f"mmap, {hp[0]:.0f} MiB mapped, {100 * hp[1]:.0f}% of it in 2 MiB pages "
                                      f"({hp[0] * hp[1]:.0f} of the file's {f.file_size / 2**20:.0f} MiB)")
+        else:
+            share = min(1.0, hp[0] * hp[1] * 2**20 / f.file_size)
+            facts["pyrt_weights"] = f"read into anonymous memory, {100 * share:.0f}% in 2 MiB pages"
+        facts["pyrt_weights"] += f"; {f.load_choice}"
     return facts
 
 

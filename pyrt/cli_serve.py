@@ -78,12 +78,12 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
                        shutdown_grace_s=a.shutdown_grace)
 
     def loader():
-        from .cli import device_of_args
+        from .cli import device_of_args, mmap_of_args
         from .engine import Engine
         from .runtime.llm import load
         def load_llm():
             return load(model_path, n_ctx=a.ctx_size, n_batch=a.batch_size, n_ubatch=a.ubatch_size,
-                        n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=not a.no_mmap,
+                        n_threads=a.threads, type_k=a.cache_type_k, type_v=a.cache_type_v, use_mmap=mmap_of_args(a),
                         warmup=not a.no_warmup, n_seq_max=a.parallel, defrag_thold=a.defrag_thold, mla=a.mla_use,
                         swa_full=a.swa_full, device=device_of_args(a), swa_per_seq=True)
 
@@ -92,6 +92,7 @@ def cmd_serve(a: argparse.Namespace, model_path: str) -> int:
         print(f"pyrt serve: {llm.model.hp.arch}, n_ctx = {llm.n_ctx} cells shared by {a.parallel} slots, "
               f"n_batch = {llm.ctx.n_batch}, n_ubatch = {llm.ctx.n_ubatch}, n_threads = {llm.n_threads}",
               file=sys.stderr, flush=True)
+        print(f"pyrt serve: {llm.file.buffer_report()}", file=sys.stderr, flush=True)
         return eng
 
     if a.ray:
@@ -110,14 +111,18 @@ def _serve_ray(a: argparse.Namespace, model_path: str, cfg) -> int:
             from None
     if not 1 <= a.replicas <= 1024:
         raise PyrtError("--replicas must be in [1, 1024]")
+    from .cli import mmap_of_args
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.replicas)
+    use_mmap = mmap_of_args(a)
+    if use_mmap is None:
+        use_mmap = True  # replicas on one host share the page cache's copy instead of each reading its own
     if a.slot_save_path is None:
         print("pyrt serve --ray: no --slot-save-path: sessions stick to their replica but do not move when it "
               "goes away", file=sys.stderr, flush=True)
     app = pyrt_ray.deployment(
         model_path, replicas=a.replicas, threads=threads, n_parallel=a.parallel, n_ctx=a.ctx_size,
         load_kw=dict(n_batch=a.batch_size, n_ubatch=a.ubatch_size, type_k=a.cache_type_k, type_v=a.cache_type_v,
-                     use_mmap=not a.no_mmap, warmup=not a.no_warmup, defrag_thold=a.defrag_thold, mla=a.mla_use,
+                     use_mmap=use_mmap, warmup=not a.no_warmup, defrag_thold=a.defrag_thold, mla=a.mla_use,
                      swa_full=a.swa_full, swa_per_seq=True),
         slot_save_path=a.slot_save_path, chat_template=a.chat_template, alias=cfg.model_alias,
         api_keys=cfg.api_keys, timeout_s=cfg.timeout_s, max_queue=a.max_queue, cache_ram_mib=a.cache_ram,

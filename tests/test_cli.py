@@ -39,6 +39,25 @@ def test_generate_greedy_streams_and_reports(model_path, capsys):
     assert out.rstrip("\n") == "the world" + text  # CLI == library
 
 
+@pytest.mark.parametrize("cmd", [["generate", "-p", "x"], ["serve"], ["perplexity"], ["bench", "run"],
+                                 ["bench", "sweep"]])
+def test_mmap_and_no_mmap_conflict(model_path, capsys, cmd):
+    rc, out, err = _run(cmd + ["-m", model_path, "--mmap", "--no-mmap"], capsys)
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--mmap" in lines[0] and "--no-mmap" in lines[0], err
+
+
+@pytest.mark.parametrize("flag,kind,how", [([], "CPU", "auto: read"), (["--mmap"], "CPU_Mapped", "use_mmap=True"),
+                                           (["--no-mmap"], "CPU", "use_mmap=False")])
+def test_model_buffer_line(model_path, capsys, flag, kind, how):
+    rc, out, err = _run(["generate", "-m", model_path, "-p", "the", "-n", "2", "--temp", "0", "-c", "64", "-t", "1"]
+                        + flag, capsys)
+    assert rc == 0
+    line = next(ln for ln in err.splitlines() if "model buffer size" in ln)
+    assert line.startswith(f"pyrt: {kind} model buffer size = ") and how in line, line
+
+
 def test_info(model_path, capsys):
     rc, out, err = _run(["info", "-m", model_path, "-c", "256", "-ctk", "q8_0"], capsys)
     assert rc == 0

@@ -66,7 +66,7 @@ class PyrtEngine:
 
     def __init__(self, path: str, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16", mla: int | None = None,
-                 warmup: bool = True, use_mmap: bool = True, device: str = "cpu"):
+                 warmup: bool = True, use_mmap: bool | None = None, device: str = "cpu"):
         from ..runtime.context import Batch
         from ..runtime.llm import LLM
 
@@ -182,8 +182,9 @@ def model_arch(path: str) -> str:
 def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_batch: int = 2048,
                  n_ubatch: int = 512, n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16",
                  flash_attn: bool = True, mla: int | None = None, warmup: bool = True,
-                 log=None, use_mmap: bool = True, device: str = "cpu") -> list:
-    """[pyrt] or [pyrt, llama.cpp]. A missing llama-cpp-python is reported through `log` and skipped."""
+                 log=None, use_mmap: bool | None = None, device: str = "cpu") -> list:
+    """[pyrt] or [pyrt, llama.cpp]. A missing llama-cpp-python is reported through `log` and skipped.
+    use_mmap: pyrt's (None: its automatic choice); llama.cpp maps or reads the file as pyrt did."""
     if compare not in (None, "llama.cpp"):
         raise InvalidArgumentError(f"--compare: only 'llama.cpp' is supported, got {compare!r}")
     if mla is not None:
@@ -202,7 +203,7 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
             return engines
         py = engines[0]
         engines.append(LlamaCppEngine(path, py.n_ctx, py.n_batch, py.n_ubatch, py.n_threads, type_k, type_v,
-                                      flash_attn=flash_attn, warmup=warmup, use_mmap=use_mmap))
+                                      flash_attn=flash_attn, warmup=warmup, use_mmap=py.llm.file.use_mmap))
         if warmup:
             # pyrt's warm-up again, now that llama.cpp has mapped (MAP_POPULATE) and run the same file: loading
             # the other engine evicts pyrt's working set, and the first timed row must not pay for that

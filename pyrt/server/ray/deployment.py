@@ -302,9 +302,10 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
     (`serve.run(deployment(...), route_prefix="/")`).
 
     threads: CPUs (Numba threads) per replica. n_parallel, n_ctx, load_kw (pyrt.runtime.llm.load's other
-    keywords): each replica's engine. slot_save_path: a folder every replica reads and writes (the same path on
-    every host: shared storage), for /slots and, with session_states, session migration. max_load: the
-    in-flight requests at which a replica counts as overloaded (default: its slots); min_match: the fraction of
+    keywords): each replica's engine; the model file is mapped (use_mmap=True) unless load_kw says
+    use_mmap=False, so that replicas on one host share one copy of the weights. slot_save_path: a folder
+    every replica reads and writes (the same path on every host: shared storage), for /slots and, with
+    session_states, session migration. max_load: the in-flight requests at which a replica counts as overloaded (default: its slots); min_match: the fraction of
     a prompt's token blocks a replica must hold to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's
     hard cap per replica (default 4 * n_parallel). request_router_class: Ray Serve's router for the replicas
     (a class or its import path; Ray's "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter" routes
@@ -321,6 +322,8 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
                      session_states=bool(session_states and slot_save_path))
     load_kw = dict(load_kw or {})
     load_kw.update(n_ctx=n_ctx, n_threads=threads)
+    if load_kw.get("use_mmap") is None:  # replicas on one host share the page cache's copy of a mapped file
+        load_kw["use_mmap"] = True
     router = RequestRouterConfig(
         request_router_class=request_router_class,
         request_router_kwargs={"max_load": max_load, "min_match": min_match}
