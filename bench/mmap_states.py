@@ -1,22 +1,25 @@
-"""Default (memory-mapped) decode against --no-mmap after different page-cache histories of the model file.
+"""Default decode against --mmap and --no-mmap after different page-cache histories of the model file.
 
 Each state is produced, then `pyrt bench run -m FILE -p 0 -n N -r R` runs in a fresh process with the
-default mapping; the state is produced again and the same command runs with --no-mmap. The table gives
-both tg rates, their ratio and what the mapped run reported of its pages (the issue's target: the
-default within 5% of --no-mmap in every state). States:
+default loading (read into anonymous memory when the file fits in half of the available memory, else
+mapped); the state is produced again and the same command runs with --mmap (the shared mapping), and again
+with --no-mmap. The table gives the tg rates, the ratios to --no-mmap and what the default run reported of
+its weights (how it loaded them, the share in 2 MiB pages, why it chose so). The issue's target: the default
+within 5% of --no-mmap in every state. States:
 
   cold         the file dropped from the page cache (fsync + POSIX_FADV_DONTNEED): a fresh boot
   written      a fresh copy written with write() just now (dirty, small folios), run on the copy
-  moved        that copy renamed after one run on it (same inode, same cached pages)
+  moved        that copy renamed after one --mmap run on it (same inode, same cached pages)
   small        dropped, then read back 4 KiB at a time in random order with readahead off
                (POSIX_FADV_RANDOM): the page cache holds it in 4 KiB folios, as a host that split the
                folios of an idle file leaves it
   evicted      cached, then every other 64 MiB range dropped (memory pressure evicted part of it)
   shared       another process maps the whole file without 2 MiB alignment and keeps its 4 KiB page
                tables (a second server on the host) while the benchmark runs
-  warm         right after a mapped run (the page cache as the last run left it)
+  warm         right after a --mmap run (the page cache as a mapped run left it)
 
-    python bench/mmap_states.py -m FILE [-t 2] [-n 32] [-r 3] [--states cold,written,...] [--tmp DIR]
+    python bench/mmap_states.py -m FILE [-t 2] [-n 32] [-r 3] [--states cold,written,...]
+                                [--modes default,mmap,no-mmap] [--tmp DIR]
 
 Writes nothing but the copy in --tmp (default: next to FILE), which it removes. Linux only.
 """
@@ -81,9 +84,13 @@ sys.stdin.read()
 """
 
 
-def bench(path: str, args, no_mmap: bool) -> tuple[float | None, str]:
+MODES = ("default", "mmap", "no-mmap")
+FLAGS = {"default": [], "mmap": ["--mmap"], "no-mmap": ["--no-mmap"]}
+
+
+def bench(path: str, args, mode: str) -> tuple[float | None, str]:
     cmd = [sys.executable, "-m", "pyrt.cli", "bench", "run", "-m", path, "-p", "0", "-n", str(args.n),
-           "-r", str(args.r), "-t", str(args.threads)] + (["--no-mmap"] if no_mmap else [])
+           "-r", str(args.r), "-t", str(args.threads)] + FLAGS[mode]
     p = subprocess.run(cmd, capture_output=True, text=True)
     out = p.stdout + p.stderr
     tg = None
@@ -107,6 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--states", default=",".join(STATES))
+    ap.add_argument("--modes", default=",".join(MODES), help="loading modes to run (default: all three)")
     ap.add_argument("--tmp", default=None, help="folder for the copy (default: next to the model)")
     a = ap.parse_args(argv)
     src = os.path.abspath(a.model)
@@ -114,6 +122,10 @@ def main(argv=None) -> int:
     bad = [s for s in states if s not in STATES]
     if bad:
         ap.error(f"unknown state {bad[0]!r} (choose from {', '.join(STATES)})")
+    modes = [m for m in a.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        ap.error(f"unknown mode {bad[0] if bad else ''!r} (choose from {', '.join(MODES)})")
     copy = os.path.join(a.tmp or os.path.dirname(src), ".mmap-states-copy.gguf")
     moved = copy + ".moved"
     rows = []
@@ -121,7 +133,7 @@ def main(argv=None) -> int:
     try:
         for st in states:
             res = {}
-            for no_mmap in (False, True):
+            for mode in modes:
                 path = src
                 if st == "cold":
                     drop(src)
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
                     shutil.copyfile(src, copy)  # write(): dirty, small folios
                     path = copy
                     if st == "moved":
-                        bench(copy, a, False)  # one run on it, then the rename
+                        bench(copy, a, "mmap")  # one mapped run on it, then the rename
                         os.rename(copy, moved)
                         path = moved
                 elif st == "small":
@@ -146,9 +158,9 @@ def main(argv=None) -> int:
                                               stdout=subprocess.PIPE, text=True)
                     holder.stdout.readline()
                 elif st == "warm":
-                    bench(src, a, False)
+                    bench(src, a, "mmap")
                 t0 = time.perf_counter()
-                res[no_mmap] = bench(path, a, no_mmap) + (time.perf_counter() - t0,)
+                res[mode] = bench(path, a, mode) + (time.perf_counter() - t0,)
                 if holder is not None:
                     holder.stdin.close()
                     holder.wait()
@@ -156,10 +168,9 @@ def main(argv=None) -> int:
                 for p in (copy, moved):
                     if os.path.exists(p):
                         os.remove(p)
-            (tg_m, pages, t_m), (tg_n, _, t_n) = res[False], res[True]
-            ratio = tg_m / tg_n if tg_m and tg_n else None
-            rows.append((st, tg_m, tg_n, ratio, pages, t_m, t_n))
-            print(f"{st}: default {tg_m} t/s, --no-mmap {tg_n} t/s, {pages}", file=sys.stderr, flush=True)
+                print(f"{st} {mode}: {res[mode][0]} t/s, {res[mode][2]:.0f} s, {res[mode][1]}", file=sys.stderr,
+                      flush=True)
+            rows.append((st, res))
     finally:
         if holder is not None:
             holder.kill()
@@ -173,11 +184,20 @@ def main(argv=None) -> int:
     except OSError:
         pass
     print(f"model {src}, {cpu}, {a.threads} threads, tg{a.n} x {a.r}\n")
-    print("| state | default t/s | --no-mmap t/s | ratio | default run's weights | s default | s --no-mmap |")
-    print("|---|---|---|---|---|---|---|")
     f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    for st, tg_m, tg_n, ratio, pages, t_m, t_n in rows:
-        print(f"| {st} | {f(tg_m)} | {f(tg_n)} | {f(ratio, 3)} | {pages} | {t_m:.0f} | {t_n:.0f} |")
+    base = "no-mmap" if "no-mmap" in modes else None
+    others = [m for m in modes if m != base] if base else []
+    head = [f"{m} t/s" for m in modes] + [f"{m} / no-mmap" for m in others] + ["default run's weights"] \
+        + [f"s {m}" for m in modes]
+    print("| state | " + " | ".join(head) + " |")
+    print("|---" * (len(head) + 1) + "|")
+    for st, res in rows:
+        tg = {m: res[m][0] for m in modes}
+        cells = [f(tg[m]) for m in modes]
+        cells += [f(tg[m] / tg[base] if tg[m] and tg[base] else None, 3) for m in others]
+        cells += [res[modes[0]][1] if "default" not in modes else res["default"][1]]
+        cells += [f"{res[m][2]:.0f}" for m in modes]
+        print(f"| {st} | " + " | ".join(cells) + " |")
     return 0
 
 
