@@ -14,7 +14,7 @@ from pyrt._kernels import amx, codes
 from pyrt._kernels import matmul_q8_0 as ql
 
 KINDS = {"q8_0": (T.Q8_0, codes.Q8_0), "q4_0": (T.Q4_0, codes.Q4_0), "q5_0": (T.Q5_0, codes.Q5_0)}
-K_KINDS = {"q4_k": (T.Q4_K, codes.Q4_K), "q5_k": (T.Q5_K, codes.Q5_K)}
+K_KINDS = {"q4_k": (T.Q4_K, codes.Q4_K), "q5_k": (T.Q5_K, codes.Q5_K), "q6_k": (T.Q6_K, codes.Q6_K)}
 
 
 def _why_no_amx():
@@ -110,8 +110,9 @@ def _f64_ref(raw, t, xq, n_out, n_in):
 @pytest.mark.parametrize("n_tok,n_out,n_in", [(1, 16, 256), (15, 32, 512), (16, 48, 256), (37, 53, 2048),
                                               (70, 16, 768)])
 def test_amx_k_quants_close_to_float64(name, n_tok, n_out, n_in):
-    """d*sc*q - dmin*m per 32-value sub-block against Q8_K activations, every row count (n_out % 16 != 0:
-    the zero-padded last tile) and token count (the zero-padded last token tile)."""
+    """Q4_K/Q5_K: d*sc*q - dmin*m per 32-value sub-block; Q6_K: d*sc*(q - 32) per 16 values; against Q8_K
+    activations, every row count (n_out % 16 != 0: the zero-padded last tile) and token count (the
+    zero-padded last token tile)."""
     t, kind = K_KINDS[name]
     raw, _, xq = _k_case(name, n_tok, n_out, n_in, n_tok + n_out)
     ref = _f64_ref(raw, t, xq, n_out, n_in)

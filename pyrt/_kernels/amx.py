@@ -1,4 +1,5 @@
-"""AMX-INT8 tiles for prompt-sized matmuls of Q8_0/Q4_0/Q5_0/Q4_K/Q5_K weights x Q8_0 activations.
+"""AMX-INT8 tiles for prompt-sized matmuls: Q8_0/Q4_0/Q5_0 weights x Q8_0 activations and Q4_K/Q5_K/Q6_K
+weights x Q8_K activations.
 
 One tile product (tdpbssd) multiplies 16 tokens x 32 int8 activations (one Q8_0 block of 16 rows, loaded
 straight from the quantized activation rows) with 32 x 16 signed weights (one block of 16 weight rows,
@@ -7,11 +8,12 @@ dots_q8_0. They leave the tile unit through memory and enter the f32 accumulator
 kernel adds them, acc = fma(dw*dx, S, acc) block after block, so a result has the same bits as the AVX
 tiles and the one-row dots.
 
-Q4_K/Q5_K weights are 32-value sub-blocks of value d*sc*q - dmin*m (q unsigned, sc and m 6-bit): packed as
-q with the exact f32 scale d*sc and min dmin*m per sub-block. Their activations are the Q8_K rows their dot
-kernels (and llama.cpp) multiply: the A tile is 32 of a block's 256 int8 values, dx its block scale, and
-the min enters as a second term, acc = fma(dmin*m, dx*(-sum(xq)), acc), from the block sums (k_aux_words).
-The same products as the dot kernels, summed in another order.
+The K-quants multiply the Q8_K rows their dot kernels (and llama.cpp) multiply: the A tile is 32 of a
+block's 256 int8 values and dx its block scale. Q4_K/Q5_K weights are 32-value sub-blocks of value
+d*sc*q - dmin*m (q unsigned, sc and m 6-bit): packed as q with the exact f32 scale d*sc and min dmin*m, the
+min entering as a second term, acc = fma(dmin*m, dx*(-sum(xq)), acc), from the block sums (k_aux_words).
+Q6_K's d*sc*(q - 32) has a scale per 16 values: each 32-value block is two products, each weight tile
+holding one half (the other zero). The same products as the dot kernels, summed in another order.
 
 The tile instructions are inline assembly (LLVM's AMX intrinsics need the x86_amx type, which llvmlite's
 IR lacks); the assembler parser must be initialized for the JIT (`enable`). Tile registers are live only
@@ -35,7 +37,7 @@ from numba.extending import intrinsic
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .quants_k import BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q8_K, _k4_scales_mins
+from .quants_k import BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins
 from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
 from . import codes
 
@@ -46,7 +48,7 @@ Q8_0_BYTES = 34
 BLOCK_TILE = TN * QK  # bytes of one packed weight block tile: [QK/4, TN*4] int8 (VNNI layout)
 
 KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 = codes.Q8_0, codes.Q4_0, codes.Q5_0
-KIND_Q4_K, KIND_Q5_K = codes.Q4_K, codes.Q5_K
+KIND_Q4_K, KIND_Q5_K, KIND_Q6_K = codes.Q4_K, codes.Q5_K, codes.Q6_K
 QK_K = 256       # values of a K-quant super-block: 8 sub-blocks of QK
 
 HAS_AMX_TARGET = not NO_SIMD and "amx-int8" in _FEATS and "amx-tile" in _FEATS
@@ -134,15 +136,23 @@ def _product_asm(builder, base):
     return _asm(builder, t, 4, ",~{r11}")
 
 
-def _tile_block_codegen(context, builder, signature, args):
-    """16 tokens x 16 weight rows over nb blocks; see tile_block_amx.
+def _make_tile_block(x_q8k, shift, with_min):
+    """The codegen of 16 tokens x 16 weight rows over nb products; see tile_block_amx.
 
+    x_q8k: the activation rows are Q8_K (else Q8_0); product b multiplies 32-value activation block
+    b >> shift (shift 1: two weight tiles, each holding one 16-value half, per activation block); with_min:
+    an 11th argument mwp and every product adds its min term.
     Software-pipelined over the two tile sets: block b+1's product is issued before block b's sums are
     scaled into the accumulators, so the tile unit's load-multiply-store chain of one block overlaps the
-    vector work of the previous one (one chain at a time left both units mostly waiting).
-    With an 11th argument (mwp, tile_block_amx_min) every block also adds its min term."""
+    vector work of the previous one (one chain at a time left both units mostly waiting)."""
+    def codegen(context, builder, signature, args):
+        return _tile_block(builder, args, x_q8k, shift, with_min, context)
+    return codegen
+
+
+def _tile_block(builder, args, x_q8k, shift, with_min, context):
     wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args[:10]
-    mwp = args[10] if len(args) > 10 else None
+    mwp = args[10] if with_min else None
     v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
     cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 2 * TM * TN))
     cbuf.align = 64
@@ -152,11 +162,12 @@ def _tile_block_codegen(context, builder, signature, args):
     products = [_product_asm(builder, 0), _product_asm(builder, 3)]
 
     def issue(b, k):
-        if mwp is None:  # Q8_0 block b: f16 d, then its 32 values
-            xo = builder.add(builder.mul(b, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2))
-        else:  # 32 values of Q8_K block b/8: f32 d, then 256 values
-            xo = builder.add(builder.mul(builder.lshr(b, ir.Constant(_I64, 3)), ir.Constant(_I64, BLOCK_BYTES_Q8_K)),
-                             builder.add(builder.mul(builder.and_(b, ir.Constant(_I64, 7)), ir.Constant(_I64, QK)),
+        xbk = builder.lshr(b, ir.Constant(_I64, shift))
+        if not x_q8k:  # Q8_0 block: f16 d, then its 32 values
+            xo = builder.add(builder.mul(xbk, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2))
+        else:  # 32 values of Q8_K block xbk/8: f32 d, then 256 values
+            xo = builder.add(builder.mul(builder.lshr(xbk, ir.Constant(_I64, 3)), ir.Constant(_I64, BLOCK_BYTES_Q8_K)),
+                             builder.add(builder.mul(builder.and_(xbk, ir.Constant(_I64, 7)), ir.Constant(_I64, QK)),
                                          ir.Constant(_I64, 4)))
         xb = builder.add(xp, xo)
         wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
@@ -166,7 +177,8 @@ def _tile_block_codegen(context, builder, signature, args):
         dwv = _load(builder, builder.add(dwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
         if mwp is not None:
             mwv = _load(builder, builder.add(mwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
-        co = builder.add(cp, builder.add(builder.mul(b, ir.Constant(_I64, AUX_BYTES)), ir.Constant(_I64, 4)))
+        co = builder.add(cp, builder.add(builder.mul(builder.lshr(b, ir.Constant(_I64, shift)),
+                                                     ir.Constant(_I64, AUX_BYTES)), ir.Constant(_I64, 4)))
         for i in range(TM):
             dx = _load(builder, builder.add(co, builder.mul(cs, ir.Constant(_I64, i))), _F32)
             dxv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), dx, ir.Constant(_I32, 0)),
@@ -216,7 +228,17 @@ def tile_block_amx(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
     """
     if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt)):
         return None
-    return types.none(*([types.int64] * 10)), _tile_block_codegen
+    return types.none(*([types.int64] * 10)), _make_tile_block(False, 0, False)
+
+
+@intrinsic
+def tile_block_amx_half(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
+    """tile_block_amx for Q8_K activation rows and nb half-block products (Q6_K's 16-value scales): product b
+    multiplies 32-value block b/2 (values 32(b/2 % 8).. of Q8_K block b/16) with a weight tile whose other
+    half is zero; cp: k_aux_words' words (word 1, d)."""
+    if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt)):
+        return None
+    return types.none(*([types.int64] * 10)), _make_tile_block(True, 1, False)
 
 
 @intrinsic
@@ -226,7 +248,7 @@ def tile_block_amx_min(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt, mwp):
     (pack_q4_k); cp: k_aux_words' words."""
     if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt, mwp)):
         return None
-    return types.none(*([types.int64] * 11)), _tile_block_codegen
+    return types.none(*([types.int64] * 11)), _make_tile_block(True, 0, True)
 
 
 def _transpose_rows(builder, rows):
@@ -360,9 +382,64 @@ pack_q4_k = intrinsic(_make_pack_k(False))
 pack_q5_k = intrinsic(_make_pack_k(True))
 
 
+def _pack_q6_k_codegen(context, builder, signature, args):
+    """16 rows of Q6_K super-blocks -> 2 tiles per 32-value sub-block, one per 16-value half (the other half
+    zero), signed q - 32, and their f32 scales d*sc (exact: 11 x 8 bits); mwp is not written."""
+    wp, ws, nb, op, dwp, _ = args
+    v16f = _vec(_F32, 16)
+    keep = [ir.Constant(_vec(_I8, 32), [0xFF] * 16 + [0] * 16), ir.Constant(_vec(_I8, 32), [0] * 16 + [0xFF] * 16)]
+    with cgutils.for_range(builder, builder.udiv(nb, ir.Constant(_I64, QK_K // QK))) as loop:
+        s = loop.index
+        p0 = builder.mul(s, ir.Constant(_I64, 2 * (QK_K // QK)))  # first half-block product of super-block s
+        sbs, scs = [], []
+        for j in range(TN):
+            sb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
+                             builder.mul(s, ir.Constant(_I64, BLOCK_BYTES_Q6_K)))
+            d = _f16_scale(builder, _addr(builder, sb, 208))
+            sc = builder.sitofp(_load(builder, _addr(builder, sb, 192), _vec(_I8, 16)), v16f)
+            dv = builder.shuffle_vector(builder.insert_element(ir.Constant(_vec(_F32, 1), ir.Undefined), d,
+                                                               ir.Constant(_I32, 0)),
+                                        ir.Constant(_vec(_F32, 1), ir.Undefined), _mask([0] * 16))
+            sbs.append(sb)
+            scs.append(builder.bitcast(builder.fmul(sc, dv), _vec(_I32, 16)))
+        for g, v in enumerate(_transpose_rows(builder, scs)):  # scale of values 16g..16g+15: product g
+            p = builder.add(dwp, builder.mul(builder.add(p0, ir.Constant(_I64, g)), ir.Constant(_I64, 4 * TN)))
+            builder.store(v, builder.inttoptr(p, ir.PointerType(v.type)), align=4)
+        for i in range(QK_K // QK):  # values 32i..: ql half i//4, low/high nibbles, qh bits 2*(i%4)
+            h, q4 = i // 4, i % 4
+            qs = []
+            for j in range(TN):
+                ql = _load(builder, _addr(builder, sbs[j], 64 * h + 32 * (q4 & 1)), _vec(_I8, 32))
+                qh = _load(builder, _addr(builder, sbs[j], 128 + 32 * h), _vec(_I8, 32))
+                lo = builder.lshr(ql, _splat(_I8, 32, 4)) if q4 >= 2 else builder.and_(ql, _splat(_I8, 32, 0x0F))
+                hi = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * q4)), _splat(_I8, 32, 3))
+                qs.append(builder.sub(builder.or_(lo, builder.shl(hi, _splat(_I8, 32, 4))), _splat(_I8, 32, 32)))
+            for half in range(2):
+                b = builder.add(p0, ir.Constant(_I64, 2 * i + half))
+                _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))),
+                            [builder.and_(q, keep[half]) for q in qs])
+    return context.get_dummy_value()
+
+
+@intrinsic
+def pack_q6_k(typingctx, wp, ws, nb, op, dwp, mwp):
+    """pack_q6_k(wp, ws, nb, op, dwp, mwp): 16 rows of nb/8 Q6_K super-blocks -> op [2*nb, 8, 64] i8 and dwp
+    [2*nb, 16] f32 (tile_block_amx_half's half-block products)."""
+    if not all(isinstance(a, types.Integer) for a in (wp, ws, nb, op, dwp, mwp)):
+        return None
+    return types.none(*([types.int64] * 6)), _pack_q6_k_codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _is_k(kind):
-    return kind == KIND_Q4_K or kind == KIND_Q5_K
+    """Whether kind is a K-quant (Q8_K activations)."""
+    return kind == KIND_Q4_K or kind == KIND_Q5_K or kind == KIND_Q6_K
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _products(kind, nb):
+    """Tile products of nb 32-value blocks: two per block for Q6_K (16-value scales), else one."""
+    return 2 * nb if kind == KIND_Q6_K else nb
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -375,14 +452,16 @@ def _pack(kind, wp, ws, nb, op, dwp, mwp):
         pack_q5_0(wp, ws, nb, op, dwp)
     elif kind == KIND_Q4_K:
         pack_q4_k(wp, ws, nb, op, dwp, mwp)
-    else:
+    elif kind == KIND_Q5_K:
         pack_q5_k(wp, ws, nb, op, dwp, mwp)
+    else:
+        pack_q6_k(wp, ws, nb, op, dwp, mwp)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_amx(dst, w, xq, kind, cfg):
     """dst[t, r] = dot(w[r], xq[t]) on AMX tiles for Q8_0/Q4_0/Q5_0 weights (kind) and Q8_0 activations (the
-    same bits as matmul_q8_0.matmul_q) or Q4_K/Q5_K weights and Q8_K activations (the products of
+    same bits as matmul_q8_0.matmul_q) or Q4_K/Q5_K/Q6_K weights and Q8_K activations (the products of
     quants_k.matmul_k, summed in another order). Only where `enable()` said True.
 
     dst: [n_tok, n_out] f32 C-contiguous; w: [n_out, row_bytes] uint8; xq: [n_tok, n_in/32*34] (Q8_0) or
@@ -442,19 +521,21 @@ def k_aux_words(xc, xq):
 def _item(kind, wp, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp, n_out):
     """One work item of matmul_q_amx: 16 weight rows at wp (stride ws), packed, times every token tile;
     dp: output of token 0, row 0 of the item; n_out: the output row stride."""
-    wbuf = np.empty(nb * BLOCK_TILE + 64, np.uint8)
-    dwbuf = np.empty(2 * nb * TN, np.float32)  # [2, nb, 16]: scales, then the K-quants' mins
+    n_prod = _products(kind, nb)
+    wbuf = np.empty(n_prod * BLOCK_TILE + 64, np.uint8)
+    dwbuf = np.empty(2 * n_prod * TN, np.float32)  # [2, n_prod, 16]: scales, then the K-quants' mins
     wbp = (np.int64(wbuf.ctypes.data) + 63) // 64 * 64
     dwp = np.int64(dwbuf.ctypes.data)
-    mwp = dwp + nb * TN * 4
+    mwp = dwp + n_prod * TN * 4
     _pack(kind, wp, ws, nb, wbp, dwp, mwp)
     tile_config(cfgp)
-    k_quant = _is_k(kind)
     for t0 in range(0, n_full + (TM if m > 0 else 0), TM):
         x0, c0, nt = xp + t0 * xs, cp + t0 * cs, np.int64(TM)
         if t0 == n_full:  # the padded tail tile of m tokens
             x0, c0, nt = xpp, cpp, np.int64(m)
-        if k_quant:
+        if kind == KIND_Q6_K:
+            tile_block_amx_half(wbp, dwp, x0, xs, c0, cs, n_prod, dp + t0 * n_out * 4, n_out, nt)
+        elif _is_k(kind):
             tile_block_amx_min(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt, mwp)
         else:
             tile_block_amx(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)

@@ -41,7 +41,7 @@ BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_VNNI if (is_amd() or HAS_VNNI) else BLAS_MIN_T
 # Weight types whose prompt batches run on AMX-INT8 tiles where the CPU has them (pyrt._kernels.amx), from
 # paths.amx_min_tokens tokens on, several times the throughput of their integer dot kernel: for the Q8_0
 # family the same bits, for the K-quants the same Q8_K activations summed in another order.
-AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K"})
+AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"})
 _amx_state: list = []  # [(enabled, config bytes)] once asked
 
 
