@@ -130,3 +130,19 @@ def test_console_script_error_exit(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pyrt.cli", "generate", "-m", str(tmp_path / "none.gguf")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flag,want", [([], True), (["--mmap"], True), (["--no-mmap"], False)])
+def test_serve_ray_maps_by_default(model_path, capsys, monkeypatch, flag, want):
+    """Ray replicas on one host share the page cache's copy: --ray maps unless --no-mmap."""
+    import types
+    seen = {}
+    fake = types.ModuleType("pyrt.server.ray")
+    fake.deployment = lambda model, **kw: seen.update(kw) or "app"
+    fake.serve_forever = lambda app, host, port, **kw: 0
+    monkeypatch.setitem(sys.modules, "pyrt.server.ray", fake)
+    import pyrt.server
+    monkeypatch.setattr(pyrt.server, "ray", fake, raising=False)
+    rc, out, err = _run(["serve", "--ray", "-m", model_path] + flag, capsys)
+    assert rc == 0, err
+    assert seen["load_kw"]["use_mmap"] is want

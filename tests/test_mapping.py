@@ -69,9 +69,9 @@ def test_llm_reports_prefetch(synthetic_models):
     import pyrt
     path = str(next(iter(synthetic_models.values()))[0])
     mapping.drop_from_page_cache(path)
-    llm = pyrt.load(path, n_ctx=64, warmup=False)
+    llm = pyrt.load(path, n_ctx=64, warmup=False, use_mmap=True)  # the prefetch is for a mapped file
     assert llm.prefetched in (True, False)
-    no = pyrt.load(path, n_ctx=64, warmup=False, prefetch=False)
+    no = pyrt.load(path, n_ctx=64, warmup=False, prefetch=False, use_mmap=True)
     assert no.prefetched is False
     np.testing.assert_array_equal(llm.eval_logits([1, 2, 3]), no.eval_logits([1, 2, 3]))
 
