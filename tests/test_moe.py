@@ -16,12 +16,22 @@ from pyrt.ops import basic, moe
 from pyrt.ops import matmul as mm
 
 
+K_NAMES = {T.Q4_K: "q4_k", T.Q5_K: "q5_k", T.Q6_K: "q6_k"}
+
+
 class W:
-    """A weight as the models hold it: raw GGUF rows + type."""
+    """A weight as the models hold it: raw GGUF rows + type (K-quants: random blocks with sane scales, as
+    gguf-py cannot quantize them; a's shape only)."""
 
     def __init__(self, a: np.ndarray, t: int):
         if t == T.F32:
             self.raw = np.ascontiguousarray(a, np.float32).view(np.uint8).reshape(a.shape[0], -1)
+        elif t in K_NAMES:
+            from test_quants_k import rand_blocks
+            self.raw = rand_blocks(K_NAMES[t], a.shape[0], a.shape[1], int(abs(a[0, 0]) * 1e6))
+            if t == T.Q6_K:  # keep the values ~0.05 like the others: d in [1e-3, 2e-2] times q-32 times sc
+                d = self.raw.reshape(a.shape[0], -1, 210)[:, :, 208:210].copy().view(np.float16)
+                self.raw.reshape(a.shape[0], -1, 210)[:, :, 208:210] = (d / 16).view(np.uint8)
         else:
             self.raw = quantize(a.astype(np.float32), t).view(np.uint8).reshape(a.shape[0], -1)
         self.raw.flags.writeable = False
@@ -57,6 +67,11 @@ CASES = [  # (gate/up exps, down exps, shexp gate/up, shexp down, n_shexp rows, 
     (T.Q8_0, T.Q5_0, T.Q4_0, T.Q8_0, 64, T.Q8_0, moe.GATING_SIGMOID, True, True, 2.5),
     (T.Q5_0, T.Q8_0, T.Q8_0, T.Q8_0, 0, T.Q4_0, moe.GATING_SOFTMAX, True, True, 1.0),
     (T.Q4_0, T.Q8_0, T.Q5_0, T.Q4_0, 96, T.Q5_0, moe.GATING_SOFTMAX, False, False, 16.0),
+    # K-quants (n_embd = n_ff = 256): a Q4_K_M DeepSeek mix (Q4_K gate/up, Q8_0 down, Q6_K shared down), all
+    # K-quant, and K-quant experts beside Q8_0-family shared experts
+    (T.Q4_K, T.Q8_0, T.Q4_K, T.Q6_K, 256, T.F32, moe.GATING_SOFTMAX, False, False, 1.0),
+    (T.Q5_K, T.Q6_K, T.Q4_K, T.Q4_K, 256, T.Q8_0, moe.GATING_SIGMOID, True, True, 2.5),
+    (T.Q4_K, T.Q4_K, T.Q4_0, T.Q8_0, 64, T.F32, moe.GATING_SOFTMAX, False, True, 1.0),
 ]
 
 
@@ -66,6 +81,8 @@ def test_fused_decode_matches_op_by_op(case):
     t_gu, t_d, t_sh, t_shd, n_sh, t_r, gating, bias, norm_w, w_scale = case
     rng = np.random.default_rng(7)
     n_embd, n_ff, n_expert, n_used = 96, 64, 11, 3   # odd n_expert: the router's last row pair is single
+    if any(t in K_NAMES for t in case[:4]):
+        n_embd, n_ff = 256, 256
     gate_inp, ge, ue, de, sh = _layer(rng, n_embd, n_ff, n_expert, n_sh, t_gu, t_d, t_sh, t_shd, t_r)
     probs_b = (rng.standard_normal(n_expert) * 0.05).astype(np.float32) if bias else None
     fused = moe.MoEDecode.build(gate_inp, probs_b, ge, ue, de, sh, n_ff, n_used, gating, norm_w, w_scale)

@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .quants_k import BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins
+from .quants_k import BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins, is_k_quant
 from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
 from . import codes
 
@@ -431,12 +431,6 @@ def pack_q6_k(typingctx, wp, ws, nb, op, dwp, mwp):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _is_k(kind):
-    """Whether kind is a K-quant (Q8_K activations)."""
-    return kind == KIND_Q4_K or kind == KIND_Q5_K or kind == KIND_Q6_K
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _products(kind, nb):
     """Tile products of nb 32-value blocks: two per block for Q6_K (16-value scales), else one."""
     return 2 * nb if kind == KIND_Q6_K else nb
@@ -470,7 +464,7 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
     the Q8_0 family, a zero-padded 16-row tile for the K-quants.
     """
     n_tok, n_out = dst.shape
-    k_quant = _is_k(kind)
+    k_quant = is_k_quant(kind)
     nb = np.int64(xq.shape[1] // BLOCK_BYTES_Q8_K * (QK_K // QK) if k_quant else xq.shape[1] // Q8_0_BYTES)
     xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)
     if k_quant:
@@ -535,7 +529,7 @@ def _item(kind, wp, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp, n_out
             x0, c0, nt = xpp, cpp, np.int64(m)
         if kind == KIND_Q6_K:
             tile_block_amx_half(wbp, dwp, x0, xs, c0, cs, n_prod, dp + t0 * n_out * 4, n_out, nt)
-        elif _is_k(kind):
+        elif is_k_quant(kind):
             tile_block_amx_min(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt, mwp)
         else:
             tile_block_amx(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)

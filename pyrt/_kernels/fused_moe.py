@@ -1,7 +1,8 @@
 """One decoded token's whole MoE FFN in one call (three parallel regions, no Python in between): router
 logits, gating and top-k, the selected experts' gate/up rows together with the shared experts', SwiGLU
 and requantization, the down rows, the weighted sum. Same arithmetic as ops.moe.route + moe_ffn + the
-shared-expert FFN run op by op. Expert weights: Q8_0, Q4_0, Q5_0 (dotted against Q8_0 activations).
+shared-expert FFN run op by op. Expert weights: Q8_0, Q4_0, Q5_0 (dotted against Q8_0 activations) and
+Q4_K, Q5_K, Q6_K (against Q8_K activations, the hidden rows requantized once the SwiGLU region is done).
 
 Leaf module: numpy, numba and sibling kernel modules only.
 """
@@ -15,6 +16,7 @@ from .dots_q8_0 import AUX_BYTES, AUX_WORDS, ROWS
 from .matmul_q8_0 import (Q8_0_BYTES, QK, ROW_TILE, _is_block_q, _q_bias, _rows_q, _tile_q, _x_aux_blocks,
                           _quantize_blocks_q8_0, quantize_rows_q8_0, x_aux_q8_0)
 from .norm import _rms_row
+from .quants_k import BLOCK_BYTES_Q8_K, QK_K, _vdot1_k, is_k_quant, quantize_rows_q8_k
 from .simd import PREFETCH_BYTES, dot_f32_f32, prefetch
 
 GATING_SOFTMAX = 1   # ops.moe's gating ids
@@ -115,25 +117,49 @@ FFN_TILE = QK  # hidden rows per work item of the fused gate/up: one Q8_0 block 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _gate_up_tile(kind, wg, wu, ws, r0, r1, xg, cp, nbx, g, u, hq, hc, bias, pf):
+def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc, bias, requant, pf):
     """Hidden rows [r0, r1) of one gate/up pair, all the way to the down projection's input.
 
-    g[r] = gate row r . x and u[r] = up row r . x (8-row tiles of each in turn, so that both weight streams
-    run ahead under their prefetches), then g[r0:r1] = silu(g) * u, quantized to the Q8_0 blocks
-    r0/QK..r1/QK of hq with their aux words in hc (bias: the down weights' kind's). The same arithmetic as
-    the row matmuls, SwiGLU and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each block depends on
-    its own 32 values only. wg, wu: addresses of row 0 of the gate and up weights, ws their row stride;
-    xg, cp: the Q8_0 input row and its aux words, nbx blocks; g, u: [n_ff] f32; hq: [nbf*34] uint8;
-    hc: [nbf, 2] int32; r0, r1: multiples of QK (and of ROWS).
+    g[r] = gate row r . x and u[r] = up row r . x, then g[r0:r1] = silu(g) * u and, with requant, quantized
+    to the Q8_0 blocks r0/QK..r1/QK of hq with their aux words in hc (bias: the down weights' kind's). The
+    same arithmetic as the row matmuls, SwiGLU and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each
+    block depends on its own 32 values only. Q8_0-family kinds run 8-row tiles of each weight in turn (both
+    streams run ahead under their prefetches) against the Q8_0 row xg (aux words cp, nbx blocks); K-quants
+    run row dots against the Q8_K row xk ([1, nbk*292] uint8).
+    gw, uw: the gate and up weights [rows, row_bytes] uint8, rows row0 + r; g, u: [n_ff] f32;
+    hq: [nbf*34] uint8; hc: [nbf, 2] int32; r0, r1: multiples of QK (and of ROWS).
     """
-    gp = np.int64(g.ctypes.data)
-    up = np.int64(u.ctypes.data)
-    for r in range(r0, r1, ROWS):
-        _tile_q(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nbx, gp + r * 4, 0, pf)
-        _tile_q(kind, 1, wu + r * ws, ws, xg, 0, cp, 0, nbx, up + r * 4, 0, pf)
+    if is_k_quant(kind):
+        wb = gw.shape[1]
+        for r in range(r0, r1):
+            g[r] = _vdot1_k(kind, gw, (row0 + r) * wb, xk, 0, 0, nbk)
+            u[r] = _vdot1_k(kind, uw, (row0 + r) * wb, xk, 0, 0, nbk)
+    else:
+        ws = np.int64(gw.strides[0])
+        wg = np.int64(gw.ctypes.data) + row0 * ws
+        wu = np.int64(uw.ctypes.data) + row0 * ws
+        gp = np.int64(g.ctypes.data)
+        up = np.int64(u.ctypes.data)
+        for r in range(r0, r1, ROWS):
+            _tile_q(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nbx, gp + r * 4, 0, pf)
+            _tile_q(kind, 1, wu + r * ws, ws, xg, 0, cp, 0, nbx, up + r * 4, 0, pf)
     _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1], np.empty(r1 - r0, np.float32))
-    _quantize_blocks_q8_0(hq, g, r0 // QK, r1 // QK)
-    _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
+    if requant:
+        _quantize_blocks_q8_0(hq, g, r0 // QK, r1 // QK)
+        _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _down_rows(kind, w, row0, r0, r1, xq, cp, nb, xk, nbk, dst, pf):
+    """dst[r] = dot(w[row0 + r], the hidden row) for r in [r0, r1): Q8_0-family rows against its Q8_0 blocks
+    (xq: address, cp: aux words, nb blocks), K-quant rows against its Q8_K row xk ([nbk*292] uint8)."""
+    if is_k_quant(kind):
+        wb = w.shape[1]
+        for r in range(r0, r1):
+            dst[r] = _vdot1_k(kind, w, (row0 + r) * wb, xk, 0, 0, nbk)
+    else:
+        ws = np.int64(w.strides[0])
+        _rows_q(kind, np.int64(w.ctypes.data) + row0 * ws, ws, r0, r1, xq, cp, nb, dst, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -145,9 +171,10 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
     weights); x: [n_embd] f32 (the ffn_norm output); gate_inp: [n_expert, rb_r] uint8 (router rows);
     probs_b: [n_expert] f32 selection bias (zeros for none); gate_exps, up_exps: [n_expert*n_ff_exp, rb]
     uint8; down_exps: [n_expert*n_embd, rb_ff] uint8; gate_shexp, up_shexp: [n_ff_sh, rb] uint8 and
-    down_shexp: [n_embd, rb_sh] uint8, or 0 rows for no shared experts; kinds: [5] int64 KIND_Q8_0/Q4_0/Q5_0
-    of (gate/up exps, down exps, gate/up shexp, down shexp), then the router's (one of those or KIND_F32).
-    Shapes are validated by ops.moe (n_ff_exp and n_ff_sh multiples of QK).
+    down_shexp: [n_embd, rb_sh] uint8, or 0 rows for no shared experts; kinds: [5] int64 KIND_Q8_0/Q4_0/Q5_0/
+    Q4_K/Q5_K/Q6_K of (gate/up exps, down exps, gate/up shexp, down shexp), then the router's (KIND_Q8_0/
+    Q4_0/Q5_0 or KIND_F32). Shapes are validated by ops.moe (n_ff_exp and n_ff_sh multiples of QK, and of
+    QK_K where the weights that read them, or x, are K-quants).
 
     Three parallel regions: (1) the router rows and the shared experts' gate/up (which need no routing),
     (2) after top-k, the selected experts' gate/up, (3) every down row; SwiGLU and the requantization of
@@ -168,6 +195,11 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
     xc = np.empty((3, nbx, AUX_WORDS), np.int32)              # [3, nbx, 2] aux (exps, shexp, router)
     x_aux_q8_0(xc[0:1], xq, _q_bias(kinds[0]))
     x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
+    # ... and as Q8_K where gate/up weights are K-quants
+    nbk = n_embd // QK_K if is_k_quant(kinds[0]) or is_k_quant(kinds[2]) else 0
+    xk = np.empty((1, max(nbk, 1) * BLOCK_BYTES_Q8_K), np.uint8)  # [1, nbk*292] block_q8_k
+    if nbk > 0:
+        quantize_rows_q8_k(xk, x.reshape(1, n_embd))
     if _is_block_q(kinds[4]):
         x_aux_q8_0(xc[2:3], xq, _q_bias(kinds[4]))
     # (raw addresses are taken where they are used: Numba frees an array after the last use of its name, so an
@@ -182,6 +214,12 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
     su = np.empty(n_sh, np.float32)
     sq = np.empty(max(nbs, 1) * Q8_0_BYTES, np.uint8)         # [nbs*34]
     sc = np.empty((max(nbs, 1), AUX_WORDS), np.int32)
+    # the hidden rows as Q8_K where the down weights are K-quants (quantized after their region)
+    k_dn, k_sdn = is_k_quant(kinds[1]), is_k_quant(kinds[3])
+    nbfk = n_ff // QK_K if k_dn else 0
+    nbsk = n_sh // QK_K if k_sdn else 0
+    hk = np.empty((n_used, max(nbfk, 1) * BLOCK_BYTES_Q8_K), np.uint8)  # [n_used, nbfk*292]
+    sk = np.empty((1, max(nbsk, 1) * BLOCK_BYTES_Q8_K), np.uint8)       # [1, nbsk*292]
     # (1) router logits (as the router's own matmul would give them) and the shared experts' gate/up
     logits = np.empty(n_expert, np.float32)                   # [n_expert] f32
     gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
@@ -197,10 +235,11 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
                     logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
         else:
             r0 = (it - n_rt) * FFN_TILE
-            _gate_up_tile(kinds[2], np.int64(gate_shexp.ctypes.data), np.int64(up_shexp.ctypes.data),
-                          np.int64(gate_shexp.strides[0]), r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
-                          np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), sg, su, sq, sc,
-                          _q_bias(kinds[3]), pf)
+            _gate_up_tile(kinds[2], gate_shexp, up_shexp, 0, r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
+                          np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), xk, nbk, sg, su, sq, sc,
+                          _q_bias(kinds[3]), not k_sdn, pf)
+    if k_sdn:
+        quantize_rows_q8_k(sk, sg.reshape(1, n_sh))
     probs = np.empty(n_expert, np.float32)
     _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
     # (2) the selected experts' gate/up, FFN_TILE hidden rows a work item
@@ -218,8 +257,11 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
         if h0 + FFN_TILE >= n_ff and ke + 1 < n_used:  # the next expert's first lines: nothing else asks for them yet
             _prefetch_start(e_g[ke + 1], pf)
             _prefetch_start(e_u[ke + 1], pf)
-        _gate_up_tile(kinds[0], e_g[ke], e_u[ke], ws, h0, min(h0 + FFN_TILE, n_ff), np.int64(xq.ctypes.data),
-                      np.int64(xc.ctypes.data), np.int64(nbx), hg[ke], hu[ke], hq[ke], hc[ke], bias_dn, pf)
+        _gate_up_tile(kinds[0], gate_exps, up_exps, np.int64(sel[ke]) * n_ff, h0, min(h0 + FFN_TILE, n_ff),
+                      np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), np.int64(nbx), xk, nbk, hg[ke], hu[ke],
+                      hq[ke], hc[ke], bias_dn, not k_dn, pf)
+    if k_dn:
+        quantize_rows_q8_k(hk, hg)
     # (3) down: the experts' rows and the shared experts' rows in one region
     dn = np.empty((n_dn, n_embd), np.float32)                # [n_dn, n_embd] f32
     d_w = np.empty(n_dn, np.int64)
@@ -239,12 +281,13 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
         r0 = tr2[it]
         r1 = te2[it]
         if k < n_used:
-            _rows_q(kinds[1], d_w[k], np.int64(down_exps.strides[0]), r0, r1,
-                    np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
-                    np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), dn[k], pf)
+            _down_rows(kinds[1], down_exps, np.int64(sel[k]) * n_embd, r0, r1,
+                       np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
+                       np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), hk[k], nbfk,
+                       dn[k], pf)
         else:
-            _rows_q(kinds[3], d_w[k], np.int64(down_shexp.strides[0]), r0, r1, np.int64(sq.ctypes.data),
-                    np.int64(sc.ctypes.data), np.int64(nbs), dn[k], pf)
+            _down_rows(kinds[3], down_shexp, 0, r0, r1, np.int64(sq.ctypes.data), np.int64(sc.ctypes.data),
+                       np.int64(nbs), sk[0], nbsk, dn[k], pf)
     # weighted sum in slot order, then the shared experts (as ggml adds them)
     for i in range(n_embd):
         acc = dn[0, i] * wsel[0]

@@ -474,6 +474,12 @@ def _pad_tail_q8_k(xq, t0):
     return xq_pad
 
 
+@njit(cache=True, nogil=True, inline="always")
+def is_k_quant(kind):
+    """Whether kind is a K-quant weight format (KIND_Q4_K/Q5_K/Q6_K: dotted against Q8_K activations)."""
+    return kind == KIND_Q4_K or kind == KIND_Q5_K or kind == KIND_Q6_K
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _vdot4_k(kind, w, wo, xq, xo, xb, nb):
     """Dots of weight row w[wo:] (kind KIND_Q4_K/Q5_K/Q6_K) with the 4 Q8_K rows at xq[xo:] (stride xb)."""

@@ -24,7 +24,9 @@ from .mla import _DeviceRows, _wrap, is_device_array
 GATING_SOFTMAX = fm.GATING_SOFTMAX
 GATING_SIGMOID = fm.GATING_SIGMOID
 
-_FUSED_KINDS = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0, T.F32)}  # weights the fused kernel dots
+# weights the fused kernel dots: the Q8_0 family (and an F32 router) against Q8_0, the K-quants against Q8_K
+_FUSED_KINDS = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0, T.F32, T.Q4_K, T.Q5_K, T.Q6_K)}
+_K_TYPES = frozenset(int(t) for t in (T.Q4_K, T.Q5_K, T.Q6_K))
 
 
 def route(logits: np.ndarray, n_expert_used: int, gating: int, exp_probs_b: np.ndarray | None,
@@ -151,7 +153,7 @@ class MoEDecode:
     """One MoE layer's weights checked once, for fused_moe.moe_ffn_decode (one token per call).
 
     `build` returns None when the layer does not fit the fused kernel (expert or shared-expert weights
-    not Q8_0/Q4_0/Q5_0, router not one of those or F32, gate and up of different types); those layers
+    not Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K, router not Q8_0/Q4_0/Q5_0/F32, gate and up of different types); those layers
     run op by op. After a call, `sel` and `wsel` hold the experts chosen and their weights.
     """
 
@@ -175,6 +177,7 @@ class MoEDecode:
         types = [int(gate_exps.ggml_type), int(down_exps.ggml_type)]
         types += [int(shexp[0].ggml_type), int(shexp[2].ggml_type)] if shexp else [int(T.Q8_0)] * 2
         if (any(t not in _FUSED_KINDS or t == T.F32 for t in types) or int(gate_inp.ggml_type) not in _FUSED_KINDS
+                or int(gate_inp.ggml_type) in _K_TYPES
                 or up_exps.ggml_type != gate_exps.ggml_type or (shexp and shexp[1].ggml_type != shexp[0].ggml_type)):
             return None
         n_expert = gate_inp.raw.shape[0]
