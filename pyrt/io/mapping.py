@@ -114,9 +114,15 @@ def read_file_anon(path: str) -> np.ndarray:
     4 KiB pages). The file is read READ_CHUNK bytes at a time and each chunk is dropped from the page cache
     right after (POSIX_FADV_DONTNEED), so the load never holds the weights twice and leaves no second copy
     behind; pages that another process maps or that are still dirty stay cached (the kernel keeps them).
-    OSError on any failure (no memory, a read error, the file shrinking while read).
+    PYRT_READ_THP=0 leaves out the advice (4 KiB pages under THP `madvise`: an A/B knob). Where mmap has no
+    MAP_PRIVATE (Windows), np.fromfile. OSError on any failure (no memory, a read error, the file shrinking
+    while read).
     """
     size = os.path.getsize(path)
+    if not hasattr(mmap, "MAP_PRIVATE"):
+        arr = np.fromfile(path, dtype=np.uint8)
+        arr.flags.writeable = False
+        return arr
     with open(path, "rb", buffering=0) as fh:
         if size == 0:
             return np.zeros(0, np.uint8)
