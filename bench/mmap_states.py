@@ -21,6 +21,9 @@ within 5% of --no-mmap in every state. States:
     python bench/mmap_states.py -m FILE [-t 2] [-n 32] [-r 3] [--states cold,written,...]
                                 [--modes default,mmap,no-mmap] [--tmp DIR]
 
+Before each timed run it waits (up to --max-wait s) until other processes use at most --quiet cores, and
+it reports the cores other processes used during each run (the `other cores` columns: /proc/stat busy time
+less this run's): on a shared 2-core machine a run beside another job is not comparable.
 Writes nothing but the copy in --tmp (default: next to FILE), which it removes. Linux only.
 """
 
@@ -31,6 +34,7 @@ import mmap
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -88,7 +92,34 @@ MODES = ("default", "mmap", "no-mmap")
 FLAGS = {"default": [], "mmap": ["--mmap"], "no-mmap": ["--no-mmap"]}
 
 
-def bench(path: str, args, mode: str) -> tuple[float | None, str]:
+def _busy_s(user_only: bool = False) -> float:
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat); user_only: in user space."""
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    busy = v[0] + v[1] if user_only else sum(v) - v[3] - v[4]  # user + nice; or all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _children_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_quiet(max_other: float, max_wait: float) -> float:
+    """Waits (up to max_wait s) until other processes use at most max_other cores over 10 s; returns the wait.
+    User time only: the writeback of the `written` state's copy is the state itself, not another job."""
+    t0 = time.perf_counter()
+    while True:
+        b0, w0 = _busy_s(True), time.perf_counter()
+        time.sleep(10)
+        other = (_busy_s(True) - b0) / (time.perf_counter() - w0)
+        if other <= max_other or time.perf_counter() - t0 > max_wait:
+            return time.perf_counter() - t0
+
+
+def bench(path: str, args, mode: str) -> tuple[float | None, str, float]:
+    """(tg t/s, the weights line, CPU cores other processes used on average during the run)."""
+    b0, c0, w0 = _busy_s(), _children_s(), time.perf_counter()
     cmd = [sys.executable, "-m", "pyrt.cli", "bench", "run", "-m", path, "-p", "0", "-n", str(args.n),
            "-r", str(args.r), "-t", str(args.threads)] + FLAGS[mode]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -104,7 +135,8 @@ def bench(path: str, args, mode: str) -> tuple[float | None, str]:
         pages = m.group(1).strip()
     if tg is None:
         pages = "failed: " + " ".join(out.strip().splitlines()[-1:])
-    return tg, pages
+    other = max(0.0, (_busy_s() - b0) - (_children_s() - c0)) / (time.perf_counter() - w0)
+    return tg, pages, other
 
 
 def main(argv=None) -> int:
@@ -114,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--states", default=",".join(STATES))
+    ap.add_argument("--quiet", type=float, default=0.3,
+                    help="before each timed run, wait until other processes use at most this many cores (default 0.3)")
+    ap.add_argument("--max-wait", type=float, default=600, help="seconds to wait for that at most (default 600)")
     ap.add_argument("--modes", default=",".join(MODES), help="loading modes to run (default: all three)")
     ap.add_argument("--tmp", default=None, help="folder for the copy (default: next to the model)")
     a = ap.parse_args(argv)
@@ -159,8 +194,9 @@ def main(argv=None) -> int:
                     holder.stdout.readline()
                 elif st == "warm":
                     bench(src, a, "mmap")
+                waited = wait_quiet(a.quiet, a.max_wait)
                 t0 = time.perf_counter()
-                res[mode] = bench(path, a, mode) + (time.perf_counter() - t0,)
+                res[mode] = bench(path, a, mode) + (time.perf_counter() - t0, waited)
                 if holder is not None:
                     holder.stdin.close()
                     holder.wait()
@@ -168,7 +204,8 @@ def main(argv=None) -> int:
                 for p in (copy, moved):
                     if os.path.exists(p):
                         os.remove(p)
-                print(f"{st} {mode}: {res[mode][0]} t/s, {res[mode][2]:.0f} s, {res[mode][1]}", file=sys.stderr,
+                print(f"{st} {mode}: {res[mode][0]} t/s, {res[mode][3]:.0f} s, other processes "
+                      f"{res[mode][2]:.2f} cores (waited {res[mode][4]:.0f} s), {res[mode][1]}", file=sys.stderr,
                       flush=True)
             rows.append((st, res))
     finally:
@@ -188,7 +225,7 @@ def main(argv=None) -> int:
     base = "no-mmap" if "no-mmap" in modes else None
     others = [m for m in modes if m != base] if base else []
     head = [f"{m} t/s" for m in modes] + [f"{m} / no-mmap" for m in others] + ["default run's weights"] \
-        + [f"s {m}" for m in modes]
+        + [f"s {m}" for m in modes] + [f"other cores {m}" for m in modes]
     print("| state | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
     for st, res in rows:
@@ -196,7 +233,7 @@ def main(argv=None) -> int:
         cells = [f(tg[m]) for m in modes]
         cells += [f(tg[m] / tg[base] if tg[m] and tg[base] else None, 3) for m in others]
         cells += [res[modes[0]][1] if "default" not in modes else res["default"][1]]
-        cells += [f"{res[m][2]:.0f}" for m in modes]
+        cells += [f"{res[m][3]:.0f}" for m in modes] + [f"{res[m][2]:.2f}" for m in modes]
         print(f"| {st} | " + " | ".join(cells) + " |")
     return 0
 
