@@ -116,6 +116,37 @@ def test_tiny_mix_loads_and_decodes_in_pyrt(tiny_mix):
     assert len(gen) == 4 and all(0 <= t < dims["n_vocab"] for t in gen)
 
 
+def test_tiny_mix_fused_decode_blocks_match_op_by_op(tiny_mix):
+    """Decoded tokens of the K-quant mix through the fused attention block (Q4_K q/kv_a/W_UV/attn_output
+    against Q8_K rows) give exactly the logits and cache rows of the op-by-op block, and through the fused
+    MoE (Q4_K experts, Q4_K/Q6_K shared down) the logits of the op-by-op MoE."""
+    from pyrt.models import deepseek2
+    from pyrt.ops import paths
+    from pyrt.runtime.context import Batch
+    path, dims = tiny_mix
+
+    def run():
+        llm = pyrt.load(path, n_ctx=64, n_threads=2, mla=3, warmup=False)
+        attn = [L.attn.block is not None for L in llm.model.layers]
+        moe = [L.ffn.decode is not None for L in llm.model.layers if isinstance(L.ffn, deepseek2.MoEFFN)]
+        ctx = llm.ctx
+        out = [ctx.decode(Batch.from_tokens([5, 9, 14], pos0=0, logits="all"))]
+        out += [ctx.decode(Batch.from_tokens([t], pos0=3 + i)) for i, t in enumerate([3, 7, 11, 4])]
+        return attn, moe, np.concatenate(out), [k.copy() for k in ctx.cache.k]
+
+    a_on, m_on, a, ka = run()
+    with paths.using(fused_moe_decode=False):
+        _, _, b, kb = run()
+        with paths.using(fused_mla_block=False, fused_mla_decode=False):
+            a_off, m_off, c, kc = run()
+    assert all(a_on) and len(m_on) == 3 and all(m_on) and not any(a_off) and not any(m_off)
+    np.testing.assert_array_equal(b, c)
+    for x, y in zip(kb, kc):
+        np.testing.assert_array_equal(x, y)
+    # the fused MoE: same integer dots and requantized rows; exp and the weighted sum's fmas may round apart
+    assert float(((a - b) ** 2).sum() / (b ** 2).sum()) < 1e-10
+
+
 @pytest.mark.oracle
 def test_tiny_mix_logits_match_llama_cpp(tiny_mix):
     pytest.importorskip("llama_cpp")

@@ -14,6 +14,8 @@ from .dots_q8_0 import AUX_BYTES, AUX_WORDS
 from .kv import Q8_0_BLOCK_BYTES, QK8_0, encode_row
 from .matmul_q8_0 import ROW_TILE, _q_bias, _rows_q, quantize_rows_q8_0, x_aux_q8_0
 from .norm import _rms_row
+from .quants_k import is_k_quant
+from .rows import q8_k_rows, rows_any
 from .rope import _rope_norm_row
 from .simd import PREFETCH_BYTES
 
@@ -27,8 +29,8 @@ HEAD_GROUP = 4  # heads per work item of the one-region decode (few cells); a mu
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell_pos, cell_seq, kv_idx,
                q_pos, q_seq, scale, kv_tile, n_split):
-    """Absorbed MLA attention of one token; weights W_UK / W_UV in Q8_0, Q4_0 or Q5_0 (kb_kind, vb_kind:
-    pyrt._kernels.codes).
+    """Absorbed MLA attention of one token; weights W_UK in Q8_0, Q4_0 or Q5_0, W_UV in those or Q4_K, Q5_K,
+    Q6_K (kb_kind, vb_kind: pyrt._kernels.codes).
 
     dst      [n_head, dv] f32          out: per head o_lat . W_UV (dv = the value head size)
     q_nope   [n_head, dn] f32          the no-rope query part; q_pe [n_head, n_rot] f32 (roped)
@@ -52,7 +54,6 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
         for i in range(n_rot):
             qa[0, h, i] = q_pe[h, i]
     kbs = np.int64(k_b.strides[0])
-    vbs = np.int64(v_b.strides[0])
     nbo = C // QK8_0
     if n_split == 1 and n_head % HEAD_GROUP == 0:
         # few cells: one parallel region, a work item per group of HEAD_GROUP heads running W_UK, the attention
@@ -79,10 +80,10 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
             quantize_rows_q8_0(oq, og)
             oc = np.empty((HEAD_GROUP, nbo, AUX_WORDS), np.int32)
             x_aux_q8_0(oc, oq, _q_bias(vb_kind))
+            ok, nbok = q8_k_rows(og, is_k_quant(vb_kind))
             for r in range(HEAD_GROUP):
-                _rows_q(vb_kind, np.int64(v_b.ctypes.data) + v_row0[h0 + r] * vbs, vbs, 0, dv,
-                        np.int64(oq.ctypes.data) + r * np.int64(oq.strides[0]),
-                        np.int64(oc.ctypes.data) + r * nbo * AUX_BYTES, np.int64(nbo), dst[h0 + r], pf)
+                rows_any(vb_kind, v_b, v_row0[h0 + r], 0, dv, np.int64(oq.ctypes.data) + r * np.int64(oq.strides[0]),
+                         np.int64(oc.ctypes.data) + r * nbo * AUX_BYTES, np.int64(nbo), ok[r], nbok, dst[h0 + r], pf)
         return
     nt = (C + ROW_TILE - 1) // ROW_TILE
     for it in prange(n_head * nt):
@@ -97,13 +98,13 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
     quantize_rows_q8_0(oq, o_lat[0])
     oc = np.empty((n_head, nbo, AUX_WORDS), np.int32)
     x_aux_q8_0(oc, oq, _q_bias(vb_kind))
+    ok, nbok = q8_k_rows(o_lat[0], is_k_quant(vb_kind))
     nt2 = (dv + ROW_TILE - 1) // ROW_TILE
     for it in prange(n_head * nt2):
         h = it // nt2
         r0 = (it % nt2) * ROW_TILE
-        _rows_q(vb_kind, np.int64(v_b.ctypes.data) + v_row0[h] * vbs, vbs, r0, min(r0 + ROW_TILE, dv),
-                np.int64(oq.ctypes.data) + h * np.int64(oq.strides[0]),
-                np.int64(oc.ctypes.data) + h * nbo * AUX_BYTES, np.int64(nbo), dst[h], pf)
+        rows_any(vb_kind, v_b, v_row0[h], r0, min(r0 + ROW_TILE, dv), np.int64(oq.ctypes.data) + h * np.int64(oq.strides[0]),
+                 np.int64(oc.ctypes.data) + h * nbo * AUX_BYTES, np.int64(nbo), ok[h], nbok, dst[h], pf)
 
 
 # ---------------------------------------------------------------------- a decoded token's attention block
@@ -128,16 +129,17 @@ def _q8_0_with_aux(x, kind):
 def _matvec_q(dst, w, kind, x):
     """dst = w . x for one token: ROW_TILE rows a work item (as matmul_q runs one token).
 
-    dst: [n_out] f32; w: [n_out, row bytes] uint8 of kind (codes.Q8_0/Q4_0/Q5_0); x: [n_in] f32.
+    dst: [n_out] f32; w: [n_out, row bytes] uint8 of kind (codes.Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K); x: [n_in] f32.
     """
     xq, xc = _q8_0_with_aux(x, kind)
+    xk, nbk = q8_k_rows(x.reshape(1, x.shape[0]), is_k_quant(kind))
     nb = np.int64(xc.shape[1])
     n_out = w.shape[0]
     pf = np.int64(PREFETCH_BYTES)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
         r0 = it * ROW_TILE
-        _rows_q(kind, np.int64(w.ctypes.data), np.int64(w.strides[0]), r0, min(r0 + ROW_TILE, n_out),
-                np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), nb, dst, pf)
+        rows_any(kind, w, 0, r0, min(r0 + ROW_TILE, n_out), np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), nb,
+                 xk[0], nbk, dst, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -149,7 +151,7 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     x          [n_embd] f32 in/out     the residual stream
     attn_norm  [n_embd] f32; eps: the RMSNorm epsilon
     wq         [n_q, rb] uint8         attn_q (n_q = n_head*(dn + n_rot)), or attn_q_a (n_q = q_lora_rank)
-    wkv        [C + n_rot, rb] uint8   attn_kv_a_mqa; q_kind, kv_kind: their codes.Q8_0/Q4_0/Q5_0
+    wkv        [C + n_rot, rb] uint8   attn_kv_a_mqa; q_kind, kv_kind: their codes.Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K
     wqb        [n_head*(dn + n_rot), n_q row bytes] uint8 attn_q_b, or 0 rows (no q_lora); q_a_norm [n_q] f32
     kv_a_norm  [C] f32; cos, sin: [n_rot/2] f32 the token's RoPE table row (GPT-J pairs)
     k_b .. vb_kind, k, kind, cell_pos .. n_split: as mla_decode; cell: the cache row this token writes
@@ -168,6 +170,7 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     xq, xc = _q8_0_with_aux(h, q_kind)
     xc2 = np.empty((1, xc.shape[1], AUX_WORDS), np.int32)
     x_aux_q8_0(xc2, xq, _q_bias(kv_kind))
+    xk, nbk = q8_k_rows(h.reshape(1, n_embd), is_k_quant(q_kind) or is_k_quant(kv_kind))
     nbx = np.int64(xc.shape[1])
     n_q = wq.shape[0]
     n_kva = wkv.shape[0]
@@ -177,13 +180,12 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     for it in prange(nt_q + (n_kva + ROW_TILE - 1) // ROW_TILE):
         if it < nt_q:
             r0 = it * ROW_TILE
-            _rows_q(q_kind, np.int64(wq.ctypes.data), np.int64(wq.strides[0]), r0, min(r0 + ROW_TILE, n_q),
-                    np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), nbx, qa, pf)
+            rows_any(q_kind, wq, 0, r0, min(r0 + ROW_TILE, n_q), np.int64(xq.ctypes.data), np.int64(xc.ctypes.data),
+                     nbx, xk[0], nbk, qa, pf)
         else:
             r0 = (it - nt_q) * ROW_TILE
-            _rows_q(kv_kind, np.int64(wkv.ctypes.data), np.int64(wkv.strides[0]), r0,
-                    min(r0 + ROW_TILE, n_kva), np.int64(xq.ctypes.data), np.int64(xc2.ctypes.data), nbx,
-                    kva, pf)
+            rows_any(kv_kind, wkv, 0, r0, min(r0 + ROW_TILE, n_kva), np.int64(xq.ctypes.data),
+                     np.int64(xc2.ctypes.data), nbx, xk[0], nbk, kva, pf)
     # (2) with q_lora: q = attn_q_b(rmsnorm(q_a) * q_a_norm)
     if wqb.shape[0] > 0:
         qn = np.empty(n_q, np.float32)

@@ -16,7 +16,8 @@ from .dots_q8_0 import AUX_BYTES, AUX_WORDS, ROWS
 from .matmul_q8_0 import (Q8_0_BYTES, QK, ROW_TILE, _is_block_q, _q_bias, _rows_q, _tile_q, _x_aux_blocks,
                           _quantize_blocks_q8_0, quantize_rows_q8_0, x_aux_q8_0)
 from .norm import _rms_row
-from .quants_k import BLOCK_BYTES_Q8_K, QK_K, _vdot1_k, is_k_quant, quantize_rows_q8_k
+from .quants_k import _vdot1_k, is_k_quant
+from .rows import q8_k_rows, rows_any
 from .simd import PREFETCH_BYTES, dot_f32_f32, prefetch
 
 GATING_SOFTMAX = 1   # ops.moe's gating ids
@@ -149,19 +150,6 @@ def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc
         _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _down_rows(kind, w, row0, r0, r1, xq, cp, nb, xk, nbk, dst, pf):
-    """dst[r] = dot(w[row0 + r], the hidden row) for r in [r0, r1): Q8_0-family rows against its Q8_0 blocks
-    (xq: address, cp: aux words, nb blocks), K-quant rows against its Q8_K row xk ([nbk*292] uint8)."""
-    if is_k_quant(kind):
-        wb = w.shape[1]
-        for r in range(r0, r1):
-            dst[r] = _vdot1_k(kind, w, (row0 + r) * wb, xk, 0, 0, nbk)
-    else:
-        ws = np.int64(w.strides[0])
-        _rows_q(kind, np.int64(w.ctypes.data) + row0 * ws, ws, r0, r1, xq, cp, nb, dst, pf)
-
-
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_exps,
                    gate_shexp, up_shexp, down_shexp, kinds, gating, norm_w, w_scale):
@@ -196,10 +184,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
     x_aux_q8_0(xc[0:1], xq, _q_bias(kinds[0]))
     x_aux_q8_0(xc[1:2], xq, _q_bias(kinds[2]))
     # ... and as Q8_K where gate/up weights are K-quants
-    nbk = n_embd // QK_K if is_k_quant(kinds[0]) or is_k_quant(kinds[2]) else 0
-    xk = np.empty((1, max(nbk, 1) * BLOCK_BYTES_Q8_K), np.uint8)  # [1, nbk*292] block_q8_k
-    if nbk > 0:
-        quantize_rows_q8_k(xk, x.reshape(1, n_embd))
+    xk, nbk = q8_k_rows(x.reshape(1, n_embd), is_k_quant(kinds[0]) or is_k_quant(kinds[2]))  # [1, nbk*292]
     if _is_block_q(kinds[4]):
         x_aux_q8_0(xc[2:3], xq, _q_bias(kinds[4]))
     # (raw addresses are taken where they are used: Numba frees an array after the last use of its name, so an
@@ -216,10 +201,6 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
     sc = np.empty((max(nbs, 1), AUX_WORDS), np.int32)
     # the hidden rows as Q8_K where the down weights are K-quants (quantized after their region)
     k_dn, k_sdn = is_k_quant(kinds[1]), is_k_quant(kinds[3])
-    nbfk = n_ff // QK_K if k_dn else 0
-    nbsk = n_sh // QK_K if k_sdn else 0
-    hk = np.empty((n_used, max(nbfk, 1) * BLOCK_BYTES_Q8_K), np.uint8)  # [n_used, nbfk*292]
-    sk = np.empty((1, max(nbsk, 1) * BLOCK_BYTES_Q8_K), np.uint8)       # [1, nbsk*292]
     # (1) router logits (as the router's own matmul would give them) and the shared experts' gate/up
     logits = np.empty(n_expert, np.float32)                   # [n_expert] f32
     gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
@@ -238,8 +219,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
             _gate_up_tile(kinds[2], gate_shexp, up_shexp, 0, r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
                           np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), xk, nbk, sg, su, sq, sc,
                           _q_bias(kinds[3]), not k_sdn, pf)
-    if k_sdn:
-        quantize_rows_q8_k(sk, sg.reshape(1, n_sh))
+    sk, nbsk = q8_k_rows(sg.reshape(1, n_sh), k_sdn)          # [1, nbsk*292]
     probs = np.empty(n_expert, np.float32)
     _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
     # (2) the selected experts' gate/up, FFN_TILE hidden rows a work item
@@ -260,8 +240,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
         _gate_up_tile(kinds[0], gate_exps, up_exps, np.int64(sel[ke]) * n_ff, h0, min(h0 + FFN_TILE, n_ff),
                       np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), np.int64(nbx), xk, nbk, hg[ke], hu[ke],
                       hq[ke], hc[ke], bias_dn, not k_dn, pf)
-    if k_dn:
-        quantize_rows_q8_k(hk, hg)
+    hk, nbfk = q8_k_rows(hg, k_dn)                            # [n_used, nbfk*292]
     # (3) down: the experts' rows and the shared experts' rows in one region
     dn = np.empty((n_dn, n_embd), np.float32)                # [n_dn, n_embd] f32
     d_w = np.empty(n_dn, np.int64)
@@ -281,12 +260,12 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
         r0 = tr2[it]
         r1 = te2[it]
         if k < n_used:
-            _down_rows(kinds[1], down_exps, np.int64(sel[k]) * n_embd, r0, r1,
+            rows_any(kinds[1], down_exps, np.int64(sel[k]) * n_embd, r0, r1,
                        np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
                        np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), hk[k], nbfk,
                        dn[k], pf)
         else:
-            _down_rows(kinds[3], down_shexp, 0, r0, r1, np.int64(sq.ctypes.data), np.int64(sc.ctypes.data),
+            rows_any(kinds[3], down_shexp, 0, r0, r1, np.int64(sq.ctypes.data), np.int64(sc.ctypes.data),
                        np.int64(nbs), sk[0], nbsk, dn[k], pf)
     # weighted sum in slot order, then the shared experts (as ggml adds them)
     for i in range(n_embd):

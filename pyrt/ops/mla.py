@@ -124,14 +124,17 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     return out
 
 
-# weights the fused decode kernels dot (against Q8_0 activations), with their kernel codes; whether the fused
-# paths are taken at all is ops.paths' fused_mla_decode / fused_mla_block
-_FUSED_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0)}
+# weights the fused decode kernels dot (the Q8_0 family against Q8_0 activations, the K-quants against Q8_K),
+# with their kernel codes; W_UK's rows (dn values) are never K-quants. Whether the fused paths are taken at all
+# is ops.paths' fused_mla_decode / fused_mla_block
+_FUSED_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0, T.Q4_K, T.Q5_K, T.Q6_K)}
+_FUSED_KB = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0)}
 
 
 class MLADecode:
     """One layer's W_UK / W_UV checked once, for fused_mla.mla_decode (absorbed attention of one token:
-    q_nope . W_UK, FlashMLA, . W_UV in one call). `build` returns None unless both are Q8_0/Q4_0/Q5_0."""
+    q_nope . W_UK, FlashMLA, . W_UV in one call). `build` returns None unless W_UK is Q8_0/Q4_0/Q5_0 and W_UV
+    one of those or Q4_K/Q5_K/Q6_K."""
 
     def __init__(self, k_b, kb_kind, v_b, v_row0, vb_kind, n_head, C, dn, dv):
         self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind = k_b, kb_kind, v_b, v_row0, vb_kind
@@ -141,7 +144,8 @@ class MLADecode:
     def build(cls, k_b, k_b_type: int, v_b, v_row0, v_b_type: int, n_head: int, C: int, dn: int,
               dv: int) -> "MLADecode | None":
         """k_b: [n_head*C, row bytes of dn] raw rows; v_b: raw rows of C values, head h's dv rows from v_row0[h]."""
-        if not paths.current().fused_mla_decode or int(k_b_type) not in _FUSED_W or int(v_b_type) not in _FUSED_W or dn % 32 or C % 32:
+        if (not paths.current().fused_mla_decode or int(k_b_type) not in _FUSED_KB or int(v_b_type) not in _FUSED_W
+                or dn % 32 or C % 32):
             return None
         k_b = _check_raw(k_b, get_qtype(k_b_type), dn, "mla W_UK")
         v_b = _check_raw(v_b, get_qtype(v_b_type), C, "mla W_UV")
@@ -149,7 +153,7 @@ class MLADecode:
         if k_b.shape[0] != n_head * C or v_row0.shape != (n_head,) or (v_row0 < 0).any() \
                 or (v_row0 + dv > v_b.shape[0]).any():
             raise InvalidArgumentError(f"mla: W_UK / W_UV do not hold {n_head} heads of {C} x {dn} / {dv} x {C}")
-        return cls(k_b, _FUSED_W[int(k_b_type)], v_b, v_row0, _FUSED_W[int(v_b_type)], n_head, C, dn, dv)
+        return cls(k_b, _FUSED_KB[int(k_b_type)], v_b, v_row0, _FUSED_W[int(v_b_type)], n_head, C, dn, dv)
 
     def __call__(self, q_nope: np.ndarray, q_pe: np.ndarray, k: np.ndarray, type_k: str, cell_pos, cell_seq,
                  kv_idx, q_pos, q_seq, scale: float) -> np.ndarray:
@@ -199,7 +203,7 @@ class MLABlockDecode:
     """One deepseek2 layer's attention block for a decoded token, checked once at load, for
     fused_mla.mla_block_decode: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
 
-    `build` returns None unless every projection (q or q_a/q_b, kv_a, attn_output) is Q8_0/Q4_0/Q5_0 without a
+    `build` returns None unless every projection (q or q_a/q_b, kv_a, attn_output) is Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K without a
     bias and the absorbed attention has an MLADecode; those layers run op by op. Per ubatch, `slot` checks
     the cache side once; per layer, the call checks only that layer's cache rows.
     """
