@@ -37,7 +37,8 @@ from numba.extending import intrinsic
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .quants_k import BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins, is_k_quant
+from .quants_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins,
+                       is_k_quant)
 from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
 from . import codes
 
@@ -352,7 +353,8 @@ def _make_pack_k(high_bits):
             # lane i of row j's vector -> scale (i < 8) or min of sub-block i % 8, column j
             for i, v in enumerate(_transpose_rows(builder, sms)):
                 base = mwp if i >= n_sub else dwp
-                p = builder.add(base, builder.mul(builder.add(b0, ir.Constant(_I64, i % n_sub)), ir.Constant(_I64, 4 * TN)))
+                b = builder.add(b0, ir.Constant(_I64, i % n_sub))
+                p = builder.add(base, builder.mul(b, ir.Constant(_I64, 4 * TN)))
                 builder.store(v, builder.inttoptr(p, ir.PointerType(v.type)), align=4)
             for i in range(n_sub):
                 qs = []
@@ -459,9 +461,9 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
     quants_k.matmul_k, summed in another order). Only where `enable()` said True.
 
     dst: [n_tok, n_out] f32 C-contiguous; w: [n_out, row_bytes] uint8; xq: [n_tok, n_in/32*34] (Q8_0) or
-    [n_tok, n_in/256*292] (Q8_K) uint8 C-contiguous; cfg: config_bytes(). A work item is 16 weight rows: packed once, then multiplied with
-    every 16-token tile. The last n_out % 16 rows are one more work item: one-row dots (matmul_q8_0's) for
-    the Q8_0 family, a zero-padded 16-row tile for the K-quants.
+    [n_tok, n_in/256*292] (Q8_K) uint8 C-contiguous; cfg: config_bytes(). A work item is 16 weight rows:
+    packed once, then multiplied with every 16-token tile. The last n_out % 16 rows are one more work item:
+    one-row dots (matmul_q8_0's) for the Q8_0 family, a zero-padded 16-row tile for the K-quants.
     """
     n_tok, n_out = dst.shape
     k_quant = is_k_quant(kind)

@@ -103,8 +103,9 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
     for it in prange(n_head * nt2):
         h = it // nt2
         r0 = (it % nt2) * ROW_TILE
-        rows_any(vb_kind, v_b, v_row0[h], r0, min(r0 + ROW_TILE, dv), np.int64(oq.ctypes.data) + h * np.int64(oq.strides[0]),
-                 np.int64(oc.ctypes.data) + h * nbo * AUX_BYTES, np.int64(nbo), ok[h], nbok, dst[h], pf)
+        rows_any(vb_kind, v_b, v_row0[h], r0, min(r0 + ROW_TILE, dv),
+                 np.int64(oq.ctypes.data) + h * np.int64(oq.strides[0]), np.int64(oc.ctypes.data) + h * nbo * AUX_BYTES,
+                 np.int64(nbo), ok[h], nbok, dst[h], pf)
 
 
 # ---------------------------------------------------------------------- a decoded token's attention block

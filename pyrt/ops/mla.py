@@ -203,9 +203,9 @@ class MLABlockDecode:
     """One deepseek2 layer's attention block for a decoded token, checked once at load, for
     fused_mla.mla_block_decode: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
 
-    `build` returns None unless every projection (q or q_a/q_b, kv_a, attn_output) is Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K without a
-    bias and the absorbed attention has an MLADecode; those layers run op by op. Per ubatch, `slot` checks
-    the cache side once; per layer, the call checks only that layer's cache rows.
+    `build` returns None unless every projection (q or q_a/q_b, kv_a, attn_output) is Q8_0/Q4_0/Q5_0/Q4_K/
+    Q5_K/Q6_K without a bias and the absorbed attention has an MLADecode; those layers run op by op. Per
+    ubatch, `slot` checks the cache side once; per layer, the call checks only that layer's cache rows.
     """
 
     decode: MLADecode          # the layer's W_UK / W_UV

@@ -153,8 +153,8 @@ class MoEDecode:
     """One MoE layer's weights checked once, for fused_moe.moe_ffn_decode (one token per call).
 
     `build` returns None when the layer does not fit the fused kernel (expert or shared-expert weights
-    not Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K, router not Q8_0/Q4_0/Q5_0/F32, gate and up of different types); those layers
-    run op by op. After a call, `sel` and `wsel` hold the experts chosen and their weights.
+    not Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K, router not Q8_0/Q4_0/Q5_0/F32, gate and up of different types); those
+    layers run op by op. After a call, `sel` and `wsel` hold the experts chosen and their weights.
     """
 
     def __init__(self, gate_inp, probs_b, exps, sh, kinds, n_embd, n_used, gating, norm_w, w_scale):

@@ -37,7 +37,7 @@ class Paths:
     # Up to this many tokens, every (token, expert) pair of a MoE layer is one group of a single grouped matmul
     # per weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call.
     moe_id_max_tokens: int = 1
-    # Q8_0/Q4_0/Q5_0 matmuls of at least amx_min_tokens tokens run on AMX-INT8 tiles where the CPU and kernel
+    # matmuls of ops.matmul.AMX_TYPES of at least amx_min_tokens tokens run on AMX-INT8 tiles where the CPU and kernel
     # allow (ops.matmul.amx_enabled); amx=0 keeps them on the AVX kernels and BLAS (A/B runs).
     amx: bool = True
     amx_min_tokens: int = 32
