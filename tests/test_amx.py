@@ -146,8 +146,9 @@ def test_ops_matmul_k_quant_prompt_runs_amx(name):
     t, kind = K_KINDS[name]
     n_tok, n_out, n_in = 40, 48, 512
     raw, x, xq = _k_case(name, n_tok, n_out, n_in, 11)
-    with paths.using(amx_min_tokens=32):
+    with paths.using(amx_min_tokens_k=12, amx_min_tokens=64):  # the K-quants' own threshold
         assert mm.quantized_path(int(t), n_tok) and not mm.dot_path(int(t), n_tok)
+        assert mm.dot_path(int(t), 11) and not mm.dot_path(int(t), 12)
         got = mm.matmul(x, raw, int(t))
         via_rows = mm.matmul_quantized(mm.quantized_rows(x, int(t)), raw, int(t), n_in)
     assert np.array_equal(got.view(np.uint32), _amx(raw, xq, kind).view(np.uint32))

@@ -39,8 +39,9 @@ BLAS_MIN_TOKENS_VNNI = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=
 BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_VNNI if (is_amd() or HAS_VNNI) else BLAS_MIN_TOKENS_INTEL
 
 # Weight types whose prompt batches run on AMX-INT8 tiles where the CPU has them (pyrt._kernels.amx), from
-# paths.amx_min_tokens tokens on, several times the throughput of their integer dot kernel: for the Q8_0
-# family the same bits, for the K-quants the same Q8_K activations summed in another order.
+# paths.amx_min_tokens (K-quants: amx_min_tokens_k) tokens on, several times the throughput of their integer
+# dot kernel: for the Q8_0 family the same bits, for the K-quants the same Q8_K activations summed in
+# another order.
 AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"})
 _amx_state: list = []  # [(enabled, config bytes)] once asked
 
@@ -57,7 +58,8 @@ def amx_enabled() -> bool:
 def _path_for(qt: QType, n_tok: int) -> str:
     """"amx", "dot" (the quantized-activation kernel) or "blas" (dequantize + np.matmul) for n_tok tokens."""
     p = paths.current()
-    if qt.name in AMX_TYPES and p.amx and n_tok >= p.amx_min_tokens and amx_enabled():
+    if (qt.name in AMX_TYPES and p.amx and n_tok >= (p.amx_min_tokens_k if qt.dot_type == "Q8_K" else p.amx_min_tokens)
+            and amx_enabled()):
         return "amx"
     return "blas" if n_tok >= BLAS_MIN_TOKENS.get(qt.name, 32) else "dot"
 
