@@ -99,6 +99,14 @@ def test_activations():
     np.testing.assert_allclose(got, gelu * ud, rtol=1e-3, atol=1e-6)  # f16 ulp of double rounding
     exact = 0.5 * gd * (1 + np.tanh(np.sqrt(2 / np.pi) * gd * (1 + 0.044715 * gd * gd))) * ud
     np.testing.assert_allclose(got, exact, rtol=2e-3, atol=2e-3)  # and close to the exact function
+    # the kernel rounds gate to f16 itself: numpy's table entry for every f16 in (-10, 10) and every midpoint
+    # between two of them (ties to even), on both paths (serial below PARALLEL_MIN_ELEMS)
+    h = np.arange(0, 0x4900, dtype=np.uint16).view(np.float16).astype(np.float32)  # [0, 10) on the f16 grid
+    mid = (h[:-1] + h[1:]) / np.float32(2)                                           # exact in f32
+    x = np.concatenate([h, mid, -h, -mid, [0.0, 0.0]]).astype(np.float32)  # 74752 = 2 x 37376
+    want = basic._gelu_table()[x.astype(np.float16).view(np.uint16)]
+    for rows in (x.reshape(2, -1), x[:64].reshape(2, -1)):
+        assert np.array_equal(basic.geglu_tanh(rows.copy(), np.ones_like(rows)), want[:rows.size].reshape(rows.shape))
 
 
 def test_thread_count_independent_and_serial_equals_parallel():

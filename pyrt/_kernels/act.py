@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import FASTMATH
-from .simd import bits_to_f32
+from .simd import bits_to_f32, f32_to_f16
 
 GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.79788456080286535587989211986876
@@ -82,7 +82,7 @@ def swiglu_f32_serial(dst, gate, up):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _geglu_table_row(dst, gate, up, idx, table):
+def _geglu_table_row(dst, gate, up, table):
     for i in range(gate.shape[0]):
         g = gate[i]
         if g <= -10.0:
@@ -90,22 +90,22 @@ def _geglu_table_row(dst, gate, up, idx, table):
         elif g >= 10.0:
             dst[i] = g * up[i]
         else:
-            dst[i] = table[idx[i]] * up[i]
+            dst[i] = table[f32_to_f16(g)] * up[i]
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def geglu_table_f32(dst, gate, up, idx, table):
-    """dst = gelu(gate) * up with gelu from a table indexed by gate's f16 bits (ggml's GGML_GELU_FP16).
+def geglu_table_f32(dst, gate, up, table):
+    """dst = gelu(gate) * up with gelu from a table indexed by gate's f16 bits (ggml's GGML_GELU_FP16:
+    gate rounded to f16, nearest even).
 
-    dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate); idx: [n_tok, n_ff] uint16 (f16 bits of gate);
-    table: [65536] f32.
+    dst, gate, up: [n_tok, n_ff] f32 (dst may alias gate); table: [65536] f32.
     """
     for t in prange(gate.shape[0]):
-        _geglu_table_row(dst[t], gate[t], up[t], idx[t], table)
+        _geglu_table_row(dst[t], gate[t], up[t], table)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def geglu_table_f32_serial(dst, gate, up, idx, table):
+def geglu_table_f32_serial(dst, gate, up, table):
     """As geglu_table_f32 on the calling thread (small inputs)."""
     for t in range(gate.shape[0]):
-        _geglu_table_row(dst[t], gate[t], up[t], idx[t], table)
+        _geglu_table_row(dst[t], gate[t], up[t], table)
