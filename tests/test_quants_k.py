@@ -159,6 +159,14 @@ def test_quantize_q8_k_bit_exact():
     np.testing.assert_array_equal(b[1, 0, 4 + 17 : 4 + 18].view(np.int8), [-127])
 
 
+def test_quantize_q8_k_parallel_same_bytes():
+    x = np.random.default_rng(4).standard_normal((37, 512)).astype(np.float32)
+    x[5] = 0.0
+    par = np.empty((37, 2 * Q8K), np.uint8)
+    qk.quantize_rows_q8_k_par(par, x)
+    assert np.array_equal(par, q8k(x))
+
+
 def test_quantize_q8_k_shape_mismatch():
     with pytest.raises(ValueError):
         qk.quantize_rows_q8_k(np.empty((1, 292), np.uint8), np.zeros((1, 300), np.float32))

@@ -455,6 +455,17 @@ def quantize_rows_q8_k(dst, src):
             row_f32[o // 4] = np.float32(1.0) / iscale
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def quantize_rows_q8_k_par(dst, src):
+    """quantize_rows_q8_k with the rows spread over the threads (prompt batches); the same bytes."""
+    n = src.shape[0]
+    n_chunk = min(n, 64)
+    for c in prange(n_chunk):
+        r0 = c * n // n_chunk
+        r1 = (c + 1) * n // n_chunk
+        quantize_rows_q8_k(dst[r0:r1], src[r0:r1])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Matmuls: dst[t, r] = dot(dequant(w[r]), dequant(xq[t])) with integer block dots
 # ----------------------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def _path_for(qt: QType, n_tok: int) -> str:
     return "blas" if n_tok >= BLAS_MIN_TOKENS.get(qt.name, 32) else "dot"
 
 
-# From this many tokens on, activations are quantized to Q8_0 by all threads (one parallel launch).
+# From this many tokens on, activations are quantized to Q8_0 / Q8_K by all threads (one parallel launch).
 PARALLEL_QUANTIZE_MIN_TOKENS = 8
 
 _tls = threading.local()
@@ -116,6 +116,9 @@ def _quantize_activations(x: np.ndarray, qt: QType) -> np.ndarray:
     if dt == "Q8_0" and x.shape[0] >= PARALLEL_QUANTIZE_MIN_TOKENS:
         from .._kernels.matmul_q8_0 import quantize_rows_q8_0_par
         quantize_rows_q8_0_par(xq, x)
+    elif dt == "Q8_K" and x.shape[0] >= PARALLEL_QUANTIZE_MIN_TOKENS:
+        from .._kernels.quants_k import quantize_rows_q8_k_par
+        quantize_rows_q8_k_par(xq, x)
     else:
         aq.kernel("quantize_rows")(xq, x)
     return xq
