@@ -29,7 +29,7 @@ if [ "$ARCH" = deepseek2 ]; then MLA_P=(-mla 3); MLA_IK=(-mla 3); MLA_B=(-mla 3)
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') ($(nproc) cores)"
   echo "flags: $(grep -m1 -o -w -E 'avx512_vnni|amx_int8|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   echo "pyrt: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "ik: $IK ($("$IK" --version 2>&1 | grep -m1 -i -E 'version|build' || echo 'version unknown'))"
+  echo "ik: $IK ($({ "$IK" --version 2>&1 || true; } | grep -m1 -i -E 'version|build' || true))"
   echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS"
   echo "membw before: $(pyrt bench membw -t "$THREADS" 2>&1 | tail -1)"
 } > "$OUT/meta.txt"
