@@ -261,12 +261,12 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
         r1 = te2[it]
         if k < n_used:
             rows_any(kinds[1], down_exps, np.int64(sel[k]) * n_embd, r0, r1,
-                       np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
-                       np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), hk[k], nbfk,
-                       dn[k], pf)
+                     np.int64(hq.ctypes.data) + k * np.int64(hq.strides[0]),
+                     np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), hk[k], nbfk,
+                     dn[k], pf)
         else:
             rows_any(kinds[3], down_shexp, 0, r0, r1, np.int64(sq.ctypes.data), np.int64(sc.ctypes.data),
-                       np.int64(nbs), sk[0], nbsk, dn[k], pf)
+                     np.int64(nbs), sk[0], nbsk, dn[k], pf)
     # weighted sum in slot order, then the shared experts (as ggml adds them)
     for i in range(n_embd):
         acc = dn[0, i] * wsel[0]
