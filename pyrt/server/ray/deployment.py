@@ -305,8 +305,9 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
     keywords): each replica's engine; the model file is mapped (use_mmap=True) unless load_kw says
     use_mmap=False, so that replicas on one host share one copy of the weights. slot_save_path: a folder
     every replica reads and writes (the same path on every host: shared storage), for /slots and, with
-    session_states, session migration. max_load: the in-flight requests at which a replica counts as overloaded (default: its slots); min_match: the fraction of
-    a prompt's token blocks a replica must hold to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's
+    session_states, session migration. max_load: the in-flight requests at which a replica counts as
+    overloaded (default: its slots); min_match: the fraction of a prompt's token blocks a replica must hold
+    to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's
     hard cap per replica (default 4 * n_parallel). request_router_class: Ray Serve's router for the replicas
     (a class or its import path; Ray's "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter" routes
     on load alone). replica_options: more Ray Serve deployment options for the replicas (autoscaling_config,
