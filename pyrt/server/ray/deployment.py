@@ -307,8 +307,8 @@ def deployment(model: str | None = None, *, replicas: int = 2, threads: int = 1,
     every replica reads and writes (the same path on every host: shared storage), for /slots and, with
     session_states, session migration. max_load: the in-flight requests at which a replica counts as
     overloaded (default: its slots); min_match: the fraction of a prompt's token blocks a replica must hold
-    to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's
-    hard cap per replica (default 4 * n_parallel). request_router_class: Ray Serve's router for the replicas
+    to draw it (PrefixSessionRouter); max_ongoing_requests: Ray's hard cap per replica (default
+    4 * n_parallel). request_router_class: Ray Serve's router for the replicas
     (a class or its import path; Ray's "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter" routes
     on load alone). replica_options: more Ray Serve deployment options for the replicas (autoscaling_config,
     placement_group_bundles, ...; they override these). The model file must be at `model` on every host."""
