@@ -338,7 +338,7 @@ def _make_pack_k(high_bits):
         with cgutils.for_range(builder, builder.udiv(nb, ir.Constant(_I64, n_sub))) as loop:
             s = loop.index
             b0 = builder.mul(s, ir.Constant(_I64, n_sub))  # first sub-block of super-block s
-            sbs, sms = [], []
+            sbs, sms, qhs = [], [], []
             for j in range(TN):
                 sb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
                                  builder.mul(s, ir.Constant(_I64, bb)))
@@ -350,6 +350,8 @@ def _make_pack_k(high_bits):
                 sm = builder.fmul(builder.uitofp(scm, v16f), dd)  # lanes 0..7 d*sc, 8..15 dmin*m: exact
                 sbs.append(sb)
                 sms.append(builder.bitcast(sm, _vec(_I32, 16)))
+                if high_bits:
+                    qhs.append(_load(builder, _addr(builder, sb, 16), _vec(_I8, 32)))
             # lane i of row j's vector -> scale (i < 8) or min of sub-block i % 8, column j
             for i, v in enumerate(_transpose_rows(builder, sms)):
                 base = mwp if i >= n_sub else dwp
@@ -362,8 +364,7 @@ def _make_pack_k(high_bits):
                     raw = _load(builder, _addr(builder, sbs[j], qs_off + 32 * (i // 2)), _vec(_I8, 32))
                     q = builder.and_(builder.lshr(raw, _splat(_I8, 32, 4)) if i % 2 else raw, lo4)
                     if high_bits:  # bit i of qh[l] is bit 4 of value l
-                        qh = _load(builder, _addr(builder, sbs[j], 16), _vec(_I8, 32))
-                        hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, i)), _splat(_I8, 32, 1))
+                        hb = builder.and_(builder.lshr(qhs[j], _splat(_I8, 32, i)), _splat(_I8, 32, 1))
                         q = builder.or_(q, builder.shl(hb, _splat(_I8, 32, 4)))
                     qs.append(q)
                 b = builder.add(b0, ir.Constant(_I64, i))

@@ -16,7 +16,7 @@ from .dots_q8_0 import AUX_BYTES, AUX_WORDS, ROWS
 from .matmul_q8_0 import (Q8_0_BYTES, QK, ROW_TILE, _is_block_q, _q_bias, _rows_q, _tile_q, _x_aux_blocks,
                           _quantize_blocks_q8_0, quantize_rows_q8_0, x_aux_q8_0)
 from .norm import _rms_row
-from .quants_k import _vdot1_k, is_k_quant
+from .quants_k import is_k_quant
 from .rows import q8_k_rows, rows_any
 from .simd import PREFETCH_BYTES, dot_f32_f32, prefetch
 
@@ -126,15 +126,13 @@ def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc
     same arithmetic as the row matmuls, SwiGLU and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each
     block depends on its own 32 values only. Q8_0-family kinds run 8-row tiles of each weight in turn (both
     streams run ahead under their prefetches) against the Q8_0 row xg (aux words cp, nbx blocks); K-quants
-    run row dots against the Q8_K row xk ([1, nbk*292] uint8).
+    run rows_any against the Q8_K row xk ([1, nbk*292] uint8).
     gw, uw: the gate and up weights [rows, row_bytes] uint8, rows row0 + r; g, u: [n_ff] f32;
     hq: [nbf*34] uint8; hc: [nbf, 2] int32; r0, r1: multiples of QK (and of ROWS).
     """
     if is_k_quant(kind):
-        wb = gw.shape[1]
-        for r in range(r0, r1):
-            g[r] = _vdot1_k(kind, gw, (row0 + r) * wb, xk, 0, 0, nbk)
-            u[r] = _vdot1_k(kind, uw, (row0 + r) * wb, xk, 0, 0, nbk)
+        rows_any(kind, gw, row0, r0, r1, 0, 0, 0, xk[0], nbk, g, pf)
+        rows_any(kind, uw, row0, r0, r1, 0, 0, 0, xk[0], nbk, u, pf)
     else:
         ws = np.int64(gw.strides[0])
         wg = np.int64(gw.ctypes.data) + row0 * ws
