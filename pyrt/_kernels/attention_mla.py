@@ -8,6 +8,7 @@ once into an f32 scratch and serves the scores and the value sum of all heads. S
 import numpy as np
 from numba import njit, prange
 
+from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, pv4_f32
 from .config import FASTMATH
 from .kv import decode_row
 from .softmax import (add_pv, finish_item, merge_split_row, online_update, qk_scores, query_seqs, split_partials,
@@ -83,6 +84,14 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     cvis = np.empty(kv_tile, dtype=np.bool_)
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
+    s_p = np.int64(s.ctypes.data)  # addresses and byte strides of the register blocks' rows
+    s_rs = np.int64(s.strides[0])
+    qs_p = np.int64(qs.ctypes.data)
+    qs_rs = np.int64(qs.strides[0])
+    kt_p = np.int64(kt.ctypes.data)
+    kt_rs = np.int64(kt.strides[0])
+    acc_p = np.int64(acc.ctypes.data)
+    acc_rs = np.int64(acc.strides[0])
     R4 = R - R % 4
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
@@ -92,21 +101,31 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             if cvis[j]:
                 decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
         nc4 = nc - nc % 4
-        for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
-            k0 = kt[j0]
-            k1 = kt[j0 + 1]
-            k2 = kt[j0 + 2]
-            k3 = kt[j0 + 3]
-            for r0 in range(0, R4, 4):
-                _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
+        if HAS_ZMM_BLOCKS:  # 4 cells x 4 heads per block, 16 zmm accumulators
+            for j0 in range(0, nc4, 4):
+                for r0 in range(0, R4, 4):
+                    dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs, dk)
+        else:
+            for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
+                k0 = kt[j0]
+                k1 = kt[j0 + 1]
+                k2 = kt[j0 + 2]
+                k3 = kt[j0 + 3]
+                for r0 in range(0, R4, 4):
+                    _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
         qk_scores(s, qs, kt, R4, R, 0, nc4)
         qk_scores(s, qs, kt, 0, R, nc4, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
-        for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators
-            for j0 in range(0, nc4, 4):
-                _axpy4x4(acc[r0], acc[r0 + 1], acc[r0 + 2], acc[r0 + 3], s, r0, j0, kt[j0, v_off:v_off + dv],
-                         kt[j0 + 1, v_off:v_off + dv], kt[j0 + 2, v_off:v_off + dv], kt[j0 + 3, v_off:v_off + dv], dv)
-        add_pv(acc, s, kt, v_off, 0, R4, nc4, nc)
+        if HAS_ZMM_BLOCKS:  # 4 heads x 64 values in registers across the tile's cells
+            for r0 in range(0, R4, 4):
+                pv4_f32(acc_p + r0 * acc_rs, acc_rs, s_p + r0 * s_rs, s_rs, kt_p + v_off * 4, kt_rs, nc, dv)
+        else:
+            for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators
+                for j0 in range(0, nc4, 4):
+                    _axpy4x4(acc[r0], acc[r0 + 1], acc[r0 + 2], acc[r0 + 3], s, r0, j0, kt[j0, v_off:v_off + dv],
+                             kt[j0 + 1, v_off:v_off + dv], kt[j0 + 2, v_off:v_off + dv],
+                             kt[j0 + 3, v_off:v_off + dv], dv)
+            add_pv(acc, s, kt, v_off, 0, R4, nc4, nc)
         add_pv(acc, s, kt, v_off, R4, R, 0, nc)
 
 
