@@ -12,7 +12,7 @@ from mla_reference import naive_latent
 
 from pyrt.errors import InvalidArgumentError, UnsupportedError
 from pyrt.kv.cache import KVCache
-from pyrt.ops import mla
+from pyrt.ops import mla, paths
 from pyrt.ops.attention import flash_attn_rows
 
 H, C, R, DN, DV = 4, 64, 32, 32, 32
@@ -163,3 +163,65 @@ def test_fused_decode_equals_three_calls(n_head, n_cells):
     o_lat = mla.flash_mla(qa, rows, "f16", cp, cs, idx, pos, seq, 0.05, R)
     want = mm.matmul_id(o_lat[0], v_b, int(T.Q4_0), v_row0, np.arange(n_head), Dv)
     np.testing.assert_array_equal(got, want)
+
+
+def _amx_runs():
+    from pyrt._kernels.attention_mla_amx import HAS_AMX_BF16
+    from pyrt.ops.matmul import amx_enabled
+    return HAS_AMX_BF16 and amx_enabled()
+
+
+amx_only = pytest.mark.skipif(not _amx_runs(), reason="AMX-BF16 tiles: the CPU or kernel does not offer them here")
+
+
+@amx_only
+@pytest.mark.parametrize("type_k", ["f16", "bf16", "q8_0"])
+@pytest.mark.parametrize("n_head,n_tok,n_cells", [(16, 1, 700), (16, 5, 97), (32, 9, 130), (16, 1, 31)])
+def test_flash_mla_amx_matches_float64(type_k, n_head, n_tok, n_cells):
+    """The AMX-BF16 items (16-row groups, two bf16 terms per operand) against float64, masks and splits
+    included, and against the f32 items; f32 caches keep the f32 items."""
+    rng = np.random.default_rng(3 + n_tok + n_head)
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
+    cache, held = _cache(type_k, rows)
+    cell_pos = np.arange(n_cells, dtype=np.int32) // 2
+    cell_seq = np.where(np.arange(n_cells) % 2 == 0, 1, 2).astype(np.uint64)
+    q_pos = np.sort(rng.integers(0, n_cells // 2, n_tok)).astype(np.int32)
+    q_seq = rng.integers(0, 2, n_tok).astype(np.int32)
+    if n_tok > 1:
+        q_pos[0] = -1  # a query that sees no cell gets zeros
+    q = (0.3 * rng.standard_normal((n_tok, n_head, R + C))).astype(np.float32)
+    kv_idx = rng.permutation(n_cells).astype(np.int32)  # any scan order
+    args = (q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
+    assert mla.amx_config().size == 64
+    out = mla.flash_mla(*args)
+    with paths.using(amx=False):
+        assert mla.amx_config().size == 0
+        f32 = mla.flash_mla(*args)
+    ref = naive_latent(q, held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    assert not np.array_equal(out, f32)  # the tiles ran
+    if n_tok > 1:
+        assert np.array_equal(out[0], np.zeros_like(out[0]))
+    for got in (out, f32):
+        assert ((got - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+
+
+@amx_only
+def test_flash_mla_amx_split_is_thread_independent():
+    rng = np.random.default_rng(5)
+    n_cells, n_head = 3000, 16
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float16)
+    q = rng.standard_normal((1, n_head, R + C)).astype(np.float32)
+    cp = np.arange(n_cells, dtype=np.int32)
+    cs = np.ones(n_cells, dtype=np.uint64)
+    args = (q, rows, "f16", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]), np.array([0]), 0.1, R)
+    a = mla.flash_mla(*args)
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        b = mla.flash_mla(*args)
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(a, b)
+    ref = naive_latent(q, rows.astype(np.float32), R, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
+    assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9

@@ -8,6 +8,7 @@ once into an f32 scratch and serves the scores and the value sum of all heads. S
 import numpy as np
 from numba import njit, prange
 
+from .attention_mla_amx import TILE as AMX_TILE, amx_fits, mla_item_amx
 from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, pv4_f32
 from .config import FASTMATH
 from .kv import decode_row
@@ -131,7 +132,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, q_tile, kv_tile,
-                   n_split):
+                   n_split, amx_cfg):
     """Absorbed MLA attention of a ubatch over latent cache rows, online softmax over KV tiles.
 
     dst      [n_tok, n_head, dv] f32     output: per head the attention-weighted sum of c_kv (latent, dv = kv_lora_rank)
@@ -142,6 +143,8 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     cell_pos [n_cells] int32, cell_seq [n_cells] uint64 bitsets, kv_idx [n_kv] int32 cells in scan order
     q_pos [n_tok] int32, q_seq [n_tok] int32; scale f32 (the softmax scale, mscale^2/sqrt(head_dim_k))
     q_tile tokens per item (all heads of a token share the K tile); kv_tile cells per tile; n_split KV splits.
+    amx_cfg  uint8: attention_mla_amx.config_bytes() where its AMX-BF16 items may run (amx.enable() said True),
+             else empty; they take the items when the cache is not f32 and rows, heads and widths fit their tiles.
     Items (query tile, split) run in parallel; the splits are merged in a fixed order afterwards, so
     the result does not depend on the thread count. A query that sees no cell gets zeros.
     """
@@ -150,13 +153,28 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     dv = dst.shape[2]
     n_kv = kv_idx.shape[0]
     n_qt = (n_tok + q_tile - 1) // q_tile
+    use_amx = amx_cfg.size >= 64 and amx_fits(kind, n_head, q.shape[2], dv)
+    if use_amx:
+        kv_tile = AMX_TILE  # splits start on the AMX items' tile boundaries
+    cfgp = np.int64(amx_cfg.ctypes.data)
     split_len, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
     for it in prange(n_qt * n_split):
         _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
-        _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
-                  kv_tile)
+        if use_amx:
+            mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+                         cfgp)
+        else:
+            _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+                      kv_tile)
         finish_item(dst, pm, pl, pacc, acc, m, l, t0, 0, n_head, sp, n_split)
     if n_split == 1:
         return
     for th in prange(n_tok * n_head):
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
+    _keep(amx_cfg)
+
+
+@njit(cache=True, nogil=True)
+def _keep(a):
+    """A use of the array whose address the parallel loop took (its reference ends after it)."""
+    return a.size

@@ -28,7 +28,7 @@ HEAD_GROUP = 4  # heads per work item of the one-region decode (few cells); a mu
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell_pos, cell_seq, kv_idx,
-               q_pos, q_seq, scale, kv_tile, n_split):
+               q_pos, q_seq, scale, kv_tile, n_split, amx_cfg):
     """Absorbed MLA attention of one token; weights W_UK in Q8_0, Q4_0 or Q5_0, W_UV in those or Q4_K, Q5_K,
     Q6_K (kb_kind, vb_kind: pyrt._kernels.codes).
 
@@ -36,8 +36,8 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
     q_nope   [n_head, dn] f32          the no-rope query part; q_pe [n_head, n_rot] f32 (roped)
     k_b      [n_head*C, dn row bytes]  W_UK, head h's C rows from row h*C (C = kv_lora_rank)
     v_b      [rows, C row bytes]       W_UV, head h's dv rows from row v_row0[h] ([n_head] int64)
-    k, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split: as flash_attn_mla
-    (one token, q_tile 1). Validated by ops.mla.
+    k, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, kv_tile, n_split, amx_cfg: as flash_attn_mla
+    (one token, q_tile 1; the one-region path of few cells keeps the f32 items). Validated by ops.mla.
     """
     n_head, dn = q_nope.shape
     n_rot = q_pe.shape[1]
@@ -93,7 +93,8 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
                 np.int64(qq.ctypes.data) + h * np.int64(qq.strides[0]),
                 np.int64(qc.ctypes.data) + h * nbq * AUX_BYTES, np.int64(nbq), qa[0, h, n_rot:], pf)
     o_lat = np.empty((1, n_head, C), np.float32)               # [1, n_head, C] attention over the latents
-    flash_attn_mla(o_lat, qa, k, kind, n_rot, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, 1, kv_tile, n_split)
+    flash_attn_mla(o_lat, qa, k, kind, n_rot, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, 1, kv_tile, n_split,
+                   amx_cfg)
     oq = np.empty((n_head, nbo * Q8_0_BLOCK_BYTES), np.uint8)  # [n_head, nbo*34] o_lat as Q8_0
     quantize_rows_q8_0(oq, o_lat[0])
     oc = np.empty((n_head, nbo, AUX_WORDS), np.int32)
@@ -146,7 +147,7 @@ def _matvec_q(dst, w, kind, x):
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, q_a_norm, kv_a_norm, cos,
                      sin, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell, cell_pos, cell_seq, kv_idx,
-                     q_pos, q_seq, scale, kv_tile, n_split, wo, wo_kind, dn, dv):
+                     q_pos, q_seq, scale, kv_tile, n_split, amx_cfg, wo, wo_kind, dn, dv):
     """x += attn_output(MLA attention of rmsnorm(x) * attn_norm) for one token, its latent row stored in the cache.
 
     x          [n_embd] f32 in/out     the residual stream
@@ -155,7 +156,7 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     wkv        [C + n_rot, rb] uint8   attn_kv_a_mqa; q_kind, kv_kind: their codes.Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K
     wqb        [n_head*(dn + n_rot), n_q row bytes] uint8 attn_q_b, or 0 rows (no q_lora); q_a_norm [n_q] f32
     kv_a_norm  [C] f32; cos, sin: [n_rot/2] f32 the token's RoPE table row (GPT-J pairs)
-    k_b .. vb_kind, k, kind, cell_pos .. n_split: as mla_decode; cell: the cache row this token writes
+    k_b .. vb_kind, k, kind, cell_pos .. amx_cfg: as mla_decode; cell: the cache row this token writes
     wo         [n_embd, n_head*dv row bytes] uint8 attn_output of wo_kind
     Shapes are validated by ops.mla.MLABlockDecode (every row length a multiple of 32).
     """
@@ -213,7 +214,7 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     # (3) W_UK, FlashMLA, W_UV
     attn = np.empty((n_head, dv), np.float32)
     mla_decode(attn, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, cell_pos, cell_seq, kv_idx,
-               q_pos, q_seq, scale, kv_tile, n_split)
+               q_pos, q_seq, scale, kv_tile, n_split, amx_cfg)
     # (4) attn_output and the residual
     y = np.empty(n_embd, np.float32)
     _matvec_q(y, wo, wo_kind, attn.reshape(n_head * dv))

@@ -22,13 +22,14 @@ from ..formats.cache_types import CACHE_TYPES
 from ..formats.qtypes import get_qtype
 from . import paths
 from .attention import rows_view
-from .matmul import _check_raw
+from .matmul import _check_raw, amx_enabled
 
 _KINDS = {c.name: c.code for c in CACHE_TYPES.values() if c.block_size}  # q8_KV: per-head segments, not MLA's row
 MLA_CACHE_TYPES = tuple(_KINDS)
 
 KV_TILE = 32
 Q_ROWS = 64          # query rows (tokens x heads) per work item
+Q_ROWS_AMX = 128     # ... on AMX tiles
 MIN_ITEMS = 16       # work items wanted before the KV range is split (a constant: thread-count independent)
 MIN_SPLIT_CELLS = 256
 
@@ -41,9 +42,35 @@ def check_cache_type(type_name: str) -> None:
                                f"{', '.join(MLA_CACHE_TYPES)}{why}")
 
 
-def choose_tiles(n_tok: int, n_head: int, n_kv: int) -> tuple[int, int, int]:
-    """(q_tile, kv_tile, n_split): all heads of q_tile tokens per item; split the KV range for decode."""
-    q_tile = max(1, min(n_tok, Q_ROWS // max(1, n_head)))
+def amx_config() -> np.ndarray:
+    """The AMX-BF16 tile configuration for FlashMLA's tile items where they may run (the target has AMX-BF16,
+    paths.amx is on and the process got the tile state), else an empty array (the f32 items)."""
+    from .._kernels.attention_mla_amx import HAS_AMX_BF16, config_bytes
+    if HAS_AMX_BF16 and paths.current().amx and amx_enabled():
+        if not _AMX_CFG:
+            _AMX_CFG.append(config_bytes())
+        return _AMX_CFG[0]
+    return _NO_AMX
+
+
+_AMX_CFG: list = []
+_NO_AMX = np.empty(0, np.uint8)
+
+
+def amx_takes(type_k: str, n_head: int, n_rot: int, C: int) -> bool:
+    """Whether FlashMLA runs on AMX-BF16 tiles for this cache type and these shapes (amx_config, and the items'
+    own rule). There the absorbed attention is cheaper than decompressing the latents for prompts at every
+    depth measured (`python bench/bench_mla.py crossover`: bench/results/flashmla-amx-xeon-2026-12-04.md), so
+    deepseek2's -mla 2/3 prompts take it (paths.mla_amx_prompts; mla_decompress_min_tokens applies elsewhere)."""
+    from .._kernels.attention_mla_amx import amx_fits
+    return (type_k in _KINDS and amx_config().size > 0
+            and bool(amx_fits(_KINDS[type_k], n_head, n_rot + C, C)))
+
+
+def choose_tiles(n_tok: int, n_head: int, n_kv: int, amx: bool = False) -> tuple[int, int, int]:
+    """(q_tile, kv_tile, n_split): all heads of q_tile tokens per item (more rows on AMX tiles, where a tile's
+    conversion serves every row); split the KV range for decode."""
+    q_tile = max(1, min(n_tok, (Q_ROWS_AMX if amx else Q_ROWS) // max(1, n_head)))
     items = (n_tok + q_tile - 1) // q_tile
     n_split = 1
     if items < MIN_ITEMS:
@@ -117,10 +144,11 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
         raise InvalidArgumentError(f"flash_mla: out must be C-contiguous float32 {(n_tok, n_head, dv)}")
     if n_tok == 0:
         return out
-    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, args[4].shape[0])
+    cfg = amx_config()
+    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, args[4].shape[0], cfg.size > 0)
     k_, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq = args
     ak.flash_attn_mla(out, q, k_, kind, int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale),
-                      q_tile, kv_tile, n_split)
+                      q_tile, kv_tile, n_split, cfg)
     return out
 
 
@@ -169,7 +197,8 @@ class MLADecode:
         _, kv_tile, n_split = choose_tiles(1, H, kv_idx.shape[0])
         out = np.empty((H, self.dv), np.float32)
         fk.mla_decode(out, q_nope, q_pe, self.k_b, self.kb_kind, self.v_b, self.v_row0, self.vb_kind, k_,
-                      kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), kv_tile, n_split)
+                      kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), kv_tile, n_split,
+                      amx_config())
         return out
 
 
@@ -291,7 +320,8 @@ class MLABlockDecode:
                             self.wqb, self.qb_kind, self.q_a_norm, self.kv_a_norm, cos, sin, d.k_b,
                             d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, slot.type_k), slot.kind,
                             slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx, slot.q_pos, slot.q_seq,
-                            slot.scale, slot.kv_tile, slot.n_split, self.wo, self.wo_kind, d.dn, d.dv)
+                            slot.scale, slot.kv_tile, slot.n_split, amx_config(), self.wo, self.wo_kind, d.dn,
+                            d.dv)
 
 
 def latent_rows(k: np.ndarray, type_k: str, cells: np.ndarray, n: int) -> np.ndarray:

@@ -1,0 +1,403 @@
+"""FlashMLA on AMX-BF16 tiles: the absorbed attention of attention_mla.flash_attn_mla with the score and value
+products on the tile unit, for 16-row groups of query rows (tokens x heads).
+
+A tile product (tdpbf16ps) sums bf16 x bf16 products in f32. Every operand enters as two bf16 terms, hi (its
+f32 bits truncated to 16) and lo (the rest, rounded by truncation again): an f16 or bf16 cache value is exact
+in hi + lo, a query or a probability keeps 16 of its 24 significand bits. A product is hi*hi + hi*lo + lo*hi
+(lo*lo, below 2^-16 relative, is left out): three tile products where f32 vectors do one FMA, on a unit with
+sixteen times their throughput. The summation order is the tile unit's, fixed per row.
+
+Per 32-cell tile of an item: the cells' latent rows dequantized and split (K: [cells, dk] hi/lo, the A tiles
+of the scores), S^T = K . Q^T (B: the item's query rows, packed once into the VNNI layout), the online softmax
+over S^T's columns (16 rows per vector), then acc += P . V with P [rows, cells] as A and V the latent part
+of the same rows, packed cell pair by cell pair (VNNI). acc lives in memory between tiles: each 16 x 16 block
+goes through a C tile once per tile of cells.
+
+Tiles: one palette-1 configuration of eight 16 x 64-byte tiles (config_bytes), loaded by each work item
+(ldtilecfg) and released at its end (tilerelease); callers run this only where amx.enable() said True and
+the target has AMX-BF16 (HAS_AMX_BF16).
+
+Leaf module (numpy, numba, llvmlite and sibling kernel modules only).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
+from .config import FASTMATH
+from .kv import KIND_F16, KIND_F32, decode_row
+from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _vec
+from .softmax import exp_neg, query_seqs, tile_mask
+
+HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
+GROUP = 16       # query rows of a tile (columns of the score tile, rows of the value tile)
+TILE = 32        # cells of a KV tile: two 16-cell score tiles, the K of one value product
+KB = 32          # values of one score product (K of the tile product: 16 bf16 pairs)
+TILE_BYTES = 1024  # one tile: 16 rows x 64 bytes
+
+
+@njit(cache=True, nogil=True)
+def amx_fits(kind, n_head, dk, dv):
+    """Whether mla_item_amx takes a call's items: a cache of f16, bf16 or q8_0 rows (exact or within 2^-16 in
+    two bf16 terms; f32 rows keep the f32 kernel), 16-row groups of whole tokens, 32-value score blocks and
+    pairs of 16-value column blocks."""
+    return kind != KIND_F32 and n_head % GROUP == 0 and dk % KB == 0 and dv % (2 * GROUP) == 0
+
+
+def config_bytes() -> np.ndarray:
+    """Palette 1, eight tiles of 16 rows x 64 bytes."""
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    cfg[16:32].view(np.uint16)[:] = 64
+    cfg[48:56] = 16
+    return cfg
+
+
+# ---------------------------------------------------------------------------- tile steps (inline asm)
+
+def _asm_call(text, n):
+    """An @intrinsic typer of n int64 operands ($0..$n-1) that runs the asm text (r11 clobbered)."""
+    def codegen(context, builder, signature, a):
+        builder.call(_asm(builder, text, n, ",~{r11}"), list(a))
+        return context.get_dummy_value()
+
+    def check(args):
+        if not all(isinstance(a, types.Integer) for a in args):
+            return None
+        return types.none(*([types.int64] * n)), codegen
+
+    names = ", ".join(f"a{i}" for i in range(n))
+    scope = {"check": check}
+    # Numba reads the operands from the typer's signature: a fixed arity, one function per step
+    exec(f"def typer(typingctx{', ' if n else ''}{names}):\n    return check(({names}{',' if n else ''}))", scope)
+    return scope["typer"]
+
+
+# zero2(): tmm0 = tmm1 = 0 (the two 16-cell score tiles)
+zero2 = intrinsic(_asm_call("tilezero %tmm0\n\ttilezero %tmm1", 0))
+# qk_step(kh0, kl0, ks, qh, ql, kh1, kl1): tmm0 += K[cells 0..15] . Q^T and tmm1 += K[cells 16..31] . Q^T for one
+# 32-value block; K hi/lo rows at kh0/kl0 and kh1/kl1 with row stride ks; Q^T's VNNI tiles at qh/ql (64-byte rows)
+qk_step = intrinsic(_asm_call(
+    "mov $$64, %r11\n\t"
+    "tileloadd ($3,%r11,1), %tmm2\n\t"
+    "tileloadd ($4,%r11,1), %tmm3\n\t"
+    "tileloadd ($0,$2,1), %tmm4\n\t"
+    "tileloadd ($5,$2,1), %tmm6\n\t"
+    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm2, %tmm6, %tmm1\n\t"
+    "tileloadd ($1,$2,1), %tmm5\n\t"
+    "tileloadd ($6,$2,1), %tmm7\n\t"
+    "tdpbf16ps %tmm3, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm3, %tmm6, %tmm1\n\t"
+    "tdpbf16ps %tmm2, %tmm5, %tmm0\n\t"
+    "tdpbf16ps %tmm2, %tmm7, %tmm1", 7))
+# store2(s0, ss, s1): tmm0 -> s0, tmm1 -> s1 (row stride ss)
+store2 = intrinsic(_asm_call("tilestored %tmm0, ($0,$1,1)\n\ttilestored %tmm1, ($2,$1,1)", 3))
+# load_p(ph, pl): the probability tiles P [16 rows, 32 cells] hi/lo (64-byte rows) into tmm4/tmm5
+load_p = intrinsic(_asm_call("mov $$64, %r11\n\ttileloadd ($0,%r11,1), %tmm4\n\ttileloadd ($1,%r11,1), %tmm5", 2))
+# pv_step(c0, c1, cs, b0h, b0l, b1h, b1l, bs): two 16 x 16 accumulator blocks at c0, c1 (row stride cs) +=
+# P . V for their 16 value columns, V's VNNI tiles at b0h/b0l and b1h/b1l (row stride bs)
+pv_step = intrinsic(_asm_call(
+    "tileloadd ($0,$2,1), %tmm0\n\t"
+    "tileloadd ($3,$7,1), %tmm2\n\t"
+    "tileloadd ($1,$2,1), %tmm1\n\t"
+    "tileloadd ($5,$7,1), %tmm6\n\t"
+    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm6, %tmm4, %tmm1\n\t"
+    "tileloadd ($4,$7,1), %tmm3\n\t"
+    "tileloadd ($6,$7,1), %tmm7\n\t"
+    "tdpbf16ps %tmm3, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm7, %tmm4, %tmm1\n\t"
+    "tdpbf16ps %tmm2, %tmm5, %tmm0\n\t"
+    "tdpbf16ps %tmm6, %tmm5, %tmm1\n\t"
+    "tilestored %tmm0, ($0,$2,1)\n\t"
+    "tilestored %tmm1, ($1,$2,1)", 8))
+
+
+# ---------------------------------------------------------------------------- bf16 terms and layouts
+
+_W = 16
+
+
+def _split_codegen(context, builder, signature, args):
+    """n f32 at src -> hi (bits >> 16: truncated) and lo (x - hi, exact in f32, rounded to bf16 by adding half
+    of its last place before the shift) as uint16 at hp, lp."""
+    hp, lp, src, n = args
+    v32, v16 = _vec(_I32, _W), _vec(_I16, _W)
+
+    def step(off, w):
+        ti, th, tf = (_I32, _I16, _F32) if w == 1 else (v32, v16, _vec(_F32, w))
+        p = builder.inttoptr(builder.add(src, builder.mul(off, ir.Constant(_I64, 4))), tf.as_pointer())
+        x = builder.load(p, align=4)
+        bits = builder.bitcast(x, ti)
+        sh = ir.Constant(ti, 16) if w == 1 else ir.Constant(ti, [16] * w)
+        mk = ir.Constant(ti, -65536) if w == 1 else ir.Constant(ti, [-65536] * w)
+        hi = builder.trunc(builder.lshr(bits, sh), th)
+        lo_f = builder.fsub(x, builder.bitcast(builder.and_(bits, mk), tf))
+        half = ir.Constant(ti, 0x8000) if w == 1 else ir.Constant(ti, [0x8000] * w)
+        lo = builder.trunc(builder.lshr(builder.add(builder.bitcast(lo_f, ti), half), sh), th)
+        o2 = builder.mul(off, ir.Constant(_I64, 2))
+        builder.store(hi, builder.inttoptr(builder.add(hp, o2), th.as_pointer()), align=2)
+        builder.store(lo, builder.inttoptr(builder.add(lp, o2), th.as_pointer()), align=2)
+
+    nv = builder.udiv(n, ir.Constant(_I64, _W))
+    with cgutils.for_range(builder, nv) as loop:
+        step(builder.mul(loop.index, ir.Constant(_I64, _W)), _W)
+    e0 = builder.mul(nv, ir.Constant(_I64, _W))
+    with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
+        step(builder.add(e0, loop.index), 1)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def split_bf16(typingctx, hp, lp, src, n):
+    """The bf16 hi and lo terms (uint16 at hp, lp) of n f32 at src."""
+    if not all(isinstance(a, types.Integer) for a in (hp, lp, src, n)):
+        return None
+    return types.none(*([types.int64] * 4)), _split_codegen
+
+
+def _interleave_codegen(context, builder, signature, args):
+    """dst[2i] = a[i], dst[2i + 1] = b[i] for i < n (uint16)."""
+    dp, ap, bp, n = args
+    v16 = _vec(_I16, _W)
+    mask = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
+    nv = builder.udiv(n, ir.Constant(_I64, _W))
+    with cgutils.for_range(builder, nv) as loop:
+        o = builder.mul(loop.index, ir.Constant(_I64, 2 * _W))
+        a = builder.load(builder.inttoptr(builder.add(ap, o), v16.as_pointer()), align=2)
+        b = builder.load(builder.inttoptr(builder.add(bp, o), v16.as_pointer()), align=2)
+        d = builder.shuffle_vector(a, b, mask)
+        builder.store(d, builder.inttoptr(builder.add(dp, builder.mul(o, ir.Constant(_I64, 2))),
+                                          d.type.as_pointer()), align=2)
+    e0 = builder.mul(nv, ir.Constant(_I64, _W))
+    with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
+        i = builder.add(e0, loop.index)
+        o = builder.mul(i, ir.Constant(_I64, 2))
+        a = builder.load(builder.inttoptr(builder.add(ap, o), _I16.as_pointer()), align=2)
+        b = builder.load(builder.inttoptr(builder.add(bp, o), _I16.as_pointer()), align=2)
+        d0 = builder.add(dp, builder.mul(o, ir.Constant(_I64, 2)))
+        builder.store(a, builder.inttoptr(d0, _I16.as_pointer()), align=2)
+        builder.store(b, builder.inttoptr(builder.add(d0, ir.Constant(_I64, 2)), _I16.as_pointer()), align=2)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def interleave_u16(typingctx, dp, ap, bp, n):
+    """dst[2i] = a[i], dst[2i + 1] = b[i] for n uint16 of a and b (addresses dp, ap, bp)."""
+    if not all(isinstance(x, types.Integer) for x in (dp, ap, bp, n)):
+        return None
+    return types.none(*([types.int64] * 4)), _interleave_codegen
+
+
+def _terms(builder, x, w):
+    """<w x float> -> (hi, lo) <w x i16> bf16 terms, as split_bf16."""
+    ti, th = _vec(_I32, w), _vec(_I16, w)
+    bits = builder.bitcast(x, ti)
+    hi = builder.trunc(builder.lshr(bits, ir.Constant(ti, [16] * w)), th)
+    lo_f = builder.fsub(x, builder.bitcast(builder.and_(bits, ir.Constant(ti, [-65536] * w)), x.type))
+    lo = builder.trunc(builder.lshr(builder.add(builder.bitcast(lo_f, ti), ir.Constant(ti, [0x8000] * w)),
+                                    ir.Constant(ti, [16] * w)), th)
+    return hi, lo
+
+
+def _pair_codegen(context, builder, signature, args):
+    """Two f16 cache rows (a at ra, b at rb; dk values) -> their hi/lo rows (kha, kla, khb, klb) and, from
+    value v_off on, the two rows' terms interleaved value by value (vh, vl: 2 * (dk - v_off) uint16 each)."""
+    kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off = args
+    v16, w16 = _vec(_I16, _W), _vec(_I16, 2 * _W)
+    inter = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
+
+    def st(v, base, off):
+        builder.store(v, builder.inttoptr(builder.add(base, off), v.type.as_pointer()), align=2)
+
+    def step(i, with_v):
+        o = builder.mul(i, ir.Constant(_I64, 2))
+        xa = _h2f(builder, builder.load(builder.inttoptr(builder.add(ra, o), v16.as_pointer()), align=2), _W)
+        xb = _h2f(builder, builder.load(builder.inttoptr(builder.add(rb, o), v16.as_pointer()), align=2), _W)
+        ha, la = _terms(builder, xa, _W)
+        hb, lb = _terms(builder, xb, _W)
+        st(ha, kha, o)
+        st(la, kla, o)
+        st(hb, khb, o)
+        st(lb, klb, o)
+        if with_v:
+            ov = builder.mul(builder.sub(i, v_off), ir.Constant(_I64, 4))
+            st(builder.shuffle_vector(ha, hb, inter), vh, ov)
+            st(builder.shuffle_vector(la, lb, inter), vl, ov)
+
+    n0 = builder.udiv(v_off, ir.Constant(_I64, _W))
+    with cgutils.for_range(builder, n0) as loop:
+        step(builder.mul(loop.index, ir.Constant(_I64, _W)), False)
+    with cgutils.for_range(builder, builder.sub(builder.udiv(dk, ir.Constant(_I64, _W)), n0)) as loop:
+        step(builder.mul(builder.add(n0, loop.index), ir.Constant(_I64, _W)), True)
+    del w16
+    return context.get_dummy_value()
+
+
+@intrinsic
+def f16_pair_terms(typingctx, kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off):
+    """The bf16 terms of two f16 rows of dk values (multiples of 16, as v_off) for the score tiles (hi/lo rows
+    at kha, kla, khb, klb) and the value tiles (from v_off on, interleaved value by value at vh, vl)."""
+    if not all(isinstance(x, types.Integer) for x in (kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off)):
+        return None
+    return types.none(*([types.int64] * 10)), _pair_codegen
+
+
+# ---------------------------------------------------------------------------- the work item
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _softmax_t(st, mask, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
+    """online_update on transposed scores st [TILE, R] (cell j, row r): st[j, r] becomes exp(score - m_new),
+    zero for cells >= nc and in a row that sees no cell of the tile; m, l and acc as online_update leaves them.
+    mx, al, ls: [R] f32 scratch."""
+    R = st.shape[1]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    neg_inf = np.float32(-np.inf)
+    for r in range(R):
+        mx[r] = neg_inf
+        ls[r] = zero
+    for j in range(nc):
+        sj = st[j]
+        for tl in range(nt):
+            mk = mask[tl, j]
+            for h in range(tl * n_head, (tl + 1) * n_head):
+                v = sj[h] * scale + mk
+                sj[h] = v
+                mx[h] = v if v > mx[h] else mx[h]
+    for j in range(nc, st.shape[0]):
+        for r in range(R):
+            st[j, r] = zero
+    for r in range(R):
+        if mx[r] == neg_inf:  # no visible cell: scores -inf - inf, probabilities 0, the row untouched
+            mx[r] = np.float32(np.inf)
+            al[r] = one
+            continue
+        m_old = m[r]
+        m_new = mx[r] if mx[r] > m_old else m_old
+        al[r] = exp_neg(m_old - m_new)  # 0 while m[r] is still -inf
+        m[r] = m_new
+        mx[r] = m_new
+    for j in range(nc):
+        sj = st[j]
+        for r in range(R):
+            p = exp_neg(sj[r] - mx[r])
+            sj[r] = p
+            ls[r] += p
+    for r in range(R):
+        if mx[r] == np.float32(np.inf):
+            continue
+        l[r] = l[r] * al[r] + ls[r]
+        if al[r] != one:
+            ar = acc[r]
+            for i in range(ar.shape[0]):
+                ar[i] *= al[r]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
+                 cfgp):
+    """attention_mla._mla_item on AMX-BF16 tiles (same arguments; cfgp: address of config_bytes()).
+
+    Needs R = (t1 - t0) * n_head a multiple of 16, dk and dv multiples of 32, kind f16/bf16/q8_0 (values
+    exact in hi + lo, or within 2^-16)."""
+    n_head = q.shape[1]
+    dk = q.shape[2]
+    dv = acc.shape[1]
+    nt = t1 - t0
+    R = nt * n_head
+    G = R // GROUP
+    nkb = dk // KB
+    # the query rows' hi/lo terms, packed per (group, block, term) as the B tile [16 pairs, 16 rows x 2]
+    qf = np.empty((R, dk), np.float32)
+    for tl in range(nt):
+        for h in range(n_head):
+            qf[tl * n_head + h] = q[t0 + tl, h]
+    qh = np.empty((R, dk), np.uint16)
+    ql = np.empty((R, dk), np.uint16)
+    split_bf16(np.int64(qh.ctypes.data), np.int64(ql.ctypes.data), np.int64(qf.ctypes.data), np.int64(R * dk))
+    qp = np.empty((G, nkb, 2, GROUP, 2 * GROUP), np.uint16)
+    for g in range(G):
+        for kb in range(nkb):
+            for c in range(GROUP):
+                rh = qh[g * GROUP + c, kb * KB:(kb + 1) * KB]
+                rl = ql[g * GROUP + c, kb * KB:(kb + 1) * KB]
+                for p in range(KB // 2):
+                    qp[g, kb, 0, p, 2 * c] = rh[2 * p]
+                    qp[g, kb, 0, p, 2 * c + 1] = rh[2 * p + 1]
+                    qp[g, kb, 1, p, 2 * c] = rl[2 * p]
+                    qp[g, kb, 1, p, 2 * c + 1] = rl[2 * p + 1]
+    kh = np.zeros((TILE, dk), np.uint16)        # the tile's latent rows, hi / lo terms
+    kl = np.zeros((TILE, dk), np.uint16)
+    kf = np.empty(dk, np.float32)
+    vh = np.empty((TILE // 2, 2 * dv), np.uint16)  # V = the rows' latent parts, cell pairs interleaved (VNNI)
+    vl = np.empty((TILE // 2, 2 * dv), np.uint16)
+    st = np.empty((TILE, R), np.float32)        # S^T, then P^T
+    pt = np.empty((GROUP, TILE), np.float32)    # one group's P
+    ph = np.empty((GROUP, TILE), np.uint16)
+    pl = np.empty((GROUP, TILE), np.uint16)
+    mx = np.empty(R, np.float32)
+    al = np.empty(R, np.float32)
+    ls = np.empty(R, np.float32)
+    mask = np.empty((nt, TILE), dtype=np.float32)
+    cvis = np.empty(TILE, dtype=np.bool_)
+    qseq = query_seqs(q_seq, t0, t1)
+    for r in range(R):
+        m[r] = np.float32(-np.inf)
+        l[r] = np.float32(0.0)
+        for i in range(dv):
+            acc[r, i] = np.float32(0.0)
+    khp, klp = np.int64(kh.ctypes.data), np.int64(kl.ctypes.data)
+    ks = np.int64(dk * 2)
+    qpp = np.int64(qp.ctypes.data)
+    stp, sts = np.int64(st.ctypes.data), np.int64(R * 4)
+    vhp, vlp, vs = np.int64(vh.ctypes.data), np.int64(vl.ctypes.data), np.int64(dv * 4)
+    php, plp = np.int64(ph.ctypes.data), np.int64(pl.ctypes.data)
+    accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
+    kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
+    pair_fused = v_off % 16 == 0 and dk % 16 == 0
+    tile_config(cfgp)
+    for cb in range(c0, c1, TILE):
+        nc = min(TILE, c1 - cb)
+        if not tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
+            continue
+        for p in range(TILE // 2):  # one conversion per cell serves every row's K and V
+            j = 2 * p
+            a = np.int64(j) * ks
+            vo = a + np.int64(v_off * 2)
+            if kind == KIND_F16 and pair_fused and j + 1 < nc and cvis[j] and cvis[j + 1]:
+                f16_pair_terms(khp + a, klp + a, khp + a + ks, klp + a + ks, vhp + p * vs, vlp + p * vs,
+                               kp + np.int64(kv_idx[cb + j]) * krs, kp + np.int64(kv_idx[cb + j + 1]) * krs,
+                               np.int64(dk), np.int64(v_off))
+                continue
+            for jj in range(j, min(j + 2, nc)):
+                if cvis[jj]:
+                    decode_row(kf, k[kv_idx[cb + jj]], 0, dk, kind, 0)
+                    split_bf16(khp + jj * ks, klp + jj * ks, np.int64(kf.ctypes.data), np.int64(dk))
+            interleave_u16(vhp + p * vs, khp + vo, khp + vo + ks, np.int64(dv))
+            interleave_u16(vlp + p * vs, klp + vo, klp + vo + ks, np.int64(dv))
+        for g in range(G):
+            zero2()
+            for kb in range(nkb):
+                qb = qpp + (g * nkb + kb) * 2 * TILE_BYTES
+                o = np.int64(kb * KB * 2)
+                qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
+            store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
+        _softmax_t(st, mask, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
+        for g in range(G):
+            for r in range(GROUP):
+                for j in range(TILE):
+                    pt[r, j] = st[j, g * GROUP + r]
+            split_bf16(php, plp, np.int64(pt.ctypes.data), np.int64(GROUP * TILE))
+            load_p(php, plp)
+            ag = accp + g * GROUP * accs
+            for c in range(0, dv // GROUP, 2):
+                o = np.int64(c * GROUP * 4)
+                ob = np.int64(c * GROUP * 4)  # 16 columns x 2 cells x 2 bytes
+                pv_step(ag + o, ag + o + 64, accs, vhp + ob, vlp + ob, vhp + ob + 64, vlp + ob + 64, vs)
+    tile_release()
+    return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + qp.size + st.size
