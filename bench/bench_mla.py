@@ -42,7 +42,7 @@ def crossover(a) -> int:
         res = {}
         for name, thr in (("absorbed", 1 << 30), ("decompressed", 1)):
             best = 1e9
-            with paths.using(mla_decompress_min_tokens=thr, mla_amx_prompts=thr > 1):
+            with paths.using(mla_decompress_min_tokens=thr, mla_amx_min_cells=1 if thr > 1 else 1 << 30):
                 for _ in range(a.reps + 1):  # first run warms the kernels for this shape
                     llm.ctx.seq_rm(0, a.n_kv, -1)
                     t0 = time.perf_counter()

@@ -216,3 +216,25 @@ def test_fused_block_decode_bit_identical(name, type_k, ds2_models):
     np.testing.assert_array_equal(a, b)
     for x, y in zip(ka, kb):
         np.testing.assert_array_equal(x, y)
+
+
+def test_amx_tiles_match_f32_kernel_16_heads(tmp_path):
+    """A 16-head model (the AMX-BF16 FlashMLA items take whole 16-row groups): prompt (absorbed, forced from 1
+    cells), decode and the fused decode block on the tiles agree with the f32 items on the same f16 cache."""
+    from pyrt.ops.mla import amx_config
+    if amx_config().size == 0:
+        pytest.skip("AMX-BF16 tiles: the CPU or kernel does not offer them here")
+    path = str(tmp_path / "ds2-16h.gguf")
+    sd.write_model(path, "F16", "k_b", n_head=16, q_lora_rank=0)
+    ids = list(range(20, 80))
+    res = {}
+    for amx in (True, False):
+        with paths.using(amx=amx, mla_amx_min_cells=1):
+            llm = pyrt.load(path, n_ctx=128, n_threads=2, mla=3, warmup=False)
+            pre = np.asarray(llm.eval_logits(ids), np.float64)
+            dec = np.concatenate([llm.ctx.decode(Batch.from_tokens([t], pos0=len(ids) + i, logits="all"))
+                                  for i, t in enumerate([7, 8, 9])]).astype(np.float64)
+        res[amx] = (pre, dec)
+    assert not np.array_equal(res[True][0], res[False][0])  # the tiles ran
+    assert _nmse(res[True][0], res[False][0]) <= 1e-6
+    assert _nmse(res[True][1], res[False][1]) <= 1e-6

@@ -8,10 +8,11 @@ once into an f32 scratch and serves the scores and the value sum of all heads. S
 import numpy as np
 from numba import njit, prange
 
-from .attention_mla_amx import TILE as AMX_TILE, amx_fits, mla_item_amx
+from .attention_mla_amx import TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, pv4_f32
 from .config import FASTMATH
 from .kv import decode_row
+from .simd import prefetch
 from .softmax import (add_pv, finish_item, merge_split_row, online_update, qk_scores, query_seqs, split_partials,
                       start_rows, tile_mask, work_item)
 
@@ -93,6 +94,9 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     kt_rs = np.int64(kt.strides[0])
     acc_p = np.int64(acc.ctypes.data)
     acc_rs = np.int64(acc.strides[0])
+    k_p = np.int64(k.ctypes.data)
+    k_rs = np.int64(k.strides[0])
+    row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     R4 = R - R % 4
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
@@ -102,8 +106,13 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             if cvis[j]:
                 decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
         nc4 = nc - nc % 4
+        n_next = min(kv_tile, c1 - cb - kv_tile)
         if HAS_ZMM_BLOCKS:  # 4 cells x 4 heads per block, 16 zmm accumulators
             for j0 in range(0, nc4, 4):
+                for j in range(j0 * n_next // nc4, (j0 + 4) * n_next // nc4):  # the next tile's rows, a few a block
+                    ra = k_p + np.int64(kv_idx[cb + kv_tile + j]) * k_rs
+                    for o in range(0, row_bytes, 64):
+                        prefetch(ra + o)
                 for r0 in range(0, R4, 4):
                     dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs, dk)
         else:
@@ -157,12 +166,13 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     if use_amx:
         kv_tile = AMX_TILE  # splits start on the AMX items' tile boundaries
     cfgp = np.int64(amx_cfg.ctypes.data)
+    qp = pack_q(q) if use_amx else np.empty((0, 0, 2, 16, 32), np.uint16)  # every item's queries, packed once
     split_len, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
     for it in prange(n_qt * n_split):
         _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
         if use_amx:
-            mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
-                         cfgp)
+            mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
+                         c0, c1, cfgp)
         else:
             _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
                       kv_tile)
@@ -171,10 +181,10 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
         return
     for th in prange(n_tok * n_head):
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
-    _keep(amx_cfg)
+    _keep(amx_cfg, qp)
 
 
 @njit(cache=True, nogil=True)
-def _keep(a):
-    """A use of the array whose address the parallel loop took (its reference ends after it)."""
-    return a.size
+def _keep(a, b):
+    """A use of the arrays whose addresses the parallel loop took (their references end after it)."""
+    return a.size + b.size

@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_F16, KIND_F32, decode_row
-from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _vec
+from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _vec, prefetch
 from .softmax import exp_neg, query_seqs, tile_mask
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
@@ -299,38 +299,44 @@ def _softmax_t(st, mask, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
-                 cfgp):
-    """attention_mla._mla_item on AMX-BF16 tiles (same arguments; cfgp: address of config_bytes()).
+def pack_q(q):
+    """The query rows (row r = t * n_head + h of q [n_tok, n_head, dk] f32) as the B tiles of the scores:
+    [R / 16 groups, dk / 32 blocks, 2 terms (hi, lo), 16 pairs, 16 rows x 2] uint16 (VNNI)."""
+    n_tok, n_head, dk = q.shape
+    R = n_tok * n_head
+    nkb = dk // KB
+    qf = q.reshape(R, dk)
+    qh = np.empty((R, dk), np.uint16)
+    ql = np.empty((R, dk), np.uint16)
+    split_bf16(np.int64(qh.ctypes.data), np.int64(ql.ctypes.data), np.int64(qf.ctypes.data), np.int64(R * dk))
+    qp = np.empty((R // GROUP, nkb, 2, GROUP, 2 * GROUP), np.uint16)
+    q32 = qp.view(np.uint32)      # [groups, nkb, 2, pair p, row c]: a pair of values of one row per word
+    h32 = qh.view(np.uint32)      # [R, dk / 2]
+    l32 = ql.view(np.uint32)
+    for g in range(R // GROUP):
+        for kb in range(nkb):
+            for p in range(KB // 2):
+                for c in range(GROUP):
+                    q32[g, kb, 0, p, c] = h32[g * GROUP + c, kb * KB // 2 + p]
+                    q32[g, kb, 1, p, c] = l32[g * GROUP + c, kb * KB // 2 + p]
+    return qp
 
-    Needs R = (t1 - t0) * n_head a multiple of 16, dk and dv multiples of 32, kind f16/bf16/q8_0 (values
-    exact in hi + lo, or within 2^-16)."""
-    n_head = q.shape[1]
-    dk = q.shape[2]
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0,
+                 c1, cfgp):
+    """attention_mla._mla_item on AMX-BF16 tiles: the same arguments but the queries as pack_q(q) packed them
+    (qp) and their head count; cfgp: the address of config_bytes().
+
+    Needs n_head a multiple of 16, dk and dv multiples of 32 (amx_fits), kind f16/bf16/q8_0 (values exact
+    in hi + lo, or within 2^-16)."""
+    dk = qp.shape[1] * KB
     dv = acc.shape[1]
     nt = t1 - t0
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    # the query rows' hi/lo terms, packed per (group, block, term) as the B tile [16 pairs, 16 rows x 2]
-    qf = np.empty((R, dk), np.float32)
-    for tl in range(nt):
-        for h in range(n_head):
-            qf[tl * n_head + h] = q[t0 + tl, h]
-    qh = np.empty((R, dk), np.uint16)
-    ql = np.empty((R, dk), np.uint16)
-    split_bf16(np.int64(qh.ctypes.data), np.int64(ql.ctypes.data), np.int64(qf.ctypes.data), np.int64(R * dk))
-    qp = np.empty((G, nkb, 2, GROUP, 2 * GROUP), np.uint16)
-    for g in range(G):
-        for kb in range(nkb):
-            for c in range(GROUP):
-                rh = qh[g * GROUP + c, kb * KB:(kb + 1) * KB]
-                rl = ql[g * GROUP + c, kb * KB:(kb + 1) * KB]
-                for p in range(KB // 2):
-                    qp[g, kb, 0, p, 2 * c] = rh[2 * p]
-                    qp[g, kb, 0, p, 2 * c + 1] = rh[2 * p + 1]
-                    qp[g, kb, 1, p, 2 * c] = rl[2 * p]
-                    qp[g, kb, 1, p, 2 * c + 1] = rl[2 * p + 1]
+    g0 = t0 * n_head // GROUP
     kh = np.zeros((TILE, dk), np.uint16)        # the tile's latent rows, hi / lo terms
     kl = np.zeros((TILE, dk), np.uint16)
     kf = np.empty(dk, np.float32)
@@ -360,6 +366,7 @@ def mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos
     accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
     pair_fused = v_off % 16 == 0 and dk % 16 == 0
+    row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
@@ -380,10 +387,16 @@ def mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos
                     split_bf16(khp + jj * ks, klp + jj * ks, np.int64(kf.ctypes.data), np.int64(dk))
             interleave_u16(vhp + p * vs, khp + vo, khp + vo + ks, np.int64(dv))
             interleave_u16(vlp + p * vs, klp + vo, klp + vo + ks, np.int64(dv))
+        n_next = min(TILE, c1 - cb - TILE)
         for g in range(G):
             zero2()
             for kb in range(nkb):
-                qb = qpp + (g * nkb + kb) * 2 * TILE_BYTES
+                if g == 0:  # the next tile's rows on their way meanwhile, a few per product
+                    for j in range(kb * n_next // nkb, (kb + 1) * n_next // nkb):
+                        ra = kp + np.int64(kv_idx[cb + TILE + j]) * krs
+                        for o in range(0, row_bytes, 64):
+                            prefetch(ra + o)
+                qb = qpp + ((g0 + g) * nkb + kb) * 2 * TILE_BYTES
                 o = np.int64(kb * KB * 2)
                 qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
@@ -400,4 +413,4 @@ def mla_item_amx(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos
                 ob = np.int64(c * GROUP * 4)  # 16 columns x 2 cells x 2 bytes
                 pv_step(ag + o, ag + o + 64, accs, vhp + ob, vlp + ob, vhp + ob + 64, vlp + ob + 64, vs)
     tile_release()
-    return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + qp.size + st.size
+    return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + st.size

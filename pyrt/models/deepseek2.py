@@ -421,9 +421,11 @@ class DeepSeek2Model(ModelBase):
             q, kva = linear_multi(h, A.q, A.kv_a_mqa)
         q = q.reshape(n_tok, H, Dk)                                  # [n_tok, H, Dn + R]
         host = isinstance(q, np.ndarray)  # a device runs the absorbed attention for every ubatch size
-        pth = paths.current()
-        decompress = (host and mode in (2, 3) and n_tok >= pth.mla_decompress_min_tokens
-                      and not (pth.mla_amx_prompts and mla.amx_takes(inp.kv.mla_view(il).type_k, H, R, C)))
+        decompress = host and mode in (2, 3) and n_tok >= paths.current().mla_decompress_min_tokens
+        if decompress:
+            view = inp.kv.mla_view(il)
+            decompress = not (view.kv_idx.shape[0] >= paths.current().mla_amx_min_cells
+                              and mla.amx_takes(view.type_k, H, R, C))
         fused = host and mode != 0 and not decompress and n_tok == 1 and A.decode is not None
         if mode != 0 and not decompress and not fused:  # absorbed attention over the latent cache
             inp.kv.store(il, mla.latent_rows_of(kva, A.kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)

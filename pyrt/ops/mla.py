@@ -59,9 +59,8 @@ _NO_AMX = np.empty(0, np.uint8)
 
 def amx_takes(type_k: str, n_head: int, n_rot: int, C: int) -> bool:
     """Whether FlashMLA runs on AMX-BF16 tiles for this cache type and these shapes (amx_config, and the items'
-    own rule). There the absorbed attention is cheaper than decompressing the latents for prompts at every
-    depth measured (`python bench/bench_mla.py crossover`: bench/results/flashmla-amx-xeon-2026-12-04.md), so
-    deepseek2's -mla 2/3 prompts take it (paths.mla_amx_prompts; mla_decompress_min_tokens applies elsewhere)."""
+    own rule). There deepseek2's -mla 2/3 prompts over paths.mla_amx_min_cells cells or more take the absorbed
+    attention, not the decompressing one."""
     from .._kernels.attention_mla_amx import amx_fits
     return (type_k in _KINDS and amx_config().size > 0
             and bool(amx_fits(_KINDS[type_k], n_head, n_rot + C, C)))
