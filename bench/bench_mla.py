@@ -1,10 +1,13 @@
 """MLA benchmarks on a DeepSeek2 file (tools/make_dsv2lite_model.py): the mode-3 crossover and the PP/TG sweep.
 
-`memory`: RSS (file-backed and anonymous) and peak RSS through a long prompt and generation.
+`memory`: RSS (file-backed and anonymous) and peak RSS through a long prompt and generation. `kernel`: the
+absorbed attention of one decoded token over L layers' caches of N cells each (DeepSeek-V2-Lite shapes, no
+model file), with the AMX-BF16 items and with the f32 items, the caches cold (read from memory as in a model).
 `crossover`: time one ubatch of T tokens at depth N_KV with the absorbed FlashMLA path (-mla 1) and the
 decompressing path (-mla 2 takes it for T >= mla_decompress_min_tokens; forced here for every T), to pick
 pyrt.ops.paths.Paths.mla_decompress_min_tokens. `sweep`: sweep-bench rows (pyrt.bench.sweep) for pyrt -mla 3,
-optionally -mla 0, and llama.cpp on the same file. Usage: `python bench/bench_mla.py crossover|sweep|memory -m FILE`.
+optionally -mla 0, and llama.cpp on the same file. Usage: `python bench/bench_mla.py crossover|sweep|memory -m FILE`,
+`python bench/bench_mla.py kernel`.
 """
 
 from __future__ import annotations
@@ -111,6 +114,30 @@ def memory(a) -> int:
     return 0
 
 
+def kernel(a) -> int:
+    from pyrt.ops import mla, paths
+    H, C, R = a.heads, 512, 64
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, H, R + C)).astype(np.float32)
+    print(f"| cells | items | ms/token ({a.layers} layers) | us/cell/layer |\n|---|---|---|---|")
+    for n in (int(s) for s in a.cells.split(",")):
+        ks = [(0.5 * rng.standard_normal((n, R + C))).astype(np.float16) for _ in range(a.layers)]
+        pos = np.arange(n, dtype=np.int32)
+        args = (pos, np.ones(n, np.uint64), pos.copy(), np.array([n], np.int32), np.zeros(1, np.int32), 0.1, R)
+        for items, amx in (("AMX-BF16", True), ("f32", False)):
+            with paths.using(amx=amx):
+                if amx and mla.amx_config().size == 0:
+                    continue
+                best = 1e9
+                for _ in range(a.reps + 1):  # the first warms the kernels
+                    t0 = time.perf_counter()
+                    for k in ks:  # each layer's cache is out of cache again when its turn comes
+                        mla.flash_mla(q, k, "f16", *args)
+                    best = min(best, time.perf_counter() - t0)
+            print(f"| {n} | {items} | {best * 1e3:.2f} | {best / a.layers / n * 1e6:.3f} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -138,8 +165,13 @@ def main(argv=None) -> int:
     mem.add_argument("--gen", type=int, default=256)
     mem.add_argument("--mla", type=int, default=3)
     mem.add_argument("-ctk", "--type-k", default="f16")
+    kn = sub.add_parser("kernel")
+    kn.add_argument("--cells", default="1024,4096,8192")
+    kn.add_argument("--layers", type=int, default=27)
+    kn.add_argument("--heads", type=int, default=16)
+    kn.add_argument("--reps", type=int, default=3)
     a = ap.parse_args(argv)
-    return {"crossover": crossover, "sweep": sweep, "memory": memory}[a.cmd](a)
+    return {"crossover": crossover, "sweep": sweep, "memory": memory, "kernel": kernel}[a.cmd](a)
 
 
 if __name__ == "__main__":

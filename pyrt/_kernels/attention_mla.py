@@ -8,7 +8,7 @@ once into an f32 scratch and serves the scores and the value sum of all heads. S
 import numpy as np
 from numba import njit, prange
 
-from .attention_mla_amx import TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
+from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, pv4_f32
 from .config import FASTMATH
 from .kv import decode_row
@@ -139,6 +139,17 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         add_pv(acc, s, kt, v_off, R4, R, 0, nc)
 
 
+@njit(cache=True, nogil=True)
+def _no_amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0,
+                 c1, cfgp):
+    """mla_item_amx's place on targets without AMX-BF16 (whose inline asm they must not compile); never called."""
+    return 0
+
+
+# the AMX items (inline asm) are compiled into flash_attn_mla only for targets that have the tiles
+_amx_item = mla_item_amx if HAS_AMX_BF16 else _no_amx_item
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, q_tile, kv_tile,
                    n_split, amx_cfg):
@@ -162,7 +173,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     dv = dst.shape[2]
     n_kv = kv_idx.shape[0]
     n_qt = (n_tok + q_tile - 1) // q_tile
-    use_amx = amx_cfg.size >= 64 and amx_fits(kind, n_head, q.shape[2], dv)
+    use_amx = HAS_AMX_BF16 and amx_cfg.size >= 64 and amx_fits(kind, n_head, q.shape[2], dv)
     if use_amx:
         kv_tile = AMX_TILE  # splits start on the AMX items' tile boundaries
     cfgp = np.int64(amx_cfg.ctypes.data)
@@ -171,7 +182,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     for it in prange(n_qt * n_split):
         _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
         if use_amx:
-            mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
+            _amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
                          c0, c1, cfgp)
         else:
             _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,

@@ -33,6 +33,9 @@ from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _vec, prefetch
 from .softmax import exp_neg, query_seqs, tile_mask
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
+if HAS_AMX_BF16:  # the tile steps are inline asm, which the JIT assembles whether or not this process runs them
+    import llvmlite.binding as _llb
+    _llb.initialize_native_asmparser()
 GROUP = 16       # query rows of a tile (columns of the score tile, rows of the value tile)
 TILE = 32        # cells of a KV tile: two 16-cell score tiles, the K of one value product
 KB = 32          # values of one score product (K of the tile product: 16 bf16 pairs)

@@ -85,7 +85,8 @@ def _dot4x4_codegen(context, builder, signature, args):
         t = ir.Constant(_vec(_F32, CELLS), [0.0] * CELLS)
         for j in range(CELLS):
             t = builder.insert_element(t, builder.load(tacc[r][j]), ir.Constant(_I32, j))
-        row = builder.shuffle_vector(sums, sums, ir.Constant(_vec(_I32, CELLS), list(range(r * CELLS, (r + 1) * CELLS))))
+        lanes = ir.Constant(_vec(_I32, CELLS), list(range(r * CELLS, (r + 1) * CELLS)))
+        row = builder.shuffle_vector(sums, sums, lanes)
         _st(builder, builder.fadd(row, t), _add(builder, s, _mul(builder, ss, r)))
     return context.get_dummy_value()
 
