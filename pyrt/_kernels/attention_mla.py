@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
-from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, pv4_f32
+from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .kv import decode_row
 from .simd import prefetch
@@ -92,8 +92,6 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     qs_rs = np.int64(qs.strides[0])
     kt_p = np.int64(kt.ctypes.data)
     kt_rs = np.int64(kt.strides[0])
-    acc_p = np.int64(acc.ctypes.data)
-    acc_rs = np.int64(acc.strides[0])
     k_p = np.int64(k.ctypes.data)
     k_rs = np.int64(k.strides[0])
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
@@ -127,8 +125,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         qk_scores(s, qs, kt, 0, R, nc4, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
         if HAS_ZMM_BLOCKS:  # 4 heads x 64 values in registers across the tile's cells
-            for r0 in range(0, R4, 4):
-                pv4_f32(acc_p + r0 * acc_rs, acc_rs, s_p + r0 * s_rs, s_rs, kt_p + v_off * 4, kt_rs, nc, dv)
+            values_4(acc, s, kt, v_off, R4, nc)
         else:
             for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators
                 for j0 in range(0, nc4, 4):

@@ -2,13 +2,14 @@
 LLVM's loop vectorizer would pick 256-bit ymm): the 4 x 4 score block and the value accumulation of 4 rows
 over a tile's cells, with the accumulators in registers across the cells.
 
-Leaf module (numba, llvmlite and sibling kernel modules only); pointers are integer addresses and strides are
+Leaf module (numpy, numba, llvmlite and sibling kernel modules only); pointers are integer addresses and strides are
 in bytes, kept in range by the calling kernels. Summation orders are fixed (no reassociation flags), so a row's
 result does not depend on which block or call computed it.
 """
 
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -170,3 +171,27 @@ def pv4_f32(typingctx, a, as_, p, ps, v, vs, nc, n):
     if not all(isinstance(x, types.Integer) for x in (a, as_, p, ps, v, vs, nc, n)):
         return None
     return types.none(*([types.int64] * 8)), _pv4_codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def scores_4x4(s, qs, kt, r4, nc4):
+    """s[r, j] = qs[r] . kt[j] for r < r4, j < nc4 (multiples of 4) in dot4x4_f32 blocks; s, qs, kt f32 with
+    contiguous rows (qs [>= r4, dk], kt [>= nc4, >= dk])."""
+    dk = np.int64(qs.shape[1])
+    s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
+    q_p, q_rs = np.int64(qs.ctypes.data), np.int64(qs.strides[0])
+    k_p, k_rs = np.int64(kt.ctypes.data), np.int64(kt.strides[0])
+    for j0 in range(0, nc4, CELLS):
+        for r0 in range(0, r4, ROWS):
+            dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, q_p + r0 * q_rs, q_rs, k_p + j0 * k_rs, k_rs, dk)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def values_4(acc, s, vt, v_off, r4, nc):
+    """acc[r] += sum_j s[r, j] * vt[j, v_off:v_off + dv] for r < r4 (a multiple of 4), j < nc, in pv4_f32
+    blocks; acc [>= r4, dv], s, vt f32 with contiguous rows."""
+    a_p, a_rs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
+    s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
+    v_p, v_rs = np.int64(vt.ctypes.data) + np.int64(v_off) * 4, np.int64(vt.strides[0])
+    for r0 in range(0, r4, ROWS):
+        pv4_f32(a_p + r0 * a_rs, a_rs, s_p + r0 * s_rs, s_rs, v_p, v_rs, np.int64(nc), np.int64(acc.shape[1]))
