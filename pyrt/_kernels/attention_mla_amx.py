@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_F16, KIND_F32, decode_row
-from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _vec, prefetch
+from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vector_loop
 from .softmax import exp_neg, query_seqs, tile_mask
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
@@ -125,33 +125,31 @@ pv_step = intrinsic(_asm_call(
 _W = 16
 
 
+def _terms(builder, x, w):
+    """f32 x (w lanes; w = 1: a scalar) -> its bf16 terms (hi, lo) as i16: hi = the bits >> 16 (truncated),
+    lo = x - hi (exact in f32) rounded to bf16 by adding half of its last place before the shift."""
+    n = None if w == 1 else w
+    ti, th = (_I32, _I16) if n is None else (_vec(_I32, w), _vec(_I16, w))
+    bits = builder.bitcast(x, ti)
+    hi = builder.trunc(builder.lshr(bits, _c(builder, 16, _I32, n)), th)
+    lo_f = builder.fsub(x, builder.bitcast(builder.and_(bits, _c(builder, -65536, _I32, n)), x.type))
+    lo = builder.add(builder.bitcast(lo_f, ti), _c(builder, 0x8000, _I32, n))
+    return hi, builder.trunc(builder.lshr(lo, _c(builder, 16, _I32, n)), th)
+
+
 def _split_codegen(context, builder, signature, args):
-    """n f32 at src -> hi (bits >> 16: truncated) and lo (x - hi, exact in f32, rounded to bf16 by adding half
-    of its last place before the shift) as uint16 at hp, lp."""
+    """n f32 at src -> their hi and lo terms (_terms) as uint16 at hp, lp."""
     hp, lp, src, n = args
-    v32, v16 = _vec(_I32, _W), _vec(_I16, _W)
 
     def step(off, w):
-        ti, th, tf = (_I32, _I16, _F32) if w == 1 else (v32, v16, _vec(_F32, w))
-        p = builder.inttoptr(builder.add(src, builder.mul(off, ir.Constant(_I64, 4))), tf.as_pointer())
-        x = builder.load(p, align=4)
-        bits = builder.bitcast(x, ti)
-        sh = ir.Constant(ti, 16) if w == 1 else ir.Constant(ti, [16] * w)
-        mk = ir.Constant(ti, -65536) if w == 1 else ir.Constant(ti, [-65536] * w)
-        hi = builder.trunc(builder.lshr(bits, sh), th)
-        lo_f = builder.fsub(x, builder.bitcast(builder.and_(bits, mk), tf))
-        half = ir.Constant(ti, 0x8000) if w == 1 else ir.Constant(ti, [0x8000] * w)
-        lo = builder.trunc(builder.lshr(builder.add(builder.bitcast(lo_f, ti), half), sh), th)
+        tf = _F32 if w == 1 else _vec(_F32, w)
+        x = builder.load(builder.inttoptr(builder.add(src, builder.mul(off, ir.Constant(_I64, 4))), tf.as_pointer()),
+                         align=4)
         o2 = builder.mul(off, ir.Constant(_I64, 2))
-        builder.store(hi, builder.inttoptr(builder.add(hp, o2), th.as_pointer()), align=2)
-        builder.store(lo, builder.inttoptr(builder.add(lp, o2), th.as_pointer()), align=2)
+        for t, base in zip(_terms(builder, x, w), (hp, lp)):
+            builder.store(t, builder.inttoptr(builder.add(base, o2), t.type.as_pointer()), align=2)
 
-    nv = builder.udiv(n, ir.Constant(_I64, _W))
-    with cgutils.for_range(builder, nv) as loop:
-        step(builder.mul(loop.index, ir.Constant(_I64, _W)), _W)
-    e0 = builder.mul(nv, ir.Constant(_I64, _W))
-    with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
-        step(builder.add(e0, loop.index), 1)
+    vector_loop(builder, n, _W, step)
     return context.get_dummy_value()
 
 
@@ -166,25 +164,22 @@ def split_bf16(typingctx, hp, lp, src, n):
 def _interleave_codegen(context, builder, signature, args):
     """dst[2i] = a[i], dst[2i + 1] = b[i] for i < n (uint16)."""
     dp, ap, bp, n = args
-    v16 = _vec(_I16, _W)
-    mask = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
-    nv = builder.udiv(n, ir.Constant(_I64, _W))
-    with cgutils.for_range(builder, nv) as loop:
-        o = builder.mul(loop.index, ir.Constant(_I64, 2 * _W))
-        a = builder.load(builder.inttoptr(builder.add(ap, o), v16.as_pointer()), align=2)
-        b = builder.load(builder.inttoptr(builder.add(bp, o), v16.as_pointer()), align=2)
-        d = builder.shuffle_vector(a, b, mask)
-        builder.store(d, builder.inttoptr(builder.add(dp, builder.mul(o, ir.Constant(_I64, 2))),
-                                          d.type.as_pointer()), align=2)
-    e0 = builder.mul(nv, ir.Constant(_I64, _W))
-    with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
-        i = builder.add(e0, loop.index)
+
+    def step(i, w):
+        t = _I16 if w == 1 else _vec(_I16, w)
         o = builder.mul(i, ir.Constant(_I64, 2))
-        a = builder.load(builder.inttoptr(builder.add(ap, o), _I16.as_pointer()), align=2)
-        b = builder.load(builder.inttoptr(builder.add(bp, o), _I16.as_pointer()), align=2)
+        a = builder.load(builder.inttoptr(builder.add(ap, o), t.as_pointer()), align=2)
+        b = builder.load(builder.inttoptr(builder.add(bp, o), t.as_pointer()), align=2)
         d0 = builder.add(dp, builder.mul(o, ir.Constant(_I64, 2)))
-        builder.store(a, builder.inttoptr(d0, _I16.as_pointer()), align=2)
-        builder.store(b, builder.inttoptr(builder.add(d0, ir.Constant(_I64, 2)), _I16.as_pointer()), align=2)
+        if w == 1:
+            builder.store(a, builder.inttoptr(d0, _I16.as_pointer()), align=2)
+            builder.store(b, builder.inttoptr(builder.add(d0, ir.Constant(_I64, 2)), _I16.as_pointer()), align=2)
+        else:
+            d = builder.shuffle_vector(a, b, ir.Constant(_vec(_I32, 2 * w), [k // 2 + (w if k % 2 else 0)
+                                                                            for k in range(2 * w)]))
+            builder.store(d, builder.inttoptr(d0, d.type.as_pointer()), align=2)
+
+    vector_loop(builder, n, _W, step)
     return context.get_dummy_value()
 
 
@@ -196,22 +191,11 @@ def interleave_u16(typingctx, dp, ap, bp, n):
     return types.none(*([types.int64] * 4)), _interleave_codegen
 
 
-def _terms(builder, x, w):
-    """<w x float> -> (hi, lo) <w x i16> bf16 terms, as split_bf16."""
-    ti, th = _vec(_I32, w), _vec(_I16, w)
-    bits = builder.bitcast(x, ti)
-    hi = builder.trunc(builder.lshr(bits, ir.Constant(ti, [16] * w)), th)
-    lo_f = builder.fsub(x, builder.bitcast(builder.and_(bits, ir.Constant(ti, [-65536] * w)), x.type))
-    lo = builder.trunc(builder.lshr(builder.add(builder.bitcast(lo_f, ti), ir.Constant(ti, [0x8000] * w)),
-                                    ir.Constant(ti, [16] * w)), th)
-    return hi, lo
-
-
 def _pair_codegen(context, builder, signature, args):
     """Two f16 cache rows (a at ra, b at rb; dk values) -> their hi/lo rows (kha, kla, khb, klb) and, from
     value v_off on, the two rows' terms interleaved value by value (vh, vl: 2 * (dk - v_off) uint16 each)."""
     kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off = args
-    v16, w16 = _vec(_I16, _W), _vec(_I16, 2 * _W)
+    v16 = _vec(_I16, _W)
     inter = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
 
     def st(v, base, off):
@@ -237,7 +221,6 @@ def _pair_codegen(context, builder, signature, args):
         step(builder.mul(loop.index, ir.Constant(_I64, _W)), False)
     with cgutils.for_range(builder, builder.sub(builder.udiv(dk, ir.Constant(_I64, _W)), n0)) as loop:
         step(builder.mul(builder.add(n0, loop.index), ir.Constant(_I64, _W)), True)
-    del w16
     return context.get_dummy_value()
 
 

@@ -169,6 +169,16 @@ def _fold(builder, v, n):
     return v
 
 
+def vector_loop(builder, n, width, step):
+    """step(offset, width) at every full vector of n (i64) elements, then step(offset, 1) at each one left."""
+    nv = builder.udiv(n, ir.Constant(_I64, width))
+    with cgutils.for_range(builder, nv) as loop:
+        step(builder.mul(loop.index, ir.Constant(_I64, width)), width)
+    e0 = builder.mul(nv, ir.Constant(_I64, width))
+    with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
+        step(builder.add(e0, loop.index), 1)
+
+
 # ------------------------------------------------------------------ software prefetch
 
 # Software prefetch of the weight stream, PREFETCH_BYTES ahead (`pf`, a runtime argument of the
@@ -352,13 +362,7 @@ def _f16_row_codegen(context, builder, signature, args):
         p = builder.inttoptr(builder.add(dp, builder.mul(off_el, ir.Constant(_I64, 4))), ir.PointerType(_vec(_I32, width)))
         builder.store(out, p, align=4)
 
-    L = 32
-    nvec = builder.udiv(n, ir.Constant(_I64, L))
-    with cgutils.for_range(builder, nvec) as loop:
-        step(builder.mul(loop.index, ir.Constant(_I64, L)), L)
-    start = builder.mul(nvec, ir.Constant(_I64, L))
-    with cgutils.for_range(builder, builder.sub(n, start)) as loop:
-        step(builder.add(start, loop.index), 1)
+    vector_loop(builder, n, 32, step)
     return context.get_dummy_value()
 
 
