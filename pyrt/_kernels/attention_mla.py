@@ -180,7 +180,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
         _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
         if use_amx:
             _amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
-                         c0, c1, cfgp)
+                      c0, c1, cfgp)
         else:
             _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
                       kv_tile)

@@ -94,7 +94,7 @@ def _dot4x4_codegen(context, builder, signature, args):
 
 def _reduce_lanes(builder, vs):
     """16 <16 x float> -> one whose lane i is the sum of vs[i]'s lanes: a butterfly of half-vector shuffles.
-    Every lane sums in _fold's order (lane t + lane t + L/2 at each halving), the same bits as folding each
+    Every lane sums in simd._fold's order (lane t + lane t + L/2 at each halving), the same bits as folding each
     vector alone, with 30 shuffles instead of 128."""
     lanes = W
     while len(vs) > 1:

@@ -144,7 +144,7 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     if n_tok == 0:
         return out
     cfg = amx_config()
-    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, args[4].shape[0], cfg.size > 0)
+    q_tile, kv_tile, n_split = choose_tiles(n_tok, n_head, args[4].shape[0], amx_takes(type_k, n_head, n_rot, dv))
     k_, kind, cell_pos, cell_seq, kv_idx, q_pos, q_seq = args
     ak.flash_attn_mla(out, q, k_, kind, int(n_rot), cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale),
                       q_tile, kv_tile, n_split, cfg)
