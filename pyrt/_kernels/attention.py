@@ -9,7 +9,6 @@ queries of a query tile).
 import numpy as np
 from numba import njit, prange
 
-from .attn_blocks import HAS_ZMM_BLOCKS, scores_4x4, values_4
 from .config import FASTMATH
 from .kv import decode_row
 from .softmax import (add_pv, exp_neg, finish_item, merge_split_row, online_update, qk_scores, query_seqs,
@@ -50,19 +49,9 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
             if cvis[j]:
                 decode_row(kt[j], k[kv_idx[cb + j]], g * dk, dk, kind_k, seg_k)
                 decode_row(vt[j], v[kv_idx[cb + j]], v_off + g * dv, dv, kind_v, seg_v)
-        if HAS_ZMM_BLOCKS:  # 4 x 4 score blocks, 4 rows x 64 values in registers across the tile's cells
-            R4 = R - R % 4
-            nc4 = nc - nc % 4
-            scores_4x4(s, qs, kt, R4, nc4)
-            qk_scores(s, qs, kt, R4, R, 0, nc4)
-            qk_scores(s, qs, kt, 0, R, nc4, nc)
-            online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
-            values_4(acc, s, vt, 0, R4, nc)
-            add_pv(acc, s, vt, 0, R4, R, 0, nc)
-        else:
-            qk_scores(s, qs, kt, 0, R, 0, nc)
-            online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
-            add_pv(acc, s, vt, 0, 0, R, 0, nc)  # acc += P @ V
+        qk_scores(s, qs, kt, 0, R, 0, nc)
+        online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
+        add_pv(acc, s, vt, 0, 0, R, 0, nc)  # acc += P @ V
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)

@@ -96,6 +96,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     k_rs = np.int64(k.strides[0])
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     R4 = R - R % 4
+    zmm = HAS_ZMM_BLOCKS and kv_tile % 4 == 0
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
@@ -105,9 +106,11 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                 decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
         nc4 = nc - nc % 4
         n_next = min(kv_tile, c1 - cb - kv_tile)
-        if HAS_ZMM_BLOCKS:  # 4 cells x 4 heads per block, 16 zmm accumulators
-            for j0 in range(0, nc4, 4):
-                for j in range(j0 * n_next // nc4, (j0 + 4) * n_next // nc4):  # the next tile's rows, a few a block
+        ncb = nc4  # cells in 4 x 4 blocks; the zmm blocks pad the last four with the tile's other (finite,
+        if zmm:    # unused) rows, so a cell's score has the same arithmetic wherever the tile boundaries fall
+            ncb = (nc + 3) // 4 * 4
+            for j0 in range(0, ncb, 4):
+                for j in range(j0 * n_next // ncb, (j0 + 4) * n_next // ncb):  # the next tile's rows, a few a block
                     ra = k_p + np.int64(kv_idx[cb + kv_tile + j]) * k_rs
                     for o in range(0, row_bytes, 64):
                         prefetch(ra + o)
@@ -121,10 +124,10 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                 k3 = kt[j0 + 3]
                 for r0 in range(0, R4, 4):
                     _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
-        qk_scores(s, qs, kt, R4, R, 0, nc4)
-        qk_scores(s, qs, kt, 0, R, nc4, nc)
+        qk_scores(s, qs, kt, R4, R, 0, ncb)
+        qk_scores(s, qs, kt, 0, R, ncb, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
-        if HAS_ZMM_BLOCKS:  # 4 heads x 64 values in registers across the tile's cells
+        if zmm:  # 4 heads x 64 values in registers across the tile's cells
             values_4(acc, s, kt, v_off, R4, nc)
         else:
             for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators

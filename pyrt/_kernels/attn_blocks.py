@@ -174,19 +174,6 @@ def pv4_f32(typingctx, a, as_, p, ps, v, vs, nc, n):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def scores_4x4(s, qs, kt, r4, nc4):
-    """s[r, j] = qs[r] . kt[j] for r < r4, j < nc4 (multiples of 4) in dot4x4_f32 blocks; s, qs, kt f32 with
-    contiguous rows (qs [>= r4, dk], kt [>= nc4, >= dk])."""
-    dk = np.int64(qs.shape[1])
-    s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
-    q_p, q_rs = np.int64(qs.ctypes.data), np.int64(qs.strides[0])
-    k_p, k_rs = np.int64(kt.ctypes.data), np.int64(kt.strides[0])
-    for j0 in range(0, nc4, CELLS):
-        for r0 in range(0, r4, ROWS):
-            dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, q_p + r0 * q_rs, q_rs, k_p + j0 * k_rs, k_rs, dk)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def values_4(acc, s, vt, v_off, r4, nc):
     """acc[r] += sum_j s[r, j] * vt[j, v_off:v_off + dv] for r < r4 (a multiple of 4), j < nc, in pv4_f32
     blocks; acc [>= r4, dv], s, vt f32 with contiguous rows."""
