@@ -31,7 +31,7 @@ from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_F16, KIND_F32, decode_row
 from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vector_loop
-from .softmax import exp_neg, query_seqs, tile_mask
+from .softmax import exp_neg, query_seqs, start_rows, tile_mask
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
 if HAS_AMX_BF16:  # the tile steps are inline asm, which the JIT assembles whether or not this process runs them
@@ -62,12 +62,9 @@ def config_bytes() -> np.ndarray:
 
 # ---------------------------------------------------------------------------- tile steps (inline asm)
 
-def _asm_call(text, n):
-    """An @intrinsic typer of n int64 operands ($0..$n-1) that runs the asm text (r11 clobbered)."""
-    def codegen(context, builder, signature, a):
-        builder.call(_asm(builder, text, n, ",~{r11}"), list(a))
-        return context.get_dummy_value()
-
+def _int_typer(n, codegen):
+    """An @intrinsic typer of n int64 operands (addresses, strides, counts) emitted by codegen. Numba reads the
+    operands from the typer's own signature, so each arity gets a function of its own."""
     def check(args):
         if not all(isinstance(a, types.Integer) for a in args):
             return None
@@ -75,9 +72,17 @@ def _asm_call(text, n):
 
     names = ", ".join(f"a{i}" for i in range(n))
     scope = {"check": check}
-    # Numba reads the operands from the typer's signature: a fixed arity, one function per step
     exec(f"def typer(typingctx{', ' if n else ''}{names}):\n    return check(({names}{',' if n else ''}))", scope)
     return scope["typer"]
+
+
+def _asm_call(text, n):
+    """_int_typer of the asm text over operands $0..$n-1 (r11 clobbered)."""
+    def codegen(context, builder, signature, a):
+        builder.call(_asm(builder, text, n, ",~{r11}"), list(a))
+        return context.get_dummy_value()
+
+    return _int_typer(n, codegen)
 
 
 # zero2(): tmm0 = tmm1 = 0 (the two 16-cell score tiles)
@@ -154,12 +159,8 @@ def _split_codegen(context, builder, signature, args):
     return context.get_dummy_value()
 
 
-@intrinsic
-def split_bf16(typingctx, hp, lp, src, n):
-    """The bf16 hi and lo terms (uint16 at hp, lp) of n f32 at src."""
-    if not all(isinstance(a, types.Integer) for a in (hp, lp, src, n)):
-        return None
-    return types.none(*([types.int64] * 4)), _split_codegen
+# split_bf16(hp, lp, src, n): the bf16 hi and lo terms (uint16 at hp, lp) of n f32 at src
+split_bf16 = intrinsic(_int_typer(4, _split_codegen))
 
 
 def _interleave_codegen(context, builder, signature, args):
@@ -184,12 +185,8 @@ def _interleave_codegen(context, builder, signature, args):
     return context.get_dummy_value()
 
 
-@intrinsic
-def interleave_u16(typingctx, dp, ap, bp, n):
-    """dst[2i] = a[i], dst[2i + 1] = b[i] for n uint16 of a and b (addresses dp, ap, bp)."""
-    if not all(isinstance(x, types.Integer) for x in (dp, ap, bp, n)):
-        return None
-    return types.none(*([types.int64] * 4)), _interleave_codegen
+# interleave_u16(dp, ap, bp, n): dst[2i] = a[i], dst[2i + 1] = b[i] for n uint16 of a and b
+interleave_u16 = intrinsic(_int_typer(4, _interleave_codegen))
 
 
 def _pair_codegen(context, builder, signature, args):
@@ -225,13 +222,10 @@ def _pair_codegen(context, builder, signature, args):
     return context.get_dummy_value()
 
 
-@intrinsic
-def f16_pair_terms(typingctx, kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off):
-    """The bf16 terms of two f16 rows of dk values (multiples of 16, as v_off) for the score tiles (hi/lo rows
-    at kha, kla, khb, klb) and the value tiles (from v_off on, interleaved value by value at vh, vl)."""
-    if not all(isinstance(x, types.Integer) for x in (kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off)):
-        return None
-    return types.none(*([types.int64] * 10)), _pair_codegen
+# f16_pair_terms(kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off): the bf16 terms of two f16 rows of dk values
+# (multiples of 16, as v_off) for the score tiles (hi/lo rows at kha, kla, khb, klb) and the value tiles (from
+# v_off on, interleaved value by value at vh, vl)
+f16_pair_terms = intrinsic(_int_typer(10, _pair_codegen))
 
 
 # ---------------------------------------------------------------------------- the work item
@@ -339,11 +333,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     mask = np.empty((nt, TILE), dtype=np.float32)
     cvis = np.empty(TILE, dtype=np.bool_)
     qseq = query_seqs(q_seq, t0, t1)
-    for r in range(R):
-        m[r] = np.float32(-np.inf)
-        l[r] = np.float32(0.0)
-        for i in range(dv):
-            acc[r, i] = np.float32(0.0)
+    start_rows(acc, m, l)
     khp, klp = np.int64(kh.ctypes.data), np.int64(kl.ctypes.data)
     ks = np.int64(dk * 2)
     qpp = np.int64(qp.ctypes.data)
@@ -396,8 +386,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             load_p(php, plp)
             ag = accp + g * GROUP * accs
             for c in range(0, dv // GROUP, 2):
-                o = np.int64(c * GROUP * 4)
-                ob = np.int64(c * GROUP * 4)  # 16 columns x 2 cells x 2 bytes
-                pv_step(ag + o, ag + o + 64, accs, vhp + ob, vlp + ob, vhp + ob + 64, vlp + ob + 64, vs)
+                o = np.int64(c * GROUP * 4)  # 16 f32 columns of acc, and 16 columns x 2 cells of bf16 in V
+                pv_step(ag + o, ag + o + 64, accs, vhp + o, vlp + o, vhp + o + 64, vlp + o + 64, vs)
     tile_release()
     return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + st.size
