@@ -238,3 +238,21 @@ def test_amx_tiles_match_f32_kernel_16_heads(tmp_path):
     assert not np.array_equal(res[True][0], res[False][0])  # the tiles ran
     assert _nmse(res[True][0], res[False][0]) <= 1e-6
     assert _nmse(res[True][1], res[False][1]) <= 1e-6
+
+
+def test_decompressed_prompt_on_tiles_matches_blas(ds2_models):
+    """The decompressed prompt attention on AMX-BF16 tiles (ops.mla.heads_attention_amx) against the per-head
+    BLAS products, over a prompt that spans two ubatches (the second sees the first's cells). The model with
+    f32 weights and softmax routing: the others' near-tied expert choices turn 2^-16 differences into 1e-4."""
+    from pyrt.ops.mla import heads_amx_takes
+    if not heads_amx_takes(64, 32, "f16"):
+        pytest.skip("AMX-BF16 tiles: the CPU or kernel does not offer them here")
+    path = ds2_models["ds2-qlora-kvb-f32"][0]
+    ids = [(i * 37) % 400 + 20 for i in range(90)]
+    res = {}
+    for tiles in (True, False):
+        with paths.using(mla_decompress_min_tokens=16, mla_heads_amx=tiles):
+            llm = pyrt.load(path, n_ctx=128, n_batch=48, n_ubatch=48, n_threads=2, mla=3, warmup=False)
+            res[tiles] = np.asarray(llm.eval_logits(ids), np.float64)
+    assert not np.array_equal(res[True], res[False])
+    assert _nmse(res[True], res[False]) <= 1e-7

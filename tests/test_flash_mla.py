@@ -225,3 +225,90 @@ def test_flash_mla_amx_split_is_thread_independent():
     assert np.array_equal(a, b)
     ref = naive_latent(q, rows.astype(np.float32), R, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
     assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+
+
+def _heads_ref(q, rows, dv, cp, cs, q_pos, q_seq, scale):
+    """float64 attention of each head over its own rows [n_vis, n_head, w] (K first, V the last dv values)."""
+    n_tok, n_head, dk = q.shape
+    out = np.zeros((n_tok, n_head, dv))
+    r64 = rows.astype(np.float64)
+    for t in range(n_tok):
+        vis = ((cs >> np.uint64(q_seq[t])) & np.uint64(1)).astype(bool) & (cp <= q_pos[t])
+        if not vis.any():
+            continue
+        for h in range(n_head):
+            s = r64[vis, h, :dk] @ q[t, h].astype(np.float64) * scale
+            p = np.exp(s - s.max())
+            out[t, h] = p @ r64[vis, h, -dv:] / p.sum()
+    return out.reshape(n_tok, n_head * dv)
+
+
+@amx_only
+@pytest.mark.parametrize("n_head,dk,dv,n_tok,n_vis", [(16, 192, 128, 1, 40), (16, 192, 128, 5, 97),
+                                                      (16, 192, 128, 17, 300), (4, 64, 32, 130, 260),
+                                                      (2, 96, 64, 40, 1100)])
+def test_heads_attention_amx_matches_float64(n_head, dk, dv, n_tok, n_vis):
+    """The decompressed prompt attention on AMX-BF16 tiles (each head its own f32 rows, queries padded to
+    16-row groups, splits where there are few items) against float64 and the BLAS matrix products: two
+    sequences, cells in any scan order, a query that sees no cell."""
+    from pyrt.ops.attention import attention_matrix
+    rng = np.random.default_rng(11 + n_tok)
+    rows = rng.standard_normal((n_vis, n_head, dk + dv)).astype(np.float32)
+    cp = rng.permutation(n_vis).astype(np.int32) // 2
+    cs = np.where(rng.integers(0, 2, n_vis) == 0, 1, 3).astype(np.uint64)
+    q_pos = np.sort(rng.integers(0, n_vis // 2, n_tok)).astype(np.int32)
+    q_seq = rng.integers(0, 2, n_tok).astype(np.int32)
+    if n_tok > 1:
+        q_pos[0] = -1
+    q = (0.3 * rng.standard_normal((n_tok, n_head, dk))).astype(np.float32)
+    assert mla.heads_amx_takes(dk, dv, "f16") and not mla.heads_amx_takes(dk, dv, "f32")
+    out = mla.heads_attention_amx(q, rows, dv, cp, cs, q_pos, q_seq, 0.1)
+    ref = _heads_ref(q, rows, dv, cp, cs, q_pos, q_seq, 0.1)
+    blas = attention_matrix(q, np.ascontiguousarray(rows[:, :, :dk]).reshape(n_vis, -1),
+                            np.ascontiguousarray(rows[:, :, dk:]).reshape(n_vis, -1), cp, cs, q_pos, q_seq, 0.1,
+                            n_head, dv)
+    assert out.shape == (n_tok, n_head * dv)
+    if n_tok > 1:
+        assert np.array_equal(out[0], np.zeros_like(out[0]))
+    assert ((out - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+    assert ((blas - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+    assert not np.array_equal(out, blas)
+
+
+@amx_only
+def test_heads_attention_amx_thread_independent_and_checked():
+    import numba
+    rng = np.random.default_rng(2)
+    n_vis, n_head, dk, dv = 3000, 2, 64, 32  # two items: the cells are split and merged
+    rows = rng.standard_normal((n_vis, n_head, dk + dv)).astype(np.float32)
+    q = rng.standard_normal((3, n_head, dk)).astype(np.float32)
+    cp = np.arange(n_vis, dtype=np.int32)
+    cs = np.ones(n_vis, np.uint64)
+    args = (q, rows, dv, cp, cs, np.array([n_vis] * 3), np.zeros(3, np.int32), 0.1)
+    a = mla.heads_attention_amx(*args)
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        b = mla.heads_attention_amx(*args)
+    finally:
+        numba.set_num_threads(old)
+    assert np.array_equal(a, b)
+    with pytest.raises(InvalidArgumentError):
+        mla.heads_attention_amx(q, rows[:, :1], dv, cp, cs, np.array([n_vis] * 3), np.zeros(3, np.int32), 0.1)
+    with pytest.raises(InvalidArgumentError):
+        mla.heads_attention_amx(q, rows, dv, cp[:-1], cs, np.array([n_vis] * 3), np.zeros(3, np.int32), 0.1)
+    with pytest.raises(InvalidArgumentError):
+        mla.heads_attention_amx(q, rows, dv, cp, cs, np.array([n_vis] * 3), np.array([0, 64, 0]), 0.1)
+    with pytest.raises(UnsupportedError):
+        mla.heads_attention_amx(q[:, :, :48], rows, 48, cp, cs, np.array([n_vis] * 3), np.zeros(3, np.int32), 0.1)
+
+
+def test_head_rows():
+    rng = np.random.default_rng(4)
+    pe = rng.standard_normal((7, 3)).astype(np.float32)
+    kv = rng.standard_normal((7, 2, 5)).astype(np.float32)
+    got = mla.head_rows(pe, kv)
+    np.testing.assert_array_equal(got[:, :, :3], np.broadcast_to(pe[:, None, :], (7, 2, 3)))
+    np.testing.assert_array_equal(got[:, :, 3:], kv)
+    with pytest.raises(InvalidArgumentError):
+        mla.head_rows(pe[:6], kv)

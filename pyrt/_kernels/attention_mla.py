@@ -11,7 +11,7 @@ from numba import njit, prange
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
-from .kv import decode_row
+from .kv import KIND_F32, decode_row
 from .simd import prefetch
 from .softmax import (add_pv, finish_item, merge_split_row, online_update, qk_scores, query_seqs, split_partials,
                       start_rows, tile_mask, work_item)
@@ -141,7 +141,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
 
 @njit(cache=True, nogil=True)
 def _no_amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0,
-                 c1, cfgp):
+                 c1, g0, cfgp):
     """mla_item_amx's place on targets without AMX-BF16 (whose inline asm they must not compile); never called."""
     return 0
 
@@ -183,7 +183,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
         _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
         if use_amx:
             _amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
-                      c0, c1, cfgp)
+                      c0, c1, t0 * n_head // 16, cfgp)
         else:
             _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
                       kv_tile)
@@ -193,6 +193,54 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     for th in prange(n_tok * n_head):
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
     _keep(amx_cfg, qp)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def flash_attn_heads_amx(dst, qp, k, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, q_tile, n_split,
+                         amx_cfg):
+    """Attention of heads that each have their own f32 K/V rows (MLA's prompt attention over decompressed cells)
+    on AMX-BF16 tiles, online softmax over 32-cell tiles.
+    dst   [n_tok, n_head, dv] f32     output
+    qp    pack_q of the queries laid out [n_head, n_tok, dk] (head-major), n_tok and q_tile multiples of 16
+    k     [n_cells, n_head, w] uint32 (f32 bits): each head's rows, the scores' dk values first, V's dv values
+          from v_off (v_off + dv <= w)
+    cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale: as flash_attn_mla; n_split KV splits per (head, query tile).
+    amx_cfg: config_bytes(); run only where the target has AMX-BF16 and amx.enable() said True.
+    Items (head, query tile, split) run in parallel, splits merged in a fixed order: thread-count independent.
+    """
+    n_head = k.shape[1]
+    n_tok = dst.shape[0]
+    dv = dst.shape[2]
+    n_kv = kv_idx.shape[0]
+    n_qt = (n_tok + q_tile - 1) // q_tile
+    cfgp = np.int64(amx_cfg.ctypes.data)
+    split_len, pm, pl, pacc = split_partials(n_kv, n_split, AMX_TILE, n_tok, n_head, dv)
+    for it in prange(n_head * n_qt * n_split):
+        h, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, 1)
+        _amx_item(acc, m, l, qp, 1, k[:, h], KIND_F32, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
+                  c0, c1, (h * n_tok + t0) // 16, cfgp)
+        finish_item(dst, pm, pl, pacc, acc, m, l, t0, h, 1, sp, n_split)
+    if n_split == 1:
+        return
+    for th in prange(n_tok * n_head):
+        merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
+    _keep(amx_cfg, qp)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def head_rows(dst, pe, kv):
+    """dst[c, h] = [pe[c] | kv[c, h]] for every cell c and head h: the rows of flash_attn_heads_amx from a
+    shared part pe [n, r] and per-head parts kv [n, n_head, w] (dst [n, n_head, r + w] f32)."""
+    r = pe.shape[1]
+    w = kv.shape[2]
+    for c in prange(dst.shape[0]):
+        for h in range(dst.shape[1]):
+            d = dst[c, h]
+            for i in range(r):
+                d[i] = pe[c, i]
+            s = kv[c, h]
+            for i in range(w):
+                d[r + i] = s[i]
 
 
 @njit(cache=True, nogil=True)

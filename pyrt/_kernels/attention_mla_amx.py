@@ -31,7 +31,7 @@ from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_F16, KIND_F32, decode_row
 from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vector_loop
-from .softmax import exp_neg, query_seqs, start_rows, tile_mask
+from .softmax import exp_neg, query_seqs, start_rows, tile_mask_t
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
 if HAS_AMX_BF16:  # the tile steps are inline asm, which the JIT assembles whether or not this process runs them
@@ -231,10 +231,10 @@ f16_pair_terms = intrinsic(_int_typer(10, _pair_codegen))
 # ---------------------------------------------------------------------------- the work item
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _softmax_t(st, mask, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
+def _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
     """online_update on transposed scores st [TILE, R] (cell j, row r): st[j, r] becomes exp(score - m_new),
     zero for cells >= nc and in a row that sees no cell of the tile; m, l and acc as online_update leaves them.
-    mx, al, ls: [R] f32 scratch."""
+    mask_t: tile_mask_t's [TILE, nt]; mx, al, ls: [R] f32 scratch."""
     R = st.shape[1]
     zero = np.float32(0.0)
     one = np.float32(1.0)
@@ -244,8 +244,15 @@ def _softmax_t(st, mask, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
         ls[r] = zero
     for j in range(nc):
         sj = st[j]
+        mj = mask_t[j]
+        if n_head == 1:  # one head: rows are tokens, the loop vectorizes
+            for r in range(R):
+                v = sj[r] * scale + mj[r]
+                sj[r] = v
+                mx[r] = v if v > mx[r] else mx[r]
+            continue
         for tl in range(nt):
-            mk = mask[tl, j]
+            mk = mj[tl]
             for h in range(tl * n_head, (tl + 1) * n_head):
                 v = sj[h] * scale + mk
                 sj[h] = v
@@ -305,22 +312,24 @@ def pack_q(q):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0,
-                 c1, cfgp):
-    """attention_mla._mla_item on AMX-BF16 tiles: the same arguments but the queries as pack_q(q) packed them
-    (qp) and their head count; cfgp: the address of config_bytes().
+                 c1, g0, cfgp):
+    """attention_mla._mla_item on AMX-BF16 tiles: the same arguments but the queries as pack_q packed them (qp;
+    the item's rows are its 16-row groups g0, g0 + 1, ...) and their head count; cfgp: the address of
+    config_bytes().
 
-    Needs n_head a multiple of 16, dk and dv multiples of 32 (amx_fits), kind f16/bf16/q8_0 (values exact
-    in hi + lo, or within 2^-16)."""
+    The scores take qp's dk values of a row, the values dv = acc.shape[1] values from v_off (inside or after
+    the score part). Needs the item's rows a multiple of 16, dk and dv multiples of 32 (amx_fits), kind
+    f16/bf16/q8_0 (values exact in hi + lo, or within 2^-16) or f32 (16 significand bits)."""
     dk = qp.shape[1] * KB
     dv = acc.shape[1]
+    dw = max(dk, v_off + dv)                    # values converted per row
     nt = t1 - t0
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    g0 = t0 * n_head // GROUP
-    kh = np.zeros((TILE, dk), np.uint16)        # the tile's latent rows, hi / lo terms
-    kl = np.zeros((TILE, dk), np.uint16)
-    kf = np.empty(dk, np.float32)
+    kh = np.zeros((TILE, dw), np.uint16)        # the tile's rows, hi / lo terms
+    kl = np.zeros((TILE, dw), np.uint16)
+    kf = np.empty(dw, np.float32)
     vh = np.empty((TILE // 2, 2 * dv), np.uint16)  # V = the rows' latent parts, cell pairs interleaved (VNNI)
     vl = np.empty((TILE // 2, 2 * dv), np.uint16)
     st = np.empty((TILE, R), np.float32)        # S^T, then P^T
@@ -330,24 +339,24 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     mx = np.empty(R, np.float32)
     al = np.empty(R, np.float32)
     ls = np.empty(R, np.float32)
-    mask = np.empty((nt, TILE), dtype=np.float32)
+    mask_t = np.empty((TILE, nt), dtype=np.float32)
     cvis = np.empty(TILE, dtype=np.bool_)
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
     khp, klp = np.int64(kh.ctypes.data), np.int64(kl.ctypes.data)
-    ks = np.int64(dk * 2)
+    ks = np.int64(dw * 2)
     qpp = np.int64(qp.ctypes.data)
     stp, sts = np.int64(st.ctypes.data), np.int64(R * 4)
     vhp, vlp, vs = np.int64(vh.ctypes.data), np.int64(vl.ctypes.data), np.int64(dv * 4)
     php, plp = np.int64(ph.ctypes.data), np.int64(pl.ctypes.data)
     accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
-    pair_fused = v_off % 16 == 0 and dk % 16 == 0
+    pair_fused = v_off % 16 == 0 and dw % 16 == 0
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
-        if not tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
+        if not tile_mask_t(mask_t, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
         for p in range(TILE // 2):  # one conversion per cell serves every row's K and V
             j = 2 * p
@@ -356,12 +365,16 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             if kind == KIND_F16 and pair_fused and j + 1 < nc and cvis[j] and cvis[j + 1]:
                 f16_pair_terms(khp + a, klp + a, khp + a + ks, klp + a + ks, vhp + p * vs, vlp + p * vs,
                                kp + np.int64(kv_idx[cb + j]) * krs, kp + np.int64(kv_idx[cb + j + 1]) * krs,
-                               np.int64(dk), np.int64(v_off))
+                               np.int64(dw), np.int64(v_off))
                 continue
             for jj in range(j, min(j + 2, nc)):
-                if cvis[jj]:
-                    decode_row(kf, k[kv_idx[cb + jj]], 0, dk, kind, 0)
-                    split_bf16(khp + jj * ks, klp + jj * ks, np.int64(kf.ctypes.data), np.int64(dk))
+                if not cvis[jj]:
+                    continue
+                src = kp + np.int64(kv_idx[cb + jj]) * krs
+                if kind != KIND_F32:
+                    decode_row(kf, k[kv_idx[cb + jj]], 0, dw, kind, 0)
+                    src = np.int64(kf.ctypes.data)
+                split_bf16(khp + jj * ks, klp + jj * ks, src, np.int64(dw))
             interleave_u16(vhp + p * vs, khp + vo, khp + vo + ks, np.int64(dv))
             interleave_u16(vlp + p * vs, klp + vo, klp + vo + ks, np.int64(dv))
         n_next = min(TILE, c1 - cb - TILE)
@@ -377,7 +390,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                 o = np.int64(kb * KB * 2)
                 qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
-        _softmax_t(st, mask, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
+        _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
         for g in range(G):
             for r in range(GROUP):
                 for j in range(TILE):

@@ -53,6 +53,26 @@ def start_rows(acc, m, l):
             acc[r, i] = np.float32(0.0)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile_cells(cvis, kv_idx, cb, nc, cell_pos, cell_seq):
+    """The positions and sequence sets of cells kv_idx[cb:cb+nc], gathered once so that the mask loops over
+    them vectorize; cvis[:nc] cleared."""
+    cpos = np.empty(nc, dtype=np.int32)
+    cseq = np.empty(nc, dtype=np.uint64)
+    for j in range(nc):
+        c = kv_idx[cb + j]
+        cpos[j] = cell_pos[c]
+        cseq[j] = cell_seq[c]
+        cvis[j] = False
+    return cpos, cseq
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sees(cseq, cpos, sh, qp, n_swa):
+    """Whether a query at position qp of sequence bit sh sees a cell (branch-free, for vector loops)."""
+    return (((cseq >> sh) & np.uint64(1)) == np.uint64(1)) & (cpos <= qp) & ((n_swa <= 0) | (qp - cpos < n_swa))
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
     """Masks of cells kv_idx[cb:cb+nc] for the item's queries; returns whether any query sees any of them.
@@ -61,23 +81,37 @@ def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n
     position is not after the query's and, with n_swa > 0, within the window), else -inf; cvis [>= nc]
     bool out: the cell is visible to some query of the item. qseq: query_seqs(q_seq, t0, t0 + nt).
     """
-    nt = qseq.shape[0]
-    one = np.uint64(1)
-    zero = np.float32(0.0)
-    neg_inf = np.float32(-np.inf)
+    cpos, cseq = _tile_cells(cvis, kv_idx, cb, nc, cell_pos, cell_seq)
+    for tl in range(qseq.shape[0]):
+        qp = q_pos[t0 + tl]
+        sh = qseq[tl]
+        mrow = mask[tl]
+        for j in range(nc):
+            ok = _sees(cseq[j], cpos[j], sh, qp, n_swa)
+            mrow[j] = np.float32(0.0) if ok else np.float32(-np.inf)
+            cvis[j] = cvis[j] | ok
     any_vis = False
     for j in range(nc):
-        c = kv_idx[cb + j]
-        cs = cell_seq[c]
-        cp = cell_pos[c]
+        any_vis = any_vis or cvis[j]
+    return any_vis
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def tile_mask_t(mask_t, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
+    """tile_mask with the mask cells-major: mask_t [>= nc, nt]."""
+    nt = qseq.shape[0]
+    cpos, cseq = _tile_cells(cvis, kv_idx, cb, nc, cell_pos, cell_seq)
+    qp = q_pos[t0:t0 + nt]
+    any_vis = False
+    for j in range(nc):
+        mrow = mask_t[j]
+        cp = cpos[j]
+        cs = cseq[j]
         cv = False
         for tl in range(nt):
-            qp = q_pos[t0 + tl]
-            ok = ((cs >> qseq[tl]) & one) == one and cp <= qp
-            if n_swa > 0 and qp - cp >= n_swa:
-                ok = False
-            mask[tl, j] = zero if ok else neg_inf
-            cv = cv or ok
+            ok = _sees(cs, cp, qseq[tl], qp[tl], n_swa)
+            mrow[tl] = np.float32(0.0) if ok else np.float32(-np.inf)
+            cv = cv | ok
         cvis[j] = cv
         any_vis = any_vis or cv
     return any_vis

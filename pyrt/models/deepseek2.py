@@ -27,6 +27,10 @@ from .base import ForwardInputs, HParams, Linear, ModelBase, TensorTable, adjace
 FLOAT_TYPES = (int(T.F32), int(T.F16), int(T.BF16))
 
 
+# the thread's scratch buffers (ops.matmul.scratch) of the decompressed prompt attention: kv_b's output, the rows
+_DECOMPRESSED_SCRATCH = ("mla_kv", "mla_rows")
+
+
 class _Raw:
     """A weight-like (raw rows + type) built at load time (derived k_b / kv_b)."""
 
@@ -364,11 +368,20 @@ class DeepSeek2Model(ModelBase):
         n_tok = inp.tokens.shape[0]
         x = mm.get_rows(self.token_embd.raw, self.token_embd.ggml_type, inp.tokens, hp.n_embd)  # [n_tok, n_embd]
         rope = self.rope_cache(inp.pos)
-        eps = hp.f_norm_rms_eps
-        last = hp.n_layer - 1
         # a decoded token runs each layer's attention block and MoE block as one call each (CPU kernels:
         # host arrays only)
         one = n_tok == 1 and mode != 0 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray)
+        try:
+            return self._layers(inp, x, rope, one, mode)
+        finally:  # the decompressed prompt attention's buffers serve every layer of a ubatch, none after it
+            mm.drop_scratch(*_DECOMPRESSED_SCRATCH)
+
+    def _layers(self, inp: ForwardInputs, x, rope, one: bool, mode: int) -> np.ndarray:
+        """forward's layers, output norm and logits."""
+        hp, ex = self.hp, self.hp.extra
+        eps = hp.f_norm_rms_eps
+        last = hp.n_layer - 1
+        n_tok = inp.tokens.shape[0]
         slot = None
         for il, L in enumerate(self.layers):
             A, F = L.attn, L.ffn
@@ -424,8 +437,8 @@ class DeepSeek2Model(ModelBase):
         decompress = host and mode in (2, 3) and n_tok >= paths.current().mla_decompress_min_tokens
         if decompress:
             view = inp.kv.mla_view(il)
-            decompress = not (view.kv_idx.shape[0] >= paths.current().mla_amx_min_cells
-                              and mla.amx_takes(view.type_k, H, R, C))
+            decompress = self._heads_on_tiles(view.type_k) or not (
+                view.kv_idx.shape[0] >= paths.current().mla_amx_min_cells and mla.amx_takes(view.type_k, H, R, C))
         fused = host and mode != 0 and not decompress and n_tok == 1 and A.decode is not None
         if mode != 0 and not decompress and not fused:  # absorbed attention over the latent cache
             inp.kv.store(il, mla.latent_rows_of(kva, A.kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)
@@ -462,6 +475,11 @@ class DeepSeek2Model(ModelBase):
                             inp.pos, inp.seq, self.kq_scale).reshape(1, H * Dv)
         return self._attn_decompressed(A, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx, inp)
 
+    def _heads_on_tiles(self, type_k: str) -> bool:
+        """Whether the decompressed prompt attention runs on AMX-BF16 tiles (paths.mla_heads_amx)."""
+        return paths.current().mla_heads_amx and mla.heads_amx_takes(self.hp.n_embd_head_k, self.hp.n_embd_head_v,
+                                                                      type_k)
+
     def _attn_decompressed(self, A: MLAAttention, q_nope, q_pe, krows, type_k, cell_pos, cell_seq, kv_idx,
                            inp) -> np.ndarray:
         """Prompt path of modes 2/3: decompress the cached latents of the visible cells through kv_b."""
@@ -471,6 +489,19 @@ class DeepSeek2Model(ModelBase):
             hp.n_embd_head_v, hp.n_embd_head_k
         n_vis = kv_idx.shape[0]
         lat = mla.latent_rows(krows, type_k, kv_idx, R + C)          # [n_vis, R + C]
+        cp, cs = np.ascontiguousarray(cell_pos[kv_idx]), np.ascontiguousarray(cell_seq[kv_idx])
+        if self._heads_on_tiles(type_k):
+            # per head [k_pe | k_nope | v] rows for the tiles, the queries [q_pe | q_nope] in the same order; the
+            # large buffers are this thread's scratch for the ubatch (fresh pages in every layer cost more than
+            # the copies into them)
+            kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), A.kv_b.raw, A.kv_b.ggml_type,
+                           out=mm.scratch(_DECOMPRESSED_SCRATCH[0], np.float32, (n_vis, H * (Dn + Dv))))
+            rows = mla.head_rows(lat[:, :R], kv.reshape(n_vis, H, Dn + Dv),
+                                 out=mm.scratch(_DECOMPRESSED_SCRATCH[1], np.float32, (n_vis, H, R + Dn + Dv)))
+            qf = np.empty((n_tok, H, R + Dn), np.float32)
+            qf[:, :, :R] = q_pe
+            qf[:, :, R:] = q_nope
+            return mla.heads_attention_amx(qf, rows, Dv, cp, cs, inp.pos, inp.seq, self.kq_scale)
         kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), A.kv_b.raw, A.kv_b.ggml_type)
         kv = kv.reshape(n_vis, H, Dn + Dv)
         k = np.empty((n_vis, H, Dk), np.float32)                      # [n_vis, H, Dn + R]
@@ -480,7 +511,6 @@ class DeepSeek2Model(ModelBase):
         qf = np.empty((n_tok, H, Dk), np.float32)
         qf[:, :, :Dn] = q_nope
         qf[:, :, Dn:] = q_pe
-        cp, cs = np.ascontiguousarray(cell_pos[kv_idx]), np.ascontiguousarray(cell_seq[kv_idx])
         if n_tok >= ATTN_BLAS_MIN_TOKENS and inp.seq.size and 0 <= inp.seq.min() and inp.seq.max() < 64:
             # QK^T, masked softmax and PV per head through OpenBLAS: the Numba flash kernel ran these prompt
             # chunks at ~60 GFLOP/s and took half of a 512-token ubatch at depth 4096

@@ -80,6 +80,13 @@ def scratch(name: str, dtype, shape) -> np.ndarray:
     return buf[:n].reshape(shape)
 
 
+def drop_scratch(*names: str) -> None:
+    """Frees this thread's scratch buffers of those names (the next scratch() call allocates anew)."""
+    for name in names:
+        if getattr(_tls, name, None) is not None:
+            setattr(_tls, name, None)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     # One Numba specialization for weights: the runtime passes read-only mmap views.
     if a.flags.writeable:

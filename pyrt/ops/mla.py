@@ -151,6 +151,85 @@ def flash_mla(q: np.ndarray, k: np.ndarray, type_k: str, cell_pos: np.ndarray, c
     return out
 
 
+def _heads_fit(dk: int, dv: int) -> bool:
+    """heads_attention_amx runs here (amx_config) for these widths (32-value score and value blocks)."""
+    return amx_config().size > 0 and dk > 0 and dv > 0 and dk % 32 == 0 and dv % 32 == 0
+
+
+def heads_amx_takes(dk: int, dv: int, type_k: str) -> bool:
+    """Whether the decompressed attention of cells cached as type_k runs on heads_attention_amx's tiles: where
+    they fit (_heads_fit), and not for an f32 cache, which keeps f32 arithmetic (the tiles keep 16 significand
+    bits), as FlashMLA's tile items do."""
+    return type_k in _KINDS and type_k != "f32" and _heads_fit(dk, dv)
+
+
+def head_rows(pe: np.ndarray, kv: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """[n, n_head, r + w] f32 rows [pe[c] | kv[c, h]] from pe [n, r] (shared by the heads) and kv [n, n_head, w]
+    f32: heads_attention_amx's rows from the cached rope part and the decompressed [k_nope | v] of each head.
+    out: optional C-contiguous f32 array of that shape."""
+    if (pe.dtype != np.float32 or kv.dtype != np.float32 or pe.ndim != 2 or kv.ndim != 3
+            or pe.shape[0] != kv.shape[0]):
+        raise InvalidArgumentError("head_rows: pe [n, r] and kv [n, n_head, w] float32 with the same n")
+    shape = (kv.shape[0], kv.shape[1], pe.shape[1] + kv.shape[2])
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.dtype != np.float32 or out.shape != shape or not out.flags.c_contiguous:
+        raise InvalidArgumentError(f"head_rows: out must be C-contiguous float32 {shape}")
+    ak.head_rows(out, pe, kv)
+    return out
+
+
+def heads_attention_amx(q: np.ndarray, rows: np.ndarray, dv: int, cell_pos: np.ndarray, cell_seq: np.ndarray,
+                        q_pos: np.ndarray, q_seq: np.ndarray, scale: float) -> np.ndarray:
+    """Prompt attention of heads that each have their own K and V (the decompressed MLA cells) on AMX-BF16
+    tiles (the CPU has them and dk, dv are multiples of 32: UnsupportedError otherwise).
+
+    q [n_tok, n_head, dk] f32; rows [n_vis, n_head, w] f32 C-contiguous: the visible cells in scan order, per
+    head K's dk values first (q's order) and V's dv values last (w >= dk + dv); cell_pos int32, cell_seq
+    uint64 [n_vis]; q_pos, q_seq [n_tok]. Returns [n_tok, n_head * dv] f32 (zeros for a query that sees no
+    cell). Operands enter the tiles as two bf16 terms (16 significand bits, attention_mla_amx).
+    """
+    if not isinstance(q, np.ndarray) or q.dtype != np.float32 or q.ndim != 3:
+        raise InvalidArgumentError("heads_attention: q must be float32 [n_tok, n_head, dk]")
+    n_tok, n_head, dk = q.shape
+    if (not isinstance(rows, np.ndarray) or rows.dtype != np.float32 or rows.ndim != 3
+            or not rows.flags.c_contiguous or rows.shape[1] != n_head or rows.shape[2] < dk + dv):
+        raise InvalidArgumentError(f"heads_attention: rows must be C-contiguous float32 [n_vis, {n_head}, >= "
+                                   f"{dk + dv}]")
+    if not _heads_fit(dk, dv):
+        raise UnsupportedError("heads_attention: needs AMX-BF16 tiles and widths that are multiples of 32")
+    n_vis = rows.shape[0]
+    cell_pos = np.ascontiguousarray(cell_pos, dtype=np.int32)
+    cell_seq = np.ascontiguousarray(cell_seq, dtype=np.uint64)
+    q_pos = np.asarray(q_pos, dtype=np.int32)
+    q_seq = np.asarray(q_seq, dtype=np.int32)
+    if cell_pos.shape != (n_vis,) or cell_seq.shape != (n_vis,) or q_pos.shape != (n_tok,) \
+            or q_seq.shape != (n_tok,):
+        raise InvalidArgumentError("heads_attention: one position and sequence set per cell and per query")
+    if n_tok and (q_seq.min() < 0 or q_seq.max() >= 64):
+        raise InvalidArgumentError("heads_attention: q_seq values must be in [0, 64)")
+    if n_tok == 0:
+        return np.empty((0, n_head * dv), np.float32)
+    # 16-row tile groups of one head: the queries padded to a multiple of 16 with copies of the last one
+    n_pad = -(-n_tok // 16) * 16
+    qh = np.empty((n_head, n_pad, dk), np.float32)
+    qh[:, :n_tok] = q.transpose(1, 0, 2)
+    qh[:, n_tok:] = qh[:, n_tok - 1:n_tok]
+    qp_ = np.empty(n_pad, np.int32)
+    qs_ = np.empty(n_pad, np.int32)
+    qp_[:n_tok], qp_[n_tok:] = q_pos, q_pos[-1]
+    qs_[:n_tok], qs_[n_tok:] = q_seq, q_seq[-1]
+    q_tile = min(n_pad, Q_ROWS_AMX)
+    items = n_head * -(-n_pad // q_tile)
+    n_split = 1 if items >= MIN_ITEMS else max(1, min(-(-MIN_ITEMS // items), n_vis // MIN_SPLIT_CELLS))
+    out = np.empty((n_pad, n_head, dv), np.float32)
+    w = rows.shape[2]
+    ak.flash_attn_heads_amx(out, ak.pack_q(qh), rows.view(np.uint32), w - dv, cell_pos, cell_seq,
+                            np.arange(n_vis, dtype=np.int32), qp_, qs_, np.float32(scale), q_tile, n_split,
+                            amx_config())
+    return out[:n_tok].reshape(n_tok, n_head * dv)
+
+
 # weights the fused decode kernels dot (the Q8_0 family against Q8_0 activations, the K-quants against Q8_K),
 # with their kernel codes; W_UK's rows (dn values) are never K-quants. Whether the fused paths are taken at all
 # is ops.paths' fused_mla_decode / fused_mla_block

@@ -34,10 +34,14 @@ class Paths:
     # DeepSeek-V2-Lite shapes is ~128 tokens (ik_llama.cpp uses the same constant); re-derive it with
     # `python bench/bench_mla.py crossover --n-kv 1024 --tokens 32,64,128,256,512`.
     mla_decompress_min_tokens: int = 128
-    # ... except where FlashMLA runs on AMX-BF16 tiles (ops.mla.amx_takes) over at least this many cells: there the
-    # absorbed attention grows slower with depth than decompressing (a 512-token ubatch of the DeepSeek-V2-Lite
-    # shapes on the 2-core Xeon: 11.5 vs 9.9 ms/token at 0 cells, 17.5 vs 19.8 at 4096, even at ~1700;
-    # bench/results/flashmla-amx-xeon-2026-12-04.md).
+    # The decompressed prompt attention runs on AMX-BF16 tiles (ops.mla.heads_attention_amx) where they are
+    # granted; False: per-head matrix products through BLAS (ops.attention.attention_matrix).
+    mla_heads_amx: bool = True
+    # Without those tiles for the decompressed attention, but with FlashMLA's (ops.mla.amx_takes), prompts over
+    # at least this many cells take the absorbed attention, which grows slower with depth than decompressing
+    # into BLAS (a 512-token ubatch of the DeepSeek-V2-Lite shapes on the 2-core Xeon: 11.5 vs 9.9 ms/token at
+    # 0 cells, 17.5 vs 19.8 at 4096, even at ~1700; bench/results/flashmla-amx-xeon-2026-12-04). With them,
+    # decompressing stays ahead at every depth measured (to 8192).
     mla_amx_min_cells: int = 2048
     # Up to this many tokens, every (token, expert) pair of a MoE layer is one group of a single grouped matmul
     # per weight (ggml's mul_mat_id); above it, the tokens routed to an expert share one matrix call.
