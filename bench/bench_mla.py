@@ -6,8 +6,9 @@ model file), with the AMX-BF16 items and with the f32 items, the caches cold (re
 `crossover`: time one ubatch of T tokens at depth N_KV with the absorbed FlashMLA path (-mla 1) and the
 decompressing path (-mla 2 takes it for T >= mla_decompress_min_tokens; forced here for every T), to pick
 pyrt.ops.paths.Paths.mla_decompress_min_tokens. `sweep`: sweep-bench rows (pyrt.bench.sweep) for pyrt -mla 3,
-optionally -mla 0, and llama.cpp on the same file. Usage: `python bench/bench_mla.py crossover|sweep|memory -m FILE`,
-`python bench/bench_mla.py kernel`.
+optionally -mla 0, and llama.cpp on the same file. `heads`: the decompressed prompt attention alone (16 heads of
+192/128 values, T tokens at depth N_KV) on the AMX-BF16 tiles and through BLAS. Usage: `python
+bench/bench_mla.py crossover|sweep|memory -m FILE`, `python bench/bench_mla.py kernel|heads`.
 """
 
 from __future__ import annotations
@@ -138,6 +139,39 @@ def kernel(a) -> int:
     return 0
 
 
+def heads(a) -> int:
+    """The decompressed prompt attention alone: T tokens of 16 heads (192/128 values) over N_KV + T cells, causal,
+    on the AMX-BF16 tiles and as per-head BLAS products (ops.attention.attention_matrix)."""
+    from pyrt.ops import mla
+    from pyrt.ops.attention import attention_matrix
+    H, dk, dv, T = a.heads, 192, 128, a.tokens
+    rng = np.random.default_rng(0)
+    print(f"| N_KV | T | AMX-BF16 ms | BLAS ms |\n|---|---|---|---|")
+    for n_kv in (int(s) for s in a.n_kv.split(",")):
+        n = n_kv + T
+        rows = rng.standard_normal((n, H, dk + dv)).astype(np.float32)
+        q = rng.standard_normal((T, H, dk)).astype(np.float32)
+        cp = np.arange(n, dtype=np.int32)
+        cs = np.ones(n, np.uint64)
+        qp = np.arange(n_kv, n, dtype=np.int32)
+        qs = np.zeros(T, np.int32)
+        k = np.ascontiguousarray(rows[:, :, :dk]).reshape(n, H * dk)
+        v = np.ascontiguousarray(rows[:, :, dk:]).reshape(n, H * dv)
+        runs = {"BLAS": lambda: attention_matrix(q, k, v, cp, cs, qp, qs, 0.07, H, dv)}
+        if mla.heads_amx_takes(dk, dv, "f16"):
+            runs["AMX"] = lambda: mla.heads_attention_amx(q, rows, dv, cp, cs, qp, qs, 0.07)
+        res = {}
+        for name, fn in runs.items():
+            best = 1e9
+            for _ in range(a.reps + 1):  # the first warms the kernels
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            res[name] = f"{best * 1e3:.2f}"
+        print(f"| {n_kv} | {T} | {res.get('AMX', '-')} | {res['BLAS']} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -170,8 +204,13 @@ def main(argv=None) -> int:
     kn.add_argument("--layers", type=int, default=27)
     kn.add_argument("--heads", type=int, default=16)
     kn.add_argument("--reps", type=int, default=3)
+    hd = sub.add_parser("heads")
+    hd.add_argument("--n-kv", default="0,1024,4096,8192")
+    hd.add_argument("--tokens", type=int, default=512)
+    hd.add_argument("--heads", type=int, default=16)
+    hd.add_argument("--reps", type=int, default=3)
     a = ap.parse_args(argv)
-    return {"crossover": crossover, "sweep": sweep, "memory": memory, "kernel": kernel}[a.cmd](a)
+    return {"crossover": crossover, "sweep": sweep, "memory": memory, "kernel": kernel, "heads": heads}[a.cmd](a)
 
 
 if __name__ == "__main__":
