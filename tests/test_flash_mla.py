@@ -24,6 +24,17 @@ def _cache(type_k, rows):
     return cache, cache.k_values(0, np.arange(rows.shape[0]))  # what the cache holds, as f32
 
 
+def _one_thread(fn, *args):
+    """fn(*args) with Numba's parallel loops on one thread."""
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        numba.set_num_threads(old)
+
+
 @pytest.mark.parametrize("type_k", ["f32", "f16", "bf16", "q8_0"])
 @pytest.mark.parametrize("n_tok,n_cells", [(1, 700), (5, 97), (40, 130)])
 def test_flash_mla_matches_float64(type_k, n_tok, n_cells):
@@ -92,17 +103,9 @@ def test_split_merge_is_exact_and_thread_independent():
     cp = np.arange(n_cells, dtype=np.int32)
     cs = np.ones(n_cells, dtype=np.uint64)
     assert mla.choose_tiles(1, H, n_cells)[2] > 1
-    a = mla.flash_mla(q, rows, "f32", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]),
-                      np.array([0]), 0.1, R)
-    import numba
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        b = mla.flash_mla(q, rows, "f32", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]),
-                          np.array([0]), 0.1, R)
-    finally:
-        numba.set_num_threads(old)
-    assert np.array_equal(a, b)
+    args = (q, rows, "f32", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]), np.array([0]), 0.1, R)
+    a = mla.flash_mla(*args)
+    assert np.array_equal(a, _one_thread(mla.flash_mla, *args))
     ref = naive_latent(q, rows, R, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
     assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-10
 
@@ -215,14 +218,7 @@ def test_flash_mla_amx_split_is_thread_independent():
     cs = np.ones(n_cells, dtype=np.uint64)
     args = (q, rows, "f16", cp, cs, np.arange(n_cells, dtype=np.int32), np.array([n_cells]), np.array([0]), 0.1, R)
     a = mla.flash_mla(*args)
-    import numba
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        b = mla.flash_mla(*args)
-    finally:
-        numba.set_num_threads(old)
-    assert np.array_equal(a, b)
+    assert np.array_equal(a, _one_thread(mla.flash_mla, *args))
     ref = naive_latent(q, rows.astype(np.float32), R, cp, cs, np.array([n_cells]), np.array([0]), 0.1)
     assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
 
@@ -277,7 +273,6 @@ def test_heads_attention_amx_matches_float64(n_head, dk, dv, n_tok, n_vis):
 
 @amx_only
 def test_heads_attention_amx_thread_independent_and_checked():
-    import numba
     rng = np.random.default_rng(2)
     n_vis, n_head, dk, dv = 3000, 2, 64, 32  # two items: the cells are split and merged
     rows = rng.standard_normal((n_vis, n_head, dk + dv)).astype(np.float32)
@@ -286,13 +281,7 @@ def test_heads_attention_amx_thread_independent_and_checked():
     cs = np.ones(n_vis, np.uint64)
     args = (q, rows, dv, cp, cs, np.array([n_vis] * 3), np.zeros(3, np.int32), 0.1)
     a = mla.heads_attention_amx(*args)
-    old = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        b = mla.heads_attention_amx(*args)
-    finally:
-        numba.set_num_threads(old)
-    assert np.array_equal(a, b)
+    assert np.array_equal(a, _one_thread(mla.heads_attention_amx, *args))
     with pytest.raises(InvalidArgumentError):
         mla.heads_attention_amx(q, rows[:, :1], dv, cp, cs, np.array([n_vis] * 3), np.zeros(3, np.int32), 0.1)
     with pytest.raises(InvalidArgumentError):
