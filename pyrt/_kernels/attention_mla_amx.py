@@ -318,8 +318,9 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     config_bytes().
 
     The scores take qp's dk values of a row, the values dv = acc.shape[1] values from v_off (inside or after
-    the score part). Needs the item's rows a multiple of 16, dk and dv multiples of 32 (amx_fits), kind
-    f16/bf16/q8_0 (values exact in hi + lo, or within 2^-16) or f32 (16 significand bits)."""
+    the score part). Needs the item's rows a multiple of 16 and dk, dv multiples of 32 (amx_fits for
+    FlashMLA's calls); kind f16/bf16/q8_0 (values exact in hi + lo, or within 2^-16) or f32 (16 significand
+    bits: the decompressed rows of attention_mla.flash_attn_heads_amx)."""
     dk = qp.shape[1] * KB
     dv = acc.shape[1]
     dw = max(dk, v_off + dv)                    # values converted per row

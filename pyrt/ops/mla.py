@@ -59,8 +59,8 @@ _NO_AMX = np.empty(0, np.uint8)
 
 def amx_takes(type_k: str, n_head: int, n_rot: int, C: int) -> bool:
     """Whether FlashMLA runs on AMX-BF16 tiles for this cache type and these shapes (amx_config, and the items'
-    own rule). There deepseek2's -mla 2/3 prompts over paths.mla_amx_min_cells cells or more take the absorbed
-    attention, not the decompressing one."""
+    own rule). There, unless the decompressed attention runs on the tiles as well (heads_amx_takes), deepseek2's
+    -mla 2/3 prompts over paths.mla_amx_min_cells cells or more take the absorbed attention."""
     from .._kernels.attention_mla_amx import amx_fits
     return (type_k in _KINDS and amx_config().size > 0
             and bool(amx_fits(_KINDS[type_k], n_head, n_rot + C, C)))
