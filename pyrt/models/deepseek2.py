@@ -490,20 +490,19 @@ class DeepSeek2Model(ModelBase):
         n_vis = kv_idx.shape[0]
         lat = mla.latent_rows(krows, type_k, kv_idx, R + C)          # [n_vis, R + C]
         cp, cs = np.ascontiguousarray(cell_pos[kv_idx]), np.ascontiguousarray(cell_seq[kv_idx])
-        if self._heads_on_tiles(type_k):
-            # per head [k_pe | k_nope | v] rows for the tiles, the queries [q_pe | q_nope] in the same order; the
-            # large buffers are this thread's scratch for the ubatch (fresh pages in every layer cost more than
-            # the copies into them)
-            kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), A.kv_b.raw, A.kv_b.ggml_type,
-                           out=mm.scratch(_DECOMPRESSED_SCRATCH[0], np.float32, (n_vis, H * (Dn + Dv))))
-            rows = mla.head_rows(lat[:, :R], kv.reshape(n_vis, H, Dn + Dv),
+        tiles = self._heads_on_tiles(type_k)
+        # on the tiles the large buffers are this thread's scratch for the ubatch (fresh pages in every layer cost
+        # more than the copies into them)
+        kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), A.kv_b.raw, A.kv_b.ggml_type,
+                       out=mm.scratch(_DECOMPRESSED_SCRATCH[0], np.float32, (n_vis, H * (Dn + Dv))) if tiles else None)
+        kv = kv.reshape(n_vis, H, Dn + Dv)
+        if tiles:  # per head [k_pe | k_nope | v] rows, the queries [q_pe | q_nope] in the same order
+            rows = mla.head_rows(lat[:, :R], kv,
                                  out=mm.scratch(_DECOMPRESSED_SCRATCH[1], np.float32, (n_vis, H, R + Dn + Dv)))
             qf = np.empty((n_tok, H, R + Dn), np.float32)
             qf[:, :, :R] = q_pe
             qf[:, :, R:] = q_nope
             return mla.heads_attention_amx(qf, rows, Dv, cp, cs, inp.pos, inp.seq, self.kq_scale)
-        kv = mm.matmul(np.ascontiguousarray(lat[:, R:]), A.kv_b.raw, A.kv_b.ggml_type)
-        kv = kv.reshape(n_vis, H, Dn + Dv)
         k = np.empty((n_vis, H, Dk), np.float32)                      # [n_vis, H, Dn + R]
         k[:, :, :Dn] = kv[:, :, :Dn]
         k[:, :, Dn:] = lat[:, None, :R]

@@ -66,11 +66,12 @@ def amx_takes(type_k: str, n_head: int, n_rot: int, C: int) -> bool:
             and bool(amx_fits(_KINDS[type_k], n_head, n_rot + C, C)))
 
 
-def choose_tiles(n_tok: int, n_head: int, n_kv: int, amx: bool = False) -> tuple[int, int, int]:
+def choose_tiles(n_tok: int, n_head: int, n_kv: int, amx: bool = False, groups: int = 1) -> tuple[int, int, int]:
     """(q_tile, kv_tile, n_split): all heads of q_tile tokens per item (more rows on AMX tiles, where a tile's
-    conversion serves every row); split the KV range for decode."""
+    conversion serves every row), items for each of `groups` separate row sets (heads with their own cells);
+    split the KV range for decode."""
     q_tile = max(1, min(n_tok, (Q_ROWS_AMX if amx else Q_ROWS) // max(1, n_head)))
-    items = (n_tok + q_tile - 1) // q_tile
+    items = groups * ((n_tok + q_tile - 1) // q_tile)
     n_split = 1
     if items < MIN_ITEMS:
         n_split = max(1, min((MIN_ITEMS + items - 1) // items, n_kv // MIN_SPLIT_CELLS))
@@ -219,9 +220,7 @@ def heads_attention_amx(q: np.ndarray, rows: np.ndarray, dv: int, cell_pos: np.n
     qs_ = np.empty(n_pad, np.int32)
     qp_[:n_tok], qp_[n_tok:] = q_pos, q_pos[-1]
     qs_[:n_tok], qs_[n_tok:] = q_seq, q_seq[-1]
-    q_tile = min(n_pad, Q_ROWS_AMX)
-    items = n_head * -(-n_pad // q_tile)
-    n_split = 1 if items >= MIN_ITEMS else max(1, min(-(-MIN_ITEMS // items), n_vis // MIN_SPLIT_CELLS))
+    q_tile, _, n_split = choose_tiles(n_pad, 1, n_vis, amx=True, groups=n_head)
     out = np.empty((n_pad, n_head, dv), np.float32)
     w = rows.shape[2]
     ak.flash_attn_heads_amx(out, ak.pack_q(qh), rows.view(np.uint32), w - dv, cell_pos, cell_seq,
