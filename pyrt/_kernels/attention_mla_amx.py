@@ -34,6 +34,7 @@ from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vect
 from .softmax import exp_neg, query_seqs, start_rows, tile_mask_t
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
+HAS_CVT_BF16 = "avx512bf16" in _FEATS  # vcvtne2ps2bf16 (every AMX-BF16 CPU has it)
 if HAS_AMX_BF16:  # the tile steps are inline asm, which the JIT assembles whether or not this process runs them
     import llvmlite.binding as _llb
     _llb.initialize_native_asmparser()
@@ -189,12 +190,22 @@ def _interleave_codegen(context, builder, signature, args):
 interleave_u16 = intrinsic(_int_typer(4, _interleave_codegen))
 
 
+def _cvt2_bf16(builder, a, b):
+    """vcvtne2ps2bf16: f32 x 16 a, b -> <32 x i16> [bf16(a) | bf16(b)], each rounded to nearest even."""
+    fnty = ir.FunctionType(_vec(_I16, 2 * _W), [_vec(_F32, _W)] * 2)
+    return builder.call(ir.InlineAsm(fnty, "vcvtne2ps2bf16 $2, $1, $0", "=v,v,v"), [b, a])
+
+
 def _pair_codegen(context, builder, signature, args):
     """Two f16 cache rows (a at ra, b at rb; dk values) -> their hi/lo rows (kha, kla, khb, klb) and, from
-    value v_off on, the two rows' terms interleaved value by value (vh, vl: 2 * (dk - v_off) uint16 each)."""
+    value v_off on, the two rows' terms interleaved value by value (vh, vl: 2 * (dk - v_off) uint16 each).
+    With AVX512-BF16 both rows' terms come from one rounding instruction each (hi: the truncated f32 is exact
+    in bf16; lo: exact for f16 values), the same bits as _terms."""
     kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off = args
     v16 = _vec(_I16, _W)
     inter = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
+    lo_half = ir.Constant(_vec(_I32, _W), list(range(_W)))
+    hi_half = ir.Constant(_vec(_I32, _W), list(range(_W, 2 * _W)))
 
     def st(v, base, off):
         builder.store(v, builder.inttoptr(builder.add(base, off), v.type.as_pointer()), align=2)
@@ -203,6 +214,21 @@ def _pair_codegen(context, builder, signature, args):
         o = builder.mul(i, ir.Constant(_I64, 2))
         xa = _h2f(builder, builder.load(builder.inttoptr(builder.add(ra, o), v16.as_pointer()), align=2), _W)
         xb = _h2f(builder, builder.load(builder.inttoptr(builder.add(rb, o), v16.as_pointer()), align=2), _W)
+        if HAS_CVT_BF16:
+            keep = _c(builder, -65536, _I32, _W)
+            ta = builder.bitcast(builder.and_(builder.bitcast(xa, _vec(_I32, _W)), keep), xa.type)
+            tb = builder.bitcast(builder.and_(builder.bitcast(xb, _vec(_I32, _W)), keep), xb.type)
+            hab = _cvt2_bf16(builder, ta, tb)
+            lab = _cvt2_bf16(builder, builder.fsub(xa, ta), builder.fsub(xb, tb))
+            undef = ir.Constant(hab.type, None)
+            for t, pa, pb in ((hab, kha, khb), (lab, kla, klb)):
+                st(builder.shuffle_vector(t, undef, lo_half), pa, o)
+                st(builder.shuffle_vector(t, undef, hi_half), pb, o)
+            if with_v:
+                ov = builder.mul(builder.sub(i, v_off), ir.Constant(_I64, 4))
+                st(builder.shuffle_vector(hab, undef, inter), vh, ov)
+                st(builder.shuffle_vector(lab, undef, inter), vl, ov)
+            return
         ha, la = _terms(builder, xa, _W)
         hb, lb = _terms(builder, xb, _W)
         st(ha, kha, o)
@@ -226,6 +252,54 @@ def _pair_codegen(context, builder, signature, args):
 # (multiples of 16, as v_off) for the score tiles (hi/lo rows at kha, kla, khb, klb) and the value tiles (from
 # v_off on, interleaved value by value at vh, vl)
 f16_pair_terms = intrinsic(_int_typer(10, _pair_codegen))
+
+
+def _f16_x32(builder, src):
+    """32 f16 at src -> two f32 x 16 and their truncations to bf16 precision (exact in f32)."""
+    v16 = _vec(_I16, _W)
+    keep = _c(builder, -65536, _I32, _W)
+    xs, ts = [], []
+    for h in range(2):
+        x = _h2f(builder, builder.load(builder.inttoptr(builder.add(src, ir.Constant(_I64, 32 * h)),
+                                                        v16.as_pointer()), align=2), _W)
+        xs.append(x)
+        ts.append(builder.bitcast(builder.and_(builder.bitcast(x, _vec(_I32, _W)), keep), x.type))
+    return xs, ts
+
+
+def _store_at(builder, v, base, off=0):
+    builder.store(v, builder.inttoptr(builder.add(base, ir.Constant(_I64, off)), v.type.as_pointer()), align=2)
+
+
+def _row_terms32_codegen(context, builder, signature, args):
+    """32 f16 at src -> their hi terms (32 uint16 at hp) and lo terms (at lp), as _terms gives them."""
+    hp, lp, src = args
+    (x0, x1), (t0, t1) = _f16_x32(builder, src)
+    _store_at(builder, _cvt2_bf16(builder, t0, t1), hp)
+    _store_at(builder, _cvt2_bf16(builder, builder.fsub(x0, t0), builder.fsub(x1, t1)), lp)
+    return context.get_dummy_value()
+
+
+def _pair_terms32_codegen(context, builder, signature, args):
+    """32 f16 of rows a (at ra) and b (at rb) -> their hi terms interleaved value by value (64 uint16 at vh)
+    and their lo terms likewise (at vl): two rows of a value tile (VNNI) per term."""
+    vh, vl, ra, rb = args
+    (xa, ya), (ta, tb_) = _f16_x32(builder, ra)
+    (xb, yb), (ua, ub) = _f16_x32(builder, rb)
+    inter = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
+    for h, (a, b, fa, fb) in enumerate(((ta, ua, xa, xb), (tb_, ub, ya, yb))):
+        hi = _cvt2_bf16(builder, a, b)
+        lo = _cvt2_bf16(builder, builder.fsub(fa, a), builder.fsub(fb, b))
+        undef = ir.Constant(hi.type, None)
+        _store_at(builder, builder.shuffle_vector(hi, undef, inter), vh, 64 * h)
+        _store_at(builder, builder.shuffle_vector(lo, undef, inter), vl, 64 * h)
+    return context.get_dummy_value()
+
+
+# f16_row_terms32(hp, lp, src): the bf16 hi/lo terms of 32 f16 values (AVX512-BF16 targets only)
+f16_row_terms32 = intrinsic(_int_typer(3, _row_terms32_codegen))
+# f16_pair_terms32(vh, vl, ra, rb): 32 values of two f16 rows as two value-tile rows per term (AVX512-BF16 only)
+f16_pair_terms32 = intrinsic(_int_typer(4, _pair_terms32_codegen))
 
 
 # ---------------------------------------------------------------------------- the work item
@@ -328,11 +402,16 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    kh = np.zeros((TILE, dw), np.uint16)        # the tile's rows, hi / lo terms
-    kl = np.zeros((TILE, dw), np.uint16)
+    # One 16-row group over f16 rows (a decoded token): the tile converted block by block into L1-sized buffers,
+    # K's 32-value blocks before each score product and V's again before each value product, instead of whole
+    # rows into buffers that only L2 holds (the same terms, tiles and products: the same bits).
+    two_pass = HAS_CVT_BF16 and kind == KIND_F16 and G == 1 and v_off + dv <= k.shape[1]
+    kw = 0 if two_pass else dw
+    kh = np.zeros((TILE, kw), np.uint16)        # the tile's rows, hi / lo terms
+    kl = np.zeros((TILE, kw), np.uint16)
     kf = np.empty(dw, np.float32)
-    vh = np.empty((TILE // 2, 2 * dv), np.uint16)  # V = the rows' latent parts, cell pairs interleaved (VNNI)
-    vl = np.empty((TILE // 2, 2 * dv), np.uint16)
+    vh = np.empty((TILE // 2, 0 if two_pass else 2 * dv), np.uint16)  # V = the rows' latent parts, cell pairs
+    vl = np.empty((TILE // 2, 0 if two_pass else 2 * dv), np.uint16)  # interleaved (VNNI)
     st = np.empty((TILE, R), np.float32)        # S^T, then P^T
     pt = np.empty((GROUP, TILE), np.float32)    # one group's P
     ph = np.empty((GROUP, TILE), np.uint16)
@@ -353,31 +432,39 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
     pair_fused = v_off % 16 == 0 and dw % 16 == 0
+    kb_buf = np.zeros(4 * TILE_BYTES // 2, np.uint16)  # two_pass: [hi, lo] x 32 rows x 32 values
+    vb_buf = np.zeros(4 * TILE_BYTES // 2, np.uint16)  # two_pass: [hi, lo] x 16 cell pairs x 32 values x 2
+    kbp, vbp = np.int64(kb_buf.ctypes.data), np.int64(vb_buf.ctypes.data)
+    rows = np.empty(TILE, np.int64)
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
         if not tile_mask_t(mask_t, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
-        for p in range(TILE // 2):  # one conversion per cell serves every row's K and V
-            j = 2 * p
-            a = np.int64(j) * ks
-            vo = a + np.int64(v_off * 2)
-            if kind == KIND_F16 and pair_fused and j + 1 < nc and cvis[j] and cvis[j + 1]:
-                f16_pair_terms(khp + a, klp + a, khp + a + ks, klp + a + ks, vhp + p * vs, vlp + p * vs,
-                               kp + np.int64(kv_idx[cb + j]) * krs, kp + np.int64(kv_idx[cb + j + 1]) * krs,
-                               np.int64(dw), np.int64(v_off))
-                continue
-            for jj in range(j, min(j + 2, nc)):
-                if not cvis[jj]:
+        if two_pass:  # the tile's rows, -1 for those no row sees (left out of the conversions)
+            for j in range(TILE):
+                rows[j] = kp + np.int64(kv_idx[cb + j]) * krs if j < nc and cvis[j] else np.int64(-1)
+        else:
+            for p in range(TILE // 2):  # one conversion per cell serves every row's K and V
+                j = 2 * p
+                a = np.int64(j) * ks
+                vo = a + np.int64(v_off * 2)
+                if kind == KIND_F16 and pair_fused and j + 1 < nc and cvis[j] and cvis[j + 1]:
+                    f16_pair_terms(khp + a, klp + a, khp + a + ks, klp + a + ks, vhp + p * vs, vlp + p * vs,
+                                   kp + np.int64(kv_idx[cb + j]) * krs, kp + np.int64(kv_idx[cb + j + 1]) * krs,
+                                   np.int64(dw), np.int64(v_off))
                     continue
-                src = kp + np.int64(kv_idx[cb + jj]) * krs
-                if kind != KIND_F32:
-                    decode_row(kf, k[kv_idx[cb + jj]], 0, dw, kind, 0)
-                    src = np.int64(kf.ctypes.data)
-                split_bf16(khp + jj * ks, klp + jj * ks, src, np.int64(dw))
-            interleave_u16(vhp + p * vs, khp + vo, khp + vo + ks, np.int64(dv))
-            interleave_u16(vlp + p * vs, klp + vo, klp + vo + ks, np.int64(dv))
+                for jj in range(j, min(j + 2, nc)):
+                    if not cvis[jj]:
+                        continue
+                    src = kp + np.int64(kv_idx[cb + jj]) * krs
+                    if kind != KIND_F32:
+                        decode_row(kf, k[kv_idx[cb + jj]], 0, dw, kind, 0)
+                        src = np.int64(kf.ctypes.data)
+                    split_bf16(khp + jj * ks, klp + jj * ks, src, np.int64(dw))
+                interleave_u16(vhp + p * vs, khp + vo, khp + vo + ks, np.int64(dv))
+                interleave_u16(vlp + p * vs, klp + vo, klp + vo + ks, np.int64(dv))
         n_next = min(TILE, c1 - cb - TILE)
         for g in range(G):
             zero2()
@@ -389,7 +476,14 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                             prefetch(ra + o)
                 qb = qpp + ((g0 + g) * nkb + kb) * 2 * TILE_BYTES
                 o = np.int64(kb * KB * 2)
-                qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
+                if two_pass:  # this block's 32 values of each row, converted into L1-sized tiles
+                    for j in range(TILE):
+                        if rows[j] >= 0:
+                            f16_row_terms32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, rows[j] + o)
+                    qk_step(kbp, kbp + 2 * TILE_BYTES, 64, qb, qb + TILE_BYTES, kbp + TILE_BYTES,
+                            kbp + 3 * TILE_BYTES)
+                else:
+                    qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
         _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
         for g in range(G):
@@ -401,6 +495,18 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             ag = accp + g * GROUP * accs
             for c in range(0, dv // GROUP, 2):
                 o = np.int64(c * GROUP * 4)  # 16 f32 columns of acc, and 16 columns x 2 cells of bf16 in V
-                pv_step(ag + o, ag + o + 64, accs, vhp + o, vlp + o, vhp + o + 64, vlp + o + 64, vs)
+                if two_pass:  # these 32 values of each cell pair, converted again into L1-sized value tiles
+                    vo = np.int64((v_off + c * GROUP) * 2)
+                    for p in range(TILE // 2):
+                        a = rows[2 * p]
+                        b = rows[2 * p + 1]
+                        if a < 0 and b < 0:
+                            continue
+                        f16_pair_terms32(vbp + p * 128, vbp + 2 * TILE_BYTES + p * 128, (a if a >= 0 else b) + vo,
+                                         (b if b >= 0 else a) + vo)
+                    pv_step(ag + o, ag + o + 64, accs, vbp, vbp + 2 * TILE_BYTES, vbp + 64, vbp + 2 * TILE_BYTES + 64,
+                            np.int64(128))
+                else:
+                    pv_step(ag + o, ag + o + 64, accs, vhp + o, vlp + o, vhp + o + 64, vlp + o + 64, vs)
     tile_release()
-    return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + st.size
+    return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + st.size + kb_buf.size + vb_buf.size
