@@ -91,3 +91,49 @@ def test_stamp_covers_every_kernel_file(tmp_path):
     (pkg / "sub" / "x.py").write_text("A = 2\n")
     assert len({s1, s2, package_stamp(str(pkg))}) == 3
     assert kernels.SOURCE_STAMP == package_stamp(KERNELS)
+
+
+ATTN = textwrap.dedent("""
+    import hashlib
+    import numpy as np
+    from numba.core import event
+    compiled = []
+
+    class L(event.Listener):
+        def on_start(self, ev):
+            compiled.append(ev.data["dispatcher"].py_func.__name__)
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", L())
+    from pyrt.ops.attention import flash_attn_rows
+    rng = np.random.default_rng(0)
+    h = hashlib.sha256()
+    for kind in ("f16", "f32"):
+        for n_kv in (32, 33, 48, 65, 128):
+            q = rng.standard_normal((1, 4, 256)).astype(np.float32)
+            k, v = (rng.standard_normal((n_kv, 256)).astype(np.float16 if kind == "f16" else np.float32)
+                    for _ in range(2))
+            out = flash_attn_rows(q, k, kind, v, kind, np.arange(n_kv, dtype=np.int32), np.ones(n_kv, np.uint64),
+                                  np.array([n_kv], np.int32), np.array([0], np.int32), 1 / 16, 1, 256)
+            h.update(out.tobytes())
+    print(h.hexdigest(), "flash_attn" in compiled)
+""")
+
+
+def test_cached_attention_computes_the_compiled_bits(tmp_path):
+    """flash_attn (4 query heads over 1 KV head, head_dim 256, f16 and f32 cells) gives the same bytes when
+    its kernels are compiled in the process (cold cache) and when they load from the disk cache (warm): a
+    kernel calls the copies of its callees inside its own machine code, not a callee library that only the
+    compiling process has loaded."""
+    path = os.pathsep.join([os.path.dirname(os.path.dirname(KERNELS)), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=path)
+    outs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", ATTN], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout.split())
+    assert outs[0][1] == "True" and outs[1][1] == "False"  # cold compiled flash_attn, warm loaded it
+    assert outs[0][0] == outs[1][0]

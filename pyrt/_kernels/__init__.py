@@ -1,12 +1,15 @@
 """Numba kernels: pure array functions. A leaf layer: imports only numpy, numba and sibling kernel modules.
 
-Every cached kernel below this package is keyed on one stamp of all its files (disk_cache.py), installed
-here before any kernel module is imported.
+Every cached kernel below this package is keyed on one stamp of all its files, and runs only the machine code
+of its own library (disk_cache.py: the same bits whether compiled in this process or loaded from the disk
+cache); both installed here before any kernel module is imported.
 """
 
 import os as _os
 
 from .config import CACHE_VARIANT as _CACHE_VARIANT
+from .disk_cache import bind_calls_locally as _bind_calls_locally
 from .disk_cache import install as _install
 
 SOURCE_STAMP = _install(_os.path.dirname(_os.path.abspath(__file__)), _CACHE_VARIANT)
+_bind_calls_locally(__name__)
