@@ -223,6 +223,26 @@ def test_flash_mla_amx_split_is_thread_independent():
     assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
 
 
+@amx_only
+@pytest.mark.parametrize("n_cells", [45, 700])
+def test_flash_mla_amx_decode_items_equal_whole_row_items(n_cells):
+    """A decoded token's items (one 16-row group over f16 rows: K and V converted block by block into
+    L1-sized tiles) give the bits of the whole-row items that two copies of the token take (two groups)."""
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float16)
+    cp = np.arange(n_cells, dtype=np.int32) // 2
+    cs = np.where(np.arange(n_cells) % 3 == 0, 2, 1).astype(np.uint64)  # a third of the cells: another sequence
+    kv_idx = rng.permutation(n_cells).astype(np.int32)
+    q = (0.3 * rng.standard_normal((1, 16, R + C))).astype(np.float32)
+    p = np.array([n_cells // 3], np.int32)  # sees part of the cells: partial and empty tiles
+    one = mla.flash_mla(q, rows, "f16", cp, cs, kv_idx, p, np.array([0]), 0.125, R)
+    two = mla.flash_mla(np.concatenate([q, q]), rows, "f16", cp, cs, kv_idx, np.concatenate([p, p]),
+                        np.array([0, 0]), 0.125, R)
+    assert np.array_equal(two[0], one[0]) and np.array_equal(two[1], one[0])
+    ref = naive_latent(q, rows.astype(np.float32), R, cp, cs, p, np.array([0]), 0.125)
+    assert ((one - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+
+
 def _heads_ref(q, rows, dv, cp, cs, q_pos, q_seq, scale):
     """float64 attention of each head over its own rows [n_vis, n_head, w] (K first, V the last dv values)."""
     n_tok, n_head, dk = q.shape

@@ -13,6 +13,9 @@ of the scores), S^T = K . Q^T (B: the item's query rows, packed once into the VN
 over S^T's columns (16 rows per vector), then acc += P . V with P [rows, cells] as A and V the latent part
 of the same rows, packed cell pair by cell pair (VNNI). acc lives in memory between tiles: each 16 x 16 block
 goes through a C tile once per tile of cells. The next tile's cache rows are prefetched a few per product.
+An item of one 16-row group over f16 rows (a decoded token) converts block by block instead: each 32-value K
+block of the tile right before its score product, each 32-value V block again before its value product,
+into 4 KiB buffers that stay in L1 (whole rows of a tile fill 136 KiB, and the conversion waited on L2).
 
 Tiles: one palette-1 configuration of eight 16 x 64-byte tiles (config_bytes), loaded by each work item
 (ldtilecfg) and released at its end (tilerelease); callers run this only where amx.enable() said True and
@@ -164,6 +167,11 @@ def _split_codegen(context, builder, signature, args):
 split_bf16 = intrinsic(_int_typer(4, _split_codegen))
 
 
+def _inter(w):
+    """The shufflevector mask that interleaves two w-lane vectors lane by lane (a0 b0 a1 b1 ...)."""
+    return ir.Constant(_vec(_I32, 2 * w), [k // 2 + (w if k % 2 else 0) for k in range(2 * w)])
+
+
 def _interleave_codegen(context, builder, signature, args):
     """dst[2i] = a[i], dst[2i + 1] = b[i] for i < n (uint16)."""
     dp, ap, bp, n = args
@@ -178,8 +186,7 @@ def _interleave_codegen(context, builder, signature, args):
             builder.store(a, builder.inttoptr(d0, _I16.as_pointer()), align=2)
             builder.store(b, builder.inttoptr(builder.add(d0, ir.Constant(_I64, 2)), _I16.as_pointer()), align=2)
         else:
-            d = builder.shuffle_vector(a, b, ir.Constant(_vec(_I32, 2 * w), [k // 2 + (w if k % 2 else 0)
-                                                                            for k in range(2 * w)]))
+            d = builder.shuffle_vector(a, b, _inter(w))
             builder.store(d, builder.inttoptr(d0, d.type.as_pointer()), align=2)
 
     vector_loop(builder, n, _W, step)
@@ -203,7 +210,7 @@ def _pair_codegen(context, builder, signature, args):
     in bf16; lo: exact for f16 values), the same bits as _terms."""
     kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off = args
     v16 = _vec(_I16, _W)
-    inter = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
+    inter = _inter(_W)
     lo_half = ir.Constant(_vec(_I32, _W), list(range(_W)))
     hi_half = ir.Constant(_vec(_I32, _W), list(range(_W, 2 * _W)))
 
@@ -286,7 +293,7 @@ def _pair_terms32_codegen(context, builder, signature, args):
     vh, vl, ra, rb = args
     (xa, ya), (ta, tb_) = _f16_x32(builder, ra)
     (xb, yb), (ua, ub) = _f16_x32(builder, rb)
-    inter = ir.Constant(_vec(_I32, 2 * _W), [i // 2 + (_W if i % 2 else 0) for i in range(2 * _W)])
+    inter = _inter(_W)
     for h, (a, b, fa, fb) in enumerate(((ta, ua, xa, xb), (tb_, ub, ya, yb))):
         hi = _cvt2_bf16(builder, a, b)
         lo = _cvt2_bf16(builder, builder.fsub(fa, a), builder.fsub(fb, b))
@@ -402,9 +409,8 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    # One 16-row group over f16 rows (a decoded token): the tile converted block by block into L1-sized buffers,
-    # K's 32-value blocks before each score product and V's again before each value product, instead of whole
-    # rows into buffers that only L2 holds (the same terms, tiles and products: the same bits).
+    # a decoded token: K and V converted block by block into L1 (module docstring); the same terms, tiles,
+    # products and bits as whole rows
     two_pass = HAS_CVT_BF16 and kind == KIND_F16 and G == 1 and v_off + dv <= k.shape[1]
     kw = 0 if two_pass else dw
     kh = np.zeros((TILE, kw), np.uint16)        # the tile's rows, hi / lo terms
