@@ -12,7 +12,8 @@ import pyrt._kernels as kernels
 
 KERNELS = os.path.dirname(os.path.abspath(kernels.__file__))
 
-RUN = textwrap.dedent("""
+# a script preamble that records the names of the functions Numba compiles in `compiled`
+LISTEN = textwrap.dedent("""
     from numba.core import event
     compiled = []
 
@@ -24,6 +25,9 @@ RUN = textwrap.dedent("""
             pass
 
     event.register("numba:compile", L())
+""")
+
+RUN = LISTEN + textwrap.dedent("""
     from kpkg.kern import kernel
     print(kernel(3), sorted(set(compiled)))
 """)
@@ -93,20 +97,9 @@ def test_stamp_covers_every_kernel_file(tmp_path):
     assert kernels.SOURCE_STAMP == package_stamp(KERNELS)
 
 
-ATTN = textwrap.dedent("""
+ATTN = LISTEN + textwrap.dedent("""
     import hashlib
     import numpy as np
-    from numba.core import event
-    compiled = []
-
-    class L(event.Listener):
-        def on_start(self, ev):
-            compiled.append(ev.data["dispatcher"].py_func.__name__)
-
-        def on_end(self, ev):
-            pass
-
-    event.register("numba:compile", L())
     from pyrt.ops.attention import flash_attn_rows
     rng = np.random.default_rng(0)
     h = hashlib.sha256()
