@@ -3,19 +3,24 @@ products on the tile unit, for 16-row groups of query rows (tokens x heads).
 
 A tile product (tdpbf16ps) sums bf16 x bf16 products in f32. Every operand enters as two bf16 terms, hi (its
 f32 bits truncated to 16) and lo (the rest, exact in f32, rounded to bf16): an f16 or bf16 cache value is
-exact in hi + lo, a query, a probability or a q8_0 value keeps about 16 significand bits. A product is hi*hi
-+ hi*lo + lo*hi (lo*lo, below 2^-16 relative, is left out): three tile products where f32 vectors do one FMA,
+exact in hi + lo, a query, a probability or a q8_0 value keeps about 16 significand bits. A score is hi*hi
++ hi*lo + lo*hi (lo*lo, below 2^-16 relative, is left out), a value product p_hi*v + p_lo*v with v whole (its
+two terms in one pair, below): three or two tile products where f32 vectors do one FMA,
 on a unit with many times their throughput (4.3 ns per 16 x 16 x 32 product on the 2-core Xeon). The summation
 order is the tile unit's, fixed per row.
 
 Per 32-cell tile of an item: the cells' latent rows dequantized and split (K: [cells, dk] hi/lo, the A tiles
 of the scores), S^T = K . Q^T (B: the item's query rows, packed once into the VNNI layout), the online softmax
-over S^T's columns (16 rows per vector), then acc += P . V with P [rows, cells] as A and V the latent part
-of the same rows, packed cell pair by cell pair (VNNI). acc lives in memory between tiles: each 16 x 16 block
-goes through a C tile once per tile of cells. The next tile's cache rows are prefetched a few per product.
-An item of one 16-row group over f16 rows (a decoded token) converts block by block instead: each 32-value K
-block of the tile right before its score product, each 32-value V block again before its value product,
-into 4 KiB buffers that stay in L1 (whole rows of a tile fill 136 KiB, and the conversion waited on L2).
+over S^T's columns (16 rows per vector), then acc += P . V. V is the latent part of the same rows as value
+words: the pair (lo, hi) of each value, blocked 16 values x 32 cells (WBLOCK bytes, the B tiles of 16 value
+columns); P's A tiles (p_dup) carry each probability term in both halves of a pair, so one tile product adds
+p * (lo + hi), the exact value: a 16 x 16 block takes two products (P hi, P lo) per 16 cells. acc lives in
+memory between tiles: each 16 x 16 block goes through a C tile once per tile of cells. The next tile's cache
+rows are prefetched a few per product.
+An item of one 16-row group over f16 rows whose values lie inside the score blocks (a decoded token) converts
+block by block instead: each 32-value K block of the tile right before its score product into a 4 KiB buffer
+that stays in L1, the value words of the block on the way (whole rows of a tile fill 72 KiB of hi/lo terms,
+and the conversion waited on L2). Both orders give the same terms, words, tiles, products and bits.
 
 Tiles: one palette-1 configuration of eight 16 x 64-byte tiles (config_bytes), loaded by each work item
 (ldtilecfg) and released at its end (tilerelease); callers run this only where amx.enable() said True and
@@ -109,25 +114,26 @@ qk_step = intrinsic(_asm_call(
     "tdpbf16ps %tmm2, %tmm7, %tmm1", 7))
 # store2(s0, ss, s1): tmm0 -> s0, tmm1 -> s1 (row stride ss)
 store2 = intrinsic(_asm_call("tilestored %tmm0, ($0,$1,1)\n\ttilestored %tmm1, ($2,$1,1)", 3))
-# load_p(ph, pl): the probability tiles P [16 rows, 32 cells] hi/lo (64-byte rows) into tmm4/tmm5
-load_p = intrinsic(_asm_call("mov $$64, %r11\n\ttileloadd ($0,%r11,1), %tmm4\n\ttileloadd ($1,%r11,1), %tmm5", 2))
-# pv_step(c0, c1, cs, b0h, b0l, b1h, b1l, bs): two 16 x 16 accumulator blocks at c0, c1 (row stride cs) +=
-# P . V for their 16 value columns, V's VNNI tiles at b0h/b0l and b1h/b1l (row stride bs)
-pv_step = intrinsic(_asm_call(
-    "tileloadd ($0,$2,1), %tmm0\n\t"
-    "tileloadd ($3,$7,1), %tmm2\n\t"
-    "tileloadd ($1,$2,1), %tmm1\n\t"
-    "tileloadd ($5,$7,1), %tmm6\n\t"
-    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
-    "tdpbf16ps %tmm6, %tmm4, %tmm1\n\t"
-    "tileloadd ($4,$7,1), %tmm3\n\t"
-    "tileloadd ($6,$7,1), %tmm7\n\t"
-    "tdpbf16ps %tmm3, %tmm4, %tmm0\n\t"
-    "tdpbf16ps %tmm7, %tmm4, %tmm1\n\t"
-    "tdpbf16ps %tmm2, %tmm5, %tmm0\n\t"
-    "tdpbf16ps %tmm6, %tmm5, %tmm1\n\t"
-    "tilestored %tmm0, ($0,$2,1)\n\t"
-    "tilestored %tmm1, ($1,$2,1)", 8))
+# load_p4(a, b, c, d): four A tiles of the duplicated probability terms (p_dup; 64-byte rows) into tmm2..tmm5
+load_p4 = intrinsic(_asm_call(
+    "mov $$64, %r11\n\t"
+    "tileloadd ($0,%r11,1), %tmm2\n\t"
+    "tileloadd ($1,%r11,1), %tmm3\n\t"
+    "tileloadd ($2,%r11,1), %tmm4\n\t"
+    "tileloadd ($3,%r11,1), %tmm5", 4))
+# pv_w(c, cs, b0, b1): a 16 x 16 accumulator block at c (row stride cs) += P . V for its 16 value columns: the
+# words of cells 0..15 at b0 and of cells 16..31 at b1 (64-byte rows) against tmm2..tmm5 = P hi of cells 0..15,
+# P hi of cells 16..31, P lo of cells 0..15, P lo of cells 16..31
+pv_w = intrinsic(_asm_call(
+    "mov $$64, %r11\n\t"
+    "tileloadd ($0,$1,1), %tmm0\n\t"
+    "tileloadd ($2,%r11,1), %tmm6\n\t"
+    "tileloadd ($3,%r11,1), %tmm7\n\t"
+    "tdpbf16ps %tmm6, %tmm2, %tmm0\n\t"
+    "tdpbf16ps %tmm7, %tmm3, %tmm0\n\t"
+    "tdpbf16ps %tmm6, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm7, %tmm5, %tmm0\n\t"
+    "tilestored %tmm0, ($0,$1,1)", 4))
 
 
 # ---------------------------------------------------------------------------- bf16 terms and layouts
@@ -167,34 +173,40 @@ def _split_codegen(context, builder, signature, args):
 split_bf16 = intrinsic(_int_typer(4, _split_codegen))
 
 
-def _inter(w):
-    """The shufflevector mask that interleaves two w-lane vectors lane by lane (a0 b0 a1 b1 ...)."""
-    return ir.Constant(_vec(_I32, 2 * w), [k // 2 + (w if k % 2 else 0) for k in range(2 * w)])
+WBLOCK = TILE * 64  # bytes of one block of value words: 16 values (one 64-byte row) of each of a tile's 32 cells
 
 
-def _interleave_codegen(context, builder, signature, args):
-    """dst[2i] = a[i], dst[2i + 1] = b[i] for i < n (uint16)."""
-    dp, ap, bp, n = args
+def _word_at(builder, base, off):
+    """The address of value off's word in blocked words (WBLOCK bytes per 16 values) from base."""
+    blk = builder.udiv(off, ir.Constant(_I64, _W))
+    inb = builder.urem(off, ir.Constant(_I64, _W))
+    return builder.add(base, builder.add(builder.mul(blk, ir.Constant(_I64, WBLOCK)), builder.mul(inb, ir.Constant(_I64, 4))))
+
+
+def _words_codegen(context, builder, signature, args):
+    """Word i of blocked words at dp = (lo[i], hi[i]) (uint16 each) for i < n."""
+    dp, lp, hp, n = args
 
     def step(i, w):
         t = _I16 if w == 1 else _vec(_I16, w)
         o = builder.mul(i, ir.Constant(_I64, 2))
-        a = builder.load(builder.inttoptr(builder.add(ap, o), t.as_pointer()), align=2)
-        b = builder.load(builder.inttoptr(builder.add(bp, o), t.as_pointer()), align=2)
-        d0 = builder.add(dp, builder.mul(o, ir.Constant(_I64, 2)))
+        lo = builder.load(builder.inttoptr(builder.add(lp, o), t.as_pointer()), align=2)
+        hi = builder.load(builder.inttoptr(builder.add(hp, o), t.as_pointer()), align=2)
+        d = _word_at(builder, dp, i)
         if w == 1:
-            builder.store(a, builder.inttoptr(d0, _I16.as_pointer()), align=2)
-            builder.store(b, builder.inttoptr(builder.add(d0, ir.Constant(_I64, 2)), _I16.as_pointer()), align=2)
+            builder.store(lo, builder.inttoptr(d, _I16.as_pointer()), align=2)
+            builder.store(hi, builder.inttoptr(builder.add(d, ir.Constant(_I64, 2)), _I16.as_pointer()), align=2)
         else:
-            d = builder.shuffle_vector(a, b, _inter(w))
-            builder.store(d, builder.inttoptr(d0, d.type.as_pointer()), align=2)
+            inter = ir.Constant(_vec(_I32, 2 * w), [k // 2 + (w if k % 2 else 0) for k in range(2 * w)])
+            v = builder.shuffle_vector(lo, hi, inter)
+            builder.store(v, builder.inttoptr(d, v.type.as_pointer()), align=2)
 
     vector_loop(builder, n, _W, step)
     return context.get_dummy_value()
 
 
-# interleave_u16(dp, ap, bp, n): dst[2i] = a[i], dst[2i + 1] = b[i] for n uint16 of a and b
-interleave_u16 = intrinsic(_int_typer(4, _interleave_codegen))
+# words_u16(dp, lp, hp, n): blocked value words (lo, hi) at dp of n values' lo terms (uint16 at lp) and hi terms (hp)
+words_u16 = intrinsic(_int_typer(4, _words_codegen))
 
 
 def _cvt2_bf16(builder, a, b):
@@ -203,110 +215,138 @@ def _cvt2_bf16(builder, a, b):
     return builder.call(ir.InlineAsm(fnty, "vcvtne2ps2bf16 $2, $1, $0", "=v,v,v"), [b, a])
 
 
-def _pair_codegen(context, builder, signature, args):
-    """Two f16 cache rows (a at ra, b at rb; dk values) -> their hi/lo rows (kha, kla, khb, klb) and, from
-    value v_off on, the two rows' terms interleaved value by value (vh, vl: 2 * (dk - v_off) uint16 each).
-    With AVX512-BF16 both rows' terms come from one rounding instruction each (hi: the truncated f32 is exact
-    in bf16; lo: exact for f16 values), the same bits as _terms."""
-    kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off = args
-    v16 = _vec(_I16, _W)
-    inter = _inter(_W)
-    lo_half = ir.Constant(_vec(_I32, _W), list(range(_W)))
-    hi_half = ir.Constant(_vec(_I32, _W), list(range(_W, 2 * _W)))
+def _half(builder, v, h):
+    """Lanes 16h..16h+15 of a 32-lane vector."""
+    return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(_vec(_I32, _W), list(range(_W * h, _W * h + _W))))
 
-    def st(v, base, off):
-        builder.store(v, builder.inttoptr(builder.add(base, off), v.type.as_pointer()), align=2)
 
-    def step(i, with_v):
+def _f16_terms(builder, src):
+    """16 f16 at src -> (hi, lo) terms (<16 x i16>) and the truncated f32 bits (<16 x i32>, the high half hi, the
+    low half 0). With AVX512-BF16 one rounding instruction gives both terms (hi: the truncated f32 is exact in
+    bf16; lo: exact for f16 values), the same bits as _terms."""
+    x = _h2f(builder, builder.load(builder.inttoptr(src, _vec(_I16, _W).as_pointer()), align=2), _W)
+    t = builder.and_(builder.bitcast(x, _vec(_I32, _W)), _c(builder, -65536, _I32, _W))
+    if HAS_CVT_BF16:
+        tf = builder.bitcast(t, x.type)
+        r = _cvt2_bf16(builder, tf, builder.fsub(x, tf))
+        return _half(builder, r, 0), _half(builder, r, 1), t
+    hi, lo = _terms(builder, x, _W)
+    return hi, lo, t
+
+
+def _word(builder, t, lo):
+    """The word (lo, hi) of a value from its truncated f32 bits and its lo term."""
+    return builder.or_(t, builder.zext(lo, _vec(_I32, _W)))
+
+
+def _row_words_codegen(context, builder, signature, args):
+    """An f16 cache row (dw values at src) -> its hi/lo terms (uint16 at kh, kl) and, from value v_off on, its
+    blocked value words at w. dw and v_off multiples of 16."""
+    kh, kl, w, src, dw, v_off = args
+
+    def step(i, with_w):
         o = builder.mul(i, ir.Constant(_I64, 2))
-        xa = _h2f(builder, builder.load(builder.inttoptr(builder.add(ra, o), v16.as_pointer()), align=2), _W)
-        xb = _h2f(builder, builder.load(builder.inttoptr(builder.add(rb, o), v16.as_pointer()), align=2), _W)
-        if HAS_CVT_BF16:
-            keep = _c(builder, -65536, _I32, _W)
-            ta = builder.bitcast(builder.and_(builder.bitcast(xa, _vec(_I32, _W)), keep), xa.type)
-            tb = builder.bitcast(builder.and_(builder.bitcast(xb, _vec(_I32, _W)), keep), xb.type)
-            hab = _cvt2_bf16(builder, ta, tb)
-            lab = _cvt2_bf16(builder, builder.fsub(xa, ta), builder.fsub(xb, tb))
-            undef = ir.Constant(hab.type, None)
-            for t, pa, pb in ((hab, kha, khb), (lab, kla, klb)):
-                st(builder.shuffle_vector(t, undef, lo_half), pa, o)
-                st(builder.shuffle_vector(t, undef, hi_half), pb, o)
-            if with_v:
-                ov = builder.mul(builder.sub(i, v_off), ir.Constant(_I64, 4))
-                st(builder.shuffle_vector(hab, undef, inter), vh, ov)
-                st(builder.shuffle_vector(lab, undef, inter), vl, ov)
-            return
-        ha, la = _terms(builder, xa, _W)
-        hb, lb = _terms(builder, xb, _W)
-        st(ha, kha, o)
-        st(la, kla, o)
-        st(hb, khb, o)
-        st(lb, klb, o)
-        if with_v:
-            ov = builder.mul(builder.sub(i, v_off), ir.Constant(_I64, 4))
-            st(builder.shuffle_vector(ha, hb, inter), vh, ov)
-            st(builder.shuffle_vector(la, lb, inter), vl, ov)
+        hi, lo, t = _f16_terms(builder, builder.add(src, o))
+        _store_at(builder, hi, builder.add(kh, o))
+        _store_at(builder, lo, builder.add(kl, o))
+        if with_w:
+            _store_at(builder, _word(builder, t, lo), _word_at(builder, w, builder.sub(i, v_off)))
 
     n0 = builder.udiv(v_off, ir.Constant(_I64, _W))
     with cgutils.for_range(builder, n0) as loop:
         step(builder.mul(loop.index, ir.Constant(_I64, _W)), False)
-    with cgutils.for_range(builder, builder.sub(builder.udiv(dk, ir.Constant(_I64, _W)), n0)) as loop:
+    with cgutils.for_range(builder, builder.sub(builder.udiv(dw, ir.Constant(_I64, _W)), n0)) as loop:
         step(builder.mul(builder.add(n0, loop.index), ir.Constant(_I64, _W)), True)
     return context.get_dummy_value()
 
 
-# f16_pair_terms(kha, kla, khb, klb, vh, vl, ra, rb, dk, v_off): the bf16 terms of two f16 rows of dk values
-# (multiples of 16, as v_off) for the score tiles (hi/lo rows at kha, kla, khb, klb) and the value tiles (from
-# v_off on, interleaved value by value at vh, vl)
-f16_pair_terms = intrinsic(_int_typer(10, _pair_codegen))
-
-
-def _f16_x32(builder, src):
-    """32 f16 at src -> two f32 x 16 and their truncations to bf16 precision (exact in f32)."""
-    v16 = _vec(_I16, _W)
-    keep = _c(builder, -65536, _I32, _W)
-    xs, ts = [], []
-    for h in range(2):
-        x = _h2f(builder, builder.load(builder.inttoptr(builder.add(src, ir.Constant(_I64, 32 * h)),
-                                                        v16.as_pointer()), align=2), _W)
-        xs.append(x)
-        ts.append(builder.bitcast(builder.and_(builder.bitcast(x, _vec(_I32, _W)), keep), x.type))
-    return xs, ts
+# f16_row_words(kh, kl, w, src, dw, v_off): an f16 row's hi/lo terms for the score tiles and, from v_off on, its
+# blocked value words (dw and v_off multiples of 16)
+f16_row_words = intrinsic(_int_typer(6, _row_words_codegen))
 
 
 def _store_at(builder, v, base, off=0):
     builder.store(v, builder.inttoptr(builder.add(base, ir.Constant(_I64, off)), v.type.as_pointer()), align=2)
 
 
-def _row_terms32_codegen(context, builder, signature, args):
-    """32 f16 at src -> their hi terms (32 uint16 at hp) and lo terms (at lp), as _terms gives them."""
-    hp, lp, src = args
+def _f16_x32(builder, src):
+    """32 f16 at src -> two f32 x 16 and their truncations to bf16 precision (exact in f32)."""
+    xs, ts = [], []
+    for h in range(2):
+        x = _h2f(builder, builder.load(builder.inttoptr(builder.add(src, ir.Constant(_I64, 32 * h)),
+                                                        _vec(_I16, _W).as_pointer()), align=2), _W)
+        xs.append(x)
+        ts.append(builder.bitcast(builder.and_(builder.bitcast(x, _vec(_I32, _W)), _c(builder, -65536, _I32, _W)),
+                                  x.type))
+    return xs, ts
+
+
+def _terms32(builder, hp, lp, src):
+    """32 f16 at src -> hi terms (32 uint16 at hp) and lo terms (at lp), one rounding instruction each
+    (AVX512-BF16 targets); returns the truncations and the lo terms."""
     (x0, x1), (t0, t1) = _f16_x32(builder, src)
     _store_at(builder, _cvt2_bf16(builder, t0, t1), hp)
-    _store_at(builder, _cvt2_bf16(builder, builder.fsub(x0, t0), builder.fsub(x1, t1)), lp)
+    lo = _cvt2_bf16(builder, builder.fsub(x0, t0), builder.fsub(x1, t1))
+    _store_at(builder, lo, lp)
+    return (t0, t1), lo
+
+
+def _row_terms32_codegen(context, builder, signature, args):
+    """32 f16 at src -> their hi terms (32 uint16 at hp) and lo terms (at lp)."""
+    _terms32(builder, *args)
     return context.get_dummy_value()
 
 
-def _pair_terms32_codegen(context, builder, signature, args):
-    """32 f16 of rows a (at ra) and b (at rb) -> their hi terms interleaved value by value (64 uint16 at vh)
-    and their lo terms likewise (at vl): two rows of a value tile (VNNI) per term."""
-    vh, vl, ra, rb = args
-    (xa, ya), (ta, tb_) = _f16_x32(builder, ra)
-    (xb, yb), (ua, ub) = _f16_x32(builder, rb)
-    inter = _inter(_W)
-    for h, (a, b, fa, fb) in enumerate(((ta, ua, xa, xb), (tb_, ub, ya, yb))):
-        hi = _cvt2_bf16(builder, a, b)
-        lo = _cvt2_bf16(builder, builder.fsub(fa, a), builder.fsub(fb, b))
-        undef = ir.Constant(hi.type, None)
-        _store_at(builder, builder.shuffle_vector(hi, undef, inter), vh, 64 * h)
-        _store_at(builder, builder.shuffle_vector(lo, undef, inter), vl, 64 * h)
+def _row_words32_codegen(context, builder, signature, args):
+    """32 f16 at src -> their hi terms (at hp), lo terms (at lp) and value words (values 0..15 at w, 16..31 at
+    w + WBLOCK)."""
+    hp, lp, w, src = args
+    ts, lo = _terms32(builder, hp, lp, src)
+    for h, t in enumerate(ts):
+        _store_at(builder, _word(builder, builder.bitcast(t, _vec(_I32, _W)), _half(builder, lo, h)), w, WBLOCK * h)
     return context.get_dummy_value()
 
 
 # f16_row_terms32(hp, lp, src): the bf16 hi/lo terms of 32 f16 values (AVX512-BF16 targets only)
 f16_row_terms32 = intrinsic(_int_typer(3, _row_terms32_codegen))
-# f16_pair_terms32(vh, vl, ra, rb): 32 values of two f16 rows as two value-tile rows per term (AVX512-BF16 only)
-f16_pair_terms32 = intrinsic(_int_typer(4, _pair_terms32_codegen))
+# f16_row_words32(hp, lp, w, src): the same and the 32 values' words (two blocks of blocked words from w;
+# AVX512-BF16 targets only)
+f16_row_words32 = intrinsic(_int_typer(4, _row_words32_codegen))
+
+
+def _transpose16(builder, rows):
+    """16 vectors <16 x i32> (row r, lane c) -> the 16 columns (4 stages of sub-block swaps)."""
+    r = list(rows)
+    for b in (8, 4, 2, 1):
+        lo = ir.Constant(_vec(_I32, _W), [c if c & b == 0 else _W + c - b for c in range(_W)])
+        hi = ir.Constant(_vec(_I32, _W), [c + b if c & b == 0 else _W + c for c in range(_W)])
+        for i in range(_W):
+            if i & b == 0:
+                r[i], r[i + b] = builder.shuffle_vector(r[i], r[i + b], lo), builder.shuffle_vector(r[i], r[i + b], hi)
+    return r
+
+
+def _p_dup_codegen(context, builder, signature, args):
+    """P^T (32 cells x 16 rows f32, cell j at src + j * ss) -> four A tiles at dst (1 KiB each: P hi of cells
+    0..15, P lo of cells 0..15, P hi of cells 16..31, P lo of cells 16..31), row r word p = the term of
+    P[r, cell] in both halves."""
+    dst, src, ss = args
+    for h in range(2):
+        terms = ([], [])
+        for p in range(_W):
+            a = builder.add(src, builder.mul(ir.Constant(_I64, _W * h + p), ss))
+            x = builder.load(builder.inttoptr(a, _vec(_F32, _W).as_pointer()), align=4)
+            for acc, t in zip(terms, _terms(builder, x, _W)):
+                acc.append(builder.zext(t, _vec(_I32, _W)))
+        for k, rows in enumerate(terms):
+            for r, col in enumerate(_transpose16(builder, rows)):
+                v = builder.or_(col, builder.shl(col, _c(builder, 16, _I32, _W)))
+                _store_at(builder, v, dst, (2 * h + k) * TILE_BYTES + 64 * r)
+    return context.get_dummy_value()
+
+
+# p_dup(dst, src, ss): the A tiles of the value products from a group's probabilities P^T (row stride ss)
+p_dup = intrinsic(_int_typer(3, _p_dup_codegen))
 
 
 # ---------------------------------------------------------------------------- the work item
@@ -409,19 +449,16 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    # a decoded token: K and V converted block by block into L1 (module docstring); the same terms, tiles,
-    # products and bits as whole rows
-    two_pass = HAS_CVT_BF16 and kind == KIND_F16 and G == 1 and v_off + dv <= k.shape[1]
+    # a decoded token over f16 rows whose values lie in its score blocks: K converted block by block into L1,
+    # the value words on the way (module docstring); the same terms, words, tiles, products and bits as whole rows
+    two_pass = HAS_CVT_BF16 and kind == KIND_F16 and G == 1 and v_off % KB == 0 and v_off + dv <= dk
     kw = 0 if two_pass else dw
     kh = np.zeros((TILE, kw), np.uint16)        # the tile's rows, hi / lo terms
     kl = np.zeros((TILE, kw), np.uint16)
     kf = np.empty(dw, np.float32)
-    vh = np.empty((TILE // 2, 0 if two_pass else 2 * dv), np.uint16)  # V = the rows' latent parts, cell pairs
-    vl = np.empty((TILE // 2, 0 if two_pass else 2 * dv), np.uint16)  # interleaved (VNNI)
+    vw = np.zeros(2 * TILE * dv, np.uint16)     # the tile's value words, blocked (WBLOCK bytes per 16 values)
     st = np.empty((TILE, R), np.float32)        # S^T, then P^T
-    pt = np.empty((GROUP, TILE), np.float32)    # one group's P
-    ph = np.empty((GROUP, TILE), np.uint16)
-    pl = np.empty((GROUP, TILE), np.uint16)
+    pd = np.empty(4 * TILE_BYTES // 2, np.uint16)  # one group's P terms as the value products' A tiles (p_dup)
     mx = np.empty(R, np.float32)
     al = np.empty(R, np.float32)
     ls = np.empty(R, np.float32)
@@ -433,14 +470,12 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     ks = np.int64(dw * 2)
     qpp = np.int64(qp.ctypes.data)
     stp, sts = np.int64(st.ctypes.data), np.int64(R * 4)
-    vhp, vlp, vs = np.int64(vh.ctypes.data), np.int64(vl.ctypes.data), np.int64(dv * 4)
-    php, plp = np.int64(ph.ctypes.data), np.int64(pl.ctypes.data)
+    vwp, pdp = np.int64(vw.ctypes.data), np.int64(pd.ctypes.data)
     accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
-    pair_fused = v_off % 16 == 0 and dw % 16 == 0
+    row_fused = kind == KIND_F16 and v_off % 16 == 0 and dw % 16 == 0
     kb_buf = np.zeros(4 * TILE_BYTES // 2, np.uint16)  # two_pass: [hi, lo] x 32 rows x 32 values
-    vb_buf = np.zeros(4 * TILE_BYTES // 2, np.uint16)  # two_pass: [hi, lo] x 16 cell pairs x 32 values x 2
-    kbp, vbp = np.int64(kb_buf.ctypes.data), np.int64(vb_buf.ctypes.data)
+    kbp = np.int64(kb_buf.ctypes.data)
     rows = np.empty(TILE, np.int64)
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     tile_config(cfgp)
@@ -452,25 +487,19 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             for j in range(TILE):
                 rows[j] = kp + np.int64(kv_idx[cb + j]) * krs if j < nc and cvis[j] else np.int64(-1)
         else:
-            for p in range(TILE // 2):  # one conversion per cell serves every row's K and V
-                j = 2 * p
-                a = np.int64(j) * ks
-                vo = a + np.int64(v_off * 2)
-                if kind == KIND_F16 and pair_fused and j + 1 < nc and cvis[j] and cvis[j + 1]:
-                    f16_pair_terms(khp + a, klp + a, khp + a + ks, klp + a + ks, vhp + p * vs, vlp + p * vs,
-                                   kp + np.int64(kv_idx[cb + j]) * krs, kp + np.int64(kv_idx[cb + j + 1]) * krs,
-                                   np.int64(dw), np.int64(v_off))
+            for j in range(nc):  # one conversion per cell serves every row's K and V
+                if not cvis[j]:
                     continue
-                for jj in range(j, min(j + 2, nc)):
-                    if not cvis[jj]:
-                        continue
-                    src = kp + np.int64(kv_idx[cb + jj]) * krs
-                    if kind != KIND_F32:
-                        decode_row(kf, k[kv_idx[cb + jj]], 0, dw, kind, 0)
-                        src = np.int64(kf.ctypes.data)
-                    split_bf16(khp + jj * ks, klp + jj * ks, src, np.int64(dw))
-                interleave_u16(vhp + p * vs, khp + vo, khp + vo + ks, np.int64(dv))
-                interleave_u16(vlp + p * vs, klp + vo, klp + vo + ks, np.int64(dv))
+                a = np.int64(j) * ks
+                src = kp + np.int64(kv_idx[cb + j]) * krs
+                if row_fused:
+                    f16_row_words(khp + a, klp + a, vwp + j * 64, src, np.int64(dw), np.int64(v_off))
+                    continue
+                if kind != KIND_F32:
+                    decode_row(kf, k[kv_idx[cb + j]], 0, dw, kind, 0)
+                    src = np.int64(kf.ctypes.data)
+                split_bf16(khp + a, klp + a, src, np.int64(dw))
+                words_u16(vwp + j * 64, klp + a + v_off * 2, khp + a + v_off * 2, np.int64(dv))
         n_next = min(TILE, c1 - cb - TILE)
         for g in range(G):
             zero2()
@@ -483,8 +512,14 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                 qb = qpp + ((g0 + g) * nkb + kb) * 2 * TILE_BYTES
                 o = np.int64(kb * KB * 2)
                 if two_pass:  # this block's 32 values of each row, converted into L1-sized tiles
+                    vb = kb * KB - v_off
                     for j in range(TILE):
-                        if rows[j] >= 0:
+                        if rows[j] < 0:
+                            continue
+                        if 0 <= vb < dv:
+                            f16_row_words32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64,
+                                            vwp + (vb // 16) * WBLOCK + j * 64, rows[j] + o)
+                        else:
                             f16_row_terms32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, rows[j] + o)
                     qk_step(kbp, kbp + 2 * TILE_BYTES, 64, qb, qb + TILE_BYTES, kbp + TILE_BYTES,
                             kbp + 3 * TILE_BYTES)
@@ -493,26 +528,11 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
         _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
         for g in range(G):
-            for r in range(GROUP):
-                for j in range(TILE):
-                    pt[r, j] = st[j, g * GROUP + r]
-            split_bf16(php, plp, np.int64(pt.ctypes.data), np.int64(GROUP * TILE))
-            load_p(php, plp)
+            p_dup(pdp, stp + g * GROUP * 4, sts)
+            load_p4(pdp, pdp + 2 * TILE_BYTES, pdp + TILE_BYTES, pdp + 3 * TILE_BYTES)
             ag = accp + g * GROUP * accs
-            for c in range(0, dv // GROUP, 2):
-                o = np.int64(c * GROUP * 4)  # 16 f32 columns of acc, and 16 columns x 2 cells of bf16 in V
-                if two_pass:  # these 32 values of each cell pair, converted again into L1-sized value tiles
-                    vo = np.int64((v_off + c * GROUP) * 2)
-                    for p in range(TILE // 2):
-                        a = rows[2 * p]
-                        b = rows[2 * p + 1]
-                        if a < 0 and b < 0:
-                            continue
-                        f16_pair_terms32(vbp + p * 128, vbp + 2 * TILE_BYTES + p * 128, (a if a >= 0 else b) + vo,
-                                         (b if b >= 0 else a) + vo)
-                    pv_step(ag + o, ag + o + 64, accs, vbp, vbp + 2 * TILE_BYTES, vbp + 64, vbp + 2 * TILE_BYTES + 64,
-                            np.int64(128))
-                else:
-                    pv_step(ag + o, ag + o + 64, accs, vhp + o, vlp + o, vhp + o + 64, vlp + o + 64, vs)
+            for c in range(dv // GROUP):
+                b = vwp + c * WBLOCK
+                pv_w(ag + c * GROUP * 4, accs, b, b + 16 * 64)
     tile_release()
-    return kh.size + kl.size + vh.size + vl.size + ph.size + pl.size + st.size + kb_buf.size + vb_buf.size
+    return kh.size + kl.size + vw.size + pd.size + st.size + kb_buf.size
