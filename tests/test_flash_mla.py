@@ -243,6 +243,86 @@ def test_flash_mla_amx_decode_items_equal_whole_row_items(n_cells):
     assert ((one - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
 
 
+def _bf16_terms(x):
+    """float32 x -> (hi, lo) as uint16: hi its bits >> 16, lo the rest rounded to bf16 (half up)."""
+    b = x.view(np.uint32)
+    rest = (x - (b & np.uint32(0xFFFF0000)).view(np.float32)).view(np.uint32)
+    return (b >> 16).astype(np.uint16), ((rest.astype(np.uint64) + 0x8000) >> 16).astype(np.uint16)
+
+
+def test_value_words_and_probability_tiles_hold_the_terms():
+    """The layouts of the value products: an f16 row's hi/lo terms and blocked value words (lo, hi) (exact:
+    hi + lo is the value, zeros and subnormals too), and p_dup's A tiles (the transpose of P^T's terms, each
+    in both halves of a word), for a group at a row stride wider than one group."""
+    from numba import njit
+
+    from pyrt._kernels import attention_mla_amx as A
+
+    rng = np.random.default_rng(5)
+    dw, v_off, T = 96, 32, A.TILE
+    rows = (rng.standard_normal((T, dw)) * 10.0 ** rng.integers(-7, 4, (T, dw))).astype(np.float16)
+    rows[0, :5] = 0
+    rows[1, 40] = -0.0
+    kh, kl = np.zeros((T, dw), np.uint16), np.zeros((T, dw), np.uint16)
+    w = np.zeros(((dw - v_off) // 16, T, 16), np.uint32)
+
+    @njit
+    def words(kh, kl, w, rows, dw, v_off):
+        for j in range(rows.shape[0]):
+            A.f16_row_words(kh.ctypes.data + j * kh.strides[0], kl.ctypes.data + j * kl.strides[0],
+                            w.ctypes.data + j * 64, rows.ctypes.data + j * rows.strides[0], dw, v_off)
+
+    words(kh, kl, w, rows.view(np.uint16), np.int64(dw), np.int64(v_off))
+    x = rows.astype(np.float32)
+    hi, lo = _bf16_terms(x)
+    assert np.array_equal(kh, hi) and np.array_equal(kl, lo)
+    back = (hi.astype(np.uint32) << 16).view(np.float32) + (lo.astype(np.uint32) << 16).view(np.float32)
+    assert np.array_equal(back, x)
+    want = lo[:, v_off:].astype(np.uint32) | (hi[:, v_off:].astype(np.uint32) << 16)  # [T, dw - v_off]
+    assert np.array_equal(w, want.reshape(T, -1, 16).transpose(1, 0, 2))
+    w2 = np.zeros_like(w)
+
+    @njit
+    def from_terms(w, kh, kl, v_off, dv):
+        for j in range(kh.shape[0]):
+            A.words_u16(w.ctypes.data + j * 64, kl.ctypes.data + j * kl.strides[0] + 2 * v_off,
+                        kh.ctypes.data + j * kh.strides[0] + 2 * v_off, dv)
+
+    from_terms(w2, kh, kl, np.int64(v_off), np.int64(dw - v_off))
+    assert np.array_equal(w2, w)
+    if A.HAS_CVT_BF16:  # the block-by-block conversions of a decoded token
+        bh, bl = np.zeros((T, 32), np.uint16), np.zeros((T, 32), np.uint16)
+        bw = np.zeros((2, T, 16), np.uint32)
+
+        @njit
+        def block(bh, bl, bw, rows, o, with_words):
+            for j in range(rows.shape[0]):
+                src = rows.ctypes.data + j * rows.strides[0] + 2 * o
+                if with_words:
+                    A.f16_row_words32(bh.ctypes.data + j * 64, bl.ctypes.data + j * 64, bw.ctypes.data + j * 64, src)
+                else:
+                    A.f16_row_terms32(bh.ctypes.data + j * 64, bl.ctypes.data + j * 64, src)
+
+        block(bh, bl, bw, rows.view(np.uint16), np.int64(v_off), True)
+        assert np.array_equal(bh, hi[:, v_off:v_off + 32]) and np.array_equal(bl, lo[:, v_off:v_off + 32])
+        assert np.array_equal(bw, w[:2])
+        block(bh, bl, bw, rows.view(np.uint16), np.int64(0), False)
+        assert np.array_equal(bh, hi[:, :32]) and np.array_equal(bl, lo[:, :32])
+
+    st = rng.random((T, 48)).astype(np.float32)  # P^T of three groups; the middle one
+    st[3, 20] = 0.0
+    tiles = np.zeros((4, 16, 16), np.uint32)
+
+    @njit
+    def dup(tiles, st, g):
+        A.p_dup(tiles.ctypes.data, st.ctypes.data + g * 64, st.strides[0])
+
+    dup(tiles, st, np.int64(1))
+    for h in range(2):
+        for k, t in enumerate(_bf16_terms(np.ascontiguousarray(st[16 * h:16 * h + 16, 16:32].T))):
+            assert np.array_equal(tiles[2 * h + k], t.astype(np.uint32) * np.uint32(0x10001))
+
+
 def _heads_ref(q, rows, dv, cp, cs, q_pos, q_seq, scale):
     """float64 attention of each head over its own rows [n_vis, n_head, w] (K first, V the last dv values)."""
     n_tok, n_head, dk = q.shape
