@@ -11,8 +11,8 @@ from numba import njit, prange
 
 from .config import FASTMATH
 from .kv import decode_row
-from .softmax import (add_pv, exp_neg, finish_item, merge_split_row, online_update, qk_scores, query_seqs,
-                      split_partials, start_rows, tile_mask, work_item)
+from .softmax import (add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
+                      query_seqs, split_partials, start_rows, tile_mask, work_item)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -37,12 +37,12 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
     vt = np.zeros((kv_tile, dv), dtype=np.float32)  # [kv_tile, dv] dequantized V tile
     s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
     mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 = visible, -inf = masked
-    cvis = np.empty(kv_tile, dtype=np.bool_)  # [kv_tile] visible to some query of the item
+    cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
-        if not tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
+        if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
             continue
         # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
         for j in range(nc):

@@ -13,8 +13,8 @@ from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .kv import KIND_F32, decode_row
 from .simd import prefetch
-from .softmax import (add_pv, finish_item, merge_split_row, online_update, qk_scores, query_seqs, split_partials,
-                      start_rows, tile_mask, work_item)
+from .softmax import (add_pv, cell_scratch, finish_item, merge_split_row, online_update, qk_scores, query_seqs,
+                      split_partials, start_rows, tile_mask, work_item)
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _dot4x4(s, q0, q1, q2, q3, k0, k1, k2, k3, r0, j0, n):
@@ -83,7 +83,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     kt = np.zeros((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
     s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
     mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 visible, -inf masked
-    cvis = np.empty(kv_tile, dtype=np.bool_)
+    cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
     s_p = np.int64(s.ctypes.data)  # addresses and byte strides of the register blocks' rows
@@ -99,7 +99,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     zmm = HAS_ZMM_BLOCKS and kv_tile % 4 == 0
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
-        if not tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
+        if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
         for j in range(nc):  # one dequantization per cell serves every head's K and V
             if cvis[j]:

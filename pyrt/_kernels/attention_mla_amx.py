@@ -39,7 +39,7 @@ from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_F16, KIND_F32, decode_row
 from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vector_loop
-from .softmax import exp_neg, query_seqs, start_rows, tile_mask_t
+from .softmax import cell_scratch, exp_neg, query_seqs, start_rows, tile_mask_t
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
 HAS_CVT_BF16 = "avx512bf16" in _FEATS  # vcvtne2ps2bf16 (every AMX-BF16 CPU has it)
@@ -180,7 +180,8 @@ def _word_at(builder, base, off):
     """The address of value off's word in blocked words (WBLOCK bytes per 16 values) from base."""
     blk = builder.udiv(off, ir.Constant(_I64, _W))
     inb = builder.urem(off, ir.Constant(_I64, _W))
-    return builder.add(base, builder.add(builder.mul(blk, ir.Constant(_I64, WBLOCK)), builder.mul(inb, ir.Constant(_I64, 4))))
+    off = builder.add(builder.mul(blk, ir.Constant(_I64, WBLOCK)), builder.mul(inb, ir.Constant(_I64, 4)))
+    return builder.add(base, off)
 
 
 def _words_codegen(context, builder, signature, args):
@@ -217,7 +218,8 @@ def _cvt2_bf16(builder, a, b):
 
 def _half(builder, v, h):
     """Lanes 16h..16h+15 of a 32-lane vector."""
-    return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(_vec(_I32, _W), list(range(_W * h, _W * h + _W))))
+    lanes = ir.Constant(_vec(_I32, _W), list(range(_W * h, _W * h + _W)))
+    return builder.shuffle_vector(v, ir.Constant(v.type, None), lanes)
 
 
 def _f16_terms(builder, src):
@@ -463,7 +465,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     al = np.empty(R, np.float32)
     ls = np.empty(R, np.float32)
     mask_t = np.empty((TILE, nt), dtype=np.float32)
-    cvis = np.empty(TILE, dtype=np.bool_)
+    cvis, cpos, cseq = cell_scratch(TILE)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
     khp, klp = np.int64(kh.ctypes.data), np.int64(kl.ctypes.data)
@@ -481,7 +483,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
-        if not tile_mask_t(mask_t, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
+        if not tile_mask_t(mask_t, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
         if two_pass:  # the tile's rows, -1 for those no row sees (left out of the conversions)
             for j in range(TILE):

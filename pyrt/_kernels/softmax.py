@@ -54,17 +54,14 @@ def start_rows(acc, m, l):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _tile_cells(cvis, kv_idx, cb, nc, cell_pos, cell_seq):
-    """The positions and sequence sets of cells kv_idx[cb:cb+nc], gathered once so that the mask loops over
-    them vectorize; cvis[:nc] cleared."""
-    cpos = np.empty(nc, dtype=np.int32)
-    cseq = np.empty(nc, dtype=np.uint64)
+def _tile_cells(cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq):
+    """The positions and sequence sets of cells kv_idx[cb:cb+nc] gathered into cpos, cseq (the item's scratch,
+    >= nc each) so that the mask loops over them vectorize; cvis[:nc] cleared."""
     for j in range(nc):
         c = kv_idx[cb + j]
         cpos[j] = cell_pos[c]
         cseq[j] = cell_seq[c]
         cvis[j] = False
-    return cpos, cseq
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -73,15 +70,22 @@ def _sees(cseq, cpos, sh, qp, n_swa):
     return (((cseq >> sh) & np.uint64(1)) == np.uint64(1)) & (cpos <= qp) & ((n_swa <= 0) | (qp - cpos < n_swa))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def cell_scratch(kv_tile):
+    """An item's scratch for tile_mask / tile_mask_t: cvis, cpos, cseq of kv_tile cells."""
+    return np.empty(kv_tile, np.bool_), np.empty(kv_tile, np.int32), np.empty(kv_tile, np.uint64)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
+def tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
     """Masks of cells kv_idx[cb:cb+nc] for the item's queries; returns whether any query sees any of them.
 
     mask [nt, >= nc] f32 out: 0 where query t0 + tl sees the cell (its sequence bit is set, the cell's
     position is not after the query's and, with n_swa > 0, within the window), else -inf; cvis [>= nc]
-    bool out: the cell is visible to some query of the item. qseq: query_seqs(q_seq, t0, t0 + nt).
+    bool out: the cell is visible to some query of the item; cpos [>= nc] int32, cseq [>= nc] uint64: scratch
+    (cell_scratch). qseq: query_seqs(q_seq, t0, t0 + nt).
     """
-    cpos, cseq = _tile_cells(cvis, kv_idx, cb, nc, cell_pos, cell_seq)
+    _tile_cells(cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq)
     for tl in range(qseq.shape[0]):
         qp = q_pos[t0 + tl]
         sh = qseq[tl]
@@ -97,10 +101,10 @@ def tile_mask(mask, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def tile_mask_t(mask_t, cvis, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
+def tile_mask_t(mask_t, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
     """tile_mask with the mask cells-major: mask_t [>= nc, nt]."""
     nt = qseq.shape[0]
-    cpos, cseq = _tile_cells(cvis, kv_idx, cb, nc, cell_pos, cell_seq)
+    _tile_cells(cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq)
     qp = q_pos[t0:t0 + nt]
     any_vis = False
     for j in range(nc):
