@@ -224,22 +224,28 @@ def test_flash_mla_amx_split_is_thread_independent():
 
 
 @amx_only
+@pytest.mark.parametrize("type_k", ["f16", "bf16"])
 @pytest.mark.parametrize("n_cells", [45, 700])
-def test_flash_mla_amx_decode_items_equal_whole_row_items(n_cells):
-    """A decoded token's items (one 16-row group over f16 rows: K and V converted block by block into
+def test_flash_mla_amx_decode_items_equal_whole_row_items(n_cells, type_k):
+    """A decoded token's items (one 16-row group over f16 or bf16 rows: K and V converted block by block into
     L1-sized tiles) give the bits of the whole-row items that two copies of the token take (two groups)."""
     rng = np.random.default_rng(11)
-    rows = rng.standard_normal((n_cells, R + C)).astype(np.float16)
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
+    if type_k == "f16":
+        rows = rows.astype(np.float16)
+    else:
+        rows = (rows.view(np.uint32) >> 16).astype(np.uint16)  # bf16 bits
     cp = np.arange(n_cells, dtype=np.int32) // 2
     cs = np.where(np.arange(n_cells) % 3 == 0, 2, 1).astype(np.uint64)  # a third of the cells: another sequence
     kv_idx = rng.permutation(n_cells).astype(np.int32)
     q = (0.3 * rng.standard_normal((1, 16, R + C))).astype(np.float32)
     p = np.array([n_cells // 3], np.int32)  # sees part of the cells: partial and empty tiles
-    one = mla.flash_mla(q, rows, "f16", cp, cs, kv_idx, p, np.array([0]), 0.125, R)
-    two = mla.flash_mla(np.concatenate([q, q]), rows, "f16", cp, cs, kv_idx, np.concatenate([p, p]),
+    one = mla.flash_mla(q, rows, type_k, cp, cs, kv_idx, p, np.array([0]), 0.125, R)
+    two = mla.flash_mla(np.concatenate([q, q]), rows, type_k, cp, cs, kv_idx, np.concatenate([p, p]),
                         np.array([0, 0]), 0.125, R)
     assert np.array_equal(two[0], one[0]) and np.array_equal(two[1], one[0])
-    ref = naive_latent(q, rows.astype(np.float32), R, cp, cs, p, np.array([0]), 0.125)
+    held = rows.astype(np.float32) if type_k == "f16" else (rows.astype(np.uint32) << 16).view(np.float32)
+    ref = naive_latent(q, held, R, cp, cs, p, np.array([0]), 0.125)
     assert ((one - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
 
 
@@ -308,6 +314,21 @@ def test_value_words_and_probability_tiles_hold_the_terms():
         assert np.array_equal(bw, w[:2])
         block(bh, bl, bw, rows.view(np.uint16), np.int64(0), False)
         assert np.array_equal(bh, hi[:, :32]) and np.array_equal(bl, lo[:, :32])
+
+    b16 = (x.view(np.uint32) >> 16).astype(np.uint16)  # bf16 rows: the values are their own hi terms
+    bh, bw = np.zeros((T, 32), np.uint16), np.zeros((2, T, 16), np.uint32)
+
+    @njit
+    def bf16_block(bh, bw, rows, o, with_words):
+        for j in range(rows.shape[0]):
+            A.bf16_row32(bh.ctypes.data + j * 64, bw.ctypes.data + j * 64 if with_words else 0,
+                         rows.ctypes.data + j * rows.strides[0] + 2 * o)
+
+    bf16_block(bh, bw, b16, np.int64(64), True)
+    assert np.array_equal(bh, b16[:, 64:96])
+    assert np.array_equal(bw, (b16[:, 64:96].astype(np.uint32) << 16).reshape(T, 2, 16).transpose(1, 0, 2))
+    bf16_block(bh, bw, b16, np.int64(0), False)
+    assert np.array_equal(bh, b16[:, :32]) and np.array_equal(bw[0], b16[:, 64:80].astype(np.uint32) << 16)
 
     st = rng.random((T, 48)).astype(np.float32)  # P^T of three groups; the middle one
     st[3, 20] = 0.0

@@ -17,10 +17,12 @@ columns); P's A tiles (p_dup) carry each probability term in both halves of a pa
 p * (lo + hi), the exact value: a 16 x 16 block takes two products (P hi, P lo) per 16 cells. acc lives in
 memory between tiles: each 16 x 16 block goes through a C tile once per tile of cells. The next tile's cache
 rows are prefetched a few per product.
-An item of one 16-row group over f16 rows whose values lie inside the score blocks (a decoded token) converts
-block by block instead: each 32-value K block of the tile right before its score product into a 4 KiB buffer
+An item of one 16-row group over f16 or bf16 rows whose values lie inside the score blocks (a decoded token)
+converts block by block instead: each 32-value K block of the tile right before its score product into a 4 KiB buffer
 that stays in L1, the value words of the block on the way (whole rows of a tile fill 72 KiB of hi/lo terms,
-and the conversion waited on L2). Both orders give the same terms, words, tiles, products and bits.
+and the conversion waited on L2). Both orders give the same terms, words, tiles, products and bits. A bf16
+value is its own hi term (lo zero): its blocks are copies, and the score products of the zero lo terms are left
+out (qk2_step; adding a zero product changes no sum).
 
 Tiles: one palette-1 configuration of eight 16 x 64-byte tiles (config_bytes), loaded by each work item
 (ldtilecfg) and released at its end (tilerelease); callers run this only where amx.enable() said True and
@@ -37,7 +39,7 @@ from numba.extending import intrinsic
 
 from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
-from .kv import KIND_F16, KIND_F32, decode_row
+from .kv import KIND_BF16, KIND_F16, KIND_F32, decode_row
 from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vector_loop
 from .softmax import cell_scratch, exp_neg, query_seqs, start_rows, tile_mask_t
 
@@ -112,6 +114,18 @@ qk_step = intrinsic(_asm_call(
     "tdpbf16ps %tmm3, %tmm6, %tmm1\n\t"
     "tdpbf16ps %tmm2, %tmm5, %tmm0\n\t"
     "tdpbf16ps %tmm2, %tmm7, %tmm1", 7))
+# qk2_step(k0, ks, qh, ql, k1): qk_step for K rows exact in one bf16 term (a bf16 cache): the same products but
+# the two of the lo terms, which are zero there
+qk2_step = intrinsic(_asm_call(
+    "mov $$64, %r11\n\t"
+    "tileloadd ($2,%r11,1), %tmm2\n\t"
+    "tileloadd ($3,%r11,1), %tmm3\n\t"
+    "tileloadd ($0,$1,1), %tmm4\n\t"
+    "tileloadd ($4,$1,1), %tmm6\n\t"
+    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm2, %tmm6, %tmm1\n\t"
+    "tdpbf16ps %tmm3, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm3, %tmm6, %tmm1", 5))
 # store2(s0, ss, s1): tmm0 -> s0, tmm1 -> s1 (row stride ss)
 store2 = intrinsic(_asm_call("tilestored %tmm0, ($0,$1,1)\n\ttilestored %tmm1, ($2,$1,1)", 3))
 # load_p4(a, b, c, d): four A tiles of the duplicated probability terms (p_dup; 64-byte rows) into tmm2..tmm5
@@ -316,6 +330,23 @@ f16_row_terms32 = intrinsic(_int_typer(3, _row_terms32_codegen))
 f16_row_words32 = intrinsic(_int_typer(4, _row_words32_codegen))
 
 
+def _bf16_row32_codegen(context, builder, signature, args):
+    """32 bf16 at src -> their hi terms (the values, 32 uint16 at hp; their lo terms are zero) and, when w != 0,
+    their value words (0, v) (values 0..15 at w, 16..31 at w + WBLOCK)."""
+    hp, w, src = args
+    v = builder.load(builder.inttoptr(src, _vec(_I16, 2 * _W).as_pointer()), align=2)
+    _store_at(builder, v, hp)
+    with builder.if_then(builder.icmp_unsigned("!=", w, ir.Constant(_I64, 0))):
+        for h in range(2):
+            x = builder.shl(builder.zext(_half(builder, v, h), _vec(_I32, _W)), _c(builder, 16, _I32, _W))
+            _store_at(builder, x, w, WBLOCK * h)
+    return context.get_dummy_value()
+
+
+# bf16_row32(hp, w, src): f16_row_terms32 / f16_row_words32 (w != 0) for bf16 values (no lo terms)
+bf16_row32 = intrinsic(_int_typer(3, _bf16_row32_codegen))
+
+
 def _transpose16(builder, rows):
     """16 vectors <16 x i32> (row r, lane c) -> the 16 columns (4 stages of sub-block swaps)."""
     r = list(rows)
@@ -451,9 +482,10 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    # a decoded token over f16 rows whose values lie in its score blocks: K converted block by block into L1,
-    # the value words on the way (module docstring); the same terms, words, tiles, products and bits as whole rows
-    two_pass = HAS_CVT_BF16 and kind == KIND_F16 and G == 1 and v_off % KB == 0 and v_off + dv <= dk
+    # a decoded token over f16 or bf16 rows whose values lie in its score blocks: K converted block by block
+    # into L1, the value words on the way (module docstring); the same terms, words, tiles and bits as whole rows
+    two_pass = (HAS_CVT_BF16 and (kind == KIND_F16 or kind == KIND_BF16) and G == 1 and v_off % KB == 0
+                and v_off + dv <= dk)
     kw = 0 if two_pass else dw
     kh = np.zeros((TILE, kw), np.uint16)        # the tile's rows, hi / lo terms
     kl = np.zeros((TILE, kw), np.uint16)
@@ -515,16 +547,21 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                 o = np.int64(kb * KB * 2)
                 if two_pass:  # this block's 32 values of each row, converted into L1-sized tiles
                     vb = kb * KB - v_off
+                    wb = vwp + (vb // 16) * WBLOCK if 0 <= vb < dv else np.int64(0)  # 0: a score-only block
                     for j in range(TILE):
                         if rows[j] < 0:
                             continue
-                        if 0 <= vb < dv:
-                            f16_row_words32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64,
-                                            vwp + (vb // 16) * WBLOCK + j * 64, rows[j] + o)
+                        if kind == KIND_BF16:
+                            bf16_row32(kbp + j * 64, wb + j * 64 if wb != 0 else wb, rows[j] + o)
+                        elif wb != 0:
+                            f16_row_words32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, wb + j * 64, rows[j] + o)
                         else:
                             f16_row_terms32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, rows[j] + o)
-                    qk_step(kbp, kbp + 2 * TILE_BYTES, 64, qb, qb + TILE_BYTES, kbp + TILE_BYTES,
-                            kbp + 3 * TILE_BYTES)
+                    if kind == KIND_BF16:
+                        qk2_step(kbp, 64, qb, qb + TILE_BYTES, kbp + TILE_BYTES)
+                    else:
+                        qk_step(kbp, kbp + 2 * TILE_BYTES, 64, qb, qb + TILE_BYTES, kbp + TILE_BYTES,
+                                kbp + 3 * TILE_BYTES)
                 else:
                     qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
