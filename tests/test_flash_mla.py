@@ -223,6 +223,7 @@ def test_flash_mla_amx_split_is_thread_independent():
     assert ((a - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
 
 
+@pytest.mark.boundscheck
 @amx_only
 @pytest.mark.parametrize("type_k", ["f16", "bf16"])
 @pytest.mark.parametrize("n_cells", [45, 700])
