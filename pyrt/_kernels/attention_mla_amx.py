@@ -5,9 +5,9 @@ A tile product (tdpbf16ps) sums bf16 x bf16 products in f32. Every operand enter
 f32 bits truncated to 16) and lo (the rest, exact in f32, rounded to bf16): an f16 or bf16 cache value is
 exact in hi + lo, a query, a probability or a q8_0 value keeps about 16 significand bits. A score is hi*hi
 + hi*lo + lo*hi (lo*lo, below 2^-16 relative, is left out), a value product p_hi*v + p_lo*v with v whole (its
-two terms in one pair, below): three or two tile products where f32 vectors do one FMA,
-on a unit with many times their throughput (4.3 ns per 16 x 16 x 32 product on the 2-core Xeon). The summation
-order is the tile unit's, fixed per row.
+two terms in one pair, below): three or two tile products where f32 vectors do one FMA, on a unit with many
+times their throughput (4.3-16 ns per 16 x 16 x 32 product on the 2-core Xeon VMs, whose two vCPUs may share
+one tile unit). The summation order is the tile unit's, fixed per row.
 
 Per 32-cell tile of an item: the cells' latent rows dequantized and split (K: [cells, dk] hi/lo, the A tiles
 of the scores), S^T = K . Q^T (B: the item's query rows, packed once into the VNNI layout), the online softmax
@@ -18,11 +18,11 @@ p * (lo + hi), the exact value: a 16 x 16 block takes two products (P hi, P lo) 
 memory between tiles: each 16 x 16 block goes through a C tile once per tile of cells. The next tile's cache
 rows are prefetched a few per product.
 An item of one 16-row group over f16 or bf16 rows whose values lie inside the score blocks (a decoded token)
-converts block by block instead: each 32-value K block of the tile right before its score product into a 4 KiB buffer
-that stays in L1, the value words of the block on the way (whole rows of a tile fill 72 KiB of hi/lo terms,
-and the conversion waited on L2). Both orders give the same terms, words, tiles, products and bits. A bf16
-value is its own hi term (lo zero): its blocks are copies, and the score products of the zero lo terms are left
-out (qk2_step; adding a zero product changes no sum).
+converts block by block instead: each 32-value K block of the tile right before its score product into a
+4 KiB buffer that stays in L1, the value words of the block on the way (whole rows of a tile fill 72 KiB of
+hi/lo terms, and the conversion waited on L2). Both orders give the same terms, words, tiles, products and
+bits. A bf16 value is its own hi term (lo zero): its blocks are copies, and the score products of the zero lo
+terms are left out (qk2_step; adding a zero product changes no sum).
 
 Tiles: one palette-1 configuration of eight 16 x 64-byte tiles (config_bytes), loaded by each work item
 (ldtilecfg) and released at its end (tilerelease); callers run this only where amx.enable() said True and
