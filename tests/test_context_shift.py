@@ -175,9 +175,8 @@ def test_gemma_context_shift_rotates_each_layer_by_its_own_rope(gemma_path):
     """Gemma 3 through a context shift: generation goes on past n_ctx, and every layer's cached keys after
     the shift are a float64 re-rotation of its keys before it by the shift, at that layer's own base (10000
     for the sliding layers, rope.freq_base of the file for every sixth, global one, as llama.cpp's swa
-    pattern 6; NEOX pairs). The next
-    logits cannot be checked against a recomputation: the kept keys of layers > 0 were computed with the
-    dropped tokens in context, which a recomputation does not see."""
+    pattern 6; NEOX pairs). The next logits cannot be checked against a recomputation: the kept keys of
+    layers > 0 were computed with the dropped tokens in context, which a recomputation does not see."""
     from pyrt.io.gguf_file import GGUFFile
     from pyrt.runtime.llm import LLM
     llm = LLM(gemma_path, n_ctx=128, n_batch=128, n_ubatch=128, warmup=False)
@@ -191,7 +190,7 @@ def test_gemma_context_shift_rotates_each_layer_by_its_own_rope(gemma_path):
     n_layer = int(meta["gemma3.block_count"])
     head_dim = int(meta["gemma3.attention.key_length"])
     ctx = llm.ctx
-    llm.ctx.clear()
+    ctx.clear()
     llm._tokens = []
     llm._ingest(ids + out[:100])
 

@@ -236,14 +236,19 @@ def _half(builder, v, h):
     return builder.shuffle_vector(v, ir.Constant(v.type, None), lanes)
 
 
+def _f16_x16(builder, src):
+    """16 f16 at src -> f32 x 16 and its truncation to bf16 precision (the bits & 0xffff0000, exact in f32)."""
+    x = _h2f(builder, builder.load(builder.inttoptr(src, _vec(_I16, _W).as_pointer()), align=2), _W)
+    return x, builder.bitcast(builder.and_(builder.bitcast(x, _vec(_I32, _W)), _c(builder, -65536, _I32, _W)), x.type)
+
+
 def _f16_terms(builder, src):
     """16 f16 at src -> (hi, lo) terms (<16 x i16>) and the truncated f32 bits (<16 x i32>, the high half hi, the
     low half 0). With AVX512-BF16 one rounding instruction gives both terms (hi: the truncated f32 is exact in
     bf16; lo: exact for f16 values), the same bits as _terms."""
-    x = _h2f(builder, builder.load(builder.inttoptr(src, _vec(_I16, _W).as_pointer()), align=2), _W)
-    t = builder.and_(builder.bitcast(x, _vec(_I32, _W)), _c(builder, -65536, _I32, _W))
+    x, tf = _f16_x16(builder, src)
+    t = builder.bitcast(tf, _vec(_I32, _W))
     if HAS_CVT_BF16:
-        tf = builder.bitcast(t, x.type)
         r = _cvt2_bf16(builder, tf, builder.fsub(x, tf))
         return _half(builder, r, 0), _half(builder, r, 1), t
     hi, lo = _terms(builder, x, _W)
@@ -287,14 +292,8 @@ def _store_at(builder, v, base, off=0):
 
 def _f16_x32(builder, src):
     """32 f16 at src -> two f32 x 16 and their truncations to bf16 precision (exact in f32)."""
-    xs, ts = [], []
-    for h in range(2):
-        x = _h2f(builder, builder.load(builder.inttoptr(builder.add(src, ir.Constant(_I64, 32 * h)),
-                                                        _vec(_I16, _W).as_pointer()), align=2), _W)
-        xs.append(x)
-        ts.append(builder.bitcast(builder.and_(builder.bitcast(x, _vec(_I32, _W)), _c(builder, -65536, _I32, _W)),
-                                  x.type))
-    return xs, ts
+    (x0, t0), (x1, t1) = (_f16_x16(builder, builder.add(src, ir.Constant(_I64, 32 * h))) for h in range(2))
+    return (x0, x1), (t0, t1)
 
 
 def _terms32(builder, hp, lp, src):
@@ -551,10 +550,11 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                     for j in range(TILE):
                         if rows[j] < 0:
                             continue
+                        wj = wb + j * 64 if wb != 0 else wb
                         if kind == KIND_BF16:
-                            bf16_row32(kbp + j * 64, wb + j * 64 if wb != 0 else wb, rows[j] + o)
+                            bf16_row32(kbp + j * 64, wj, rows[j] + o)
                         elif wb != 0:
-                            f16_row_words32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, wb + j * 64, rows[j] + o)
+                            f16_row_words32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, wj, rows[j] + o)
                         else:
                             f16_row_terms32(kbp + j * 64, kbp + TILE_BYTES * 2 + j * 64, rows[j] + o)
                     if kind == KIND_BF16:
