@@ -26,6 +26,20 @@ class MLAView(NamedTuple):
     kv_idx: np.ndarray    # [n_scan] int32 the cells to scan, in canonical order
 
 
+class DenseView(NamedTuple):
+    """A layer's K and V cache rows as a model runs its own decode kernel over them during one ubatch."""
+    k: np.ndarray         # [n_kv, row] the K rows in their storage dtype
+    v: np.ndarray         # [n_kv, row] the V rows
+    type_k: str           # the cache types ("f16", "bf16", "q8_0", "f32", "q8_KV")
+    type_v: str
+    seg_k: int            # q8_KV segment lengths (1 for the other types)
+    seg_v: int
+    cells: np.ndarray     # [n_tok] int32 the cells this ubatch writes
+    cell_pos: np.ndarray  # [n_kv] int32 position of each cell
+    cell_seq: np.ndarray  # [n_kv] uint64 sequence bitset of each cell
+    kv_idx: np.ndarray    # [n_scan] int32 the cells to scan, in canonical order
+
+
 class KVAccess(Protocol):
     """The KV cache as a model sees it during one ubatch (runtime.context._KVBinding implements it)."""
     mla: int  # the MLA attention mode (-mla 0..3); only MLA models read it
@@ -39,6 +53,9 @@ class KVAccess(Protocol):
         """Layer il's K-only cache, for models that run their own attention over it (MLA)."""
     def mla_cells(self, il: int) -> np.ndarray:
         """The cells [n_tok] int32 this ubatch writes in layer il's cache (where `store` writes)."""
+    def dense_view(self, il: int) -> DenseView | None:
+        """Layer il's K and V rows on the host, for models that run their own decode kernel (None: the cache
+        lives on a device, or the layer has no V rows)."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ import numpy as np
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
+from ..ops.dense import DenseLayerDecode
 from .base import ForwardInputs, HParams, Linear, ModelBase, TensorTable, linear_multi, read_hparams
 
 
@@ -52,6 +53,11 @@ class LlamaModel(ModelBase):
                 ffn_down=t.linear(p + "ffn_down", hp.n_embd, hp.n_ff),
             ))
         self.kq_scale = 1.0 / math.sqrt(hp.n_embd_head_k)
+        # a decoded token runs each layer as one call where every layer's weights allow it
+        blocks = [DenseLayerDecode.build(L, hp.n_embd, hp.n_head, hp.n_head_kv, hp.n_embd_head_k, hp.n_embd_head_v,
+                                         hp.n_rot, hp.rope_type == basic.ROPE_NEOX, hp.f_norm_rms_eps)
+                  for L in self.layers]
+        self.blocks = blocks if all(b is not None for b in blocks) else None
 
     # KV geometry the context needs to allocate the cache
     def kv_dims(self) -> tuple[list[int], list[int]]:
@@ -71,6 +77,13 @@ class LlamaModel(ModelBase):
         rope = basic.RopeCache(inp.pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale,
                                self.rope_freqs, hp.rope_type)
         eps = hp.f_norm_rms_eps
+        if (self.blocks is not None and n_tok == 1 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray)
+                and (views := [inp.kv.dense_view(il) for il in range(hp.n_layer)])[0] is not None):
+            slot = self.blocks[0].slot(views[0], inp.pos, inp.seq, self.kq_scale)
+            for block, view in zip(self.blocks, views):
+                block(x[0], rope.cos[0], rope.sin[0], view, slot)
+            basic.rms_norm(x, self.output_norm, eps, out=x)
+            return self.output(x)
         h = np.empty_like(x)
         last = hp.n_layer - 1
         for il, L in enumerate(self.layers):

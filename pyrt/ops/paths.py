@@ -29,6 +29,9 @@ class Paths:
     # ... and its whole attention block (norm, projections, RoPE, cache store, attention, attn_output) as one
     # call (ops.mla.MLABlockDecode). At load.
     fused_mla_block: bool = True
+    # A decoded token's whole dense layer (llama / qwen2: norms, Q/K/V, RoPE, cache store, attention, attn_output,
+    # SwiGLU FFN) as one call (ops.dense.DenseLayerDecode). At load.
+    fused_dense_layer: bool = True
     # deepseek2 -mla 2/3: ubatches of at least this many tokens decompress the cached latents and run ordinary
     # flash attention, smaller ones the absorbed FlashMLA kernel. The crossover of the two per-token costs at
     # DeepSeek-V2-Lite shapes is ~128 tokens (ik_llama.cpp uses the same constant); re-derive it with

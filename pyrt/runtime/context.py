@@ -25,7 +25,7 @@ from ..kv import state as kv_state
 from ..backends import check_device, get_backend, to_host
 from ..kv.cache import KVCache
 from ..kv.cells import Cells
-from ..models.base import ForwardInputs, MLAView, Model
+from ..models.base import DenseView, ForwardInputs, MLAView, Model
 from ..ops import paths
 from ..ops.attention import attention, scan_order
 
@@ -136,16 +136,33 @@ class _KVBinding:
         return attention(q, self.caches[side], j, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
                          kv_idx=self._scan(side, int(n_swa)), head_dim_v=head_dim_v)
 
+    def _cells(self, side):
+        """(n_kv, cell_pos, cell_seq) of a side's cache: computed once, the cells do not change during the
+        ubatch's forward."""
+        cells = self._cells_view.get(side)
+        if cells is None:
+            cache = self.caches[side]
+            n_kv = cache.cells.n_kv()
+            cells = self._cells_view[side] = (n_kv, cache.cells.pos_array()[:n_kv], cache.cells.seq_array()[:n_kv])
+        return cells
+
     def mla_view(self, il) -> MLAView:
         """For models that run their own attention over a K-only cache (MLA)."""
         side, j = self._side(il)
         cache = self.caches[side]
-        cells = self._cells_view.get(side)
-        if cells is None:  # the cells do not change during the ubatch's forward
-            n_kv = cache.cells.n_kv()
-            cells = self._cells_view[side] = (n_kv, cache.cells.pos_array()[:n_kv], cache.cells.seq_array()[:n_kv])
-        n_kv, cell_pos, cell_seq = cells
+        n_kv, cell_pos, cell_seq = self._cells(side)
         return MLAView(cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0))
+
+    def dense_view(self, il) -> DenseView | None:
+        side, j = self._side(il)
+        cache = self.caches[side]
+        if cache.backend is not None or cache.v[j] is None:
+            return None
+        n_kv, cell_pos, cell_seq = self._cells(side)
+        seg_k = cache.seg_k[j] if cache.type_k == "q8_KV" else 1
+        seg_v = cache.seg_v[j] if cache.type_v == "q8_KV" else 1
+        return DenseView(cache.k[j][:n_kv], cache.v[j][:n_kv], cache.type_k, cache.type_v, seg_k, seg_v,
+                         self.cells_idx[side], cell_pos, cell_seq, self._scan(side, 0))
 
     def mla_cells(self, il):
         """The cells [n_tok] int32 this ubatch writes in layer il's cache (what `store` writes to)."""
