@@ -157,3 +157,28 @@ def test_move_rows_and_clear():
     assert np.array_equal(cache.k[0][0], k0[0])
     cache.clear()
     assert cache.cells.used == 0 and not cache.k[0].any() and not cache.v[1].any()
+
+
+@pytest.mark.parametrize("type_name", ["f32", "f16", "bf16", "q8_0"])
+def test_decode_tile_equals_decode_row(type_name):
+    """The attention's tile decoder gives decode_row's bits for the visible cells (rows in scan order, a head's
+    slice of each row) and leaves the other rows of the tile as they were; NaN and inf halves included."""
+    from pyrt._kernels import kv as kvk
+    from pyrt.ops.attention import _KINDS, rows_view
+    rng = np.random.default_rng(3)
+    n_cells, width, e0, n = 40, 128, 64, 64
+    cache = KVCache(1, n_cells, [width], [width], type_name, type_name)
+    x = rng.standard_normal((n_cells, width)).astype(np.float32) * 4
+    if type_name in ("f16", "bf16", "f32"):
+        x[3, e0:e0 + 4] = [np.inf, -np.inf, np.nan, 6.0e-8]
+    cache.store(0, np.arange(n_cells, dtype=np.int32), x, x)
+    buf = rows_view(cache.k[0], type_name)
+    kv_idx = rng.permutation(n_cells).astype(np.int32)
+    cvis = rng.random(16) < 0.7
+    tile = np.full((16, n), 7.0, np.float32)
+    kvk.decode_tile(tile, buf, kv_idx, 8, 13, cvis, e0, n, _KINDS[type_name], 1)
+    for j in range(16):
+        want = np.full(n, 7.0, np.float32)
+        if j < 13 and cvis[j]:
+            kvk.decode_row(want, buf[kv_idx[8 + j]], e0, n, _KINDS[type_name], 1)
+        np.testing.assert_array_equal(tile[j].view(np.uint32), want.view(np.uint32))

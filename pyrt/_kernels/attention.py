@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import FASTMATH
-from .kv import decode_row
+from .kv import decode_tile
 from .softmax import (add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
                       query_seqs, split_partials, start_rows, tile_mask, work_item)
 
@@ -45,10 +45,8 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
             continue
         # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
-        for j in range(nc):
-            if cvis[j]:
-                decode_row(kt[j], k[kv_idx[cb + j]], g * dk, dk, kind_k, seg_k)
-                decode_row(vt[j], v[kv_idx[cb + j]], v_off + g * dv, dv, kind_v, seg_v)
+        decode_tile(kt, k, kv_idx, cb, nc, cvis, g * dk, dk, kind_k, seg_k)
+        decode_tile(vt, v, kv_idx, cb, nc, cvis, v_off + g * dv, dv, kind_v, seg_v)
         qk_scores(s, qs, kt, 0, R, 0, nc)
         online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
         add_pv(acc, s, vt, 0, 0, R, 0, nc)  # acc += P @ V

@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from . import codes
 from .config import FASTMATH
-from .simd import bits_to_f32, f16_to_f32
+from .simd import bits_to_f32, dequant_row_f16, f16_to_f32
 
 QK8_0 = 32
 Q8_0_BLOCK_BYTES = 34
@@ -239,6 +239,33 @@ def decode_row(dst, row, e0, n, kind, seg):
             for i in range(m):
                 ds[i] = np.float32((np.int32(qs[i]) ^ 0x80) - 0x80) * d
             i0 += m
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def decode_tile(dst, buf, kv_idx, cb, nc, cvis, e0, n, kind, seg):
+    """dst[j, :n] = values [e0, e0+n) of cache row buf[kv_idx[cb + j]] as f32, for the cells j < nc with cvis[j]
+    (the others are left as they are): decode_row per cell, with the kind's branch taken once per tile.
+
+    dst [>= nc, >= n] f32 with contiguous rows; buf, kind, seg, e0, n as decode_row's; kv_idx in range.
+    """
+    if kind == KIND_F16:  # one vectorized conversion per row, addressed directly (no row views)
+        d_p, d_s = np.int64(dst.ctypes.data), np.int64(dst.strides[0])
+        b_p, b_s = np.int64(buf.ctypes.data) + np.int64(e0) * 2, np.int64(buf.strides[0])
+        for j in range(nc):
+            if cvis[j]:
+                dequant_row_f16(d_p + j * d_s, b_p + np.int64(kv_idx[cb + j]) * b_s, np.int64(n))
+    elif kind == KIND_F32 or kind == KIND_BF16:
+        sh = np.uint32(0) if kind == KIND_F32 else np.uint32(16)
+        for j in range(nc):
+            if cvis[j]:
+                src = buf[kv_idx[cb + j], e0:e0 + n]
+                d = dst[j]
+                for i in range(n):
+                    d[i] = bits_to_f32(np.uint32(src[i]) << sh)
+    else:
+        for j in range(nc):
+            if cvis[j]:
+                decode_row(dst[j], buf[kv_idx[cb + j]], e0, n, kind, seg)
 
 
 @njit(cache=True, nogil=True)
