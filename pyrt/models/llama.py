@@ -77,13 +77,14 @@ class LlamaModel(ModelBase):
         rope = basic.RopeCache(inp.pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale,
                                self.rope_freqs, hp.rope_type)
         eps = hp.f_norm_rms_eps
-        if (self.blocks is not None and n_tok == 1 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray)
-                and (views := [inp.kv.dense_view(il) for il in range(hp.n_layer)])[0] is not None):
-            slot = self.blocks[0].slot(views[0], inp.pos, inp.seq, self.kq_scale)
-            for block, view in zip(self.blocks, views):
-                block(x[0], rope.cos[0], rope.sin[0], view, slot)
-            basic.rms_norm(x, self.output_norm, eps, out=x)
-            return self.output(x)
+        if self.blocks is not None and n_tok == 1 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray):
+            views = [inp.kv.dense_view(il) for il in range(hp.n_layer)]
+            if all(v is not None for v in views):  # host caches: one call a layer
+                slot = self.blocks[0].slot(views[0], inp.pos, inp.seq, self.kq_scale)
+                for block, view in zip(self.blocks, views):
+                    block(x[0], rope.cos[0], rope.sin[0], view, slot)
+                basic.rms_norm(x, self.output_norm, eps, out=x)
+                return self.output(x)
         h = np.empty_like(x)
         last = hp.n_layer - 1
         for il, L in enumerate(self.layers):

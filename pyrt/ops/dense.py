@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 
 from .._kernels import fused_dense as fd
 from ..errors import InvalidArgumentError
@@ -19,15 +18,14 @@ from ..formats.qtypes import get_qtype
 from . import paths
 from .attention import _DTYPE, _KINDS, _n_elems, choose_tiles, rows_view
 from .matmul import _check_raw
+from .mla import _FUSED_W
+from .mla import _f32_vec as _mla_f32_vec
 
-_FUSED_W = {int(t): get_qtype(t).code for t in (T.Q8_0, T.Q4_0, T.Q5_0, T.Q4_K, T.Q5_K, T.Q6_K)}
 _EMPTY = np.zeros(0, np.float32)
 
 
 def _f32_vec(name: str, a, n: int) -> np.ndarray:
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (n,) or not a.flags.c_contiguous:
-        raise InvalidArgumentError(f"dense layer: {name} must be a C-contiguous float32 [{n}] array")
-    return a
+    return _mla_f32_vec(name, a, n, "dense layer")
 
 
 @dataclass(frozen=True, slots=True, eq=False)

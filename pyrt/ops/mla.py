@@ -279,9 +279,10 @@ class MLADecode:
         return out
 
 
-def _f32_vec(name: str, a, n: int) -> np.ndarray:
+def _f32_vec(name: str, a, n: int, what: str = "mla block") -> np.ndarray:
+    """a, checked to be a C-contiguous float32 [n] array (InvalidArgumentError naming `what` and `name`)."""
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (n,) or not a.flags.c_contiguous:
-        raise InvalidArgumentError(f"mla block: {name} must be a C-contiguous float32 [{n}] array")
+        raise InvalidArgumentError(f"{what}: {name} must be a C-contiguous float32 [{n}] array")
     return a
 
 

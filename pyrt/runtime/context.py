@@ -154,6 +154,8 @@ class _KVBinding:
         return MLAView(cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0))
 
     def dense_view(self, il) -> DenseView | None:
+        """For models that run their own decode kernel over a layer's K and V rows (None: a device cache, or
+        a layer without V rows)."""
         side, j = self._side(il)
         cache = self.caches[side]
         if cache.backend is not None or cache.v[j] is None:
