@@ -25,6 +25,14 @@ def files(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def gemma_q8(tmp_path_factory):
+    from test_swa_cache import write_gemma3
+    path = tmp_path_factory.mktemp("dense_decode") / "gemma3-tiny-q8_0.gguf"
+    write_gemma3(path, wtype="Q8_0", n_embd=128, head_dim=32, n_ff=256)
+    return str(path)
+
+
 def _run(path, type_k, type_v):
     """Prompt chunks and decoded tokens in two sequences (the second sees none of the first's cells), then
     (logits, every layer's K and V rows, whether the layers ran fused)."""
@@ -37,7 +45,8 @@ def _run(path, type_k, type_v):
     out += [ctx.decode(Batch.from_tokens([t], pos0=8 + i)) for i, t in enumerate([4, 6])]
     ctx.decode(Batch.from_tokens([13], pos0=10, logits="none"))  # a token without logits runs op by op
     out.append(ctx.decode(Batch.from_tokens([1], pos0=11)))
-    rows = [b.copy() for b in ctx.cache.k] + [b.copy() for b in ctx.cache.v]
+    caches = [c for c in (ctx.cache, getattr(ctx, "cache_swa", None)) if c is not None]
+    rows = [b.copy() for c in caches for b in c.k + c.v]
     return np.concatenate(out), rows, llm.model.blocks is not None
 
 
@@ -56,6 +65,19 @@ def test_fused_layer_bit_identical(files, key, type_k, type_v):
     np.testing.assert_array_equal(a, b)
     for x, y in zip(ra, rb):
         np.testing.assert_array_equal(x, y)
+
+
+def test_fused_gemma3_layers_bit_identical(gemma_q8):
+    """gemma3: QK-norm, sandwich norms, GELU FFN, two RoPE tables, sliding-window layers on their own window cache
+    (decoded far past the window of 8) and global ones, two sequences."""
+    for type_k in ("f16", "q8_0"):
+        a, ra, on = _run(gemma_q8, type_k, type_k)
+        with paths.using(fused_dense_layer=False):
+            b, rb, off = _run(gemma_q8, type_k, type_k)
+        assert on and not off
+        np.testing.assert_array_equal(a, b)
+        for x, y in zip(ra, rb):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_float_weights_run_op_by_op(files):

@@ -19,9 +19,9 @@ N_SWA = 8
 DIMS = dict(n_embd=64, n_head=2, n_head_kv=1, head_dim=32, n_ff=128, n_layer=4, n_vocab=384, n_ctx=1024)
 
 
-def write_gemma3(path, seed: int = 0, n_swa: int = N_SWA, pattern: int = 2, **dims) -> dict:
-    """A tiny deterministic gemma3 GGUF (F32 weights, tied output, SPM toy vocabulary): layers with
-    il % pattern < pattern - 1 use a sliding window of n_swa, the others attend globally."""
+def write_gemma3(path, seed: int = 0, n_swa: int = N_SWA, pattern: int = 2, wtype: str = "F32", **dims) -> dict:
+    """A tiny deterministic gemma3 GGUF (F32 or wtype layer matrices, tied F32 output, SPM toy vocabulary):
+    layers with il % pattern < pattern - 1 use a sliding window of n_swa, the others attend globally."""
     import synthetic
 
     hp = dict(DIMS, **dims)
@@ -62,20 +62,26 @@ def write_gemma3(path, seed: int = 0, n_swa: int = N_SWA, pattern: int = 2, **di
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     w.add_tensor("token_embd.weight", mat(hp["n_vocab"], n_embd, 0.05))
+    add = w.add_tensor
+    if wtype != "F32":
+        qt = gguf.GGMLQuantizationType[wtype]
+
+        def add(name, m):
+            w.add_tensor(name, gguf.quants.quantize(m, qt), raw_dtype=qt)
     for il in range(hp["n_layer"]):
         p = f"blk.{il}."
         w.add_tensor(p + "attn_norm.weight", norm(n_embd))
-        w.add_tensor(p + "attn_q.weight", mat(hp["n_head"] * hd, n_embd, 0.3))
-        w.add_tensor(p + "attn_k.weight", mat(hp["n_head_kv"] * hd, n_embd, 0.3))
-        w.add_tensor(p + "attn_v.weight", mat(hp["n_head_kv"] * hd, n_embd))
+        add(p + "attn_q.weight", mat(hp["n_head"] * hd, n_embd, 0.3))
+        add(p + "attn_k.weight", mat(hp["n_head_kv"] * hd, n_embd, 0.3))
+        add(p + "attn_v.weight", mat(hp["n_head_kv"] * hd, n_embd))
         w.add_tensor(p + "attn_q_norm.weight", norm(hd))
         w.add_tensor(p + "attn_k_norm.weight", norm(hd))
-        w.add_tensor(p + "attn_output.weight", mat(n_embd, hp["n_head"] * hd))
+        add(p + "attn_output.weight", mat(n_embd, hp["n_head"] * hd))
         w.add_tensor(p + "post_attention_norm.weight", norm(n_embd))
         w.add_tensor(p + "ffn_norm.weight", norm(n_embd))
-        w.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
-        w.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
-        w.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))
+        add(p + "ffn_gate.weight", mat(n_ff, n_embd))
+        add(p + "ffn_up.weight", mat(n_ff, n_embd))
+        add(p + "ffn_down.weight", mat(n_embd, n_ff))
         w.add_tensor(p + "post_ffw_norm.weight", norm(n_embd))
     w.add_tensor("output_norm.weight", norm(n_embd))
     w.write_header_to_file()

@@ -1,7 +1,8 @@
-"""A decoded token's whole dense transformer layer (llama / qwen2: RMSNorm, GQA attention with RoPE over the
-KV cache, SwiGLU FFN) in one call: six parallel regions with no Python between them. Same arithmetic as the
-layer run op by op (ops.basic norms and RoPE, the one-token matmuls, KVCache.store, flash_attn, SwiGLU),
-so the logits and cache rows are the same bits. Weights: Q8_0, Q4_0, Q5_0 (dotted against Q8_0 activations)
+"""A decoded token's whole dense transformer layer (llama / qwen2 / gemma3: RMSNorm, GQA attention with RoPE over
+the KV cache, optionally QK-norm, sandwich norms and a sliding window, SwiGLU or GELU-tanh FFN) in one call: five
+or six parallel regions with no Python between them. Same arithmetic as the layer run op by op (ops.basic norms,
+RoPE and activations, the one-token matmuls, KVCache.store, flash_attn), so the logits and cache rows are the
+same bits. Weights: Q8_0, Q4_0, Q5_0 (dotted against Q8_0 activations)
 and Q4_K, Q5_K, Q6_K (against Q8_K activations).
 
 Leaf module: numpy, numba and sibling kernel modules only.
@@ -10,6 +11,7 @@ Leaf module: numpy, numba and sibling kernel modules only.
 import numpy as np
 from numba import njit, prange
 
+from .act import _geglu_table_row
 from .attention import flash_attn
 from .config import FASTMATH
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS
@@ -35,10 +37,19 @@ def _add_bias(y, b):
             y[i] += b[i]
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _rms_rows(x, w, eps, n):
+    """In place: RMSNorm of each n-value row of x times w (QK-norm per head) where w has values."""
+    if w.shape[0] > 0:
+        for r in range(x.shape[0] // n):
+            _rms_row(x[r * n:(r + 1) * n], x[r * n:(r + 1) * n], w, eps)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def _qkv_rows(qv, kv, vv, wq, wk, wv, kinds, h):
-    """qv = wq . h, kv = wk . h, vv = wv . h in one parallel region (ROW_TILE rows a work item), h quantized
-    once (Q8_0 with each weight kind's aux words, and Q8_K where a weight is a K-quant)."""
+def _rows3(qv, kv, vv, wq, wk, wv, kinds, h):
+    """qv = wq . h, kv = wk . h, vv = wv . h in one parallel region (ROW_TILE rows a work item; a weight may have
+    0 rows), h quantized once (Q8_0 with each weight kind's aux words, and Q8_K where a weight is a K-quant);
+    kinds[0:3] the weights' kinds."""
     n_embd = h.shape[0]
     nbx = n_embd // QK
     xq = np.empty((1, nbx * Q8_0_BYTES), np.uint8)          # [1, nbx*34] block_q8_0
@@ -100,20 +111,25 @@ def _ffn_rows(y, h, wg, wu, wd, kind_gu, kind_d):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def dense_layer_decode(x, attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wg, wu, wd, kinds, eps, cos, sin, neox,
-                       kc, vc, kind_k, kind_v, seg_k, seg_v, cell, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale,
-                       n_head, n_head_kv, q_tile, kv_tile, n_split):
+def dense_layer_decode(x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, post_attn_norm, ffn_norm, wg, wu, wd,
+                       post_ffn_norm, gelu_table, kinds, eps, cos, sin, neox, kc, vc, kind_k, kind_v, seg_k, seg_v,
+                       cell, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, n_swa, n_head, n_head_kv, q_tile,
+                       kv_tile, n_split):
     """x += attention block; x += FFN block, for one decoded token, its K and V rows stored in the cache.
 
     x          [n_embd] f32 in/out     the residual stream
     attn_norm, ffn_norm [n_embd] f32; eps: the RMSNorm epsilon
     wq, wk, wv [n_head*dk | n_head_kv*dk | n_head_kv*dv, rb] uint8; bq, bk, bv: their f32 biases or 0 values
+    q_norm, k_norm [dk] f32: QK-norm weights, or 0 values (none)
     wo         [n_embd, row bytes of n_head*dv] uint8; wg, wu: [n_ff, rb] uint8 (one kind); wd: [n_embd, n_ff rb]
+    post_attn_norm, post_ffn_norm [n_embd] f32: the sandwich norms of attn_output's and down's rows, or 0 values
+    gelu_table [65536] f32: GELU-tanh by f16 bits (ops.basic.geglu_tanh's table) for a GELU FFN; 0 values: SwiGLU
     kinds      [6] int64: codes.Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K of q, k, v, o, gate/up, down (W_* slots)
     cos, sin   [n_rot/2] f32: the token's RoPE table row; neox: split halves (else adjacent pairs)
     kc, vc     [n_cells, row] the layer's K and V cache rows as the flash kernel reads them, of kind_k / kind_v
                (seg_k, seg_v: q8_KV segment lengths); cell: the row this token writes
-    cell_pos .. n_split: flash_attn's arguments for one query (kv_idx holds the token's own cell)
+    cell_pos .. n_split: flash_attn's arguments for one query (kv_idx holds the token's own cell; n_swa 0: no
+               sliding window)
     Shapes are validated by ops.dense.DenseLayerDecode.
     """
     n_embd = x.shape[0]
@@ -126,10 +142,12 @@ def dense_layer_decode(x, attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wg, w
     q = np.empty(n_q, np.float32)
     k = np.empty(n_k, np.float32)
     v = np.empty(n_v, np.float32)
-    _qkv_rows(q, k, v, wq, wk, wv, kinds, h)
+    _rows3(q, k, v, wq, wk, wv, kinds, h)
     _add_bias(q, bq)
     _add_bias(k, bk)
     _add_bias(v, bv)
+    _rms_rows(q, q_norm, eps, dk)
+    _rms_rows(k, k_norm, eps, dk)
     for hh in range(n_head):
         if neox:
             _rope_neox_row(q[hh * dk:(hh + 1) * dk], cos, sin)
@@ -145,13 +163,26 @@ def dense_layer_decode(x, attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wg, w
     # (2) attention over the cells, (3) attn_output and the residual
     attn = np.empty((1, n_head, dv), np.float32)
     flash_attn(attn, q.reshape(1, n_head, dk), kc, vc, kind_k, kind_v, seg_k, seg_v, 0, n_head_kv, cell_pos, cell_seq,
-               kv_idx, q_pos, q_seq, scale, 0, np.float32(0.0), q_tile, kv_tile, n_split)
+               kv_idx, q_pos, q_seq, scale, n_swa, np.float32(0.0), q_tile, kv_tile, n_split)
     y = np.empty(n_embd, np.float32)
     _matvec_q(y, wo, kinds[W_O], attn.reshape(n_head * dv))
+    if post_attn_norm.shape[0] > 0:
+        _rms_row(y, y, post_attn_norm, eps)
     for i in range(n_embd):
         x[i] += y[i]
-    # (4) ffn_norm, gate/up with SwiGLU, down, the residual
+    # (4) ffn_norm, gate/up with the activation, down, the residual
     _rms_row(h, x, ffn_norm, eps)
-    _ffn_rows(y, h, wg, wu, wd, kinds[W_GATE_UP], kinds[W_DOWN])
+    if gelu_table.shape[0] == 0:
+        _ffn_rows(y, h, wg, wu, wd, kinds[W_GATE_UP], kinds[W_DOWN])
+    else:  # the gate/up rows in one region, GELU on the calling thread, the down rows in a second
+        n_ff = wg.shape[0]
+        g = np.empty(n_ff, np.float32)
+        u = np.empty(n_ff, np.float32)
+        ku = np.full(3, kinds[W_GATE_UP], np.int64)
+        _rows3(g, u, np.empty(0, np.float32), wg, wu, wu[:0], ku, h)
+        _geglu_table_row(g, g, u, gelu_table)
+        _matvec_q(y, wd, kinds[W_DOWN], g)
+    if post_ffn_norm.shape[0] > 0:
+        _rms_row(y, y, post_ffn_norm, eps)
     for i in range(n_embd):
         x[i] += y[i]

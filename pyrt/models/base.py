@@ -53,9 +53,9 @@ class KVAccess(Protocol):
         """Layer il's K-only cache, for models that run their own attention over it (MLA)."""
     def mla_cells(self, il: int) -> np.ndarray:
         """The cells [n_tok] int32 this ubatch writes in layer il's cache (where `store` writes)."""
-    def dense_view(self, il: int) -> DenseView | None:
+    def dense_view(self, il: int, n_swa: int = 0) -> DenseView | None:
         """Layer il's K and V rows on the host, for models that run their own decode kernel (None: the cache
-        lives on a device, or the layer has no V rows)."""
+        lives on a device, or the layer has no V rows); n_swa as attend's."""
 
 
 @dataclass

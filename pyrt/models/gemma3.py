@@ -16,6 +16,7 @@ from ..errors import ModelFileError
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
+from ..ops.dense import DenseLayerDecode, decode_layers
 from .base import ForwardInputs, Linear, ModelBase, TensorTable, linear_multi, read_hparams
 
 
@@ -74,6 +75,14 @@ class Gemma3Model(ModelBase):
                 post_ffw_norm=t.vector(p + "post_ffw_norm.weight", hp.n_embd),
             ))
 
+        # a decoded token runs each layer as one call where every layer's weights allow it
+        blocks = [DenseLayerDecode.build(L, hp.n_embd, hp.n_head, hp.n_head_kv, hk, hv, hp.n_rot, True,
+                                         hp.f_norm_rms_eps, q_norm=L.attn_q_norm, k_norm=L.attn_k_norm,
+                                         post_attn_norm=L.post_attention_norm, post_ffn_norm=L.post_ffw_norm,
+                                         gelu=True, n_swa=n_swa if self.is_swa[il] else 0)
+                  for il, L in enumerate(self.layers)]
+        self.blocks = blocks if all(b is not None for b in blocks) else None
+
     def kv_dims(self) -> tuple[list[int], list[int]]:
         hp = self.hp
         return [hp.n_embd_k_gqa] * hp.n_layer, [hp.n_embd_v_gqa] * hp.n_layer
@@ -93,6 +102,12 @@ class Gemma3Model(ModelBase):
         rope_global = basic.RopeCache(inp.pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, None, hp.rope_type)
         rope_local = basic.RopeCache(inp.pos, hp.n_rot, self.rope_base_swa, 1.0, None, hp.rope_type)
         eps = hp.f_norm_rms_eps
+        if self.blocks is not None and n_tok == 1 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray):
+            views = [inp.kv.dense_view(il, b.n_swa) for il, b in enumerate(self.blocks)]
+            if all(v is not None for v in views):  # host caches: one call a layer
+                tables = [(r.cos[0], r.sin[0]) for r in (rope_local if swa else rope_global for swa in self.is_swa)]
+                decode_layers(self.blocks, x[0], tables, views, inp.pos, inp.seq, self.kq_scale)
+                return self._logits(x)
         h = np.empty_like(x)
         last = hp.n_layer - 1
         for il, L in enumerate(self.layers):
@@ -123,7 +138,11 @@ class Gemma3Model(ModelBase):
             d = L.ffn_down(basic.geglu_tanh(g, u))
             basic.rms_norm(d, L.post_ffw_norm, eps, out=d)
             x += d
-        basic.rms_norm(x, self.output_norm, eps, out=x)
+        return self._logits(x)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """output_norm, the output rows and the final softcap (in place on x)."""
+        basic.rms_norm(x, self.output_norm, self.hp.f_norm_rms_eps, out=x)
         logits = self.output(x)
         if self.softcap:
             logits = basic.softcap(logits, self.softcap)

@@ -14,7 +14,7 @@ import numpy as np
 from ..io.gguf_file import GGUFFile
 from ..ops import basic
 from ..ops import matmul as mm
-from ..ops.dense import DenseLayerDecode
+from ..ops.dense import DenseLayerDecode, decode_layers
 from .base import ForwardInputs, HParams, Linear, ModelBase, TensorTable, linear_multi, read_hparams
 
 
@@ -80,9 +80,8 @@ class LlamaModel(ModelBase):
         if self.blocks is not None and n_tok == 1 and inp.out_rows.shape[0] == 1 and isinstance(x, np.ndarray):
             views = [inp.kv.dense_view(il) for il in range(hp.n_layer)]
             if all(v is not None for v in views):  # host caches: one call a layer
-                slot = self.blocks[0].slot(views[0], inp.pos, inp.seq, self.kq_scale)
-                for block, view in zip(self.blocks, views):
-                    block(x[0], rope.cos[0], rope.sin[0], view, slot)
+                decode_layers(self.blocks, x[0], [(rope.cos[0], rope.sin[0])] * hp.n_layer, views, inp.pos, inp.seq,
+                              self.kq_scale)
                 basic.rms_norm(x, self.output_norm, eps, out=x)
                 return self.output(x)
         h = np.empty_like(x)

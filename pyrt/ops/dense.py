@@ -1,6 +1,7 @@
-"""A decoded token's whole dense transformer layer as one kernel call (_kernels.fused_dense): the llama-family
-layer (RMSNorm, Q/K/V with optional biases, RoPE, the cache store, flash attention, attn_output, SwiGLU FFN)
-without Python between its ops. The same bits as the layer run op by op (tests hold them equal).
+"""A decoded token's whole dense transformer layer as one kernel call (_kernels.fused_dense): the llama / qwen2 /
+gemma3 layer (RMSNorm, Q/K/V with optional biases and QK-norm, RoPE, the cache store, flash attention with an
+optional sliding window, attn_output, SwiGLU or GELU-tanh FFN, optional sandwich norms) without Python between
+its ops. The same bits as the layer run op by op (tests hold them equal).
 
 Validation happens once per layer at load (`DenseLayerDecode.build`), once per ubatch for the cache side
 (`slot`), and per call only for what changes between layers (x and the layer's cache rows).
@@ -16,6 +17,7 @@ from .._kernels import fused_dense as fd
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import paths
+from .basic import _gelu_table
 from .attention import _DTYPE, _KINDS, _n_elems, choose_tiles, rows_view
 from .matmul import _check_raw
 from .mla import _FUSED_W
@@ -69,11 +71,16 @@ class DenseLayerDecode:
     bq: np.ndarray             # [n_head*dk] f32 or [0] (no bias), as bk, bv
     bk: np.ndarray
     bv: np.ndarray
+    q_norm: np.ndarray         # [dk] f32 QK-norm weights or [0] (none), as k_norm
+    k_norm: np.ndarray
     wo: np.ndarray             # [n_embd, row bytes of n_head*dv] uint8
+    post_attn_norm: np.ndarray  # [n_embd] f32 or [0] (no sandwich norm), as post_ffn_norm
     ffn_norm: np.ndarray       # [n_embd] f32
     wg: np.ndarray             # [n_ff, row bytes of n_embd] uint8, as wu
     wu: np.ndarray
     wd: np.ndarray             # [n_embd, row bytes of n_ff] uint8
+    post_ffn_norm: np.ndarray
+    gelu_table: np.ndarray     # [65536] f32 for a GELU-tanh FFN (ops.basic.geglu_tanh's table), [0] for SwiGLU
     kinds: np.ndarray          # [6] int64: q, k, v, o, gate/up, down (fused_dense.W_*)
     n_embd: int
     n_head: int
@@ -83,12 +90,16 @@ class DenseLayerDecode:
     n_rot: int
     neox: bool
     eps: float
+    n_swa: int                 # sliding window in positions (0: none)
 
     @classmethod
     def build(cls, L, n_embd: int, n_head: int, n_head_kv: int, dk: int, dv: int, n_rot: int, neox: bool,
-              eps: float) -> "DenseLayerDecode | None":
+              eps: float, *, q_norm=None, k_norm=None, post_attn_norm=None, post_ffn_norm=None, gelu: bool = False,
+              n_swa: int = 0) -> "DenseLayerDecode | None":
         """L: the layer's attn_norm, attn_q/k/v/output, ffn_norm, ffn_gate/up/down (models.base.Linear with
-        .w.raw, .w.ggml_type, .bias). Raises InvalidArgumentError where the tensors disagree in shape."""
+        .w.raw, .w.ggml_type, .bias); q_norm, k_norm [dk] and post_attn_norm, post_ffn_norm [n_embd] f32 where the
+        layer has them; gelu: a GELU-tanh FFN (else SwiGLU). Raises InvalidArgumentError where the tensors
+        disagree in shape."""
         if not paths.current().fused_dense_layer:
             return None
         lin = [L.attn_q, L.attn_k, L.attn_v, L.attn_output, L.ffn_gate, L.ffn_down]
@@ -106,6 +117,9 @@ class DenseLayerDecode:
                 raise InvalidArgumentError(f"dense layer: {name} has {w.shape[0]} rows, expected {n_out}")
             return w
 
+        def vec(name, a, n):
+            return _EMPTY if a is None else _f32_vec(name, a, n)
+
         def bias(x, n):
             return _EMPTY if x.bias is None else _f32_vec("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n)
 
@@ -113,11 +127,16 @@ class DenseLayerDecode:
                    wq=raw(L.attn_q, n_embd, n_head * dk, "attn_q"), wk=raw(L.attn_k, n_embd, n_head_kv * dk, "attn_k"),
                    wv=raw(L.attn_v, n_embd, n_head_kv * dv, "attn_v"), bq=bias(L.attn_q, n_head * dk),
                    bk=bias(L.attn_k, n_head_kv * dk), bv=bias(L.attn_v, n_head_kv * dv),
+                   q_norm=vec("attn_q_norm", q_norm, dk), k_norm=vec("attn_k_norm", k_norm, dk),
                    wo=raw(L.attn_output, n_head * dv, n_embd, "attn_output"),
+                   post_attn_norm=vec("post_attention_norm", post_attn_norm, n_embd),
                    ffn_norm=_f32_vec("ffn_norm", L.ffn_norm, n_embd), wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
                    wu=raw(L.ffn_up, n_embd, n_ff, "ffn_up"), wd=raw(L.ffn_down, n_ff, n_embd, "ffn_down"),
+                   post_ffn_norm=vec("post_ffw_norm", post_ffn_norm, n_embd),
+                   gelu_table=_gelu_table() if gelu else _EMPTY,
                    kinds=np.array([_FUSED_W[int(x.w.ggml_type)] for x in lin], np.int64), n_embd=n_embd,
-                   n_head=n_head, n_head_kv=n_head_kv, dk=dk, dv=dv, n_rot=n_rot, neox=bool(neox), eps=float(eps))
+                   n_head=n_head, n_head_kv=n_head_kv, dk=dk, dv=dv, n_rot=n_rot, neox=bool(neox), eps=float(eps),
+                   n_swa=int(n_swa))
 
     def slot(self, view, q_pos, q_seq, scale: float) -> DenseSlot:
         """The ubatch's cache-side arguments, validated once for every layer: view is one layer's DenseView
@@ -182,9 +201,23 @@ class DenseLayerDecode:
             if (not isinstance(buf, np.ndarray) or buf.shape != shape or buf.dtype != dtype
                     or not buf.flags.c_contiguous or not buf.flags.writeable):
                 raise InvalidArgumentError("dense layer: the layer's cache rows differ from the slot's")
-        fd.dense_layer_decode(x, self.attn_norm, self.wq, self.wk, self.wv, self.bq, self.bk, self.bv, self.wo,
-                              self.ffn_norm, self.wg, self.wu, self.wd, self.kinds, self.eps, cos, sin, self.neox,
+        fd.dense_layer_decode(x, self.attn_norm, self.wq, self.wk, self.wv, self.bq, self.bk, self.bv, self.q_norm,
+                              self.k_norm, self.wo, self.post_attn_norm, self.ffn_norm, self.wg, self.wu, self.wd,
+                              self.post_ffn_norm, self.gelu_table, self.kinds, self.eps, cos, sin, self.neox,
                               rows_view(k, slot.type_k), rows_view(v, slot.type_v), slot.kind_k, slot.kind_v,
                               slot.seg_k, slot.seg_v, slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx,
-                              slot.q_pos, slot.q_seq, slot.scale, self.n_head, self.n_head_kv, slot.q_tile,
-                              slot.kv_tile, slot.n_split)
+                              slot.q_pos, slot.q_seq, slot.scale, self.n_swa, self.n_head, self.n_head_kv,
+                              slot.q_tile, slot.kv_tile, slot.n_split)
+
+
+def decode_layers(blocks, x: np.ndarray, tables, views, q_pos, q_seq, scale: float) -> None:
+    """Every layer of a decoded token, one call each: x [n_embd] f32 updated in place; tables[il] = (cos, sin) of
+    layer il's RoPE row, views[il] its DenseView. The cache side is validated once per distinct scan (the global
+    and the sliding-window cache of gemma3 have one each) and layer shape."""
+    slots = {}
+    for block, (cos, sin), view in zip(blocks, tables, views):
+        key = (id(view.kv_idx), block.n_head, block.n_head_kv, block.dk, block.dv)
+        slot = slots.get(key)
+        if slot is None:
+            slot = slots[key] = block.slot(view, q_pos, q_seq, scale)
+        block(x, cos, sin, view, slot)

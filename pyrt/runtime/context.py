@@ -153,9 +153,9 @@ class _KVBinding:
         n_kv, cell_pos, cell_seq = self._cells(side)
         return MLAView(cache.k[j][:n_kv], cache.type_k, cell_pos, cell_seq, self._scan(side, 0))
 
-    def dense_view(self, il) -> DenseView | None:
+    def dense_view(self, il, n_swa=0) -> DenseView | None:
         """For models that run their own decode kernel over a layer's K and V rows (None: a device cache, or
-        a layer without V rows)."""
+        a layer without V rows); n_swa: the layer's sliding window (its scan leaves out what the window hides)."""
         side, j = self._side(il)
         cache = self.caches[side]
         if cache.backend is not None or cache.v[j] is None:
@@ -164,7 +164,7 @@ class _KVBinding:
         seg_k = cache.seg_k[j] if cache.type_k == "q8_KV" else 1
         seg_v = cache.seg_v[j] if cache.type_v == "q8_KV" else 1
         return DenseView(cache.k[j][:n_kv], cache.v[j][:n_kv], cache.type_k, cache.type_v, seg_k, seg_v,
-                         self.cells_idx[side], cell_pos, cell_seq, self._scan(side, 0))
+                         self.cells_idx[side], cell_pos, cell_seq, self._scan(side, int(n_swa)))
 
     def mla_cells(self, il):
         """The cells [n_tok] int32 this ubatch writes in layer il's cache (what `store` writes to)."""
