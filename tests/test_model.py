@@ -161,3 +161,22 @@ def test_every_architecture_declares_the_model_protocol(synthetic_models, tmp_pa
         seen.add(hp.arch)
         assert inspect.signature(m.forward).parameters
     assert {"llama", "gemma3", "deepseek2"} <= seen
+
+
+@pytest.mark.parametrize("key", [("llama", "F32"), ("qwen2", "Q4_K")])
+def test_batched_sequences_give_their_lone_bits(models, key):
+    """One decode of three sequences' next tokens (as the engine batches them) gives each sequence exactly the
+    logits of its lone decode: each sequence's queries scan its own cells, tiled and split as when it runs alone
+    (F32 weights: no activation quantization that could absorb a last-bit difference)."""
+    prompts = [[(7 * i) % 500 + 3 for i in range(300)], [(11 * i) % 500 + 3 for i in range(600)],
+               list(range(200, 240))]
+    nxt = [7, 8, 9]
+    llm = pyrt.load(models[key], n_ctx=1024, n_threads=2, n_seq_max=3, warmup=False)
+    for s, p in enumerate(prompts):
+        llm.ctx.decode(pyrt.Batch.from_tokens(p, seq_id=s))
+    got = llm.ctx.decode(pyrt.Batch(np.array(nxt), np.array([len(p) for p in prompts]), np.arange(3),
+                                    np.ones(3, bool)))
+    for s, p in enumerate(prompts):
+        lone = pyrt.load(models[key], n_ctx=1024, n_threads=2, warmup=False)
+        lone.ctx.decode(pyrt.Batch.from_tokens(p))
+        np.testing.assert_array_equal(got[s], lone.ctx.decode(pyrt.Batch.from_tokens([nxt[s]], pos0=len(p)))[0])

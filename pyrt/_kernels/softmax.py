@@ -122,6 +122,39 @@ def tile_mask_t(mask_t, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _row_max(sr, nc):
+    """max(sr[:nc]) (-inf for none; NaNs never win, as in a running `if x > m`): eight partial maxima over
+    branch-free selects, which vectorize (a running max with a branch mispredicts on score rows). Exact in any
+    order."""
+    neg_inf = np.float32(-np.inf)
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = neg_inf
+    j = 0
+    while j + 8 <= nc:
+        x0, x1, x2, x3 = sr[j], sr[j + 1], sr[j + 2], sr[j + 3]
+        x4, x5, x6, x7 = sr[j + 4], sr[j + 5], sr[j + 6], sr[j + 7]
+        m0 = x0 if x0 > m0 else m0
+        m1 = x1 if x1 > m1 else m1
+        m2 = x2 if x2 > m2 else m2
+        m3 = x3 if x3 > m3 else m3
+        m4 = x4 if x4 > m4 else m4
+        m5 = x5 if x5 > m5 else m5
+        m6 = x6 if x6 > m6 else m6
+        m7 = x7 if x7 > m7 else m7
+        j += 8
+    while j < nc:
+        x = sr[j]
+        m0 = x if x > m0 else m0
+        j += 1
+    a = m0 if m0 > m1 else m1
+    b = m2 if m2 > m3 else m3
+    c = m4 if m4 > m5 else m5
+    d = m6 if m6 > m7 else m7
+    a = a if a > b else b
+    c = c if c > d else d
+    return a if a > c else c
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def online_update(s, mask, n_group, nc, scale, softcap, acc, m, l):
     """One tile of the online softmax, in place for every row r of the item.
 
@@ -141,10 +174,7 @@ def online_update(s, mask, n_group, nc, scale, softcap, acc, m, l):
         else:
             for j in range(nc):
                 sr[j] = sr[j] * scale + mr[j]
-        smax = neg_inf
-        for j in range(nc):
-            if sr[j] > smax:
-                smax = sr[j]
+        smax = _row_max(sr, nc)
         if smax == neg_inf:
             for j in range(nc):
                 sr[j] = zero

@@ -82,7 +82,7 @@ class _KVBinding:
     computed once per ubatch, the cells scanned in canonical order.
     """
 
-    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_qmin", "_cells_view")
+    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_qmin", "_cells_view", "_groups")
 
     def __init__(self, caches, cells_idx, pos, seq, mla: int = 3, layer_map=None):
         self.caches, self.cells_idx, self.pos, self.seq = caches, cells_idx, pos, seq
@@ -91,6 +91,7 @@ class _KVBinding:
         self.layer_map = layer_map
         self._qmin = None  # [(seq id, its first query position in the ubatch)]
         self._cells_view = {}  # side -> (n_kv, cell_pos, cell_seq) of mla_view
+        self._groups = None  # the rows of each sequence when the ubatch holds several (attend), else []
 
     @property
     def cache(self) -> KVCache:
@@ -131,10 +132,43 @@ class _KVBinding:
                 keep |= (((cs >> np.uint64(s)) & np.uint64(1)) != 0) & (cp > qmin - n_swa)
         return np.ascontiguousarray(idx[keep])
 
+    def _seq_rows(self):
+        """The ubatch's rows of each sequence (sequence ids in order) when it holds several, else []."""
+        if self._groups is None:
+            seqs = np.unique(self.seq)
+            self._groups = [np.flatnonzero(self.seq == s) for s in seqs] if seqs.shape[0] > 1 else []
+        return self._groups
+
+    def _scan_rows(self, side, n_swa, g, rows):
+        """_scan for the queries `rows` of sequence group g alone: the cells, order and window of its lone run."""
+        key = (side, n_swa, g)
+        idx = self.kv_idx.get(key)
+        if idx is None:
+            n_kv, cell_pos, cell_seq = self._cells(side)
+            pos = self.pos[rows]
+            idx = scan_order(cell_pos, cell_seq, pos, self.seq[rows])
+            if n_swa > 0 and idx.shape[0]:
+                idx = np.ascontiguousarray(idx[cell_pos[idx] > int(pos.min()) - n_swa])
+            self.kv_idx[key] = idx
+        return idx
+
     def attend(self, il, q, scale, n_swa=0, softcap=0.0, head_dim_v=None):
         side, j = self._side(il)
-        return attention(q, self.caches[side], j, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
-                         kv_idx=self._scan(side, int(n_swa)), head_dim_v=head_dim_v)
+        groups = self._seq_rows() if type(q) is np.ndarray else []
+        if not groups:
+            return attention(q, self.caches[side], j, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
+                             kv_idx=self._scan(side, int(n_swa)), head_dim_v=head_dim_v)
+        # several sequences: each one's queries over its own cells, tiled as in its lone run, so a sequence's rows
+        # do not depend on what else the ubatch holds (the engine batches every generating sequence's decode)
+        out = None
+        for g, rows in enumerate(groups):
+            o = attention(np.ascontiguousarray(q[rows]), self.caches[side], j, self.pos[rows], self.seq[rows], scale,
+                          n_swa=n_swa, softcap=softcap, kv_idx=self._scan_rows(side, int(n_swa), g, rows),
+                          head_dim_v=head_dim_v)
+            if out is None:
+                out = np.empty((q.shape[0], o.shape[1]), np.float32)
+            out[rows] = o
+        return out
 
     def _cells(self, side):
         """(n_kv, cell_pos, cell_seq) of a side's cache: computed once, the cells do not change during the
