@@ -17,8 +17,8 @@ from .._kernels import fused_dense as fd
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import paths
-from .basic import _gelu_table
 from .attention import _DTYPE, _KINDS, _n_elems, choose_tiles, rows_view
+from .basic import _gelu_table
 from .matmul import _check_raw
 from .mla import _FUSED_W
 from .mla import _f32_vec as _mla_f32_vec
@@ -58,7 +58,8 @@ class DenseSlot:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class DenseLayerDecode:
-    """One llama-family layer for a decoded token, checked once at load, for fused_dense.dense_layer_decode.
+    """One dense layer (llama / qwen2 / gemma3) for a decoded token, checked once at load, for
+    fused_dense.dense_layer_decode.
 
     `build` returns None (the layer then runs op by op) unless every projection is Q8_0/Q4_0/Q5_0/Q4_K/Q5_K/Q6_K,
     gate and up share a type, only Q/K/V have biases, and the FFN width is a multiple of 32.
