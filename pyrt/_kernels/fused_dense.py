@@ -11,7 +11,6 @@ Leaf module: numpy, numba and sibling kernel modules only.
 import numpy as np
 from numba import njit, prange
 
-from .act import _geglu_table_row
 from .attention import flash_attn
 from .config import FASTMATH
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS
@@ -80,9 +79,10 @@ def _rows3(qv, kv, vv, wq, wk, wv, kinds, h):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
-def _ffn_rows(y, h, wg, wu, wd, kind_gu, kind_d):
-    """y = down(silu(gate . h) * (up . h)): the gate/up rows with SwiGLU and the down input's requantization in
-    one region (FFN_TILE hidden rows a work item, as the MoE decode's shared experts), the down rows in a second."""
+def _ffn_rows(y, h, wg, wu, wd, kind_gu, kind_d, gelu):
+    """y = down(act(gate . h) * (up . h)): the gate/up rows with the activation (SwiGLU, or GELU-tanh from the
+    gelu table where it has values) and the down input's requantization in one region (FFN_TILE hidden rows a
+    work item, as the MoE decode's shared experts), the down rows in a second."""
     n_embd = h.shape[0]
     n_ff = wg.shape[0]
     nbx = n_embd // QK
@@ -93,7 +93,7 @@ def _ffn_rows(y, h, wg, wu, wd, kind_gu, kind_d):
         x_aux_q8_0(xc, xq, _q_bias(kind_gu))
     xk, nbk = q8_k_rows(h.reshape(1, n_embd), is_k_quant(kind_gu))
     nbf = n_ff // QK
-    g = np.empty(n_ff, np.float32)                            # silu(gate) * up once the region is done
+    g = np.empty(n_ff, np.float32)                            # act(gate) * up once the region is done
     u = np.empty(n_ff, np.float32)
     hq = np.empty(nbf * Q8_0_BYTES, np.uint8)                 # [nbf*34] g as block_q8_0
     hc = np.empty((nbf, AUX_WORDS), np.int32)                 # its aux words for the down kind
@@ -102,7 +102,8 @@ def _ffn_rows(y, h, wg, wu, wd, kind_gu, kind_d):
     for it in prange((n_ff + FFN_TILE - 1) // FFN_TILE):
         r0 = it * FFN_TILE
         _gate_up_tile(kind_gu, wg, wu, 0, r0, min(r0 + FFN_TILE, n_ff), np.int64(xq.ctypes.data),
-                      np.int64(xc.ctypes.data), np.int64(nbx), xk, nbk, g, u, hq, hc, _q_bias(kind_d), not k_dn, pf)
+                      np.int64(xc.ctypes.data), np.int64(nbx), xk, nbk, g, u, hq, hc, _q_bias(kind_d), not k_dn, gelu,
+                      pf)
     hk, nbfk = q8_k_rows(g.reshape(1, n_ff), k_dn)            # [1, nbfk*292] where the down rows are K-quants
     for it in prange((n_embd + ROW_TILE - 1) // ROW_TILE):
         r0 = it * ROW_TILE
@@ -172,16 +173,7 @@ def dense_layer_decode(x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo,
         x[i] += y[i]
     # (4) ffn_norm, gate/up with the activation, down, the residual
     _rms_row(h, x, ffn_norm, eps)
-    if gelu_table.shape[0] == 0:
-        _ffn_rows(y, h, wg, wu, wd, kinds[W_GATE_UP], kinds[W_DOWN])
-    else:  # the gate/up rows in one region, GELU on the calling thread, the down rows in a second
-        n_ff = wg.shape[0]
-        g = np.empty(n_ff, np.float32)
-        u = np.empty(n_ff, np.float32)
-        ku = np.full(3, kinds[W_GATE_UP], np.int64)
-        _rows3(g, u, np.empty(0, np.float32), wg, wu, wu[:0], ku, h)
-        _geglu_table_row(g, g, u, gelu_table)
-        _matvec_q(y, wd, kinds[W_DOWN], g)
+    _ffn_rows(y, h, wg, wu, wd, kinds[W_GATE_UP], kinds[W_DOWN], gelu_table)
     if post_ffn_norm.shape[0] > 0:
         _rms_row(y, y, post_ffn_norm, eps)
     for i in range(n_embd):

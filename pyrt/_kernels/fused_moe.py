@@ -10,7 +10,7 @@ Leaf module: numpy, numba and sibling kernel modules only.
 import numpy as np
 from numba import njit, prange
 
-from .act import _swiglu_row
+from .act import _geglu_table_row, _swiglu_row
 from .config import FASTMATH
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, ROWS
 from .matmul_q8_0 import (Q8_0_BYTES, QK, ROW_TILE, _is_block_q, _q_bias, _rows_q, _tile_q, _x_aux_blocks,
@@ -118,12 +118,13 @@ FFN_TILE = QK  # hidden rows per work item of the fused gate/up: one Q8_0 block 
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc, bias, requant, pf):
+def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc, bias, requant, gelu, pf):
     """Hidden rows [r0, r1) of one gate/up pair, all the way to the down projection's input.
 
-    g[r] = gate row r . x and u[r] = up row r . x, then g[r0:r1] = silu(g) * u and, with requant, quantized
+    g[r] = gate row r . x and u[r] = up row r . x, then g[r0:r1] = silu(g) * u (gelu: [65536] f32, GELU-tanh by f16
+    bits as ops.basic.geglu_tanh's table: gelu(g) * u instead; 0 values: SwiGLU) and, with requant, quantized
     to the Q8_0 blocks r0/QK..r1/QK of hq with their aux words in hc (bias: the down weights' kind's). The
-    same arithmetic as the row matmuls, SwiGLU and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each
+    same arithmetic as the row matmuls, the activation and quantize_rows_q8_0 + x_aux_q8_0 over the whole row: each
     block depends on its own 32 values only. Q8_0-family kinds run 8-row tiles of each weight in turn (both
     streams run ahead under their prefetches) against the Q8_0 row xg (aux words cp, nbx blocks); K-quants
     run rows_any against the Q8_K row xk ([1, nbk*292] uint8).
@@ -142,7 +143,10 @@ def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc
         for r in range(r0, r1, ROWS):
             _tile_q(kind, 1, wg + r * ws, ws, xg, 0, cp, 0, nbx, gp + r * 4, 0, pf)
             _tile_q(kind, 1, wu + r * ws, ws, xg, 0, cp, 0, nbx, up + r * 4, 0, pf)
-    _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1], np.empty(r1 - r0, np.float32))
+    if gelu.shape[0] > 0:
+        _geglu_table_row(g[r0:r1], g[r0:r1], u[r0:r1], gelu)
+    else:
+        _swiglu_row(g[r0:r1], g[r0:r1], u[r0:r1], np.empty(r1 - r0, np.float32))
     if requant:
         _quantize_blocks_q8_0(hq, g, r0 // QK, r1 // QK)
         _x_aux_blocks(hc, hq, bias, r0 // QK, r1 // QK)
@@ -199,6 +203,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
     sc = np.empty((max(nbs, 1), AUX_WORDS), np.int32)
     # the hidden rows as Q8_K where the down weights are K-quants (quantized after their region)
     k_dn, k_sdn = is_k_quant(kinds[1]), is_k_quant(kinds[3])
+    swiglu = np.empty(0, np.float32)                          # _gate_up_tile's activation: no GELU table
     # (1) router logits (as the router's own matmul would give them) and the shared experts' gate/up
     logits = np.empty(n_expert, np.float32)                   # [n_expert] f32
     gp, gs = np.int64(gate_inp.ctypes.data), np.int64(gate_inp.strides[0])
@@ -216,7 +221,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
             r0 = (it - n_rt) * FFN_TILE
             _gate_up_tile(kinds[2], gate_shexp, up_shexp, 0, r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
                           np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), xk, nbk, sg, su, sq, sc,
-                          _q_bias(kinds[3]), not k_sdn, pf)
+                          _q_bias(kinds[3]), not k_sdn, swiglu, pf)
     sk, nbsk = q8_k_rows(sg.reshape(1, n_sh), k_sdn)          # [1, nbsk*292]
     probs = np.empty(n_expert, np.float32)
     _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
@@ -237,7 +242,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
             _prefetch_start(e_u[ke + 1], pf)
         _gate_up_tile(kinds[0], gate_exps, up_exps, np.int64(sel[ke]) * n_ff, h0, min(h0 + FFN_TILE, n_ff),
                       np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), np.int64(nbx), xk, nbk, hg[ke], hu[ke],
-                      hq[ke], hc[ke], bias_dn, not k_dn, pf)
+                      hq[ke], hc[ke], bias_dn, not k_dn, swiglu, pf)
     hk, nbfk = q8_k_rows(hg, k_dn)                            # [n_used, nbfk*292]
     # (3) down: the experts' rows and the shared experts' rows in one region
     dn = np.empty((n_dn, n_embd), np.float32)                # [n_dn, n_embd] f32
