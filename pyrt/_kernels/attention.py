@@ -12,7 +12,7 @@ from numba import njit, prange
 from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .kv import decode_tile
-from .softmax import (add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
+from .softmax import (_row_max, add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
                       query_seqs, split_partials, start_rows, tile_mask, work_item)
 
 
@@ -105,32 +105,12 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, n_head_kv, cel
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
 
 
-MAX_LANES = 16
-
-
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _mask_max_row(row, ok, lanes):
-    """row[c] = -inf where not ok[c], in place; returns the row's max. The max runs in MAX_LANES partial
-    maxima (a single running max does not vectorize: 3x slower); max is exact in any order."""
-    n = row.shape[0]
+def _mask_row(row, ok):
+    """row[c] = -inf where not ok[c], in place (branch-free selects)."""
     neg = np.float32(-np.inf)
-    lanes[:] = neg
-    c = 0
-    while c + MAX_LANES <= n:
-        for k in range(MAX_LANES):
-            x = row[c + k] if ok[c + k] else neg
-            row[c + k] = x
-            lanes[k] = x if x > lanes[k] else lanes[k]
-        c += MAX_LANES
-    m = neg
-    while c < n:
-        x = row[c] if ok[c] else neg
-        row[c] = x
-        m = x if x > m else m
-        c += 1
-    for k in range(MAX_LANES):
-        m = lanes[k] if lanes[k] > m else m
-    return m
+    for c in range(row.shape[0]):
+        row[c] = row[c] if ok[c] else neg
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -144,7 +124,6 @@ def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, s
     n_rows, n = s.shape
     # the mask of a query, computed once for its n_gqa rows; the rows' loops are then branch-free (vectorized)
     ok = np.empty(n, np.bool_)
-    lanes = np.empty(MAX_LANES, np.float32)
     t_mask = -1
     for r in range(n_rows):
         t = t0 + r // n_gqa
@@ -158,7 +137,8 @@ def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, s
         if softcap > 0.0:
             for c in range(n):
                 row[c] = softcap * np.tanh(row[c] / softcap)
-        m = _mask_max_row(row, ok, lanes)
+        _mask_row(row, ok)
+        m = _row_max(row, n)
         if m == np.float32(-np.inf):
             for c in range(n):
                 row[c] = 0.0
