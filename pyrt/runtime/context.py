@@ -74,6 +74,18 @@ class Timings:
         self.t_p_eval = self.t_eval = 0.0
 
 
+def _in_window(cp, cs, pos, seq, n_swa):
+    """Which of the scanned cells (positions cp, sequence bits cs) are inside the window of n_swa of some query
+    (positions pos, sequences seq) of their sequences."""
+    seqs = np.unique(seq)
+    if seqs.shape[0] == 1:
+        return cp > int(pos.min()) - n_swa
+    keep = np.zeros(cp.shape[0], dtype=bool)
+    for s in seqs:
+        keep |= (((cs >> np.uint64(s)) & np.uint64(1)) != 0) & (cp > int(pos[seq == s].min()) - n_swa)
+    return keep
+
+
 class _KVBinding:
     """What the model sees of the cache(s) for one ubatch: where to store, what to attend to.
 
@@ -82,15 +94,14 @@ class _KVBinding:
     computed once per ubatch, the cells scanned in canonical order.
     """
 
-    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_qmin", "_cells_view", "_groups")
+    __slots__ = ("caches", "cells_idx", "pos", "seq", "kv_idx", "mla", "layer_map", "_cells_view", "_groups")
 
     def __init__(self, caches, cells_idx, pos, seq, mla: int = 3, layer_map=None):
         self.caches, self.cells_idx, self.pos, self.seq = caches, cells_idx, pos, seq
-        self.kv_idx = {}  # (side, n_swa) -> cells scanned, the same for every layer of that side
+        self.kv_idx = {}  # (side, n_swa, group) -> cells scanned, the same for every layer of that side
         self.mla = mla    # MLA attention mode (-mla 0..3) for MLA models; ignored by the others
         self.layer_map = layer_map
-        self._qmin = None  # [(seq id, its first query position in the ubatch)]
-        self._cells_view = {}  # side -> (n_kv, cell_pos, cell_seq) of mla_view
+        self._cells_view = {}  # side -> (n_kv, cell_pos, cell_seq): _cells
         self._groups = None  # the rows of each sequence when the ubatch holds several (attend), else []
 
     @property
@@ -104,33 +115,22 @@ class _KVBinding:
         side, j = self._side(il)
         self.caches[side].store(j, self.cells_idx[side], k, v)
 
-    def _scan(self, side, n_swa):
-        key = (side, n_swa)
+    def _scan(self, side, n_swa, g=-1):
+        """The cells that the queries of sequence group g (-1: the whole ubatch) scan, in canonical order, less
+        those outside the window of every query of their sequences: they are masked anyway, and a window cache
+        no longer has them, so both kinds of cache scan the same cells. Once per ubatch, side, window and group
+        (the cells do not change during the ubatch's forward)."""
+        key = (side, n_swa, g)
         idx = self.kv_idx.get(key)
         if idx is None:
-            cells = self.caches[side].cells
-            n_kv = cells.n_kv()
-            cell_pos = cells.pos_array()[:n_kv]
-            idx = scan_order(cell_pos, cells.seq_array()[:n_kv], self.pos, self.seq)
+            _, cell_pos, cell_seq = self._cells(side)
+            rows = self._seq_rows()[g] if g >= 0 else slice(None)
+            pos, seq = self.pos[rows], self.seq[rows]
+            idx = scan_order(cell_pos, cell_seq, pos, seq)
             if n_swa > 0 and idx.shape[0]:
-                idx = self._in_window(idx, cell_pos, cells.seq_array()[:n_kv], n_swa)
+                idx = np.ascontiguousarray(idx[_in_window(cell_pos[idx], cell_seq[idx], pos, seq, n_swa)])
             self.kv_idx[key] = idx
         return idx
-
-    def _in_window(self, idx, cell_pos, cell_seq, n_swa):
-        """Drop the cells that are outside the window of every query of their sequences: they are masked
-        anyway, and a window cache no longer has them, so both kinds of cache scan the same cells."""
-        if self._qmin is None:
-            self._qmin = [(int(s), int(self.pos[self.seq == s].min())) for s in np.unique(self.seq)]
-        cp = cell_pos[idx]
-        if len(self._qmin) == 1:
-            keep = cp > self._qmin[0][1] - n_swa
-        else:
-            cs = cell_seq[idx]
-            keep = np.zeros(idx.shape[0], dtype=bool)
-            for s, qmin in self._qmin:
-                keep |= (((cs >> np.uint64(s)) & np.uint64(1)) != 0) & (cp > qmin - n_swa)
-        return np.ascontiguousarray(idx[keep])
 
     def _seq_rows(self):
         """The ubatch's rows of each sequence (sequence ids in order) when it holds several, else []."""
@@ -138,19 +138,6 @@ class _KVBinding:
             seqs = np.unique(self.seq)
             self._groups = [np.flatnonzero(self.seq == s) for s in seqs] if seqs.shape[0] > 1 else []
         return self._groups
-
-    def _scan_rows(self, side, n_swa, g, rows):
-        """_scan for the queries `rows` of sequence group g alone: the cells, order and window of its lone run."""
-        key = (side, n_swa, g)
-        idx = self.kv_idx.get(key)
-        if idx is None:
-            n_kv, cell_pos, cell_seq = self._cells(side)
-            pos = self.pos[rows]
-            idx = scan_order(cell_pos, cell_seq, pos, self.seq[rows])
-            if n_swa > 0 and idx.shape[0]:
-                idx = np.ascontiguousarray(idx[cell_pos[idx] > int(pos.min()) - n_swa])
-            self.kv_idx[key] = idx
-        return idx
 
     def attend(self, il, q, scale, n_swa=0, softcap=0.0, head_dim_v=None):
         side, j = self._side(il)
@@ -163,7 +150,7 @@ class _KVBinding:
         out = None
         for g, rows in enumerate(groups):
             o = attention(np.ascontiguousarray(q[rows]), self.caches[side], j, self.pos[rows], self.seq[rows], scale,
-                          n_swa=n_swa, softcap=softcap, kv_idx=self._scan_rows(side, int(n_swa), g, rows),
+                          n_swa=n_swa, softcap=softcap, kv_idx=self._scan(side, int(n_swa), g),
                           head_dim_v=head_dim_v)
             if out is None:
                 out = np.empty((q.shape[0], o.shape[1]), np.float32)
