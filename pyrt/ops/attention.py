@@ -6,6 +6,8 @@ does not import pyrt.kv. Nothing reaches the Numba kernel without passing these 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .._kernels import attention as fa
@@ -41,6 +43,49 @@ def rows_view(buf: np.ndarray, type_name: str) -> np.ndarray:
     if type_name in ("f16", "bf16"):
         return buf.view(np.uint16)
     return buf
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CacheRows:
+    """A layer's cache rows as a fused decode kernel reads them, checked once per ubatch: every layer's rows
+    must have this shape and dtype."""
+
+    type: str                  # the cache type
+    kind: int                  # the kernel's code of it
+    seg: int                   # the q8_KV segment length (1 for the other types)
+    shape: tuple[int, ...]     # [n_cells, row]
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, buf: np.ndarray, type_name: str, seg: int = 1) -> CacheRows:
+        return cls(type_name, _KINDS[type_name], int(seg), buf.shape, buf.dtype)
+
+    def view(self, buf, what: str) -> np.ndarray:
+        """A layer's rows as the kernel takes them (rows_view); InvalidArgumentError unless they are writable
+        C-contiguous rows of this shape and dtype."""
+        if (not isinstance(buf, np.ndarray) or buf.shape != self.shape or buf.dtype != self.dtype
+                or not buf.flags.c_contiguous or not buf.flags.writeable):
+            raise InvalidArgumentError(f"{what}: the layer's cache rows differ from the slot's")
+        return rows_view(buf, self.type)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DecodeSlot:
+    """A decoded token's cache-side arguments of a fused layer kernel (ops.dense, ops.mla), validated once per
+    ubatch by the block's `slot` for every layer."""
+
+    k: CacheRows
+    v: CacheRows | None        # None: a K-only cache (MLA)
+    cell: int                  # the cell the token writes
+    cell_pos: np.ndarray       # [n_kv] int32
+    cell_seq: np.ndarray       # [n_kv] uint64
+    kv_idx: np.ndarray         # [n_vis] int32: the visible cells in scan order
+    q_pos: np.ndarray          # [1] int32
+    q_seq: np.ndarray          # [1] int32
+    scale: np.float32
+    q_tile: int
+    kv_tile: int
+    n_split: int
 
 
 def _n_elems(buf: np.ndarray, type_name: str, seg: int) -> int:

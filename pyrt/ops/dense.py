@@ -17,7 +17,7 @@ from .._kernels import fused_dense as fd
 from ..errors import InvalidArgumentError
 from ..formats.qtypes import get_qtype
 from . import paths
-from .attention import _DTYPE, _KINDS, _n_elems, choose_tiles, rows_view
+from .attention import _DTYPE, _KINDS, CacheRows, DecodeSlot, _n_elems, choose_tiles
 from .basic import _gelu_table
 from .matmul import _check_raw
 from .mla import _FUSED_W
@@ -28,32 +28,6 @@ _EMPTY = np.zeros(0, np.float32)
 
 def _f32_vec(name: str, a, n: int) -> np.ndarray:
     return _mla_f32_vec(name, a, n, "dense layer")
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class DenseSlot:
-    """A ubatch's cache-side arguments of DenseLayerDecode, validated once by `slot` for every layer."""
-
-    type_k: str
-    type_v: str
-    shape_k: tuple[int, ...]   # every layer's K rows [n_cells, row]
-    shape_v: tuple[int, ...]
-    dtype_k: np.dtype
-    dtype_v: np.dtype
-    kind_k: int
-    kind_v: int
-    seg_k: int
-    seg_v: int
-    cell: int                  # the cell the token writes
-    cell_pos: np.ndarray       # [n_kv] int32
-    cell_seq: np.ndarray       # [n_kv] uint64
-    kv_idx: np.ndarray         # [n_vis] int32: the visible cells in scan order
-    q_pos: np.ndarray          # [1] int32
-    q_seq: np.ndarray          # [1] int32
-    scale: np.float32
-    q_tile: int
-    kv_tile: int
-    n_split: int
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -139,7 +113,7 @@ class DenseLayerDecode:
                    n_head=n_head, n_head_kv=n_head_kv, dk=dk, dv=dv, n_rot=n_rot, neox=bool(neox), eps=float(eps),
                    n_swa=int(n_swa))
 
-    def slot(self, view, q_pos, q_seq, scale: float) -> DenseSlot:
+    def slot(self, view, q_pos, q_seq, scale: float) -> DecodeSlot:
         """The ubatch's cache-side arguments, validated once for every layer: view is one layer's DenseView
         (every layer's rows are alike: the call checks their shape and dtype)."""
         type_k, type_v = view.type_k, view.type_v
@@ -184,11 +158,10 @@ class DenseLayerDecode:
         if not np.isfinite(scale):
             raise InvalidArgumentError("dense layer: scale must be finite")
         q_tile, kv_tile, n_split = choose_tiles(1, self.n_head // self.n_head_kv, self.n_head_kv, kv_idx.shape[0])
-        return DenseSlot(type_k, type_v, k0.shape, v0.shape, k0.dtype, v0.dtype, _KINDS[type_k], _KINDS[type_v],
-                         seg_k, seg_v, int(cells[0]), cell_pos, cell_seq, kv_idx, q_pos, q_seq, np.float32(scale),
-                         q_tile, kv_tile, n_split)
+        return DecodeSlot(CacheRows.of(k0, type_k, seg_k), CacheRows.of(v0, type_v, seg_v), int(cells[0]), cell_pos,
+                          cell_seq, kv_idx, q_pos, q_seq, np.float32(scale), q_tile, kv_tile, n_split)
 
-    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, view, slot: DenseSlot) -> None:
+    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, view, slot: DecodeSlot) -> None:
         """x [n_embd] f32 (one token's residual stream, updated in place); cos, sin [n_rot/2] f32 its RoPE row;
         view this layer's DenseView (its rows shaped as the slot's)."""
         k, v = view.k, view.v
@@ -198,15 +171,11 @@ class DenseLayerDecode:
         half = self.n_rot // 2
         _f32_vec("cos", cos, half)
         _f32_vec("sin", sin, half)
-        for buf, shape, dtype in ((k, slot.shape_k, slot.dtype_k), (v, slot.shape_v, slot.dtype_v)):
-            if (not isinstance(buf, np.ndarray) or buf.shape != shape or buf.dtype != dtype
-                    or not buf.flags.c_contiguous or not buf.flags.writeable):
-                raise InvalidArgumentError("dense layer: the layer's cache rows differ from the slot's")
+        kc, vc = slot.k.view(k, "dense layer"), slot.v.view(v, "dense layer")
         fd.dense_layer_decode(x, self.attn_norm, self.wq, self.wk, self.wv, self.bq, self.bk, self.bv, self.q_norm,
                               self.k_norm, self.wo, self.post_attn_norm, self.ffn_norm, self.wg, self.wu, self.wd,
                               self.post_ffn_norm, self.gelu_table, self.kinds, self.eps, cos, sin, self.neox,
-                              rows_view(k, slot.type_k), rows_view(v, slot.type_v), slot.kind_k, slot.kind_v,
-                              slot.seg_k, slot.seg_v, slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx,
+                              kc, vc, slot.k.kind, slot.v.kind, slot.k.seg, slot.v.seg, slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx,
                               slot.q_pos, slot.q_seq, slot.scale, self.n_swa, self.n_head, self.n_head_kv,
                               slot.q_tile, slot.kv_tile, slot.n_split)
 

@@ -21,7 +21,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.cache_types import CACHE_TYPES
 from ..formats.qtypes import get_qtype
 from . import paths
-from .attention import rows_view
+from .attention import CacheRows, DecodeSlot, rows_view
 from .matmul import _check_raw, amx_enabled
 
 _KINDS = {c.name: c.code for c in CACHE_TYPES.values() if c.block_size}  # q8_KV: per-head segments, not MLA's row
@@ -287,25 +287,6 @@ def _f32_vec(name: str, a, n: int, what: str = "mla block") -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class MLABlockSlot:
-    """A ubatch's cache-side arguments of MLABlockDecode, validated once by `slot` for every layer."""
-
-    type_k: str                # the cache type
-    shape: tuple[int, ...]     # [n_cells, row]: the shape of every layer's cache rows
-    dtype: np.dtype            # the dtype of every layer's cache rows
-    kind: int                  # the kernel's code of type_k
-    cell: int                  # the cell the token writes
-    cell_pos: np.ndarray       # [>= n_cells] int32
-    cell_seq: np.ndarray       # [>= n_cells] uint64
-    kv_idx: np.ndarray         # [n_vis] int32: the visible cells in scan order
-    q_pos: np.ndarray          # [1] int32
-    q_seq: np.ndarray          # [1] int32
-    scale: np.float32
-    kv_tile: int
-    n_split: int
-
-
-@dataclass(frozen=True, slots=True, eq=False)
 class MLABlockDecode:
     """One deepseek2 layer's attention block for a decoded token, checked once at load, for
     fused_mla.mla_block_decode: x += attn_output(MLA(rms_norm(x) * attn_norm)), the cache row stored.
@@ -368,7 +349,7 @@ class MLABlockDecode:
                    wo_kind=_FUSED_W[int(wo[1])], n_embd=n_embd, n_rot=n_rot, eps=float(eps))
 
     def slot(self, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, cells,
-             scale: float) -> MLABlockSlot:
+             scale: float) -> DecodeSlot:
         """The ubatch's cache-side arguments, validated once for every layer: k is one layer's cache rows
         [n_cells, row] (every layer's must match it), cells the [1] cell the token writes."""
         d = self.decode
@@ -378,10 +359,10 @@ class MLABlockDecode:
         if cells.shape != (1,) or not 0 <= int(cells[0]) < k.shape[0]:
             raise InvalidArgumentError(f"mla block: the token's cell must be one index in [0, {k.shape[0]})")
         _, kv_tile, n_split = choose_tiles(1, d.n_head, kv_idx.shape[0])
-        return MLABlockSlot(type_k, k.shape, k.dtype, kind, int(cells[0]), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
-                            np.float32(scale), kv_tile, n_split)
+        return DecodeSlot(CacheRows.of(k, type_k), None, int(cells[0]), cell_pos, cell_seq, kv_idx, q_pos, q_seq,
+                          np.float32(scale), 1, kv_tile, n_split)
 
-    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, k: np.ndarray, slot: MLABlockSlot) -> None:
+    def __call__(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray, k: np.ndarray, slot: DecodeSlot) -> None:
         """x [n_embd] f32 (one token's residual stream, updated in place); cos, sin [n_rot/2] f32 its RoPE
         row; k this layer's cache rows (as given to `slot`)."""
         if (not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != (self.n_embd,)
@@ -390,13 +371,11 @@ class MLABlockDecode:
         half = self.n_rot // 2
         _f32_vec("cos", cos, half)
         _f32_vec("sin", sin, half)
-        if (not isinstance(k, np.ndarray) or k.shape != slot.shape or k.dtype != slot.dtype or not k.flags.c_contiguous
-                or not k.flags.writeable):
-            raise InvalidArgumentError("mla block: the layer's cache rows differ from the slot's")
+        kc = slot.k.view(k, "mla block")
         d = self.decode
         fk.mla_block_decode(x, self.attn_norm, self.eps, self.wq, self.q_kind, self.wkv, self.kv_kind,
                             self.wqb, self.qb_kind, self.q_a_norm, self.kv_a_norm, cos, sin, d.k_b,
-                            d.kb_kind, d.v_b, d.v_row0, d.vb_kind, rows_view(k, slot.type_k), slot.kind,
+                            d.kb_kind, d.v_b, d.v_row0, d.vb_kind, kc, slot.k.kind,
                             slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx, slot.q_pos, slot.q_seq,
                             slot.scale, slot.kv_tile, slot.n_split, amx_config(), self.wo, self.wo_kind, d.dn,
                             d.dv)
