@@ -131,6 +131,24 @@ def test_k_only_cache_layout_and_types(ds2_models):
     assert m0.v_bytes() > 0 and m0.k_bytes() > cache.k_bytes()
 
 
+@pytest.mark.parametrize("name", ["ds2-qlora-kvb-f32", "ds2-qlora-kb-q8_0"])
+def test_batched_sequences_give_their_lone_bits(name, ds2_models):
+    """One decode of three sequences' next tokens (as the engine batches them) gives each sequence exactly the
+    logits of its lone decode: each sequence's latent attention scans its own cells, tiled as when it runs alone
+    (F32 weights: no activation quantization that could absorb a last-bit difference)."""
+    path, _ = ds2_models[name]
+    prompts = [[(7 * i) % 200 + 3 for i in range(150)], [(11 * i) % 200 + 3 for i in range(300)], list(range(100, 140))]
+    nxt = [7, 8, 9]
+    llm = pyrt.load(path, n_ctx=512, n_threads=2, n_seq_max=3, warmup=False)
+    for s, p in enumerate(prompts):
+        llm.ctx.decode(Batch.from_tokens(p, seq_id=s))
+    got = llm.ctx.decode(Batch(np.array(nxt), np.array([len(p) for p in prompts]), np.arange(3), np.ones(3, bool)))
+    for s, p in enumerate(prompts):
+        lone = pyrt.load(path, n_ctx=512, n_threads=2, warmup=False)
+        lone.ctx.decode(Batch.from_tokens(p))
+        np.testing.assert_array_equal(got[s], lone.ctx.decode(Batch.from_tokens([nxt[s]], pos0=len(p)))[0])
+
+
 @pytest.mark.boundscheck
 @pytest.mark.parametrize("name", ["ds2-lite-kb-f16", "ds2-qlora-kb-q8_0"])
 def test_grouped_decode_paths_bit_identical(name, ds2_models, monkeypatch):

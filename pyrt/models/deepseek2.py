@@ -444,7 +444,7 @@ class DeepSeek2Model(ModelBase):
             inp.kv.store(il, mla.latent_rows_of(kva, A.kv_a_norm, eps, rope, self.yarn, R, inp.pos), None)
             krows, type_k, cell_pos, cell_seq, kv_idx = inp.kv.mla_view(il)
             return mla.absorbed_attention(q, A.absorbed, krows, type_k, cell_pos, cell_seq, kv_idx, inp.pos, inp.seq,
-                                          self.kq_scale, rope, self.yarn, R)
+                                          self.kq_scale, rope, self.yarn, R, inp.kv.seq_scans(il) if host else ())
         if not host:
             raise UnsupportedError("deepseek2 on a device runs the absorbed attention over the latent cache: "
                                    "use -mla 1, 2 or 3")

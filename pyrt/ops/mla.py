@@ -558,10 +558,12 @@ class AbsorbedWeights:
 
 
 def absorbed_attention(q, w: AbsorbedWeights, krows, type_k: str, cell_pos, cell_seq, kv_idx, pos, seq,
-                       scale: float, rope, yarn: tuple, n_rot: int):
+                       scale: float, rope, yarn: tuple, n_rot: int, groups=()):
     """Absorbed MLA attention of a ubatch -> [n_tok, n_head * dv] f32: q [n_tok, n_head, dn + n_rot] f32 (per
     head [q_nope | q_pe], q_pe not yet roped), krows the layer's latent cache rows (the cache has stored this
-    ubatch's rows already), cell_pos/cell_seq/kv_idx as flash_mla, pos/seq the ubatch's [n_tok] int32."""
+    ubatch's rows already), cell_pos/cell_seq/kv_idx as flash_mla, pos/seq the ubatch's [n_tok] int32.
+    groups: [(rows, kv_idx)] per sequence (_KVBinding.seq_scans) when the ubatch holds several: on the host the
+    latent attention then runs per sequence over its own scan, as in its lone run."""
     from ..backends import backend_of
     from . import matmul as mm
     n_tok, H, dk = q.shape
@@ -586,7 +588,13 @@ def absorbed_attention(q, w: AbsorbedWeights, krows, type_k: str, cell_pos, cell
     else:
         for hh in range(H):
             qa[:, hh, n_rot:] = mm.matmul(np.ascontiguousarray(q_nope[:, hh, :]), w.k_b_heads[hh], w.k_b_type)
-    o_lat = flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, pos, seq, scale, n_rot)
+    if groups:
+        o_lat = np.empty((n_tok, H, C), np.float32)
+        for rows, idx in groups:
+            o_lat[rows] = flash_mla(np.ascontiguousarray(qa[rows]), krows, type_k, cell_pos, cell_seq, idx, pos[rows],
+                                    seq[rows], scale, n_rot)
+    else:
+        o_lat = flash_mla(qa, krows, type_k, cell_pos, cell_seq, kv_idx, pos, seq, scale, n_rot)
     if mm.dot_path(w.v_b_type, n_tok):
         out = mm.matmul_id(o_lat.reshape(n_tok * H, C), w.v_b_raw, w.v_b_type, np.tile(w.v_b_row0, n_tok),
                            np.arange(n_tok * H), dv)                # [n_tok * H, dv]

@@ -139,19 +139,24 @@ class _KVBinding:
             self._groups = [np.flatnonzero(self.seq == s) for s in seqs] if seqs.shape[0] > 1 else []
         return self._groups
 
+    def seq_scans(self, il, n_swa=0):
+        """[(rows, kv_idx)] when the ubatch holds several sequences, else []: each sequence's query rows and the
+        cells that its lone run scans in layer il (window n_swa). Attention run per sequence over these is tiled and
+        split as in the sequence's lone run, so its rows do not depend on what else the ubatch holds (the engine
+        batches every generating sequence's decode)."""
+        side, _ = self._side(il)
+        return [(rows, self._scan(side, int(n_swa), g)) for g, rows in enumerate(self._seq_rows())]
+
     def attend(self, il, q, scale, n_swa=0, softcap=0.0, head_dim_v=None):
         side, j = self._side(il)
-        groups = self._seq_rows() if type(q) is np.ndarray else []
+        groups = self.seq_scans(il, n_swa) if type(q) is np.ndarray else []
         if not groups:
             return attention(q, self.caches[side], j, self.pos, self.seq, scale, n_swa=n_swa, softcap=softcap,
                              kv_idx=self._scan(side, int(n_swa)), head_dim_v=head_dim_v)
-        # several sequences: each one's queries over its own cells, tiled as in its lone run, so a sequence's rows
-        # do not depend on what else the ubatch holds (the engine batches every generating sequence's decode)
         out = None
-        for g, rows in enumerate(groups):
+        for rows, kv_idx in groups:
             o = attention(np.ascontiguousarray(q[rows]), self.caches[side], j, self.pos[rows], self.seq[rows], scale,
-                          n_swa=n_swa, softcap=softcap, kv_idx=self._scan(side, int(n_swa), g),
-                          head_dim_v=head_dim_v)
+                          n_swa=n_swa, softcap=softcap, kv_idx=kv_idx, head_dim_v=head_dim_v)
             if out is None:
                 out = np.empty((q.shape[0], o.shape[1]), np.float32)
             out[rows] = o
