@@ -10,7 +10,6 @@ from numba import njit
 from .config import FASTMATH
 from .matmul_q8_0 import _rows_q
 from .quants_k import BLOCK_BYTES_Q8_K, QK_K, _vdot1_k, is_k_quant, quantize_rows_q8_k
-from .simd import prefetch
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -23,10 +22,7 @@ def rows_any(kind, w, row0, r0, r1, xq, cp, nb, xk, nbk, dst, pf):
     """
     if is_k_quant(kind):
         wb = w.shape[1]
-        ahead = np.int64(w.ctypes.data) + pf  # each row's lines pf bytes ahead (the _rows_q dots do the same)
         for r in range(r0, r1):
-            for o in range(0, wb, 64):
-                prefetch(ahead + (row0 + r) * wb + o)
             dst[r] = _vdot1_k(kind, w, (row0 + r) * wb, xk, 0, 0, nbk)
     else:
         ws = np.int64(w.strides[0])
