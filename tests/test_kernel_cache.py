@@ -74,6 +74,25 @@ def test_helper_edit_recompiles_kernel_in_other_file(tmp_path):
     assert _run(tmp_path) == "50 []"
 
 
+def test_uncachable_kernel_warns_and_runs(tmp_path):
+    """A kernel Numba cannot cache (it reads a dynamic global: the threading layer's thread count) gets Numba's
+    warning and runs; the package's cache locator answers what the warning asks of it."""
+    _package(tmp_path, 1)
+    (tmp_path / "kpkg" / "dyn.py").write_text(textwrap.dedent("""
+        from numba import get_num_threads, njit
+
+        @njit(cache=True)
+        def dyn(x):
+            return x + get_num_threads() * 0
+    """))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", "from kpkg.dyn import dyn; print(dyn(3))"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "3"
+    assert "Cannot cache" in r.stderr
+
+
 def test_no_simd_keeps_its_own_cache(tmp_path):
     _package(tmp_path, 1)
     assert _run(tmp_path) == "40 ['helper', 'kernel']"

@@ -60,6 +60,13 @@ def install(root: str, variant: str = "") -> str:
         def get_disambiguator(self):
             return self._inner.get_disambiguator()
 
+        def __getattr__(self, name):
+            # whatever else Numba reads of a locator is the inner one's (its warning about a function it cannot
+            # cache reads _py_file)
+            if name == "_inner":
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
         @classmethod
         def from_function(cls, py_func, py_file):
             if not os.path.abspath(py_file).startswith(prefix):
