@@ -77,8 +77,8 @@ class DecodeSlot:
     k: CacheRows
     v: CacheRows | None        # None: a K-only cache (MLA)
     cell: int                  # the cell the token writes
-    cell_pos: np.ndarray       # [n_kv] int32
-    cell_seq: np.ndarray       # [n_kv] uint64
+    cell_pos: np.ndarray       # int32: the position of every cell kv_idx may name
+    cell_seq: np.ndarray       # uint64: the sequence bits of every cell kv_idx may name
     kv_idx: np.ndarray         # [n_vis] int32: the visible cells in scan order
     q_pos: np.ndarray          # [1] int32
     q_seq: np.ndarray          # [1] int32

@@ -175,9 +175,9 @@ class DenseLayerDecode:
         fd.dense_layer_decode(x, self.attn_norm, self.wq, self.wk, self.wv, self.bq, self.bk, self.bv, self.q_norm,
                               self.k_norm, self.wo, self.post_attn_norm, self.ffn_norm, self.wg, self.wu, self.wd,
                               self.post_ffn_norm, self.gelu_table, self.kinds, self.eps, cos, sin, self.neox,
-                              kc, vc, slot.k.kind, slot.v.kind, slot.k.seg, slot.v.seg, slot.cell, slot.cell_pos, slot.cell_seq, slot.kv_idx,
-                              slot.q_pos, slot.q_seq, slot.scale, self.n_swa, self.n_head, self.n_head_kv,
-                              slot.q_tile, slot.kv_tile, slot.n_split)
+                              kc, vc, slot.k.kind, slot.v.kind, slot.k.seg, slot.v.seg, slot.cell, slot.cell_pos,
+                              slot.cell_seq, slot.kv_idx, slot.q_pos, slot.q_seq, slot.scale, self.n_swa, self.n_head,
+                              self.n_head_kv, slot.q_tile, slot.kv_tile, slot.n_split)
 
 
 def decode_layers(blocks, x: np.ndarray, tables, views, q_pos, q_seq, scale: float) -> None:
