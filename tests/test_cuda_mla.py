@@ -130,6 +130,9 @@ class _HostKV:
     def mla_view(self, il):
         return self.cache.k[0], self.cache.type_k, self.cell_pos, self.cell_seq, self.kv_idx
 
+    def seq_scans(self, il, n_swa=0):
+        return []  # one sequence
+
 
 @sim_only
 @pytest.mark.parametrize("name,type_k", [("ds2-qlora-kb-q8_0", "q8_0")])
