@@ -458,22 +458,27 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------------------
-# Python raises KeyboardInterrupt wherever the main thread is when the signal is handled. Two places lose
+# Python raises KeyboardInterrupt wherever the main thread is when the signal is handled. Some places lose
 # it: a ctypes callback (llvmlite calls Numba's cache through them while kernels load) prints "Exception
 # ignored on calling ctypes callback function" and goes on; code run by exec/eval of a string (imports
 # inside Numba and the standard library do that) lets it through but marks the interpreter, which then
 # kills itself with SIGINT at exit instead of returning our exit code; a finalizer (`__del__`, such as
 # llvmlite's ObjectRef.__del__ while kernels load) prints "Exception ignored in ..." with a traceback and
-# goes on. So the handler does not raise there, and until the interrupt has reached `main` it is raised
-# again every RETRY_S from SIGALRM.
+# goes on. One place it corrupts: llvmlite records in Python who owns each LLVM object after the C call
+# that changed it (`link_modules` marks the module LLVM destroyed as detached), so an interrupt between the
+# two leaves a record of a freed object that its finalizer frees again, a segfault. So the handler does not
+# raise in any of these, and until the interrupt has reached `main` it is raised again every RETRY_S from
+# SIGALRM.
 RETRY_S = 0.2
 _CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
+_LLVMLITE = f"{os.sep}llvmlite{os.sep}"
 
 
 def _unsafe_to_raise(frame) -> bool:
     while frame is not None:
         code = frame.f_code
-        if code.co_name in _CALLBACKS or code.co_name == "__del__" or code.co_filename == "<string>":
+        if (code.co_name in _CALLBACKS or code.co_name == "__del__" or code.co_filename == "<string>"
+                or _LLVMLITE in code.co_filename):
             return True
         frame = frame.f_back
     return False

@@ -922,3 +922,48 @@ def test_interrupt_is_not_raised_inside_a_finalizer():
     del h
     assert seen == [True]
     assert not _unsafe_to_raise(_sys._getframe())
+
+
+_LINK_INTERRUPTED = r"""
+import gc, signal, sys
+import llvmlite.binding as llvm
+from pyrt.cli import _Interrupts
+ints = _Interrupts().install()
+a = llvm.parse_assembly("define i32 @f() { ret i32 1 }")
+b = llvm.parse_assembly("define i32 @g() { ret i32 2 }")
+hit = []
+
+
+def signal_lands_here(frame, event, arg):  # as if SIGINT arrived when LLVM had destroyed b, before detach
+    if event == "call" and frame.f_code.co_name == "detach" and not hit:
+        hit.append(frame.f_code.co_filename)
+        ints._on_signal(signal.SIGINT, frame)
+
+
+sys.setprofile(signal_lands_here)
+try:
+    a.link_in(b)
+finally:
+    sys.setprofile(None)
+assert hit and b.closed, (hit, b.closed)
+try:
+    ints._on_signal(signal.SIGALRM, sys._getframe())  # the retry, back in our own code
+    raise SystemExit("the retry did not raise")
+except KeyboardInterrupt:
+    pass
+ints.uninstall()
+del b
+gc.collect()
+print("ok")
+"""
+
+
+def test_interrupt_is_not_raised_inside_llvmlite(tmp_path):
+    """llvmlite marks a module that LLVM destroyed while linking as detached in Python after the C call; an
+    interrupt raised in between leaves it attached, and its finalizer frees it again (a segfault in CI, Ctrl-C
+    while the kernels compiled). The handler waits for the retry outside llvmlite."""
+    script = tmp_path / "link_interrupted.py"  # a file: code run from a string is never raised in
+    script.write_text(_LINK_INTERRUPTED)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                       timeout=120)
+    assert (r.returncode, r.stdout) == (0, "ok\n"), (r.returncode, r.stderr[-2000:])
