@@ -14,13 +14,13 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 
 from . import __version__
 from .errors import InvalidArgumentError, ModelFileError, PyrtError
 from .formats.cache_types import CACHE_TYPE_NAMES
 from .ops import paths
+from .runtime.interrupts import Interrupts
 
 _T_START = time.perf_counter()  # the wall time of a command counts from here (imported first by `pyrt`)
 
@@ -457,69 +457,6 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-# -- Ctrl-C ---------------------------------------------------------------------------------------------
-# Python raises KeyboardInterrupt wherever the main thread is when the signal is handled. Some places lose
-# it: a ctypes callback (llvmlite calls Numba's cache through them while kernels load) prints "Exception
-# ignored on calling ctypes callback function" and goes on; code run by exec/eval of a string (imports
-# inside Numba and the standard library do that) lets it through but marks the interpreter, which then
-# kills itself with SIGINT at exit instead of returning our exit code; a finalizer (`__del__`, such as
-# llvmlite's ObjectRef.__del__ while kernels load) prints "Exception ignored in ..." with a traceback and
-# goes on. One place it corrupts: llvmlite records in Python who owns each LLVM object after the C call
-# that changed it (`link_modules` marks the module LLVM destroyed as detached), so an interrupt between the
-# two leaves a record of a freed object that its finalizer frees again, a segfault. So the handler does not
-# raise in any of these, and until the interrupt has reached `main` it is raised again every RETRY_S from
-# SIGALRM.
-RETRY_S = 0.2
-_CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
-_LLVMLITE = f"{os.sep}llvmlite{os.sep}"
-
-
-def _unsafe_to_raise(frame) -> bool:
-    while frame is not None:
-        code = frame.f_code
-        if (code.co_name in _CALLBACKS or code.co_name == "__del__" or code.co_filename == "<string>"
-                or _LLVMLITE in code.co_filename):
-            return True
-        frame = frame.f_back
-    return False
-
-
-class _Interrupts:
-    def __init__(self):
-        self.active = False
-        self.pending = False
-        self._old = {}
-
-    def install(self) -> "_Interrupts":
-        if threading.current_thread() is not threading.main_thread():
-            return self  # signals only reach the main thread; leave them alone
-        self._old = {signal.SIGINT: signal.signal(signal.SIGINT, self._on_signal),
-                     signal.SIGALRM: signal.signal(signal.SIGALRM, self._on_signal)}
-        self.active = True
-        return self
-
-    def _on_signal(self, signum, frame) -> None:
-        if not self.active:
-            return
-        if signum == signal.SIGINT and not self.pending:
-            self.pending = True
-            signal.setitimer(signal.ITIMER_REAL, RETRY_S, RETRY_S)
-        if self.pending and not _unsafe_to_raise(frame):
-            raise KeyboardInterrupt
-
-    def stop(self) -> None:
-        """The interrupt has arrived: no more retries, and a second Ctrl-C does not break the report."""
-        self.active = False
-        if self._old:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def uninstall(self) -> None:
-        self.stop()
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-
 # -- the error boundary ------------------------------------------------------------------------------
 def _say(line: str) -> None:
     """One line on stderr; a stderr that cannot take it is not worth another error."""
@@ -607,7 +544,7 @@ def _run(argv, a_box: list) -> int:
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     debug = os.environ.get("PYRT_DEBUG", "") not in ("", "0")
-    ints = _Interrupts().install()
+    ints = Interrupts().install()
     a_box: list = []
     real_stdout = sys.stdout
     out = sys.stdout = _Stdout(real_stdout)

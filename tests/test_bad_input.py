@@ -772,6 +772,31 @@ def test_ctrl_c_at_any_moment(model_path, when, tmp_path):
         assert "eval time" in r.err  # the timings so far
 
 
+_LOAD_INTERRUPTED = r"""
+import sys
+import pyrt
+print("loading", flush=True)
+try:
+    pyrt.load(sys.argv[1], n_ctx=256, n_threads=1)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+print("loaded")
+"""
+
+
+def test_ctrl_c_while_the_library_compiles(model_path, tmp_path):
+    """pyrt.load's warm-up compiling from an empty kernel cache: KeyboardInterrupt reaches the caller."""
+    p = subprocess.Popen([sys.executable, "-c", _LOAD_INTERRUPTED, model_path], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")), cwd=ROOT)
+    assert p.stdout.readline() == b"loading\n"
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    record("7 Ctrl-C", "SIGINT in pyrt.load compiling", "clean" if p.returncode == 3 else f"rc {p.returncode}")
+    assert (p.returncode, out) == (3, b"interrupted\n"), (p.returncode, err.decode()[-2000:])
+
+
 def test_ctrl_c_while_waiting_for_conversation_input(model_path):
     cmd = [sys.executable, "-m", "pyrt.cli", "generate", "-m", model_path, "-cnv", "--chat-template", "chatml",
            "-n", "2", "--temp", "0", "-t", "1"]
@@ -911,49 +936,57 @@ def test_interrupt_is_not_raised_inside_a_finalizer():
     waits for the next retry instead (seen as a traceback when Ctrl-C hit llvmlite's ObjectRef.__del__)."""
     import sys as _sys
 
-    from pyrt.cli import _unsafe_to_raise
+    from pyrt.runtime.interrupts import unsafe_to_raise
 
     class Holder:
         def __del__(self):
-            seen.append(_unsafe_to_raise(_sys._getframe()))
+            seen.append(unsafe_to_raise(_sys._getframe()))
 
     seen = []
     h = Holder()
     del h
     assert seen == [True]
-    assert not _unsafe_to_raise(_sys._getframe())
+    assert not unsafe_to_raise(_sys._getframe())
 
 
 _LINK_INTERRUPTED = r"""
 import gc, signal, sys
 import llvmlite.binding as llvm
-from pyrt.cli import _Interrupts
-ints = _Interrupts().install()
-a = llvm.parse_assembly("define i32 @f() { ret i32 1 }")
-b = llvm.parse_assembly("define i32 @g() { ret i32 2 }")
-hit = []
+from pyrt.runtime import interrupts
 
 
-def signal_lands_here(frame, event, arg):  # as if SIGINT arrived when LLVM had destroyed b, before detach
-    if event == "call" and frame.f_code.co_name == "detach" and not hit:
-        hit.append(frame.f_code.co_filename)
-        ints._on_signal(signal.SIGINT, frame)
+def link(retry_inside):
+    a = llvm.parse_assembly("define i32 @f() { ret i32 1 }")
+    b = llvm.parse_assembly("define i32 @g() { ret i32 2 }")
+    hit = []
+
+    def signal_lands_here(frame, event, arg):  # as if SIGINT arrived when LLVM had destroyed b, before detach
+        if event == "call" and frame.f_code.co_name == "detach" and not hit:
+            hit.append(frame.f_code.co_filename)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
+
+    try:
+        with interrupts.deferred():
+            sys.setprofile(signal_lands_here)
+            try:
+                a.link_in(b)
+            finally:
+                sys.setprofile(None)
+            assert hit and b.closed, (hit, b.closed)
+            if retry_inside:  # the retry, back in our own code
+                signal.getsignal(signal.SIGALRM)(signal.SIGALRM, sys._getframe())
+                raise SystemExit("the retry did not raise")
+        raise SystemExit("the block's end did not raise")
+    except KeyboardInterrupt:
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    del b
+    gc.collect()
 
 
-sys.setprofile(signal_lands_here)
-try:
-    a.link_in(b)
-finally:
-    sys.setprofile(None)
-assert hit and b.closed, (hit, b.closed)
-try:
-    ints._on_signal(signal.SIGALRM, sys._getframe())  # the retry, back in our own code
-    raise SystemExit("the retry did not raise")
-except KeyboardInterrupt:
-    pass
-ints.uninstall()
-del b
-gc.collect()
+link(True)
+link(False)
 print("ok")
 """
 
@@ -961,7 +994,8 @@ print("ok")
 def test_interrupt_is_not_raised_inside_llvmlite(tmp_path):
     """llvmlite marks a module that LLVM destroyed while linking as detached in Python after the C call; an
     interrupt raised in between leaves it attached, and its finalizer frees it again (a segfault in CI, Ctrl-C
-    while the kernels compiled). The handler waits for the retry outside llvmlite."""
+    while the kernels compiled). The handler waits for the retry outside llvmlite, or, in the library's
+    deferred block (the warm-up), for the block's end."""
     script = tmp_path / "link_interrupted.py"  # a file: code run from a string is never raised in
     script.write_text(_LINK_INTERRUPTED)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=ROOT,

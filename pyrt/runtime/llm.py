@@ -154,6 +154,7 @@ class LLM:
     @_llm_serialized
     def warmup(self) -> None:
         """Runs the kernels once (compiling or loading them from Numba's cache), then clears the cache."""
+        from . import interrupts
         from .compile_notice import CompileNotice
 
         t0 = time.perf_counter()
@@ -165,7 +166,7 @@ class LLM:
         n_big = min(self.ctx.n_ubatch, 64, self.n_ctx - 1)
         if self.device != "cpu":
             weights = {}  # the CPU matmul kernels are not used; the decodes below compile the device kernels
-        with CompileNotice(len(weights) + 1 + (n_big > 1), enabled=self.progress) as notice:
+        with interrupts.deferred(), CompileNotice(len(weights) + 1 + (n_big > 1), enabled=self.progress) as notice:
             for key, raw in weights.items():
                 mm.warmup({key: raw})
                 notice.step()
