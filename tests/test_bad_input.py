@@ -815,6 +815,54 @@ def test_ctrl_c_while_waiting_for_conversation_input(model_path):
     assert sum("interrupted" in ln for ln in r.err_lines) == 1
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_failed_decode_leaves_the_cells_as_they_were(model_path, tmp_path, arch, monkeypatch):
+    """An exception inside the model (Ctrl-C in a script, memory, a device error) in the second ubatch of a
+    batch: the cells (and the window cache's) are as before the call, and the same batch then gives the
+    bits of a context that never failed."""
+    from pyrt.io.gguf_file import GGUFFile
+    from pyrt.models import build_model
+    from pyrt.runtime.context import Context
+    path = model_path
+    if arch == "gemma3":
+        from test_swa_cache import write_gemma3
+        path = tmp_path / "g.gguf"
+        write_gemma3(path)
+    model = build_model(GGUFFile(str(path)))
+    first = Batch.from_tokens([1, 5, 6, 7, 8])
+    second = Batch.from_tokens([(9 + 3 * i) % 50 + 2 for i in range(20)], pos0=5, logits="all")
+
+    def fresh():
+        ctx = Context(model, n_ctx=1024 if arch == "gemma3" else 128, n_ubatch=8)
+        ctx.decode(first)
+        return ctx
+
+    want = fresh().decode(second)
+    ctx = fresh()
+    assert (ctx.cache_swa is not None) == (arch == "gemma3")
+    cells = [c for c in (ctx.cells, ctx.cells_swa) if c is not None]
+    before = [c.get_state() for c in cells]
+    calls = []
+    forward = model.forward
+
+    def failing(inp):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(inp)
+
+    monkeypatch.setattr(model, "forward", failing)
+    with pytest.raises(KeyboardInterrupt):
+        ctx.decode(second)
+    monkeypatch.setattr(model, "forward", forward)
+    after = [c.get_state() for c in cells]
+    for b, a in zip(before, after):
+        for x, y in zip(b, a):
+            np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(ctx.decode(second), want)
+    record("8 messages", f"{arch}: a decode failing mid-batch", "clean")
+
+
 # == 8. messages name the real cause =====================================================================
 def test_state_from_another_model_names_the_model(model_path, llm, tmp_path):
     other = tmp_path / "qwen2.gguf"

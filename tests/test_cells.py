@@ -308,3 +308,21 @@ def test_views_are_zero_copy_and_state_roundtrip():
     assert other.used == 2  # untouched after a refused restore
     other.move(1, 6)
     assert other.pos_array()[6] == 5 and other.pos_array()[1] == -1 and other.n_kv() == 7
+
+
+def test_free_cells_undoes_a_find_slot():
+    c = Cells(8, 2)
+    c.find_slot([0, 1], [0, 0])
+    before = [a.copy() for a in c.get_state()]
+    used, head = c.used, c.head
+    idx = c.find_slot([2, 3, 2], [0, 0, 1])
+    c.free_cells(idx)
+    for a, b in zip(c.get_state(), before):
+        np.testing.assert_array_equal(a, b)
+    assert c.used == used and c.head == head
+    idx = c.find_slot([2], [1])
+    with pytest.raises(ValueError, match="not a used cell"):
+        c.free_cells([int(idx[0]), 7])  # one bad index: nothing is freed
+    assert c.used == used + 1 and c.pos_array()[idx[0]] == 2
+    with pytest.raises(ValueError, match="not a used cell"):
+        c.free_cells([-1])

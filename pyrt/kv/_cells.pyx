@@ -217,6 +217,24 @@ cdef class Cells:
         self.used -= 1
         return 0
 
+    def free_cells(self, cells):
+        """Free the given used cells (int32[n] from find_slot), whatever sequences they hold: undoes a
+        find_slot whose ubatch failed. The cells are checked first; a bad index changes nothing."""
+        cdef cnp.ndarray[int32_t, ndim=1, mode="c"] ix = np.ascontiguousarray(cells, dtype=np.int32)
+        cdef int n = ix.shape[0], t, c, low = self.size
+        for t in range(n):
+            c = ix[t]
+            if c < 0 or c >= self.size or self._pos[c] < 0:
+                raise ValueError(f"free_cells: cell {c} is not a used cell of [0, {self.size})")
+        for t in range(n):
+            c = ix[t]
+            if self._pos[c] >= 0:  # a cell listed twice is freed once
+                self._free_cell(c)
+                if c < low:
+                    low = c
+        if low < self.head:
+            self.head = low
+
     def clear(self):
         """Free every cell."""
         self._pos_np.fill(-1)

@@ -402,26 +402,19 @@ class Context:
         t0 = time.perf_counter()
         n = len(batch)
         outs = []
-        caches = self.caches
-        for s in range(0, n, self.n_ubatch):
-            e = min(n, s + self.n_ubatch)
-            tok = np.ascontiguousarray(batch.token[s:e], dtype=np.int32)
-            pos = np.ascontiguousarray(batch.pos[s:e], dtype=np.int32)
-            seq = np.ascontiguousarray(batch.seq_id[s:e], dtype=np.int32)
-            out_rows = np.flatnonzero(batch.logits[s:e]).astype(np.int32)
-            try:
-                cells_idx = [self.cells.find_slot(pos, seq)]
-                if self.cache_swa is not None:
-                    self._make_room_swa(self.cells_swa, batch, s, e)
-                    cells_idx.append(self.cells_swa.find_slot(pos, seq))
-            except Exception as ex:  # validated above; only reached if the cells disagree
-                raise ContextOverflowError(f"no KV cells for the ubatch: {ex}") from None
-            kv = _KVBinding(caches, cells_idx, pos, seq, self.mla, self._layer_map)
-            # on a device the token ids go there (the forward runs where its inputs are); logits come back
-            tok_in = tok if self.backend is None else self.backend.upload(tok)
-            logits = to_host(self.model.forward(ForwardInputs(tok_in, pos, seq, out_rows, kv)))
-            if out_rows.shape[0]:
-                outs.append(logits)
+        taken = []  # (cells, indices) of every find_slot of this call, freed again if the call fails
+        try:
+            for s in range(0, n, self.n_ubatch):
+                logits = self._ubatch(batch, s, min(n, s + self.n_ubatch), taken)
+                if logits is not None:
+                    outs.append(logits)
+        except BaseException:
+            # any failure (an interrupt, memory, a device error) leaves the cells as they were: the batch's
+            # tokens are not in the cache (cells the window cache freed for it, which no query of these
+            # positions could see, stay free)
+            for cells, idx in reversed(taken):
+                cells.free_cells(idx)
+            raise
         dt = time.perf_counter() - t0
         if self.defrag_thold >= 0 and self.cells.fragmentation() > self.defrag_thold:
             self._do_defrag = True  # as llama.cpp: run at the start of the next update
@@ -434,6 +427,27 @@ class Context:
         if not outs:
             return np.empty((0, self.n_vocab), dtype=np.float32)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def _ubatch(self, batch: Batch, s: int, e: int, taken: list) -> np.ndarray | None:
+        """Tokens [s, e) of the batch through the model: their logits, None if none is wanted."""
+        tok = np.ascontiguousarray(batch.token[s:e], dtype=np.int32)
+        pos = np.ascontiguousarray(batch.pos[s:e], dtype=np.int32)
+        seq = np.ascontiguousarray(batch.seq_id[s:e], dtype=np.int32)
+        out_rows = np.flatnonzero(batch.logits[s:e]).astype(np.int32)
+        try:
+            cells_idx = [self.cells.find_slot(pos, seq)]
+            taken.append((self.cells, cells_idx[0]))
+            if self.cache_swa is not None:
+                self._make_room_swa(self.cells_swa, batch, s, e)
+                cells_idx.append(self.cells_swa.find_slot(pos, seq))
+                taken.append((self.cells_swa, cells_idx[1]))
+        except Exception as ex:  # validated above; only reached if the cells disagree
+            raise ContextOverflowError(f"no KV cells for the ubatch: {ex}") from None
+        kv = _KVBinding(self.caches, cells_idx, pos, seq, self.mla, self._layer_map)
+        # on a device the token ids go there (the forward runs where its inputs are); logits come back
+        tok_in = tok if self.backend is None else self.backend.upload(tok)
+        logits = to_host(self.model.forward(ForwardInputs(tok_in, pos, seq, out_rows, kv)))
+        return logits if out_rows.shape[0] else None
 
     # -- cache maintenance (llama_kv_cache_update) ------------------------------------------------
     def rope_params(self) -> list:
