@@ -797,6 +797,33 @@ def test_ctrl_c_while_the_library_compiles(model_path, tmp_path):
     assert (p.returncode, out) == (3, b"interrupted\n"), (p.returncode, err.decode()[-2000:])
 
 
+_GENERATE_INTERRUPTED = r"""
+import sys
+import pyrt
+llm = pyrt.load(sys.argv[1], n_ctx=256, n_threads=1, warmup=False)
+print("generating", flush=True)
+try:
+    "".join(llm.generate("hello", max_tokens=4, temperature=0))
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+print("generated")
+"""
+
+
+def test_ctrl_c_while_a_script_compiles_after_load(model_path, tmp_path):
+    """Kernels compiled by the first generation of a load without warm-up (empty kernel cache): Ctrl-C waits
+    for a safe frame (interrupts.guard_compiles) and KeyboardInterrupt reaches the script."""
+    p = subprocess.Popen([sys.executable, "-c", _GENERATE_INTERRUPTED, model_path], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")), cwd=ROOT)
+    assert p.stdout.readline() == b"generating\n"
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    record("7 Ctrl-C", "SIGINT compiling after load", "clean" if p.returncode == 3 else f"rc {p.returncode}")
+    assert (p.returncode, out) == (3, b"interrupted\n"), (p.returncode, err.decode()[-2000:])
+
+
 def test_ctrl_c_while_waiting_for_conversation_input(model_path):
     cmd = [sys.executable, "-m", "pyrt.cli", "generate", "-m", model_path, "-cnv", "--chat-template", "chatml",
            "-n", "2", "--temp", "0", "-t", "1"]
@@ -1035,6 +1062,46 @@ def link(retry_inside):
 
 link(True)
 link(False)
+
+
+def link_compiling():  # no deferred block: the guard of Numba's compiler lock (a kernel compiling after load)
+    from numba.core.compiler_lock import global_compiler_lock
+    import pyrt.runtime.context  # registers the guard
+    a = llvm.parse_assembly("define i32 @f() { ret i32 1 }")
+    b = llvm.parse_assembly("define i32 @g() { ret i32 2 }")
+    hit = []
+
+    def signal_lands_here(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "detach" and not hit:
+            hit.append(frame.f_code.co_filename)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
+
+    try:
+        with global_compiler_lock:
+            with global_compiler_lock:  # nested acquires: the outermost release raises
+                sys.setprofile(signal_lands_here)
+                try:
+                    a.link_in(b)
+                finally:
+                    sys.setprofile(None)
+            assert hit and b.closed, (hit, b.closed)
+        raise SystemExit("the lock's release did not raise")
+    except KeyboardInterrupt:
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    del b
+    gc.collect()
+    with global_compiler_lock:  # a safe frame under the lock: raised there, once, the handlers back at once
+        try:
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, sys._getframe())
+            raise SystemExit("a safe frame did not raise")
+        except KeyboardInterrupt:
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+
+link_compiling()
 print("ok")
 """
 
@@ -1043,7 +1110,8 @@ def test_interrupt_is_not_raised_inside_llvmlite(tmp_path):
     """llvmlite marks a module that LLVM destroyed while linking as detached in Python after the C call; an
     interrupt raised in between leaves it attached, and its finalizer frees it again (a segfault in CI, Ctrl-C
     while the kernels compiled). The handler waits for the retry outside llvmlite, or, in the library's
-    deferred block (the warm-up), for the block's end."""
+    deferred block (the warm-up), for the block's end, or, for any kernel Numba compiles in a script, for the
+    release of Numba's compiler lock."""
     script = tmp_path / "link_interrupted.py"  # a file: code run from a string is never raised in
     script.write_text(_LINK_INTERRUPTED)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=ROOT,

@@ -28,8 +28,10 @@ from ..kv.cells import Cells
 from ..models.base import DenseView, ForwardInputs, MLAView, Model
 from ..ops import paths
 from ..ops.attention import attention, scan_order
+from . import interrupts
 
 CACHE_TYPES = CACHE_TYPE_NAMES
+interrupts.guard_compiles()  # Ctrl-C in a script waits for a safe frame while a kernel compiles or loads
 # llama.cpp mainline's default (common_params.defrag_thold = 0.1): defragment after a decode that leaves
 # more than 10% of the scanned cells [0, n_kv) free. Negative disables it (ik_llama.cpp's default).
 DEFRAG_THOLD = 0.1

@@ -1,5 +1,6 @@
 """Ctrl-C where kernels compile: a SIGINT handler that raises KeyboardInterrupt only where Python and
-llvmlite can take it, used by the CLI for a whole command and by the library while the warm-up compiles.
+llvmlite can take it, used by the CLI for a whole command, by the library while the warm-up runs, and by
+the library whenever Numba compiles or loads a kernel (guard_compiles).
 
 Python raises KeyboardInterrupt wherever the main thread is when the signal is handled. Some places lose
 it: a ctypes callback (llvmlite calls Numba's cache through them while kernels load) prints "Exception
@@ -39,10 +40,12 @@ def unsafe_to_raise(frame, base=None) -> bool:
 class Interrupts:
     """The SIGINT (and SIGALRM, its retries) handler of the main thread between install and uninstall."""
 
-    def __init__(self, base=None):
+    def __init__(self, base=None, once=False):
         self.base = base  # the frame whose callers are not looked at (the library's deferred block)
+        self.once = once  # uninstall at the first KeyboardInterrupt raised (no retries, the program's handlers back)
         self.active = False
         self.pending = False
+        self.raised = False
         self._old = {}
 
     def install(self) -> "Interrupts":
@@ -60,6 +63,9 @@ class Interrupts:
             self.pending = True
             signal.setitimer(signal.ITIMER_REAL, RETRY_S, RETRY_S)
         if self.pending and not unsafe_to_raise(frame, self.base):
+            self.raised = True
+            if self.once:
+                self.uninstall()
             raise KeyboardInterrupt
 
     def stop(self) -> None:
@@ -75,6 +81,13 @@ class Interrupts:
         self._old = {}
 
 
+def _python_handlers() -> bool:
+    """The main thread, under Python's own SIGINT handler and no SIGALRM handler of the program's."""
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
+
+
 class deferred:
     """Library calls that may compile kernels (`with deferred():`): under Python's own SIGINT handler in the
     main thread (and no SIGALRM handler of the program's), Ctrl-C waits for a safe frame between the block
@@ -86,9 +99,7 @@ class deferred:
         self._ints: Interrupts | None = None
 
     def __enter__(self) -> "deferred":
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-                and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)):
+        if _python_handlers():
             self._ints = Interrupts(base=sys._getframe(1)).install()
         return self
 
@@ -99,3 +110,68 @@ class deferred:
         ints.uninstall()
         if kind is None and ints.pending:
             raise KeyboardInterrupt
+
+
+def _program_frame(frame, internal):
+    """The innermost frame, from `frame` outwards, of code outside the package folders `internal`."""
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame = frame.f_back
+    return frame
+
+
+class _CompileGuard:
+    """A listener of Numba's compiler lock (taken to compile a kernel or load it from the disk cache): from the
+    main thread's outermost acquire to its release, under Python's own handlers, Ctrl-C is deferred as in
+    `deferred` (the program's frames are not looked at), raised once at a safe frame or at the release."""
+
+    def __init__(self, lock, internal: tuple):
+        self._lock = lock
+        self._internal = internal  # Numba's, llvmlite's and pyrt's folders, each ending in a separator
+        self._ints: Interrupts | None = None
+
+    def on_start(self, event) -> None:  # before the acquire
+        if threading.current_thread() is not threading.main_thread() or self._lock.is_locked():
+            return
+        if self._ints is not None:  # an acquire that a raised interrupt left without its release
+            self._ints.uninstall()
+            self._ints = None
+        if _python_handlers():
+            self._ints = Interrupts(base=_program_frame(sys._getframe(1), self._internal), once=True).install()
+
+    def on_end(self, event) -> None:  # after the release
+        if (threading.current_thread() is not threading.main_thread() or self._lock.is_locked()
+                or self._ints is None):
+            return
+        ints, self._ints = self._ints, None
+        ints.uninstall()
+        if ints.pending and not ints.raised:
+            raise KeyboardInterrupt
+
+
+_guard: list = []
+
+
+def guard_compiles() -> None:
+    """Registers _CompileGuard with Numba's event system (once per process)."""
+    if _guard:
+        return
+    import llvmlite
+    import numba
+    from numba.core import event
+    from numba.core.compiler_lock import global_compiler_lock
+    internal = tuple(os.path.dirname(m.__file__) + os.sep for m in (numba, llvmlite, sys.modules["pyrt"]))
+
+    class Listener(event.Listener):
+        def __init__(self, guard):
+            super().__init__()
+            self.guard = guard
+
+        def on_start(self, ev):
+            self.guard.on_start(ev)
+
+        def on_end(self, ev):
+            self.guard.on_end(ev)
+
+    listener = Listener(_CompileGuard(global_compiler_lock, internal))
+    event.register("numba:compiler_lock", listener)
+    _guard.append(listener)
