@@ -99,33 +99,35 @@ def _asm_call(text, n):
 # zero2(): tmm0 = tmm1 = 0 (the two 16-cell score tiles)
 zero2 = intrinsic(_asm_call("tilezero %tmm0\n\ttilezero %tmm1", 0))
 # qk_step(kh0, kl0, ks, qh, ql, kh1, kl1): tmm0 += K[cells 0..15] . Q^T and tmm1 += K[cells 16..31] . Q^T for one
-# 32-value block; K hi/lo rows at kh0/kl0 and kh1/kl1 with row stride ks; Q^T's VNNI tiles at qh/ql (64-byte rows)
+# 32-value block; K hi/lo rows at kh0/kl0 and kh1/kl1 with row stride ks; Q^T's VNNI tiles at qh/ql (64-byte rows).
+# Products ql.kh, qh.kh, qh.kl: each register is loaded in the order the step before last read it (tile registers
+# are not renamed: a load waits for the products that read the register), so the loads run under products.
 qk_step = intrinsic(_asm_call(
     "mov $$64, %r11\n\t"
-    "tileloadd ($3,%r11,1), %tmm2\n\t"
     "tileloadd ($4,%r11,1), %tmm3\n\t"
     "tileloadd ($0,$2,1), %tmm4\n\t"
     "tileloadd ($5,$2,1), %tmm6\n\t"
-    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
-    "tdpbf16ps %tmm2, %tmm6, %tmm1\n\t"
-    "tileloadd ($1,$2,1), %tmm5\n\t"
-    "tileloadd ($6,$2,1), %tmm7\n\t"
     "tdpbf16ps %tmm3, %tmm4, %tmm0\n\t"
     "tdpbf16ps %tmm3, %tmm6, %tmm1\n\t"
+    "tileloadd ($1,$2,1), %tmm5\n\t"
+    "tileloadd ($3,%r11,1), %tmm2\n\t"
+    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm2, %tmm6, %tmm1\n\t"
+    "tileloadd ($6,$2,1), %tmm7\n\t"
     "tdpbf16ps %tmm2, %tmm5, %tmm0\n\t"
     "tdpbf16ps %tmm2, %tmm7, %tmm1", 7))
 # qk2_step(k0, ks, qh, ql, k1): qk_step for K rows exact in one bf16 term (a bf16 cache): the same products but
 # the two of the lo terms, which are zero there
 qk2_step = intrinsic(_asm_call(
     "mov $$64, %r11\n\t"
-    "tileloadd ($2,%r11,1), %tmm2\n\t"
     "tileloadd ($3,%r11,1), %tmm3\n\t"
     "tileloadd ($0,$1,1), %tmm4\n\t"
     "tileloadd ($4,$1,1), %tmm6\n\t"
-    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
-    "tdpbf16ps %tmm2, %tmm6, %tmm1\n\t"
     "tdpbf16ps %tmm3, %tmm4, %tmm0\n\t"
-    "tdpbf16ps %tmm3, %tmm6, %tmm1", 5))
+    "tdpbf16ps %tmm3, %tmm6, %tmm1\n\t"
+    "tileloadd ($2,%r11,1), %tmm2\n\t"
+    "tdpbf16ps %tmm2, %tmm4, %tmm0\n\t"
+    "tdpbf16ps %tmm2, %tmm6, %tmm1", 5))
 # store2(s0, ss, s1): tmm0 -> s0, tmm1 -> s1 (row stride ss)
 store2 = intrinsic(_asm_call("tilestored %tmm0, ($0,$1,1)\n\ttilestored %tmm1, ($2,$1,1)", 3))
 # load_p4(a, b, c, d): four A tiles of the duplicated probability terms (p_dup; 64-byte rows) into tmm2..tmm5
@@ -135,19 +137,30 @@ load_p4 = intrinsic(_asm_call(
     "tileloadd ($1,%r11,1), %tmm3\n\t"
     "tileloadd ($2,%r11,1), %tmm4\n\t"
     "tileloadd ($3,%r11,1), %tmm5", 4))
-# pv_w(c, cs, b0, b1): a 16 x 16 accumulator block at c (row stride cs) += P . V for its 16 value columns: the
-# words of cells 0..15 at b0 and of cells 16..31 at b1 (64-byte rows) against tmm2..tmm5 = P hi of cells 0..15,
-# P hi of cells 16..31, P lo of cells 0..15, P lo of cells 16..31
-pv_w = intrinsic(_asm_call(
+# pv_w2(c, cs, b): two 16 x 16 accumulator blocks at c and c + 64 (row stride cs) += P . V for their 16 value
+# columns each: block i's words of cells 0..15 at b + i * WBLOCK and of cells 16..31 at b + i * WBLOCK + 1 KiB
+# (64-byte rows) against tmm2..tmm5 = P hi of cells 0..15, P hi of cells 16..31, P lo of cells 0..15, P lo of
+# cells 16..31. The blocks alternate between tmm0 and tmm1, and each word tile's two products come together, so
+# that a tile is loaded while the products of the one before run (tile registers are not renamed: a load waits
+# for the products that read the register).
+pv_w2 = intrinsic(_asm_call(
     "mov $$64, %r11\n\t"
     "tileloadd ($0,$1,1), %tmm0\n\t"
     "tileloadd ($2,%r11,1), %tmm6\n\t"
-    "tileloadd ($3,%r11,1), %tmm7\n\t"
+    "tileloadd 1024($2,%r11,1), %tmm7\n\t"
     "tdpbf16ps %tmm6, %tmm2, %tmm0\n\t"
-    "tdpbf16ps %tmm7, %tmm3, %tmm0\n\t"
     "tdpbf16ps %tmm6, %tmm4, %tmm0\n\t"
+    "tileloadd 64($0,$1,1), %tmm1\n\t"
+    "tdpbf16ps %tmm7, %tmm3, %tmm0\n\t"
     "tdpbf16ps %tmm7, %tmm5, %tmm0\n\t"
-    "tilestored %tmm0, ($0,$1,1)", 4))
+    "tileloadd 2048($2,%r11,1), %tmm6\n\t"
+    "tdpbf16ps %tmm6, %tmm2, %tmm1\n\t"
+    "tdpbf16ps %tmm6, %tmm4, %tmm1\n\t"
+    "tilestored %tmm0, ($0,$1,1)\n\t"
+    "tileloadd 3072($2,%r11,1), %tmm7\n\t"
+    "tdpbf16ps %tmm7, %tmm3, %tmm1\n\t"
+    "tdpbf16ps %tmm7, %tmm5, %tmm1\n\t"
+    "tilestored %tmm1, 64($0,$1,1)", 3))
 
 
 # ---------------------------------------------------------------------------- bf16 terms and layouts
@@ -570,8 +583,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             p_dup(pdp, stp + g * GROUP * 4, sts)
             load_p4(pdp, pdp + 2 * TILE_BYTES, pdp + TILE_BYTES, pdp + 3 * TILE_BYTES)
             ag = accp + g * GROUP * accs
-            for c in range(dv // GROUP):
-                b = vwp + c * WBLOCK
-                pv_w(ag + c * GROUP * 4, accs, b, b + 16 * 64)
+            for c in range(0, dv // GROUP, 2):
+                pv_w2(ag + c * GROUP * 4, accs, vwp + c * WBLOCK)
     tile_release()
     return kh.size + kl.size + vw.size + pd.size + st.size + kb_buf.size
