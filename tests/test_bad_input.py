@@ -772,55 +772,38 @@ def test_ctrl_c_at_any_moment(model_path, when, tmp_path):
         assert "eval time" in r.err  # the timings so far
 
 
-_LOAD_INTERRUPTED = r"""
+_SCRIPT_INTERRUPTED = r"""
 import sys
 import pyrt
-print("loading", flush=True)
+{setup}
+print("started", flush=True)
 try:
-    pyrt.load(sys.argv[1], n_ctx=256, n_threads=1)
+    {call}
 except KeyboardInterrupt:
     print("interrupted", flush=True)
     sys.exit(3)
-print("loaded")
+print("done")
 """
+_COMPILING = {  # where kernels compile: pyrt.load's warm-up, or the first generation of a load without it
+    "load": ("", "pyrt.load(sys.argv[1], n_ctx=256, n_threads=1)"),
+    "after load": ("llm = pyrt.load(sys.argv[1], n_ctx=256, n_threads=1, warmup=False)",
+                   '"".join(llm.generate("hello", max_tokens=4, temperature=0))'),
+}
 
 
-def test_ctrl_c_while_the_library_compiles(model_path, tmp_path):
-    """pyrt.load's warm-up compiling from an empty kernel cache: KeyboardInterrupt reaches the caller."""
-    p = subprocess.Popen([sys.executable, "-c", _LOAD_INTERRUPTED, model_path], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")), cwd=ROOT)
-    assert p.stdout.readline() == b"loading\n"
+@pytest.mark.parametrize("where", list(_COMPILING))
+def test_ctrl_c_while_the_library_compiles(model_path, tmp_path, where):
+    """Kernels compiling from an empty kernel cache in a script: Ctrl-C waits for a safe frame (the warm-up's
+    deferred block, or interrupts.guard_compiles for any kernel) and KeyboardInterrupt reaches the caller."""
+    setup, call = _COMPILING[where]
+    script = _SCRIPT_INTERRUPTED.format(setup=setup, call=call)
+    p = subprocess.Popen([sys.executable, "-c", script, model_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")), cwd=ROOT)
+    assert p.stdout.readline() == b"started\n"
     time.sleep(2.0)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    record("7 Ctrl-C", "SIGINT in pyrt.load compiling", "clean" if p.returncode == 3 else f"rc {p.returncode}")
-    assert (p.returncode, out) == (3, b"interrupted\n"), (p.returncode, err.decode()[-2000:])
-
-
-_GENERATE_INTERRUPTED = r"""
-import sys
-import pyrt
-llm = pyrt.load(sys.argv[1], n_ctx=256, n_threads=1, warmup=False)
-print("generating", flush=True)
-try:
-    "".join(llm.generate("hello", max_tokens=4, temperature=0))
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-    sys.exit(3)
-print("generated")
-"""
-
-
-def test_ctrl_c_while_a_script_compiles_after_load(model_path, tmp_path):
-    """Kernels compiled by the first generation of a load without warm-up (empty kernel cache): Ctrl-C waits
-    for a safe frame (interrupts.guard_compiles) and KeyboardInterrupt reaches the script."""
-    p = subprocess.Popen([sys.executable, "-c", _GENERATE_INTERRUPTED, model_path], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=_env(NUMBA_CACHE_DIR=str(tmp_path / "numba")), cwd=ROOT)
-    assert p.stdout.readline() == b"generating\n"
-    time.sleep(2.0)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
-    record("7 Ctrl-C", "SIGINT compiling after load", "clean" if p.returncode == 3 else f"rc {p.returncode}")
+    record("7 Ctrl-C", f"SIGINT compiling ({where})", "clean" if p.returncode == 3 else f"rc {p.returncode}")
     assert (p.returncode, out) == (3, b"interrupted\n"), (p.returncode, err.decode()[-2000:])
 
 
@@ -1025,12 +1008,14 @@ def test_interrupt_is_not_raised_inside_a_finalizer():
 
 
 _LINK_INTERRUPTED = r"""
-import gc, signal, sys
+import contextlib, gc, signal, sys
 import llvmlite.binding as llvm
+from numba.core.compiler_lock import global_compiler_lock
 from pyrt.runtime import interrupts
+import pyrt.runtime.context  # registers interrupts.guard_compiles
 
 
-def link(retry_inside):
+def link(guard, retry_inside=False):
     a = llvm.parse_assembly("define i32 @f() { ret i32 1 }")
     b = llvm.parse_assembly("define i32 @g() { ret i32 2 }")
     hit = []
@@ -1041,7 +1026,7 @@ def link(retry_inside):
             signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
 
     try:
-        with interrupts.deferred():
+        with guard():
             sys.setprofile(signal_lands_here)
             try:
                 a.link_in(b)
@@ -1060,48 +1045,22 @@ def link(retry_inside):
     gc.collect()
 
 
-link(True)
-link(False)
+@contextlib.contextmanager
+def compiling():  # Numba's compiler lock, acquired twice (a kernel compiling after load, no deferred block)
+    with global_compiler_lock, global_compiler_lock:
+        yield
 
 
-def link_compiling():  # no deferred block: the guard of Numba's compiler lock (a kernel compiling after load)
-    from numba.core.compiler_lock import global_compiler_lock
-    import pyrt.runtime.context  # registers the guard
-    a = llvm.parse_assembly("define i32 @f() { ret i32 1 }")
-    b = llvm.parse_assembly("define i32 @g() { ret i32 2 }")
-    hit = []
-
-    def signal_lands_here(frame, event, arg):
-        if event == "call" and frame.f_code.co_name == "detach" and not hit:
-            hit.append(frame.f_code.co_filename)
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, frame)
-
+link(interrupts.deferred, retry_inside=True)
+link(interrupts.deferred)
+link(compiling)  # raised at the outermost release
+with global_compiler_lock:  # a safe frame under the lock: raised there, once, the handlers back at once
     try:
-        with global_compiler_lock:
-            with global_compiler_lock:  # nested acquires: the outermost release raises
-                sys.setprofile(signal_lands_here)
-                try:
-                    a.link_in(b)
-                finally:
-                    sys.setprofile(None)
-            assert hit and b.closed, (hit, b.closed)
-        raise SystemExit("the lock's release did not raise")
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, sys._getframe())
+        raise SystemExit("a safe frame did not raise")
     except KeyboardInterrupt:
-        pass
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
-    del b
-    gc.collect()
-    with global_compiler_lock:  # a safe frame under the lock: raised there, once, the handlers back at once
-        try:
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, sys._getframe())
-            raise SystemExit("a safe frame did not raise")
-        except KeyboardInterrupt:
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
-
-
-link_compiling()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
 print("ok")
 """
 
