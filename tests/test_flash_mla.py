@@ -6,6 +6,8 @@ KV splits for decode, and the algebra of absorption (q_nope . W_UK against c_kv,
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from mla_reference import naive_latent
@@ -248,6 +250,91 @@ def test_flash_mla_amx_decode_items_equal_whole_row_items(n_cells, type_k):
     held = rows.astype(np.float32) if type_k == "f16" else (rows.astype(np.uint32) << 16).view(np.float32)
     ref = naive_latent(q, held, R, cp, cs, p, np.array([0]), 0.125)
     assert ((one - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+
+
+def _amx16_runs():
+    """The AMX-FP16 items can run here: AMX-BF16 items can, and the CPU declares AMX-FP16 or one product in a
+    child process gives the right sums (a CPU without the instruction kills the child, not the tests)."""
+    if not _amx_runs():
+        return False
+    from pyrt._kernels import attention_mla_amx16 as A16
+    return A16.HAS_AMX_FP16_CPU or A16._probe_child()
+
+
+amx16_only = pytest.mark.skipif(not _amx16_runs(), reason="AMX-FP16 tiles: the CPU does not run tdpfp16ps")
+
+
+@pytest.fixture
+def amx16(monkeypatch):
+    """FlashMLA's tile configuration with the AMX-FP16 byte, whatever PYRT_AMX_FP16 says."""
+    cfg = mla.amx_config()[:64]
+    monkeypatch.setattr(mla, "_AMX_CFG", [np.concatenate([cfg, np.ones(1, np.uint8)])])
+    return cfg
+
+
+@pytest.mark.boundscheck
+@amx16_only
+@pytest.mark.parametrize("n_head,n_tok,n_cells,order", [(16, 1, 700, "scan"), (16, 1, 700, "any"), (16, 5, 97, "any"),
+                                                        (32, 9, 130, "scan"), (16, 1, 31, "any")])
+def test_flash_mla_amx16_matches_float64(amx16, n_head, n_tok, n_cells, order):
+    """The AMX-FP16 items over an f16 cache (cache rows as tile operands, consecutive cells straight from the
+    cache, others through a copy; Q and P as two f16 terms) against float64, masks and an empty query included:
+    about 1e-14 where the bf16 items give 1e-11."""
+    rng = np.random.default_rng(3 + n_tok + n_head)
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float16)
+    cell_pos = np.arange(n_cells, dtype=np.int32) // 2
+    cell_seq = np.where(np.arange(n_cells) % 2 == 0, 1, 2).astype(np.uint64)
+    q_pos = np.sort(rng.integers(0, n_cells // 2, n_tok)).astype(np.int32)
+    q_seq = rng.integers(0, 2, n_tok).astype(np.int32)
+    if n_tok > 1:
+        q_pos[0] = -1
+    q = (0.3 * rng.standard_normal((n_tok, n_head, R + C))).astype(np.float32)
+    q[0, 0, 5] = 3e-6  # a query term below f16's normal range before its scaling
+    kv_idx = (np.arange(n_cells) if order == "scan" else rng.permutation(n_cells)).astype(np.int32)
+    args = (q, rows, "f16", cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
+    out = mla.flash_mla(*args)
+    ref = naive_latent(q, rows.astype(np.float32), R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    with paths.using(amx=False):
+        f32 = mla.flash_mla(*args)
+    assert not np.array_equal(out, f32)
+    if n_tok > 1:
+        assert np.array_equal(out[0], np.zeros_like(out[0]))
+    assert ((out - ref) ** 2).sum() / (ref ** 2).sum() < 1e-12
+    assert np.array_equal(out, _one_thread(mla.flash_mla, *args))  # splits merged in a fixed order
+
+
+@amx16_only
+def test_amx16_is_only_for_f16_caches(amx16):
+    """bf16 and q8_0 caches keep the bf16 items (their values are not f16 operands): the same bits as without the
+    AMX-FP16 byte."""
+    rng = np.random.default_rng(2)
+    rows = rng.standard_normal((300, R + C)).astype(np.float32)
+    q = rng.standard_normal((1, 16, R + C)).astype(np.float32)
+    cp, cs = np.arange(300, dtype=np.int32), np.ones(300, np.uint64)
+    for type_k in ("bf16", "q8_0"):
+        cache, _ = _cache(type_k, rows)
+        args = (q, cache.k[0], type_k, cp, cs, np.arange(300, dtype=np.int32), np.array([299]), np.array([0]), 0.1, R)
+        with_byte = mla.flash_mla(*args)
+        mla._AMX_CFG[0] = amx16
+        assert np.array_equal(with_byte, mla.flash_mla(*args))
+        mla._AMX_CFG[0] = np.concatenate([amx16, np.ones(1, np.uint8)])
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_amx_fp16_switch(value):
+    """PYRT_AMX_FP16=0 turns the AMX-FP16 items off; =1 turns them on where the CPU runs the instruction (the
+    probe in a child), and not elsewhere."""
+    import subprocess
+    import sys
+    code = ("from pyrt._kernels import attention_mla_amx16 as A; from pyrt.ops import mla; "
+            "print(A.fp16_enable(), mla.amx_config().size)")
+    env = dict(os.environ, PYRT_AMX_FP16=value)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    on, size = out.stdout.split()
+    want = value == "1" and _amx16_runs()
+    assert on == str(want)
+    assert int(size) == (65 if want else 64 if _amx_runs() else 0)
 
 
 def _bf16_terms(x):

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
+from .attention_mla_amx16 import amx16_fits, mla_item_amx16, pack_q16, query_scale
 from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .kv import KIND_F32, decode_row
@@ -148,6 +149,7 @@ def _no_amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
 
 # the AMX items (inline asm) are compiled into flash_attn_mla only for targets that have the tiles
 _amx_item = mla_item_amx if HAS_AMX_BF16 else _no_amx_item
+_amx16_item = mla_item_amx16 if HAS_AMX_BF16 else _no_amx_item
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -165,6 +167,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     q_tile tokens per item (all heads of a token share the K tile); kv_tile cells per tile; n_split KV splits.
     amx_cfg  uint8: attention_mla_amx.config_bytes() where its AMX-BF16 items may run (amx.enable() said True),
              else empty; they take the items when the cache is not f32 and rows, heads and widths fit their tiles.
+             A 65th byte 1: an f16 cache's items run on AMX-FP16 tiles (attention_mla_amx16) where they fit.
     Items (query tile, split) run in parallel; the splits are merged in a fixed order afterwards, so
     the result does not depend on the thread count. A query that sees no cell gets zeros.
     """
@@ -177,11 +180,21 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
     if use_amx:
         kv_tile = AMX_TILE  # splits start on the AMX items' tile boundaries
     cfgp = np.int64(amx_cfg.ctypes.data)
-    qp = pack_q(q) if use_amx else np.empty((0, 0, 2, 16, 32), np.uint16)  # every item's queries, packed once
+    use16 = use_amx and amx_cfg.size > 64 and amx_cfg[64] != 0 and amx16_fits(kind, n_head, q.shape[2], dv, v_off)
+    s16 = query_scale(q) if use16 else np.float32(1.0)
+    if use16:
+        qp = pack_q16(q, s16)
+    elif use_amx:
+        qp = pack_q(q)  # every item's queries, packed once
+    else:
+        qp = np.empty((0, 0, 2, 16, 32), np.uint16)
     split_len, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
     for it in prange(n_qt * n_split):
         _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
-        if use_amx:
+        if use16:
+            _amx16_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale / s16,
+                        t0, t1, c0, c1, t0 * n_head // 16, cfgp)
+        elif use_amx:
             _amx_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
                       c0, c1, t0 * n_head // 16, cfgp)
         else:

@@ -180,24 +180,28 @@ def _terms(builder, x, w):
     return hi, builder.trunc(builder.lshr(lo, _c(builder, 16, _I32, n)), th)
 
 
-def _split_codegen(context, builder, signature, args):
-    """n f32 at src -> their hi and lo terms (_terms) as uint16 at hp, lp."""
-    hp, lp, src, n = args
+def make_split(terms):
+    """The codegen of an intrinsic (hp, lp, src, n): n f32 at src -> their two terms terms(builder, x, w) as uint16
+    at hp, lp."""
+    def codegen(context, builder, signature, args):
+        hp, lp, src, n = args
 
-    def step(off, w):
-        tf = _F32 if w == 1 else _vec(_F32, w)
-        x = builder.load(builder.inttoptr(builder.add(src, builder.mul(off, ir.Constant(_I64, 4))), tf.as_pointer()),
-                         align=4)
-        o2 = builder.mul(off, ir.Constant(_I64, 2))
-        for t, base in zip(_terms(builder, x, w), (hp, lp)):
-            builder.store(t, builder.inttoptr(builder.add(base, o2), t.type.as_pointer()), align=2)
+        def step(off, w):
+            tf = _F32 if w == 1 else _vec(_F32, w)
+            x = builder.load(builder.inttoptr(builder.add(src, builder.mul(off, ir.Constant(_I64, 4))),
+                                              tf.as_pointer()), align=4)
+            o2 = builder.mul(off, ir.Constant(_I64, 2))
+            for t, base in zip(terms(builder, x, w), (hp, lp)):
+                builder.store(t, builder.inttoptr(builder.add(base, o2), t.type.as_pointer()), align=2)
 
-    vector_loop(builder, n, _W, step)
-    return context.get_dummy_value()
+        vector_loop(builder, n, _W, step)
+        return context.get_dummy_value()
+
+    return codegen
 
 
 # split_bf16(hp, lp, src, n): the bf16 hi and lo terms (uint16 at hp, lp) of n f32 at src
-split_bf16 = intrinsic(_int_typer(4, _split_codegen))
+split_bf16 = intrinsic(_int_typer(4, make_split(_terms)))
 
 
 WBLOCK = TILE * 64  # bytes of one block of value words: 16 values (one 64-byte row) of each of a tile's 32 cells
@@ -452,17 +456,34 @@ def _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
                 ar[i] *= al[r]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def prefetch_next_rows(kp, krs, kv_idx, cb, kb, nkb, n_next, row_bytes):
+    """Block kb's share (of nkb) of the rows of the next tile's n_next cells kv_idx[cb + TILE:] (cache rows of
+    row_bytes at kp + cell * krs)."""
+    for j in range(kb * n_next // nkb, (kb + 1) * n_next // nkb):
+        ra = kp + np.int64(kv_idx[cb + TILE + j]) * krs
+        for o in range(0, row_bytes, 64):
+            prefetch(ra + o)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def pack_q(q):
     """The query rows (row r = t * n_head + h of q [n_tok, n_head, dk] f32) as the B tiles of the scores:
     [R / 16 groups, dk / 32 blocks, 2 terms (hi, lo), 16 pairs, 16 rows x 2] uint16 (VNNI)."""
     n_tok, n_head, dk = q.shape
     R = n_tok * n_head
-    nkb = dk // KB
     qf = q.reshape(R, dk)
     qh = np.empty((R, dk), np.uint16)
     ql = np.empty((R, dk), np.uint16)
     split_bf16(np.int64(qh.ctypes.data), np.int64(ql.ctypes.data), np.int64(qf.ctypes.data), np.int64(R * dk))
+    return _vnni_q(qh, ql)
+
+
+@njit(cache=True, nogil=True)
+def _vnni_q(qh, ql):
+    """Rows' hi and lo terms (qh, ql [R, dk] uint16) -> pack_q's B tiles."""
+    R, dk = qh.shape
+    nkb = dk // KB
     qp = np.empty((R // GROUP, nkb, 2, GROUP, 2 * GROUP), np.uint16)
     q32 = qp.view(np.uint32)      # [groups, nkb, 2, pair p, row c]: a pair of values of one row per word
     h32 = qh.view(np.uint32)      # [R, dk / 2]
@@ -551,10 +572,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             zero2()
             for kb in range(nkb):
                 if g == 0:  # the next tile's rows on their way meanwhile, a few per product
-                    for j in range(kb * n_next // nkb, (kb + 1) * n_next // nkb):
-                        ra = kp + np.int64(kv_idx[cb + TILE + j]) * krs
-                        for o in range(0, row_bytes, 64):
-                            prefetch(ra + o)
+                    prefetch_next_rows(kp, krs, kv_idx, cb, kb, nkb, n_next, row_bytes)
                 qb = qpp + ((g0 + g) * nkb + kb) * 2 * TILE_BYTES
                 o = np.int64(kb * KB * 2)
                 if two_pass:  # this block's 32 values of each row, converted into L1-sized tiles

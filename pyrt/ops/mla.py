@@ -44,11 +44,14 @@ def check_cache_type(type_name: str) -> None:
 
 def amx_config() -> np.ndarray:
     """The AMX-BF16 tile configuration for FlashMLA's tile items where they may run (the target has AMX-BF16,
-    paths.amx is on and the process got the tile state), else an empty array (the f32 items)."""
+    paths.amx is on and the process got the tile state), else an empty array (the f32 items). Where the f16
+    cache's items may run on AMX-FP16 tiles (attention_mla_amx16.fp16_enable), one byte 1 follows the 64."""
     from .._kernels.attention_mla_amx import HAS_AMX_BF16, config_bytes
+    from .._kernels.attention_mla_amx16 import fp16_enable
     if HAS_AMX_BF16 and paths.current().amx and amx_enabled():
         if not _AMX_CFG:
-            _AMX_CFG.append(config_bytes())
+            cfg = config_bytes()
+            _AMX_CFG.append(np.concatenate([cfg, np.ones(1, np.uint8)]) if fp16_enable() else cfg)
         return _AMX_CFG[0]
     return _NO_AMX
 
