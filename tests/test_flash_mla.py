@@ -265,7 +265,7 @@ def _amx16_runs():
     if not _amx_runs():
         return False
     from pyrt._kernels import attention_mla_amx16 as A16
-    return A16.HAS_AMX_FP16_CPU or A16._probe_child()
+    return A16.HAS_AMX_FP16_CPU or A16.probe_child()
 
 
 amx16_only = pytest.mark.skipif(not _amx16_runs(), reason="AMX-FP16 tiles: the CPU does not run tdpfp16ps")
@@ -327,21 +327,57 @@ def test_amx16_is_only_for_f16_caches(amx16):
         mla._AMX_CFG[0] = np.concatenate([amx16, np.ones(1, np.uint8)])
 
 
-@pytest.mark.parametrize("value", ["0", "1"])
-def test_amx_fp16_switch(value):
-    """PYRT_AMX_FP16=0 turns the AMX-FP16 items off; =1 turns them on where the CPU runs the instruction (the
-    probe in a child), and not elsewhere."""
+def _amx16_in_child(value, cache, stored=None):
+    """(amx_fp16(), amx_config().size, the stored verdict or None) in a child process with PYRT_AMX_FP16=value
+    (None: unset), PYRT_CACHE=cache and, where stored is given, that verdict in place first."""
     import subprocess
     import sys
-    code = ("from pyrt._kernels import attention_mla_amx16 as A; from pyrt.ops import mla; "
-            "print(A.fp16_enable(), mla.amx_config().size)")
-    env = dict(os.environ, PYRT_AMX_FP16=value)
+    env = {k: v for k, v in os.environ.items() if k != "PYRT_AMX_FP16"}
+    env["PYRT_CACHE"] = str(cache)
+    if value is not None:
+        env["PYRT_AMX_FP16"] = value
+    path = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYRT_CACHE", str(cache))
+        path = mla.amx_fp16_verdict_path()
+    if stored is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(stored)
+    code = "from pyrt.ops import mla; print(mla.amx_fp16() if mla.amx_config().size else 'x', mla.amx_config().size)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     on, size = out.stdout.split()
-    want = value == "1" and _amx16_runs()
-    assert on == str(want)
-    assert int(size) == (65 if want else 64 if _amx_runs() else 0)
+    return on, int(size), (path.read_text() if path is not None and path.exists() else None)
+
+
+@pytest.mark.parametrize("value", [None, "0", "1"])
+def test_amx_fp16_switch(value, tmp_path):
+    """The AMX-FP16 items run where the CPU runs the instruction (declared, or the probe in a child), unless
+    PYRT_AMX_FP16=0; a probe's verdict is stored in the cache folder (PYRT_CACHE) for later processes."""
+    on, size, stored = _amx16_in_child(value, tmp_path)
+    if not _amx_runs():
+        assert (on, size, stored) == ("x", 0, None)
+        return
+    want = value != "0" and _amx16_runs()
+    assert (on, size) == (str(want), 65 if want else 64)
+    from pyrt._kernels import attention_mla_amx16 as A16
+    probed = value != "0" and not A16.HAS_AMX_FP16_CPU
+    assert stored == (("1\n" if want else "0\n") if probed else None)
+
+
+@pytest.mark.skipif(not _amx_runs(), reason="AMX-BF16 tiles: the CPU has none or the kernel refused them")
+def test_amx_fp16_stored_verdict(tmp_path):
+    """A stored verdict decides without a probe (a planted 0 turns the items off where the CPU does not declare
+    AMX-FP16); PYRT_AMX_FP16=1 probes again and replaces it; an unreadable verdict is probed again."""
+    from pyrt._kernels import attention_mla_amx16 as A16
+    runs = _amx16_runs()
+    on, _, stored = _amx16_in_child(None, tmp_path, stored="0\n")
+    assert on == str(A16.HAS_AMX_FP16_CPU) and stored == "0\n"
+    if A16.HAS_AMX_FP16_CPU:
+        return
+    want = "1\n" if runs else "0\n"
+    assert _amx16_in_child("1", tmp_path)[::2] == (str(runs), want)
+    assert _amx16_in_child(None, tmp_path, stored="garbage")[::2] == (str(runs), want)
 
 
 def _bf16_terms(x):

@@ -12,10 +12,10 @@ sums divided by it at the item's end; powers of two change no bits). A score blo
 (Q hi and lo against two 16-cell K tiles), a 16 x 16 value block two (P hi, P lo) per 32 cells: 136 products a
 32-cell tile of a decoded DeepSeek-V2 token where the bf16 items take 236, and no conversion of the cache.
 
-AMX-FP16 is used where the CPU says it has it (CPUID.(7,1):EAX[21], LLVM's amx-fp16 feature) or where
-PYRT_AMX_FP16=1 asks for it and a probe (one product in a child process) gives the right sums: some
-hypervisors hide the bit of a CPU that has the instruction (fp16_enable). Measured on such a Xeon VM (2 threads,
-27 layers of 8192 f16 cells): 30-37 ms a token where the bf16 items take 42-45 (bench/results).
+Where the CPU says it has AMX-FP16 (CPUID.(7,1):EAX[21], LLVM's amx-fp16 feature: HAS_AMX_FP16_CPU) it is
+there; some hypervisors hide the bit of a CPU that has the instruction, and there probe_child (one product in a
+child process) tells; ops.mla.amx_fp16 decides. Measured on such a Xeon VM (2 threads, 27 layers of 8192 f16
+cells): 30-37 ms a token where the bf16 items take 42-45 (bench/results).
 
 Leaf module (numpy, numba, llvmlite and sibling kernel modules only).
 """
@@ -252,7 +252,6 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
 # ---------------------------------------------------------------------------- detection
 
 HAS_AMX_FP16_CPU = "amx-fp16" in _FEATS
-_fp16: list = []
 
 
 @njit(cache=True, nogil=True)
@@ -278,22 +277,8 @@ def probe() -> bool:
     return enable() and bool(_probe_product(config_bytes()))
 
 
-def fp16_enable() -> bool:
-    """Whether FlashMLA's f16-cache items may run on AMX-FP16 tiles: AMX-BF16 items may run (amx.enable()) and
-    the CPU says it has AMX-FP16, or PYRT_AMX_FP16=1 and a child process's probe() succeeded (a CPU without
-    the instruction kills the child, not this process). PYRT_AMX_FP16=0 turns them off. Asks once."""
-    if not _fp16:
-        from .amx import enable
-        from .attention_mla_amx import HAS_AMX_BF16
-        env = os.environ.get("PYRT_AMX_FP16", "")
-        ok = HAS_AMX_BF16 and enable() and env != "0"
-        if ok and not HAS_AMX_FP16_CPU:
-            ok = env == "1" and _probe_child()
-        _fp16.append(bool(ok))
-    return _fp16[0]
-
-
-def _probe_child() -> bool:
+def probe_child() -> bool:
+    """Whether probe() succeeds in a child process (a CPU without tdpfp16ps kills the child with SIGILL)."""
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "PYRT_AMX_FP16"}

@@ -1,18 +1,25 @@
-"""Files that pyrt writes (state and prompt-cache files): replaced whole or not at all, read back whole.
+"""Files that pyrt writes (state and prompt-cache files, its cache folder): replaced whole or not at all, read
+back whole.
 
 A file is written to `.<name>.pyrt-tmp.<pid>` in its own folder, fsynced, renamed over the target and the
 folder fsynced; on any failure (full disk, signal) the temp file is removed, and temp files of processes
 that died mid-write (SIGKILL, power loss) are removed by the next write or read of the same target.
-Imports only os and pyrt.errors.
+Imports only os, pathlib and pyrt.errors.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import FileAccessError
 
 TMP_MARK = ".pyrt-tmp."
+
+
+def cache_dir() -> Path:
+    """pyrt's cache folder: $PYRT_CACHE, else ~/.cache/pyrt (the default model, the CPU probes' verdicts)."""
+    return Path(os.environ.get("PYRT_CACHE") or Path.home() / ".cache" / "pyrt")
 
 
 def temp_path(path, pid: int | None = None) -> str:

@@ -3,12 +3,14 @@
 `flash_mla` runs the absorbed attention (FlashMLA kernel), `MLADecode` a decoded token's whole absorbed
 attention (W_UK, FlashMLA, W_UV) in one call; `latent_rows` dequantizes cached latent rows for the
 decompressing prompt path. The `*_device` functions run a ubatch's absorbed attention on numba-cuda device
-arrays (pyrt._kernels.cuda, imported on first use). Imports pyrt._kernels, pyrt.formats, pyrt.ops and
-pyrt.errors only; the cache rows arrive as arrays from the caller.
+arrays (pyrt._kernels.cuda, imported on first use). Imports pyrt._kernels, pyrt.formats, pyrt.ops, pyrt.io.files
+and pyrt.errors only; the cache rows arrive as arrays from the caller.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,7 @@ from .._kernels import kv as kvk
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.cache_types import CACHE_TYPES
 from ..formats.qtypes import get_qtype
+from ..io.files import cache_dir, write_file_atomic
 from . import paths
 from .attention import CacheRows, DecodeSlot, rows_view
 from .matmul import _check_raw, amx_enabled
@@ -45,19 +48,67 @@ def check_cache_type(type_name: str) -> None:
 def amx_config() -> np.ndarray:
     """The AMX-BF16 tile configuration for FlashMLA's tile items where they may run (the target has AMX-BF16,
     paths.amx is on and the process got the tile state), else an empty array (the f32 items). Where the f16
-    cache's items may run on AMX-FP16 tiles (attention_mla_amx16.fp16_enable), one byte 1 follows the 64."""
+    cache's items run on AMX-FP16 tiles (amx_fp16()), one byte 1 follows the 64."""
     from .._kernels.attention_mla_amx import HAS_AMX_BF16, config_bytes
-    from .._kernels.attention_mla_amx16 import fp16_enable
     if HAS_AMX_BF16 and paths.current().amx and amx_enabled():
         if not _AMX_CFG:
             cfg = config_bytes()
-            _AMX_CFG.append(np.concatenate([cfg, np.ones(1, np.uint8)]) if fp16_enable() else cfg)
+            _AMX_CFG.append(np.concatenate([cfg, np.ones(1, np.uint8)]) if amx_fp16() else cfg)
         return _AMX_CFG[0]
     return _NO_AMX
 
 
 _AMX_CFG: list = []
 _NO_AMX = np.empty(0, np.uint8)
+
+
+def amx_fp16() -> bool:
+    """Whether an f16 cache's FlashMLA items run on AMX-FP16 tiles (attention_mla_amx16; about 25% less attention
+    time at depth than the bf16 items and 1e-14 error instead of 1e-11), asked where the bf16 items may run.
+
+    Yes where the CPU declares AMX-FP16. Some hypervisors hide the bit of CPUs that have the instruction; there a
+    probe decides: one tile product in a child process (a CPU without the instruction kills the child, not this
+    process), whose verdict is kept in pyrt's cache folder under a key of the CPU's identity (amx_fp16_verdict_path)
+    so that later processes on the same CPU do not start the child again. PYRT_AMX_FP16=0: no; =1: probe again
+    and replace the stored verdict."""
+    from .._kernels.attention_mla_amx16 import HAS_AMX_FP16_CPU, probe_child
+    env = os.environ.get("PYRT_AMX_FP16", "")
+    if env == "0":
+        return False
+    if HAS_AMX_FP16_CPU:
+        return True
+    path = amx_fp16_verdict_path()
+    if env != "1" and path is not None:
+        try:
+            stored = path.read_text()
+        except (OSError, UnicodeError):
+            stored = ""
+        if stored in ("0\n", "1\n"):
+            return stored == "1\n"
+    ok = probe_child()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file_atomic(path, [b"1\n" if ok else b"0\n"], what="CPU probe verdict")
+        except OSError:  # FileAccessError too: a read-only cache folder probes in each process
+            pass
+    return ok
+
+
+def amx_fp16_verdict_path():
+    """Where amx_fp16 keeps its probe's verdict: cache_dir()/cpu/amx-fp16-<hash of the first processor's vendor,
+    family, model, stepping, microcode, name and flags in /proc/cpuinfo>; None where that file is unreadable."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            first = fh.read().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    keys = ("vendor_id", "cpu family", "model", "model name", "stepping", "microcode", "flags")
+    facts = [ln for ln in first.splitlines() if ln.split(":", 1)[0].strip() in keys]
+    if not facts:
+        return None
+    key = hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+    return cache_dir() / "cpu" / f"amx-fp16-{key}"
 
 
 def amx_takes(type_k: str, n_head: int, n_rot: int, C: int) -> bool:
