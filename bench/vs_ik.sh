@@ -6,7 +6,10 @@
 #   bench/vs_ik.sh MODEL OUTDIR run     # pyrt bench run vs llama-bench: ppP, tgN
 #
 # env: IK_BIN (default ~/.cache/ik_llama/build/bin, from ../shared/tools/build_ik_llama.sh), THREADS (2),
-#      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3) for run; ORDER (pyrt,ik).
+#      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3) for run; ORDER (pyrt,ik);
+#      IK_ARGS: more flags for ik (IK_ARGS=--no-mmap for sweep, IK_ARGS="-mmp 0" for run: ik's weights in
+#      anonymous memory, as pyrt reads them by default, where the kernel pages out idle file pages on its own,
+#      e.g. DAMON's proactive reclaim in /sys/kernel/mm/damon).
 # deepseek2 files run with -mla 3 on both (ik also -rtr, its run-time repacking); f16 cache, flash attention.
 # OUTDIR gets pyrt.md, ik.md, ratio.md and the CPU / membw / commit facts (meta.txt).
 set -euo pipefail
@@ -16,6 +19,7 @@ MODE=${3:-sweep}
 IK_BIN=${IK_BIN:-$HOME/.cache/ik_llama/build/bin}
 THREADS=${THREADS:-2}; CTX=${CTX:-8704}; UB=${UB:-512}; NGEN=${NGEN:-16}
 P=${P:-512}; N=${N:-128}; R=${R:-3}; ORDER=${ORDER:-pyrt,ik}
+read -r -a IK_EXTRA <<< "${IK_ARGS:-}"
 case $MODE in sweep) IK=$IK_BIN/llama-sweep-bench ;; run) IK=$IK_BIN/llama-bench ;;
   *) echo "error: mode must be sweep or run, not '$MODE'" >&2; exit 2 ;; esac
 [ -f "$MODEL" ] || { echo "error: $MODEL: no such file" >&2; exit 2; }
@@ -30,7 +34,11 @@ if [ "$ARCH" = deepseek2 ]; then MLA_P=(-mla 3); MLA_IK=(-mla 3); MLA_B=(-mla 3)
   echo "flags: $(grep -m1 -o -w -E 'avx512_vnni|amx_int8|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   echo "pyrt: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "ik: $IK ($({ "$IK" --version 2>&1 || true; } | grep -m1 -i -E 'version|build' || true))"
-  echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS"
+  echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS, ik flags +${IK_ARGS:-}"
+  dm=/sys/kernel/mm/damon/admin/kdamonds/0
+  if [ "$(cat $dm/state 2>/dev/null)" = on ]; then
+    echo "DAMON: on, scheme action $(cat $dm/contexts/0/schemes/0/action 2>/dev/null) (pages out idle memory)"
+  fi
   echo "membw before: $(pyrt bench membw -t "$THREADS" 2>&1 | tail -1)"
 } > "$OUT/meta.txt"
 
@@ -43,10 +51,10 @@ run_pyrt() {
 }
 run_ik() {
   if [ "$MODE" = sweep ]; then
-    "$IK" -m "$MODEL" -c "$CTX" -b "$UB" -ub "$UB" -n "$NGEN" -t "$THREADS" -fa on "${MLA_IK[@]}" -rtr 2>&1 \
+    "$IK" -m "$MODEL" -c "$CTX" -b "$UB" -ub "$UB" -n "$NGEN" -t "$THREADS" -fa on "${MLA_IK[@]}" -rtr "${IK_EXTRA[@]}" 2>&1 \
       | tee "$OUT/ik.md"
   else
-    "$IK" -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$THREADS" -fa 1 "${MLA_B[@]}" -rtr 1 2>/dev/null | tee "$OUT/ik.md"
+    "$IK" -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$THREADS" -fa 1 "${MLA_B[@]}" -rtr 1 "${IK_EXTRA[@]}" 2>/dev/null | tee "$OUT/ik.md"
   fi
 }
 for e in ${ORDER//,/ }; do "run_$e"; done
