@@ -265,7 +265,7 @@ def _amx16_runs():
     if not _amx_runs():
         return False
     from pyrt._kernels import attention_mla_amx16 as A16
-    return A16.HAS_AMX_FP16_CPU or A16.probe_child()
+    return A16.HAS_AMX_FP16_CPU or A16.probe_child() is True
 
 
 amx16_only = pytest.mark.skipif(not _amx16_runs(), reason="AMX-FP16 tiles: the CPU does not run tdpfp16ps")
@@ -378,6 +378,28 @@ def test_amx_fp16_stored_verdict(tmp_path):
     want = "1\n" if runs else "0\n"
     assert _amx16_in_child("1", tmp_path)[::2] == (str(runs), want)
     assert _amx16_in_child(None, tmp_path, stored="garbage")[::2] == (str(runs), want)
+
+
+@pytest.mark.parametrize("child", [True, False, None])
+def test_amx_fp16_keeps_only_verdicts(child, tmp_path, monkeypatch):
+    """amx_fp16 on a CPU that does not declare AMX-FP16 (any machine: the probe's child is replaced): a verdict
+    (the product ran right, or wrong sums / SIGILL) is stored and then read instead of probing; a child that could
+    not tell (None) stores nothing and says no for this process."""
+    from pyrt._kernels import attention_mla_amx16 as A16
+    calls = []
+    monkeypatch.setattr(A16, "HAS_AMX_FP16_CPU", False)
+    monkeypatch.setattr(A16, "probe_child", lambda: calls.append(1) or child)
+    monkeypatch.setenv("PYRT_CACHE", str(tmp_path))
+    monkeypatch.delenv("PYRT_AMX_FP16", raising=False)
+    path = mla.amx_fp16_verdict_path()
+    if path is None:
+        pytest.skip("no /proc/cpuinfo: no CPU key to keep a verdict under")
+    assert mla.amx_fp16() is bool(child)
+    assert path.read_text() == ("1\n" if child else "0\n") if child is not None else not path.exists()
+    assert mla.amx_fp16() is bool(child)
+    assert len(calls) == (1 if child is not None else 2)
+    monkeypatch.setenv("PYRT_AMX_FP16", "0")
+    assert mla.amx_fp16() is False and len(calls) == (1 if child is not None else 2)
 
 
 def _bf16_terms(x):

@@ -277,14 +277,18 @@ def probe() -> bool:
     return enable() and bool(_probe_product(config_bytes()))
 
 
-def probe_child() -> bool:
-    """Whether probe() succeeds in a child process (a CPU without tdpfp16ps kills the child with SIGILL)."""
+def probe_child():
+    """probe() in a child process: True where it succeeded, False where the sums came out wrong or the CPU
+    killed the child for the instruction (SIGILL), None where the child could not tell (it could not start, timed
+    out or ended otherwise)."""
+    import signal
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != "PYRT_AMX_FP16"}
-    code = "import sys; from pyrt._kernels.attention_mla_amx16 import probe; sys.exit(0 if probe() else 1)"
+    code = "import sys; from pyrt._kernels.attention_mla_amx16 import probe; sys.exit(0 if probe() else 3)"
     try:
-        return subprocess.run([sys.executable, "-c", code], env=env, timeout=600,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        rc = subprocess.run([sys.executable, "-c", code], env=env, timeout=600,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
     except (OSError, subprocess.SubprocessError):
-        return False
+        return None
+    return True if rc == 0 else False if rc in (3, -signal.SIGILL) else None

@@ -68,9 +68,10 @@ def amx_fp16() -> bool:
 
     Yes where the CPU declares AMX-FP16. Some hypervisors hide the bit of CPUs that have the instruction; there a
     probe decides: one tile product in a child process (a CPU without the instruction kills the child, not this
-    process), whose verdict is kept in pyrt's cache folder under a key of the CPU's identity (amx_fp16_verdict_path)
-    so that later processes on the same CPU do not start the child again. PYRT_AMX_FP16=0: no; =1: probe again
-    and replace the stored verdict."""
+    process). Its verdict is kept in pyrt's cache folder under a key of the CPU's identity (amx_fp16_verdict_path)
+    so that later processes on the same CPU do not start the child again; a child that could not start or tell
+    leaves no verdict (no, for this process). PYRT_AMX_FP16=0: no; =1: probe again and replace the stored
+    verdict."""
     from .._kernels.attention_mla_amx16 import HAS_AMX_FP16_CPU, probe_child
     env = os.environ.get("PYRT_AMX_FP16", "")
     if env == "0":
@@ -86,13 +87,13 @@ def amx_fp16() -> bool:
         if stored in ("0\n", "1\n"):
             return stored == "1\n"
     ok = probe_child()
-    if path is not None:
+    if ok is not None and path is not None:  # no verdict kept where the child could not tell
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_file_atomic(path, [b"1\n" if ok else b"0\n"], what="CPU probe verdict")
         except OSError:  # FileAccessError too: a read-only cache folder probes in each process
             pass
-    return ok
+    return bool(ok)
 
 
 def amx_fp16_verdict_path():
