@@ -575,3 +575,89 @@ def test_head_rows():
     np.testing.assert_array_equal(got[:, :, 3:], kv)
     with pytest.raises(InvalidArgumentError):
         mla.head_rows(pe[:6], kv)
+
+
+def test_exp_neg_ir_matches_exp_neg():
+    """The vector exp of the AMX items' softmax (softmax.exp_neg_ir) against exp_neg and float64: within 8 ulp of
+    exp_neg and 2e-6 of exp, exactly 1 at 0 and 0 for -inf and below -87."""
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from pyrt._kernels.simd import _F32, _vec
+    from pyrt._kernels.softmax import exp_neg, exp_neg_ir
+
+    @intrinsic
+    def exp16(typingctx, dst, src):
+        def codegen(context, builder, signature, args):
+            t = _vec(_F32, 16).as_pointer()
+            x = builder.load(builder.inttoptr(args[1], t), align=4)
+            builder.store(exp_neg_ir(builder, x), builder.inttoptr(args[0], t), align=4)
+            return context.get_dummy_value()
+        return types.none(types.int64, types.int64), codegen
+
+    @njit
+    def run(x):
+        out = np.empty_like(x)
+        for i in range(0, x.size, 16):
+            exp16(out.ctypes.data + 4 * i, x.ctypes.data + 4 * i)
+        ref = np.empty_like(x)
+        for i in range(x.size):
+            ref[i] = exp_neg(x[i])
+        return out, ref
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([-rng.exponential(8.0, 4064), [0.0, -0.0, -np.inf, -87.0, -86.99, -87.01, -100.0, -1e30,
+                                                      -1e-30, -0.5, -1.0, -np.log(2), -20.0, -60.0, -86.0, -3e-8,
+                                                      -88.0, -87.5, -0.25, -2.0, -4.0, -8.0, -16.0, -32.0, -64.0,
+                                                      -1e-6, -1e-3, -5.5, -7.25, -9.125, -11.0, -13.0]]).astype(np.float32)
+    out, ref = run(x)
+    assert out[x == 0].tolist() == [1.0, 1.0] and np.all(out[x < -87] == 0) and np.all(out[x == -np.inf] == 0)
+    ok = x >= -87
+    ulp = np.abs(out[ok].view(np.int32).astype(np.int64) - ref[ok].view(np.int32).astype(np.int64))
+    assert ulp.max() <= 8  # the range reduction's roundings differ with the FMAs
+    e = np.exp(x[ok].astype(np.float64))
+    assert np.all(np.abs(out[ok] - e) <= 2e-6 * e)
+
+
+@pytest.mark.parametrize("n_head, nt, nc", [(16, 1, 32), (16, 2, 19), (32, 1, 7), (1, 16, 32), (1, 32, 25)])
+def test_softmax_t_matches_float64(n_head, nt, nc):
+    """The AMX items' online softmax over transposed scores (attention_mla_amx.softmax_t) against float64: the
+    probabilities (cells past nc and masked cells 0), the running max and sum, the accumulators rescaled where
+    the max moved; rows that see no cell of the tile keep m, l and acc; two tiles in a row."""
+    from numba import njit
+
+    from pyrt._kernels.attention_mla_amx import TILE, softmax_t
+
+    @njit
+    def step(st, mask_t, nc, nt, n_head, scale, m, l, acc):
+        softmax_t(st.ctypes.data, st.strides[0], st.shape[1], nc, mask_t.ctypes.data, nt, n_head, scale,
+                  m.ctypes.data, l.ctypes.data, acc.ctypes.data, acc.strides[0], acc.shape[1])
+
+    rng = np.random.default_rng(nc + 7 * n_head)
+    Rn, dv = nt * n_head, 48
+    m = np.full(Rn, -np.inf, np.float32)
+    l = np.zeros(Rn, np.float32)
+    acc = np.zeros((Rn, dv), np.float32)
+    m64, l64, acc64 = m.astype(np.float64), l.astype(np.float64), acc.astype(np.float64)
+    tok = np.arange(Rn) // n_head
+    for tile in range(2):
+        st = rng.standard_normal((TILE, Rn)).astype(np.float32) * 4 + 3 * tile
+        mask_t = np.where(rng.random((TILE, nt)) < 0.3, -np.inf, 0.0).astype(np.float32)
+        mask_t[:, 0] = -np.inf  # token 0 sees no cell: its rows stay as they were
+        s64 = st.astype(np.float64) * 0.5 + mask_t[:, tok]
+        s64[nc:] = -np.inf
+        mx = s64.max(axis=0)
+        seen = mx > -np.inf
+        m_new = np.where(seen, np.maximum(m64, mx), m64)
+        with np.errstate(invalid="ignore"):  # -inf - -inf where a row has seen nothing yet
+            alpha = np.where(seen, np.exp(np.where(np.isinf(m64), -np.inf, m64 - m_new)), 1.0)
+            p = np.where(seen, np.exp(s64 - np.where(seen, m_new, 0.0)), 0.0)
+        l64 = l64 * alpha + p.sum(axis=0)
+        acc64 = acc64 * alpha[:, None]
+        m64 = m_new
+        step(st, mask_t, nc, nt, n_head, np.float32(0.5), m, l, acc)
+        assert np.allclose(st, p, rtol=3e-6, atol=1e-30)
+        assert np.array_equal(m, m64.astype(np.float32)) and np.allclose(l, l64, rtol=1e-5)
+        assert np.allclose(acc, acc64, rtol=3e-6)
+        acc64 = acc64 + p[:nc].T @ rng.standard_normal((nc, dv))  # the value products, as the items add them
+        acc[:] = acc64

@@ -122,6 +122,30 @@ def test_k_only_cache_and_sizes():
     mixed = KVCache(1, 100, [96], [64], "bf16", "q8_0")
     assert mixed.k[0].shape == (100, 96) and mixed.v[0].shape == (100, 68)
     assert mixed.total_bytes() == 100 * (96 * 2 + 68)
+    for c in (cache, big, mixed):  # every buffer starts on a cache line, zeroed, C-contiguous and writable
+        for b in c.k + [v for v in c.v if v is not None]:
+            assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous and b.flags.writeable
+    assert not big.k[3].any() and not mixed.v[0].any()
+
+
+def test_kernel_scratch_on_cache_lines():
+    """simd.empty_lined / zeros_lined: n elements from a 64-byte boundary whatever Numba's 32-byte alignment
+    gives (zeros_lined zeroed), for every element size and length."""
+    from numba import njit
+
+    from pyrt._kernels.simd import LINE, empty_lined, zeros_lined
+
+    @njit
+    def lined(n):
+        a, b, c = zeros_lined(n, np.uint8), empty_lined(n, np.uint16), zeros_lined(n, np.float32)
+        d = zeros_lined(n * 3, np.float64).reshape((n, 3))
+        return (np.array([a.ctypes.data % LINE, b.ctypes.data % LINE, c.ctypes.data % LINE, d.ctypes.data % LINE]),
+                a.size + b.size + c.size + d.shape[0], a.sum() + c.sum() + d.sum())
+
+    for n in (0, 1, 7, 16, 33, 1000):
+        for _ in range(5):
+            offs, sizes, total = lined(n)
+            assert not offs.any() and sizes == 4 * n and total == 0
 
 
 def test_store_validation():

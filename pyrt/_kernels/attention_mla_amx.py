@@ -40,8 +40,8 @@ from numba.extending import intrinsic
 from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_BF16, KIND_F16, KIND_F32, decode_row
-from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, prefetch, vector_loop
-from .softmax import cell_scratch, exp_neg, query_seqs, start_rows, tile_mask_t
+from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, empty_lined, prefetch, vector_loop, zeros_lined
+from .softmax import cell_scratch, exp_neg_ir, query_seqs, start_rows, tile_mask_t
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
 HAS_CVT_BF16 = "avx512bf16" in _FEATS  # vcvtne2ps2bf16 (every AMX-BF16 CPU has it)
@@ -400,68 +400,103 @@ p_dup = intrinsic(_int_typer(3, _p_dup_codegen))
 
 # ---------------------------------------------------------------------------- the work item
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls):
-    """online_update on transposed scores st [TILE, R] (cell j, row r): st[j, r] becomes exp(score - m_new),
-    zero for cells >= nc and in a row that sees no cell of the tile; m, l and acc as online_update leaves them.
-    mask_t: tile_mask_t's [TILE, nt]; mx, al, ls: [R] f32 scratch."""
-    R = st.shape[1]
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
-    neg_inf = np.float32(-np.inf)
-    for r in range(R):
-        mx[r] = neg_inf
-        ls[r] = zero
-    for j in range(nc):
-        sj = st[j]
-        mj = mask_t[j]
-        if n_head == 1:  # one head: rows are tokens, the loop vectorizes
-            for r in range(R):
-                v = sj[r] * scale + mj[r]
-                sj[r] = v
-                mx[r] = v if v > mx[r] else mx[r]
-            continue
-        for tl in range(nt):
-            mk = mj[tl]
-            for h in range(tl * n_head, (tl + 1) * n_head):
-                v = sj[h] * scale + mk
-                sj[h] = v
-                mx[h] = v if v > mx[h] else mx[h]
-    for j in range(nc, st.shape[0]):
-        for r in range(R):
-            st[j, r] = zero
-    for r in range(R):
-        if mx[r] == neg_inf:  # no visible cell: scores -inf - inf, probabilities 0, the row untouched
-            mx[r] = np.float32(np.inf)
-            al[r] = one
-            continue
-        m_old = m[r]
-        m_new = mx[r] if mx[r] > m_old else m_old
-        al[r] = exp_neg(m_old - m_new)  # 0 while m[r] is still -inf
-        m[r] = m_new
-        mx[r] = m_new
-    for j in range(nc):
-        sj = st[j]
-        for r in range(R):
-            p = exp_neg(sj[r] - mx[r])
-            sj[r] = p
-            ls[r] += p
-    for r in range(R):
-        if mx[r] == np.float32(np.inf):
-            continue
-        l[r] = l[r] * al[r] + ls[r]
-        if al[r] != one:
-            ar = acc[r]
-            for i in range(ar.shape[0]):
-                ar[i] *= al[r]
+def _softmax_t_codegen(context, builder, signature, args):
+    """softmax_t's vector code: 16 rows a vector."""
+    stp, sts, R, nc, maskp, nt, n_head, scale, mp, lp, accp, accs, dv = args
+    vt = _vec(_F32, _W)
+    fl = dict(flags=("contract",))
+
+    def i64(v):
+        return ir.Constant(_I64, v)
+
+    def ld(a):
+        return builder.load(builder.inttoptr(a, vt.as_pointer()), align=4)
+
+    def st(v, a):
+        builder.store(v, builder.inttoptr(a, vt.as_pointer()), align=4)
+
+    def splat(x):
+        v = builder.insert_element(ir.Constant(vt, None), x, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, None), ir.Constant(_vec(_I32, _W), [0] * _W))
+
+    def const(x):
+        return ir.Constant(vt, [x] * _W)
+
+    def at(base, j, stride):
+        return builder.add(base, builder.mul(j, stride))
+
+    sc = splat(scale)
+    one_head = builder.icmp_signed("==", n_head, i64(1))
+    with cgutils.for_range(builder, builder.udiv(R, i64(_W))) as rc:
+        off = builder.mul(rc.index, i64(_W * 4))
+        base = builder.add(stp, off)
+        mxp = cgutils.alloca_once_value(builder, const(float("-inf")))
+        tok = builder.udiv(builder.mul(rc.index, i64(_W)), n_head)  # the token of the vector's first row
+        with cgutils.for_range(builder, nc) as lj:
+            a = at(base, lj.index, sts)
+            mrow = builder.add(at(maskp, builder.mul(lj.index, nt), i64(4)), builder.mul(tok, i64(4)))
+            with builder.if_else(one_head) as (rows_are_tokens, rows_are_heads):
+                with rows_are_tokens:
+                    mk_t = ld(mrow)
+                    bb_t = builder.block
+                with rows_are_heads:
+                    mk_h = splat(builder.load(builder.inttoptr(mrow, _F32.as_pointer()), align=4))
+                    bb_h = builder.block
+            mk = builder.phi(vt)
+            mk.add_incoming(mk_t, bb_t)
+            mk.add_incoming(mk_h, bb_h)
+            v = builder.fadd(builder.fmul(ld(a), sc, **fl), mk, **fl)
+            st(v, a)
+            mx = builder.load(mxp)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, mx), v, mx), mxp)
+        with cgutils.for_range(builder, builder.sub(i64(TILE), nc)) as lj:
+            st(const(0.0), at(base, builder.add(nc, lj.index), sts))
+        mx = builder.load(mxp)
+        vis = builder.fcmp_ordered(">", mx, const(float("-inf")))  # rows that see a cell of the tile
+        m_old = ld(builder.add(mp, off))
+        m_new = builder.select(builder.fcmp_ordered(">", mx, m_old), mx, m_old)
+        al = builder.select(vis, exp_neg_ir(builder, builder.fsub(m_old, m_new)), const(1.0))
+        m_sub = builder.select(vis, m_new, const(float("inf")))  # a row that sees none: probabilities 0
+        lsp = cgutils.alloca_once_value(builder, const(0.0))
+        with cgutils.for_range(builder, nc) as lj:
+            a = at(base, lj.index, sts)
+            pr = exp_neg_ir(builder, builder.fsub(ld(a), m_sub))
+            st(pr, a)
+            builder.store(builder.fadd(builder.load(lsp), pr), lsp)
+        la = builder.add(lp, off)
+        st(builder.fadd(builder.fmul(ld(la), al, **fl), builder.load(lsp), **fl), la)
+        st(builder.select(vis, m_new, m_old), builder.add(mp, off))
+        for lane in range(_W):  # rows whose maximum moved: their sums so far in the new scale
+            a_r = builder.extract_element(al, ir.Constant(_I32, lane))
+            with builder.if_then(builder.fcmp_unordered("!=", a_r, ir.Constant(_F32, 1.0)), likely=False):
+                row = at(accp, builder.add(builder.mul(rc.index, i64(_W)), i64(lane)), accs)
+                sa = splat(a_r)
+                with cgutils.for_range(builder, builder.udiv(dv, i64(_W))) as li:
+                    a = at(row, li.index, i64(_W * 4))
+                    st(builder.fmul(ld(a), sa), a)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def softmax_t(typingctx, stp, sts, R, nc, maskp, nt, n_head, scale, mp, lp, accp, accs, dv):
+    """The online softmax of an item's transposed scores, 16 rows a vector. S^T [TILE, R] f32 at stp (cell j's
+    R scores at stp + j * sts) becomes exp(score * scale + mask - m_new): zero for cells >= nc and in a row
+    that sees no cell of the tile; m, l (f32 [R] at mp, lp) and acc [R, dv] (f32 at accp, row stride accs
+    bytes) updated as online_update leaves them. The mask: tile_mask_t's [TILE, nt] f32 at maskp. R and dv
+    multiples of 16, rows r = t * n_head + h with n_head a multiple of 16 or 1 (the AMX items' calls)."""
+    ints = (stp, sts, R, nc, maskp, nt, n_head, mp, lp, accp, accs, dv)
+    if not all(isinstance(a, types.Integer) for a in ints) or not isinstance(scale, types.Float):
+        return None
+    i = types.int64
+    return types.none(i, i, i, i, i, i, i, types.float32, i, i, i, i, i), _softmax_t_codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
-def prefetch_next_rows(kp, krs, kv_idx, cb, kb, nkb, n_next, row_bytes):
-    """Block kb's share (of nkb) of the rows of the next tile's n_next cells kv_idx[cb + TILE:] (cache rows of
-    row_bytes at kp + cell * krs)."""
-    for j in range(kb * n_next // nkb, (kb + 1) * n_next // nkb):
-        ra = kp + np.int64(kv_idx[cb + TILE + j]) * krs
+def prefetch_rows_part(kp, krs, kv_idx, c, n, part, n_parts, row_bytes):
+    """Share `part` (of n_parts) of the rows of cells kv_idx[c:c + n] (cache rows of row_bytes at kp + cell *
+    krs) on their way to L2."""
+    for j in range(part * n // n_parts, (part + 1) * n // n_parts):
+        ra = kp + np.int64(kv_idx[c + j]) * krs
         for o in range(0, row_bytes, 64):
             prefetch(ra + o)
 
@@ -484,7 +519,7 @@ def _vnni_q(qh, ql):
     """Rows' hi and lo terms (qh, ql [R, dk] uint16) -> pack_q's B tiles."""
     R, dk = qh.shape
     nkb = dk // KB
-    qp = np.empty((R // GROUP, nkb, 2, GROUP, 2 * GROUP), np.uint16)
+    qp = empty_lined(R * nkb * 2 * 2 * GROUP, np.uint16).reshape((R // GROUP, nkb, 2, GROUP, 2 * GROUP))
     q32 = qp.view(np.uint32)      # [groups, nkb, 2, pair p, row c]: a pair of values of one row per word
     h32 = qh.view(np.uint32)      # [R, dk / 2]
     l32 = ql.view(np.uint32)
@@ -520,15 +555,12 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     two_pass = (HAS_CVT_BF16 and (kind == KIND_F16 or kind == KIND_BF16) and G == 1 and v_off % KB == 0
                 and v_off + dv <= dk)
     kw = 0 if two_pass else dw
-    kh = np.zeros((TILE, kw), np.uint16)        # the tile's rows, hi / lo terms
-    kl = np.zeros((TILE, kw), np.uint16)
+    kh = zeros_lined(TILE * kw, np.uint16).reshape((TILE, kw))  # the tile's rows, hi / lo terms
+    kl = zeros_lined(TILE * kw, np.uint16).reshape((TILE, kw))
     kf = np.empty(dw, np.float32)
-    vw = np.zeros(2 * TILE * dv, np.uint16)     # the tile's value words, blocked (WBLOCK bytes per 16 values)
-    st = np.empty((TILE, R), np.float32)        # S^T, then P^T
-    pd = np.empty(4 * TILE_BYTES // 2, np.uint16)  # one group's P terms as the value products' A tiles (p_dup)
-    mx = np.empty(R, np.float32)
-    al = np.empty(R, np.float32)
-    ls = np.empty(R, np.float32)
+    vw = zeros_lined(2 * TILE * dv, np.uint16)  # the tile's value words, blocked (WBLOCK bytes per 16 values)
+    st = empty_lined(TILE * R, np.float32).reshape((TILE, R))  # S^T, then P^T
+    pd = empty_lined(4 * TILE_BYTES // 2, np.uint16)  # one group's P terms as the value products' A tiles (p_dup)
     mask_t = np.empty((TILE, nt), dtype=np.float32)
     cvis, cpos, cseq = cell_scratch(TILE)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
@@ -539,9 +571,10 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     stp, sts = np.int64(st.ctypes.data), np.int64(R * 4)
     vwp, pdp = np.int64(vw.ctypes.data), np.int64(pd.ctypes.data)
     accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
+    mkp, mp, lp = np.int64(mask_t.ctypes.data), np.int64(m.ctypes.data), np.int64(l.ctypes.data)
     kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
     row_fused = kind == KIND_F16 and v_off % 16 == 0 and dw % 16 == 0
-    kb_buf = np.zeros(4 * TILE_BYTES // 2, np.uint16)  # two_pass: [hi, lo] x 32 rows x 32 values
+    kb_buf = zeros_lined(4 * TILE_BYTES // 2, np.uint16)  # two_pass: [hi, lo] x 32 rows x 32 values
     kbp = np.int64(kb_buf.ctypes.data)
     rows = np.empty(TILE, np.int64)
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
@@ -567,12 +600,13 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                     src = np.int64(kf.ctypes.data)
                 split_bf16(khp + a, klp + a, src, np.int64(dw))
                 words_u16(vwp + j * 64, klp + a + v_off * 2, khp + a + v_off * 2, np.int64(dv))
-        n_next = min(TILE, c1 - cb - TILE)
+        # past the item's end too: the next split's first tile, which this thread's next item likely reads
+        n_next = min(TILE, kv_idx.shape[0] - cb - TILE)
         for g in range(G):
             zero2()
             for kb in range(nkb):
                 if g == 0:  # the next tile's rows on their way meanwhile, a few per product
-                    prefetch_next_rows(kp, krs, kv_idx, cb, kb, nkb, n_next, row_bytes)
+                    prefetch_rows_part(kp, krs, kv_idx, cb + TILE, n_next, kb, nkb, row_bytes)
                 qb = qpp + ((g0 + g) * nkb + kb) * 2 * TILE_BYTES
                 o = np.int64(kb * KB * 2)
                 if two_pass:  # this block's 32 values of each row, converted into L1-sized tiles
@@ -596,7 +630,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                 else:
                     qk_step(khp + o, klp + o, ks, qb, qb + TILE_BYTES, khp + 16 * ks + o, klp + 16 * ks + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
-        _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
+        softmax_t(stp, sts, R, nc, mkp, nt, n_head, scale, mp, lp, accp, accs, dv)
         for g in range(G):
             p_dup(pdp, stp + g * GROUP * 4, sts)
             load_p4(pdp, pdp + 2 * TILE_BYTES, pdp + TILE_BYTES, pdp + 3 * TILE_BYTES)

@@ -28,13 +28,13 @@ from llvmlite import ir
 from numba import njit
 from numba.extending import intrinsic
 
-from .attention_mla_amx import (GROUP, KB, TILE, TILE_BYTES, _asm_call, _int_typer, _softmax_t, _store_at,
-                                _transpose16, _vnni_q, bf16_row32, make_split, prefetch_next_rows,
+from .attention_mla_amx import (GROUP, KB, TILE, TILE_BYTES, _asm_call, _int_typer, _store_at,
+                                _transpose16, _vnni_q, bf16_row32, make_split, prefetch_rows_part, softmax_t,
                                 store2, zero2)
 from .amx import tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_F16
-from .simd import _F16, _F32, _FEATS, _I16, _I32, _I64, _vec
+from .simd import _F16, _F32, _FEATS, _I16, _I32, _I64, _vec, empty_lined, zeros_lined
 from .softmax import cell_scratch, query_seqs, start_rows, tile_mask_t
 
 P_SCALE = np.float32(32768.0)   # the probabilities' factor (2^15): p <= 1 stays below f16's largest value
@@ -184,14 +184,12 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
     R = nt * n_head
     G = R // GROUP
     nkb = dk // KB
-    vb = np.zeros(dv // GROUP * TILE_BYTES // 2, np.uint16)  # the tile's value tiles: 16-value blocks
-    kbuf = np.zeros(TILE * KB, np.uint16)                    # a block's 32 rows where they are not consecutive
-    zrow = np.zeros(k.shape[1], np.uint16)                   # the row of cells no query sees and past the end
-    st = np.empty((TILE, R), np.float32)                     # S^T, then P^T
-    pt = np.empty(TILE_BYTES, np.uint16)                     # one group's P terms as A tiles (hi, lo)
-    mx = np.empty(R, np.float32)
-    al = np.empty(R, np.float32)
-    ls = np.empty(R, np.float32)
+    # tile operands on cache lines (simd.LINE)
+    vb = empty_lined(dv // GROUP * TILE_BYTES // 2, np.uint16)  # the tile's value tiles (each tile writes all)
+    kbuf = empty_lined(TILE * KB, np.uint16)      # a block's 32 rows where they are not consecutive (all written)
+    zrow = zeros_lined(k.shape[1], np.uint16)     # the row of cells no query sees and past the end
+    st = empty_lined(TILE * R, np.float32).reshape((TILE, R))  # S^T, then P^T
+    pt = empty_lined(TILE_BYTES, np.uint16)       # one group's P terms as A tiles (hi, lo)
     mask_t = np.empty((TILE, nt), dtype=np.float32)
     cvis, cpos, cseq = cell_scratch(TILE)
     qseq = query_seqs(q_seq, t0, t1)
@@ -201,6 +199,7 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
     stp, sts = np.int64(st.ctypes.data), np.int64(R * 4)
     vbp, ptp, kbp = np.int64(vb.ctypes.data), np.int64(pt.ctypes.data), np.int64(kbuf.ctypes.data)
     accp, accs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
+    mkp, mp, lp = np.int64(mask_t.ctypes.data), np.int64(m.ctypes.data), np.int64(l.ctypes.data)
     kp, krs = np.int64(k.ctypes.data), np.int64(k.strides[0])
     zp = np.int64(zrow.ctypes.data)
     row_bytes = np.int64(k.shape[1]) * np.int64(2)
@@ -214,13 +213,14 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
         for j in range(TILE):
             rows[j] = kp + np.int64(kv_idx[cb + j]) * krs if j < nc and cvis[j] else zp
             direct = direct and rows[j] == rows[0] + j * krs
-        n_next = min(TILE, c1 - cb - TILE)
+        # past the item's end too: the next split's first tile, which this thread's next item likely reads
+        n_next = min(TILE, kv_idx.shape[0] - cb - TILE)
         for g in range(G):
             zero2()
             qg = qpp + (g0 + g) * nkb * 2 * TILE_BYTES
             for kb in range(nkb):
                 if g == 0:  # the next tile's rows on their way meanwhile, a few per product
-                    prefetch_next_rows(kp, krs, kv_idx, cb, kb, nkb, n_next, row_bytes)
+                    prefetch_rows_part(kp, krs, kv_idx, cb + TILE, n_next, kb, nkb, row_bytes)
                 o = np.int64(kb * KB * 2)
                 qb = qg + kb * 2 * TILE_BYTES
                 if direct:
@@ -234,7 +234,7 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
                     for i in range(GROUP):
                         pairs16(d + i * 64, rows[2 * i] + o, rows[2 * i + 1] + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
-        _softmax_t(st, mask_t, n_head, nt, nc, scale, acc, m, l, mx, al, ls)
+        softmax_t(stp, sts, R, nc, mkp, nt, n_head, scale, mp, lp, accp, accs, dv)
         for g in range(G):
             p16(ptp, stp + g * GROUP * 4, sts)
             load_p2(ptp, ptp + TILE_BYTES)

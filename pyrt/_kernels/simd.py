@@ -1,13 +1,14 @@
 """Numba intrinsics that emit LLVM vector IR: the target's features, IR helpers, software prefetch, float
-row dots, half/bfloat conversions and the f16 row dequantizer. The block dots and tiles of Q8_0/Q4_0/Q5_0 weights
+row dots, half/bfloat conversions, the f16 row dequantizer and line-aligned scratch arrays. The block dots and tiles of Q8_0/Q4_0/Q5_0 weights
 (Q8_0 activations) are in dots_q8_0.py, built on the helpers here.
 
-Leaf module (numba, llvmlite only); pointers are integer addresses the calling kernels keep in range.
+Leaf module (numpy, numba, llvmlite only); pointers are integer addresses the calling kernels keep in range.
 """
 
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
@@ -46,6 +47,27 @@ HAS_FMA = "fma" in _FEATS
 HAS_AVX512BW = "avx512bw" in _FEATS
 # vpdpbusd on ymm: AVX-VNNI (VEX) or AVX512-VNNI with AVX512VL (EVEX); same LLVM intrinsic
 HAS_VNNI = HAS_AVX2 and ("avxvnni" in _FEATS or ("avx512vnni" in _FEATS and "avx512vl" in _FEATS))
+
+# ---------------------------------------------------------------------------- scratch on cache lines
+
+LINE = 64  # bytes: a 64-byte vector or tile row that starts on a line reads and writes one line, else two
+
+
+@njit(cache=True, nogil=True, inline="always")
+def empty_lined(n, dtype):
+    """np.empty(n, dtype) starting on a LINE-byte boundary (Numba aligns its arrays to 32 bytes)."""
+    buf = np.empty(n + LINE, dtype)
+    off = (-buf.ctypes.data) % LINE // buf.itemsize
+    return buf[off:off + n]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def zeros_lined(n, dtype):
+    """np.zeros(n, dtype) starting on a LINE-byte boundary."""
+    a = empty_lined(n, dtype)
+    a[:] = 0
+    return a
+
 
 # ---------------------------------------------------------------------------- IR helpers
 

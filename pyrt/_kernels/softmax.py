@@ -8,10 +8,20 @@ called (Numba IR inlining), so they add no compiled functions and no calls.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
+from numba.core import cgutils
 
 from .config import FASTMATH
-from .simd import bits_to_f32
+from .simd import bits_to_f32, empty_lined
+
+
+# Cephes expf: exp(x) = 2^n exp(r), n = floor(x log2(e) + 1/2), r = x - n ln(2) in two parts, exp(r) a polynomial
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+_EXP_MIN = -87.0
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -20,18 +30,44 @@ def exp_neg(x):
 
     Numba has no vector exp without SVML; this inlines and vectorizes, which matters for the softmax.
     """
-    xc = x if x > np.float32(-87.0) else np.float32(-87.0)
-    n = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
-    r = xc - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
+    xc = x if x > np.float32(_EXP_MIN) else np.float32(_EXP_MIN)
+    n = np.floor(xc * np.float32(_LOG2E) + np.float32(0.5))
+    r = xc - n * np.float32(_LN2_HI) - n * np.float32(_LN2_LO)
+    p = np.float32(_EXP_P[0])
+    p = p * r + np.float32(_EXP_P[1])
+    p = p * r + np.float32(_EXP_P[2])
+    p = p * r + np.float32(_EXP_P[3])
+    p = p * r + np.float32(_EXP_P[4])
+    p = p * r + np.float32(_EXP_P[5])
     p = p * r * r + r + np.float32(1.0)
     e = bits_to_f32((np.int32(n) + 127) << 23)
-    return p * e if x >= np.float32(-87.0) else np.float32(0.0)
+    return p * e if x >= np.float32(_EXP_MIN) else np.float32(0.0)
+
+
+def exp_neg_ir(builder, x):
+    """exp_neg of the lanes of an f32 vector x, in LLVM IR (the same polynomial and steps; FMAs where the target
+    has them, as exp_neg under fastmath)."""
+    ty = x.type
+    w = ty.count
+
+    def c(v):
+        return ir.Constant(ty, [v] * w)
+
+    fl = dict(flags=("contract",))
+    lim = c(_EXP_MIN)
+    xc = builder.select(builder.fcmp_ordered(">", x, lim), x, lim)
+    floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), f"llvm.floor.v{w}f32")
+    n = builder.call(floor, [builder.fadd(builder.fmul(xc, c(_LOG2E), **fl), c(0.5), **fl)])
+    r = builder.fsub(builder.fsub(xc, builder.fmul(n, c(_LN2_HI), **fl), **fl), builder.fmul(n, c(_LN2_LO), **fl),
+                     **fl)
+    p = c(_EXP_P[0])
+    for k in _EXP_P[1:]:
+        p = builder.fadd(builder.fmul(p, r, **fl), c(k), **fl)
+    p = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r, **fl), r, **fl), r, **fl), c(1.0), **fl)
+    ti = ir.VectorType(ir.IntType(32), w)
+    e = builder.bitcast(builder.shl(builder.add(builder.fptosi(n, ti), ir.Constant(ti, [127] * w)),
+                                    ir.Constant(ti, [23] * w)), ty)
+    return builder.select(builder.fcmp_ordered(">=", x, lim), builder.fmul(p, e, **fl), c(0.0))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -254,7 +290,7 @@ def work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_group):
     c0 = min(n_kv, sp * split_len)
     c1 = min(n_kv, c0 + split_len)
     R = (t1 - t0) * n_group
-    acc = np.empty((R, dv), dtype=np.float32)
+    acc = empty_lined(R * dv, np.float32).reshape((R, dv))  # tile rows on cache lines
     m = np.empty(R, dtype=np.float32)
     l = np.empty(R, dtype=np.float32)
     return g, sp, t0, t1, c0, c1, acc, m, l

@@ -33,6 +33,19 @@ def row_bytes(type_name: str, n: int, seg: int | None = None) -> int:
     return n // ct.block_size * ct.type_size
 
 
+LINE = 64  # cache rows start on a cache line where their width allows: tile and vector loads then split no line
+
+
+def _zeros_lined(shape: tuple, dtype) -> np.ndarray:
+    """np.zeros(shape, dtype) whose data starts on a LINE-byte boundary (numpy's large arrays start 16 bytes
+    past one)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.zeros(nbytes + LINE, np.uint8)
+    off = -buf.ctypes.data % LINE
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
 def _alloc(type_name: str, size: int, n: int, seg: int, what: str) -> np.ndarray:
     if type_name not in CACHE_TYPES:
         raise UnsupportedError(f"{what}: cache type {type_name!r} is not supported ({', '.join(CACHE_TYPES)})")
@@ -41,11 +54,11 @@ def _alloc(type_name: str, size: int, n: int, seg: int, what: str) -> np.ndarray
     if type_name == "q8_KV":
         if seg <= 0 or n % seg:
             raise InvalidArgumentError(f"{what}: {n} values per row is not a multiple of the q8_KV row length {seg}")
-        return np.zeros((size, row_bytes(type_name, n, seg)), dtype=dtype)  # [size, row bytes]
+        return _zeros_lined((size, row_bytes(type_name, n, seg)), dtype)  # [size, row bytes]
     if n % blk:
         raise InvalidArgumentError(f"{what}: {n} values per row is not a multiple of the {type_name} block ({blk})")
     width = n if blk == 1 else n // blk * nbytes
-    return np.zeros((size, width), dtype=dtype)  # [size, row elems or bytes]
+    return _zeros_lined((size, width), dtype)  # [size, row elems or bytes]
 
 
 def _per_layer(v, n_layer: int, default: list[int], what: str) -> list[int]:
