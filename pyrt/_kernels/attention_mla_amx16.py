@@ -38,6 +38,7 @@ from .simd import _F16, _F32, _FEATS, _I16, _I32, _I64, _vec, empty_lined, zeros
 from .softmax import cell_scratch, query_seqs, start_rows, tile_mask_t
 
 P_SCALE = np.float32(32768.0)   # the probabilities' factor (2^15): p <= 1 stays below f16's largest value
+PF_TILES = 2  # tiles ahead that the cache rows are prefetched
 _W = 16
 
 
@@ -204,6 +205,7 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
     zp = np.int64(zrow.ctypes.data)
     row_bytes = np.int64(k.shape[1]) * np.int64(2)
     kb0 = v_off // KB
+    n_parts = nkb + dv // (2 * GROUP)  # a tile's score steps and value steps
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
@@ -213,14 +215,16 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
         for j in range(TILE):
             rows[j] = kp + np.int64(kv_idx[cb + j]) * krs if j < nc and cvis[j] else zp
             direct = direct and rows[j] == rows[0] + j * krs
-        # past the item's end too: the next split's first tile, which this thread's next item likely reads
-        n_next = min(TILE, kv_idx.shape[0] - cb - TILE)
+        # the rows PF_TILES tiles ahead, a few per score step and per value step (memory stays busy while the
+        # tile unit works), past the item's end too: the next split's first tiles, which this thread likely reads
+        pf_c = cb + PF_TILES * TILE
+        n_pf = max(0, min(TILE, kv_idx.shape[0] - pf_c))
         for g in range(G):
             zero2()
             qg = qpp + (g0 + g) * nkb * 2 * TILE_BYTES
             for kb in range(nkb):
-                if g == 0:  # the next tile's rows on their way meanwhile, a few per product
-                    prefetch_rows_part(kp, krs, kv_idx, cb + TILE, n_next, kb, nkb, row_bytes)
+                if g == 0:
+                    prefetch_rows_part(kp, krs, kv_idx, pf_c, n_pf, kb, n_parts, row_bytes)
                 o = np.int64(kb * KB * 2)
                 qb = qg + kb * 2 * TILE_BYTES
                 if direct:
@@ -240,6 +244,8 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
             load_p2(ptp, ptp + TILE_BYTES)
             ag = accp + g * GROUP * accs
             for c in range(0, dv // GROUP, 2):
+                if g == 0:
+                    prefetch_rows_part(kp, krs, kv_idx, pf_c, n_pf, nkb + c // 2, n_parts, row_bytes)
                 pv16_2(ag + c * GROUP * 4, accs, vbp + c * TILE_BYTES, vbp + (c + 1) * TILE_BYTES)
     tile_release()
     inv = np.float32(1.0) / P_SCALE  # acc holds P_SCALE times the products of the probabilities l sums
