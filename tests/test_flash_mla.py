@@ -336,7 +336,6 @@ def _amx16_in_child(value, cache, stored=None):
     env["PYRT_CACHE"] = str(cache)
     if value is not None:
         env["PYRT_AMX_FP16"] = value
-    path = None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYRT_CACHE", str(cache))
         path = mla.amx_fp16_verdict_path()
@@ -609,7 +608,8 @@ def test_exp_neg_ir_matches_exp_neg():
     x = np.concatenate([-rng.exponential(8.0, 4064), [0.0, -0.0, -np.inf, -87.0, -86.99, -87.01, -100.0, -1e30,
                                                       -1e-30, -0.5, -1.0, -np.log(2), -20.0, -60.0, -86.0, -3e-8,
                                                       -88.0, -87.5, -0.25, -2.0, -4.0, -8.0, -16.0, -32.0, -64.0,
-                                                      -1e-6, -1e-3, -5.5, -7.25, -9.125, -11.0, -13.0]]).astype(np.float32)
+                                                      -1e-6, -1e-3, -5.5, -7.25, -9.125, -11.0, -13.0]])
+    x = x.astype(np.float32)
     out, ref = run(x)
     assert out[x == 0].tolist() == [1.0, 1.0] and np.all(out[x < -87] == 0) and np.all(out[x == -np.inf] == 0)
     ok = x >= -87

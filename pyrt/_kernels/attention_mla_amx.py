@@ -52,6 +52,7 @@ GROUP = 16       # query rows of a tile (columns of the score tile, rows of the 
 TILE = 32        # cells of a KV tile: two 16-cell score tiles, the K of one value product
 KB = 32          # values of one score product (K of the tile product: 16 bf16 pairs)
 TILE_BYTES = 1024  # one tile: 16 rows x 64 bytes
+PF_TILES = 2       # tiles ahead that the items prefetch the cache rows
 
 
 @njit(cache=True, nogil=True)
@@ -578,6 +579,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
     kbp = np.int64(kb_buf.ctypes.data)
     rows = np.empty(TILE, np.int64)
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
+    n_parts = nkb + dv // (2 * GROUP)  # a tile's score steps and value steps
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
@@ -600,13 +602,15 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                     src = np.int64(kf.ctypes.data)
                 split_bf16(khp + a, klp + a, src, np.int64(dw))
                 words_u16(vwp + j * 64, klp + a + v_off * 2, khp + a + v_off * 2, np.int64(dv))
-        # past the item's end too: the next split's first tile, which this thread's next item likely reads
-        n_next = min(TILE, kv_idx.shape[0] - cb - TILE)
+        # the rows PF_TILES tiles ahead, a few per score step and per value step (memory stays busy while the
+        # tile unit works), past the item's end too: the next split's first tiles, which this thread likely reads
+        pf_c = cb + PF_TILES * TILE
+        n_pf = max(0, min(TILE, kv_idx.shape[0] - pf_c))
         for g in range(G):
             zero2()
             for kb in range(nkb):
-                if g == 0:  # the next tile's rows on their way meanwhile, a few per product
-                    prefetch_rows_part(kp, krs, kv_idx, cb + TILE, n_next, kb, nkb, row_bytes)
+                if g == 0:
+                    prefetch_rows_part(kp, krs, kv_idx, pf_c, n_pf, kb, n_parts, row_bytes)
                 qb = qpp + ((g0 + g) * nkb + kb) * 2 * TILE_BYTES
                 o = np.int64(kb * KB * 2)
                 if two_pass:  # this block's 32 values of each row, converted into L1-sized tiles
@@ -636,6 +640,8 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
             load_p4(pdp, pdp + 2 * TILE_BYTES, pdp + TILE_BYTES, pdp + 3 * TILE_BYTES)
             ag = accp + g * GROUP * accs
             for c in range(0, dv // GROUP, 2):
+                if g == 0:
+                    prefetch_rows_part(kp, krs, kv_idx, pf_c, n_pf, nkb + c // 2, n_parts, row_bytes)
                 pv_w2(ag + c * GROUP * 4, accs, vwp + c * WBLOCK)
     tile_release()
     return kh.size + kl.size + vw.size + pd.size + st.size + kb_buf.size

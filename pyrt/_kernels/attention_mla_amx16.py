@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba import njit
 from numba.extending import intrinsic
 
-from .attention_mla_amx import (GROUP, KB, TILE, TILE_BYTES, _asm_call, _int_typer, _store_at,
+from .attention_mla_amx import (GROUP, KB, PF_TILES, TILE, TILE_BYTES, _asm_call, _int_typer, _store_at,
                                 _transpose16, _vnni_q, bf16_row32, make_split, prefetch_rows_part, softmax_t,
                                 store2, zero2)
 from .amx import tile_config, tile_release
@@ -38,7 +38,6 @@ from .simd import _F16, _F32, _FEATS, _I16, _I32, _I64, _vec, empty_lined, zeros
 from .softmax import cell_scratch, query_seqs, start_rows, tile_mask_t
 
 P_SCALE = np.float32(32768.0)   # the probabilities' factor (2^15): p <= 1 stays below f16's largest value
-PF_TILES = 2  # tiles ahead that the cache rows are prefetched
 _W = 16
 
 

@@ -1,6 +1,6 @@
 """Numba intrinsics that emit LLVM vector IR: the target's features, IR helpers, software prefetch, float
-row dots, half/bfloat conversions, the f16 row dequantizer and line-aligned scratch arrays. The block dots and tiles of Q8_0/Q4_0/Q5_0 weights
-(Q8_0 activations) are in dots_q8_0.py, built on the helpers here.
+row dots, half/bfloat conversions, the f16 row dequantizer and scratch arrays on cache lines. The block dots
+and tiles of Q8_0/Q4_0/Q5_0 weights (Q8_0 activations) are in dots_q8_0.py, built on the helpers here.
 
 Leaf module (numpy, numba, llvmlite only); pointers are integer addresses the calling kernels keep in range.
 """
