@@ -7,9 +7,8 @@
 #
 # env: IK_BIN (default ~/.cache/ik_llama/build/bin, from ../shared/tools/build_ik_llama.sh), THREADS (2),
 #      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3) for run; ORDER (pyrt,ik);
-#      IK_ARGS: more flags for ik (IK_ARGS=--no-mmap for sweep, IK_ARGS="-mmp 0" for run: ik's weights in
-#      anonymous memory, as pyrt reads them by default, where the kernel pages out idle file pages on its own,
-#      e.g. DAMON's proactive reclaim in /sys/kernel/mm/damon).
+#      IK_ARGS: more flags for ik (e.g. IK_ARGS=--no-mmap for sweep, IK_ARGS="-mmp 0" for run: ik's weights in
+#      anonymous memory, as pyrt reads them by default).
 # deepseek2 files run with -mla 3 on both (ik also -rtr, its run-time repacking); f16 cache, flash attention.
 # OUTDIR gets pyrt.md, ik.md, ratio.md and the CPU / membw / commit facts (meta.txt).
 set -euo pipefail

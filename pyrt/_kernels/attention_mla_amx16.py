@@ -15,7 +15,7 @@ sums divided by it at the item's end; powers of two change no bits). A score blo
 Where the CPU says it has AMX-FP16 (CPUID.(7,1):EAX[21], LLVM's amx-fp16 feature: HAS_AMX_FP16_CPU) it is
 there; some hypervisors hide the bit of a CPU that has the instruction, and there probe_child (one product in a
 child process) tells; ops.mla.amx_fp16 decides. Measured on such a Xeon VM (2 threads, 27 layers of 8192 f16
-cells): 30-37 ms a token where the bf16 items take 42-45 (bench/results).
+cells, amx-fp16/d16only.py): 25-29 ms a token where the bf16 items take 29-30 (bench/results/session-xeon-2026-12-05).
 
 Leaf module (numpy, numba, llvmlite and sibling kernel modules only).
 """

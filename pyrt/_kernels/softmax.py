@@ -3,8 +3,9 @@ masks of a KV tile from cell metadata, the running max / sum update of a tile's 
 merge of KV splits. A work item owns R = n_tok * n_group rows (row r: query token t0 + r // n_group, head
 g * n_group + r % n_group); MLA is the case of one group holding every head.
 
-Leaf kernel module (numpy, numba and sibling kernel modules only). The helpers are inlined where they are
-called (Numba IR inlining), so they add no compiled functions and no calls.
+Leaf kernel module (numpy, numba, llvmlite and sibling kernel modules only). The helpers are inlined where they
+are called (Numba IR inlining), so they add no compiled functions and no calls; exp_neg_ir is exp_neg for the
+vector IR of the AMX items' softmax (attention_mla_amx.softmax_t).
 """
 
 import numpy as np
