@@ -204,7 +204,7 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
     zp = np.int64(zrow.ctypes.data)
     row_bytes = np.int64(k.shape[1]) * np.int64(2)
     kb0 = v_off // KB
-    n_parts = nkb + dv // (2 * GROUP)  # a tile's score steps and value steps
+    n_parts = nkb + dv // (2 * GROUP) + 2  # a tile's score steps, value steps, and one share each side of the softmax
     tile_config(cfgp)
     for cb in range(c0, c1, TILE):
         nc = min(TILE, c1 - cb)
@@ -214,8 +214,9 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
         for j in range(TILE):
             rows[j] = kp + np.int64(kv_idx[cb + j]) * krs if j < nc and cvis[j] else zp
             direct = direct and rows[j] == rows[0] + j * krs
-        # the rows PF_TILES tiles ahead, a few per score step and per value step (memory stays busy while the
-        # tile unit works), past the item's end too: the next split's first tiles, which this thread likely reads
+        # the rows PF_TILES tiles ahead, a few per score step, per value step and around the softmax (memory stays
+        # busy while the tile unit and the vector units work), past the item's end too: the next split's first
+        # tiles, which this thread likely reads
         pf_c = cb + PF_TILES * TILE
         n_pf = max(0, min(TILE, kv_idx.shape[0] - pf_c))
         for g in range(G):
@@ -237,7 +238,9 @@ def mla_item_amx16(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv
                     for i in range(GROUP):
                         pairs16(d + i * 64, rows[2 * i] + o, rows[2 * i + 1] + o)
             store2(stp + g * GROUP * 4, sts, stp + 16 * sts + g * GROUP * 4)
+        prefetch_rows_part(kp, krs, kv_idx, pf_c, n_pf, n_parts - 2, n_parts, row_bytes)
         softmax_t(stp, sts, R, nc, mkp, nt, n_head, scale, mp, lp, accp, accs, dv)
+        prefetch_rows_part(kp, krs, kv_idx, pf_c, n_pf, n_parts - 1, n_parts, row_bytes)
         for g in range(G):
             p16(ptp, stp + g * GROUP * 4, sts)
             load_p2(ptp, ptp + TILE_BYTES)
