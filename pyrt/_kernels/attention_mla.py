@@ -81,7 +81,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             src = q[t0 + tl, h]
             for i in range(dk):
                 qr[i] = src[i]
-    kt = np.zeros((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
+    kt = np.empty((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
     s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
     mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 visible, -inf masked
     cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
@@ -102,9 +102,13 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
-        for j in range(nc):  # one dequantization per cell serves every head's K and V
-            if cvis[j]:
+        # one dequantization per cell serves every head's K and V; the rows of cells no query sees and the rows the
+        # 4-cell blocks read past the tile's cells are zeros (finite: their probabilities are 0)
+        for j in range(min(kv_tile, (nc + 3) // 4 * 4)):
+            if j < nc and cvis[j]:
                 decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
+            else:
+                kt[j, :] = np.float32(0.0)
         nc4 = nc - nc % 4
         n_next = min(kv_tile, c1 - cb - kv_tile)
         ncb = nc4  # cells in 4 x 4 blocks; the zmm blocks pad the last four with the tile's other (finite,
