@@ -467,8 +467,10 @@ def _softmax_t_codegen(context, builder, signature, args):
         la = builder.add(lp, off)
         st(builder.fadd(builder.fmul(ld(la), al, **fl), builder.load(lsp), **fl), la)
         st(builder.select(vis, m_new, m_old), builder.add(mp, off))
-        for lane in range(_W):  # rows whose maximum moved: their sums so far in the new scale (none before a row's
-            a_r = builder.extract_element(al, ir.Constant(_I32, lane))  # first visible cell: start_rows' zeros)
+        # rows whose maximum moved: their sums so far in the new scale; not a row's first visible cell (its sums
+        # are still start_rows' zeros)
+        for lane in range(_W):
+            a_r = builder.extract_element(al, ir.Constant(_I32, lane))
             m_r = builder.extract_element(m_old, ir.Constant(_I32, lane))
             moved = builder.and_(builder.fcmp_unordered("!=", a_r, ir.Constant(_F32, 1.0)),
                                  builder.fcmp_ordered(">", m_r, ir.Constant(_F32, float("-inf"))))
