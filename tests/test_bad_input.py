@@ -1007,6 +1007,26 @@ def test_interrupt_is_not_raised_inside_a_finalizer():
     assert not unsafe_to_raise(_sys._getframe())
 
 
+def test_interrupt_is_not_raised_inside_the_import_system():
+    """Ctrl-C landing in the import system's own code (seen as 'Exception ignored in: <function
+    _get_module_lock.<locals>.cb>', its module lock's weakref callback, when Ctrl-C hit the CLI's imports) waits
+    for the next retry; in a module body being imported, and in code the import system's code called, it is
+    raised as usual."""
+    import sys as _sys
+
+    from pyrt.runtime.interrupts import unsafe_to_raise
+
+    ns = {"frame": _sys._getframe}
+    exec(compile("def cb():\n    return frame()\n", "<frozen importlib._bootstrap>", "exec"), ns)
+    assert unsafe_to_raise(ns["cb"]())
+    assert not unsafe_to_raise(_sys._getframe())
+    callee = {}
+    exec(compile("def inner():\n    return frame()\n", __file__, "exec"), {"frame": _sys._getframe}, callee)
+    ns["inner"] = callee["inner"]
+    exec(compile("def outer():\n    return inner()\n", "<frozen importlib._bootstrap>", "exec"), ns)
+    assert not unsafe_to_raise(ns["outer"]())
+
+
 _LINK_INTERRUPTED = r"""
 import contextlib, gc, signal, sys
 import llvmlite.binding as llvm

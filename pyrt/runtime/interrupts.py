@@ -7,11 +7,13 @@ it: a ctypes callback (llvmlite calls Numba's cache through them while kernels l
 ignored on calling ctypes callback function" and goes on; code run by exec/eval of a string (imports
 inside Numba and the standard library do that) lets it through but marks the interpreter, which then
 kills itself with SIGINT at exit instead of returning the caller's exit code; a finalizer (`__del__`, such
-as llvmlite's ObjectRef.__del__ while kernels load) prints "Exception ignored in ..." with a traceback and
-goes on. One place it corrupts: llvmlite records in Python who owns each LLVM object after the C call that
+as llvmlite's ObjectRef.__del__ while kernels load) or a weakref callback (the import system's module locks
+have one) prints "Exception ignored in ..." with a traceback and goes on. One place it corrupts: llvmlite records in Python who owns each LLVM object after the C call that
 changed it (`link_modules` marks the module LLVM destroyed as detached), so an interrupt between the two
 leaves a record of a freed object that its finalizer frees again, a segfault. So the handler does not raise
-in any of these, and until the interrupt has been taken it is raised again every RETRY_S from SIGALRM.
+in any of these, nor where the signal lands in the import system's own code (its weakref callbacks cannot be
+told apart from the rest of it; an interrupt in a module body being imported is raised as usual), and until
+the interrupt has been taken it is raised again every RETRY_S from SIGALRM.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import threading
 RETRY_S = 0.2
 _CALLBACKS = {"_raw_object_cache_notify", "_raw_object_cache_getbuffer"}
 _LLVMLITE = f"{os.sep}llvmlite{os.sep}"
+_IMPORT_SYSTEM = "<frozen importlib."
 
 
 def unsafe_to_raise(frame, base=None) -> bool:
     """Whether a frame, or one that called it up to `base` (not included), is one of the places above."""
+    if frame is not None and frame.f_code.co_filename.startswith(_IMPORT_SYSTEM):
+        return True
     while frame is not None and frame is not base:
         code = frame.f_code
         if (code.co_name in _CALLBACKS or code.co_name == "__del__" or code.co_filename == "<string>"
