@@ -8,9 +8,10 @@ ignored on calling ctypes callback function" and goes on; code run by exec/eval 
 inside Numba and the standard library do that) lets it through but marks the interpreter, which then
 kills itself with SIGINT at exit instead of returning the caller's exit code; a finalizer (`__del__`, such
 as llvmlite's ObjectRef.__del__ while kernels load) or a weakref callback (the import system's module locks
-have one) prints "Exception ignored in ..." with a traceback and goes on. One place it corrupts: llvmlite records in Python who owns each LLVM object after the C call that
-changed it (`link_modules` marks the module LLVM destroyed as detached), so an interrupt between the two
-leaves a record of a freed object that its finalizer frees again, a segfault. So the handler does not raise
+have one) prints "Exception ignored in ..." with a traceback and goes on. One place it corrupts: llvmlite
+records in Python who owns each LLVM object after the C call that changed it (`link_modules` marks the
+module LLVM destroyed as detached), so an interrupt between the two leaves a record of a freed object that
+its finalizer frees again, a segfault. So the handler does not raise
 in any of these, nor where the signal lands in the import system's own code (its weakref callbacks cannot be
 told apart from the rest of it; an interrupt in a module body being imported is raised as usual), and until
 the interrupt has been taken it is raised again every RETRY_S from SIGALRM.
@@ -30,7 +31,8 @@ _IMPORT_SYSTEM = "<frozen importlib."
 
 
 def unsafe_to_raise(frame, base=None) -> bool:
-    """Whether a frame, or one that called it up to `base` (not included), is one of the places above."""
+    """Whether a frame, or one that called it up to `base` (not included), is one of the places above; the
+    import system's code counts only as the frame itself (the import system calls module bodies)."""
     if frame is not None and frame.f_code.co_filename.startswith(_IMPORT_SYSTEM):
         return True
     while frame is not None and frame is not base:

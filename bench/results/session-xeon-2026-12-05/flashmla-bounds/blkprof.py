@@ -27,5 +27,8 @@ for rnd in range(3):
         e.decode([t], depth + j)
     tot = (time.perf_counter() - t0) / ntok * 1e3
     n = kf.PROF[5]
+    if hasattr(kf, "PROF2"):  # ../flashmla-inmodel/patch_prof2.py: the one-region mla_decode's items per phase
+        print("items (W_UK, item, W_UV, whole) us:", np.round(kf.PROF2.reshape(16, 4)[:4] / n / 2600, 1).tolist())
+        kf.PROF2[:] = 0
     print(f"depth {depth} {1e3/tot:.2f} t/s; per layer us: " + ", ".join(
         f"{nm} {kf.PROF[i]/n/2600:.1f}" + (f" ({mb[i]*1e3/(kf.PROF[i]/n/2600):.1f} GB/s)" if mb[i] else "") for i, nm in enumerate(names)), flush=True)

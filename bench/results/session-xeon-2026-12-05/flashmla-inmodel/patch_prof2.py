@@ -1,3 +1,5 @@
+# On top of ../flashmla-bounds/patch_prof.py: the one-region mla_decode's four items timed per phase (W_UK, the
+# attention item, W_UV, whole), which ../flashmla-bounds/blkprof.py then prints.
 p = 'fused_mla.py'; s = open(p).read()
 def rep(a, b, n=1):
     global s
