@@ -220,3 +220,18 @@ def test_attention_matrix_on_strided_rows():
         attention_matrix(q, Kc, Vc, cp, cs, q_pos, q_seq + 64, 0.3, H, dv)
     empty = attention_matrix(q, Kc[:0], Vc[:0], cp[:0], cs[:0], q_pos, q_seq, 0.3, H, dv)
     assert empty.shape == (n_tok, H * dv) and not empty.any()
+
+
+@pytest.mark.parametrize("n_kv,n_split,tile", [(4097, 16, 32), (4096, 16, 32), (8207, 16, 32), (300, 4, 32),
+                                              (513, 2, 64), (96, 8, 32), (1, 1, 32), (7, 3, 4)])
+def test_kv_splits_cover_the_cells_in_tiles_of_equal_share(n_kv, n_split, tile):
+    """split_partials' bounds: in scan order from 0 to n_kv, on tile boundaries (the last one excepted), and the
+    splits' tile counts within one of each other (a decoded token's items are equal work for the threads)."""
+    from pyrt._kernels.softmax import split_partials
+    bounds, pm, pl, pacc = split_partials(n_kv, n_split, tile, 1, 16, 64)
+    assert bounds.shape == (n_split + 1,) and bounds[0] == 0 and bounds[-1] == n_kv
+    assert np.all(np.diff(bounds) >= 0)
+    assert np.all(bounds[:-1] % tile == 0)
+    tiles = -(-np.diff(bounds) // tile)
+    assert tiles.sum() == -(-n_kv // tile) and tiles.max() - tiles.min() <= 1
+    assert pacc.shape == ((n_split if n_split > 1 else 0), 1, 16, 64)

@@ -92,10 +92,10 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, n_head_kv, cel
     n_kv = kv_idx.shape[0]
     n_gqa = n_head // n_head_kv
     n_qt = (n_tok + q_tile - 1) // q_tile
-    split_len, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
+    bounds, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
     n_items = n_head_kv * n_qt * n_split
     for it in prange(n_items):
-        g, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_gqa)
+        g, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, bounds, dv, n_gqa)
         _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq,
                    scale, n_swa, softcap, g, t0, t1, c0, c1, kv_tile)
         finish_item(dst, pm, pl, pacc, acc, m, l, t0, g, n_gqa, sp, n_split)

@@ -192,9 +192,9 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
         qp = pack_q(q)  # every item's queries, packed once
     else:
         qp = np.empty((0, 0, 2, 16, 32), np.uint16)
-    split_len, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
+    bounds, pm, pl, pacc = split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv)
     for it in prange(n_qt * n_split):
-        _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_head)
+        _, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, bounds, dv, n_head)
         if use16:
             _amx16_item(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale / s16,
                         t0, t1, c0, c1, t0 * n_head // 16, cfgp)
@@ -231,9 +231,9 @@ def flash_attn_heads_amx(dst, qp, k, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     n_kv = kv_idx.shape[0]
     n_qt = (n_tok + q_tile - 1) // q_tile
     cfgp = np.int64(amx_cfg.ctypes.data)
-    split_len, pm, pl, pacc = split_partials(n_kv, n_split, AMX_TILE, n_tok, n_head, dv)
+    bounds, pm, pl, pacc = split_partials(n_kv, n_split, AMX_TILE, n_tok, n_head, dv)
     for it in prange(n_head * n_qt * n_split):
-        h, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, 1)
+        h, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, bounds, dv, 1)
         _amx_item(acc, m, l, qp, 1, k[:, h], KIND_F32, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
                   c0, c1, (h * n_tok + t0) // 16, cfgp)
         finish_item(dst, pm, pl, pacc, acc, m, l, t0, h, 1, sp, n_split)

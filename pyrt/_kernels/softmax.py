@@ -279,17 +279,17 @@ def add_pv(acc, s, vrows, v_off, r0, r1, j0, j1):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_group):
+def work_item(it, n_split, n_qt, q_tile, n_tok, bounds, dv, n_group):
     """Work item `it` of a (group, query tile, split) grid, split fastest: (g, sp, t0, t1, c0, c1, acc, m, l)
-    with queries [t0, t1), scan positions [c0, c1) of kv_idx and the item's scratch acc [R, dv], m, l [R]
-    (R = (t1 - t0) * n_group rows)."""
+    with queries [t0, t1), scan positions [c0, c1) of kv_idx (split_partials' bounds) and the item's scratch
+    acc [R, dv], m, l [R] (R = (t1 - t0) * n_group rows)."""
     sp = it % n_split
     qt = (it // n_split) % n_qt
     g = it // (n_split * n_qt)
     t0 = qt * q_tile
     t1 = min(n_tok, t0 + q_tile)
-    c0 = min(n_kv, sp * split_len)
-    c1 = min(n_kv, c0 + split_len)
+    c0 = bounds[sp]
+    c1 = bounds[sp + 1]
     R = (t1 - t0) * n_group
     acc = empty_lined(R * dv, np.float32).reshape((R, dv))  # tile rows on cache lines
     m = np.empty(R, dtype=np.float32)
@@ -299,16 +299,20 @@ def work_item(it, n_split, n_qt, q_tile, n_tok, split_len, n_kv, dv, n_group):
 
 @njit(cache=True, nogil=True, inline="always")
 def split_partials(n_kv, n_split, kv_tile, n_tok, n_head, dv):
-    """(split_len, pm, pl, pacc) for n_split KV splits of n_kv cells: splits start on tile boundaries; the
-    partials are [n_split, n_tok, n_head] running max and sum and [n_split, n_tok, n_head, dv] accumulators
-    (empty with one split: items then write dst directly)."""
-    split_len = (n_kv + n_split - 1) // n_split
-    split_len = (split_len + kv_tile - 1) // kv_tile * kv_tile
+    """(bounds, pm, pl, pacc) for n_split KV splits of n_kv cells: split sp scans [bounds[sp], bounds[sp + 1])
+    ([n_split + 1] int64), whole tiles of kv_tile cells (the last may be partial), the same number of tiles to
+    within one in every split, so that the items are equal work for the threads (4097 cells, 129 tiles of 32,
+    in 16 splits: fifteen of 8 tiles and one of 9); the partials are [n_split, n_tok, n_head] running max and
+    sum and [n_split, n_tok, n_head, dv] accumulators (empty with one split: items then write dst directly)."""
+    n_tiles = (n_kv + kv_tile - 1) // kv_tile
+    bounds = np.empty(n_split + 1, dtype=np.int64)
+    for sp in range(n_split + 1):
+        bounds[sp] = min(n_kv, sp * n_tiles // n_split * kv_tile)
     ns = n_split if n_split > 1 else 0
     pm = np.empty((ns, n_tok, n_head), dtype=np.float32)
     pl = np.empty((ns, n_tok, n_head), dtype=np.float32)
     pacc = np.empty((ns, n_tok, n_head, dv), dtype=np.float32)
-    return split_len, pm, pl, pacc
+    return bounds, pm, pl, pacc
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
