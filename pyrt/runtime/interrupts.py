@@ -11,10 +11,10 @@ as llvmlite's ObjectRef.__del__ while kernels load) or a weakref callback (the i
 have one) prints "Exception ignored in ..." with a traceback and goes on. One place it corrupts: llvmlite
 records in Python who owns each LLVM object after the C call that changed it (`link_modules` marks the
 module LLVM destroyed as detached), so an interrupt between the two leaves a record of a freed object that
-its finalizer frees again, a segfault. So the handler does not raise
-in any of these, nor where the signal lands in the import system's own code (its weakref callbacks cannot be
-told apart from the rest of it; an interrupt in a module body being imported is raised as usual), and until
-the interrupt has been taken it is raised again every RETRY_S from SIGALRM.
+its finalizer frees again, a segfault. So the handler does not raise in any of these, nor where the signal
+lands in the import system's own code (its weakref callbacks cannot be told apart from the rest of it; an
+interrupt in a module body being imported is raised as usual), and until the interrupt has been taken it is
+raised again every RETRY_S from SIGALRM.
 """
 
 from __future__ import annotations
