@@ -34,6 +34,10 @@ if [ "$ARCH" = deepseek2 ]; then MLA_P=(-mla 3); MLA_IK=(-mla 3); MLA_B=(-mla 3)
   echo "pyrt: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "ik: $IK ($({ "$IK" --version 2>&1 || true; } | grep -m1 -i -E 'version|build' || true))"
   echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS, ik flags +${IK_ARGS:-}"
+  if [ -n "${NUMBA_CPU_NAME:-}" ]; then  # pyrt compiled for another target than this CPU (e.g. an AVX2-only one)
+    echo "pyrt target: NUMBA_CPU_NAME=$NUMBA_CPU_NAME NUMBA_CPU_FEATURES=${NUMBA_CPU_FEATURES:-}" \
+      "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-}"
+  fi
   dm=/sys/kernel/mm/damon/admin/kdamonds/0
   if [ "$(cat $dm/state 2>/dev/null)" = on ]; then
     echo "DAMON: on, scheme action $(cat $dm/contexts/0/schemes/0/action 2>/dev/null) (pages out idle memory)"

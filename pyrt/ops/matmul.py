@@ -26,11 +26,14 @@ from . import paths
 # MoE expert shapes 1408x2048 / 2048x1408); re-derive it when a dot kernel changes. Where the CPU has VNNI
 # (AMD Zen 4/5, Intel Xeon since Cascade Lake), the Q8_0-family blocks' 8-row x 8-token integer tiles stay
 # ahead of dequantize + sgemm at every size (Xeon with AMX, 5632x2048 Q4_0, 512 tokens: 266 against
-# 140 GOP/s), so they never take the BLAS path.
+# 140 GOP/s), so they never take the BLAS path. Without VNNI (the AVX2 code, vpmaddubsw, against OpenBLAS's
+# Haswell sgemm, on a Xeon with the kernels compiled for haswell; bench/results/avx2-path-xeon-2026-12-06)
+# the Q4_0/Q5_0 tiles still win at every size (1408x2048, 512 tokens: 232 against 145 GFLOP/s) and Q8_0's
+# up to 128-192 tokens (139 against 85 at 32, 129 against 143 at 512).
 NEVER = 1 << 62
 BLAS_MIN_TOKENS_INTEL = {
     "F32": 24, "F16": 24, "BF16": 20,
-    "Q8_0": 40, "Q4_0": 40, "Q5_0": 36,
+    "Q8_0": 192, "Q4_0": NEVER, "Q5_0": NEVER,
     "Q4_K": 128, "Q5_K": 128, "Q6_K": 128,
 }
 BLAS_MIN_TOKENS_VNNI = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=NEVER)
