@@ -240,6 +240,70 @@ def test_matmul_batch_equals_single_tokens(name):
         np.testing.assert_array_equal(one[0], batch[t])
 
 
+TILED = ["q4_k", "q5_k"]
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name", TILED)
+@pytest.mark.parametrize("n_out,n_tok", [(37, 2), (37, 5), (8, 4), (70, 17), (3, 9)])
+def test_tiles_same_bits_as_row_dot(name, n_out, n_tok):
+    """The 8-row prompt tiles (partial row groups, token tails) give the row dot's bits, and are near the f64 sums."""
+    ty, _, _, _, kind = TYPES[name]
+    n_in = 768
+    w = rand_blocks(name, n_out, n_in, 80 + n_tok, edge=True)
+    xq = q8k(np.random.default_rng(81 + n_tok).standard_normal((n_tok, n_in)).astype(np.float32))
+    tiles = np.full((n_tok, n_out), np.nan, np.float32)
+    dots = np.full((n_tok, n_out), np.nan, np.float32)
+    qk.matmul_k_tiles(tiles, w, xq, kind)
+    qk.matmul_k(dots, w, xq, kind)
+    np.testing.assert_array_equal(tiles, dots)
+    wd = dequantize(w, ty).astype(np.float64)
+    fin = np.all(np.isfinite(wd), axis=1)
+    ref = dequant_q8_k_f64(xq) @ wd[fin].T
+    scale = np.abs(dequant_q8_k_f64(xq)) @ np.abs(wd[fin]).T
+    assert np.all(np.abs(tiles[:, fin] - ref) <= 1e-5 * scale + 1e-30)
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("name", TILED)
+def test_tiles_extreme_sums(name):
+    """All quants at their maximum against activations at -127 (Q8_K's extreme): the largest 16-bit partial sums
+    of a tile."""
+    ty, bb, _, _, kind = TYPES[name]
+    w = rand_blocks(name, 16, 512, 90)
+    w.reshape(16, 2, bb)[:, :, 4:] = 0xFF  # scales, mins (63) and quants (15 / 31) at their maximum
+    xq = q8k(-np.ones((8, 512), np.float32))
+    assert np.all(xq.reshape(8, 2, Q8K)[:, :, 4:260].view(np.int8) == -127)
+    tiles = np.empty((8, 16), np.float32)
+    dots = np.empty((8, 16), np.float32)
+    qk.matmul_k_tiles(tiles, w, xq, kind)
+    qk.matmul_k(dots, w, xq, kind)
+    np.testing.assert_array_equal(tiles, dots)
+    ref = dequant_q8_k_f64(xq) @ dequantize(w, ty).astype(np.float64).T
+    np.testing.assert_allclose(tiles, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", TILED)
+def test_tiles_portable_path_matches(name):
+    _, _, _, _, kind = TYPES[name]
+    w = rand_blocks(name, 19, 512, 92, edge=True)
+    xq = q8k(np.random.default_rng(93).standard_normal((8, 512)).astype(np.float32))
+    a = np.empty((8, 19), np.float32)
+    b = np.empty((8, 19), np.float32)
+    qk.matmul_k_tiles(a, w, xq, kind)
+    qk._matmul_k_tiles_portable(b, w, xq, kind)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tiles_shape_mismatch():
+    w = rand_blocks("q4_k", 8, 512, 94)
+    with pytest.raises(ValueError):
+        qk.matmul_k_tiles(np.empty((2, 8), np.float32), w, q8k(np.zeros((2, 256), np.float32)), qk.KIND_Q4_K)
+    with pytest.raises(ValueError):
+        qk.matmul_k_tiles(np.empty((2, 8), np.float32), rand_blocks("q6_k", 8, 512, 95),
+                          q8k(np.zeros((2, 512), np.float32)), qk.KIND_Q6_K)
+
+
 def test_matmul_rejects_non_contiguous_weights():
     w = rand_blocks("q4_k", 4, 512, 72)
     wide = np.zeros((4, 2 * w.shape[1]), np.uint8)

@@ -13,8 +13,9 @@ from numba.extending import intrinsic
 
 from . import codes
 from .config import FASTMATH
-from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _h2f, _hsum8_shuffled, _load_ptr, _mask, _splat,
-                   prefetch_ptr)
+from .dots_q8_0 import _fma, _transpose8
+from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _hsum8_shuffled, _load_ptr,
+                   _mask, _splat, prefetch_ptr)
 
 QK_K = 256
 BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
@@ -121,7 +122,10 @@ def _sum_quants(builder, quants, q8, simd):
 
 
 def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
-    """Dots of the Q4_K (high_bits=False) or Q5_K (True) block at wp with the Q8_K blocks at xps -> [f32[8]] lanes.
+    """Dots of the Q4_K (high_bits=False) or Q5_K (True) block at wp with the Q8_K blocks at xps ->
+    [(scaled quant sum i32, d*dx, min sum i32, -dmin*dx)] per activation block: the block's exact integer
+    sums, which the caller folds in as acc = fma(d*dx, sum, acc), then acc = fma(-dmin*dx, min sum, acc)
+    (the prompt tiles, _tile_codegen, do the same per row and token, so both give the same bits).
 
     The weight block is unpacked once and reused for every activation block (several tokens).
     """
@@ -149,15 +153,19 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
         quants.append((hi, builder.shuffle_vector(sm, undef16, _mask([2 * j + 1] * 16)), 64 * j + 32))
     # mins term: sum_j m[j] * (bsums[2j] + bsums[2j+1])
     mins2 = builder.shuffle_vector(sm, undef16, _mask([8 + i // 2 for i in range(16)]))
+    ndminw = builder.fneg(dminw)
     out = []
     for xp in xps:
         dx, q8, bsums = _q8k_parts(builder, xp)
         acc = _sum_quants(builder, quants, q8, simd)
         msum = _maddwd(builder, bsums, mins2, simd)
-        r = builder.fmul(builder.sitofp(acc, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx)))
-        m = builder.fmul(builder.sitofp(msum, _V8F32), _bcast_f32(builder, builder.fmul(dminw, dx)))
-        out.append(builder.fsub(r, m))
+        out.append((_reduce_i32(builder, acc), builder.fmul(dw, dx), _reduce_i32(builder, msum), builder.fmul(ndminw, dx)))
     return out
+
+
+def _reduce_i32(builder, v):
+    """Sum of the lanes of an <8 x i32> (exact)."""
+    return _call(builder, "llvm.vector.reduce.add.v8i32", _I32, [v])
 
 
 def _emit_vdot_q6_k(builder, wp, xps, simd):
@@ -213,8 +221,9 @@ def _make_vdot_rows(kind, simd, n_x):
     """Intrinsic: dots of one weight row with n_x Q8_K rows, looping over the nb blocks in IR.
 
     (w, wo, x, xo, xstride, nb): weight row at byte wo of w; Q8_K row i at byte xo + i*xstride of x.
-    Returns f32 (n_x == 1) or a tuple of n_x f32. Each token keeps 8 f32 lanes across blocks, reduced once at the
-    end in a fixed order, so a token's result does not depend on n_x or on the thread count.
+    Returns f32 (n_x == 1) or a tuple of n_x f32. Q4_K/Q5_K: a token adds each block's exact integer sums to one
+    f32 (_emit_vdot_q4_k); Q6_K: a token keeps 8 f32 lanes across blocks, reduced once at the end in a fixed order.
+    Either way a token's result does not depend on n_x or on the thread count.
     """
     bb = _BLOCK_BYTES[kind]
 
@@ -232,7 +241,9 @@ def _make_vdot_rows(kind, simd, n_x):
                 _byte_ptr(context, builder, sig.args[2], args[2], builder.add(xo64, builder.mul(xs64, ir.Constant(_I64, i))))
                 for i in range(n_x)
             ]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(n_x)]
+            exact = kind != "q6_k"  # scalar sums of exact per-block integers (_emit_vdot_q4_k)
+            zero = ir.Constant(_F32, 0.0) if exact else ir.Constant(_V8F32, None)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_x)]
             with cgutils.for_range(builder, nb64) as loop:
                 b = loop.index
                 wp = builder.gep(w0, [builder.mul(b, ir.Constant(_I64, bb))])
@@ -242,8 +253,13 @@ def _make_vdot_rows(kind, simd, n_x):
                 xoff = builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))
                 xps = [builder.gep(p, [xoff]) for p in x0]
                 for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
-                    builder.store(builder.fadd(builder.load(acc), v), acc)
-            vals = [_hsum8_shuffled(builder, builder.load(acc)) for acc in accs]
+                    if exact:
+                        si, d, mi, nm = v
+                        a = _fma(builder, d, builder.sitofp(si, _F32), builder.load(acc))
+                        builder.store(_fma(builder, nm, builder.sitofp(mi, _F32), a), acc)
+                    else:
+                        builder.store(builder.fadd(builder.load(acc), v), acc)
+            vals = [builder.load(acc) if exact else _hsum8_shuffled(builder, builder.load(acc)) for acc in accs]
             return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
 
         return retty(w, wo, x, xo, xstride, nb), codegen
@@ -287,6 +303,188 @@ def _f32_bits(typingctx, f):
         return builder.bitcast(args[0], _I32)
 
     return types.int32(f), codegen
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompt tiles (Q4_K / Q5_K): 8 weight rows x TILE_TOKENS tokens. A group of 8 rows is unpacked once per call
+# into a buffer (L1/L2-resident) laid out for the tiles: lane r of every vector is row r, so one broadcast
+# activation dword serves 8 rows and a sub-block's scale applies once per 32 values, not once per row.
+# ----------------------------------------------------------------------------------------------------------
+
+# One packed superblock of 8 rows: the quants as 8 sub-blocks x 8 vectors (vector k, lane r: quants 4k..4k+3 of
+# the sub-block in row r), the sub-block scales as i16 pairs (sc_r, sc_r) per sub-block, the mins as i16 pairs
+# (m_r[2k], m_r[2k+1]), then the rows' d and -dmin as f32.
+_Q_OFF = 0
+_SC_OFF = _Q_OFF + 8 * 8 * 32
+_M_OFF = _SC_OFF + 8 * 32
+_D_OFF = _M_OFF + 4 * 32
+_NDMIN_OFF = _D_OFF + 32
+PACK_BYTES = _NDMIN_OFF + 32  # per superblock
+TILE_ROWS = 8
+# Tokens of a tile: its 16-bit pair sums and 32-bit block sums (two vectors a token) stay in the 16 ymm registers.
+TILE_TOKENS = 4
+# Matmuls of this many tokens on run on the tiles (two tokens: 1.4x the row dot of matmul_k; one token: 0.75x).
+TILE_MIN_TOKENS = 2
+# Sub-block partial sums of 8 (Q4_K: 4-bit quants) or 4 (Q5_K) pmaddubsw results stay inside int16:
+# 8 * 2 * 15 * 128 and 4 * 2 * 31 * 128 are both below 32768 (|Q8_K quants| <= 127).
+_GROUP = {False: 8, True: 4}
+
+_V8I16 = ir.VectorType(_I16, 8)
+
+
+def _store(builder, v, p, off):
+    builder.store(v, builder.bitcast(_gep(builder, p, off), v.type.as_pointer()), align=1)
+
+
+def _bcast32(builder, v):
+    """<8 x i32> of the i32 v in every lane."""
+    e = builder.insert_element(ir.Constant(_V8I32, ir.Undefined), v, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(e, ir.Constant(_V8I32, ir.Undefined), _mask([0] * 8))
+
+
+def _pack_codegen(high_bits):
+    bb = BLOCK_BYTES_Q5_K if high_bits else BLOCK_BYTES_Q4_K
+
+    def codegen(context, builder, sig, args):
+        wo, ws, nr, nb = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (2, 3, 4, 5)]
+        bp = _byte_ptr(context, builder, sig.args[0], args[0], ir.Constant(_I64, 0))
+        last = builder.sub(nr, ir.Constant(_I64, 1))
+        # rows past the matrix's end repeat its last row (their lanes are computed and dropped)
+        rows = []
+        for j in range(TILE_ROWS):
+            jj = ir.Constant(_I64, j)
+            r = builder.select(builder.icmp_signed("<", jj, nr), jj, last)
+            rows.append(_byte_ptr(context, builder, sig.args[1], args[1], builder.add(wo, builder.mul(r, ws))))
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            wps = [builder.gep(p, [builder.mul(b, ir.Constant(_I64, bb))]) for p in rows]
+            op = builder.gep(bp, [builder.mul(b, ir.Constant(_I64, PACK_BYTES))])
+            sm = [builder.bitcast(_k4_scales_mins(builder, _gep(builder, wp, 4)), _V32I8) for wp in wps]
+            st = [builder.bitcast(v, _V16I16) for v in _transpose8(builder, sm)]  # k < 4: scale pairs, k >= 4: mins
+            for k in range(4):
+                for h in range(2):  # sub-block 2k + h: its scale in both i16 lanes of row r's pair
+                    _store(builder, builder.shuffle_vector(st[k], st[k], _mask([2 * (i // 2) + h for i in range(16)])),
+                           op, _SC_OFF + 32 * (2 * k + h))
+                _store(builder, st[4 + k], op, _M_OFF + 32 * k)
+            for off, d_off, neg in ((0, _D_OFF, False), (2, _NDMIN_OFF, True)):
+                h = ir.Constant(_V8I16, ir.Undefined)
+                for j, wp in enumerate(wps):
+                    h = builder.insert_element(h, _load_ptr(builder, _gep(builder, wp, off), _I16), ir.Constant(_I32, j))
+                f = _h2f(builder, h, 8)
+                _store(builder, builder.fneg(f) if neg else f, op, d_off)
+            qs_off = 48 if high_bits else 16
+            qh = [_load_ptr(builder, _gep(builder, wp, 16), _V32I8) for wp in wps] if high_bits else None
+            m4 = _splat(_I8, 32, 0x0F)
+            for j4 in range(4):
+                lo, hi = [], []
+                for j, wp in enumerate(wps):
+                    bits = _load_ptr(builder, _gep(builder, wp, qs_off + 32 * j4), _V32I8)
+                    a, c = builder.and_(bits, m4), builder.lshr(bits, _splat(_I8, 32, 4))
+                    if high_bits:
+                        one = _splat(_I8, 32, 1)
+                        ha = builder.and_(builder.lshr(qh[j], _splat(_I8, 32, 2 * j4)), one)
+                        hc = builder.and_(builder.lshr(qh[j], _splat(_I8, 32, 2 * j4 + 1)), one)
+                        a = builder.or_(a, builder.shl(ha, _splat(_I8, 32, 4)))
+                        c = builder.or_(c, builder.shl(hc, _splat(_I8, 32, 4)))
+                    lo.append(a)
+                    hi.append(c)
+                for h, vs in enumerate((lo, hi)):
+                    for k, v in enumerate(_transpose8(builder, vs)):
+                        _store(builder, v, op, _Q_OFF + 32 * (8 * (2 * j4 + h) + k))
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _tile_codegen(high_bits, n_tok, simd):
+    group = _GROUP[high_bits]
+
+    def codegen(context, builder, sig, args):
+        xo, xs, nb = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (2, 3, 4)]
+        bp = _byte_ptr(context, builder, sig.args[0], args[0], ir.Constant(_I64, 0))
+        outp = builder.bitcast(_byte_ptr(context, builder, sig.args[5], args[5], ir.Constant(_I64, 0)),
+                               _V8F32.as_pointer())
+        xts = [_byte_ptr(context, builder, sig.args[1], args[1], builder.add(xo, builder.mul(xs, ir.Constant(_I64, t))))
+               for t in range(n_tok)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_V8F32, None)) for _ in range(n_tok)]
+        ones = _splat(_I16, 16, 1)
+        with cgutils.for_range(builder, nb) as loop:
+            b = loop.index
+            op = builder.gep(bp, [builder.mul(b, ir.Constant(_I64, PACK_BYTES))])
+            xbs = [builder.gep(p, [builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))]) for p in xts]
+            sums = [None] * n_tok
+            for s in range(8):
+                sc = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * s), _V16I16)
+                part = [None] * n_tok
+                for k in range(8):
+                    wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * s + k)), _V32I8)
+                    for t in range(n_tok):
+                        xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * s + 4 * k), _I32))
+                        p = _maddubs(builder, wv, builder.bitcast(xv, _V32I8), simd)
+                        part[t] = p if part[t] is None else builder.add(part[t], p)
+                    if (k + 1) % group == 0:
+                        for t in range(n_tok):
+                            v = _maddwd(builder, part[t], sc, simd)
+                            sums[t] = v if sums[t] is None else builder.add(sums[t], v)
+                            part[t] = None
+            mv = [_load_ptr(builder, _gep(builder, op, _M_OFF + 32 * k), _V16I16) for k in range(4)]
+            dv = _load_ptr(builder, _gep(builder, op, _D_OFF), _V8F32)
+            ndv = _load_ptr(builder, _gep(builder, op, _NDMIN_OFF), _V8F32)
+            for t in range(n_tok):
+                # sub-block sums of the activations (pairs of Q8_K's 16-value bsums), as i16 pairs per dword
+                bs = _load_ptr(builder, _gep(builder, xbs[t], 4 + QK_K), _V16I16)
+                bs8 = builder.bitcast(builder.trunc(_maddwd(builder, bs, ones, simd), _V8I16), _V4I32)
+                msum = None
+                for k in range(4):
+                    bk = builder.bitcast(_bcast32(builder, builder.extract_element(bs8, ir.Constant(_I32, k))), _V16I16)
+                    v = _maddwd(builder, mv[k], bk, simd)
+                    msum = v if msum is None else builder.add(msum, v)
+                dx = builder.bitcast(_bcast32(builder, _load_ptr(builder, xbs[t], _I32)), _V8F32)
+                acc = _fma(builder, builder.fmul(dv, dx), builder.sitofp(sums[t], _V8F32), builder.load(accs[t]))
+                acc = _fma(builder, builder.fmul(ndv, dx), builder.sitofp(msum, _V8F32), acc)
+                builder.store(acc, accs[t])
+        for t in range(n_tok):
+            builder.store(builder.load(accs[t]), builder.gep(outp, [ir.Constant(_I64, t)]), align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _is_c_array(t, dtype):
+    return isinstance(t, types.Array) and t.dtype == dtype and t.layout == "C"
+
+
+def _make_pack(high_bits):
+    def pack(typingctx, buf, w, wo, ws, nr, nb):
+        """Packs rows wo + r*ws (r < nr; later lanes repeat the last row) of w, nb superblocks, into buf."""
+        if not (_is_c_array(buf, types.uint8) and _is_c_array(w, types.uint8)
+                and all(isinstance(a, types.Integer) for a in (wo, ws, nr, nb))):
+            return None
+        return types.none(buf, w, wo, ws, nr, nb), _pack_codegen(high_bits)
+
+    return intrinsic(pack)
+
+
+def _make_tile(high_bits, n_tok, simd):
+    def tile(typingctx, buf, x, xo, xs, nb, out):
+        """out[t*8 + r] = row r of the packed buf . Q8_K row at x[xo + t*xs:], t < n_tok."""
+        if not (_is_c_array(buf, types.uint8) and _is_c_array(x, types.uint8) and _is_c_array(out, types.float32)
+                and all(isinstance(a, types.Integer) for a in (xo, xs, nb))):
+            return None
+        return types.none(buf, x, xo, xs, nb, out), _tile_codegen(high_bits, n_tok, simd)
+
+    return intrinsic(tile)
+
+
+_pack_q4_k = _make_pack(False)
+_pack_q5_k = _make_pack(True)
+_tile_q4_k = _make_tile(False, TILE_TOKENS, HAS_AVX2)
+_tile1_q4_k = _make_tile(False, 1, HAS_AVX2)
+_tile_q5_k = _make_tile(True, TILE_TOKENS, HAS_AVX2)
+_tile1_q5_k = _make_tile(True, 1, HAS_AVX2)
+# Portable-IR variants, used by the tests to check the non-AVX2 code path on any machine.
+_tile_q4_k_portable = _make_tile(False, TILE_TOKENS, False)
+_tile_q5_k_portable = _make_tile(True, TILE_TOKENS, False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -555,16 +753,68 @@ def matmul_k(dst, w, xq, kind):
                 dst[n_tok4, r] = _vdot1_k(kind, w, r * wb, xq, n_tok4 * xb, xb, nb)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
+def matmul_k_tiles(dst, w, xq, kind):
+    """dst = xq @ w.T for Q4_K / Q5_K weights (kind KIND_Q4_K / KIND_Q5_K) and Q8_K activations.
+
+    Shapes as matmul_k. Per (row, token) the same bits as quants_k's row dot: each superblock's
+    integer sums exact, then acc = fma(d*dx, sum, acc) and acc = fma(-dmin*dx, min sum, acc) in f32.
+    """
+    n_tok = xq.shape[0]
+    n_out = w.shape[0]
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else BLOCK_BYTES_Q5_K
+    if (kind != KIND_Q4_K and kind != KIND_Q5_K) or xq.shape[1] != nb * BLOCK_BYTES_Q8_K or w.shape[1] != nb * w_block \
+            or dst.shape[0] != n_tok or dst.shape[1] != n_out:
+        raise ValueError("matmul_k_tiles: shape mismatch")
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    n_groups = (n_out + TILE_ROWS - 1) // TILE_ROWS
+    n_items = (n_groups + 1) // 2  # two 8-row groups a work item: one buffer allocation serves both
+    n_tok_t = n_tok - n_tok % TILE_TOKENS
+    for it in prange(n_items):
+        buf = np.empty(nb * PACK_BYTES, np.uint8)
+        out = np.empty(TILE_TOKENS * TILE_ROWS, np.float32)
+        for g in range(2 * it, min(n_groups, 2 * it + 2)):
+            r0 = g * TILE_ROWS
+            nr = min(TILE_ROWS, n_out - r0)
+            if kind == KIND_Q4_K:
+                _pack_q4_k(buf, w, r0 * wb, wb, nr, nb)
+            else:
+                _pack_q5_k(buf, w, r0 * wb, wb, nr, nb)
+            for t0 in range(0, n_tok, TILE_TOKENS):
+                m = TILE_TOKENS if t0 < n_tok_t else 1
+                for t in range(t0, min(n_tok, t0 + TILE_TOKENS), m):
+                    if kind == KIND_Q4_K:
+                        if m == TILE_TOKENS:
+                            _tile_q4_k(buf, xq, t * xb, xb, nb, out)
+                        else:
+                            _tile1_q4_k(buf, xq, t * xb, xb, nb, out)
+                    elif m == TILE_TOKENS:
+                        _tile_q5_k(buf, xq, t * xb, xb, nb, out)
+                    else:
+                        _tile1_q5_k(buf, xq, t * xb, xb, nb, out)
+                    for i in range(m):
+                        for r in range(nr):
+                            dst[t + i, r0 + r] = out[i * TILE_ROWS + r]
+
+
 @njit(cache=True, nogil=True)
 def matmul_q4_k(dst, w, xq):
-    """Q4_K weights x Q8_K activations (matmul_k)."""
-    matmul_k(dst, w, xq, KIND_Q4_K)
+    """Q4_K weights x Q8_K activations: one token on the row dot (matmul_k), more on the prompt tiles (same bits)."""
+    if xq.shape[0] >= TILE_MIN_TOKENS:
+        matmul_k_tiles(dst, w, xq, KIND_Q4_K)
+    else:
+        matmul_k(dst, w, xq, KIND_Q4_K)
 
 
 @njit(cache=True, nogil=True)
 def matmul_q5_k(dst, w, xq):
-    """Q5_K weights x Q8_K activations (matmul_k)."""
-    matmul_k(dst, w, xq, KIND_Q5_K)
+    """Q5_K weights x Q8_K activations: one token on the row dot (matmul_k), more on the prompt tiles (same bits)."""
+    if xq.shape[0] >= TILE_MIN_TOKENS:
+        matmul_k_tiles(dst, w, xq, KIND_Q5_K)
+    else:
+        matmul_k(dst, w, xq, KIND_Q5_K)
 
 
 @njit(cache=True, nogil=True)
@@ -587,6 +837,30 @@ def _matmul_k_portable(dst, w, xq, kind):
                 dst[t, r] = _vdot1_q5_k_portable(w, r * wb, xq, t * xb, xb, nb)
             else:
                 dst[t, r] = _vdot1_q6_k_portable(w, r * wb, xq, t * xb, xb, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _matmul_k_tiles_portable(dst, w, xq, kind):
+    """Serial matmul_k_tiles through the portable-IR tiles (n_tok a multiple of TILE_TOKENS); a test aid."""
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    wb = w.shape[1]
+    xb = xq.shape[1]
+    buf = np.empty(nb * PACK_BYTES, np.uint8)
+    out = np.empty(TILE_TOKENS * TILE_ROWS, np.float32)
+    for r0 in range(0, w.shape[0], TILE_ROWS):
+        nr = min(TILE_ROWS, w.shape[0] - r0)
+        if kind == KIND_Q4_K:
+            _pack_q4_k(buf, w, r0 * wb, wb, nr, nb)
+        else:
+            _pack_q5_k(buf, w, r0 * wb, wb, nr, nb)
+        for t in range(0, xq.shape[0], TILE_TOKENS):
+            if kind == KIND_Q4_K:
+                _tile_q4_k_portable(buf, xq, t * xb, xb, nb, out)
+            else:
+                _tile_q5_k_portable(buf, xq, t * xb, xb, nb, out)
+            for i in range(TILE_TOKENS):
+                for r in range(nr):
+                    dst[t + i, r0 + r] = out[i * TILE_ROWS + r]
 
 
 # ------------------------------------------------------------------------- grouped matmul
