@@ -1,10 +1,11 @@
 """Per-type matmul throughput through pyrt.ops.matmul: GB/s of weights at n_tok=1, GFLOP/s at n_tok=512.
 
 Usage: python bench/bench_kernels.py [--threads 2] [--types q4_0,q8_0,...] [--shapes 2048x2048,...]
-                                     [--cold-mb 768] [--pp 512] [--crossover]
+                                     [--cold-mb 768] [--pp 512] [--crossover [--tokens 1,2,...]]
 Weights are realistic blocks (gguf-quantized random normals, tiled). 'hot' repeats one matrix (it may sit
 in a big L3); 'cold' cycles through copies totalling --cold-mb so weights stream from DRAM as in generation.
---crossover times the 'dot' and 'blas' paths against n_tok (to set BLAS_MIN_TOKENS in pyrt/ops/matmul.py).
+--crossover times the 'dot' and 'blas' paths at each n_tok of --tokens (to set BLAS_MIN_TOKENS in
+pyrt/ops/matmul.py): ms per call and GFLOP/s of each.
 --decode times only the dot path on cold weights at n_tok 1 and 4 for the Q8_0-family decode shapes of Gemma 3
 270M and the llama bench model (or --cases type:n_outxn_in,...): ms per call and GB/s, median of --reps.
 """
@@ -110,6 +111,7 @@ def main():
     ap.add_argument("--cold-mb", type=int, default=768)
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--crossover", action="store_true")
+    ap.add_argument("--tokens", default="1,2,4,8,16,24,32,48,64,96,128")
     ap.add_argument("--decode", action="store_true")
     ap.add_argument("--cases", default=DECODE_CASES)
     ap.add_argument("--reps", type=int, default=7)
@@ -151,13 +153,16 @@ def main():
                   f"tg hot {w.nbytes / hot / 1e9:6.1f} GB/s  cold {w.nbytes / cold / 1e9:6.1f} GB/s  "
                   f"pp{a.pp} {flop / pp / 1e9:6.1f} GFLOP/s", flush=True)
             if a.crossover:
-                row = []
-                for nt in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128):
+                row, gf = [], []
+                for nt in (int(v) for v in a.tokens.split(",")):
                     xn = rng.standard_normal((nt, n_in)).astype(np.float32)
                     td = timeit(lambda: matmul(xn, w, t, path="dot"), 3, 0.1)
                     tb = timeit(lambda: matmul(xn, w, t, path="blas"), 3, 0.1)
                     row.append(f"{nt}:{td * 1e3:.2f}/{tb * 1e3:.2f}")
+                    fl = 2e-9 * nt * n_out * n_in
+                    gf.append(f"{nt}:{fl / td:.0f}/{fl / tb:.0f}")
                 print("      crossover n_tok:dot_ms/blas_ms  " + "  ".join(row), flush=True)
+                print("      crossover n_tok:dot/blas GFLOP/s  " + "  ".join(gf), flush=True)
 
 
 if __name__ == "__main__":
