@@ -19,6 +19,7 @@ TYPES = {
     "q6_k": (T.Q6_K, qk.BLOCK_BYTES_Q6_K, qk.dequant_rows_q6_k, qk.matmul_q6_k, qk.KIND_Q6_K),
 }
 Q8K = qk.BLOCK_BYTES_Q8_K
+TILED = ["q4_k", "q5_k"]  # the formats with prompt tiles (qk.matmul_k_tiles)
 
 
 def rand_blocks(name, n_rows, n_in, seed, edge=False):
@@ -197,14 +198,19 @@ def test_matmul_vs_f64(name, n_tok):
 @pytest.mark.boundscheck
 @pytest.mark.parametrize("name", list(TYPES))
 def test_matmul_portable_path_matches(name):
-    _, _, _, mm, kind = TYPES[name]
+    """The SIMD row dot (and for Q4_K/Q5_K the prompt tiles) against the same kernels in portable IR."""
+    _, _, _, _, kind = TYPES[name]
     w = rand_blocks(name, 19, 512, 30, edge=True)
-    xq = q8k(np.random.default_rng(31).standard_normal((5, 512)).astype(np.float32))
-    a = np.empty((5, 19), np.float32)
-    b = np.empty((5, 19), np.float32)
-    mm(a, w, xq)
-    qk._matmul_k_portable(b, w, xq, kind)
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+    xq = q8k(np.random.default_rng(31).standard_normal((8, 512)).astype(np.float32))
+    pairs = [(qk.matmul_k, qk._matmul_k_portable)]
+    if name in TILED:
+        pairs.append((qk.matmul_k_tiles, qk._matmul_k_tiles_portable))
+    for simd, portable in pairs:
+        a = np.empty((8, 19), np.float32)
+        b = np.empty((8, 19), np.float32)
+        simd(a, w, xq, kind)
+        portable(b, w, xq, kind)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.nanmax(np.abs(a)))
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
@@ -238,9 +244,6 @@ def test_matmul_batch_equals_single_tokens(name):
         one = np.empty((1, 21), np.float32)
         mm(one, w, xq[t : t + 1])
         np.testing.assert_array_equal(one[0], batch[t])
-
-
-TILED = ["q4_k", "q5_k"]
 
 
 @pytest.mark.boundscheck
@@ -281,18 +284,6 @@ def test_tiles_extreme_sums(name):
     np.testing.assert_array_equal(tiles, dots)
     ref = dequant_q8_k_f64(xq) @ dequantize(w, ty).astype(np.float64).T
     np.testing.assert_allclose(tiles, ref, rtol=1e-6)
-
-
-@pytest.mark.parametrize("name", TILED)
-def test_tiles_portable_path_matches(name):
-    _, _, _, _, kind = TYPES[name]
-    w = rand_blocks(name, 19, 512, 92, edge=True)
-    xq = q8k(np.random.default_rng(93).standard_normal((8, 512)).astype(np.float32))
-    a = np.empty((8, 19), np.float32)
-    b = np.empty((8, 19), np.float32)
-    qk.matmul_k_tiles(a, w, xq, kind)
-    qk._matmul_k_tiles_portable(b, w, xq, kind)
-    np.testing.assert_array_equal(a, b)
 
 
 def test_tiles_shape_mismatch():

@@ -1,8 +1,9 @@
 """k-quants: Q4_K/Q5_K/Q6_K weight rows (dequant, matmul against Q8_K activations) and Q8_K quantization.
 
 Layouts and integer dot products follow llama.cpp (ggml-common.h, ggml-quants.c, ggml-cpu/quants.c). The row dots
-are LLVM IR emitted by Numba intrinsics: AVX2 pmaddubsw/pmaddwd when the target has AVX2, portable vector IR
-otherwise. Leaf: imports numpy, numba, llvmlite and simd.py's IR toolkit. Shapes are numpy (row-major) order.
+and the Q4_K/Q5_K prompt tiles are LLVM IR emitted by Numba intrinsics: AVX2 pmaddubsw/pmaddwd when the target has
+AVX2, portable vector IR otherwise. Leaf: imports numpy, numba, llvmlite, simd.py's IR toolkit and dots_q8_0's
+tile helpers. Shapes are numpy (row-major) order.
 """
 
 import numpy as np
@@ -323,7 +324,7 @@ PACK_BYTES = _NDMIN_OFF + 32  # per superblock
 TILE_ROWS = 8
 # Tokens of a tile: its 16-bit pair sums and 32-bit block sums (two vectors a token) stay in the 16 ymm registers.
 TILE_TOKENS = 4
-# Matmuls of this many tokens on run on the tiles (two tokens: 1.4x the row dot of matmul_k; one token: 0.75x).
+# Matmuls of this many tokens or more run on the tiles (two tokens: 1.4x the row dot of matmul_k; one: 0.75x).
 TILE_MIN_TOKENS = 2
 # Sub-block partial sums of 8 (Q4_K: 4-bit quants) or 4 (Q5_K) pmaddubsw results stay inside int16:
 # 8 * 2 * 15 * 128 and 4 * 2 * 31 * 128 are both below 32768 (|Q8_K quants| <= 127).
@@ -757,7 +758,7 @@ def matmul_k(dst, w, xq, kind):
 def matmul_k_tiles(dst, w, xq, kind):
     """dst = xq @ w.T for Q4_K / Q5_K weights (kind KIND_Q4_K / KIND_Q5_K) and Q8_K activations.
 
-    Shapes as matmul_k. Per (row, token) the same bits as quants_k's row dot: each superblock's
+    Shapes as matmul_k. Per (row, token) the same bits as the row dot (_make_vdot_rows): each superblock's
     integer sums exact, then acc = fma(d*dx, sum, acc) and acc = fma(-dmin*dx, min sum, acc) in f32.
     """
     n_tok = xq.shape[0]
@@ -778,10 +779,7 @@ def matmul_k_tiles(dst, w, xq, kind):
         for g in range(2 * it, min(n_groups, 2 * it + 2)):
             r0 = g * TILE_ROWS
             nr = min(TILE_ROWS, n_out - r0)
-            if kind == KIND_Q4_K:
-                _pack_q4_k(buf, w, r0 * wb, wb, nr, nb)
-            else:
-                _pack_q5_k(buf, w, r0 * wb, wb, nr, nb)
+            _pack_k(kind, buf, w, r0 * wb, wb, nr, nb)
             for t0 in range(0, n_tok, TILE_TOKENS):
                 m = TILE_TOKENS if t0 < n_tok_t else 1
                 for t in range(t0, min(n_tok, t0 + TILE_TOKENS), m):
@@ -794,27 +792,45 @@ def matmul_k_tiles(dst, w, xq, kind):
                         _tile_q5_k(buf, xq, t * xb, xb, nb, out)
                     else:
                         _tile1_q5_k(buf, xq, t * xb, xb, nb, out)
-                    for i in range(m):
-                        for r in range(nr):
-                            dst[t + i, r0 + r] = out[i * TILE_ROWS + r]
+                    _tile_out(dst, out, t, m, r0, nr)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pack_k(kind, buf, w, wo, ws, nr, nb):
+    """Rows wo + r*ws (r < nr) of Q4_K / Q5_K weights w packed into buf for the prompt tiles."""
+    if kind == KIND_Q4_K:
+        _pack_q4_k(buf, w, wo, ws, nr, nb)
+    else:
+        _pack_q5_k(buf, w, wo, ws, nr, nb)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_out(dst, out, t, m, r0, nr):
+    """A tile's m tokens x nr rows (out, token-major, TILE_ROWS a token) to dst[t:t+m, r0:r0+nr]."""
+    for i in range(m):
+        for r in range(nr):
+            dst[t + i, r0 + r] = out[i * TILE_ROWS + r]
+
+
+@njit(cache=True, nogil=True)
+def _matmul_k_auto(dst, w, xq, kind):
+    """One token on the row dot (matmul_k); more on the prompt tiles where the format has them (same bits)."""
+    if kind != KIND_Q6_K and xq.shape[0] >= TILE_MIN_TOKENS:
+        matmul_k_tiles(dst, w, xq, kind)
+    else:
+        matmul_k(dst, w, xq, kind)
 
 
 @njit(cache=True, nogil=True)
 def matmul_q4_k(dst, w, xq):
-    """Q4_K weights x Q8_K activations: one token on the row dot (matmul_k), more on the prompt tiles (same bits)."""
-    if xq.shape[0] >= TILE_MIN_TOKENS:
-        matmul_k_tiles(dst, w, xq, KIND_Q4_K)
-    else:
-        matmul_k(dst, w, xq, KIND_Q4_K)
+    """Q4_K weights x Q8_K activations (_matmul_k_auto)."""
+    _matmul_k_auto(dst, w, xq, KIND_Q4_K)
 
 
 @njit(cache=True, nogil=True)
 def matmul_q5_k(dst, w, xq):
-    """Q5_K weights x Q8_K activations: one token on the row dot (matmul_k), more on the prompt tiles (same bits)."""
-    if xq.shape[0] >= TILE_MIN_TOKENS:
-        matmul_k_tiles(dst, w, xq, KIND_Q5_K)
-    else:
-        matmul_k(dst, w, xq, KIND_Q5_K)
+    """Q5_K weights x Q8_K activations (_matmul_k_auto)."""
+    _matmul_k_auto(dst, w, xq, KIND_Q5_K)
 
 
 @njit(cache=True, nogil=True)
@@ -849,18 +865,13 @@ def _matmul_k_tiles_portable(dst, w, xq, kind):
     out = np.empty(TILE_TOKENS * TILE_ROWS, np.float32)
     for r0 in range(0, w.shape[0], TILE_ROWS):
         nr = min(TILE_ROWS, w.shape[0] - r0)
-        if kind == KIND_Q4_K:
-            _pack_q4_k(buf, w, r0 * wb, wb, nr, nb)
-        else:
-            _pack_q5_k(buf, w, r0 * wb, wb, nr, nb)
+        _pack_k(kind, buf, w, r0 * wb, wb, nr, nb)
         for t in range(0, xq.shape[0], TILE_TOKENS):
             if kind == KIND_Q4_K:
                 _tile_q4_k_portable(buf, xq, t * xb, xb, nb, out)
             else:
                 _tile_q5_k_portable(buf, xq, t * xb, xb, nb, out)
-            for i in range(TILE_TOKENS):
-                for r in range(nr):
-                    dst[t + i, r0 + r] = out[i * TILE_ROWS + r]
+            _tile_out(dst, out, t, TILE_TOKENS, r0, nr)
 
 
 # ------------------------------------------------------------------------- grouped matmul
