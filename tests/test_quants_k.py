@@ -19,7 +19,7 @@ TYPES = {
     "q6_k": (T.Q6_K, qk.BLOCK_BYTES_Q6_K, qk.dequant_rows_q6_k, qk.matmul_q6_k, qk.KIND_Q6_K),
 }
 Q8K = qk.BLOCK_BYTES_Q8_K
-TILED = ["q4_k", "q5_k"]  # the formats with prompt tiles (qk.matmul_k_tiles)
+TILED = ["q4_k", "q5_k", "q6_k"]  # the formats with prompt tiles (qk.matmul_k_tiles)
 
 
 def rand_blocks(name, n_rows, n_in, seed, edge=False):
@@ -274,7 +274,12 @@ def test_tiles_extreme_sums(name):
     of a tile."""
     ty, bb, _, _, kind = TYPES[name]
     w = rand_blocks(name, 16, 512, 90)
-    w.reshape(16, 2, bb)[:, :, 4:] = 0xFF  # scales, mins (63) and quants (15 / 31) at their maximum
+    blk = w.reshape(16, 2, bb)
+    if name == "q6_k":
+        blk[:, :, 0:192] = 0xFF  # quants 63
+        blk[:, :, 192:208] = 127  # int8 scales
+    else:
+        blk[:, :, 4:] = 0xFF  # scales, mins (63) and quants (15 / 31) at their maximum
     xq = q8k(-np.ones((8, 512), np.float32))
     assert np.all(xq.reshape(8, 2, Q8K)[:, :, 4:260].view(np.int8) == -127)
     tiles = np.empty((8, 16), np.float32)
@@ -291,8 +296,7 @@ def test_tiles_shape_mismatch():
     with pytest.raises(ValueError):
         qk.matmul_k_tiles(np.empty((2, 8), np.float32), w, q8k(np.zeros((2, 256), np.float32)), qk.KIND_Q4_K)
     with pytest.raises(ValueError):
-        qk.matmul_k_tiles(np.empty((2, 8), np.float32), rand_blocks("q6_k", 8, 512, 95),
-                          q8k(np.zeros((2, 512), np.float32)), qk.KIND_Q6_K)
+        qk.matmul_k_tiles(np.empty((2, 8), np.float32), w, q8k(np.zeros((2, 512), np.float32)), 0)
 
 
 def test_matmul_rejects_non_contiguous_weights():

@@ -15,7 +15,7 @@ from numba.extending import intrinsic
 from . import codes
 from .config import FASTMATH
 from .dots_q8_0 import _fma, _transpose8
-from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _hsum8_shuffled, _load_ptr,
+from .simd import (HAS_AVX2, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr,
                    _mask, _splat, prefetch_ptr)
 
 QK_K = 256
@@ -74,11 +74,6 @@ def _make_madd(intrinsic, in_ty, out_ty, wide_ty, unsigned_a):
 _maddubs = _make_madd("llvm.x86.avx2.pmadd.ub.sw", _V32I8, _V16I16, _V32I16, True)
 # pmaddwd: i16 a[16] x i16 b[16] -> i32[8]
 _maddwd = _make_madd("llvm.x86.avx2.pmadd.wd", _V16I16, _V8I32, _V16I32, False)
-
-
-def _bcast_f32(builder, f):
-    v = builder.insert_element(ir.Constant(_V8F32, ir.Undefined), f, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, _mask([0] * 8))
 
 
 def _k4_scales_mins(builder, p):
@@ -169,14 +164,11 @@ def _reduce_i32(builder, v):
     return _call(builder, "llvm.vector.reduce.add.v8i32", _I32, [v])
 
 
-def _emit_vdot_q6_k(builder, wp, xps, simd):
-    """Dots of the Q6_K block at wp with the Q8_K blocks at xps -> [f32[8]] lanes (quants -32 via the bsums)."""
-    dw = _h2f(builder, _load_ptr(builder, _gep(builder, wp, 208), _I16))
-    sc = builder.sext(_load_ptr(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
-    undef16 = ir.Constant(_V16I16, ir.Undefined)
+def _q6_k_quants(builder, wp):
+    """The 8 chunks of 32 quants (0..63, u8) of the Q6_K block at wp, in element order."""
     m4 = _splat(_I8, 32, 0x0F)
     m3 = _splat(_I8, 32, 0x03)
-    quants = []  # (u8[32] quants 0..63, i16[16] scales (8 lanes per 16 quants), byte offset in the Q8_K qs)
+    out = []
     for h in range(2):
         ql0 = _load_ptr(builder, _gep(builder, wp, 64 * h), _V32I8)
         ql1 = _load_ptr(builder, _gep(builder, wp, 64 * h + 32), _V32I8)
@@ -187,18 +179,30 @@ def _emit_vdot_q6_k(builder, wp, xps, simd):
             (builder.lshr(ql0, _splat(_I8, 32, 4)), 4),
             (builder.lshr(ql1, _splat(_I8, 32, 4)), 6),
         )
-        for k, (low, shift) in enumerate(quads):
+        for low, shift in quads:
             hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, shift)), m3) if shift else builder.and_(qh, m3)
-            q = builder.or_(low, builder.shl(hb, _splat(_I8, 32, 4)))
-            sv = builder.shuffle_vector(sc, undef16, _mask([8 * h + 2 * k] * 8 + [8 * h + 2 * k + 1] * 8))
-            quants.append((q, sv, 128 * h + 32 * k))
+            out.append(builder.or_(low, builder.shl(hb, _splat(_I8, 32, 4))))
+    return out
+
+
+def _emit_vdot_q6_k(builder, wp, xps, simd):
+    """Dots of the Q6_K block at wp with the Q8_K blocks at xps -> [(quant sum i32, d*dx, None, None)] per
+    activation block (quants -32 via the bsums): the block's exact integer sum, folded in by the caller as
+    acc = fma(d*dx, sum, acc), as the prompt tiles do per row and token."""
+    dw = _h2f(builder, _load_ptr(builder, _gep(builder, wp, 208), _I16))
+    sc = builder.sext(_load_ptr(builder, _gep(builder, wp, 192), _V16I8), _V16I16)
+    undef16 = ir.Constant(_V16I16, ir.Undefined)
+    quants = []  # (u8[32] quants 0..63, i16[16] scales (8 lanes per 16 quants), byte offset in the Q8_K qs)
+    for c, q in enumerate(_q6_k_quants(builder, wp)):
+        sv = builder.shuffle_vector(sc, undef16, _mask([2 * c] * 8 + [2 * c + 1] * 8))
+        quants.append((q, sv, 32 * c))
     out = []
     for xp in xps:
         dx, q8, bsums = _q8k_parts(builder, xp)
         acc = _sum_quants(builder, quants, q8, simd)
         off = _maddwd(builder, sc, bsums, simd)
         sumi = builder.sub(acc, builder.shl(off, _splat(_I32, 8, 5)))
-        out.append(builder.fmul(builder.sitofp(sumi, _V8F32), _bcast_f32(builder, builder.fmul(dw, dx))))
+        out.append((_reduce_i32(builder, sumi), builder.fmul(dw, dx), None, None))
     return out
 
 
@@ -222,9 +226,8 @@ def _make_vdot_rows(kind, simd, n_x):
     """Intrinsic: dots of one weight row with n_x Q8_K rows, looping over the nb blocks in IR.
 
     (w, wo, x, xo, xstride, nb): weight row at byte wo of w; Q8_K row i at byte xo + i*xstride of x.
-    Returns f32 (n_x == 1) or a tuple of n_x f32. Q4_K/Q5_K: a token adds each block's exact integer sums to one
-    f32 (_emit_vdot_q4_k); Q6_K: a token keeps 8 f32 lanes across blocks, reduced once at the end in a fixed order.
-    Either way a token's result does not depend on n_x or on the thread count.
+    Returns f32 (n_x == 1) or a tuple of n_x f32. A token adds each block's exact integer sums to one f32
+    (_emit_vdot_q4_k, _emit_vdot_q6_k), so its result does not depend on n_x or on the thread count.
     """
     bb = _BLOCK_BYTES[kind]
 
@@ -242,9 +245,7 @@ def _make_vdot_rows(kind, simd, n_x):
                 _byte_ptr(context, builder, sig.args[2], args[2], builder.add(xo64, builder.mul(xs64, ir.Constant(_I64, i))))
                 for i in range(n_x)
             ]
-            exact = kind != "q6_k"  # scalar sums of exact per-block integers (_emit_vdot_q4_k)
-            zero = ir.Constant(_F32, 0.0) if exact else ir.Constant(_V8F32, None)
-            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_x)]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(n_x)]
             with cgutils.for_range(builder, nb64) as loop:
                 b = loop.index
                 wp = builder.gep(w0, [builder.mul(b, ir.Constant(_I64, bb))])
@@ -253,14 +254,10 @@ def _make_vdot_rows(kind, simd, n_x):
                     prefetch_ptr(builder, _gep(builder, wp, PREFETCH_BYTES + k))
                 xoff = builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))
                 xps = [builder.gep(p, [xoff]) for p in x0]
-                for acc, v in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
-                    if exact:
-                        si, d, mi, nm = v
-                        a = _fma(builder, d, builder.sitofp(si, _F32), builder.load(acc))
-                        builder.store(_fma(builder, nm, builder.sitofp(mi, _F32), a), acc)
-                    else:
-                        builder.store(builder.fadd(builder.load(acc), v), acc)
-            vals = [builder.load(acc) if exact else _hsum8_shuffled(builder, builder.load(acc)) for acc in accs]
+                for acc, (si, d, mi, nm) in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
+                    a = _fma(builder, d, builder.sitofp(si, _F32), builder.load(acc))
+                    builder.store(a if mi is None else _fma(builder, nm, builder.sitofp(mi, _F32), a), acc)
+            vals = [builder.load(acc) for acc in accs]
             return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
 
         return retty(w, wo, x, xo, xstride, nb), codegen
@@ -307,28 +304,32 @@ def _f32_bits(typingctx, f):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Prompt tiles (Q4_K / Q5_K): 8 weight rows x TILE_TOKENS tokens. A group of 8 rows is unpacked once per call
+# Prompt tiles (Q4_K / Q5_K / Q6_K): 8 weight rows x TILE_TOKENS tokens. A group of 8 rows is unpacked once per call
 # into a buffer (L1/L2-resident) laid out for the tiles: lane r of every vector is row r, so one broadcast
 # activation dword serves 8 rows and a sub-block's scale applies once per 32 values, not once per row.
 # ----------------------------------------------------------------------------------------------------------
 
-# One packed superblock of 8 rows: the quants as 8 sub-blocks x 8 vectors (vector k, lane r: quants 4k..4k+3 of
-# the sub-block in row r), the sub-block scales as i16 pairs (sc_r, sc_r) per sub-block, the mins as i16 pairs
-# (m_r[2k], m_r[2k+1]), then the rows' d and -dmin as f32.
+# One packed superblock of 8 rows: the quants as 8 chunks of 32 x 8 vectors (vector k, lane r: quants 4k..4k+3 of
+# the chunk in row r); the sub-block scales as i16 pairs (sc_r, sc_r), one vector per sub-block (Q4_K/Q5_K: 8 of
+# 32 values, Q6_K: 16 of 16); i16 pairs of neighbouring sub-blocks' mins (Q4_K/Q5_K: (m_r[2k], m_r[2k+1]), 4
+# vectors) or scales (Q6_K: (sc_r[2k], sc_r[2k+1]), 8 vectors), dotted with the activations' sub-block sums;
+# then the rows' d (and -dmin) as f32.
 _Q_OFF = 0
 _SC_OFF = _Q_OFF + 8 * 8 * 32
-_M_OFF = _SC_OFF + 8 * 32
-_D_OFF = _M_OFF + 4 * 32
-_NDMIN_OFF = _D_OFF + 32
-PACK_BYTES = _NDMIN_OFF + 32  # per superblock
+_PAIRS_OFF = {False: _SC_OFF + 8 * 32, True: _SC_OFF + 16 * 32}  # by q6
+_D_OFF = {False: _PAIRS_OFF[False] + 4 * 32, True: _PAIRS_OFF[True] + 8 * 32}
+_NDMIN_OFF = _D_OFF[False] + 32
+PACK_BYTES = max(_NDMIN_OFF, _D_OFF[True]) + 32  # per superblock
 TILE_ROWS = 8
 # Tokens of a tile: its 16-bit pair sums and 32-bit block sums (two vectors a token) stay in the 16 ymm registers.
 TILE_TOKENS = 4
-# Matmuls of this many tokens or more run on the tiles (two tokens: 1.4x the row dot of matmul_k; one: 0.75x).
+# Matmuls of this many tokens or more run on the tiles: Q4_K/Q5_K from 2 (1.4x the row dot of matmul_k; one
+# token: 0.75x), Q6_K, whose packing costs more, from 8 (1.15x; 4 tokens: 0.93x).
 TILE_MIN_TOKENS = 2
-# Sub-block partial sums of 8 (Q4_K: 4-bit quants) or 4 (Q5_K) pmaddubsw results stay inside int16:
-# 8 * 2 * 15 * 128 and 4 * 2 * 31 * 128 are both below 32768 (|Q8_K quants| <= 127).
-_GROUP = {False: 8, True: 4}
+TILE_MIN_TOKENS_Q6_K = 8
+# Partial sums of 8 (Q4_K: 4-bit quants), 4 (Q5_K) or 2 (Q6_K) pmaddubsw results stay inside int16:
+# 8 * 2 * 15 * 128, 4 * 2 * 31 * 128 and 2 * 2 * 63 * 127 are all below 32768 (|Q8_K quants| <= 127).
+_GROUP = {"q4_k": 8, "q5_k": 4, "q6_k": 2}
 
 _V8I16 = ir.VectorType(_I16, 8)
 
@@ -343,8 +344,43 @@ def _bcast32(builder, v):
     return builder.shuffle_vector(e, ir.Constant(_V8I32, ir.Undefined), _mask([0] * 8))
 
 
-def _pack_codegen(high_bits):
-    bb = BLOCK_BYTES_Q5_K if high_bits else BLOCK_BYTES_Q4_K
+def _scale_pairs(builder, rows, op, n_sub, pairs_off):
+    """Stores the tile's scale vectors from the 8 rows' <16 x i16> (lanes 0..n_sub-1 the sub-block scales, then
+    Q4_K/Q5_K's mins): sub-block s's (sc_r, sc_r) at _SC_OFF + 32s, the neighbour pairs of _transpose8's vectors
+    (n_sub == 8: the min pairs, vectors 4..7; 16: the scale pairs, all 8) from pairs_off."""
+    st = [builder.bitcast(v, _V16I16) for v in _transpose8(builder, [builder.bitcast(r, _V32I8) for r in rows])]
+    for k in range(n_sub // 2):
+        for h in range(2):  # sub-block 2k + h: its scale in both i16 lanes of row r's pair
+            _store(builder, builder.shuffle_vector(st[k], st[k], _mask([2 * (i // 2) + h for i in range(16)])),
+                   op, _SC_OFF + 32 * (2 * k + h))
+    first = 4 if n_sub == 8 else 0
+    for k in range(first, 8):
+        _store(builder, st[k], op, pairs_off + 32 * (k - first))
+
+
+def _half_scales(builder, wps, off):
+    """<8 x f32> of the f16 at byte off of each of the 8 blocks at wps."""
+    h = ir.Constant(_V8I16, ir.Undefined)
+    for j, wp in enumerate(wps):
+        h = builder.insert_element(h, _load_ptr(builder, _gep(builder, wp, off), _I16), ir.Constant(_I32, j))
+    return _h2f(builder, h, 8)
+
+
+def _chunks_q45_k(builder, wp, j4, high_bits, qh):
+    """Q4_K/Q5_K chunks 2*j4 and 2*j4+1 (32 quants each) of the block at wp."""
+    bits = _load_ptr(builder, _gep(builder, wp, (48 if high_bits else 16) + 32 * j4), _V32I8)
+    a, c = builder.and_(bits, _splat(_I8, 32, 0x0F)), builder.lshr(bits, _splat(_I8, 32, 4))
+    if high_bits:
+        one = _splat(_I8, 32, 1)
+        a = builder.or_(a, builder.shl(builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * j4)), one), _splat(_I8, 32, 4)))
+        c = builder.or_(c, builder.shl(builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * j4 + 1)), one),
+                                       _splat(_I8, 32, 4)))
+    return a, c
+
+
+def _pack_codegen(kind):
+    bb = _BLOCK_BYTES[kind]
+    q6 = kind == "q6_k"
 
     def codegen(context, builder, sig, args):
         wo, ws, nr, nb = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (2, 3, 4, 5)]
@@ -360,45 +396,35 @@ def _pack_codegen(high_bits):
             b = loop.index
             wps = [builder.gep(p, [builder.mul(b, ir.Constant(_I64, bb))]) for p in rows]
             op = builder.gep(bp, [builder.mul(b, ir.Constant(_I64, PACK_BYTES))])
-            sm = [builder.bitcast(_k4_scales_mins(builder, _gep(builder, wp, 4)), _V32I8) for wp in wps]
-            st = [builder.bitcast(v, _V16I16) for v in _transpose8(builder, sm)]  # k < 4: scale pairs, k >= 4: mins
-            for k in range(4):
-                for h in range(2):  # sub-block 2k + h: its scale in both i16 lanes of row r's pair
-                    _store(builder, builder.shuffle_vector(st[k], st[k], _mask([2 * (i // 2) + h for i in range(16)])),
-                           op, _SC_OFF + 32 * (2 * k + h))
-                _store(builder, st[4 + k], op, _M_OFF + 32 * k)
-            for off, d_off, neg in ((0, _D_OFF, False), (2, _NDMIN_OFF, True)):
-                h = ir.Constant(_V8I16, ir.Undefined)
-                for j, wp in enumerate(wps):
-                    h = builder.insert_element(h, _load_ptr(builder, _gep(builder, wp, off), _I16), ir.Constant(_I32, j))
-                f = _h2f(builder, h, 8)
-                _store(builder, builder.fneg(f) if neg else f, op, d_off)
-            qs_off = 48 if high_bits else 16
-            qh = [_load_ptr(builder, _gep(builder, wp, 16), _V32I8) for wp in wps] if high_bits else None
-            m4 = _splat(_I8, 32, 0x0F)
-            for j4 in range(4):
-                lo, hi = [], []
-                for j, wp in enumerate(wps):
-                    bits = _load_ptr(builder, _gep(builder, wp, qs_off + 32 * j4), _V32I8)
-                    a, c = builder.and_(bits, m4), builder.lshr(bits, _splat(_I8, 32, 4))
-                    if high_bits:
-                        one = _splat(_I8, 32, 1)
-                        ha = builder.and_(builder.lshr(qh[j], _splat(_I8, 32, 2 * j4)), one)
-                        hc = builder.and_(builder.lshr(qh[j], _splat(_I8, 32, 2 * j4 + 1)), one)
-                        a = builder.or_(a, builder.shl(ha, _splat(_I8, 32, 4)))
-                        c = builder.or_(c, builder.shl(hc, _splat(_I8, 32, 4)))
-                    lo.append(a)
-                    hi.append(c)
-                for h, vs in enumerate((lo, hi)):
-                    for k, v in enumerate(_transpose8(builder, vs)):
-                        _store(builder, v, op, _Q_OFF + 32 * (8 * (2 * j4 + h) + k))
+            if q6:
+                sc = [builder.sext(_load_ptr(builder, _gep(builder, wp, 192), _V16I8), _V16I16) for wp in wps]
+                _scale_pairs(builder, sc, op, 16, _PAIRS_OFF[True])
+                _store(builder, _half_scales(builder, wps, 208), op, _D_OFF[True])
+                chunks = [_q6_k_quants(builder, wp) for wp in wps]  # [row][chunk]
+                for c in range(8):
+                    for k, v in enumerate(_transpose8(builder, [chunks[j][c] for j in range(TILE_ROWS)])):
+                        _store(builder, v, op, _Q_OFF + 32 * (8 * c + k))
+            else:
+                high_bits = kind == "q5_k"
+                _scale_pairs(builder, [_k4_scales_mins(builder, _gep(builder, wp, 4)) for wp in wps], op, 8,
+                             _PAIRS_OFF[False])
+                _store(builder, _half_scales(builder, wps, 0), op, _D_OFF[False])
+                _store(builder, builder.fneg(_half_scales(builder, wps, 2)), op, _NDMIN_OFF)
+                qh = [_load_ptr(builder, _gep(builder, wp, 16), _V32I8) if high_bits else None for wp in wps]
+                for j4 in range(4):
+                    lo, hi = zip(*[_chunks_q45_k(builder, wp, j4, high_bits, qh[j]) for j, wp in enumerate(wps)])
+                    for h, vs in enumerate((lo, hi)):
+                        for k, v in enumerate(_transpose8(builder, list(vs))):
+                            _store(builder, v, op, _Q_OFF + 32 * (8 * (2 * j4 + h) + k))
         return context.get_dummy_value()
 
     return codegen
 
 
-def _tile_codegen(high_bits, n_tok, simd):
-    group = _GROUP[high_bits]
+def _tile_codegen(kind, n_tok, simd):
+    group = _GROUP[kind]
+    q6 = kind == "q6_k"
+    n_pairs = 8 if q6 else 4
 
     def codegen(context, builder, sig, args):
         xo, xs, nb = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (2, 3, 4)]
@@ -414,35 +440,44 @@ def _tile_codegen(high_bits, n_tok, simd):
             op = builder.gep(bp, [builder.mul(b, ir.Constant(_I64, PACK_BYTES))])
             xbs = [builder.gep(p, [builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))]) for p in xts]
             sums = [None] * n_tok
-            for s in range(8):
-                sc = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * s), _V16I16)
+            for c in range(8):  # chunks of 32 quants
                 part = [None] * n_tok
                 for k in range(8):
-                    wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * s + k)), _V32I8)
+                    wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V32I8)
                     for t in range(n_tok):
-                        xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * s + 4 * k), _I32))
+                        xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * c + 4 * k), _I32))
                         p = _maddubs(builder, wv, builder.bitcast(xv, _V32I8), simd)
                         part[t] = p if part[t] is None else builder.add(part[t], p)
                     if (k + 1) % group == 0:
+                        sub = 2 * c + k // 4 if q6 else c  # Q6_K: 16-value sub-blocks, dwords 0-3 and 4-7
+                        sc = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * sub), _V16I16)
                         for t in range(n_tok):
                             v = _maddwd(builder, part[t], sc, simd)
                             sums[t] = v if sums[t] is None else builder.add(sums[t], v)
                             part[t] = None
-            mv = [_load_ptr(builder, _gep(builder, op, _M_OFF + 32 * k), _V16I16) for k in range(4)]
-            dv = _load_ptr(builder, _gep(builder, op, _D_OFF), _V8F32)
-            ndv = _load_ptr(builder, _gep(builder, op, _NDMIN_OFF), _V8F32)
+            pv = [_load_ptr(builder, _gep(builder, op, _PAIRS_OFF[q6] + 32 * k), _V16I16) for k in range(n_pairs)]
+            dv = _load_ptr(builder, _gep(builder, op, _D_OFF[q6]), _V8F32)
+            ndv = None if q6 else _load_ptr(builder, _gep(builder, op, _NDMIN_OFF), _V8F32)
             for t in range(n_tok):
-                # sub-block sums of the activations (pairs of Q8_K's 16-value bsums), as i16 pairs per dword
+                # the activations' sub-block sums as i16 pairs per dword: Q8_K's 16-value bsums (Q6_K), or
+                # the sums of their pairs (the 32-value sub-blocks of Q4_K/Q5_K)
                 bs = _load_ptr(builder, _gep(builder, xbs[t], 4 + QK_K), _V16I16)
-                bs8 = builder.bitcast(builder.trunc(_maddwd(builder, bs, ones, simd), _V8I16), _V4I32)
-                msum = None
-                for k in range(4):
-                    bk = builder.bitcast(_bcast32(builder, builder.extract_element(bs8, ir.Constant(_I32, k))), _V16I16)
-                    v = _maddwd(builder, mv[k], bk, simd)
-                    msum = v if msum is None else builder.add(msum, v)
+                if q6:
+                    bsd = builder.bitcast(bs, _V8I32)
+                else:
+                    bsd = builder.bitcast(builder.trunc(_maddwd(builder, bs, ones, simd), _V8I16), _V4I32)
+                psum = None
+                for k in range(n_pairs):
+                    bk = builder.bitcast(_bcast32(builder, builder.extract_element(bsd, ir.Constant(_I32, k))), _V16I16)
+                    v = _maddwd(builder, pv[k], bk, simd)
+                    psum = v if psum is None else builder.add(psum, v)
                 dx = builder.bitcast(_bcast32(builder, _load_ptr(builder, xbs[t], _I32)), _V8F32)
-                acc = _fma(builder, builder.fmul(dv, dx), builder.sitofp(sums[t], _V8F32), builder.load(accs[t]))
-                acc = _fma(builder, builder.fmul(ndv, dx), builder.sitofp(msum, _V8F32), acc)
+                if q6:  # quants are stored +32: subtract 32 * sum_s sc[s] * bsums[s]
+                    si = builder.sub(sums[t], builder.shl(psum, _splat(_I32, 8, 5)))
+                    acc = _fma(builder, builder.fmul(dv, dx), builder.sitofp(si, _V8F32), builder.load(accs[t]))
+                else:
+                    acc = _fma(builder, builder.fmul(dv, dx), builder.sitofp(sums[t], _V8F32), builder.load(accs[t]))
+                    acc = _fma(builder, builder.fmul(ndv, dx), builder.sitofp(psum, _V8F32), acc)
                 builder.store(acc, accs[t])
         for t in range(n_tok):
             builder.store(builder.load(accs[t]), builder.gep(outp, [ir.Constant(_I64, t)]), align=4)
@@ -455,37 +490,41 @@ def _is_c_array(t, dtype):
     return isinstance(t, types.Array) and t.dtype == dtype and t.layout == "C"
 
 
-def _make_pack(high_bits):
+def _make_pack(kind):
     def pack(typingctx, buf, w, wo, ws, nr, nb):
         """Packs rows wo + r*ws (r < nr; later lanes repeat the last row) of w, nb superblocks, into buf."""
         if not (_is_c_array(buf, types.uint8) and _is_c_array(w, types.uint8)
                 and all(isinstance(a, types.Integer) for a in (wo, ws, nr, nb))):
             return None
-        return types.none(buf, w, wo, ws, nr, nb), _pack_codegen(high_bits)
+        return types.none(buf, w, wo, ws, nr, nb), _pack_codegen(kind)
 
     return intrinsic(pack)
 
 
-def _make_tile(high_bits, n_tok, simd):
+def _make_tile(kind, n_tok, simd):
     def tile(typingctx, buf, x, xo, xs, nb, out):
         """out[t*8 + r] = row r of the packed buf . Q8_K row at x[xo + t*xs:], t < n_tok."""
         if not (_is_c_array(buf, types.uint8) and _is_c_array(x, types.uint8) and _is_c_array(out, types.float32)
                 and all(isinstance(a, types.Integer) for a in (xo, xs, nb))):
             return None
-        return types.none(buf, x, xo, xs, nb, out), _tile_codegen(high_bits, n_tok, simd)
+        return types.none(buf, x, xo, xs, nb, out), _tile_codegen(kind, n_tok, simd)
 
     return intrinsic(tile)
 
 
-_pack_q4_k = _make_pack(False)
-_pack_q5_k = _make_pack(True)
-_tile_q4_k = _make_tile(False, TILE_TOKENS, HAS_AVX2)
-_tile1_q4_k = _make_tile(False, 1, HAS_AVX2)
-_tile_q5_k = _make_tile(True, TILE_TOKENS, HAS_AVX2)
-_tile1_q5_k = _make_tile(True, 1, HAS_AVX2)
+_pack_q4_k = _make_pack("q4_k")
+_pack_q5_k = _make_pack("q5_k")
+_pack_q6_k = _make_pack("q6_k")
+_tile_q4_k = _make_tile("q4_k", TILE_TOKENS, HAS_AVX2)
+_tile1_q4_k = _make_tile("q4_k", 1, HAS_AVX2)
+_tile_q5_k = _make_tile("q5_k", TILE_TOKENS, HAS_AVX2)
+_tile1_q5_k = _make_tile("q5_k", 1, HAS_AVX2)
+_tile_q6_k = _make_tile("q6_k", TILE_TOKENS, HAS_AVX2)
+_tile1_q6_k = _make_tile("q6_k", 1, HAS_AVX2)
 # Portable-IR variants, used by the tests to check the non-AVX2 code path on any machine.
-_tile_q4_k_portable = _make_tile(False, TILE_TOKENS, False)
-_tile_q5_k_portable = _make_tile(True, TILE_TOKENS, False)
+_tile_q4_k_portable = _make_tile("q4_k", TILE_TOKENS, False)
+_tile_q5_k_portable = _make_tile("q5_k", TILE_TOKENS, False)
+_tile_q6_k_portable = _make_tile("q6_k", TILE_TOKENS, False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -756,16 +795,16 @@ def matmul_k(dst, w, xq, kind):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_k_tiles(dst, w, xq, kind):
-    """dst = xq @ w.T for Q4_K / Q5_K weights (kind KIND_Q4_K / KIND_Q5_K) and Q8_K activations.
+    """dst = xq @ w.T for k-quant weights (kind KIND_Q4_K / KIND_Q5_K / KIND_Q6_K) and Q8_K activations.
 
     Shapes as matmul_k. Per (row, token) the same bits as the row dot (_make_vdot_rows): each superblock's
-    integer sums exact, then acc = fma(d*dx, sum, acc) and acc = fma(-dmin*dx, min sum, acc) in f32.
+    integer sums exact, then acc = fma(d*dx, sum, acc) (Q4_K/Q5_K: and acc = fma(-dmin*dx, min sum, acc)) in f32.
     """
     n_tok = xq.shape[0]
     n_out = w.shape[0]
     nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else BLOCK_BYTES_Q5_K
-    if (kind != KIND_Q4_K and kind != KIND_Q5_K) or xq.shape[1] != nb * BLOCK_BYTES_Q8_K or w.shape[1] != nb * w_block \
+    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else (BLOCK_BYTES_Q5_K if kind == KIND_Q5_K else BLOCK_BYTES_Q6_K)
+    if not is_k_quant(kind) or xq.shape[1] != nb * BLOCK_BYTES_Q8_K or w.shape[1] != nb * w_block \
             or dst.shape[0] != n_tok or dst.shape[1] != n_out:
         raise ValueError("matmul_k_tiles: shape mismatch")
     wb = w.shape[1]
@@ -783,25 +822,44 @@ def matmul_k_tiles(dst, w, xq, kind):
             for t0 in range(0, n_tok, TILE_TOKENS):
                 m = TILE_TOKENS if t0 < n_tok_t else 1
                 for t in range(t0, min(n_tok, t0 + TILE_TOKENS), m):
-                    if kind == KIND_Q4_K:
-                        if m == TILE_TOKENS:
-                            _tile_q4_k(buf, xq, t * xb, xb, nb, out)
-                        else:
-                            _tile1_q4_k(buf, xq, t * xb, xb, nb, out)
-                    elif m == TILE_TOKENS:
-                        _tile_q5_k(buf, xq, t * xb, xb, nb, out)
+                    if m == TILE_TOKENS:
+                        _tile_k(kind, buf, xq, t * xb, xb, nb, out)
                     else:
-                        _tile1_q5_k(buf, xq, t * xb, xb, nb, out)
+                        _tile1_k(kind, buf, xq, t * xb, xb, nb, out)
                     _tile_out(dst, out, t, m, r0, nr)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _pack_k(kind, buf, w, wo, ws, nr, nb):
-    """Rows wo + r*ws (r < nr) of Q4_K / Q5_K weights w packed into buf for the prompt tiles."""
+    """Rows wo + r*ws (r < nr) of k-quant weights w packed into buf for the prompt tiles."""
     if kind == KIND_Q4_K:
         _pack_q4_k(buf, w, wo, ws, nr, nb)
-    else:
+    elif kind == KIND_Q5_K:
         _pack_q5_k(buf, w, wo, ws, nr, nb)
+    else:
+        _pack_q6_k(buf, w, wo, ws, nr, nb)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_k(kind, buf, xq, xo, xs, nb, out):
+    """TILE_TOKENS tokens of the packed rows in buf (kind KIND_Q4_K/Q5_K/Q6_K)."""
+    if kind == KIND_Q4_K:
+        _tile_q4_k(buf, xq, xo, xs, nb, out)
+    elif kind == KIND_Q5_K:
+        _tile_q5_k(buf, xq, xo, xs, nb, out)
+    else:
+        _tile_q6_k(buf, xq, xo, xs, nb, out)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile1_k(kind, buf, xq, xo, xs, nb, out):
+    """One token of the packed rows in buf (kind KIND_Q4_K/Q5_K/Q6_K)."""
+    if kind == KIND_Q4_K:
+        _tile1_q4_k(buf, xq, xo, xs, nb, out)
+    elif kind == KIND_Q5_K:
+        _tile1_q5_k(buf, xq, xo, xs, nb, out)
+    else:
+        _tile1_q6_k(buf, xq, xo, xs, nb, out)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -814,8 +872,8 @@ def _tile_out(dst, out, t, m, r0, nr):
 
 @njit(cache=True, nogil=True)
 def _matmul_k_auto(dst, w, xq, kind):
-    """One token on the row dot (matmul_k); more on the prompt tiles where the format has them (same bits)."""
-    if kind != KIND_Q6_K and xq.shape[0] >= TILE_MIN_TOKENS:
+    """One token on the row dot (matmul_k); more on the prompt tiles (same bits)."""
+    if xq.shape[0] >= (TILE_MIN_TOKENS_Q6_K if kind == KIND_Q6_K else TILE_MIN_TOKENS):
         matmul_k_tiles(dst, w, xq, kind)
     else:
         matmul_k(dst, w, xq, kind)
@@ -835,8 +893,8 @@ def matmul_q5_k(dst, w, xq):
 
 @njit(cache=True, nogil=True)
 def matmul_q6_k(dst, w, xq):
-    """Q6_K weights x Q8_K activations (matmul_k)."""
-    matmul_k(dst, w, xq, KIND_Q6_K)
+    """Q6_K weights x Q8_K activations (_matmul_k_auto)."""
+    _matmul_k_auto(dst, w, xq, KIND_Q6_K)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -869,8 +927,10 @@ def _matmul_k_tiles_portable(dst, w, xq, kind):
         for t in range(0, xq.shape[0], TILE_TOKENS):
             if kind == KIND_Q4_K:
                 _tile_q4_k_portable(buf, xq, t * xb, xb, nb, out)
-            else:
+            elif kind == KIND_Q5_K:
                 _tile_q5_k_portable(buf, xq, t * xb, xb, nb, out)
+            else:
+                _tile_q6_k_portable(buf, xq, t * xb, xb, nb, out)
             _tile_out(dst, out, t, TILE_TOKENS, r0, nr)
 
 

@@ -29,14 +29,14 @@ from . import paths
 # 140 GOP/s), so they never take the BLAS path. Without VNNI (the AVX2 code, vpmaddubsw, against OpenBLAS's
 # Haswell sgemm, on a Xeon with the kernels compiled for haswell; bench/results/avx2-path-xeon-2026-12-06)
 # the Q4_0/Q5_0 tiles still win at every size (1408x2048, 512 tokens: 232 against 145 GFLOP/s) and Q8_0's
-# up to 128-192 tokens (139 against 85 at 32, 129 against 143 at 512). Q4_K / Q5_K's 8-row tiles (quants_k,
-# from 2 tokens on) stay ahead of it at every size on both code paths (1408x2048 Q4_K, 512 tokens: 383 against 187
-# GFLOP/s on the AVX-512 code, 392 against 146 on the AVX2 code).
+# up to 128-192 tokens (139 against 85 at 32, 129 against 143 at 512). The K-quants' 8-row tiles (quants_k)
+# stay ahead of it at every size on both code paths (1408x2048, 512 tokens: Q4_K 383 against 187 GFLOP/s on the
+# AVX-512 code, 392 against 146 on the AVX2 code; Q6_K 389 against 246, 325 against 182).
 NEVER = 1 << 62
 BLAS_MIN_TOKENS_INTEL = {
     "F32": 24, "F16": 24, "BF16": 20,
     "Q8_0": 192, "Q4_0": NEVER, "Q5_0": NEVER,
-    "Q4_K": NEVER, "Q5_K": NEVER, "Q6_K": 128,
+    "Q4_K": NEVER, "Q5_K": NEVER, "Q6_K": NEVER,
 }
 BLAS_MIN_TOKENS_VNNI = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=NEVER)
 

@@ -54,8 +54,8 @@ class Paths:
     amx: bool = True
     amx_min_tokens: int = 32
     # ... the K-quants from this many tokens (their kernels against Q8_K fall behind the tiles sooner: 1408x2048
-    # Q4_K/Q5_K's prompt tiles are even at ~12 tokens, Q6_K's row dot at ~11, on the 2-core Xeon:
-    # bench/results/k-tiles-xeon-2026-12-06, bench/results/amx-k-quants-xeon-*.md)
+    # Q4_K/Q5_K's prompt tiles are even at ~12 tokens, Q6_K's at ~24 (a small share of a Q4_K_M file), on the
+    # 2-core Xeon: bench/results/k-tiles-xeon-2026-12-06, bench/results/amx-k-quants-xeon-*.md)
     amx_min_tokens_k: int = 12
     # Bytes of the f32 weight tile of the dequantize + BLAS matmul path (one per worker thread; stays in L2).
     blas_tile_bytes: int = 2 << 20
