@@ -822,10 +822,7 @@ def matmul_k_tiles(dst, w, xq, kind):
             for t0 in range(0, n_tok, TILE_TOKENS):
                 m = TILE_TOKENS if t0 < n_tok_t else 1
                 for t in range(t0, min(n_tok, t0 + TILE_TOKENS), m):
-                    if m == TILE_TOKENS:
-                        _tile_k(kind, buf, xq, t * xb, xb, nb, out)
-                    else:
-                        _tile1_k(kind, buf, xq, t * xb, xb, nb, out)
+                    _tile_k(kind, m, buf, xq, t * xb, xb, nb, out)
                     _tile_out(dst, out, t, m, r0, nr)
 
 
@@ -841,23 +838,20 @@ def _pack_k(kind, buf, w, wo, ws, nr, nb):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _tile_k(kind, buf, xq, xo, xs, nb, out):
-    """TILE_TOKENS tokens of the packed rows in buf (kind KIND_Q4_K/Q5_K/Q6_K)."""
+def _tile_k(kind, m, buf, xq, xo, xs, nb, out):
+    """m tokens (TILE_TOKENS or 1) of the packed rows in buf (kind KIND_Q4_K/Q5_K/Q6_K)."""
     if kind == KIND_Q4_K:
-        _tile_q4_k(buf, xq, xo, xs, nb, out)
+        if m == TILE_TOKENS:
+            _tile_q4_k(buf, xq, xo, xs, nb, out)
+        else:
+            _tile1_q4_k(buf, xq, xo, xs, nb, out)
     elif kind == KIND_Q5_K:
-        _tile_q5_k(buf, xq, xo, xs, nb, out)
-    else:
+        if m == TILE_TOKENS:
+            _tile_q5_k(buf, xq, xo, xs, nb, out)
+        else:
+            _tile1_q5_k(buf, xq, xo, xs, nb, out)
+    elif m == TILE_TOKENS:
         _tile_q6_k(buf, xq, xo, xs, nb, out)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _tile1_k(kind, buf, xq, xo, xs, nb, out):
-    """One token of the packed rows in buf (kind KIND_Q4_K/Q5_K/Q6_K)."""
-    if kind == KIND_Q4_K:
-        _tile1_q4_k(buf, xq, xo, xs, nb, out)
-    elif kind == KIND_Q5_K:
-        _tile1_q5_k(buf, xq, xo, xs, nb, out)
     else:
         _tile1_q6_k(buf, xq, xo, xs, nb, out)
 
