@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize
 
 from pyrt._kernels import quants_k as qk
+from pyrt._kernels import tiles_k
 
 TYPES = {
     "q4_k": (T.Q4_K, qk.BLOCK_BYTES_Q4_K, qk.dequant_rows_q4_k, qk.matmul_q4_k, qk.KIND_Q4_K),
@@ -19,7 +20,7 @@ TYPES = {
     "q6_k": (T.Q6_K, qk.BLOCK_BYTES_Q6_K, qk.dequant_rows_q6_k, qk.matmul_q6_k, qk.KIND_Q6_K),
 }
 Q8K = qk.BLOCK_BYTES_Q8_K
-TILED = ["q4_k", "q5_k", "q6_k"]  # the formats with prompt tiles (qk.matmul_k_tiles)
+TILED = ["q4_k", "q5_k", "q6_k"]  # the formats with prompt tiles (tiles_k.matmul_k_tiles)
 
 
 def rand_blocks(name, n_rows, n_in, seed, edge=False):
@@ -204,7 +205,7 @@ def test_matmul_portable_path_matches(name):
     xq = q8k(np.random.default_rng(31).standard_normal((8, 512)).astype(np.float32))
     pairs = [(qk.matmul_k, qk._matmul_k_portable)]
     if name in TILED:
-        pairs.append((qk.matmul_k_tiles, qk._matmul_k_tiles_portable))
+        pairs.append((qk.matmul_k_tiles, tiles_k._matmul_k_tiles_portable))
     for simd, portable in pairs:
         a = np.empty((8, 19), np.float32)
         b = np.empty((8, 19), np.float32)

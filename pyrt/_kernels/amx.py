@@ -37,8 +37,8 @@ from numba.extending import intrinsic
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .quants_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins,
-                       is_k_quant)
+from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins,
+                   is_k_quant)
 from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
 from . import codes
 

@@ -19,7 +19,7 @@ from .fused_moe import FFN_TILE, _gate_up_tile
 from .kv import encode_row
 from .matmul_q8_0 import Q8_0_BYTES, QK, ROW_TILE, _is_block_q, _q_bias, quantize_rows_q8_0, x_aux_q8_0
 from .norm import _rms_row
-from .quants_k import is_k_quant
+from .ir_k import is_k_quant
 from .rope import _rope_neox_row, _rope_norm_row
 from .rows import q8_k_rows, rows_any
 from .simd import PREFETCH_BYTES

@@ -14,7 +14,7 @@ from .dots_q8_0 import AUX_BYTES, AUX_WORDS
 from .kv import Q8_0_BLOCK_BYTES, QK8_0, encode_row
 from .matmul_q8_0 import ROW_TILE, _q_bias, _rows_q, quantize_rows_q8_0, x_aux_q8_0
 from .norm import _rms_row
-from .quants_k import is_k_quant
+from .ir_k import is_k_quant
 from .rows import q8_k_rows, rows_any
 from .rope import _rope_norm_row
 from .simd import PREFETCH_BYTES

@@ -16,7 +16,7 @@ from .dots_q8_0 import AUX_BYTES, AUX_WORDS, ROWS
 from .matmul_q8_0 import (Q8_0_BYTES, QK, ROW_TILE, _is_block_q, _q_bias, _rows_q, _tile_q, _x_aux_blocks,
                           _quantize_blocks_q8_0, quantize_rows_q8_0, x_aux_q8_0)
 from .norm import _rms_row
-from .quants_k import is_k_quant
+from .ir_k import is_k_quant
 from .rows import q8_k_rows, rows_any
 from .simd import PREFETCH_BYTES, dot_f32_f32, prefetch
 

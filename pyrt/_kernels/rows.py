@@ -9,7 +9,8 @@ from numba import njit
 
 from .config import FASTMATH
 from .matmul_q8_0 import _rows_q
-from .quants_k import BLOCK_BYTES_Q8_K, QK_K, _vdot1_k, is_k_quant, quantize_rows_q8_k
+from .ir_k import BLOCK_BYTES_Q8_K, QK_K, is_k_quant
+from .quants_k import _vdot1_k, quantize_rows_q8_k
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
