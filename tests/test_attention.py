@@ -222,6 +222,43 @@ def test_attention_matrix_on_strided_rows():
     assert empty.shape == (n_tok, H * dv) and not empty.any()
 
 
+@pytest.mark.parametrize("n_head_kv", [4, 2])
+def test_attention_matrix_heads_and_shared_rope_key(n_head_kv):
+    """MLA's decompressed prompt attention on the matrix path: K and V as [n_vis, n_head_kv, d] views into kv_b's
+    [k_nope | v] rows, plus one rope key per cell shared by every head (a strided view of the latent rows),
+    against the float64 reference over the concatenated [k_nope | k_rope] heads; shape checks."""
+    from pyrt.ops.attention import attention_matrix
+    rng = np.random.default_rng(5 + n_head_kv)
+    n_vis, H, dn, dr, dv, n_tok = 70, 4, 24, 8, 16, 40
+    kv = rng.standard_normal((n_vis, n_head_kv, dn + dv)).astype(np.float32)
+    lat = rng.standard_normal((n_vis, dr + 20)).astype(np.float32)                 # [k_rope | latent]
+    q = rng.standard_normal((n_tok, H, dn + dr)).astype(np.float32)
+    cp = np.arange(n_vis, dtype=np.int32)
+    cs = np.where(np.arange(n_vis) % 4 == 0, 3, 1).astype(np.uint64)
+    q_pos = np.sort(rng.integers(-1, n_vis, n_tok)).astype(np.int32)
+    q_seq = (np.arange(n_tok) % 2).astype(np.int32)
+    out = attention_matrix(q[:, :, :dn], kv[:, :, :dn], kv[:, :, dn:], cp, cs, q_pos, q_seq, 0.2, n_head_kv, dv,
+                           q_rope=np.ascontiguousarray(q[:, :, dn:]), k_rope=lat[:, :dr])
+    k_full = np.concatenate([kv[:, :, :dn], np.repeat(lat[:, None, :dr], n_head_kv, axis=1)], axis=2)
+    ref = reference(q, k_full.reshape(n_vis, -1).astype(np.float64),
+                    kv[:, :, dn:].reshape(n_vis, -1).astype(np.float64), cp, cs, q_pos, q_seq, 0.2, n_head_kv, dv)
+    np.testing.assert_allclose(out.reshape(ref.shape), ref, atol=1e-5, rtol=1e-4)
+    q_pe = np.ascontiguousarray(q[:, :, dn:])
+    bad = [dict(q_rope=q_pe),                                                         # k_rope missing
+           dict(q_rope=q_pe, k_rope=lat[:-1, :dr]),                                    # one rope key short
+           dict(q_rope=q_pe[:, :, :-1], k_rope=lat[:, :dr]),                           # widths differ
+           dict(q_rope=q_pe.astype(np.float64), k_rope=lat[:, :dr])]
+    for kw in bad:
+        with pytest.raises(InvalidArgumentError):
+            attention_matrix(q[:, :, :dn], kv[:, :, :dn], kv[:, :, dn:], cp, cs, q_pos, q_seq, 0.2, n_head_kv, dv,
+                             **kw)
+    with pytest.raises(InvalidArgumentError):                                       # head width differs
+        attention_matrix(q[:, :, :dn], kv[:, :, :dn - 1], kv[:, :, dn:], cp, cs, q_pos, q_seq, 0.2, n_head_kv, dv)
+    with pytest.raises(InvalidArgumentError):                                       # values not contiguous
+        attention_matrix(q[:, :, :dn], kv[:, :, :dn], kv[:, :, dn::2], cp, cs, q_pos, q_seq, 0.2, n_head_kv,
+                         dv // 2)
+
+
 @pytest.mark.parametrize("n_kv,n_split,tile", [(4097, 16, 32), (4096, 16, 32), (8207, 16, 32), (300, 4, 32),
                                               (513, 2, 64), (96, 8, 32), (1, 1, 32), (7, 3, 4)])
 def test_kv_splits_cover_the_cells_in_tiles_of_equal_share(n_kv, n_split, tile):

@@ -277,15 +277,32 @@ def _attention_blas(q, cache, il, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scal
                             n_swa=n_swa, softcap=softcap)
 
 
-def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_swa=0, softcap=0.0):
+def _heads_view(a, n_vis: int, n_head_kv: int, d: int, what: str) -> np.ndarray:
+    """[n_vis, n_head_kv, d] view of K or V given as f32 [n_vis, >= n_head_kv*d] rows or [n_vis, n_head_kv, d]
+    heads (strided views allowed; each head's values contiguous)."""
+    if a.dtype != np.float32 or a.shape[0] != n_vis or a.ndim not in (2, 3):
+        raise InvalidArgumentError(f"attention: {what} must be f32 [n_vis, row] or [n_vis, n_head_kv, d]")
+    if a.ndim == 3:
+        if a.shape[1:] != (n_head_kv, d) or (d > 1 and a.strides[2] != 4):
+            raise InvalidArgumentError(f"attention: {what} heads must be [n_vis, {n_head_kv}, {d}] with contiguous values")
+        return a
+    if a.shape[1] < n_head_kv * d:
+        raise InvalidArgumentError("attention: cache rows are narrower than the heads")
+    return a[:, :n_head_kv * d].reshape(n_vis, n_head_kv, d)
+
+
+def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_swa=0, softcap=0.0,
+                     q_rope=None, k_rope=None):
     """Prompt-chunk attention with matrix products: per KV head, S = (Q*scale) K^T + mask, softmax, P V.
 
-    q: [n_tok, n_head, dk] f32; K: [n_vis, >= n_head_kv*dk] f32 and V: [n_vis, >= n_head_kv*dv] f32 (rows
-    may be strided views), the visible cells in scan order, whose positions and sequence bitmasks are
-    cp, cs [n_vis]; q_pos, q_seq: [n_tok] (q_seq in [0, 64)). The softmax is exact over the whole row,
-    so the result equals the flash kernel's up to f32 rounding. Rows that see no cell give zeros. Heads
-    run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count independent.
-    Returns [n_tok, n_head*dv] f32.
+    q: [n_tok, n_head, dk] f32; K: [n_vis, >= n_head_kv*dk] f32 rows or [n_vis, n_head_kv, dk] heads, V likewise
+    with dv (strided views allowed: a K-only cache's V, DeepSeek2's decompressed [k_nope | v] heads), the
+    visible cells in scan order, whose positions and sequence bitmasks are cp, cs [n_vis]; q_pos, q_seq:
+    [n_tok] (q_seq in [0, 64)). q_rope [n_tok, n_head, dr] and k_rope [n_vis, dr] (f32, one rope key per
+    cell shared by every head, MLA's decoupled rope part) add q_rope . k_rope to each score. The softmax is
+    exact over the whole row, so the result equals the flash kernel's up to f32 rounding. Rows that see no
+    cell give zeros. Heads run as tasks on the BLAS pool (one OpenBLAS thread each): thread-count
+    independent. Returns [n_tok, n_head*dv] f32.
     """
     from ..backends.cpu import blas_pool
     import numba
@@ -294,13 +311,22 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
     q_pos, q_seq = np.asarray(q_pos), np.asarray(q_seq)
     if q_seq.size and (q_seq.min() < 0 or q_seq.max() >= 64):
         raise InvalidArgumentError("attention: q_seq values must be in [0, 64)")
-    if (K.dtype != np.float32 or V.dtype != np.float32 or K.ndim != 2 or V.ndim != 2 or K.shape[0] != V.shape[0]
-            or K.shape[0] != len(cp) or len(cs) != len(cp) or q_pos.shape != (n_tok,) or q_seq.shape != (n_tok,)):
+    n_vis = K.shape[0]
+    if (V.shape[0] != n_vis or n_vis != len(cp) or len(cs) != len(cp) or q_pos.shape != (n_tok,)
+            or q_seq.shape != (n_tok,)):
         raise InvalidArgumentError("attention: K/V must be f32 [n_vis, row] with one position and sequence per row")
     if n_head_kv <= 0 or n_head % n_head_kv:
         raise InvalidArgumentError(f"attention: n_head ({n_head}) is not a multiple of n_head_kv ({n_head_kv})")
-    if K.shape[1] < n_head_kv * dk or V.shape[1] < n_head_kv * dv:
-        raise InvalidArgumentError("attention: cache rows are narrower than the heads")
+    K = _heads_view(K, n_vis, n_head_kv, dk, "K")
+    V = _heads_view(V, n_vis, n_head_kv, dv, "V")
+    if (q_rope is None) != (k_rope is None):
+        raise InvalidArgumentError("attention: q_rope and k_rope go together")
+    if q_rope is not None:
+        dr = k_rope.shape[-1]
+        if (q_rope.dtype != np.float32 or k_rope.dtype != np.float32 or q_rope.shape != (n_tok, n_head, dr)
+                or k_rope.shape != (n_vis, dr)):
+            raise InvalidArgumentError(f"attention: q_rope must be f32 [{n_tok}, {n_head}, dr] and k_rope "
+                                       f"f32 [{n_vis}, dr]")
     cp = np.ascontiguousarray(cp, dtype=np.int32)
     cs = np.ascontiguousarray(cs, dtype=np.uint64)
     qp = q_pos.astype(np.int32)
@@ -308,7 +334,6 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
     sorted_pos = cp.shape[0] < 2 or bool(np.all(cp[1:] >= cp[:-1]))
     n_gqa = n_head // n_head_kv
     out = np.empty((n_tok, n_head, dv), np.float32)
-    n_vis = K.shape[0]
     if n_vis == 0:
         out[...] = 0.0
         return out.reshape(n_tok, n_head * dv)
@@ -324,13 +349,14 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
         if n_c == 0:
             o[...] = 0.0
             return
-        Kg = K[:n_c, g * dk:(g + 1) * dk]
-        Vg = V[:n_c, g * dv:(g + 1) * dv]
-        Q = np.ascontiguousarray(q[t0:t1, g * n_gqa:(g + 1) * n_gqa, :]).reshape(-1, dk)
-        S = np.matmul(Q, Kg.T)                                                 # [r*n_gqa, n_c]
+        heads = slice(g * n_gqa, (g + 1) * n_gqa)
+        Q = np.ascontiguousarray(q[t0:t1, heads, :]).reshape(-1, dk)
+        S = np.matmul(Q, K[:n_c, g, :].T)                                      # [r*n_gqa, n_c]
+        if q_rope is not None:
+            S += np.matmul(np.ascontiguousarray(q_rope[t0:t1, heads, :]).reshape(-1, dr), k_rope[:n_c].T)
         S *= np.float32(scale)
         fa.softmax_masked_rows(S, n_gqa, t0, qp, qs, cp[:n_c], cs[:n_c], n_swa, np.float32(softcap))
-        o[...] = np.matmul(S, Vg).reshape(t1 - t0, n_gqa, dv)
+        o[...] = np.matmul(S, V[:n_c, g, :]).reshape(t1 - t0, n_gqa, dv)
 
     items = [(g, t0) for g in range(n_head_kv) for t0 in range(0, n_tok, rows)]
     blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
