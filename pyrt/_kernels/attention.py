@@ -9,7 +9,7 @@ queries of a query tile).
 import numpy as np
 from numba import njit, prange
 
-from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
+from .attn_blocks import HAS_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .kv import decode_tile
 from .softmax import (_row_max, add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
@@ -41,8 +41,8 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
     cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
-    zmm = HAS_ZMM_BLOCKS and kv_tile % 4 == 0
-    R4 = R - R % 4 if zmm else 0  # rows in the register blocks; the others take the plain loops
+    blocks = HAS_BLOCKS and kv_tile % 4 == 0
+    R4 = R - R % 4 if blocks else 0  # rows in the register blocks; the others take the plain loops
     s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
     qs_p, qs_rs = np.int64(qs.ctypes.data), np.int64(qs.strides[0])
     kt_p, kt_rs = np.int64(kt.ctypes.data), np.int64(kt.strides[0])
@@ -53,14 +53,14 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
         decode_tile(kt, k, kv_idx, cb, nc, cvis, g * dk, dk, kind_k, seg_k)
         decode_tile(vt, v, kv_idx, cb, nc, cvis, v_off + g * dv, dv, kind_v, seg_v)
-        if zmm:  # 4 rows x 4 cells a block; the last block pads with the tile's other (finite, unused) rows, so a
+        if blocks:  # 4 rows x 4 cells a block; the last block pads with the tile's other (finite, unused) rows, so a
             # score has the same arithmetic wherever the tile boundaries fall
             for j0 in range(0, (nc + 3) // 4 * 4, 4):
                 for r0 in range(0, R4, 4):
                     dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs, dk)
         qk_scores(s, qs, kt, R4, R, 0, nc)
         online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
-        if zmm:  # acc += P @ V: 4 rows x 64 values in registers across the tile's cells
+        if blocks:  # acc += P @ V: 4 rows x 16-64 values in registers across the tile's cells
             values_4(acc, s, vt, 0, R4, nc)
         add_pv(acc, s, vt, 0, R4, R, 0, nc)
 

@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attention_mla_amx16 import amx16_fits, mla_item_amx16, pack_q16, query_scale
-from .attn_blocks import HAS_ZMM_BLOCKS, dot4x4_f32, values_4
+from .attn_blocks import HAS_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .kv import KIND_F32, decode_row
 from .simd import prefetch
@@ -97,7 +97,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     k_rs = np.int64(k.strides[0])
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     R4 = R - R % 4
-    zmm = HAS_ZMM_BLOCKS and kv_tile % 4 == 0
+    blocks = HAS_BLOCKS and kv_tile % 4 == 0
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
@@ -111,8 +111,8 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                 kt[j, :] = np.float32(0.0)
         nc4 = nc - nc % 4
         n_next = min(kv_tile, c1 - cb - kv_tile)
-        ncb = nc4  # cells in 4 x 4 blocks; the zmm blocks pad the last four with the tile's other (finite,
-        if zmm:    # unused) rows, so a cell's score has the same arithmetic wherever the tile boundaries fall
+        ncb = nc4  # cells in 4 x 4 blocks; the register blocks pad the last four with the tile's other (finite,
+        if blocks:  # unused) rows, so a cell's score has the same arithmetic wherever the tile boundaries fall
             ncb = (nc + 3) // 4 * 4
             for j0 in range(0, ncb, 4):
                 for j in range(j0 * n_next // ncb, (j0 + 4) * n_next // ncb):  # the next tile's rows, a few a block
@@ -132,7 +132,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         qk_scores(s, qs, kt, R4, R, 0, ncb)
         qk_scores(s, qs, kt, 0, R, ncb, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
-        if zmm:  # 4 heads x 64 values in registers across the tile's cells
+        if blocks:  # 4 heads x 16-64 values in registers across the tile's cells
             values_4(acc, s, kt, v_off, R4, nc)
         else:
             for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators

@@ -1,6 +1,7 @@
-"""Register-blocked f32 attention blocks in explicit 16-lane vectors (one zmm each on AVX-512 targets, where
-LLVM's loop vectorizer would pick 256-bit ymm): the 4 x 4 score block and the value accumulation of 4 rows
-over a tile's cells, with the accumulators in registers across the cells.
+"""Register-blocked f32 attention blocks in explicit vectors, accumulators in registers across a block's steps:
+the 4 x 4 score block and the value accumulation of 4 rows over a tile's cells. 16 lanes (one zmm) on AVX-512
+targets, where LLVM's loop vectorizer would pick ymm; 8 lanes (one ymm) on AVX2 + FMA targets, in blocks sized to
+their 16 registers (the 4 x 4 scores as two 4 x 2 passes, 16 values of 4 rows in the value block).
 
 Leaf module (numpy, numba, llvmlite and sibling kernel modules only); pointers are integer addresses and strides are
 in bytes, kept in range by the calling kernels. Summation orders are fixed (no reassociation flags), so a row's
@@ -16,15 +17,14 @@ from numba.extending import intrinsic
 from .simd import _F32, _FEATS, _I32, _I64, _vec
 from .config import NO_SIMD
 
-W = 16                       # lanes of one vector
 ROWS = 4                     # query rows (heads) of a block
 CELLS = 4                    # cache rows of a score block
-CHUNK = 4                    # vectors per accumulator row of the value block (64 values)
-# The blocks keep 16 vector accumulators live: only AVX-512's 32 registers hold them (AVX2's 16 would spill),
-# so callers take them on AVX-512 targets and keep their loops elsewhere.
-HAS_ZMM_BLOCKS = not NO_SIMD and "avx512f" in _FEATS
-
-_V = _vec(_F32, W)
+# lanes of a vector -> (cells of a score pass, vectors per accumulator row of the value block): 16 vector
+# accumulators on AVX-512's 32 registers, 8 on AVX2's 16
+_SHAPES = {16: (4, 4), 8: (2, 2)}
+# Callers take the blocks where the target has a register file for them and keep their loops elsewhere.
+W = 16 if "avx512f" in _FEATS else 8
+HAS_BLOCKS = not NO_SIMD and ("avx512f" in _FEATS or {"avx2", "fma"} <= _FEATS)
 
 
 def _ld(builder, addr, ty):
@@ -37,14 +37,14 @@ def _st(builder, v, addr):
 
 def _fma(builder, a, b, c):
     ty = a.type
-    name = "llvm.fma.v16f32" if ty == _V else "llvm.fma.f32"
+    name = f"llvm.fma.v{ty.count}f32" if isinstance(ty, ir.VectorType) else "llvm.fma.f32"
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]), name)
     return builder.call(fn, [a, b, c])
 
 
-def _splat_of(builder, x):
-    v = builder.insert_element(ir.Constant(_V, ir.Undefined), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_vec(_I32, W), [0] * W))
+def _splat_of(builder, x, w):
+    v = builder.insert_element(ir.Constant(_vec(_F32, w), ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_vec(_I32, w), [0] * w))
 
 
 def _add(builder, a, b):
@@ -55,122 +55,149 @@ def _mul(builder, a, b):
     return builder.mul(a, b if not isinstance(b, int) else ir.Constant(_I64, b))
 
 
-def _dot4x4_codegen(context, builder, signature, args):
-    """s[r, j] (r, j < 4; row stride ss bytes) = q_r . k_j over n f32 (rows at q + r*qs and k + j*ks): 16
-    vector accumulators over n // 16 steps, each folded in a fixed order, plus a scalar tail."""
-    s, ss, q, qs, k, ks, n = args
-    zero_v = ir.Constant(_V, [0.0] * W)
-    zero = ir.Constant(_F32, 0.0)
-    acc = [[cgutils.alloca_once_value(builder, zero_v) for _ in range(CELLS)] for _ in range(ROWS)]
-    tacc = [[cgutils.alloca_once_value(builder, zero) for _ in range(CELLS)] for _ in range(ROWS)]
-    qrow = [_add(builder, q, _mul(builder, qs, r)) for r in range(ROWS)]
-    krow = [_add(builder, k, _mul(builder, ks, j)) for j in range(CELLS)]
-    nv = builder.udiv(n, ir.Constant(_I64, W))
-    with cgutils.for_range(builder, nv) as loop:
-        off = _mul(builder, loop.index, W * 4)
-        qv = [_ld(builder, _add(builder, qrow[r], off), _V) for r in range(ROWS)]
-        kv = [_ld(builder, _add(builder, krow[j], off), _V) for j in range(CELLS)]
-        for r in range(ROWS):
-            for j in range(CELLS):
-                builder.store(_fma(builder, qv[r], kv[j], builder.load(acc[r][j])), acc[r][j])
-    start = _mul(builder, nv, W)
-    with cgutils.for_range(builder, builder.sub(n, start)) as loop:
-        off = _mul(builder, _add(builder, start, loop.index), 4)
-        qx = [_ld(builder, _add(builder, qrow[r], off), _F32) for r in range(ROWS)]
-        kx = [_ld(builder, _add(builder, krow[j], off), _F32) for j in range(CELLS)]
-        for r in range(ROWS):
-            for j in range(CELLS):
-                builder.store(_fma(builder, qx[r], kx[j], builder.load(tacc[r][j])), tacc[r][j])
-    sums = _reduce_lanes(builder, [builder.load(acc[r][j]) for r in range(ROWS) for j in range(CELLS)])
-    for r in range(ROWS):
-        t = ir.Constant(_vec(_F32, CELLS), [0.0] * CELLS)
-        for j in range(CELLS):
-            t = builder.insert_element(t, builder.load(tacc[r][j]), ir.Constant(_I32, j))
-        lanes = ir.Constant(_vec(_I32, CELLS), list(range(r * CELLS, (r + 1) * CELLS)))
-        row = builder.shuffle_vector(sums, sums, lanes)
-        _st(builder, builder.fadd(row, t), _add(builder, s, _mul(builder, ss, r)))
-    return context.get_dummy_value()
+def _dot4x4_codegen(w):
+    """s[r, j] (r, j < 4; row stride ss bytes) = q_r . k_j over n f32 (rows at q + r*qs and k + j*ks): per pass of
+    `cells` cells, 4 * cells vector accumulators of w lanes over n // w steps, each folded in a fixed order, plus
+    a scalar tail."""
+    cells, _ = _SHAPES[w]
+    vty = _vec(_F32, w)
+
+    def codegen(context, builder, signature, args):
+        s, ss, q, qs, k, ks, n = args
+        zero = ir.Constant(_F32, 0.0)
+        tacc = [[cgutils.alloca_once_value(builder, zero) for _ in range(CELLS)] for _ in range(ROWS)]
+        qrow = [_add(builder, q, _mul(builder, qs, r)) for r in range(ROWS)]
+        krow = [_add(builder, k, _mul(builder, ks, j)) for j in range(CELLS)]
+        nv = builder.udiv(n, ir.Constant(_I64, w))
+        start = _mul(builder, nv, w)
+        with cgutils.for_range(builder, builder.sub(n, start)) as loop:
+            off = _mul(builder, _add(builder, start, loop.index), 4)
+            qx = [_ld(builder, _add(builder, qrow[r], off), _F32) for r in range(ROWS)]
+            kx = [_ld(builder, _add(builder, krow[j], off), _F32) for j in range(CELLS)]
+            for r in range(ROWS):
+                for j in range(CELLS):
+                    builder.store(_fma(builder, qx[r], kx[j], builder.load(tacc[r][j])), tacc[r][j])
+        for j0 in range(0, CELLS, cells):
+            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, [0.0] * w)) for _ in range(cells)]
+                   for _ in range(ROWS)]
+            with cgutils.for_range(builder, nv) as loop:
+                off = _mul(builder, loop.index, w * 4)
+                kv = [_ld(builder, _add(builder, krow[j0 + j], off), vty) for j in range(cells)]
+                for r in range(ROWS):
+                    qv = _ld(builder, _add(builder, qrow[r], off), vty)
+                    for j in range(cells):
+                        builder.store(_fma(builder, qv, kv[j], builder.load(acc[r][j])), acc[r][j])
+            sums = _reduce_lanes(builder, [builder.load(acc[r][j]) for r in range(ROWS) for j in range(cells)])
+            for r in range(ROWS):
+                t = ir.Constant(_vec(_F32, cells), [0.0] * cells)
+                for j in range(cells):
+                    t = builder.insert_element(t, builder.load(tacc[r][j0 + j]), ir.Constant(_I32, j))
+                lanes = ir.Constant(_vec(_I32, cells), list(range(r * cells, (r + 1) * cells)))
+                row = builder.shuffle_vector(sums, sums, lanes)
+                _st(builder, builder.fadd(row, t), _add(builder, s, _add(builder, _mul(builder, ss, r), 4 * j0)))
+        return context.get_dummy_value()
+
+    return codegen
 
 
 def _reduce_lanes(builder, vs):
-    """16 <16 x float> -> one whose lane i is the sum of vs[i]'s lanes: a butterfly of half-vector shuffles.
+    """w <w x float> -> one whose lane i is the sum of vs[i]'s lanes: a butterfly of half-vector shuffles.
     Every lane sums in simd._fold's order (lane t + lane t + L/2 at each halving), the same bits as folding each
-    vector alone, with 30 shuffles instead of 128."""
-    lanes = W
+    vector alone, with 2w - 2 shuffles instead of 2w log2(w)."""
+    width = vs[0].type.count
+    assert len(vs) == width
+    lanes = width
     while len(vs) > 1:
-        g = W // lanes   # groups (vectors reduced so far) per vector, `lanes` partial sums each
+        g = width // lanes   # groups (vectors reduced so far) per vector, `lanes` partial sums each
         h = lanes // 2
         lo = [gi * lanes + t for gi in range(g) for t in range(h)]
         hi = [i + h for i in lo]
         nxt = []
         for a, b in zip(vs[0::2], vs[1::2]):
-            m_lo = ir.Constant(_vec(_I32, W), lo + [W + i for i in lo])
-            m_hi = ir.Constant(_vec(_I32, W), hi + [W + i for i in hi])
+            m_lo = ir.Constant(_vec(_I32, width), lo + [width + i for i in lo])
+            m_hi = ir.Constant(_vec(_I32, width), hi + [width + i for i in hi])
             nxt.append(builder.fadd(builder.shuffle_vector(a, b, m_lo), builder.shuffle_vector(a, b, m_hi)))
         vs = nxt
         lanes = h
     return vs[0]
 
 
-def _pv4_codegen(context, builder, signature, args):
+def _pv4_codegen(w):
     """a_r[i] += sum_j p_r[j] * v_j[i] for r < 4, cells j < nc in order, i < n (a_r at a + r*as, p_r at
-    p + r*ps, v_j at v + j*vs; f32): 64 values of the 4 rows stay in 16 vector registers across the cells,
-    then 16-value steps, then a scalar tail."""
-    a, as_, p, ps, v, vs, nc, n = args
-    arow = [_add(builder, a, _mul(builder, as_, r)) for r in range(ROWS)]
-    prow = [_add(builder, p, _mul(builder, ps, r)) for r in range(ROWS)]
+    p + r*ps, v_j at v + j*vs; f32): chunk * w values of the 4 rows stay in vector registers across the cells,
+    then w-value steps, then a scalar tail."""
+    _, chunk = _SHAPES[w]
+    vty = _vec(_F32, w)
 
-    def block(col_off, width, ty):
-        """Accumulate columns [col_off, col_off + width * lanes) of the 4 rows over every cell."""
-        lanes = W if ty == _V else 1
-        acc = [[cgutils.alloca_once(builder, ty) for _ in range(width)] for _ in range(ROWS)]
-        for r in range(ROWS):
-            for u in range(width):
-                builder.store(_ld(builder, _add(builder, arow[r], _add(builder, col_off, 4 * lanes * u)), ty),
-                              acc[r][u])
-        with cgutils.for_range(builder, nc) as cells:
-            j = cells.index
-            vrow = _add(builder, _add(builder, v, _mul(builder, vs, j)), col_off)
-            vv = [_ld(builder, _add(builder, vrow, 4 * lanes * u), ty) for u in range(width)]
-            pj4 = _mul(builder, j, 4)
+    def codegen(context, builder, signature, args):
+        a, as_, p, ps, v, vs, nc, n = args
+        arow = [_add(builder, a, _mul(builder, as_, r)) for r in range(ROWS)]
+        prow = [_add(builder, p, _mul(builder, ps, r)) for r in range(ROWS)]
+
+        def block(col_off, width, ty):
+            """Accumulate columns [col_off, col_off + width * lanes) of the 4 rows over every cell."""
+            lanes = w if ty == vty else 1
+            acc = [[cgutils.alloca_once(builder, ty) for _ in range(width)] for _ in range(ROWS)]
             for r in range(ROWS):
-                pr = _ld(builder, _add(builder, prow[r], pj4), _F32)
-                if ty == _V:
-                    pr = _splat_of(builder, pr)
                 for u in range(width):
-                    builder.store(_fma(builder, pr, vv[u], builder.load(acc[r][u])), acc[r][u])
-        for r in range(ROWS):
-            for u in range(width):
-                _st(builder, builder.load(acc[r][u]), _add(builder, arow[r], _add(builder, col_off, 4 * lanes * u)))
+                    builder.store(_ld(builder, _add(builder, arow[r], _add(builder, col_off, 4 * lanes * u)), ty),
+                                  acc[r][u])
+            with cgutils.for_range(builder, nc) as cells:
+                j = cells.index
+                vrow = _add(builder, _add(builder, v, _mul(builder, vs, j)), col_off)
+                vv = [_ld(builder, _add(builder, vrow, 4 * lanes * u), ty) for u in range(width)]
+                pj4 = _mul(builder, j, 4)
+                for r in range(ROWS):
+                    pr = _ld(builder, _add(builder, prow[r], pj4), _F32)
+                    if ty == vty:
+                        pr = _splat_of(builder, pr, w)
+                    for u in range(width):
+                        builder.store(_fma(builder, pr, vv[u], builder.load(acc[r][u])), acc[r][u])
+            for r in range(ROWS):
+                for u in range(width):
+                    _st(builder, builder.load(acc[r][u]), _add(builder, arow[r], _add(builder, col_off, 4 * lanes * u)))
 
-    nchunk = builder.udiv(n, ir.Constant(_I64, W * CHUNK))
-    with cgutils.for_range(builder, nchunk) as loop:
-        block(_mul(builder, loop.index, W * CHUNK * 4), CHUNK, _V)
-    v0 = _mul(builder, nchunk, CHUNK)
-    with cgutils.for_range(builder, builder.sub(builder.udiv(n, ir.Constant(_I64, W)), v0)) as loop:
-        block(_mul(builder, _add(builder, v0, loop.index), W * 4), 1, _V)
-    e0 = _mul(builder, builder.udiv(n, ir.Constant(_I64, W)), W)
-    with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
-        block(_mul(builder, _add(builder, e0, loop.index), 4), 1, _F32)
-    return context.get_dummy_value()
+        nchunk = builder.udiv(n, ir.Constant(_I64, w * chunk))
+        with cgutils.for_range(builder, nchunk) as loop:
+            block(_mul(builder, loop.index, w * chunk * 4), chunk, vty)
+        v0 = _mul(builder, nchunk, chunk)
+        with cgutils.for_range(builder, builder.sub(builder.udiv(n, ir.Constant(_I64, w)), v0)) as loop:
+            block(_mul(builder, _add(builder, v0, loop.index), w * 4), 1, vty)
+        e0 = _mul(builder, builder.udiv(n, ir.Constant(_I64, w)), w)
+        with cgutils.for_range(builder, builder.sub(n, e0)) as loop:
+            block(_mul(builder, _add(builder, e0, loop.index), 4), 1, _F32)
+        return context.get_dummy_value()
+
+    return codegen
 
 
-@intrinsic
-def dot4x4_f32(typingctx, s, ss, q, qs, k, ks, n):
-    """The 16 dot products of 4 f32 rows at q (stride qs bytes) with 4 f32 rows at k (stride ks), n values
-    each, stored at s[r * ss + j * 4] (addresses and strides in bytes)."""
-    if not all(isinstance(x, types.Integer) for x in (s, ss, q, qs, k, ks, n)):
-        return None
-    return types.none(*([types.int64] * 7)), _dot4x4_codegen
+def _make_dot4x4(w):
+    def dot4x4(typingctx, s, ss, q, qs, k, ks, n):
+        """The 16 dot products of 4 f32 rows at q (stride qs bytes) with 4 f32 rows at k (stride ks), n values
+        each, stored at s[r * ss + j * 4] (addresses and strides in bytes)."""
+        if not all(isinstance(x, types.Integer) for x in (s, ss, q, qs, k, ks, n)):
+            return None
+        return types.none(*([types.int64] * 7)), _dot4x4_codegen(w)
+
+    dot4x4.__name__ = f"dot4x4_f32_w{w}"
+    return intrinsic(dot4x4)
 
 
-@intrinsic
-def pv4_f32(typingctx, a, as_, p, ps, v, vs, nc, n):
-    """a_r[:n] += sum_j p_r[j] * v_j[:n] for 4 f32 accumulator rows at a (stride as_ bytes), their weights
-    p_r[:nc] at p (stride ps) and nc f32 value rows at v (stride vs), cell by cell in order."""
-    if not all(isinstance(x, types.Integer) for x in (a, as_, p, ps, v, vs, nc, n)):
-        return None
-    return types.none(*([types.int64] * 8)), _pv4_codegen
+def _make_pv4(w):
+    def pv4(typingctx, a, as_, p, ps, v, vs, nc, n):
+        """a_r[:n] += sum_j p_r[j] * v_j[:n] for 4 f32 accumulator rows at a (stride as_ bytes), their weights
+        p_r[:nc] at p (stride ps) and nc f32 value rows at v (stride vs), cell by cell in order."""
+        if not all(isinstance(x, types.Integer) for x in (a, as_, p, ps, v, vs, nc, n)):
+            return None
+        return types.none(*([types.int64] * 8)), _pv4_codegen(w)
+
+    pv4.__name__ = f"pv4_f32_w{w}"
+    return intrinsic(pv4)
+
+
+# the target's blocks; both widths for the tests (16 lanes compile anywhere, as two ymm halves without AVX-512)
+BLOCKS = {w: (_make_dot4x4(w), _make_pv4(w)) for w in _SHAPES}
+dot4x4_f32, pv4_f32 = BLOCKS[W]
 
 
 @njit(cache=True, nogil=True, inline="always")
