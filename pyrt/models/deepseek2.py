@@ -505,9 +505,9 @@ class DeepSeek2Model(ModelBase):
             return mla.heads_attention_amx(qf, rows, Dv, cp, cs, inp.pos, inp.seq, self.kq_scale)
         if n_tok >= ATTN_BLAS_MIN_TOKENS and inp.seq.size and 0 <= inp.seq.min() and inp.seq.max() < 64:
             # QK^T (the heads' k_nope, then the shared rope key), masked softmax and PV per head through
-            # OpenBLAS, reading kv_b's output and the latent rows in place: the Numba flash kernel ran these
-            # prompt chunks at ~60 GFLOP/s, and per-head [k_nope | k_pe] and v copies took a seventh of a
-            # 512-token ubatch at depth 4096
+            # OpenBLAS, reading kv_b's output and the latent rows in place: the Numba flash kernel runs these
+            # prompt chunks at ~60 GFLOP/s, and copying per-head [k_nope | k_pe] and v rows costs ~15% of a
+            # 512-token ubatch at depth 4096 (AVX2 code)
             return attention_matrix(q_nope, kv[:, :, :Dn], kv[:, :, Dn:], cp, cs, inp.pos, inp.seq, self.kq_scale,
                                     H, Dv, q_rope=q_pe, k_rope=lat[:, :R])
         k = np.empty((n_vis, H, Dk), np.float32)                      # [n_vis, H, Dn + R]

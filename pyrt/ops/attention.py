@@ -284,7 +284,8 @@ def _heads_view(a, n_vis: int, n_head_kv: int, d: int, what: str) -> np.ndarray:
         raise InvalidArgumentError(f"attention: {what} must be f32 [n_vis, row] or [n_vis, n_head_kv, d]")
     if a.ndim == 3:
         if a.shape[1:] != (n_head_kv, d) or (d > 1 and a.strides[2] != 4):
-            raise InvalidArgumentError(f"attention: {what} heads must be [n_vis, {n_head_kv}, {d}] with contiguous values")
+            raise InvalidArgumentError(f"attention: {what} heads must be [n_vis, {n_head_kv}, {d}] with contiguous "
+                                       "values")
         return a
     if a.shape[1] < n_head_kv * d:
         raise InvalidArgumentError("attention: cache rows are narrower than the heads")
