@@ -25,6 +25,16 @@ def is_k_quant(kind):
     return kind == KIND_Q4_K or kind == KIND_Q5_K or kind == KIND_Q6_K
 
 
+@njit(cache=True, nogil=True, inline="always")
+def matmul_shapes_ok(dst, w, xq, kind):
+    """Whether dst [n_tok, n_out] f32, weights w [n_out, nb * block bytes] of K-quant kind and Q8_K activations
+    xq [n_tok, nb * BLOCK_BYTES_Q8_K] fit one matmul (the kernels read no byte outside them)."""
+    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else (BLOCK_BYTES_Q5_K if kind == KIND_Q5_K else BLOCK_BYTES_Q6_K)
+    return (is_k_quant(kind) and xq.shape[1] == nb * BLOCK_BYTES_Q8_K and w.shape[1] == nb * w_block
+            and dst.shape[0] == xq.shape[0] and dst.shape[1] == w.shape[0])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # k-quant IR pieces (the shared toolkit and the target's features are simd.py's)
 # ----------------------------------------------------------------------------------------------------------

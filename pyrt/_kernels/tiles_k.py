@@ -11,9 +11,9 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from .dots_q8_0 import _fma, _transpose8
-from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
+from .ir_k import (BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
                    QK_K, _BLOCK_BYTES, _V4I32, _V8F32, _V8I32, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
-                   _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, is_k_quant)
+                   _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, matmul_shapes_ok)
 from .config import FASTMATH
 from .simd import HAS_AVX2, _I8, _I16, _I32, _I64, _h2f, _load_ptr, _mask, _splat
 
@@ -251,9 +251,7 @@ def matmul_k_tiles(dst, w, xq, kind):
     n_tok = xq.shape[0]
     n_out = w.shape[0]
     nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    w_block = BLOCK_BYTES_Q4_K if kind == KIND_Q4_K else (BLOCK_BYTES_Q5_K if kind == KIND_Q5_K else BLOCK_BYTES_Q6_K)
-    if not is_k_quant(kind) or xq.shape[1] != nb * BLOCK_BYTES_Q8_K or w.shape[1] != nb * w_block \
-            or dst.shape[0] != n_tok or dst.shape[1] != n_out:
+    if not matmul_shapes_ok(dst, w, xq, kind):
         raise ValueError("matmul_k_tiles: shape mismatch")
     wb = w.shape[1]
     xb = xq.shape[1]
