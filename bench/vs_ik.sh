@@ -4,9 +4,10 @@
 #
 #   bench/vs_ik.sh MODEL OUTDIR sweep   # pyrt bench sweep vs llama-sweep-bench: PP/TG at every N_KV
 #   bench/vs_ik.sh MODEL OUTDIR run     # pyrt bench run vs llama-bench: ppP, tgN
+#   GP=8192,32 P=0 N=0 bench/vs_ik.sh MODEL OUTDIR run   # only tg32@pp8192 (generation at depth; -gp on both)
 #
 # env: IK_BIN (default ~/.cache/ik_llama/build/bin, from ../shared/tools/build_ik_llama.sh), THREADS (2),
-#      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3) for run; ORDER (pyrt,ik);
+#      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3), GP (none: PP,TG) for run; ORDER (pyrt,ik);
 #      IK_ARGS: more flags for ik (e.g. IK_ARGS=--no-mmap for sweep, IK_ARGS="-mmp 0" for run: ik's weights in
 #      anonymous memory, as pyrt reads them by default).
 # deepseek2 files run with -mla 3 on both (ik also -rtr, its run-time repacking); f16 cache, flash attention.
@@ -18,6 +19,7 @@ MODE=${3:-sweep}
 IK_BIN=${IK_BIN:-$HOME/.cache/ik_llama/build/bin}
 THREADS=${THREADS:-2}; CTX=${CTX:-8704}; UB=${UB:-512}; NGEN=${NGEN:-16}
 P=${P:-512}; N=${N:-128}; R=${R:-3}; ORDER=${ORDER:-pyrt,ik}
+GP_ARGS=(); if [ -n "${GP:-}" ]; then GP_ARGS=(-gp "$GP"); fi
 read -r -a IK_EXTRA <<< "${IK_ARGS:-}"
 case $MODE in sweep) IK=$IK_BIN/llama-sweep-bench ;; run) IK=$IK_BIN/llama-bench ;;
   *) echo "error: mode must be sweep or run, not '$MODE'" >&2; exit 2 ;; esac
@@ -33,7 +35,7 @@ if [ "$ARCH" = deepseek2 ]; then MLA_P=(-mla 3); MLA_IK=(-mla 3); MLA_B=(-mla 3)
   echo "flags: $(grep -m1 -o -w -E 'avx512_vnni|amx_int8|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   echo "pyrt: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "ik: $IK ($({ "$IK" --version 2>&1 || true; } | grep -m1 -i -E 'version|build' || true))"
-  echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS, ik flags +${IK_ARGS:-}"
+  echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS, ik flags +${IK_ARGS:-}${GP:+, -gp $GP}"
   if [ -n "${NUMBA_CPU_NAME:-}" ]; then  # pyrt compiled for another target than this CPU (e.g. an AVX2-only one)
     echo "pyrt target: NUMBA_CPU_NAME=$NUMBA_CPU_NAME NUMBA_CPU_FEATURES=${NUMBA_CPU_FEATURES:-}" \
       "OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-}"
@@ -49,7 +51,7 @@ run_pyrt() {
   if [ "$MODE" = sweep ]; then
     pyrt bench sweep -m "$MODEL" -c "$CTX" -ub "$UB" -n "$NGEN" -t "$THREADS" "${MLA_P[@]}" | tee "$OUT/pyrt.md"
   else
-    pyrt bench run -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$THREADS" "${MLA_P[@]}" | tee "$OUT/pyrt.md"
+    pyrt bench run -m "$MODEL" -p "$P" -n "$N" "${GP_ARGS[@]}" -r "$R" -t "$THREADS" "${MLA_P[@]}" | tee "$OUT/pyrt.md"
   fi
 }
 run_ik() {
@@ -57,7 +59,8 @@ run_ik() {
     "$IK" -m "$MODEL" -c "$CTX" -b "$UB" -ub "$UB" -n "$NGEN" -t "$THREADS" -fa on "${MLA_IK[@]}" -rtr "${IK_EXTRA[@]}" 2>&1 \
       | tee "$OUT/ik.md"
   else
-    "$IK" -m "$MODEL" -p "$P" -n "$N" -r "$R" -t "$THREADS" -fa 1 "${MLA_B[@]}" -rtr 1 "${IK_EXTRA[@]}" 2>/dev/null | tee "$OUT/ik.md"
+    "$IK" -m "$MODEL" -p "$P" -n "$N" "${GP_ARGS[@]}" -r "$R" -t "$THREADS" -fa 1 "${MLA_B[@]}" -rtr 1 "${IK_EXTRA[@]}" \
+      2>/dev/null | tee "$OUT/ik.md"
   fi
 }
 for e in ${ORDER//,/ }; do "run_$e"; done

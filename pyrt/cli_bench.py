@@ -63,6 +63,9 @@ def add_bench_parser(sub) -> None:
     _common(r, ctx_default=0)
     r.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (default: 512, 0 = skip)")
     r.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (default: 128, 0 = skip)")
+    r.add_argument("-gp", "--gen-after-prompt", action="append", default=[], type=_pair, metavar="PP,TG",
+                   help="llama-bench's -gp: the speed of TG single-token decodes after a prompt of PP tokens "
+                        "(test tgTG@ppPP; the prompt is decoded once, untimed; repeatable; -p 0 -n 0 for only these)")
     r.add_argument("-r", "--repetitions", type=int, default=5, help="repetitions (default: 5)")
     _serve_parser(bs)
     m = bs.add_parser("membw", help="memory read bandwidth with a Numba kernel", allow_abbrev=False)
@@ -70,6 +73,13 @@ def add_bench_parser(sub) -> None:
     m.add_argument("--size", type=int, default=None, help="buffer MiB (default: 4x the last-level cache, "
                    "at least 512)")
     m.add_argument("-r", "--repetitions", type=int, default=5, help="best of this many passes (default: 5)")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(x.strip().isdigit() for x in parts):
+        raise argparse.ArgumentTypeError(f"expected two counts PP,TG, got '{text}'")
+    return int(parts[0]), int(parts[1])
 
 
 def _floats(text: str) -> list[float]:
@@ -269,16 +279,17 @@ def _cmd_sweep(a) -> int:
 def _cmd_run(a) -> int:
     from .bench import report
     from .bench.roofline import ModelCosts
-    from .bench.run import run_tests
+    from .bench.run import cells_needed, run_tests
 
-    n_ctx = a.ctx_size if a.ctx_size > 0 else max(a.n_prompt, a.n_gen, 1)
+    n_ctx = a.ctx_size if a.ctx_size > 0 else max(cells_needed(a.n_prompt, a.n_gen, a.gen_after_prompt), 1)
     engines = _open(a, n_ctx)
     py = engines[0]
     times = {e.name: (e.t_load, e.t_compile) for e in engines}
     for e in engines:
         _log(f"{e.name}: load {e.t_load * 1000:.0f} ms, compile/warm-up {e.t_compile * 1000:.0f} ms")
     costs = ModelCosts.from_llm(py.llm)
-    results = run_tests(engines, a.n_prompt, a.n_gen, a.repetitions, seed=a.seed, costs=costs, progress=_log)
+    results = run_tests(engines, a.n_prompt, a.n_gen, a.repetitions, seed=a.seed, costs=costs, progress=_log,
+                        gp=a.gen_after_prompt)
     facts = _facts(a, engines)
     bw = _membw(a, py.n_threads)
     facts["membw_gbps"] = round(bw, 2) if bw else None

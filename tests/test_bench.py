@@ -208,6 +208,15 @@ def test_cli_run_and_mla(model_path, capsys):
     assert re.search(r"\| pyrt +\|.*\|\s+pp16 \| +\d+\.\d\d ± +\d+\.\d\d \|", out)
     assert re.search(r"\|\s+tg4 \|", out)
     assert re.search(r"pyrt: load \d+ ms, compile/warm-up \d+ ms", out)
+    rc = main(["bench", "run", "-m", model_path, "-p", "0", "-n", "0", "-gp", "40,4", "-r", "2", "-t", "2",
+               "--membw", "0"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert re.search(r"\|\s+tg4@pp40 \| +\d+\.\d\d ± +\d+\.\d\d \|", out) and "pp16" not in out
+    for bad in ("40", "40,x", "4,4,4"):
+        assert main(["bench", "run", "-m", model_path, "-gp", bad]) == 2
+        err = capsys.readouterr()[1]
+        assert err.count("\n") == 1 and err.startswith("error:") and "PP,TG" in err
     rc = main(["bench", "sweep", "-m", model_path, "-c", "32", "-ub", "16", "-mla", "3", "--membw", "0"])
     _, err = capsys.readouterr()
     assert rc == 1 and "-mla 3" in err and "llama" in err
@@ -219,6 +228,29 @@ def test_run_tests(engine):
     assert [r.test for r in res] == ["pp16", "tg4"]
     assert all(len(r.samples_ts) == 3 and r.avg_ts > 0 and r.stddev_ts >= 0 for r in res)
     assert engine.n_cached() == 0
+
+
+def test_run_gp_decodes_after_the_prompt():
+    """-gp P,G: each engine's cache filled with P prompt tokens once (chunks of n_batch), then every repetition
+    removes the cells past P and decodes G tokens from position P, the engines taking turns; the pp/tg tests
+    run first and start from an empty cache."""
+    from pyrt.bench.run import run_tests
+    log = []
+    a, b = _Recorder("a", log), _Recorder("b", log)
+    res = run_tests([a, b], n_prompt=0, n_gen=2, reps=2, seed=1, gp=[(40, 3)])
+    assert [(r.engine, r.test, r.n_prompt, r.n_gen, len(r.samples_ts)) for r in res] == [
+        ("a", "tg2", 0, 2, 2), ("b", "tg2", 0, 2, 2), ("a", "tg3@pp40", 40, 3, 2), ("b", "tg3@pp40", 40, 3, 2)]
+    gp = log[log.index(("a", "pp", 16, 0)) - 1:]
+    fill = [("a", "clear", 0, 0), ("a", "pp", 16, 0), ("a", "pp", 16, 16), ("a", "pp", 8, 32)]
+    assert gp[:4] == fill and gp[4:8] == [(("b",) + x[1:]) for x in fill]
+    rep = [("rm", 0, 40), ("tg", 1, 40), ("tg", 1, 41), ("tg", 1, 42)]
+    assert gp[8:16] == [("a",) + x for x in rep] + [("b",) + x for x in rep]
+    assert gp[16:24] == [("b",) + x for x in rep] + [("a",) + x for x in rep]  # the other engine starts
+    assert gp[24:] == [("a", "clear", 0, 0), ("b", "clear", 0, 0)]
+    for kw, msg in (({"gp": [(8, 0)]}, "-gp"), ({"gp": [(-1, 2)]}, "-gp"), ({"n_gen": 0}, "-gp"),
+                    ({"gp": [(60, 5)]}, "65 cells")):
+        with pytest.raises(Exception, match=msg):
+            run_tests([a], **{"n_prompt": 0, "n_gen": 2, "reps": 1, **kw})
 
 
 def test_roofline_accounting(engine):

@@ -129,14 +129,15 @@ def run_md(results, facts: dict, model: dict, n_threads: int, times: dict | None
     size = f"{model['size_mib'] / 1024:.2f} GiB" if model["size_mib"] >= 1024 else f"{model['size_mib']:.2f} MiB"
     params = f"{model['n_params'] / 1e9:.2f} B" if model["n_params"] >= 1e9 else f"{model['n_params'] / 1e6:.2f} M"
     mdl = f"{model['arch']} {model['file_type']}"
-    out += ["", f"| {'engine':<9} | {'model':<20} | {'size':>10} | {'params':>9} | threads | {'test':>6} | "
+    tw = max([6] + [len(r.test) for r in results])
+    out += ["", f"| {'engine':<9} | {'model':<20} | {'size':>10} | {'params':>9} | threads | {'test':>{tw}} | "
                 f"{'t/s':>20} | {'roofline':>16} |",
-            "|-----------|----------------------|------------|-----------|---------|--------|"
+            "|-----------|----------------------|------------|-----------|---------|-" + "-" * tw + "-|"
             "----------------------|------------------|"]
     for r in results:
         roof = f"{r.gbps:.2f} GB/s" if r.gbps is not None else (f"{r.gflops:.2f} GFLOP/s" if r.gflops is not None
                                                                 else "")
-        out.append(f"| {r.engine:<9} | {mdl:<20} | {size:>10} | {params:>9} | {n_threads:7d} | {r.test:>6} | "
+        out.append(f"| {r.engine:<9} | {mdl:<20} | {size:>10} | {params:>9} | {n_threads:7d} | {r.test:>{tw}} | "
                    f"{r.avg_ts:10.2f} ± {r.stddev_ts:7.2f} | {roof:>16} |")
     by = {}
     for r in results:
