@@ -7,7 +7,7 @@
 #   GP=8192,32 P=0 N=0 bench/vs_ik.sh MODEL OUTDIR run   # only tg32@pp8192 (generation at depth; -gp on both)
 #
 # env: IK_BIN (default ~/.cache/ik_llama/build/bin, from ../shared/tools/build_ik_llama.sh), THREADS (2),
-#      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3), GP (none: PP,TG) for run; ORDER (pyrt,ik);
+#      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3), GP (none; "PP,TG ..." pairs) for run; ORDER (pyrt,ik);
 #      IK_ARGS: more flags for ik (e.g. IK_ARGS=--no-mmap for sweep, IK_ARGS="-mmp 0" for run: ik's weights in
 #      anonymous memory, as pyrt reads them by default).
 # deepseek2 files run with -mla 3 on both (ik also -rtr, its run-time repacking); f16 cache, flash attention.
@@ -19,7 +19,7 @@ MODE=${3:-sweep}
 IK_BIN=${IK_BIN:-$HOME/.cache/ik_llama/build/bin}
 THREADS=${THREADS:-2}; CTX=${CTX:-8704}; UB=${UB:-512}; NGEN=${NGEN:-16}
 P=${P:-512}; N=${N:-128}; R=${R:-3}; ORDER=${ORDER:-pyrt,ik}
-GP_ARGS=(); if [ -n "${GP:-}" ]; then GP_ARGS=(-gp "$GP"); fi
+GP_ARGS=(); for g in ${GP:-}; do GP_ARGS+=(-gp "$g"); done
 read -r -a IK_EXTRA <<< "${IK_ARGS:-}"
 case $MODE in sweep) IK=$IK_BIN/llama-sweep-bench ;; run) IK=$IK_BIN/llama-bench ;;
   *) echo "error: mode must be sweep or run, not '$MODE'" >&2; exit 2 ;; esac
