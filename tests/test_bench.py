@@ -298,6 +298,49 @@ def test_membw_positive():
         measure_membw(0)
 
 
+def test_llama_cpp_extra_bufts_probe(monkeypatch):
+    """llama.cpp's extra buffer types: kept unprobed without AMX; with AMX a child decodes first, and only its
+    death by a signal turns them off (memoized per file); the params patch is undone after the load."""
+    import os
+    import subprocess
+    import types
+    from pyrt.bench import engines as en
+    calls = []
+    rcs = {"a.gguf": -11, "b.gguf": 0, "c.gguf": 1}
+
+    def run(cmd, **kw):
+        calls.append(cmd[-1])
+        return types.SimpleNamespace(returncode=rcs[os.path.basename(cmd[-1])])
+
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(en, "_EXTRA_BUFTS_OK", {})
+    monkeypatch.setattr(en, "_cpu_has_amx", lambda: False)
+    assert en.llama_cpp_extra_bufts_work("a.gguf") == (True, "") and calls == []
+    monkeypatch.setattr(en, "_cpu_has_amx", lambda: True)
+    assert en.llama_cpp_extra_bufts_work("a.gguf") == (False, "its AMX buffers died by SIGSEGV in a probe")
+    assert en.llama_cpp_extra_bufts_work("a.gguf")[0] is False and calls == ["a.gguf"]
+    assert en.llama_cpp_extra_bufts_work("b.gguf") == (True, "")
+    assert en.llama_cpp_extra_bufts_work("c.gguf") == (True, "")  # its own failure: the engine's load reports it
+
+    def fail(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, 1)
+
+    monkeypatch.setattr(subprocess, "run", fail)
+    ok, why = en.llama_cpp_extra_bufts_work("d.gguf")
+    assert ok is False and "could not run" in why
+    # the scoped default-params patch
+    p = types.SimpleNamespace(use_extra_bufts=True)
+    C = types.SimpleNamespace(llama_model_default_params=lambda: p)
+    L = types.SimpleNamespace(llama_cpp=C)
+    orig = C.llama_model_default_params
+    with en._model_params(L, False):
+        assert C.llama_model_default_params().use_extra_bufts is False
+    assert C.llama_model_default_params is orig
+    with pytest.raises(RuntimeError), en._model_params(L, False):
+        raise RuntimeError
+    assert C.llama_model_default_params is orig
+
+
 @pytest.mark.oracle
 def test_compare_llama_cpp_interleaved(model_path):
     pytest.importorskip("llama_cpp")

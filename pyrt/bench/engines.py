@@ -7,7 +7,12 @@ caller's wall clock measures the work. Imports pyrt.runtime; llama_cpp only when
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -110,23 +115,93 @@ class PyrtEngine:
         self.llm = self.ctx = None
 
 
+@contextlib.contextmanager
+def _model_params(L, use_extra_bufts: bool):
+    """llama-cpp-python's Llama() takes its model parameters from llama_model_default_params(), with no
+    argument for use_extra_bufts: while this context is open, that function returns them with the given value."""
+    C = L.llama_cpp
+    orig = C.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = use_extra_bufts
+        return p
+
+    C.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        C.llama_model_default_params = orig
+
+
+def _cpu_has_amx() -> bool:
+    from ..backends.cpu import cpuinfo_field
+    return "amx_int8" in cpuinfo_field("flags").split()
+
+
+def _probe_main(path: str) -> None:
+    """The child of llama_cpp_extra_bufts_work: llama.cpp's default buffers on `path`, one 32-token decode."""
+    L = import_llama_cpp()
+    llm = L.Llama(model_path=path, n_ctx=64, n_batch=32, n_ubatch=32, n_threads=1, n_threads_batch=1,
+                  verbose=False)
+    llm.eval(list(range(1, 33)))
+
+
+_EXTRA_BUFTS_OK: dict = {}
+
+
+def llama_cpp_extra_bufts_work(path: str) -> tuple[bool, str]:
+    """(whether llama.cpp may keep its extra buffer types, why not). Where the CPU has AMX, llama.cpp puts the
+    weights in its AMX buffers, and that backend dies with SIGSEGV in its matmul on some machines (this
+    project's Xeon VM): a child process loads `path` and decodes 32 tokens first, and where the child dies
+    by a signal the engine loads without extra buffer types (plain CPU buffers, no AMX or repacking: slower,
+    but what every CPU runs). Other CPUs keep them unprobed. Memoized per file."""
+    if not _cpu_has_amx():
+        return True, ""
+    key = os.path.realpath(path)
+    if key not in _EXTRA_BUFTS_OK:
+        code = "import sys; from pyrt.bench.engines import _probe_main; _probe_main(sys.argv[1])"
+        try:
+            rc = subprocess.run([sys.executable, "-c", code, path], timeout=1800, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL).returncode
+        except (OSError, subprocess.SubprocessError) as e:
+            rc, why = None, f"the probe could not run ({e})"
+        if rc is not None and rc < 0:
+            why = f"its AMX buffers died by {signal.Signals(-rc).name} in a probe"
+        elif rc is not None:
+            why = ""  # ran (rc 0), or failed for a reason of its own that the engine reports when it loads
+        _EXTRA_BUFTS_OK[key] = (rc is not None and rc >= 0, why)
+    return _EXTRA_BUFTS_OK[key]
+
+
 class LlamaCppEngine:
-    """llama.cpp through llama-cpp-python on the same file, threads, context and cache types."""
+    """llama.cpp through llama-cpp-python on the same file, threads, context and cache types.
+
+    extra_bufts: llama.cpp's extra buffer types (AMX, repacked weights): None = keep them unless
+    llama_cpp_extra_bufts_work says they crash here (the engine's `extra_bufts` and `note` say what it did).
+    """
 
     name = "llama.cpp"
 
     def __init__(self, path: str, n_ctx: int = 4096, n_batch: int = 2048, n_ubatch: int = 512,
                  n_threads: int | None = None, type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True,
-                 warmup: bool = True, use_mmap: bool = True):
+                 warmup: bool = True, use_mmap: bool = True, extra_bufts: bool | None = None):
         L = import_llama_cpp()
         _check_common(n_ctx, n_batch, n_ubatch, type_k, type_v)
         self.L = L
+        self.note = ""
+        if extra_bufts is None:
+            extra_bufts, why = llama_cpp_extra_bufts_work(path)
+            if not extra_bufts:
+                self.note = f"llama.cpp: extra buffer types off ({why})"
+        self.extra_bufts = bool(extra_bufts)
         n_threads = n_threads or None
         t0 = time.perf_counter()
-        self.llm = L.Llama(model_path=path, n_ctx=n_ctx, n_batch=max(n_batch, n_ubatch), n_ubatch=n_ubatch,
-                           n_threads=n_threads, n_threads_batch=n_threads, type_k=_CT[type_k].ggml_type,
-                           type_v=_CT[type_v].ggml_type, flash_attn=bool(flash_attn), use_mmap=use_mmap,
-                           verbose=False)
+        with _model_params(L, self.extra_bufts):
+            self.llm = L.Llama(model_path=path, n_ctx=n_ctx, n_batch=max(n_batch, n_ubatch), n_ubatch=n_ubatch,
+                               n_threads=n_threads, n_threads_batch=n_threads, type_k=_CT[type_k].ggml_type,
+                               type_v=_CT[type_v].ggml_type, flash_attn=bool(flash_attn), use_mmap=use_mmap,
+                               verbose=False)
         self.t_load = time.perf_counter() - t0
         self.ctx = self.llm._ctx.ctx
         self.mem = L.llama_get_memory(self.ctx)
@@ -204,6 +279,8 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
         py = engines[0]
         engines.append(LlamaCppEngine(path, py.n_ctx, py.n_batch, py.n_ubatch, py.n_threads, type_k, type_v,
                                       flash_attn=flash_attn, warmup=warmup, use_mmap=py.llm.file.use_mmap))
+        if engines[1].note and log:
+            log(engines[1].note)
         if warmup:
             # pyrt's warm-up again, now that llama.cpp has mapped (MAP_POPULATE) and run the same file: loading
             # the other engine evicts pyrt's working set, and the first timed row must not pay for that
