@@ -204,7 +204,7 @@ def _facts(a, engines) -> dict:
     facts["kv"] = f"K {a.cache_type_k}, V {a.cache_type_v or a.cache_type_k}"
     facts["flash_attn"] = ", ".join(f"{e.name} {e.flash_attn}" for e in engines)
     for e in engines[1:]:
-        facts["llama_cpp_extra_bufts"] = "on" if e.extra_bufts else f"off: {e.note.split('(', 1)[-1].rstrip(')')}"
+        facts["llama_cpp_extra_bufts"] = "on" if e.extra_bufts else f"off ({e.why_no_extra_bufts or 'asked'})"
     if py.device != "cpu":
         facts["pyrt_device"] = py.llm.ctx.backend.describe()
     f = py.llm.file

@@ -178,7 +178,7 @@ class LlamaCppEngine:
     """llama.cpp through llama-cpp-python on the same file, threads, context and cache types.
 
     extra_bufts: llama.cpp's extra buffer types (AMX, repacked weights): None = keep them unless
-    llama_cpp_extra_bufts_work says they crash here (the engine's `extra_bufts` and `note` say what it did).
+    llama_cpp_extra_bufts_work says they crash here (`extra_bufts` and `why_no_extra_bufts` say what it did).
     """
 
     name = "llama.cpp"
@@ -189,11 +189,9 @@ class LlamaCppEngine:
         L = import_llama_cpp()
         _check_common(n_ctx, n_batch, n_ubatch, type_k, type_v)
         self.L = L
-        self.note = ""
+        self.why_no_extra_bufts = ""
         if extra_bufts is None:
-            extra_bufts, why = llama_cpp_extra_bufts_work(path)
-            if not extra_bufts:
-                self.note = f"llama.cpp: extra buffer types off ({why})"
+            extra_bufts, self.why_no_extra_bufts = llama_cpp_extra_bufts_work(path)
         self.extra_bufts = bool(extra_bufts)
         n_threads = n_threads or None
         t0 = time.perf_counter()
@@ -267,20 +265,25 @@ def open_engines(path: str, compare: str | None = None, n_ctx: int = 4096, n_bat
         if arch not in MLA_ARCHS:
             raise InvalidArgumentError(f"-mla {mla}: {path} is a {arch} model without multi-head latent attention "
                                        f"(MLA applies to {', '.join(MLA_ARCHS)} files)")
-    engines = [PyrtEngine(path, n_ctx, n_batch, n_ubatch, n_threads, type_k, type_v, mla=mla, warmup=warmup,
-                          use_mmap=use_mmap, device=device)]
     if compare:
         try:
             import_llama_cpp()
         except UnsupportedError as e:
             if log:
                 log(str(e))
-            return engines
+            compare = None
+    if compare:
+        # probed before pyrt loads (the probe's llama.cpp may copy the whole file into its AMX buffers);
+        # memoized for the engine below
+        why = llama_cpp_extra_bufts_work(path)[1]
+        if why and log:
+            log(f"llama.cpp: extra buffer types off ({why})")
+    engines = [PyrtEngine(path, n_ctx, n_batch, n_ubatch, n_threads, type_k, type_v, mla=mla, warmup=warmup,
+                          use_mmap=use_mmap, device=device)]
+    if compare:
         py = engines[0]
         engines.append(LlamaCppEngine(path, py.n_ctx, py.n_batch, py.n_ubatch, py.n_threads, type_k, type_v,
                                       flash_attn=flash_attn, warmup=warmup, use_mmap=py.llm.file.use_mmap))
-        if engines[1].note and log:
-            log(engines[1].note)
         if warmup:
             # pyrt's warm-up again, now that llama.cpp has mapped (MAP_POPULATE) and run the same file: loading
             # the other engine evicts pyrt's working set, and the first timed row must not pay for that
