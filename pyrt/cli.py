@@ -540,6 +540,18 @@ def _run(argv, a_box: list) -> int:
     return rc
 
 
+def _caused_by_interrupt(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in e's chain of causes: Python wraps one raised inside some hooks (a
+    descriptor's __set_name__ while an import creates a class) in another exception."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     debug = os.environ.get("PYRT_DEBUG", "") not in ("", "0")
@@ -547,9 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     a_box: list = []
     real_stdout = sys.stdout
     out = sys.stdout = _Stdout(real_stdout)
-    try:
-        return _run(argv, a_box)
-    except KeyboardInterrupt:
+
+    def interrupted() -> int:
         ints.stop()
         _say("")
         _say(f"pyrt: interrupted (Ctrl-C) after {time.perf_counter() - t0:.2f} s")
@@ -558,10 +569,17 @@ def main(argv: list[str] | None = None) -> int:
             for line in llm.timings_report().splitlines():
                 _say(line)
         return 130
+
+    try:
+        return _run(argv, a_box)
+    except KeyboardInterrupt:
+        return interrupted()
     except BrokenPipeError:  # stdout closed (piped into head): not an error of ours
         _silence_stdout()
         return 0
     except Exception as e:
+        if _caused_by_interrupt(e):
+            return interrupted()
         ints.stop()
         if isinstance(e, UsageError):
             _say(f"error: {e}")

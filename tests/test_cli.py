@@ -146,3 +146,26 @@ def test_serve_ray_maps_by_default(model_path, capsys, monkeypatch, flag, want):
     rc, out, err = _run(["serve", "--ray", "-m", model_path] + flag, capsys)
     assert rc == 0, err
     assert seen["load_kw"]["use_mmap"] is want
+
+
+@pytest.mark.parametrize("wrap", ["set_name", "plain"])
+def test_interrupt_wrapped_by_python_is_an_interrupt(monkeypatch, capsys, wrap):
+    """Ctrl-C raised inside a class's __set_name__ (an import creating a class) reaches main as a RuntimeError
+    caused by the KeyboardInterrupt: the CLI reports the interrupt (exit 130), not an internal error; an
+    exception without an interrupt in its chain stays an internal error."""
+    class Hook:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    def run(argv, a_box):
+        if wrap == "set_name":
+            type("Made", (), {"h": Hook()})
+        raise RuntimeError("boom") from ValueError("inner")
+
+    monkeypatch.setattr(cli, "_run", run)
+    rc, _, err = _run(["generate"], capsys)
+    if wrap == "set_name":
+        assert rc == 130 and "pyrt: interrupted (Ctrl-C)" in err and "error:" not in err
+    else:
+        assert rc == 1 and err.strip().splitlines() == ["error: internal error: RuntimeError: boom "
+                                                        "(PYRT_DEBUG=1 shows the traceback)"]
