@@ -40,7 +40,8 @@ from numba.extending import intrinsic
 from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_BF16, KIND_F16, KIND_F32, decode_row
-from .simd import _F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _vec, empty_lined, prefetch, vector_loop, zeros_lined
+from .simd import (_F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _int_typer, _vec, empty_lined, prefetch, vector_loop,
+                   zeros_lined)
 from .softmax import cell_scratch, exp_neg_ir, query_seqs, start_rows, tile_mask_t
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
@@ -73,20 +74,6 @@ def config_bytes() -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- tile steps (inline asm)
-
-def _int_typer(n, codegen):
-    """An @intrinsic typer of n int64 operands (addresses, strides, counts) emitted by codegen. Numba reads the
-    operands from the typer's own signature, so each arity gets a function of its own."""
-    def check(args):
-        if not all(isinstance(a, types.Integer) for a in args):
-            return None
-        return types.none(*([types.int64] * n)), codegen
-
-    names = ", ".join(f"a{i}" for i in range(n))
-    scope = {"check": check}
-    exec(f"def typer(typingctx{', ' if n else ''}{names}):\n    return check(({names}{',' if n else ''}))", scope)
-    return scope["typer"]
-
 
 def _asm_call(text, n):
     """_int_typer of the asm text over operands $0..$n-1 (r11 clobbered)."""

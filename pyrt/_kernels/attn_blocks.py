@@ -10,11 +10,11 @@ result does not depend on which block or call computed it.
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import _F32, _FEATS, _I32, _I64, _vec
+from .simd import _F32, _FEATS, _I32, _I64, _int_typer, _vec
 from .config import NO_SIMD
 
 ROWS = 4                     # query rows (heads) of a block
@@ -171,32 +171,14 @@ def _pv4_codegen(w):
     return codegen
 
 
-def _make_dot4x4(w):
-    def dot4x4(typingctx, s, ss, q, qs, k, ks, n):
-        """The 16 dot products of 4 f32 rows at q (stride qs bytes) with 4 f32 rows at k (stride ks), n values
-        each, stored at s[r * ss + j * 4] (addresses and strides in bytes)."""
-        if not all(isinstance(x, types.Integer) for x in (s, ss, q, qs, k, ks, n)):
-            return None
-        return types.none(*([types.int64] * 7)), _dot4x4_codegen(w)
-
-    dot4x4.__name__ = f"dot4x4_f32_w{w}"
-    return intrinsic(dot4x4)
-
-
-def _make_pv4(w):
-    def pv4(typingctx, a, as_, p, ps, v, vs, nc, n):
-        """a_r[:n] += sum_j p_r[j] * v_j[:n] for 4 f32 accumulator rows at a (stride as_ bytes), their weights
-        p_r[:nc] at p (stride ps) and nc f32 value rows at v (stride vs), cell by cell in order."""
-        if not all(isinstance(x, types.Integer) for x in (a, as_, p, ps, v, vs, nc, n)):
-            return None
-        return types.none(*([types.int64] * 8)), _pv4_codegen(w)
-
-    pv4.__name__ = f"pv4_f32_w{w}"
-    return intrinsic(pv4)
-
+# dot4x4_f32(s, ss, q, qs, k, ks, n): the 16 dot products of 4 f32 rows at q (stride qs bytes) with 4 f32 rows
+# at k (stride ks), n values each, stored at s[r * ss + j * 4] (addresses and strides in bytes).
+# pv4_f32(a, as_, p, ps, v, vs, nc, n): a_r[:n] += sum_j p_r[j] * v_j[:n] for 4 f32 accumulator rows at a (stride
+# as_ bytes), their weights p_r[:nc] at p (stride ps) and nc f32 value rows at v (stride vs), cell by cell in order.
 
 # the target's blocks; both widths for the tests (16 lanes compile anywhere, as two ymm halves without AVX-512)
-BLOCKS = {w: (_make_dot4x4(w), _make_pv4(w)) for w in _SHAPES}
+BLOCKS = {w: (intrinsic(_int_typer(7, _dot4x4_codegen(w))), intrinsic(_int_typer(8, _pv4_codegen(w))))
+          for w in _SHAPES}
 dot4x4_f32, pv4_f32 = BLOCKS[W]
 
 

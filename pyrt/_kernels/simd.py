@@ -23,6 +23,20 @@ _F16 = ir.HalfType()
 _F32 = ir.FloatType()
 
 
+def _int_typer(n, codegen):
+    """An @intrinsic typer of n int64 operands (addresses, strides, counts) emitted by codegen. Numba reads the
+    operands from the typer's own signature, so each arity gets a function of its own."""
+    def check(args):
+        if not all(isinstance(a, types.Integer) for a in args):
+            return None
+        return types.none(*([types.int64] * n)), codegen
+
+    names = ", ".join(f"a{i}" for i in range(n))
+    scope = {"check": check}
+    exec(f"def typer(typingctx{', ' if n else ''}{names}):\n    return check(({names}{',' if n else ''}))", scope)
+    return scope["typer"]
+
+
 def _vec(t, n):
     return ir.VectorType(t, n)
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from .sweep import _decode_chunked
 
 
 @dataclass
@@ -43,29 +44,16 @@ class RunResult:
 def _pp(e, toks) -> float:
     e.clear()
     t0 = time.perf_counter()
-    for s in range(0, len(toks), e.n_batch):
-        chunk = toks[s:s + e.n_batch]
-        e.decode(chunk, s, logits_last=s + len(chunk) == len(toks))
+    _decode_chunked(e, toks, 0)
     return time.perf_counter() - t0
 
 
-def _tg(e, toks) -> float:
-    e.clear()
-    t0 = time.perf_counter()
-    for i, t in enumerate(toks):
-        e.decode([t], i, logits_last=True)
-    return time.perf_counter() - t0
-
-
-def _fill(e, toks) -> None:
-    e.clear()
-    for s in range(0, len(toks), e.n_batch):
-        chunk = toks[s:s + e.n_batch]
-        e.decode(chunk, s, logits_last=s + len(chunk) == len(toks))
-
-
-def _tg_at(e, toks, depth: int) -> float:
-    e.seq_rm(depth)
+def _tg(e, toks, depth: int = 0) -> float:
+    """Single-token decodes of toks from position depth (an empty cache for 0, else the cells past depth removed)."""
+    if depth:
+        e.seq_rm(depth)
+    else:
+        e.clear()
     t0 = time.perf_counter()
     for i, t in enumerate(toks):
         e.decode([t], depth + i, logits_last=True)
@@ -117,11 +105,12 @@ def run_tests(engines: list, n_prompt: int = 512, n_gen: int = 128, reps: int = 
     for p, g in gp:
         runs = {e.name: RunResult(e.name, f"tg{g}@pp{p}", p, g) for e in engines}
         for e in engines:
-            _fill(e, rng.integers(0, n_vocab, p).tolist())
+            e.clear()
+            _decode_chunked(e, rng.integers(0, n_vocab, p).tolist(), 0)
         for r in range(reps):
             toks = rng.integers(0, n_vocab, g).tolist()
             for e in (engines if r % 2 == 0 else engines[::-1]):
-                runs[e.name].samples_ts.append(g / _tg_at(e, toks, p))
+                runs[e.name].samples_ts.append(g / _tg(e, toks, p))
             if progress:
                 progress(f"run: tg{g}@pp{p} rep {r + 1}/{reps}: " + ", ".join(
                     f"{e.name} {runs[e.name].samples_ts[-1]:.2f} t/s" for e in engines))
