@@ -214,6 +214,21 @@ def test_matmul_portable_path_matches(name):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.nanmax(np.abs(a)))
 
 
+@pytest.mark.parametrize("name", list(TYPES))
+@pytest.mark.parametrize("n_tok", [1, 4, 6])
+def test_row_dot_bits_equal_portable(name, n_tok):
+    """The target's row dots (Q4_K on 512-bit vectors where the CPU has AVX-512BW, 256-bit AVX2 otherwise) give
+    the portable IR's bits: each block's integer sums are exact, and both fold them into f32 in one order."""
+    _, _, _, _, kind = TYPES[name]
+    w = rand_blocks(name, 29, 1024, 50 + n_tok, edge=True)
+    xq = q8k(np.random.default_rng(51 + n_tok).standard_normal((n_tok, 1024)).astype(np.float32))
+    a = np.empty((n_tok, 29), np.float32)
+    b = np.empty((n_tok, 29), np.float32)
+    qk.matmul_k(a, w, xq, kind)
+    qk._matmul_k_portable(b, w, xq, kind)
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("name", list(TYPES))
 def test_matmul_thread_count_independent(name):
