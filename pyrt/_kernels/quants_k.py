@@ -1,8 +1,8 @@
 """k-quants: Q4_K/Q5_K/Q6_K weight rows (dequant, matmul against Q8_K activations) and Q8_K quantization.
 
 Layouts and integer dot products follow llama.cpp (ggml-common.h, ggml-quants.c, ggml-cpu/quants.c). The row dots
-are LLVM IR emitted by Numba intrinsics (ir_k's pieces): AVX2 pmaddubsw/pmaddwd when the target has AVX2, portable
-vector IR otherwise; prompts of several tokens run on tiles_k's tiles, with the same bits. Shapes are numpy
+are LLVM IR emitted by Numba intrinsics (ir_k's pieces): AVX2 pmaddubsw/pmaddwd when the target has AVX2 (Q4_K's on
+512-bit vectors where it has AVX-512BW), portable vector IR otherwise; prompts of several tokens run on tiles_k's tiles, with the same bits. Shapes are numpy
 (row-major) order.
 """
 
@@ -17,8 +17,8 @@ from .dots_q8_0 import _fma
 from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
                    KIND_Q6_K, QK_K, _BLOCK_BYTES, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
                    _is_u8_array, _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, matmul_shapes_ok)
-from .simd import (HAS_AVX2, HAS_AVX512BW, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr, _mask, _splat,
-                   prefetch_ptr)
+from .simd import (HAS_AVX2, HAS_AVX512BW, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr,
+                   _mask, _splat, prefetch_ptr)
 from .tiles_k import TILE_MIN_TOKENS, TILE_MIN_TOKENS_Q6_K, matmul_k_tiles
 
 # Output rows per prange work item of the matmuls.
@@ -65,11 +65,11 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
     sm = _k4_scales_mins(builder, _gep(builder, wp, 4))
     undef16 = ir.Constant(_V16I16, ir.Undefined)
     qs_off = 16
+    if simd and HAS_AVX512BW and not high_bits:
+        return _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm)
     if high_bits:
         qh = _load_ptr(builder, _gep(builder, wp, 16), _V32I8)
         qs_off = 48
-    if simd and HAS_AVX512BW and not high_bits:
-        return _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm)
     m4 = _splat(_I8, 32, 0x0F)
     quants = []  # (u8[32] quants, i16[16] broadcast scale, byte offset in the Q8_K qs)
     for j in range(QK_K // 64):
@@ -132,7 +132,8 @@ def _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm):
         acc = builder.add(builder.shuffle_vector(acc, acc, _mask(range(8))),
                           builder.shuffle_vector(acc, acc, _mask(range(8, 16))))
         msum = _maddwd(builder, bsums, mins2, True)
-        out.append((_reduce_i32(builder, acc), builder.fmul(dw, dx), _reduce_i32(builder, msum), builder.fmul(ndminw, dx)))
+        out.append((_reduce_i32(builder, acc), builder.fmul(dw, dx), _reduce_i32(builder, msum),
+                    builder.fmul(ndminw, dx)))
     return out
 
 
