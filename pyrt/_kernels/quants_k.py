@@ -2,8 +2,8 @@
 
 Layouts and integer dot products follow llama.cpp (ggml-common.h, ggml-quants.c, ggml-cpu/quants.c). The row dots
 are LLVM IR emitted by Numba intrinsics (ir_k's pieces): AVX2 pmaddubsw/pmaddwd when the target has AVX2 (Q4_K's on
-512-bit vectors where it has AVX-512BW), portable vector IR otherwise; prompts of several tokens run on tiles_k's tiles, with the same bits. Shapes are numpy
-(row-major) order.
+512-bit vectors where it has AVX-512BW), portable vector IR otherwise; prompts of several tokens run on tiles_k's
+tiles, with the same bits. Shapes are numpy (row-major) order.
 """
 
 import numpy as np
