@@ -40,6 +40,7 @@ def matmul_shapes_ok(dst, w, xq, kind):
 # ----------------------------------------------------------------------------------------------------------
 
 _V32I8 = ir.VectorType(_I8, 32)
+_V64I8 = ir.VectorType(_I8, 64)
 _V16I8 = ir.VectorType(_I8, 16)
 _V16I16 = ir.VectorType(_I16, 16)
 _V32I16 = ir.VectorType(_I16, 32)
@@ -76,6 +77,9 @@ def _make_madd(intrinsic, in_ty, out_ty, wide_ty, unsigned_a):
 _maddubs = _make_madd("llvm.x86.avx2.pmadd.ub.sw", _V32I8, _V16I16, _V32I16, True)
 # pmaddwd: i16 a[16] x i16 b[16] -> i32[8]
 _maddwd = _make_madd("llvm.x86.avx2.pmadd.wd", _V16I16, _V8I32, _V16I32, False)
+# the same on 512-bit vectors (AVX-512BW): u8 a[64] x i8 b[64] -> i16[32]; i16 a[32] x i16 b[32] -> i32[16]
+_maddubs512 = _make_madd("llvm.x86.avx512.pmaddubs.w.512", _V64I8, _V32I16, ir.VectorType(_I16, 64), True)
+_maddwd512 = _make_madd("llvm.x86.avx512.pmaddw.d.512", _V32I16, _V16I32, ir.VectorType(_I32, 32), False)
 
 
 def _k4_scales_mins(builder, p):

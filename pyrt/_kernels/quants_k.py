@@ -16,7 +16,8 @@ from .config import FASTMATH
 from .dots_q8_0 import _fma
 from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
                    KIND_Q6_K, QK_K, _BLOCK_BYTES, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
-                   _is_u8_array, _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, matmul_shapes_ok)
+                   _V64I8, _is_u8_array, _k4_scales_mins, _maddubs, _maddubs512, _maddwd, _maddwd512, _q6_k_quants,
+                   matmul_shapes_ok)
 from .simd import (HAS_AVX2, HAS_AVX512BW, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr,
                    _mask, _splat, prefetch_ptr)
 from .tiles_k import TILE_MIN_TOKENS, TILE_MIN_TOKENS_Q6_K, matmul_k_tiles
@@ -100,14 +101,11 @@ def _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm):
     """_emit_vdot_q4_k's Q4_K sums on 512-bit vectors (AVX-512BW): each 64 bytes of quants give two sub-blocks in
     their low nibbles and two in their high ones, dotted against the matching two 32-byte pieces of the Q8_K
     quants, so a block takes four pmaddubsw/pmaddwd pairs instead of eight. The same exact integer sums."""
-    v64 = ir.VectorType(_I8, 64)
-    v32w = ir.VectorType(_I16, 32)
-    v16d = ir.VectorType(_I32, 16)
     undef16 = ir.Constant(_V16I16, ir.Undefined)
     m4 = _splat(_I8, 64, 0x0F)
     quants = []  # (u8[64] quants of sub-blocks (a, b), i16[32] their scales, Q8_K offsets of a and b)
     for h in range(2):  # quant bytes 64h..64h+63: sub-blocks 4h, 4h+2 (low nibbles) and 4h+1, 4h+3 (high)
-        bits = _load_ptr(builder, _gep(builder, wp, 16 + 64 * h), v64)
+        bits = _load_ptr(builder, _gep(builder, wp, 16 + 64 * h), _V64I8)
         lo = builder.and_(bits, m4)
         hi = builder.lshr(bits, _splat(_I8, 64, 4))
         for q, sb in ((lo, 4 * h), (hi, 4 * h + 1)):
@@ -115,10 +113,6 @@ def _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm):
             quants.append((q, sv, 32 * sb, 32 * (sb + 2)))
     mins2 = builder.shuffle_vector(sm, undef16, _mask([8 + i // 2 for i in range(16)]))
     ndminw = builder.fneg(dminw)
-    madd_b = ir.FunctionType(v32w, [v64, v64])
-    madd_w = ir.FunctionType(v16d, [v32w, v32w])
-    f_b = cgutils.get_or_insert_function(builder.module, madd_b, "llvm.x86.avx512.pmaddubs.w.512")
-    f_w = cgutils.get_or_insert_function(builder.module, madd_w, "llvm.x86.avx512.pmaddw.d.512")
     out = []
     for xp in xps:
         dx, q8, bsums = _q8k_parts(builder, xp)
@@ -127,7 +121,7 @@ def _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm):
             xa = _load_ptr(builder, _gep(builder, q8, oa), _V32I8)
             xb = _load_ptr(builder, _gep(builder, q8, ob), _V32I8)
             xv = builder.shuffle_vector(xa, xb, _mask(range(64)))
-            part = builder.call(f_w, [builder.call(f_b, [q, xv]), sv])
+            part = _maddwd512(builder, _maddubs512(builder, q, xv, True), sv, True)
             acc = part if acc is None else builder.add(acc, part)
         acc = builder.add(builder.shuffle_vector(acc, acc, _mask(range(8))),
                           builder.shuffle_vector(acc, acc, _mask(range(8, 16))))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .sweep import _decode_chunked
+from .sweep import decode_chunked
 
 
 @dataclass
@@ -44,7 +44,7 @@ class RunResult:
 def _pp(e, toks) -> float:
     e.clear()
     t0 = time.perf_counter()
-    _decode_chunked(e, toks, 0)
+    decode_chunked(e, toks, 0)
     return time.perf_counter() - t0
 
 
@@ -106,7 +106,7 @@ def run_tests(engines: list, n_prompt: int = 512, n_gen: int = 128, reps: int = 
         runs = {e.name: RunResult(e.name, f"tg{g}@pp{p}", p, g) for e in engines}
         for e in engines:
             e.clear()
-            _decode_chunked(e, rng.integers(0, n_vocab, p).tolist(), 0)
+            decode_chunked(e, rng.integers(0, n_vocab, p).tolist(), 0)
         for r in range(reps):
             toks = rng.integers(0, n_vocab, g).tolist()
             for e in (engines if r % 2 == 0 else engines[::-1]):

@@ -44,7 +44,7 @@ def sweep_steps(n_ctx: int, n_ubatch: int, n_tg: int) -> list[int]:
     return [n_kv for n_kv in range(0, n_ctx, n_ubatch) if n_kv + max(n_ubatch, n_tg) <= n_ctx]
 
 
-def _decode_chunked(e, toks: list[int], pos0: int) -> None:
+def decode_chunked(e, toks: list[int], pos0: int) -> None:
     for s in range(0, len(toks), e.n_batch):
         chunk = toks[s:s + e.n_batch]
         e.decode(chunk, pos0 + s, logits_last=s + len(chunk) == len(toks))
@@ -105,7 +105,7 @@ def sweep(engines: list, n_tg: int = 0, n_kv_max: int | None = None, seed: int =
             t_tg = t_tgs[e.name] if t_tgs is not None else _tg_turns([e], tg_toks, n_kv, 1)[e.name]
             e.seq_rm(n_kv)
             t0 = time.perf_counter()
-            _decode_chunked(e, pp_toks, n_kv)
+            decode_chunked(e, pp_toks, n_kv)
             t_pp = time.perf_counter() - t0
             row = SweepRow(e.name, pp, tg, n_kv, t_pp, pp / t_pp, t_tg, tg / t_tg)
             if memory:

@@ -3,14 +3,14 @@ import sys, time, os, importlib
 sys.path.insert(0, os.environ.get("KV", "/tmp/kv"))
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 from pyrt.ops import mla as om, moe as omo
 path, depth, rounds, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 mods = {n: (importlib.import_module(n + ".fused_mla"), importlib.import_module(n + ".fused_moe")) for n in names}
 e = PyrtEngine(path, n_ctx=depth + 512, n_ubatch=512, n_threads=2, mla=3)
 rng = np.random.default_rng(1)
 if depth:
-    _decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+    decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 N = 24
 toks = rng.integers(0, e.n_vocab, N).tolist()
 tps = {n: [] for n in names}; outs = {}

@@ -6,7 +6,7 @@ import sys, time, os
 sys.path.insert(0, os.environ.get("KV", "/tmp/kv"))
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 from pyrt.ops import mla as om
 import importlib
 kf = importlib.import_module(os.environ.get("KP", "kprof") + ".fused_mla")
@@ -15,7 +15,7 @@ e = PyrtEngine(path, n_ctx=depth + 512, n_ubatch=512, n_threads=2, mla=3)
 om.fk = kf
 rng = np.random.default_rng(1)
 if depth:
-    _decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+    decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 toks = rng.integers(0, e.n_vocab, ntok).tolist()
 names = ["norm+quant", "q+kv_a region", "rms/rope/store/split", "mla_decode", "wo region"]
 mb = [0, 3.539 + 0.664, 0, 0.721 + 0.590, 2.359]

@@ -3,7 +3,7 @@ Q4_K_M mix's bytes at depth 0). blocks.py FILE NTOK [DEPTH]"""
 import sys, time
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 from pyrt.ops import mla as om, moe as omoe
 path, ntok = sys.argv[1], int(sys.argv[2]); depth = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 e = PyrtEngine(path, n_ctx=depth + 512, n_ubatch=512, n_threads=2, mla=3)
@@ -16,7 +16,7 @@ class Wrap:
 Wrap(om.fk, "mla_block_decode", "attn"); Wrap(omoe.fm, "moe_block_decode", "moe")
 rng = np.random.default_rng(1)
 if depth:
-    _decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+    decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 toks = rng.integers(0, e.n_vocab, ntok).tolist()
 for rnd in range(3):
     e.seq_rm(depth); e.decode([toks[0]], depth); e.seq_rm(depth)

@@ -2,14 +2,14 @@
 import sys, time
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 path, depth = sys.argv[1], int(sys.argv[2])
 e = PyrtEngine(path, n_ctx=depth + 1024, n_ubatch=512, n_threads=2, mla=3)
 rng = np.random.default_rng(1)
-_decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 for rnd in range(4):
     e.seq_rm(depth)
-    _decode_chunked(e, rng.integers(0, e.n_vocab, 512).tolist(), depth)   # a PP chunk as the sweep's previous row
+    decode_chunked(e, rng.integers(0, e.n_vocab, 512).tolist(), depth)   # a PP chunk as the sweep's previous row
     e.seq_rm(depth)
     ts = []
     for j, t in enumerate(rng.integers(0, e.n_vocab, 16).tolist()):

@@ -4,7 +4,7 @@ import sys, time, os, importlib
 sys.path.insert(0, os.environ.get("KV", "/tmp/kv"))
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 from pyrt.ops import mla as om, moe as omoe
 path, depth, rounds, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 moe = "moe" in os.environ.get("SWAP", "mla").split(",")
@@ -13,7 +13,7 @@ mods_moe = {n: importlib.import_module(n + ".fused_moe") for n in names} if moe 
 e = PyrtEngine(path, n_ctx=depth + 512, n_ubatch=512, n_threads=2, mla=3)
 rng = np.random.default_rng(1)
 if depth:
-    _decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+    decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 toks = rng.integers(0, e.n_vocab, 16).tolist()
 res = {n: [] for n in names}
 for r in range(rounds):

@@ -2,12 +2,12 @@
 import sys, time, resource, ctypes
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 from pyrt.ops import mla
 path, depth, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 e = PyrtEngine(path, n_ctx=depth + 512, n_ubatch=512, n_threads=2, mla=3)
 rng = np.random.default_rng(1)
-_decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 toks = rng.integers(0, e.n_vocab, 16).tolist()
 def run(tag):
     for mi in (16, 4):

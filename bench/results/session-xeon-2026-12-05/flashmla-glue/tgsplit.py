@@ -2,12 +2,12 @@
 import sys, time
 import numpy as np
 from pyrt.bench.engines import PyrtEngine
-from pyrt.bench.sweep import _decode_chunked
+from pyrt.bench.sweep import decode_chunked
 path, depth, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 e = PyrtEngine(path, n_ctx=depth + 512, n_ubatch=512, n_threads=2, mla=3)
 rng = np.random.default_rng(1)
 t0 = time.perf_counter()
-_decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
+decode_chunked(e, rng.integers(0, e.n_vocab, depth).tolist(), 0)
 print("prefill s", time.perf_counter() - t0, flush=True)
 from pyrt.ops import mla
 toks = rng.integers(0, e.n_vocab, 16).tolist()
