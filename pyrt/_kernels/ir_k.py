@@ -8,7 +8,7 @@ from numba import njit
 from numba.core import cgutils, types
 
 from . import codes
-from .simd import _F32, _I8, _I16, _I32, _I64, _load_ptr, _mask, _splat
+from .simd import HAS_AVX512VNNI, _F32, _I8, _I16, _I32, _I64, _call, _load_ptr, _mask, _splat
 
 QK_K = 256
 BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
@@ -82,6 +82,20 @@ _maddubs512 = _make_madd("llvm.x86.avx512.pmaddubs.w.512", _V64I8, _V32I16, ir.V
 _maddwd512 = _make_madd("llvm.x86.avx512.pmaddw.d.512", _V32I16, _V16I32, ir.VectorType(_I32, 32), False)
 
 
+def _pshufb512(builder, v, idx):
+    """In-lane byte shuffle of <64 x i8> v (vpshufb, AVX-512BW): idx per byte, 0..15 within its 128-bit lane, -1
+    for a zero."""
+    ctl = ir.Constant(_V64I8, [ir.Constant(_I8, i & 0xFF) for i in idx])
+    return _call(builder, "llvm.x86.avx512.pshuf.b.512", _V64I8, [v, ctl])
+
+
+def _dpwssd512(builder, acc, a, b):
+    """acc + pmaddwd(a, b) on <16 x i32>: one vpdpwssd with AVX512-VNNI (LLVM does not always fuse the two)."""
+    if HAS_AVX512VNNI:
+        return _call(builder, "llvm.x86.avx512.vpdpwssd.512", _V16I32, [acc, a, b])
+    return builder.add(acc, _maddwd512(builder, a, b, True))
+
+
 def _k4_scales_mins(builder, p):
     """Unpack the 12-byte 6-bit scales/mins of Q4_K/Q5_K at p -> i16[16]: lanes 0..7 scales, 8..15 mins."""
     u0 = _load_ptr(builder, p, _I32)
@@ -99,6 +113,26 @@ def _k4_scales_mins(builder, p):
     for i, t in enumerate((t0, t1, t2, t3)):
         v = builder.insert_element(v, t, c(i))
     return builder.zext(builder.bitcast(v, _V16I8), _V16I16)
+
+
+# _k4_scale_bytes' byte gathers (per 16 lanes): a, the bytes with each value's low bits (scales 0-3 in bytes 0-3,
+# 4-7 in the low nibbles of 8-11; mins 0-3 in 4-7, 4-7 in the high nibbles of 8-11); b, the bytes whose bits 6-7
+# are the top bits of scales 4-7 (bytes 0-3) and mins 4-7 (bytes 4-7), in the lanes of those values
+_K4_LOW_BYTES = (0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)
+_K4_TOP_BYTES = (0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 4, 5, 6, 7)
+
+
+def _k4_scale_bytes(builder, p, n):
+    """The 6-bit scales/mins of Q4_K/Q5_K at p (12 bytes; 16 are read) unpacked with byte shuffles -> <n x u8>
+    (n a multiple of 16): in each 16 lanes, 0..7 scales, 8..15 mins (as _k4_scales_mins, before widening)."""
+    q = _load_ptr(builder, p, _V16I8)
+    q = builder.shuffle_vector(q, q, _mask([i % 16 for i in range(n)]))
+    rep = lambda v: ir.Constant(ir.VectorType(_I8, n), [ir.Constant(_I8, x) for x in v * (n // 16)])  # noqa: E731
+    gather = lambda idx: builder.shuffle_vector(q, q, _mask([i - i % 16 + idx[i % 16] for i in range(n)]))  # noqa: E731
+    a, b = gather(_K4_LOW_BYTES), gather(_K4_TOP_BYTES)
+    low = builder.or_(builder.and_(a, rep([0x3F] * 4 + [0x0F] * 4 + [0x3F] * 4 + [0] * 4)),
+                      builder.and_(builder.lshr(a, rep([4] * 16)), rep([0] * 12 + [0x0F] * 4)))
+    return builder.or_(low, builder.and_(builder.lshr(b, rep([2] * 16)), rep(([0] * 4 + [0x30] * 4) * 2)))
 
 
 def _gep(builder, p, off):

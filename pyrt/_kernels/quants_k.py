@@ -15,12 +15,14 @@ from numba.extending import intrinsic
 from .config import FASTMATH
 from .dots_q8_0 import _fma
 from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
-                   KIND_Q6_K, QK_K, _BLOCK_BYTES, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
-                   _V64I8, _is_u8_array, _k4_scales_mins, _maddubs, _maddubs512, _maddwd, _maddwd512, _q6_k_quants,
-                   matmul_shapes_ok)
+                   KIND_Q6_K, QK_K, _BLOCK_BYTES, _V16I8, _V16I16, _V32I8, _V32I16, _V64I8, _byte_ptr, _dpwssd512, _gep,
+                   _is_u8_array, _k4_scale_bytes, _k4_scales_mins, _maddubs, _maddubs512, _maddwd, _maddwd512,
+                   _pshufb512, _q6_k_quants, matmul_shapes_ok)
 from .simd import (HAS_AVX2, HAS_AVX512BW, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr,
                    _mask, _splat, prefetch_ptr)
 from .tiles_k import TILE_MIN_TOKENS, TILE_MIN_TOKENS_Q6_K, matmul_k_tiles
+
+_V2I16 = ir.VectorType(_I16, 2)
 
 # Output rows per prange work item of the matmuls.
 _ROW_TILE = 16
@@ -66,8 +68,6 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
     sm = _k4_scales_mins(builder, _gep(builder, wp, 4))
     undef16 = ir.Constant(_V16I16, ir.Undefined)
     qs_off = 16
-    if simd and HAS_AVX512BW and not high_bits:
-        return _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm)
     if high_bits:
         qh = _load_ptr(builder, _gep(builder, wp, 16), _V32I8)
         qs_off = 48
@@ -97,38 +97,82 @@ def _emit_vdot_q4_k(builder, wp, xps, simd, high_bits):
     return out
 
 
-def _emit_vdot_q4_k_zmm(builder, wp, xps, dw, dminw, sm):
-    """_emit_vdot_q4_k's Q4_K sums on 512-bit vectors (AVX-512BW): each 64 bytes of quants give two sub-blocks in
-    their low nibbles and two in their high ones, dotted against the matching two 32-byte pieces of the Q8_K
-    quants, so a block takes four pmaddubsw/pmaddwd pairs instead of eight. The same exact integer sums."""
-    undef16 = ir.Constant(_V16I16, ir.Undefined)
+def _add_lanes(builder, v, *perms):
+    """v + v[perm] for each lane permutation in turn (sums of lane groups, exact)."""
+    for perm in perms:
+        v = builder.add(v, builder.shuffle_vector(v, v, _mask(perm)))
+    return v
+
+
+def _q4_k_zmm_block(builder, wp):
+    """The Q4_K block at wp unpacked for _emit_vdot_q4_k_zmm: [(u8[64] quants of sub-blocks a and b, i16[32] their
+    scales, (a, b))], the i16[16] mins for the bsums, <2 x f32> (d, dmin)."""
+    r = _k4_scale_bytes(builder, _gep(builder, wp, 4), 64)
     m4 = _splat(_I8, 64, 0x0F)
-    quants = []  # (u8[64] quants of sub-blocks (a, b), i16[32] their scales, Q8_K offsets of a and b)
-    for h in range(2):  # quant bytes 64h..64h+63: sub-blocks 4h, 4h+2 (low nibbles) and 4h+1, 4h+3 (high)
+    parts = []
+    for h in range(2):  # quant bytes 64h..64h+63: sub-blocks 4h, 4h+2 in the low nibbles, 4h+1, 4h+3 in the high
         bits = _load_ptr(builder, _gep(builder, wp, 16 + 64 * h), _V64I8)
-        lo = builder.and_(bits, m4)
-        hi = builder.lshr(bits, _splat(_I8, 64, 4))
-        for q, sb in ((lo, 4 * h), (hi, 4 * h + 1)):
-            sv = builder.shuffle_vector(sm, undef16, _mask([sb] * 16 + [sb + 2] * 16))
-            quants.append((q, sv, 32 * sb, 32 * (sb + 2)))
-    mins2 = builder.shuffle_vector(sm, undef16, _mask([8 + i // 2 for i in range(16)]))
-    ndminw = builder.fneg(dminw)
+        parts.append((builder.and_(bits, m4), (4 * h, 4 * h + 2)))
+        parts.append((builder.lshr(bits, _splat(_I8, 64, 4)), (4 * h + 1, 4 * h + 3)))
+    quants = [(q, builder.bitcast(_pshufb512(builder, r, [a, -1] * 16 + [b, -1] * 16), _V32I16), (a, b))
+              for q, (a, b) in parts]
+    mins = _pshufb512(builder, r, [8 + i // 4 if i % 2 == 0 else -1 for i in range(64)])
+    mins2 = builder.bitcast(builder.shuffle_vector(mins, mins, _mask(range(32))), _V16I16)
+    return quants, mins2, _h2f(builder, _load_ptr(builder, wp, _V2I16), 2)
+
+
+def _emit_vdot_q4_k_zmm(builder, wps, xpss):
+    """Dots of the Q4_K blocks at wps (one or two) with the Q8_K blocks xpss[t][i] of each token t on 512-bit
+    vectors (AVX-512BW) -> per token, per block (quant sum f32, d*dx, min sum f32, -dmin*dx): _emit_vdot_q4_k's
+    exact integer sums, converted to f32 in a vector (sitofp rounds the same either way).
+
+    Each 64 bytes of quants give two sub-blocks in their low nibbles and two in their high ones, dotted against
+    the matching two 32-byte pieces of the Q8_K quants: four pmaddubsw/pmaddwd pairs a block. The scales are
+    unpacked with byte shuffles; the quant and min sums of both blocks are reduced in one vector.
+    """
+    blocks = [_q4_k_zmm_block(builder, wp) for wp in wps]
     out = []
-    for xp in xps:
-        dx, q8, bsums = _q8k_parts(builder, xp)
-        acc = None
-        for q, sv, oa, ob in quants:
-            xa = _load_ptr(builder, _gep(builder, q8, oa), _V32I8)
-            xb = _load_ptr(builder, _gep(builder, q8, ob), _V32I8)
-            xv = builder.shuffle_vector(xa, xb, _mask(range(64)))
-            part = _maddwd512(builder, _maddubs512(builder, q, xv, True), sv, True)
-            acc = part if acc is None else builder.add(acc, part)
-        acc = builder.add(builder.shuffle_vector(acc, acc, _mask(range(8))),
-                          builder.shuffle_vector(acc, acc, _mask(range(8, 16))))
-        msum = _maddwd(builder, bsums, mins2, True)
-        out.append((_reduce_i32(builder, acc), builder.fmul(dw, dx), _reduce_i32(builder, msum),
-                    builder.fmul(ndminw, dx)))
+    for xps in xpss:
+        accs, msums, dxs = [], [], []
+        for (quants, mins2, _), xp in zip(blocks, xps):
+            dx, q8, bsums = _q8k_parts(builder, xp)
+            acc = None
+            for q, sv, (a, b) in quants:
+                xa = _load_ptr(builder, _gep(builder, q8, 32 * a), _V32I8)
+                xb = _load_ptr(builder, _gep(builder, q8, 32 * b), _V32I8)
+                qx = _maddubs512(builder, q, builder.shuffle_vector(xa, xb, _mask(range(64))), True)
+                acc = _maddwd512(builder, qx, sv, True) if acc is None else _dpwssd512(builder, acc, qx, sv)
+            accs.append(acc)
+            msums.append(_maddwd(builder, bsums, mins2, True))
+            dxs.append(dx)
+        if len(wps) == 2:
+            # y: 128-bit lanes (sums 0, 0, 1, 1) of the blocks' quant sums; then lanes of four: sums 0, 1, mins 0, 1
+            y = builder.add(builder.shuffle_vector(accs[0], accs[1], _mask([*range(8), *range(16, 24)])),
+                            builder.shuffle_vector(accs[0], accs[1], _mask([*range(8, 16), *range(24, 32)])))
+            m = builder.shuffle_vector(msums[0], msums[1], _mask(range(16)))
+            z = builder.add(builder.shuffle_vector(y, m, _mask([i + 4 * (i // 4) for i in range(16)])),
+                            builder.shuffle_vector(y, m, _mask([i + 4 * (i // 4) + 4 for i in range(16)])))
+            z = _add_lanes(builder, z, [i ^ 2 for i in range(16)], [i ^ 1 for i in range(16)])
+            lanes = ((0, 8), (4, 12))
+        else:
+            y = builder.add(builder.shuffle_vector(accs[0], accs[0], _mask(range(8))),
+                            builder.shuffle_vector(accs[0], accs[0], _mask(range(8, 16))))
+            z = _add_lanes(builder, builder.shuffle_vector(y, msums[0], _mask(range(16))),
+                           [i ^ 4 for i in range(16)], [i ^ 2 for i in range(16)], [i ^ 1 for i in range(16)])
+            lanes = ((0, 8),)
+        zf = builder.sitofp(z, ir.VectorType(_F32, 16))
+        lane = lambda v, i: builder.extract_element(v, ir.Constant(_I32, i))  # noqa: E731
+        res = []
+        for (_, _, dd), dx, (ls, lm) in zip(blocks, dxs, lanes):
+            dxx = builder.insert_element(builder.insert_element(dd, dx, ir.Constant(_I32, 0)), dx, ir.Constant(_I32, 1))
+            ddx = builder.fmul(dd, dxx)
+            res.append((lane(zf, ls), lane(ddx, 0), lane(zf, lm), builder.fneg(lane(ddx, 1))))
+        out.append(res)
     return out
+
+
+def _as_f32(builder, v):
+    return v if v.type == _F32 else builder.sitofp(v, _F32)
 
 
 def _reduce_i32(builder, v):
@@ -173,6 +217,7 @@ def _make_vdot_rows(kind, simd, n_x):
     (_emit_vdot_q4_k, _emit_vdot_q6_k), so its result does not depend on n_x or on the thread count.
     """
     bb = _BLOCK_BYTES[kind]
+    zmm = kind == "q4_k" and simd and HAS_AVX512BW  # two blocks a step: _emit_vdot_q4_k_zmm
 
     def vdot_rows(typingctx, w, wo, x, xo, xstride, nb):
         ints = (wo, xo, xstride, nb)
@@ -189,17 +234,34 @@ def _make_vdot_rows(kind, simd, n_x):
                 for i in range(n_x)
             ]
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(n_x)]
-            with cgutils.for_range(builder, nb64) as loop:
-                b = loop.index
-                wp = builder.gep(w0, [builder.mul(b, ir.Constant(_I64, bb))])
+
+            def blocks(b, n):  # fold blocks b..b+n-1 into the accumulators, in block order
+                wps = [builder.gep(w0, [builder.mul(builder.add(b, ir.Constant(_I64, i)), ir.Constant(_I64, bb))])
+                       for i in range(n)]
                 # software prefetch of the weight stream: the hardware prefetchers alone leave DRAM bandwidth unused
-                for k in range(0, bb + 63, 64):
-                    prefetch_ptr(builder, _gep(builder, wp, PREFETCH_BYTES + k))
-                xoff = builder.mul(b, ir.Constant(_I64, BLOCK_BYTES_Q8_K))
-                xps = [builder.gep(p, [xoff]) for p in x0]
-                for acc, (si, d, mi, nm) in zip(accs, _emit_vdots(kind, builder, wp, xps, simd)):
-                    a = _fma(builder, d, builder.sitofp(si, _F32), builder.load(acc))
-                    builder.store(a if mi is None else _fma(builder, nm, builder.sitofp(mi, _F32), a), acc)
+                for k in range(0, n * bb + 63, 64):
+                    prefetch_ptr(builder, _gep(builder, wps[0], PREFETCH_BYTES + k))
+                xoffs = [builder.mul(builder.add(b, ir.Constant(_I64, i)), ir.Constant(_I64, BLOCK_BYTES_Q8_K))
+                         for i in range(n)]
+                xpss = [[builder.gep(p, [xo]) for xo in xoffs] for p in x0]
+                if zmm:
+                    sums = _emit_vdot_q4_k_zmm(builder, wps, xpss)
+                else:
+                    sums = [[t] for t in _emit_vdots(kind, builder, wps[0], [xps[0] for xps in xpss], simd)]
+                for acc, per_block in zip(accs, sums):
+                    a = builder.load(acc)
+                    for si, d, mi, nm in per_block:
+                        a = _fma(builder, d, _as_f32(builder, si), a)
+                        a = a if mi is None else _fma(builder, nm, _as_f32(builder, mi), a)
+                    builder.store(a, acc)
+
+            step = 2 if zmm else 1
+            with cgutils.for_range(builder, builder.udiv(nb64, ir.Constant(_I64, step))) as loop:
+                blocks(builder.mul(loop.index, ir.Constant(_I64, step)), step)
+            if step == 2:  # an odd block after the pairs
+                odd = builder.trunc(nb64, ir.IntType(1))
+                with builder.if_then(odd):
+                    blocks(builder.sub(nb64, ir.Constant(_I64, 1)), 1)
             vals = [builder.load(acc) for acc in accs]
             return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
 

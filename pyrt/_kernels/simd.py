@@ -59,6 +59,7 @@ HAS_AVX2 = "avx2" in _FEATS
 HAS_F16C = "f16c" in _FEATS
 HAS_FMA = "fma" in _FEATS
 HAS_AVX512BW = "avx512bw" in _FEATS
+HAS_AVX512VNNI = HAS_AVX512BW and "avx512vnni" in _FEATS  # vpdpwssd / vpdpbusd on zmm
 # vpdpbusd on ymm: AVX-VNNI (VEX) or AVX512-VNNI with AVX512VL (EVEX); same LLVM intrinsic
 HAS_VNNI = HAS_AVX2 and ("avxvnni" in _FEATS or ("avx512vnni" in _FEATS and "avx512vl" in _FEATS))
 
