@@ -8,8 +8,9 @@
 #
 # env: IK_BIN (default ~/.cache/ik_llama/build/bin, from ../shared/tools/build_ik_llama.sh), THREADS (2),
 #      CTX (8704), UB (512), NGEN (16) for sweep; P (512), N (128), R (3), GP (none; "PP,TG ..." pairs) for run; ORDER (pyrt,ik);
-#      IK_ARGS: more flags for ik (e.g. IK_ARGS=--no-mmap for sweep, IK_ARGS="-mmp 0" for run: ik's weights in
-#      anonymous memory, as pyrt reads them by default).
+#      IK_VERSION: the ik commit for meta.txt (a build from a source snapshot does not know it;
+#      build_ik_llama.sh prints it); IK_ARGS: more flags for ik (e.g. IK_ARGS=--no-mmap for sweep,
+#      IK_ARGS="-mmp 0" for run: ik's weights in anonymous memory, as pyrt reads them by default).
 # deepseek2 files run with -mla 3 on both (ik also -rtr, its run-time repacking); f16 cache, flash attention.
 # OUTDIR gets pyrt.md, ik.md, ratio.md and the CPU / membw / commit facts (meta.txt).
 set -euo pipefail
@@ -34,7 +35,7 @@ if [ "$ARCH" = deepseek2 ]; then MLA_P=(-mla 3); MLA_IK=(-mla 3); MLA_B=(-mla 3)
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') ($(nproc) cores)"
   echo "flags: $(grep -m1 -o -w -E 'avx512_vnni|amx_int8|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   echo "pyrt: $(git -C "$(dirname "$0")/.." rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "ik: $IK ($({ "$IK" --version 2>&1 || true; } | grep -m1 -i -E 'version|build' || true))"
+  echo "ik: $IK (${IK_VERSION:-commit not recorded: set IK_VERSION})"
   echo "model: $MODEL ($ARCH), mode $MODE, threads $THREADS, ik flags +${IK_ARGS:-}${GP:+, -gp $GP}"
   if [ -n "${NUMBA_CPU_NAME:-}" ]; then  # pyrt compiled for another target than this CPU (e.g. an AVX2-only one)
     echo "pyrt target: NUMBA_CPU_NAME=$NUMBA_CPU_NAME NUMBA_CPU_FEATURES=${NUMBA_CPU_FEATURES:-}" \
