@@ -96,25 +96,6 @@ def _dpwssd512(builder, acc, a, b):
     return builder.add(acc, _maddwd512(builder, a, b, True))
 
 
-def _k4_scales_mins(builder, p):
-    """Unpack the 12-byte 6-bit scales/mins of Q4_K/Q5_K at p -> i16[16]: lanes 0..7 scales, 8..15 mins."""
-    u0 = _load_ptr(builder, p, _I32)
-    u1 = _load_ptr(builder, builder.gep(p, [ir.Constant(_I64, 4)]), _I32)
-    u2 = _load_ptr(builder, builder.gep(p, [ir.Constant(_I64, 8)]), _I32)
-    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
-    km1, km2, km3 = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
-    t3 = builder.or_(
-        builder.and_(builder.lshr(u2, c(4)), km2), builder.shl(builder.and_(builder.lshr(u1, c(6)), km3), c(4))
-    )
-    t2 = builder.and_(u1, km1)
-    t1 = builder.or_(builder.and_(u2, km2), builder.shl(builder.and_(builder.lshr(u0, c(6)), km3), c(4)))
-    t0 = builder.and_(u0, km1)
-    v = ir.Constant(_V4I32, ir.Undefined)
-    for i, t in enumerate((t0, t1, t2, t3)):
-        v = builder.insert_element(v, t, c(i))
-    return builder.zext(builder.bitcast(v, _V16I8), _V16I16)
-
-
 # _k4_scale_bytes' byte gathers (per 16 lanes): a, the bytes with each value's low bits (scales 0-3 in bytes 0-3,
 # 4-7 in the low nibbles of 8-11; mins 0-3 in 4-7, 4-7 in the high nibbles of 8-11); b, the bytes whose bits 6-7
 # are the top bits of scales 4-7 (bytes 0-3) and mins 4-7 (bytes 4-7), in the lanes of those values
@@ -124,7 +105,8 @@ _K4_TOP_BYTES = (0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 4, 5, 6, 7)
 
 def _k4_scale_bytes(builder, p, n):
     """The 6-bit scales/mins of Q4_K/Q5_K at p (12 bytes; 16 are read) unpacked with byte shuffles -> <n x u8>
-    (n a multiple of 16): in each 16 lanes, 0..7 scales, 8..15 mins (as _k4_scales_mins, before widening)."""
+    (n a multiple of 16): in each 16 lanes, 0..7 scales, 8..15 mins. Read at a block's byte 4, the 16 bytes end
+    inside the block."""
     q = _load_ptr(builder, p, _V16I8)
     q = builder.shuffle_vector(q, q, _mask([i % 16 for i in range(n)]))
     rep = lambda v: ir.Constant(ir.VectorType(_I8, n), [ir.Constant(_I8, x) for x in v * (n // 16)])  # noqa: E731
@@ -133,6 +115,11 @@ def _k4_scale_bytes(builder, p, n):
     low = builder.or_(builder.and_(a, rep([0x3F] * 4 + [0x0F] * 4 + [0x3F] * 4 + [0] * 4)),
                       builder.and_(builder.lshr(a, rep([4] * 16)), rep([0] * 12 + [0x0F] * 4)))
     return builder.or_(low, builder.and_(builder.lshr(b, rep([2] * 16)), rep(([0] * 4 + [0x30] * 4) * 2)))
+
+
+def _k4_scales_mins(builder, p):
+    """The 12-byte 6-bit scales/mins of Q4_K/Q5_K at p -> i16[16]: lanes 0..7 scales, 8..15 mins."""
+    return builder.zext(_k4_scale_bytes(builder, p, 16), _V16I16)
 
 
 def _gep(builder, p, off):
