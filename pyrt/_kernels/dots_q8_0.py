@@ -189,7 +189,15 @@ def _fma(builder, a, b, c):
     return _call(builder, name, t, [a, b, c])
 
 
-UNROLL = 2  # blocks per loop iteration (one software prefetch per row and iteration: ~a cache line of Q4_0)
+UNROLL = 2  # blocks per loop iteration (the software prefetches of a row are issued once per iteration)
+
+
+def _prefetch_step(builder, wb, pf, step):
+    """Prefetch of every cache line of the `step` bytes at wb + pf: one per 64 bytes, so a step longer than a
+    line (two Q8_0 blocks, 68 bytes) leaves no line of the weight stream to a demand miss (a Q8_0 matvec of
+    680-byte rows from DRAM, one thread, Zen 4: 13 GB/s with one prefetch a step, 27 with two)."""
+    for o in range(0, step, 64):
+        _prefetch(builder, wb, pf if o == 0 else builder.add(pf, ir.Constant(_I64, o)))
 
 
 def _blocks(builder, nb, body):
@@ -214,7 +222,7 @@ def _row_dot_codegen(unpack, w_bytes, mode):
         def body(b, first):
             wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, w_bytes)))
             if first:
-                _prefetch(builder, wb, pf)
+                _prefetch_step(builder, wb, pf, w_bytes * UNROLL)
             xb = builder.add(xp, builder.mul(b, ir.Constant(_I64, 34)))
             cb = builder.add(cp, builder.mul(b, ir.Constant(_I64, AUX_BYTES)))
             dw, wq, bias = unpack(builder, wb)
@@ -265,8 +273,8 @@ def _tile_codegen(unpack, w_bytes, mode, T):
         def body(b, first):
             wbs = [builder.add(w, builder.mul(b, ir.Constant(_I64, w_bytes))) for w in wps]
             if first:
-                for wb in wbs:
-                    _prefetch(builder, wb, pf)  # the hardware prefetchers alone leave DRAM bandwidth unused
+                for wb in wbs:  # the hardware prefetchers alone leave DRAM bandwidth unused
+                    _prefetch_step(builder, wb, pf, w_bytes * UNROLL)
             # the 8 f16 scales (offset 0 of each block) packed in two i64 on the integer ALUs, which this
             # loop leaves idle, instead of 8 vector inserts
             halves = []
