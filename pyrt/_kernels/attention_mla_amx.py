@@ -46,7 +46,9 @@ from .softmax import cell_scratch, exp_neg_ir, query_seqs, start_rows, tile_mask
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
 HAS_CVT_BF16 = "avx512bf16" in _FEATS  # vcvtne2ps2bf16 (every AMX-BF16 CPU has it)
-if HAS_AMX_BF16:  # the tile steps are inline asm, which the JIT assembles whether or not this process runs them
+# The tile steps and vcvtne2ps2bf16 are inline asm, which the JIT assembles whether or not this process runs them;
+# without the asm parser LLVM aborts the process on the first function that holds any (a BF16 CPU without AMX).
+if HAS_AMX_BF16 or HAS_CVT_BF16:
     import llvmlite.binding as _llb
     _llb.initialize_native_asmparser()
 GROUP = 16       # query rows of a tile (columns of the score tile, rows of the value tile)
