@@ -201,13 +201,12 @@ def _probe_q5_0(wp, ws, xp, cp, nb, dp, pf):
 
 @pytest.mark.parametrize("fmt,block_bytes", [("q8_0", 34), ("q4_0", 18), ("q5_0", 22)])
 def test_weight_prefetch_covers_every_line(fmt, block_bytes):
-    """A loop step of the block dots (UNROLL blocks of a row) prefetches one line per 64 bytes of the step:
-    with one prefetch per 68-byte Q8_0 step, every 17th line of the weight stream was left to a demand miss
-    (half the DRAM rate of a Q8_0 matvec of 680-byte rows on Zen 4)."""
+    """A loop step of the block dots (UNROLL blocks of a row) prefetches one line per 64 bytes of the step: one
+    prefetch per 68-byte Q8_0 step would leave every 17th line of the weight stream to a demand miss."""
     probe = {"q8_0": _probe_q8_0, "q4_0": _probe_q4_0, "q5_0": _probe_q5_0}[fmt]
     sig = (types.int64,) * 7
     probe.compile(sig)
-    per_step = -(-block_bytes * dots_q8_0.UNROLL // 64)  # lines a step spans, at most
+    per_step = -(-block_bytes * dots_q8_0.UNROLL // 64)  # prefetches a row's step issues: one per 64 bytes
     assert per_step == (2 if fmt == "q8_0" else 1)
     # the tile's 8 rows and the row dot, each per loop step (the tail of an odd block count prefetches nothing)
     assert probe.inspect_llvm(sig).count("call void @llvm.prefetch") == per_step * (dots_q8_0.ROWS + 1)
