@@ -212,6 +212,7 @@ def test_weight_prefetch_covers_every_line(fmt, block_bytes):
     assert probe.inspect_llvm(sig).count("call void @llvm.prefetch") == per_step * (dots_q8_0.ROWS + 1)
 
 
+@njit(cache=False)
 def _f16_portable(h, f):
     a = np.empty(h.shape, np.float32)
     b = np.empty(f.shape, np.uint16)

@@ -91,6 +91,12 @@ def write_gemma3(path, seed: int = 0, n_swa: int = N_SWA, pattern: int = 2, wtyp
     return hp
 
 
+# Logits of the same tokens evaluated in other batch splits differ by rounding only: the kernels' reductions may
+# reassociate, in an order that depends on the token count and the target (up to ~1e-8 with Zen 4 code; bit-equal
+# with reassociation off), while one changed token in the context moves this model's logits by nmse > 1e-2.
+ROUNDING_NMSE = 1e-7
+
+
 @pytest.fixture(scope="module")
 def gemma_tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("swa") / "gemma3-tiny.gguf"
@@ -205,7 +211,7 @@ def test_rollback_past_the_window_reevaluates(model, no_pad):
     assert not np.allclose(run(bad, new, pos0=30), ref, atol=1e-4)
     win.seq_rm(0, q, -1)
     got = run(win, toks[q:30] + new, pos0=q)[30 - q:]
-    assert nmse(got, ref) < 1e-9  # other batch splits than the reference: matmul rounding only
+    assert nmse(got, ref) < ROUNDING_NMSE  # other batch splits than the reference: matmul rounding only
 
 
 def test_llm_prefix_reuse_after_rollback(gemma_tiny, no_pad):
@@ -359,17 +365,17 @@ def test_rerun_and_next_turn_evaluate_only_what_is_new(gemma_tiny, no_pad, n):
     t = win.ctx.timings
     again = win._ingest(ids)
     assert (t.n_p_eval, t.n_eval) == (n, 1)  # the last token, decoded alone
-    assert nmse(again, first) < 1e-9  # decoded alone instead of in a batch: rounding only
+    assert nmse(again, first) < ROUNDING_NMSE  # decoded alone instead of in a batch: rounding only
     ext = win._ingest(ids + more)
     assert (t.n_p_eval, t.n_eval) == (n + len(more), 1)
-    assert nmse(ext, ref(ids + more)) < 1e-9  # other batch splits than the reference: rounding only
+    assert nmse(ext, ref(ids + more)) < ROUNDING_NMSE  # other batch splits than the reference: rounding only
     # the same through a state: a fresh context that loads it decodes the last token only
     state = win.save_state()
     other = LLM(gemma_tiny, **kw)
     other.load_state(state)
     got = other._ingest(ids + more)
     assert (other.ctx.timings.n_p_eval, other.ctx.timings.n_eval) == (0, 1)
-    assert nmse(got, ref(ids + more)) < 1e-9
+    assert nmse(got, ref(ids + more)) < ROUNDING_NMSE
 
 
 @pytest.mark.parametrize("per_seq", [False, True])
