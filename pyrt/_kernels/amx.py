@@ -61,8 +61,8 @@ _enabled: bool | None = None
 
 
 def enable() -> bool:
-    """Whether AMX tiles can run in this process: the target has AMX-INT8, PYRT_NO_AMX is unset, the
-    kernel granted the tile data state and the JIT can assemble inline asm. Asks once per process."""
+    """Whether AMX tiles can run in this process: the target has AMX-INT8, PYRT_NO_AMX is unset and the
+    kernel granted the tile data state. Asks once per process."""
     global _enabled
     if _enabled is None:
         _enabled = False
@@ -70,8 +70,6 @@ def enable() -> bool:
             try:
                 libc = ctypes.CDLL(None, use_errno=True)
                 if libc.syscall(_SYS_arch_prctl, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0:
-                    import llvmlite.binding as llb
-                    llb.initialize_native_asmparser()
                     _enabled = True
             except (OSError, AttributeError):
                 _enabled = False
@@ -80,11 +78,25 @@ def enable() -> bool:
 
 # ---------------------------------------------------------------------------- tile intrinsics
 
+_asm_parser_ready = False
+
+
+def inline_asm(fnty, text, cons, side_effect=False):
+    """An inline asm callee (every kernel's inline asm is built here). The JIT assembles inline asm whether or not
+    this process runs it, with LLVM's native asm parser: without it, LLVM aborts the process when it finalizes the
+    first function that holds any, so the parser is readied before any is emitted."""
+    global _asm_parser_ready
+    if not _asm_parser_ready:
+        import llvmlite.binding as llb
+        llb.initialize_native_asmparser()
+        _asm_parser_ready = True
+    return ir.InlineAsm(fnty, text, cons, side_effect=side_effect)
+
 
 def _asm(builder, text, n, clobber=""):
     fnty = ir.FunctionType(ir.VoidType(), [_I64] * n)
     cons = ",".join(["r"] * n + ["~{memory}"]) + clobber
-    return ir.InlineAsm(fnty, text, cons, side_effect=True)
+    return inline_asm(fnty, text, cons, side_effect=True)
 
 
 @intrinsic

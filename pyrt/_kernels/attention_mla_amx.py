@@ -37,7 +37,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .amx import HAS_AMX_TARGET, _asm, tile_config, tile_release
+from .amx import HAS_AMX_TARGET, _asm, inline_asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_BF16, KIND_F16, KIND_F32, decode_row
 from .simd import (_F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _int_typer, _vec, empty_lined, prefetch, vector_loop,
@@ -46,11 +46,6 @@ from .softmax import cell_scratch, exp_neg_ir, query_seqs, start_rows, tile_mask
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS
 HAS_CVT_BF16 = "avx512bf16" in _FEATS  # vcvtne2ps2bf16 (every AMX-BF16 CPU has it)
-# The tile steps and vcvtne2ps2bf16 are inline asm, which the JIT assembles whether or not this process runs them;
-# without the asm parser LLVM aborts the process on the first function that holds any (a BF16 CPU without AMX).
-if HAS_AMX_BF16 or HAS_CVT_BF16:
-    import llvmlite.binding as _llb
-    _llb.initialize_native_asmparser()
 GROUP = 16       # query rows of a tile (columns of the score tile, rows of the value tile)
 TILE = 32        # cells of a KV tile: two 16-cell score tiles, the K of one value product
 KB = 32          # values of one score product (K of the tile product: 16 bf16 pairs)
@@ -234,7 +229,7 @@ words_u16 = intrinsic(_int_typer(4, _words_codegen))
 def _cvt2_bf16(builder, a, b):
     """vcvtne2ps2bf16: f32 x 16 a, b -> <32 x i16> [bf16(a) | bf16(b)], each rounded to nearest even."""
     fnty = ir.FunctionType(_vec(_I16, 2 * _W), [_vec(_F32, _W)] * 2)
-    return builder.call(ir.InlineAsm(fnty, "vcvtne2ps2bf16 $2, $1, $0", "=v,v,v"), [b, a])
+    return builder.call(inline_asm(fnty, "vcvtne2ps2bf16 $2, $1, $0", "=v,v,v"), [b, a])
 
 
 def _half(builder, v, h):
