@@ -205,7 +205,7 @@ def test_matmul_portable_path_matches(name):
     xq = q8k(np.random.default_rng(31).standard_normal((8, 512)).astype(np.float32))
     pairs = [(qk.matmul_k, qk._matmul_k_portable)]
     if name in TILED:
-        pairs.append((qk.matmul_k_tiles, tiles_k._matmul_k_tiles_portable))
+        pairs.append((qk.matmul_k_tiles, tiles_k.serial_tiles(False)))
     for simd, portable in pairs:
         a = np.empty((8, 19), np.float32)
         b = np.empty((8, 19), np.float32)
@@ -283,6 +283,32 @@ def test_tiles_same_bits_as_row_dot(name, n_out, n_tok):
     ref = dequant_q8_k_f64(xq) @ wd[fin].T
     scale = np.abs(dequant_q8_k_f64(xq)) @ np.abs(wd[fin]).T
     assert np.all(np.abs(tiles[:, fin] - ref) <= 1e-5 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("name", TILED)
+@pytest.mark.parametrize("mode", tiles_k.MODES, ids=str)
+@pytest.mark.parametrize("extreme", [False, True])
+def test_every_tile_mode_gives_the_row_dots_bits(name, mode, extreme):
+    """Each tile mode the host can run (vpdpbusd on 512 and 256 bits, AVX2 pmaddubsw, portable IR; the modes the
+    CPU lacks are not listed) gives the row dot's bits: random rows with edge values, and all quants at their
+    maximum against activations at -127 (the largest partial sums of every mode)."""
+    _, bb, _, _, kind = TYPES[name]
+    w = rand_blocks(name, 19, 768, 95)
+    x = np.random.default_rng(96).standard_normal((8, 768)).astype(np.float32)
+    if extreme:
+        blk = w.reshape(19, 3, bb)
+        if name == "q6_k":
+            blk[:, :, 0:192] = 0xFF
+            blk[:, :, 192:208] = 127
+        else:
+            blk[:, :, 4:] = 0xFF
+        x = -np.ones((8, 768), np.float32)
+    xq = q8k(x)
+    tiles = np.full((8, 19), np.nan, np.float32)
+    dots = np.empty((8, 19), np.float32)
+    tiles_k.serial_tiles(mode)(tiles, w, xq, kind)
+    qk.matmul_k(dots, w, xq, kind)
+    np.testing.assert_array_equal(tiles, dots)
 
 
 @pytest.mark.boundscheck

@@ -1,7 +1,8 @@
 """K-quant prompt tiles: Q4_K/Q5_K/Q6_K weights x Q8_K activations, 8 weight rows x TILE_TOKENS tokens per pass,
 each 8-row group packed once per call. Per (row, token) the same bits as quants_k's row dot, so prefill and decode
-agree. LLVM IR emitted by Numba intrinsics: AVX2 pmaddubsw/pmaddwd when the target has AVX2, portable vector IR
-otherwise. Leaf: numpy, numba, llvmlite, ir_k, simd.py's IR toolkit and dots_q8_0's transposes.
+agree. LLVM IR emitted by Numba intrinsics: vpdpbusd where the target has 256-bit VNNI, AVX2 pmaddubsw/pmaddwd
+where it has AVX2, portable vector IR otherwise. Leaf: numpy, numba, llvmlite, ir_k, simd.py's IR toolkit and
+dots_q8_0's transposes.
 """
 
 import numpy as np
@@ -15,7 +16,7 @@ from .ir_k import (BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
                    QK_K, _BLOCK_BYTES, _V4I32, _V8F32, _V8I32, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
                    _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, matmul_shapes_ok)
 from .config import FASTMATH
-from .simd import HAS_AVX2, _I8, _I16, _I32, _I64, _h2f, _load_ptr, _mask, _splat
+from .simd import HAS_AVX2, HAS_VNNI, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr, _mask, _splat
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompt tiles (Q4_K / Q5_K / Q6_K): 8 weight rows x TILE_TOKENS tokens. A group of 8 rows is unpacked once per call
@@ -136,6 +137,9 @@ def _pack_codegen(kind):
 
 
 def _tile_codegen(kind, n_tok, simd):
+    """simd: "vnni" (vpdpbusd into i32 sums), True (AVX2 pmaddubsw/pmaddwd) or False (portable IR); the integer
+    sums are exact in every mode, so all give the same bits."""
+    vnni = simd == "vnni"
     group = _GROUP[kind]
     q6 = kind == "q6_k"
     n_pairs = 8 if q6 else 4
@@ -156,6 +160,24 @@ def _tile_codegen(kind, n_tok, simd):
             sums = [None] * n_tok
             for c in range(8):  # chunks of 32 quants
                 part = [None] * n_tok
+                odd = [None] * n_tok  # vnni: the odd steps' sums, a second dependency chain per token
+                if vnni:
+                    for k in range(8):
+                        wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V8I32)
+                        for t in range(n_tok):
+                            xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * c + 4 * k), _I32))
+                            chain = part if k % 2 == 0 else odd
+                            a = ir.Constant(_V8I32, None) if chain[t] is None else chain[t]
+                            chain[t] = _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, [a, wv, xv])
+                        if (k + 1) % (4 if q6 else 8) == 0:  # a sub-block's exact i32 sums times its scale
+                            sub = 2 * c + k // 4 if q6 else c
+                            pairs = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * sub), _V8I32)
+                            sc = builder.ashr(builder.shl(pairs, _splat(_I32, 8, 16)), _splat(_I32, 8, 16))
+                            for t in range(n_tok):
+                                v = builder.mul(builder.add(part[t], odd[t]), sc)
+                                sums[t] = v if sums[t] is None else builder.add(sums[t], v)
+                                part[t] = odd[t] = None
+                    continue
                 for k in range(8):
                     wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V32I8)
                     for t in range(n_tok):
@@ -226,19 +248,19 @@ def _make_tile(kind, n_tok, simd):
     return intrinsic(tile)
 
 
+# Tile modes, fastest first: vpdpbusd (AVX-VNNI, or AVX512-VNNI with VL), AVX2 pmaddubsw, portable IR. The host
+# takes the first its target has.
+MODES = [m for m, ok in (("vnni", HAS_VNNI), (True, HAS_AVX2), (False, True)) if ok]
+_MODE = MODES[0]
 _pack_q4_k = _make_pack("q4_k")
 _pack_q5_k = _make_pack("q5_k")
 _pack_q6_k = _make_pack("q6_k")
-_tile_q4_k = _make_tile("q4_k", TILE_TOKENS, HAS_AVX2)
-_tile1_q4_k = _make_tile("q4_k", 1, HAS_AVX2)
-_tile_q5_k = _make_tile("q5_k", TILE_TOKENS, HAS_AVX2)
-_tile1_q5_k = _make_tile("q5_k", 1, HAS_AVX2)
-_tile_q6_k = _make_tile("q6_k", TILE_TOKENS, HAS_AVX2)
-_tile1_q6_k = _make_tile("q6_k", 1, HAS_AVX2)
-# Portable-IR variants, used by the tests to check the non-AVX2 code path on any machine.
-_tile_q4_k_portable = _make_tile("q4_k", TILE_TOKENS, False)
-_tile_q5_k_portable = _make_tile("q5_k", TILE_TOKENS, False)
-_tile_q6_k_portable = _make_tile("q6_k", TILE_TOKENS, False)
+_tile_q4_k = _make_tile("q4_k", TILE_TOKENS, _MODE)
+_tile1_q4_k = _make_tile("q4_k", 1, _MODE)
+_tile_q5_k = _make_tile("q5_k", TILE_TOKENS, _MODE)
+_tile1_q5_k = _make_tile("q5_k", 1, _MODE)
+_tile_q6_k = _make_tile("q6_k", TILE_TOKENS, _MODE)
+_tile1_q6_k = _make_tile("q6_k", 1, _MODE)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -310,22 +332,33 @@ def _tile_out(dst, out, t, m, r0, nr):
             dst[t + i, r0 + r] = out[i * TILE_ROWS + r]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _matmul_k_tiles_portable(dst, w, xq, kind):
-    """Serial matmul_k_tiles through the portable-IR tiles (n_tok a multiple of TILE_TOKENS); a test aid."""
-    nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    wb = w.shape[1]
-    xb = xq.shape[1]
-    buf = np.empty(nb * PACK_BYTES, np.uint8)
-    out = np.empty(TILE_TOKENS * TILE_ROWS, np.float32)
-    for r0 in range(0, w.shape[0], TILE_ROWS):
-        nr = min(TILE_ROWS, w.shape[0] - r0)
-        _pack_k(kind, buf, w, r0 * wb, wb, nr, nb)
-        for t in range(0, xq.shape[0], TILE_TOKENS):
-            if kind == KIND_Q4_K:
-                _tile_q4_k_portable(buf, xq, t * xb, xb, nb, out)
-            elif kind == KIND_Q5_K:
-                _tile_q5_k_portable(buf, xq, t * xb, xb, nb, out)
-            else:
-                _tile_q6_k_portable(buf, xq, t * xb, xb, nb, out)
-            _tile_out(dst, out, t, TILE_TOKENS, r0, nr)
+def serial_tiles(mode):
+    """A serial matmul_k_tiles (n_tok a multiple of TILE_TOKENS) through one mode's packs and tiles, compiled on
+    first use; a test aid that checks every mode the host can run against the row dot's bits."""
+    if mode not in _SERIAL:
+        t4, t5, t6 = (_make_tile(k, TILE_TOKENS, mode) for k in ("q4_k", "q5_k", "q6_k"))
+
+        @njit(nogil=True, fastmath=FASTMATH)
+        def run(dst, w, xq, kind):
+            nb = xq.shape[1] // BLOCK_BYTES_Q8_K
+            wb = w.shape[1]
+            xb = xq.shape[1]
+            buf = np.empty(nb * PACK_BYTES, np.uint8)
+            out = np.empty(TILE_TOKENS * TILE_ROWS, np.float32)
+            for r0 in range(0, w.shape[0], TILE_ROWS):
+                nr = min(TILE_ROWS, w.shape[0] - r0)
+                _pack_k(kind, buf, w, r0 * wb, wb, nr, nb)
+                for t in range(0, xq.shape[0], TILE_TOKENS):
+                    if kind == KIND_Q4_K:
+                        t4(buf, xq, t * xb, xb, nb, out)
+                    elif kind == KIND_Q5_K:
+                        t5(buf, xq, t * xb, xb, nb, out)
+                    else:
+                        t6(buf, xq, t * xb, xb, nb, out)
+                    _tile_out(dst, out, t, TILE_TOKENS, r0, nr)
+
+        _SERIAL[mode] = run
+    return _SERIAL[mode]
+
+
+_SERIAL = {}
