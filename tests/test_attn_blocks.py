@@ -73,24 +73,3 @@ def test_pv4_matches_float64(n, nc, w):
     assert np.array_equal(a[:, n:], a0[:, n:])  # columns past n untouched
 
 
-
-
-@pytest.mark.parametrize("dv", [1, 15, 64, 100, 512, 576])
-def test_values_4_column_windows_same_bits_as_whole_rows(dv):
-    """values_4 (column windows outermost, the target's width) gives the bits of one pv4 pass over whole rows per
-    4-row group: each value sums its cells in order whichever window holds it."""
-    from pyrt._kernels.attn_blocks import W, values_4
-
-    @njit(cache=False)
-    def windows(acc, s, vt, v_off, r4, nc):
-        values_4(acc, s, vt, v_off, r4, nc)
-
-    rng = np.random.default_rng(dv)
-    acc = rng.standard_normal((9, dv)).astype(np.float32)
-    s = rng.random((9, 32)).astype(np.float32)
-    vt = rng.standard_normal((32, dv + 3)).astype(np.float32)
-    ref = acc.copy()
-    for r0 in (0, 4):
-        _FNS[W][1](ref[r0:r0 + 4], s[r0:r0 + 4], vt[:, 3:], 29)
-    windows(acc, s, vt, 3, 8, 29)
-    assert np.array_equal(acc, ref)

@@ -180,20 +180,14 @@ def _pv4_codegen(w):
 BLOCKS = {w: (intrinsic(_int_typer(7, _dot4x4_codegen(w))), intrinsic(_int_typer(8, _pv4_codegen(w))))
           for w in _SHAPES}
 dot4x4_f32, pv4_f32 = BLOCKS[W]
-WINDOW = W * _SHAPES[W][1]   # values of a row that one pv4_f32 register block holds
 
 
 @njit(cache=True, nogil=True, inline="always")
 def values_4(acc, s, vt, v_off, r4, nc):
     """acc[r] += sum_j s[r, j] * vt[j, v_off:v_off + dv] for r < r4 (a multiple of 4), j < nc, in pv4_f32
-    blocks; acc [>= r4, dv], s, vt f32 with contiguous rows. Column windows of one register block run outermost:
-    a window's value rows (nc x 64 f32 on AVX-512) stay in L1 while every 4-row group takes them, where whole rows
-    per group would stream the tile from L2 once a group. Each value's sum runs over the cells in order either way."""
+    blocks; acc [>= r4, dv], s, vt f32 with contiguous rows."""
     a_p, a_rs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
     v_p, v_rs = np.int64(vt.ctypes.data) + np.int64(v_off) * 4, np.int64(vt.strides[0])
-    dv = np.int64(acc.shape[1])
-    for c0 in range(0, dv, WINDOW):
-        n = min(WINDOW, dv - c0)
-        for r0 in range(0, r4, ROWS):
-            pv4_f32(a_p + r0 * a_rs + c0 * 4, a_rs, s_p + r0 * s_rs, s_rs, v_p + c0 * 4, v_rs, np.int64(nc), n)
+    for r0 in range(0, r4, ROWS):
+        pv4_f32(a_p + r0 * a_rs, a_rs, s_p + r0 * s_rs, s_rs, v_p, v_rs, np.int64(nc), np.int64(acc.shape[1]))
