@@ -160,8 +160,8 @@ def _tile_codegen(kind, n_tok, simd):
             sums = [None] * n_tok
             for c in range(8):  # chunks of 32 quants
                 part = [None] * n_tok
-                odd = [None] * n_tok  # vnni: the odd steps' sums, a second dependency chain per token
                 if vnni:
+                    odd = [None] * n_tok  # the odd steps' sums: a second dependency chain per token
                     for k in range(8):
                         wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V8I32)
                         for t in range(n_tok):
