@@ -11,12 +11,12 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .dots_q8_0 import _fma, _transpose8
+from .dots_q8_0 import _fma, _idot_acc, _transpose8
 from .ir_k import (BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
                    QK_K, _BLOCK_BYTES, _V4I32, _V8F32, _V8I32, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
                    _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, matmul_shapes_ok)
 from .config import FASTMATH
-from .simd import HAS_AVX2, HAS_VNNI, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr, _mask, _splat
+from .simd import HAS_AVX2, HAS_VNNI, _I8, _I16, _I32, _I64, _h2f, _load_ptr, _mask, _splat
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompt tiles (Q4_K / Q5_K / Q6_K): 8 weight rows x TILE_TOKENS tokens. A group of 8 rows is unpacked once per call
@@ -140,7 +140,8 @@ def _tile_codegen(kind, n_tok, simd):
     """simd: "vnni" (vpdpbusd into i32 sums), True (AVX2 pmaddubsw/pmaddwd) or False (portable IR); the integer
     sums are exact in every mode, so all give the same bits."""
     vnni = simd == "vnni"
-    group = _GROUP[kind]
+    # dwords summed before a scale applies: int16 headroom (pmaddubsw), or a whole sub-block (vpdpbusd's i32)
+    group = (4 if kind == "q6_k" else 8) if vnni else _GROUP[kind]
     q6 = kind == "q6_k"
     n_pairs = 8 if q6 else 4
 
@@ -160,37 +161,32 @@ def _tile_codegen(kind, n_tok, simd):
             sums = [None] * n_tok
             for c in range(8):  # chunks of 32 quants
                 part = [None] * n_tok
-                if vnni:
-                    odd = [None] * n_tok  # the odd steps' sums: a second dependency chain per token
-                    for k in range(8):
-                        wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V8I32)
-                        for t in range(n_tok):
-                            xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * c + 4 * k), _I32))
-                            chain = part if k % 2 == 0 else odd
-                            a = ir.Constant(_V8I32, None) if chain[t] is None else chain[t]
-                            chain[t] = _call(builder, "llvm.x86.avx512.vpdpbusd.256", _V8I32, [a, wv, xv])
-                        if (k + 1) % (4 if q6 else 8) == 0:  # a sub-block's exact i32 sums times its scale
-                            sub = 2 * c + k // 4 if q6 else c
-                            pairs = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * sub), _V8I32)
-                            sc = builder.ashr(builder.shl(pairs, _splat(_I32, 8, 16)), _splat(_I32, 8, 16))
-                            for t in range(n_tok):
-                                v = builder.mul(builder.add(part[t], odd[t]), sc)
-                                sums[t] = v if sums[t] is None else builder.add(sums[t], v)
-                                part[t] = odd[t] = None
-                    continue
+                odd = [None] * n_tok  # vnni: the odd steps' sums, a second dependency chain per token
                 for k in range(8):
                     wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V32I8)
                     for t in range(n_tok):
                         xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * c + 4 * k), _I32))
-                        p = _maddubs(builder, wv, builder.bitcast(xv, _V32I8), simd)
-                        part[t] = p if part[t] is None else builder.add(part[t], p)
+                        xv = builder.bitcast(xv, _V32I8)
+                        if vnni:
+                            chain = part if k % 2 == 0 else odd
+                            a = ir.Constant(_V8I32, None) if chain[t] is None else chain[t]
+                            chain[t] = _idot_acc(builder, (wv, None), xv, a, 0, "vnni")
+                        else:
+                            p = _maddubs(builder, wv, xv, simd)
+                            part[t] = p if part[t] is None else builder.add(part[t], p)
                     if (k + 1) % group == 0:
                         sub = 2 * c + k // 4 if q6 else c  # Q6_K: 16-value sub-blocks, dwords 0-3 and 4-7
-                        sc = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * sub), _V16I16)
+                        pairs = _load_ptr(builder, _gep(builder, op, _SC_OFF + 32 * sub), _V16I16)
+                        if vnni:  # the exact i32 sums times the sub-block's scale (the low i16 of each pair)
+                            pairs = builder.bitcast(pairs, _V8I32)
+                            sc = builder.ashr(builder.shl(pairs, _splat(_I32, 8, 16)), _splat(_I32, 8, 16))
                         for t in range(n_tok):
-                            v = _maddwd(builder, part[t], sc, simd)
+                            if vnni:
+                                v = builder.mul(builder.add(part[t], odd[t]), sc)
+                            else:
+                                v = _maddwd(builder, part[t], pairs, simd)
                             sums[t] = v if sums[t] is None else builder.add(sums[t], v)
-                            part[t] = None
+                            part[t] = odd[t] = None
             pv = [_load_ptr(builder, _gep(builder, op, _PAIRS_OFF[q6] + 32 * k), _V16I16) for k in range(n_pairs)]
             dv = _load_ptr(builder, _gep(builder, op, _D_OFF[q6]), _V8F32)
             ndv = None if q6 else _load_ptr(builder, _gep(builder, op, _NDMIN_OFF), _V8F32)
