@@ -147,15 +147,16 @@ def _transpose8(builder, rows):
     return [builder.bitcast(o, _vec(_I8, 32)) for o in out]
 
 
-def _tile_q4_0(builder, wbs):
-    """The transposed quants of 8 Q4_0 blocks (at wbs) as _transpose8 gives them, and their bias.
+def _tile_nibbles(builder, wbs, off):
+    """The 16 packed qs bytes at wb + off of 8 blocks (wbs) -> 8 x <32 x i8> as _transpose8 gives a 4-bit
+    format's quants: vector v, lane j = quants 4v..4v+3 of row j (low nibbles of qs dword v for v < 4, high
+    nibbles of dword v-4 for v >= 4, which are quants 16+4(v-4).. = 4v..).
 
-    Transposes the packed bytes instead (dword k of the 16 qs bytes holds quants 4k..4k+3 in its low
-    nibbles and 16+4k.. in its high ones): 4 x 128-bit rows pairs, 8 in-lane shuffles, then the
-    nibbles split once per 8 rows, instead of 8 unpacks and 24 shuffles.
+    Transposes the packed bytes (4 x 128-bit row pairs, 8 in-lane shuffles), then splits the nibbles once
+    per 8 rows, instead of 8 unpacks and _transpose8's 24 shuffles.
     """
     v4i, v8i = _vec(_I32, 4), _vec(_I32, 8)
-    rows = [_load(builder, _addr(builder, wb, 2), v4i) for wb in wbs]
+    rows = [_load(builder, _addr(builder, wb, off), v4i) for wb in wbs]
     pair = [builder.shuffle_vector(rows[j], rows[j + 4], ir.Constant(v8i, list(range(8)))) for j in range(4)]
 
     def shuf(a, b, idx):
@@ -169,7 +170,37 @@ def _tile_q4_0(builder, wbs):
     m = _splat(_I32, 8, 0x0F0F0F0F)
     lo = [builder.and_(p, m) for p in packed]
     hi = [builder.and_(builder.lshr(p, _splat(_I32, 8, 4)), m) for p in packed]
-    return [builder.bitcast(v, _vec(_I8, 32)) for v in lo + hi], 8
+    return [builder.bitcast(v, _vec(_I8, 32)) for v in lo + hi]
+
+
+def _tile_q4_0(builder, wbs):
+    """The transposed quants of 8 Q4_0 blocks (at wbs) as _transpose8 gives them, and their bias."""
+    return _tile_nibbles(builder, wbs, 2), 8
+
+
+def _tile_q5_0(builder, wbs):
+    """The transposed quants of 8 Q5_0 blocks (at wbs) as _transpose8 gives them, and their bias.
+
+    The nibbles as _tile_nibbles; quant 4v+i of row j takes bit 4v+i of its qh, i.e. bit 4(v%2)+i of qh byte
+    v//2: the 8 qh words in the lanes of one vector, that byte spread over its lane's 4 bytes (an in-lane byte
+    shuffle), a test against bits 4(v%2)..4(v%2)+3, and 16 added where set (a mask register and one masked
+    add on AVX-512BW).
+    """
+    v8i, v32b = _vec(_I32, 8), _vec(_I8, 32)
+    nib = _tile_nibbles(builder, wbs, 6)
+    qh = ir.Constant(v8i, ir.Undefined)
+    for j, wb in enumerate(wbs):
+        qh = builder.insert_element(qh, _load(builder, _addr(builder, wb, 2), _I32), ir.Constant(_I32, j))
+    qb = builder.bitcast(qh, v32b)
+    zero, sixteen = _splat(_I8, 32, 0), _splat(_I8, 32, 0x10)
+    out = []
+    for v in range(8):
+        spread = builder.shuffle_vector(qb, qb, ir.Constant(_vec(_I32, 32), [4 * j + v // 2 for j in range(8)
+                                                                              for _ in range(4)]))
+        bits = ir.Constant(v32b, [1 << (4 * (v % 2) + i) for _ in range(8) for i in range(4)])
+        set_ = builder.icmp_unsigned("!=", builder.and_(spread, bits), zero)
+        out.append(builder.add(nib[v], builder.select(set_, sixteen, zero)))
+    return out, 16
 
 
 def _splat_load(builder, addr, ty):
@@ -289,6 +320,8 @@ def _tile_codegen(unpack, w_bytes, mode, T):
             dwv = _h2f(builder, builder.bitcast(d2, v8h), 8)
             if unpack is _unpack_q4_0:
                 qt, bias = _tile_q4_0(builder, wbs)
+            elif unpack in (_unpack_q5_0, _unpack_q5_0_generic):
+                qt, bias = _tile_q5_0(builder, wbs)
             else:
                 qs = []
                 for wb in wbs:
