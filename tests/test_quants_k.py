@@ -220,7 +220,8 @@ def test_matmul_portable_path_matches(name):
 def test_row_dot_bits_equal_portable(name, n_tok, n_in):
     """The target's row dots (Q4_K on 512-bit vectors, two blocks a step, where the CPU has AVX-512BW; 256-bit
     AVX2 otherwise) give the portable IR's bits: each block's integer sums are exact, and both fold them into f32
-    in one order. Rows of 1, 4 and 5 blocks (an odd block after the pairs)."""
+    in one order. Rows of 1, 4 and 5 blocks (an odd block after the pairs); one token dots 29 rows in pairs and
+    the odd last one alone (rows_k1)."""
     _, _, _, _, kind = TYPES[name]
     w = rand_blocks(name, 29, n_in, 50 + n_tok, edge=True)
     xq = q8k(np.random.default_rng(51 + n_tok).standard_normal((n_tok, n_in)).astype(np.float32))

@@ -209,13 +209,17 @@ def _emit_vdots(kind, builder, wp, xps, simd):
     return _emit_vdot_q6_k(builder, wp, xps, simd)
 
 
-def _make_vdot_rows(kind, simd, n_x):
-    """Intrinsic: dots of one weight row with n_x Q8_K rows, looping over the nb blocks in IR.
+def _make_vdot_rows(kind, simd, n_x, n_w=1):
+    """Intrinsic: dots of n_w consecutive weight rows with n_x Q8_K rows (n_w or n_x is 1), looping over the nb
+    blocks in IR.
 
-    (w, wo, x, xo, xstride, nb): weight row at byte wo of w; Q8_K row i at byte xo + i*xstride of x.
-    Returns f32 (n_x == 1) or a tuple of n_x f32. A token adds each block's exact integer sums to one f32
-    (_emit_vdot_q4_k, _emit_vdot_q6_k), so its result does not depend on n_x or on the thread count.
+    (w, wo, x, xo, xstride, nb): weight row j at byte wo + j*nb*(block bytes) of w; Q8_K row i at byte
+    xo + i*xstride of x. Returns f32 (n_x == n_w == 1) or a tuple of n_x (or n_w) f32. A (row, token) adds each
+    block's exact integer sums to one f32 (_emit_vdot_q4_k, _emit_vdot_q6_k), so its result does not depend on
+    n_x, n_w or the thread count; rows dotted together share the activation loads and interleave their
+    dependency chains.
     """
+    assert n_x == 1 or n_w == 1
     bb = _BLOCK_BYTES[kind]
     zmm = kind == "q4_k" and simd and HAS_AVX512BW  # two blocks a step: _emit_vdot_q4_k_zmm
 
@@ -223,31 +227,37 @@ def _make_vdot_rows(kind, simd, n_x):
         ints = (wo, xo, xstride, nb)
         if not (_is_u8_array(w) and _is_u8_array(x) and all(isinstance(a, types.Integer) for a in ints)):
             return None
-        retty = types.float32 if n_x == 1 else types.UniTuple(types.float32, n_x)
+        n_out = n_x * n_w
+        retty = types.float32 if n_out == 1 else types.UniTuple(types.float32, n_out)
 
         def codegen(context, builder, sig, args):
             i64 = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 3, 4, 5)]
             wo64, xo64, xs64, nb64 = i64
-            w0 = _byte_ptr(context, builder, sig.args[0], args[0], wo64)
+            rb = builder.mul(nb64, ir.Constant(_I64, bb))
+            w_rows = [_byte_ptr(context, builder, sig.args[0], args[0], builder.add(wo64, builder.mul(rb, ir.Constant(_I64, j))))
+                      for j in range(n_w)]
             x0 = [
                 _byte_ptr(context, builder, sig.args[2], args[2], builder.add(xo64, builder.mul(xs64, ir.Constant(_I64, i))))
                 for i in range(n_x)
             ]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(n_x)]
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(n_out)]
 
             def blocks(b, n):  # fold blocks b..b+n-1 into the accumulators, in block order
-                wps = [builder.gep(w0, [builder.mul(builder.add(b, ir.Constant(_I64, i)), ir.Constant(_I64, bb))])
-                       for i in range(n)]
-                # software prefetch of the weight stream: the hardware prefetchers alone leave DRAM bandwidth unused
-                for k in range(0, n * bb + 63, 64):
-                    prefetch_ptr(builder, _gep(builder, wps[0], PREFETCH_BYTES + k))
-                xoffs = [builder.mul(builder.add(b, ir.Constant(_I64, i)), ir.Constant(_I64, BLOCK_BYTES_Q8_K))
-                         for i in range(n)]
-                xpss = [[builder.gep(p, [xo]) for xo in xoffs] for p in x0]
-                if zmm:
-                    sums = _emit_vdot_q4_k_zmm(builder, wps, xpss)
-                else:
-                    sums = [[t] for t in _emit_vdots(kind, builder, wps[0], [xps[0] for xps in xpss], simd)]
+                sums = []
+                for w0 in w_rows:
+                    wps = [builder.gep(w0, [builder.mul(builder.add(b, ir.Constant(_I64, i)), ir.Constant(_I64, bb))])
+                           for i in range(n)]
+                    # software prefetch of the weight stream: the hardware prefetchers alone leave DRAM bandwidth
+                    # unused
+                    for k in range(0, n * bb + 63, 64):
+                        prefetch_ptr(builder, _gep(builder, wps[0], PREFETCH_BYTES + k))
+                    xoffs = [builder.mul(builder.add(b, ir.Constant(_I64, i)), ir.Constant(_I64, BLOCK_BYTES_Q8_K))
+                             for i in range(n)]
+                    xpss = [[builder.gep(p, [xo]) for xo in xoffs] for p in x0]
+                    if zmm:
+                        sums += _emit_vdot_q4_k_zmm(builder, wps, xpss)
+                    else:
+                        sums += [[t] for t in _emit_vdots(kind, builder, wps[0], [xps[0] for xps in xpss], simd)]
                 for acc, per_block in zip(accs, sums):
                     a = builder.load(acc)
                     for si, d, mi, nm in per_block:
@@ -263,17 +273,20 @@ def _make_vdot_rows(kind, simd, n_x):
                 with builder.if_then(odd):
                     blocks(builder.sub(nb64, ir.Constant(_I64, 1)), 1)
             vals = [builder.load(acc) for acc in accs]
-            return vals[0] if n_x == 1 else context.make_tuple(builder, retty, vals)
+            return vals[0] if n_out == 1 else context.make_tuple(builder, retty, vals)
 
         return retty(w, wo, x, xo, xstride, nb), codegen
 
-    vdot_rows.__name__ = f"_vdot{n_x}_{kind}_{'simd' if simd else 'portable'}"
+    vdot_rows.__name__ = f"_vdot{n_x}x{n_w}_{kind}_{'simd' if simd else 'portable'}"
     return intrinsic(vdot_rows)
 
 
 _vdot1_q4_k = _make_vdot_rows("q4_k", HAS_AVX2, 1)
 _vdot1_q5_k = _make_vdot_rows("q5_k", HAS_AVX2, 1)
 _vdot1_q6_k = _make_vdot_rows("q6_k", HAS_AVX2, 1)
+_vdot1x2_q4_k = _make_vdot_rows("q4_k", HAS_AVX2, 1, 2)
+_vdot1x2_q5_k = _make_vdot_rows("q5_k", HAS_AVX2, 1, 2)
+_vdot1x2_q6_k = _make_vdot_rows("q6_k", HAS_AVX2, 1, 2)
 _vdot4_q4_k = _make_vdot_rows("q4_k", HAS_AVX2, 4)
 _vdot4_q5_k = _make_vdot_rows("q5_k", HAS_AVX2, 4)
 _vdot4_q6_k = _make_vdot_rows("q6_k", HAS_AVX2, 4)
@@ -524,6 +537,31 @@ def _vdot1_k(kind, w, wo, xq, xo, xb, nb):
     return _vdot1_q6_k(w, wo, xq, xo, xb, nb)
 
 
+@njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
+def _vdot1x2_k(kind, w, wo, xq, xo, nb):
+    """Dots of weight rows w[wo:] and the next one (kind KIND_Q4_K/Q5_K/Q6_K) with the Q8_K row at xq[xo:]."""
+    if kind == KIND_Q4_K:
+        return _vdot1x2_q4_k(w, wo, xq, xo, 0, nb)
+    if kind == KIND_Q5_K:
+        return _vdot1x2_q5_k(w, wo, xq, xo, 0, nb)
+    return _vdot1x2_q6_k(w, wo, xq, xo, 0, nb)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
+def rows_k1(kind, w, row0, r0, r1, xq, xo, nb, dst):
+    """dst[r] = dot(w[row0 + r], the Q8_K row at xq[xo:]) for r in [r0, r1), two rows a call then the odd one:
+    the same bits as one row a call."""
+    wb = w.shape[1]
+    r = r0
+    while r + 2 <= r1:
+        a, b = _vdot1x2_k(kind, w, (row0 + r) * wb, xq, xo, nb)
+        dst[r] = a
+        dst[r + 1] = b
+        r += 2
+    if r < r1:
+        dst[r] = _vdot1_k(kind, w, (row0 + r) * wb, xq, xo, 0, nb)
+
+
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_k(dst, w, xq, kind):
     """dst = xq @ w.T for k-quant weights and Q8_K activations (llama.cpp vec_dot_q{4,5,6}_K_q8_K per block).
@@ -544,7 +582,8 @@ def matmul_k(dst, w, xq, kind):
     n_tok4 = n_tok - n_tok % 4
     xq_pad = _pad_tail_q8_k(xq, n_tok4)  # 2-3 leftover tokens: one padded 4-token pass
     for it in prange(n_tiles):
-        for r in range(it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)):
+        r0, r1 = it * _ROW_TILE, min(n_out, (it + 1) * _ROW_TILE)
+        for r in range(r0, r1):
             # 4 tokens per pass: each weight block is unpacked once per 4 tokens; the row stays in L1
             for t in range(0, n_tok4, 4):
                 a0, a1, a2, a3 = _vdot4_k(kind, w, r * wb, xq, t * xb, xb, nb)
@@ -558,8 +597,8 @@ def matmul_k(dst, w, xq, kind):
                 dst[n_tok4 + 1, r] = a1
                 if n_tok4 + 2 < n_tok:
                     dst[n_tok4 + 2, r] = a2
-            elif n_tok4 < n_tok:
-                dst[n_tok4, r] = _vdot1_k(kind, w, r * wb, xq, n_tok4 * xb, xb, nb)
+        if xq_pad.shape[0] == 0 and n_tok4 < n_tok:  # one leftover token (a decoded one): rows in pairs
+            rows_k1(kind, w, 0, r0, r1, xq, n_tok4 * xb, nb, dst[n_tok4])
 
 
 @njit(cache=True, nogil=True)
@@ -618,13 +657,9 @@ def matmul_id_k(dst, w, xq, w_row0, x_row, kind):
     """
     n_group, n_out = dst.shape
     nb = xq.shape[1] // BLOCK_BYTES_Q8_K
-    wb = w.shape[1]
     xb = xq.shape[1]
     n_tiles = (n_out + _ROW_TILE - 1) // _ROW_TILE
     for it in prange(n_group * n_tiles):
         g = it // n_tiles
         r0 = (it % n_tiles) * _ROW_TILE
-        xo = x_row[g] * xb
-        for r in range(r0, min(n_out, r0 + _ROW_TILE)):
-            wo = (w_row0[g] + r) * wb
-            dst[g, r] = _vdot1_k(kind, w, wo, xq, xo, xb, nb)
+        rows_k1(kind, w, w_row0[g], r0, min(n_out, r0 + _ROW_TILE), xq, x_row[g] * xb, nb, dst[g])

@@ -10,7 +10,7 @@ from numba import njit
 from .config import FASTMATH
 from .matmul_q8_0 import _rows_q
 from .ir_k import BLOCK_BYTES_Q8_K, QK_K, is_k_quant
-from .quants_k import _vdot1_k, quantize_rows_q8_k
+from .quants_k import quantize_rows_q8_k, rows_k1
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -22,9 +22,7 @@ def rows_any(kind, w, row0, r0, r1, xq, cp, nb, xk, nbk, dst, pf):
     f32; pf: prefetch distance in bytes. The same bits as the one-token matmul of each format.
     """
     if is_k_quant(kind):
-        wb = w.shape[1]
-        for r in range(r0, r1):
-            dst[r] = _vdot1_k(kind, w, (row0 + r) * wb, xk, 0, 0, nbk)
+        rows_k1(kind, w, row0, r0, r1, xk, 0, nbk, dst)
     else:
         ws = np.int64(w.strides[0])
         _rows_q(kind, np.int64(w.ctypes.data) + row0 * ws, ws, r0, r1, xq, cp, nb, dst, pf)
