@@ -125,12 +125,12 @@ def test_dot_path_rows_independent_of_batch(t):
 @pytest.mark.boundscheck
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K])
 def test_dot_path_every_token_count_matches_one_token(t):
-    """For 1..9 tokens (NT- and 4-token passes, zero-padded 4-token passes for 2-3 leftover tokens,
-    one-token passes; k-quants: 4-token passes, padded ones for 2-3 leftover tokens), each token's outputs are bit-identical to that token alone; n_out = 45 leaves
-    5 rows outside the 8-row tiles."""
-    _, x, raw = _case(t, n_tok=9, n_out=45)
-    one = np.stack([mm.matmul(x[i:i + 1].copy(), raw, t, path="dot")[0] for i in range(9)])
-    for n_tok in range(1, 10):
+    """For 1..19 tokens (NT_WIDE-, NT- and 4-token passes, zero-padded 4-token passes for 2-3 leftover tokens,
+    one-token passes; k-quants: 4-token passes, padded ones for 2-3 leftover tokens), each token's outputs are
+    bit-identical to that token alone; n_out = 45 leaves 5 rows outside the 8-row tiles."""
+    _, x, raw = _case(t, n_tok=19, n_out=45)
+    one = np.stack([mm.matmul(x[i:i + 1].copy(), raw, t, path="dot")[0] for i in range(19)])
+    for n_tok in range(1, 20):
         out = mm.matmul(x[:n_tok].copy(), raw, t, path="dot")
         assert np.array_equal(out.view(np.uint32), one[:n_tok].view(np.uint32)), n_tok
 

@@ -10,7 +10,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_F16C, HAS_FMA, HAS_VNNI, _F32, _I1, _I8, _I16, _I32, _I64, _addr, _call,
+from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_F16C, HAS_FMA, HAS_VNNI, _F32, _FEATS, _I1, _I8, _I16, _I32, _I64, _addr, _call,
                    _f16_scale, _f2h_int, _h2f, _load, _prefetch, _splat, _vec)
 
 
@@ -87,6 +87,11 @@ AUX_BYTES = 4 * AUX_WORDS
 Q8_0_VNNI_BIAS = 128
 ROWS = 8   # weight rows of a tile (lanes of an <8 x i32>)
 NT = 8     # tokens of a gemm_* tile (gemm4_*: 4); registers: NT accumulators + the 8 transposed weight vectors
+# tokens of a gemm16_q5_0 tile (where the target has 32 vector registers, AVX-512VL): 16 accumulators + 8 weight
+# vectors, each Q5_0 unpack then serving twice the tokens. Q5_0's unpack is the costliest; Q4_0 and Q8_0 tiles
+# run slower at 16 tokens.
+NT_WIDE = 16
+WIDE_TILES = HAS_AVX512BW and "avx512vl" in _FEATS
 
 
 def _wprep(builder, w, bias, mode):
@@ -378,7 +383,7 @@ DOT_MODE = "vnni" if HAS_VNNI else ("avx2" if HAS_AVX2 else "generic")
 # dot_*(wp, xp, cp, nb, pf) -> f32: weight row at wp, Q8_0 activation row at xp, its aux words at cp
 # (x_aux_q8_0 with the weight format's bias: Q4_0 8, Q5_0 16, Q8_0 Q8_0_VNNI_BIAS), nb blocks, pf the
 # prefetch distance in bytes. rows8_*(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf): ROWS rows (stride ws) x one
-# token; gemm_*, gemm4_*, gemm2_*(same arguments): ROWS rows x NT, 4 or 2 tokens (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
+# token; gemm16_q5_0, gemm_*, gemm4_*, gemm2_*(same arguments): ROWS rows x NT_WIDE, NT, 4 or 2 tokens (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
 dot_q8_0_q8_0 = intrinsic(_make_row_dot(_unpack_q8_0, 34, DOT_MODE))
 dot_q4_0_q8_0 = intrinsic(_make_row_dot(_unpack_q4_0, 18, DOT_MODE))
 dot_q5_0_q8_0 = intrinsic(_make_row_dot(_unpack_q5_0, 22, DOT_MODE))
@@ -388,6 +393,7 @@ rows8_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, 1))
 gemm_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, NT))
 gemm_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, NT))
 gemm_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, NT))
+gemm16_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, NT_WIDE))
 gemm4_q8_0_q8_0 = intrinsic(_make_tile(_unpack_q8_0, 34, DOT_MODE, 4))
 gemm4_q4_0_q8_0 = intrinsic(_make_tile(_unpack_q4_0, 18, DOT_MODE, 4))
 gemm4_q5_0_q8_0 = intrinsic(_make_tile(_unpack_q5_0, 22, DOT_MODE, 4))

@@ -13,9 +13,10 @@ from numba import njit, prange
 from . import codes
 from .config import FASTMATH
 from .simd import PREFETCH_BYTES, dequant_row_f16, dot_bf16_bf16, dot_f16_f16, dot_f32_f32, f32_to_f16
-from .dots_q8_0 import AUX_BYTES, AUX_WORDS, NT, Q8_0_VNNI_BIAS, ROWS
+from .dots_q8_0 import AUX_BYTES, AUX_WORDS, NT, NT_WIDE, Q8_0_VNNI_BIAS, ROWS, WIDE_TILES
 from .dots_q8_0 import aux_row_q8_0, quantize_row_q8_0
 from .dots_q8_0 import dequant_row_q4_0, dequant_row_q5_0, dequant_row_q8_0, dot_q4_0_q8_0, dot_q5_0_q8_0, dot_q8_0_q8_0
+from .dots_q8_0 import gemm16_q5_0_q8_0
 from .dots_q8_0 import gemm4_q4_0_q8_0, gemm4_q5_0_q8_0, gemm4_q8_0_q8_0, gemm_q4_0_q8_0, gemm_q5_0_q8_0, gemm_q8_0_q8_0
 from .dots_q8_0 import rows8_q4_0_q8_0, rows8_q5_0_q8_0, rows8_q8_0_q8_0
 from .dots_q8_0 import gemm2_q4_0_q8_0, gemm2_q5_0_q8_0, gemm2_q8_0_q8_0
@@ -216,9 +217,10 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
     dst: [n_tok, n_out] f32 (C-contiguous, checked by ops.matmul); w: [n_out, row_bytes] uint8;
     xq: [n_tok, n_in/32*34] uint8; tile_bytes, chunk_bytes: the cache blocking (TILE_BYTES, CHUNK_BYTES).
 
-    Every 8-row group takes the tokens NT at a time, then 4, then 2, then a last single token alone; a
-    last 3 tokens are one 4-token pass over zero-padded copies of their activations (the padding
-    columns' outputs are dropped): each weight block is unpacked once per pass, a padded 4-token pass
+    Every 8-row group takes the tokens NT_WIDE at a time (Q5_0 where WIDE_TILES), NT at a time, then 4,
+    then 2, then a last single token alone; a last 3 tokens are one 4-token pass over zero-padded copies of
+    their activations (the padding columns' outputs are dropped): each weight block is unpacked once per
+    pass, a padded 4-token pass
     costs less than 2 + 1, while an NT-token pass for 5-7 tokens costs more than 4 + the rest (Zen 5,
     2 threads), and a 2-token pass costs about one token's (a padded 4-token pass for 2 cost 1.5x; AMX
     Xeon, Gemma's [262144, 640] Q8_0 output). Each token's column of a tile is computed alone, so its
@@ -242,7 +244,8 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
         tile = ROW_TILE
     else:
         tile = max(ROWS, min(n_out, tile_bytes // max(ws, 1)) // ROWS * ROWS)
-    chunk = max(NT, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // NT * NT)
+    nt = NT_WIDE if WIDE_TILES and kind == KIND_Q5_0 else NT  # tokens of the widest pass
+    chunk = max(nt, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // nt * nt)
     n_it = (n_out + tile - 1) // tile
     out_pad = _pad_out(n_it if m > 0 else 0)  # [work item, token, row] outputs of the padded pass
     # addresses taken once, not per work item (each .ctypes is a reference count update shared by the threads)
@@ -256,11 +259,12 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
             r = r0
             while r + ROWS <= r1:
                 t = t0
-                while t < t1:  # NT tokens per pass, then 4, then the padded tail or the one token
+                while t < t1:  # nt tokens per pass, then NT, 4, the padded tail or the one token
                     if t == t_pad:
                         n, x0, xs0, c0, d0, ds0 = 4, xpp, xps, cpp, opp, np.int64(ROWS)
                     else:
-                        n = NT if t + NT <= t1 else (4 if t + 4 <= t1 else (2 if t + 2 <= t1 else 1))
+                        n = nt if t + nt <= t1 else (
+                            NT if t + NT <= t1 else (4 if t + 4 <= t1 else (2 if t + 2 <= t1 else 1)))
                         x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
                         d0, ds0 = dp + (t * n_out + r) * 4, np.int64(n_out)
                     _tile_q(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
@@ -279,7 +283,8 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
 def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
-    """ROWS rows x n tokens (NT, 4 or 1) of kind KIND_Q8_0/Q4_0/Q5_0 (simd gemm_*, gemm4_*, rows8_*)."""
+    """ROWS rows x n tokens (NT_WIDE for Q5_0, NT, 4, 2 or 1) of kind KIND_Q8_0/Q4_0/Q5_0 (simd gemm16_q5_0,
+    gemm_*, gemm4_*, gemm2_*, rows8_*)."""
     if kind == KIND_Q4_0:
         if n == NT:
             gemm_q4_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
@@ -299,7 +304,9 @@ def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
         else:
             rows8_q8_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
     else:
-        if n == NT:
+        if n == NT_WIDE:
+            gemm16_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
+        elif n == NT:
             gemm_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
         elif n == 4:
             gemm4_q5_0_q8_0(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf)
