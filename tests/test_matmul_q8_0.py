@@ -159,7 +159,8 @@ def test_block_dot_host_and_portable(kind, t):
             w.reshape(8, -1, 22)[:, 0, 2:6] = 0xFF
             w.reshape(8, -1, 22)[:, -1, 2:6] = [0xA5, 0x5A, 0x0F, 0xF0]
             if n > 64:  # one set high bit per row, a different one in each row (the tile transposes qh)
-                w.reshape(8, -1, 22)[:, 1, 2:6] = (1 << ((5 * np.arange(8) + 1) % 32)).astype(np.uint32).view(np.uint8).reshape(8, 4)
+                qh = (1 << ((5 * np.arange(8) + 1) % 32)).astype(np.uint32)
+                w.reshape(8, -1, 22)[:, 1, 2:6] = qh.view(np.uint8).reshape(8, 4)
         xq = _quantize_q8_0(rng.standard_normal((1, n)).astype(np.float32)).reshape(-1)
         # extreme activations: +-127 everywhere (maddubs saturation would show up here)
         xq_ext = xq.copy().reshape(-1, 34)

@@ -10,8 +10,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_F16C, HAS_FMA, HAS_VNNI, _F32, _FEATS, _I1, _I8, _I16, _I32, _I64, _addr, _call,
-                   _f16_scale, _f2h_int, _h2f, _load, _prefetch, _splat, _vec)
+from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_F16C, HAS_FMA, HAS_VNNI, _F32, _FEATS, _I1, _I8, _I16, _I32, _I64,
+                   _addr, _call, _f16_scale, _f2h_int, _h2f, _load, _prefetch, _splat, _vec)
 
 
 # ------------------------------------------------------------------ weight block unpackers
@@ -383,7 +383,8 @@ DOT_MODE = "vnni" if HAS_VNNI else ("avx2" if HAS_AVX2 else "generic")
 # dot_*(wp, xp, cp, nb, pf) -> f32: weight row at wp, Q8_0 activation row at xp, its aux words at cp
 # (x_aux_q8_0 with the weight format's bias: Q4_0 8, Q5_0 16, Q8_0 Q8_0_VNNI_BIAS), nb blocks, pf the
 # prefetch distance in bytes. rows8_*(wp, ws, xp, xs, cp, cs, nb, dp, ds, pf): ROWS rows (stride ws) x one
-# token; gemm16_q5_0, gemm_*, gemm4_*, gemm2_*(same arguments): ROWS rows x NT_WIDE, NT, 4 or 2 tokens (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
+# token; gemm16_q5_0, gemm_*, gemm4_*, gemm2_*(same arguments): ROWS rows x NT_WIDE, NT, 4 or 2 tokens
+# (xp + t*xs, cp + t*cs) -> dp + (t*ds + j)*4.
 dot_q8_0_q8_0 = intrinsic(_make_row_dot(_unpack_q8_0, 34, DOT_MODE))
 dot_q4_0_q8_0 = intrinsic(_make_row_dot(_unpack_q4_0, 18, DOT_MODE))
 dot_q5_0_q8_0 = intrinsic(_make_row_dot(_unpack_q5_0, 22, DOT_MODE))

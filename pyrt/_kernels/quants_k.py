@@ -210,21 +210,20 @@ def _emit_vdots(kind, builder, wp, xps, simd):
 
 
 def _make_vdot_rows(kind, simd, n_x, n_w=1):
-    """Intrinsic: dots of n_w consecutive weight rows with n_x Q8_K rows (n_w or n_x is 1), looping over the nb
-    blocks in IR.
+    """Intrinsic: dots of n_w weight rows with n_x Q8_K rows (n_w or n_x is 1), looping over the nb blocks in IR.
 
-    (w, wo, x, xo, xstride, nb): weight row j at byte wo + j*nb*(block bytes) of w; Q8_K row i at byte
-    xo + i*xstride of x. Returns f32 (n_x == n_w == 1) or a tuple of n_x (or n_w) f32. A (row, token) adds each
-    block's exact integer sums to one f32 (_emit_vdot_q4_k, _emit_vdot_q6_k), so its result does not depend on
-    n_x, n_w or the thread count; rows dotted together share the activation loads and interleave their
-    dependency chains.
+    (w, wo, x, xo, stride, nb): weight row j at byte wo + j*stride of w (n_w > 1), Q8_K row i at byte
+    xo + i*stride of x (n_x > 1). Returns f32 (n_x == n_w == 1) or a tuple of n_x (or n_w) f32. A (row,
+    token) adds each block's exact integer sums to one f32 (_emit_vdot_q4_k, _emit_vdot_q6_k), so its result
+    does not depend on n_x, n_w or the thread count; rows dotted together share the activation loads and
+    interleave their dependency chains.
     """
     assert n_x == 1 or n_w == 1
     bb = _BLOCK_BYTES[kind]
     zmm = kind == "q4_k" and simd and HAS_AVX512BW  # two blocks a step: _emit_vdot_q4_k_zmm
 
-    def vdot_rows(typingctx, w, wo, x, xo, xstride, nb):
-        ints = (wo, xo, xstride, nb)
+    def vdot_rows(typingctx, w, wo, x, xo, stride, nb):
+        ints = (wo, xo, stride, nb)
         if not (_is_u8_array(w) and _is_u8_array(x) and all(isinstance(a, types.Integer) for a in ints)):
             return None
         n_out = n_x * n_w
@@ -232,12 +231,13 @@ def _make_vdot_rows(kind, simd, n_x, n_w=1):
 
         def codegen(context, builder, sig, args):
             i64 = [context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 3, 4, 5)]
-            wo64, xo64, xs64, nb64 = i64
-            rb = builder.mul(nb64, ir.Constant(_I64, bb))
-            w_rows = [_byte_ptr(context, builder, sig.args[0], args[0], builder.add(wo64, builder.mul(rb, ir.Constant(_I64, j))))
-                      for j in range(n_w)]
+            wo64, xo64, st64, nb64 = i64
+            w_rows = [
+                _byte_ptr(context, builder, sig.args[0], args[0], builder.add(wo64, builder.mul(st64, ir.Constant(_I64, j))))
+                for j in range(n_w)
+            ]
             x0 = [
-                _byte_ptr(context, builder, sig.args[2], args[2], builder.add(xo64, builder.mul(xs64, ir.Constant(_I64, i))))
+                _byte_ptr(context, builder, sig.args[2], args[2], builder.add(xo64, builder.mul(st64, ir.Constant(_I64, i))))
                 for i in range(n_x)
             ]
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0)) for _ in range(n_out)]
@@ -275,7 +275,7 @@ def _make_vdot_rows(kind, simd, n_x, n_w=1):
             vals = [builder.load(acc) for acc in accs]
             return vals[0] if n_out == 1 else context.make_tuple(builder, retty, vals)
 
-        return retty(w, wo, x, xo, xstride, nb), codegen
+        return retty(w, wo, x, xo, stride, nb), codegen
 
     vdot_rows.__name__ = f"_vdot{n_x}x{n_w}_{kind}_{'simd' if simd else 'portable'}"
     return intrinsic(vdot_rows)
@@ -538,13 +538,13 @@ def _vdot1_k(kind, w, wo, xq, xo, xb, nb):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _vdot1x2_k(kind, w, wo, xq, xo, nb):
-    """Dots of weight rows w[wo:] and the next one (kind KIND_Q4_K/Q5_K/Q6_K) with the Q8_K row at xq[xo:]."""
+def _vdot1x2_k(kind, w, wo, wb, xq, xo, nb):
+    """Dots of weight rows w[wo:] and w[wo + wb:] (kind KIND_Q4_K/Q5_K/Q6_K) with the Q8_K row at xq[xo:]."""
     if kind == KIND_Q4_K:
-        return _vdot1x2_q4_k(w, wo, xq, xo, 0, nb)
+        return _vdot1x2_q4_k(w, wo, xq, xo, wb, nb)
     if kind == KIND_Q5_K:
-        return _vdot1x2_q5_k(w, wo, xq, xo, 0, nb)
-    return _vdot1x2_q6_k(w, wo, xq, xo, 0, nb)
+        return _vdot1x2_q5_k(w, wo, xq, xo, wb, nb)
+    return _vdot1x2_q6_k(w, wo, xq, xo, wb, nb)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -554,7 +554,7 @@ def rows_k1(kind, w, row0, r0, r1, xq, xo, nb, dst):
     wb = w.shape[1]
     r = r0
     while r + 2 <= r1:
-        a, b = _vdot1x2_k(kind, w, (row0 + r) * wb, xq, xo, nb)
+        a, b = _vdot1x2_k(kind, w, (row0 + r) * wb, wb, xq, xo, nb)
         dst[r] = a
         dst[r + 1] = b
         r += 2

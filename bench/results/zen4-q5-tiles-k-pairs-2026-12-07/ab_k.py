@@ -21,9 +21,9 @@ def two(w, xk, nbk, dst, reps, kind):
     for _ in range(reps):
         for r in range(0, w.shape[0], 2):
             if kind == 0:
-                a, b = K._vdot1x2_q4_k(w, r * wb, xk, 0, 0, nbk)
+                a, b = K._vdot1x2_q4_k(w, r * wb, xk, 0, wb, nbk)
             else:
-                a, b = K._vdot1x2_q6_k(w, r * wb, xk, 0, 0, nbk)
+                a, b = K._vdot1x2_q6_k(w, r * wb, xk, 0, wb, nbk)
             dst[r] = a; dst[r + 1] = b
 rng = np.random.default_rng(0)
 for name, kind, n_out, n_in in (("Q4_K", 0, 640, 1024), ("Q4_K", 0, 1408, 2048), ("Q6_K", 1, 640, 2048)):
