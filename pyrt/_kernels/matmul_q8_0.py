@@ -220,11 +220,9 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
     Every 8-row group takes the tokens NT_WIDE at a time (Q5_0 where WIDE_TILES), NT at a time, then 4,
     then 2, then a last single token alone; a last 3 tokens are one 4-token pass over zero-padded copies of
     their activations (the padding columns' outputs are dropped): each weight block is unpacked once per
-    pass, a padded 4-token pass
-    costs less than 2 + 1, while an NT-token pass for 5-7 tokens costs more than 4 + the rest (Zen 5,
-    2 threads), and a 2-token pass costs about one token's (a padded 4-token pass for 2 cost 1.5x; AMX
-    Xeon, Gemma's [262144, 640] Q8_0 output). Each token's column of a tile is computed alone, so its
-    bits do not depend on the pass it is in.
+    pass, a padded 4-token pass costs less than 2 + 1, while an NT-token pass for 5-7 tokens costs more than
+    4 + the rest, and a 2-token pass costs about one token's (a padded 4-token pass for 2 costs more). Each
+    token's column of a tile is computed alone, so its bits do not depend on the pass it is in.
     """
     n_tok, n_out = dst.shape
     nb = np.int64(xq.shape[1] // Q8_0_BYTES)
