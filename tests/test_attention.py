@@ -259,6 +259,36 @@ def test_attention_matrix_heads_and_shared_rope_key(n_head_kv):
                          dv // 2)
 
 
+def test_blas_pool_runs_each_item_once_and_hands_back_the_first_error():
+    """The BLAS pool's workers take items as they free up: every item runs exactly once on any thread count, an
+    item's exception reaches the caller, the items not yet taken are dropped, and the pool serves the next map."""
+    import threading
+    import time
+    from pyrt.backends.cpu import BlasPool
+    pool = BlasPool()
+    for nt in (1, 2, 3):
+        seen, lock = [], threading.Lock()
+
+        def fn(i):
+            with lock:
+                seen.append(i)
+        pool.map(fn, nt, list(range(37)))
+        assert sorted(seen) == list(range(37))
+    ran = []
+
+    def bad(i):
+        ran.append(i)
+        if i == 3:
+            raise ValueError("item 3")
+        time.sleep(0.001)
+    with pytest.raises(ValueError, match="item 3"):
+        pool.map(bad, 2, list(range(1000)))
+    assert 3 in ran and len(ran) < 50
+    out = []
+    pool.map(out.append, 2, [1, 2])
+    assert sorted(out) == [1, 2]
+
+
 @pytest.mark.parametrize("n_kv,n_split,tile", [(4097, 16, 32), (4096, 16, 32), (8207, 16, 32), (300, 4, 32),
                                               (513, 2, 64), (96, 8, 32), (1, 1, 32), (7, 3, 4)])
 def test_kv_splits_cover_the_cells_in_tiles_of_equal_share(n_kv, n_split, tile):

@@ -80,9 +80,30 @@ class BlasPool:
             self.executor = ThreadPoolExecutor(n_threads, thread_name_prefix="pyrt-blas",
                                                initializer=self.set_local, initargs=(1,))
             self.n = n_threads
-        chunks = [items[i::n_threads] for i in range(n_threads)]
-        for f in [self.executor.submit(lambda c=c: [fn(it) for it in c]) for c in chunks]:
+        # Workers take the next item as they free up (items listed largest first balance best); each
+        # item writes its own part of the output, so which worker runs it does not change the result.
+        todo = iter(items)
+        lock = threading.Lock()
+
+        def work():
+            while True:
+                with lock:
+                    it = next(todo, _DONE)
+                if it is _DONE:
+                    return
+                try:
+                    fn(it)
+                except BaseException:
+                    with lock:           # the others stop at their next take
+                        for _ in todo:
+                            pass
+                    raise
+
+        for f in [self.executor.submit(work) for _ in range(n_threads)]:
             f.result()
+
+
+_DONE = object()
 
 
 def in_passing_thread(fn):

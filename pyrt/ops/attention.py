@@ -359,7 +359,8 @@ def attention_matrix(q, K, V, cp, cs, q_pos, q_seq, scale, n_head_kv, dv, *, n_s
         fa.softmax_masked_rows(S, n_gqa, t0, qp, qs, cp[:n_c], cs[:n_c], n_swa, np.float32(softcap))
         o[...] = np.matmul(S, V[:n_c, g, :]).reshape(t1 - t0, n_gqa, dv)
 
-    items = [(g, t0) for g in range(n_head_kv) for t0 in range(0, n_tok, rows)]
+    # later row blocks see more columns: listed first, so the pool's workers finish together
+    items = [(g, t0) for t0 in reversed(range(0, n_tok, rows)) for g in range(n_head_kv)]
     blas_pool().map(task, min(numba.get_num_threads(), len(items)), items)
     return out.reshape(n_tok, n_head * dv)
 
