@@ -791,6 +791,7 @@ _COMPILING = {  # where kernels compile: pyrt.load's warm-up, or the first gener
 }
 
 
+@pytest.mark.own_cache
 @pytest.mark.parametrize("where", list(_COMPILING))
 def test_ctrl_c_while_the_library_compiles(model_path, tmp_path, where):
     """Kernels compiling from an empty kernel cache in a script: Ctrl-C waits for a safe frame (the warm-up's

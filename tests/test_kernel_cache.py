@@ -8,7 +8,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import pyrt._kernels as kernels
+
+pytestmark = pytest.mark.own_cache
 
 KERNELS = os.path.dirname(os.path.abspath(kernels.__file__))
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -79,6 +80,7 @@ def _result(started):
     return np.load(path)
 
 
+@pytest.mark.own_cache
 def test_portable_kernels_agree_with_simd(tmp_path):
     # Both sides compile at once (pytest itself runs on one core).
     started = [_start(tmp_path, "portable", NUMBA_CPU_NAME="x86-64", NUMBA_CPU_FEATURES="",

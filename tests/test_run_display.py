@@ -80,6 +80,7 @@ def test_total_time_adds_up_to_the_wall_time(model_path):
 
 
 @pytest.mark.slow
+@pytest.mark.own_cache
 def test_cold_numba_cache_says_it_is_compiling(model_path, tmp_path):
     cache = {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     r, _ = _generate(model_path, cache)
