@@ -259,18 +259,20 @@ def test_matmul_id_validation():
 
 
 @pytest.mark.boundscheck
+@pytest.mark.parametrize("n_out", [37, 8 * 2 * 16 + 45])
 @pytest.mark.parametrize("t", [T.Q4_0, T.Q5_0, T.Q8_0])
-def test_cache_blocked_gemm_any_blocking(t):
+def test_cache_blocked_gemm_any_blocking(t, n_out):
     """The prompt-path gemm gives the same bits for every row tile / token chunk size (odd row counts,
-    chunks that do not divide the tokens, one token group per chunk) as one token at a time."""
+    chunks that do not divide the tokens, one token group per chunk) as one token at a time; 301 rows: more
+    8-row groups than MIN_ITEMS, dealt out unevenly (2 or 3 a work item, the last one partial)."""
     from pyrt._kernels import matmul_q8_0 as ql
     kind = {T.Q8_0: ql.KIND_Q8_0, T.Q4_0: ql.KIND_Q4_0, T.Q5_0: ql.KIND_Q5_0}[t]
-    _, x, raw = _case(t, n_tok=23, n_out=37)
+    _, x, raw = _case(t, n_tok=23, n_out=n_out)
     xq = mm._quantize_activations(x, get_qtype(t)).copy()
     one = np.stack([mm.matmul(x[i:i + 1].copy(), raw, t, path="dot")[0] for i in range(23)])
     rb, tb = raw.shape[1], xq.shape[1] // 34 * (34 + ql.AUX_BYTES)
     for tile_bytes, chunk_bytes in [(ql.TILE_BYTES, ql.CHUNK_BYTES), (1, 1), (3 * rb, 2 * tb), (5 * rb, 9 * tb),
-                                    (100 * rb, 4 * tb)]:
-        out = np.full((23, 37), np.nan, np.float32)
+                                    (100 * rb, 4 * tb), (1000 * rb, 30 * tb)]:
+        out = np.full((23, n_out), np.nan, np.float32)
         ql.matmul_q(out, raw, xq, kind, tile_bytes, chunk_bytes)
         assert np.array_equal(out, one), (tile_bytes, chunk_bytes)

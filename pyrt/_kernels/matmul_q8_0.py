@@ -180,8 +180,12 @@ def _x_aux_blocks(dst, xq, bias, b0, b1):
 # weights, reused from L2 for every token chunk) and walks the tokens in chunks whose activations
 # (quants + aux words, about CHUNK_BYTES) stay in L2 while every 8-row group of the tile passes over
 # them; the gemm_* intrinsics then multiply ROWS rows x NT tokens per pass.
+# A matrix's rows split into at least MIN_ITEMS items (fewer only where it has fewer 8-row groups), the
+# groups dealt out evenly: the parallel loop's equal split of the items is then an equal split of the work
+# on any thread count (3 tiles of TILE_BYTES on 2 threads would be a 2:1 split).
 TILE_BYTES = 48 << 10
 CHUNK_BYTES = 128 << 10
+MIN_ITEMS = 16
 
 
 @njit(cache=True, nogil=True)
@@ -238,20 +242,22 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
     cs = np.int64(nb * AUX_BYTES)
     pf = np.int64(PREFETCH_BYTES)
     dp = np.int64(dst.ctypes.data)
+    n_grp = (n_out + ROWS - 1) // ROWS
     if n_tok < 2:  # one-token dots: small tiles spread the weight stream over the threads
-        tile = ROW_TILE
+        per = ROW_TILE // ROWS
     else:
-        tile = max(ROWS, min(n_out, tile_bytes // max(ws, 1)) // ROWS * ROWS)
+        per = max(1, min(n_grp, tile_bytes // max(ws, 1) // ROWS))
+    # work item i: the 8-row groups [i*n_grp//n_it, (i+1)*n_grp//n_it)
+    n_it = max((n_grp + per - 1) // per, min(n_grp, MIN_ITEMS))
     nt = NT_WIDE if WIDE_TILES and kind == KIND_Q5_0 else NT  # tokens of the widest pass
     chunk = max(nt, chunk_bytes // (nb * (Q8_0_BYTES + AUX_BYTES)) // nt * nt)
-    n_it = (n_out + tile - 1) // tile
     out_pad = _pad_out(n_it if m > 0 else 0)  # [work item, token, row] outputs of the padded pass
     # addresses taken once, not per work item (each .ctypes is a reference count update shared by the threads)
     xpp, cpp, opp0 = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data), np.int64(out_pad.ctypes.data)
     for it in prange(n_it):
         cp = np.int64(xc.ctypes.data)  # taken here so that xc stays alive until the loop ends
         opp = opp0 + it * (4 * ROWS * 4)
-        r0, r1 = it * tile, min(it * tile + tile, n_out)
+        r0, r1 = it * n_grp // n_it * ROWS, min((it + 1) * n_grp // n_it * ROWS, n_out)
         for t0 in range(0, n_tok, chunk):
             t1 = min(t0 + chunk, n_tok)
             r = r0
