@@ -259,7 +259,7 @@ def test_attention_matrix_heads_and_shared_rope_key(n_head_kv):
                          dv // 2)
 
 
-def test_blas_pool_runs_each_item_once_and_hands_back_the_first_error():
+def test_blas_pool_runs_each_item_once_and_hands_back_an_error():
     """The BLAS pool's workers take items as they free up: every item runs exactly once on any thread count, an
     item's exception reaches the caller, the items not yet taken are dropped, and the pool serves the next map."""
     import threading
