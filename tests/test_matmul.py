@@ -163,6 +163,21 @@ def test_thread_count_independent(t):
     assert np.array_equal(res[1][0], res[2][0]) and np.array_equal(res[1][1], res[2][1])
 
 
+@pytest.mark.parametrize("n_out,n_in,budget", [(1024, 640, 2 << 20), (256, 2048, 2 << 20), (101, 64, 16 * 64 * 4),
+                                               (5, 64, 2 << 20), (0, 64, 2 << 20), (10000, 64, 100 * 64 * 4)])
+def test_blas_tiles_cover_the_rows_in_near_equal_tiles(n_out, n_in, budget):
+    """The BLAS path's tiles: consecutive, covering every row once, none over the byte budget (but 16 rows),
+    at least BLAS_MIN_TILES of them where the matrix has that many 16-row groups, sizes within 16 rows."""
+    with paths.using(blas_tile_bytes=budget):
+        tiles = mm._blas_tiles(n_out, n_in)
+    assert [r for t in tiles for r in range(*t)] == list(range(n_out))
+    sizes = [r1 - r0 for r0, r1 in tiles]
+    n_grp = -(-n_out // 16)
+    assert len(tiles) >= min(n_grp, mm.BLAS_MIN_TILES)
+    assert all(s <= max(16, budget // (4 * n_in)) for s in sizes)
+    assert not sizes or max(sizes) - min(sizes) <= 16
+
+
 def test_out_argument_and_odd_sizes():
     # F16 rows of a length that is not a multiple of the 32-lane vector step; n_out not a tile multiple
     t = T.F16
