@@ -105,6 +105,25 @@ def test_q8_0_bit_exact_and_dequantizes_with_gguf():
 
 
 @pytest.mark.boundscheck
+def test_q8_0_row_decode_equals_gguf_dequantize():
+    """decode_row of q8_0 rows (the vector path into contiguous rows, the scalar one into strided rows) at any
+    block offset: exactly gguf's dequantize."""
+    from pyrt._kernels.kv import KIND_Q8_0, decode_row
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((6, 192)) * np.exp2(rng.integers(-10, 10, (6, 1)))).astype(np.float32)
+    rows = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
+    want = gguf.quants.dequantize(rows, gguf.GGMLQuantizationType.Q8_0).astype(np.float32)
+    for r in range(6):
+        for e0, n in ((0, 192), (64, 128), (32, 32)):
+            flat = np.full(n, np.nan, np.float32)
+            decode_row(flat, rows[r], e0, n, KIND_Q8_0, 0)
+            strided = np.full((n, 2), np.nan, np.float32)
+            decode_row(strided[:, 0], rows[r], e0, n, KIND_Q8_0, 0)
+            assert np.array_equal(flat, want[r, e0:e0 + n]) and np.array_equal(strided[:, 0], flat)
+            assert np.isnan(strided[:, 1]).all()
+
+
+@pytest.mark.boundscheck
 def test_k_only_cache_and_sizes():
     cache = KVCache(3, 256, [128, 128, 64], [None, 0, None], "q8_0", "f16", n_seq_max=4)
     assert all(v is None for v in cache.v)

@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from . import codes
 from .config import FASTMATH
+from .dots_q8_0 import dequant_row_q8_0
 from .simd import bits_to_f32, dequant_row_f16, f16_to_f32
 
 QK8_0 = 32
@@ -216,6 +217,9 @@ def decode_row(dst, row, e0, n, kind, seg):
         src = row[e0:e0 + n]
         for i in range(n):
             dst[i] = bits_to_f32(np.uint32(src[i]) << 16)
+    elif kind == KIND_Q8_0 and dst.strides[0] == 4 and row.strides[0] == 1:  # 32 values a vector op
+        dequant_row_q8_0(np.int64(dst.ctypes.data), np.int64(row.ctypes.data) + e0 // QK8_0 * Q8_0_BLOCK_BYTES,
+                         np.int64(n // QK8_0))
     elif kind == KIND_Q8_0:
         o0 = e0 // QK8_0 * Q8_0_BLOCK_BYTES
         for b in range(n // QK8_0):
