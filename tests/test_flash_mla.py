@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import gguf
 import numpy as np
 import pytest
 from mla_reference import naive_latent
@@ -24,6 +25,16 @@ def _cache(type_k, rows):
     cache = KVCache(1, rows.shape[0], [R + C], [0], type_k, type_k, n_seq_max=2, head_dim_k=R + C, head_dim_v=0)
     cache.store(0, np.arange(rows.shape[0], dtype=np.int32), rows, None)
     return cache, cache.k_values(0, np.arange(rows.shape[0]))  # what the cache holds, as f32
+
+
+def _q_seen(q, type_k):
+    """The queries as the f32 items' scores take them: over a q8_0 cache quantized to Q8_0 per (token, head) row
+    (llama.cpp's q8_0 K dots its Q8_0-quantized Q), as gguf quantizes; unchanged over the other caches."""
+    if type_k != "q8_0":
+        return q
+    flat = q.reshape(-1, q.shape[-1])
+    return gguf.quants.dequantize(gguf.quants.quantize(flat, gguf.GGMLQuantizationType.Q8_0),
+                                  gguf.GGMLQuantizationType.Q8_0).reshape(q.shape).astype(np.float32)
 
 
 def _one_thread(fn, *args):
@@ -50,10 +61,37 @@ def test_flash_mla_matches_float64(type_k, n_tok, n_cells):
     q = (0.3 * rng.standard_normal((n_tok, H, R + C))).astype(np.float32)
     kv_idx = np.arange(n_cells, dtype=np.int32)
     out = mla.flash_mla(q, cache.k[0], type_k, cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
-    ref = naive_latent(q, held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    ref = naive_latent(_q_seen(q, type_k), held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
     nmse = ((out - ref) ** 2).sum() / (ref ** 2).sum()
     assert out.shape == (n_tok, H, C)
     assert nmse < 1e-10 if type_k == "f32" else nmse < 1e-9, nmse
+    if type_k == "q8_0":  # the quantized queries are what the reference must take: unquantized it is far off
+        exact_q = naive_latent(q, held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+        assert ((out - exact_q) ** 2).sum() / (exact_q ** 2).sum() > 1e-8
+
+
+@pytest.mark.boundscheck
+@pytest.mark.parametrize("n_tok,n_cells", [(1, 203), (6, 77), (3, 5)])
+def test_flash_mla_q8_0_scores_any_scan_order(n_tok, n_cells):
+    """A q8_0 cache's integer scores in any scan order: runs of adjacent cells (8 cache rows read in place), cells
+    out of order (their rows copied side by side) and a tile's last cells one by one, all against float64 with
+    the Q8_0 queries; a decoded token's KV splits merge to the same result on one thread."""
+    rng = np.random.default_rng(11 + n_tok)
+    rows = rng.standard_normal((n_cells, R + C)).astype(np.float32)
+    cache, held = _cache("q8_0", rows)
+    cell_pos = np.arange(n_cells, dtype=np.int32)
+    cell_seq = np.ones(n_cells, dtype=np.uint64)
+    q_pos = np.arange(n_cells - n_tok, n_cells, dtype=np.int32)
+    q_seq = np.zeros(n_tok, dtype=np.int32)
+    q = (0.3 * rng.standard_normal((n_tok, H, R + C))).astype(np.float32)
+    head = min(40, n_cells)
+    kv_idx = np.concatenate([np.arange(head), head + rng.permutation(n_cells - head)]).astype(np.int32)
+    kv_idx[head // 2:head] = kv_idx[head // 2:head][::-1].copy()
+    args = (q, cache.k[0], "q8_0", cell_pos, cell_seq, kv_idx, q_pos, q_seq, 0.125, R)
+    out = mla.flash_mla(*args)
+    ref = naive_latent(_q_seen(q, "q8_0"), held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    assert ((out - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+    assert np.array_equal(out, _one_thread(mla.flash_mla, *args))
 
 
 def test_absorbed_equals_decompressed_equals_naive():
@@ -210,11 +248,12 @@ def test_flash_mla_amx_matches_float64(bf16_tiles, type_k, n_head, n_tok, n_cell
         assert mla.amx_config().size == 0
         f32 = mla.flash_mla(*args)
     ref = naive_latent(q, held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
+    ref_f32 = naive_latent(_q_seen(q, type_k), held, R, cell_pos, cell_seq, q_pos, q_seq, 0.125)
     assert not np.array_equal(out, f32)  # the tiles ran
     if n_tok > 1:
         assert np.array_equal(out[0], np.zeros_like(out[0]))
-    for got in (out, f32):
-        assert ((got - ref) ** 2).sum() / (ref ** 2).sum() < 1e-9
+    for got, want in ((out, ref), (f32, ref_f32)):
+        assert ((got - want) ** 2).sum() / (want ** 2).sum() < 1e-9
 
 
 @amx_only

@@ -2,7 +2,9 @@
 
 Leaf kernel module (numpy, numba and sibling kernel modules only). Every query head attends to the same cache row
 [k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each KV tile is dequantized
-once into an f32 scratch and serves the scores and the value sum of all heads. Shapes are numpy row-major.
+once into an f32 scratch and serves the scores and the value sum of all heads. A q8_0 cache's scores are
+integer block dots against the queries quantized to Q8_0, as llama.cpp computes q8_0 K (its tile then
+dequantizes V's part only). Shapes are numpy row-major.
 """
 
 import numpy as np
@@ -12,8 +14,10 @@ from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_ite
 from .attention_mla_amx16 import amx16_fits, mla_item_amx16, pack_q16, query_scale
 from .attn_blocks import HAS_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
-from .kv import KIND_F32, decode_row
-from .simd import prefetch
+from .dots_q8_0 import AUX_WORDS, ROWS, dot_q8_0_q8_0
+from .kv import KIND_F32, KIND_Q8_0, Q8_0_BLOCK_BYTES, QK8_0, decode_row
+from .matmul_q8_0 import NT, _q_bias, _tile_q, quantize_rows_q8_0, x_aux_q8_0
+from .simd import PREFETCH_BYTES, prefetch
 from .softmax import (add_pv, cell_scratch, finish_item, merge_split_row, online_update, qk_scores, query_seqs,
                       split_partials, start_rows, tile_mask, work_item)
 
@@ -63,6 +67,44 @@ def _axpy4x4(a0, a1, a2, a3, s, r0, j0, v0, v1, v2, v3, n):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _scores_q8_0(s, qq, qc, k, kv_idx, cb, nc, k8, nb):
+    """s[r, j] = the Q8_0 dot of query row r (qq, its aux words qc) with cache row kv_idx[cb + j], for j < nc:
+    the integer block sums of llama.cpp's q8_0 K against its Q8_0-quantized Q, on the matmuls' 8-row tiles
+    (8 cells x NT query rows a pass; 8 cells whose rows are not adjacent are copied into k8 first), the tile's
+    last nc % 8 cells one by one (the same bits: every kernel sums a block pair alike)."""
+    R = s.shape[0]
+    k_p, k_rs = np.int64(k.ctypes.data), np.int64(k.strides[0])
+    q_p, q_rs = np.int64(qq.ctypes.data), np.int64(qq.strides[0])
+    c_p, c_rs = np.int64(qc.ctypes.data), np.int64(qc.strides[0])
+    s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
+    pf = np.int64(PREFETCH_BYTES)
+    rb = k8.shape[1]
+    n8 = nc - nc % ROWS
+    for j0 in range(0, n8, ROWS):
+        c0 = np.int64(kv_idx[cb + j0])
+        adjacent = True
+        for i in range(1, ROWS):
+            adjacent = adjacent and np.int64(kv_idx[cb + j0 + i]) == c0 + i
+        if adjacent:
+            wp, ws = k_p + c0 * k_rs, k_rs
+        else:
+            for i in range(ROWS):
+                k8[i, :] = k[kv_idx[cb + j0 + i], :rb]
+            wp, ws = np.int64(k8.ctypes.data), np.int64(k8.strides[0])
+        r = 0
+        while r < R:
+            n = NT if R - r >= NT else (4 if R - r >= 4 else (2 if R - r >= 2 else 1))
+            _tile_q(KIND_Q8_0, n, wp, ws, q_p + r * q_rs, q_rs, c_p + r * c_rs, c_rs, nb, s_p + r * s_rs + j0 * 4,
+                    s_rs // 4, pf)
+            r += n
+    for j in range(n8, nc):
+        rp = k_p + np.int64(kv_idx[cb + j]) * k_rs
+        for r in range(R):
+            s[r, j] = dot_q8_0_q8_0(rp, q_p + r * q_rs, c_p + r * c_rs, nb, pf)
+    _keep(k8, qq)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1, c0, c1,
               kv_tile):
     """One work item: every head of query tokens [t0, t1) over cells kv_idx[c0:c1]; unnormalized result.
@@ -98,6 +140,16 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     R4 = R - R % 4
     blocks = HAS_BLOCKS and kv_tile % 4 == 0
+    # a q8_0 cache: the scores are integer dots with the queries quantized to Q8_0 (llama.cpp's q8_0 K), the
+    # tile's f32 rows hold only V's part
+    q8 = kind == KIND_Q8_0
+    nbk = dk // QK8_0 if q8 else 0
+    qq = np.empty((R if q8 else 0, nbk * Q8_0_BLOCK_BYTES), dtype=np.uint8)
+    qc = np.empty((R if q8 else 0, nbk, AUX_WORDS), dtype=np.int32)
+    k8 = np.empty((ROWS if q8 else 0, nbk * Q8_0_BLOCK_BYTES), dtype=np.uint8)
+    if q8:
+        quantize_rows_q8_0(qq, qs)
+        x_aux_q8_0(qc, qq, _q_bias(KIND_Q8_0))
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
@@ -105,14 +157,24 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         # one dequantization per cell serves every head's K and V; the rows of cells no query sees and the rows the
         # 4-cell blocks read past the tile's cells are zeros (finite: their probabilities are 0)
         for j in range(min(kv_tile, (nc + 3) // 4 * 4)):
-            if j < nc and cvis[j]:
+            if j < nc and cvis[j] and q8:
+                decode_row(kt[j, v_off:], k[kv_idx[cb + j]], v_off, dk - v_off, kind, 0)
+            elif j < nc and cvis[j]:
                 decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
             else:
                 kt[j, :] = np.float32(0.0)
         nc4 = nc - nc % 4
         n_next = min(kv_tile, c1 - cb - kv_tile)
-        ncb = nc4  # cells in 4 x 4 blocks; the register blocks pad the last four with the tile's other (finite,
-        if blocks:  # unused) rows, so a cell's score has the same arithmetic wherever the tile boundaries fall
+        # cells in 4 x 4 blocks; the register blocks pad the last four with the tile's other (finite, unused)
+        # rows, so a cell's score has the same arithmetic wherever the tile boundaries fall
+        ncb = nc4
+        if q8:  # (the Q8_0 tiles' own prefetches run ahead along adjacent cache rows)
+            _scores_q8_0(s, qq, qc, k, kv_idx, cb, nc, k8, nbk)
+            for j in range(nc):
+                if not cvis[j]:  # a cell no query sees: its probabilities are 0, its score must be finite
+                    for r in range(R):
+                        s[r, j] = np.float32(0.0)
+        elif blocks:
             ncb = (nc + 3) // 4 * 4
             for j0 in range(0, ncb, 4):
                 for j in range(j0 * n_next // ncb, (j0 + 4) * n_next // ncb):  # the next tile's rows, a few a block
@@ -129,8 +191,9 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                 k3 = kt[j0 + 3]
                 for r0 in range(0, R4, 4):
                     _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
-        qk_scores(s, qs, kt, R4, R, 0, ncb)
-        qk_scores(s, qs, kt, 0, R, ncb, nc)
+        if not q8:
+            qk_scores(s, qs, kt, R4, R, 0, ncb)
+            qk_scores(s, qs, kt, 0, R, ncb, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
         if blocks:  # 4 heads x 16-64 values in registers across the tile's cells
             values_4(acc, s, kt, v_off, R4, nc)
