@@ -4,7 +4,6 @@ import sys, time, numpy as np
 from pyrt.bench.engines import PyrtEngine
 from pyrt._kernels import fused_dense as fdk
 import pyrt.ops.dense as od
-import pyrt.ops.matmul as om
 path = sys.argv[1]
 e = PyrtEngine(path, n_ctx=512, n_ubatch=512, n_threads=2)
 acc = {"layer": 0.0, "n": 0}

@@ -10,7 +10,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from pyrt._kernels import dots_q8_0 as D
-from pyrt._kernels.simd import _F32, _I16, _I32, _I64, _I8, _addr, _load, _h2f, _splat, _vec, _prefetch
+from pyrt._kernels.simd import _F32, _I16, _I32, _I64, _I8, _addr, _load, _h2f, _splat, _vec
 from pyrt._kernels.matmul_q8_0 import _rows_q, KIND_Q4_0
 from pyrt._kernels.fused_mla import _q8_0_with_aux
 from bench_kernels import weights
