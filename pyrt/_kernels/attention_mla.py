@@ -154,8 +154,9 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
-        # one dequantization per cell serves every head's K and V; the rows of cells no query sees and the rows the
-        # 4-cell blocks read past the tile's cells are zeros (finite: their probabilities are 0)
+        # one dequantization per cell serves every head's K and V (a q8_0 cache's: V's part, its scores read the
+        # rows themselves); the rows of cells no query sees and the rows the 4-cell blocks read past the tile's
+        # cells are zeros (finite: their probabilities are 0)
         for j in range(min(kv_tile, (nc + 3) // 4 * 4)):
             if j < nc and cvis[j] and q8:
                 decode_row(kt[j, v_off:], k[kv_idx[cb + j]], v_off, dk - v_off, kind, 0)
