@@ -16,7 +16,7 @@ from .attn_blocks import HAS_BLOCKS, dot4x4_f32, values_4
 from .config import FASTMATH
 from .dots_q8_0 import AUX_WORDS, ROWS, dot_q8_0_q8_0
 from .kv import KIND_F32, KIND_Q8_0, Q8_0_BLOCK_BYTES, QK8_0, decode_row
-from .matmul_q8_0 import NT, _q_bias, _tile_q, quantize_rows_q8_0, x_aux_q8_0
+from .matmul_q8_0 import NT, _q_bias, _tile_q, quantize_rows_q8_0, tile_tokens, x_aux_q8_0
 from .simd import PREFETCH_BYTES, prefetch
 from .softmax import (add_pv, cell_scratch, finish_item, merge_split_row, online_update, qk_scores, query_seqs,
                       split_partials, start_rows, tile_mask, work_item)
@@ -93,7 +93,7 @@ def _scores_q8_0(s, qq, qc, k, kv_idx, cb, nc, k8, nb):
             wp, ws = np.int64(k8.ctypes.data), np.int64(k8.strides[0])
         r = 0
         while r < R:
-            n = NT if R - r >= NT else (4 if R - r >= 4 else (2 if R - r >= 2 else 1))
+            n = tile_tokens(R - r, NT)
             _tile_q(KIND_Q8_0, n, wp, ws, q_p + r * q_rs, q_rs, c_p + r * c_rs, c_rs, nb, s_p + r * s_rs + j0 * 4,
                     s_rs // 4, pf)
             r += n

@@ -267,8 +267,7 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
                     if t == t_pad:
                         n, x0, xs0, c0, d0, ds0 = 4, xpp, xps, cpp, opp, np.int64(ROWS)
                     else:
-                        n = nt if t + nt <= t1 else (
-                            NT if t + NT <= t1 else (4 if t + 4 <= t1 else (2 if t + 2 <= t1 else 1)))
+                        n = tile_tokens(t1 - t, nt)
                         x0, xs0, c0 = xp + t * xs, xs, cp + t * cs
                         d0, ds0 = dp + (t * n_out + r) * 4, np.int64(n_out)
                     _tile_q(kind, n, wp + r * ws, ws, x0, xs0, c0, cs, nb, d0, ds0, pf)
@@ -283,6 +282,14 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
                 for t in range(t0, t1):
                     _rows_q(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
     _keep_alive(xq_pad, xc_pad, out_pad)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def tile_tokens(left, widest):
+    """Tokens of the next _tile_q pass with `left` tokens to go: widest (NT_WIDE or NT), NT, 4, 2 or 1."""
+    if left >= widest:
+        return widest
+    return NT if left >= NT else (4 if left >= 4 else (2 if left >= 2 else 1))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
