@@ -9,7 +9,7 @@ queries of a query tile).
 import numpy as np
 from numba import njit, prange
 
-from .attn_blocks import HAS_BLOCKS, dot4x4_f32, values_4
+from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, float_rows, pv4_rows, row_addresses, values_4
 from .config import FASTMATH
 from .kv import decode_tile
 from .softmax import (_row_max, add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
@@ -34,14 +34,22 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
             h = g * n_gqa + hl
             for i in range(dk):
                 qs[tl * n_gqa + hl, i] = q[t0 + tl, h, i]
-    kt = np.zeros((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized K tile
-    vt = np.zeros((kv_tile, dv), dtype=np.float32)  # [kv_tile, dv] dequantized V tile
+    blocks = HAS_BLOCKS and kv_tile % 4 == 0
+    # f32/f16/bf16 rows: the register blocks read the cache rows themselves (by address, widened in registers);
+    # otherwise each tile's rows are dequantized into f32 tiles first
+    direct = blocks and R % 4 == 0 and float_rows(kind_k) and float_rows(kind_v)
+    kt = np.zeros((0 if direct else kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized K tile
+    vt = np.zeros((0 if direct else kv_tile, dv), dtype=np.float32)  # [kv_tile, dv] dequantized V tile
+    ka = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)  # the tile's K and V row addresses (padded to 4)
+    va = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)
+    zrow = np.zeros(max(dk, dv) * 4 if direct else 0, dtype=np.uint8)  # the row of cells no query sees
+    ka_p, va_p, z_p = np.int64(ka.ctypes.data), np.int64(va.ctypes.data), np.int64(zrow.ctypes.data)
+    a_p, a_rs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
     mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 = visible, -inf = masked
     cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
-    blocks = HAS_BLOCKS and kv_tile % 4 == 0
     R4 = R - R % 4 if blocks else 0  # rows in the register blocks; the others take the plain loops
     s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
     qs_p, qs_rs = np.int64(qs.ctypes.data), np.int64(qs.strides[0])
@@ -51,18 +59,38 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
             continue
         # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
-        decode_tile(kt, k, kv_idx, cb, nc, cvis, g * dk, dk, kind_k, seg_k)
-        decode_tile(vt, v, kv_idx, cb, nc, cvis, v_off + g * dv, dv, kind_v, seg_v)
+        if direct:
+            row_addresses(ka, np.int64(k.ctypes.data), np.int64(k.strides[0]), np.int64(g * dk) * k.itemsize, kv_idx,
+                          cb, nc, cvis, z_p)
+            row_addresses(va, np.int64(v.ctypes.data), np.int64(v.strides[0]),
+                          np.int64(v_off + g * dv) * v.itemsize, kv_idx, cb, nc, cvis, z_p)
+        else:
+            decode_tile(kt, k, kv_idx, cb, nc, cvis, g * dk, dk, kind_k, seg_k)
+            decode_tile(vt, v, kv_idx, cb, nc, cvis, v_off + g * dv, dv, kind_v, seg_v)
         if blocks:  # 4 rows x 4 cells a block; the last block pads with the tile's other (finite, unused) rows, so a
             # score has the same arithmetic wherever the tile boundaries fall
             for j0 in range(0, (nc + 3) // 4 * 4, 4):
                 for r0 in range(0, R4, 4):
-                    dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs, dk)
+                    if direct:
+                        dot4x4_rows(kind_k, s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, ka_p + j0 * 8, dk)
+                    else:
+                        dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs,
+                                   dk)
         qk_scores(s, qs, kt, R4, R, 0, nc)
         online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
-        if blocks:  # acc += P @ V: 4 rows x 16-64 values in registers across the tile's cells
+        if direct:  # acc += P @ V: 4 rows x 16-64 values in registers across the tile's cells
+            for r0 in range(0, R4, 4):
+                pv4_rows(kind_v, a_p + r0 * a_rs, a_rs, s_p + r0 * s_rs, s_rs, va_p, 0, nc, dv)
+        elif blocks:
             values_4(acc, s, vt, 0, R4, nc)
         add_pv(acc, s, vt, 0, R4, R, 0, nc)
+    _keep3(ka, va, zrow)
+
+
+@njit(cache=True, nogil=True)
+def _keep3(a, b, c):
+    """A use of the arrays whose addresses the item took (their references would end before the last read)."""
+    return a.size + b.size + c.size
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)

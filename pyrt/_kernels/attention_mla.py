@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attention_mla_amx16 import amx16_fits, mla_item_amx16, pack_q16, query_scale
-from .attn_blocks import HAS_BLOCKS, dot4x4_f32, values_4
+from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, float_rows, pv4_rows, row_addresses, values_4
 from .config import FASTMATH
 from .dots_q8_0 import AUX_WORDS, ROWS, dot_q8_0_q8_0
 from .kv import KIND_F32, KIND_Q8_0, Q8_0_BLOCK_BYTES, QK8_0, decode_row
@@ -123,7 +123,18 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             src = q[t0 + tl, h]
             for i in range(dk):
                 qr[i] = src[i]
-    kt = np.empty((kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
+    blocks = HAS_BLOCKS and kv_tile % 4 == 0
+    # f32/f16/bf16 rows: the register blocks read the cache rows themselves (by address, widened in registers);
+    # otherwise (a q8_0 cache aside) each tile's rows are dequantized into an f32 tile first
+    direct = blocks and R % 4 == 0 and float_rows(kind)
+    kt = np.empty((0 if direct else kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
+    ka = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)  # the tile's row addresses, padded to 4 cells
+    zrow = np.zeros(dk * 4 if direct else 0, dtype=np.uint8)  # the row of cells no query sees (zeros in any kind)
+    ka_p = np.int64(ka.ctypes.data)
+    z_p = np.int64(zrow.ctypes.data)
+    a_p = np.int64(acc.ctypes.data)
+    a_rs = np.int64(acc.strides[0])
+    v_ob = np.int64(v_off) * np.int64(k.itemsize)
     s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
     mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 visible, -inf masked
     cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
@@ -139,7 +150,6 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     k_rs = np.int64(k.strides[0])
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
     R4 = R - R % 4
-    blocks = HAS_BLOCKS and kv_tile % 4 == 0
     # a q8_0 cache: the scores are integer dots with the queries quantized to Q8_0 (llama.cpp's q8_0 K), the
     # tile's f32 rows hold only V's part
     q8 = kind == KIND_Q8_0
@@ -157,13 +167,16 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         # one dequantization per cell serves every head's K and V (a q8_0 cache's: V's part, its scores read the
         # rows themselves); the rows of cells no query sees and the rows the 4-cell blocks read past the tile's
         # cells are zeros (finite: their probabilities are 0)
-        for j in range(min(kv_tile, (nc + 3) // 4 * 4)):
-            if j < nc and cvis[j] and q8:
-                decode_row(kt[j, v_off:], k[kv_idx[cb + j]], v_off, dk - v_off, kind, 0)
-            elif j < nc and cvis[j]:
-                decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
-            else:
-                kt[j, :] = np.float32(0.0)
+        if direct:
+            row_addresses(ka, k_p, k_rs, 0, kv_idx, cb, nc, cvis, z_p)
+        else:
+            for j in range(min(kv_tile, (nc + 3) // 4 * 4)):
+                if j < nc and cvis[j] and q8:
+                    decode_row(kt[j, v_off:], k[kv_idx[cb + j]], v_off, dk - v_off, kind, 0)
+                elif j < nc and cvis[j]:
+                    decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
+                else:
+                    kt[j, :] = np.float32(0.0)
         nc4 = nc - nc % 4
         n_next = min(kv_tile, c1 - cb - kv_tile)
         # cells in 4 x 4 blocks; the register blocks pad the last four with the tile's other (finite, unused)
@@ -183,7 +196,11 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                     for o in range(0, row_bytes, 64):
                         prefetch(ra + o)
                 for r0 in range(0, R4, 4):
-                    dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs, dk)
+                    if direct:
+                        dot4x4_rows(kind, s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, ka_p + j0 * 8, dk)
+                    else:
+                        dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs,
+                                   dk)
         else:
             for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
                 k0 = kt[j0]
@@ -196,7 +213,10 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             qk_scores(s, qs, kt, R4, R, 0, ncb)
             qk_scores(s, qs, kt, 0, R, ncb, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
-        if blocks:  # 4 heads x 16-64 values in registers across the tile's cells
+        if direct:  # 4 heads x 16-64 values in registers across the tile's cells
+            for r0 in range(0, R4, 4):
+                pv4_rows(kind, a_p + r0 * a_rs, a_rs, s_p + r0 * s_rs, s_rs, ka_p, v_ob, nc, dv)
+        elif blocks:
             values_4(acc, s, kt, v_off, R4, nc)
         else:
             for r0 in range(0, R4, 4):  # 4 heads x 4 cells per pass over the accumulators
@@ -206,6 +226,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                              kt[j0 + 3, v_off:v_off + dv], dv)
             add_pv(acc, s, kt, v_off, 0, R4, nc4, nc)
         add_pv(acc, s, kt, v_off, R4, R, 0, nc)
+    _keep(ka, zrow)
 
 
 @njit(cache=True, nogil=True)

@@ -14,7 +14,8 @@ from numba import njit
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import _F32, _FEATS, _I32, _I64, _int_typer, _vec
+from . import codes
+from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _int_typer, _vec
 from .config import NO_SIMD
 
 ROWS = 4                     # query rows (heads) of a block
@@ -33,6 +34,23 @@ def _ld(builder, addr, ty):
 
 def _st(builder, v, addr):
     builder.store(v, builder.inttoptr(addr, v.type.as_pointer()), align=4)
+
+
+# element kinds of the rows a block reads as its second operand (codes.F32, F16, BF16: widened exactly)
+E_F32, E_F16, E_BF16 = codes.F32, codes.F16, codes.BF16
+_EBYTES = {E_F32: 4, E_F16: 2, E_BF16: 2}
+
+
+def _ld_elems(builder, addr, ek, w):
+    """w elements (w None: one) of kind ek at addr as f32 lanes (exact)."""
+    if ek == E_F32:
+        return _ld(builder, addr, _F32 if w is None else _vec(_F32, w))
+    h = _ld(builder, addr, _I16 if w is None else _vec(_I16, w))
+    if ek == E_F16:
+        return _h2f(builder, h, w)
+    i32 = _I32 if w is None else _vec(_I32, w)
+    sh = ir.Constant(i32, 16) if w is None else ir.Constant(i32, [16] * w)
+    return builder.bitcast(builder.shl(builder.zext(h, i32), sh), _F32 if w is None else _vec(_F32, w))
 
 
 def _fma(builder, a, b, c):
@@ -55,25 +73,30 @@ def _mul(builder, a, b):
     return builder.mul(a, b if not isinstance(b, int) else ir.Constant(_I64, b))
 
 
-def _dot4x4_codegen(w):
-    """s[r, j] (r, j < 4; row stride ss bytes) = q_r . k_j over n f32 (rows at q + r*qs and k + j*ks): per pass of
-    `cells` cells, 4 * cells vector accumulators of w lanes over n // w steps, each folded in a fixed order, plus
-    a scalar tail."""
+def _dot4x4_codegen(w, ek=E_F32, gather=False):
+    """s[r, j] (r, j < 4; row stride ss bytes) = q_r . k_j over n values (f32 rows at q + r*qs; rows of element kind
+    ek at k + j*ks, or, with gather, at the addresses held in the int64 k[j] (ks unused)): per pass of `cells`
+    cells, 4 * cells vector accumulators of w lanes over n // w steps, each folded in a fixed order, plus a scalar
+    tail. The k rows' elements are widened to f32 exactly, so every kind gives the bits of its f32 rows."""
     cells, _ = _SHAPES[w]
     vty = _vec(_F32, w)
+    eb = _EBYTES[ek]
 
     def codegen(context, builder, signature, args):
         s, ss, q, qs, k, ks, n = args
         zero = ir.Constant(_F32, 0.0)
         tacc = [[cgutils.alloca_once_value(builder, zero) for _ in range(CELLS)] for _ in range(ROWS)]
         qrow = [_add(builder, q, _mul(builder, qs, r)) for r in range(ROWS)]
-        krow = [_add(builder, k, _mul(builder, ks, j)) for j in range(CELLS)]
+        krow = [_ld(builder, _add(builder, k, 8 * j), _I64) if gather else _add(builder, k, _mul(builder, ks, j))
+                for j in range(CELLS)]
         nv = builder.udiv(n, ir.Constant(_I64, w))
         start = _mul(builder, nv, w)
         with cgutils.for_range(builder, builder.sub(n, start)) as loop:
-            off = _mul(builder, _add(builder, start, loop.index), 4)
+            idx = _add(builder, start, loop.index)
+            off = _mul(builder, idx, 4)
+            koff = _mul(builder, idx, eb)
             qx = [_ld(builder, _add(builder, qrow[r], off), _F32) for r in range(ROWS)]
-            kx = [_ld(builder, _add(builder, krow[j], off), _F32) for j in range(CELLS)]
+            kx = [_ld_elems(builder, _add(builder, krow[j], koff), ek, None) for j in range(CELLS)]
             for r in range(ROWS):
                 for j in range(CELLS):
                     builder.store(_fma(builder, qx[r], kx[j], builder.load(tacc[r][j])), tacc[r][j])
@@ -82,7 +105,8 @@ def _dot4x4_codegen(w):
                    for _ in range(ROWS)]
             with cgutils.for_range(builder, nv) as loop:
                 off = _mul(builder, loop.index, w * 4)
-                kv = [_ld(builder, _add(builder, krow[j0 + j], off), vty) for j in range(cells)]
+                koff = _mul(builder, loop.index, w * eb)
+                kv = [_ld_elems(builder, _add(builder, krow[j0 + j], koff), ek, w) for j in range(cells)]
                 for r in range(ROWS):
                     qv = _ld(builder, _add(builder, qrow[r], off), vty)
                     for j in range(cells):
@@ -122,12 +146,14 @@ def _reduce_lanes(builder, vs):
     return vs[0]
 
 
-def _pv4_codegen(w):
+def _pv4_codegen(w, ek=E_F32, gather=False):
     """a_r[i] += sum_j p_r[j] * v_j[i] for r < 4, cells j < nc in order, i < n (a_r at a + r*as, p_r at
-    p + r*ps, v_j at v + j*vs; f32): chunk * w values of the 4 rows stay in vector registers across the cells,
-    then w-value steps, then a scalar tail."""
+    p + r*ps, f32; v_j of element kind ek at v + j*vs, or, with gather, at the address held in the int64 v[j]
+    plus vs bytes): chunk * w values of the 4 rows stay in vector registers across the cells, then w-value
+    steps, then a scalar tail. The values are widened to f32 exactly, so every kind gives its f32 rows' bits."""
     _, chunk = _SHAPES[w]
     vty = _vec(_F32, w)
+    eb = _EBYTES[ek]
 
     def codegen(context, builder, signature, args):
         a, as_, p, ps, v, vs, nc, n = args
@@ -144,8 +170,13 @@ def _pv4_codegen(w):
                                   acc[r][u])
             with cgutils.for_range(builder, nc) as cells:
                 j = cells.index
-                vrow = _add(builder, _add(builder, v, _mul(builder, vs, j)), col_off)
-                vv = [_ld(builder, _add(builder, vrow, 4 * lanes * u), ty) for u in range(width)]
+                vcol = col_off if eb == 4 else builder.udiv(col_off, ir.Constant(_I64, 4 // eb))
+                if gather:
+                    vrow = _add(builder, _add(builder, _ld(builder, _add(builder, v, _mul(builder, j, 8)), _I64), vs), vcol)
+                else:
+                    vrow = _add(builder, _add(builder, v, _mul(builder, vs, j)), vcol)
+                vv = [_ld_elems(builder, _add(builder, vrow, eb * lanes * u), ek, None if lanes == 1 else w)
+                      for u in range(width)]
                 pj4 = _mul(builder, j, 4)
                 for r in range(ROWS):
                     pr = _ld(builder, _add(builder, prow[r], pj4), _F32)
@@ -180,6 +211,50 @@ def _pv4_codegen(w):
 BLOCKS = {w: (intrinsic(_int_typer(7, _dot4x4_codegen(w))), intrinsic(_int_typer(8, _pv4_codegen(w))))
           for w in _SHAPES}
 dot4x4_f32, pv4_f32 = BLOCKS[W]
+
+# dot4x4_rows(ek, s, ss, q, qs, ka, n) and pv4_rows(ek, a, as_, p, ps, va, off, nc, n): the blocks over cache rows
+# of kind ek (a float_rows kind) gathered by address: the k rows at the int64 addresses ka[0:4], the
+# value rows at va[j] + off bytes; the same bits as the f32 blocks over those rows widened.
+GATHERED = {w: {ek: (intrinsic(_int_typer(7, _dot4x4_codegen(w, ek, True))),
+                     intrinsic(_int_typer(8, _pv4_codegen(w, ek, True)))) for ek in _EBYTES} for w in _SHAPES}
+_dot_g32, _pv_g32 = GATHERED[W][E_F32]
+_dot_g16, _pv_g16 = GATHERED[W][E_F16]
+_dot_gbf, _pv_gbf = GATHERED[W][E_BF16]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def float_rows(kind):
+    """Whether cache rows of kind (codes) are read by the gathered blocks: f32, f16, bf16."""
+    return kind == E_F32 or kind == E_F16 or kind == E_BF16
+
+
+@njit(cache=True, nogil=True, inline="always")
+def row_addresses(ka, base, stride, off, kv_idx, cb, nc, cvis, zero):
+    """ka[j] = base + kv_idx[cb + j] * stride + off (bytes) for the tile's cells j < nc some query sees, the
+    address zero (a row of zeros) for the others and for the padding up to a multiple of 4 cells. ka [>= nc + 3]
+    int64; kv_idx[cb:cb + nc] valid rows (the caller's)."""
+    for j in range((nc + 3) // 4 * 4):
+        ka[j] = base + np.int64(kv_idx[cb + j]) * stride + off if j < nc and cvis[j] else zero
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot4x4_rows(ek, s, ss, q, qs, ka, n):
+    if ek == E_F16:
+        _dot_g16(s, ss, q, qs, ka, 0, n)
+    elif ek == E_BF16:
+        _dot_gbf(s, ss, q, qs, ka, 0, n)
+    else:
+        _dot_g32(s, ss, q, qs, ka, 0, n)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def pv4_rows(ek, a, as_, p, ps, va, off, nc, n):
+    if ek == E_F16:
+        _pv_g16(a, as_, p, ps, va, off, nc, n)
+    elif ek == E_BF16:
+        _pv_gbf(a, as_, p, ps, va, off, nc, n)
+    else:
+        _pv_g32(a, as_, p, ps, va, off, nc, n)
 
 
 @njit(cache=True, nogil=True, inline="always")
