@@ -1,9 +1,9 @@
 """Flash attention over the KV cache: online softmax over KV tiles, masks computed from cell metadata.
 
 Leaf kernel module (numpy, numba and sibling kernel modules; the online softmax is softmax.py's). Shapes are
-numpy row-major. The cache rows are read in their storage type and dequantized one KV tile at a time into a
-small f32 scratch, so each K/V row is read once per kv head for all query heads of its GQA group (and all
-queries of a query tile).
+numpy row-major. Each K/V row is read once per kv head for all query heads of its GQA group (and all queries
+of a query tile): f32/f16/bf16 rows by the register blocks in place (widened in registers), the other kinds
+dequantized one KV tile at a time into a small f32 scratch.
 """
 
 import numpy as np

@@ -1,10 +1,11 @@
 """FlashMLA on the CPU: absorbed multi-head latent attention over a K-only cache (one latent row per cell).
 
 Leaf kernel module (numpy, numba and sibling kernel modules only). Every query head attends to the same cache row
-[k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each KV tile is dequantized
-once into an f32 scratch and serves the scores and the value sum of all heads. A q8_0 cache's scores are
-integer block dots against the queries quantized to Q8_0, as llama.cpp computes q8_0 K (its tile then
-dequantizes V's part only). Shapes are numpy row-major.
+[k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each cell's row serves the scores
+and the value sum of all heads: f32/f16/bf16 rows read in place by the register blocks, other kinds
+dequantized once per KV tile into an f32 scratch. A q8_0 cache's scores are integer block dots against the
+queries quantized to Q8_0, as llama.cpp computes q8_0 K (its tile then dequantizes V's part only). Shapes are
+numpy row-major.
 """
 
 import numpy as np
