@@ -134,14 +134,6 @@ def flash_attn(dst, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, n_head_kv, cel
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _mask_row(row, ok):
-    """row[c] = -inf where not ok[c], in place (branch-free selects)."""
-    neg = np.float32(-np.inf)
-    for c in range(row.shape[0]):
-        row[c] = row[c] if ok[c] else neg
-
-
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
 def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, softcap):
     """In place: masked softmax of score rows for the matrix-product prompt path (serial; called per task).
 
@@ -150,24 +142,31 @@ def softmax_masked_rows(s, n_gqa, t0, q_pos, q_seq, cell_pos, cell_seq, n_swa, s
     cell become zeros. softcap > 0 applies softcap*tanh(s/softcap) before the mask.
     """
     n_rows, n = s.shape
-    # the mask of a query, computed once for its n_gqa rows; the rows' loops are then branch-free (vectorized)
-    ok = np.empty(n, np.bool_)
-    t_mask = -1
+    neg = np.float32(-np.inf)
+    # the cells of the query's sequence, computed when the sequence changes; each row then masks by position in
+    # one branch-free (vectorized) pass
+    sok = np.empty(n, np.bool_)
+    seq_of = -1
     for r in range(n_rows):
         t = t0 + r // n_gqa
-        if t != t_mask:
-            qp = q_pos[t]
-            bit = np.uint64(1) << np.uint64(q_seq[t])
+        if q_seq[t] != seq_of:
+            seq_of = q_seq[t]
+            bit = np.uint64(1) << np.uint64(seq_of)
             for c in range(n):
-                ok[c] = (cell_seq[c] & bit) != 0 and cell_pos[c] <= qp and (n_swa <= 0 or qp - cell_pos[c] < n_swa)
-            t_mask = t
+                sok[c] = (cell_seq[c] & bit) != 0
+        qp = q_pos[t]
         row = s[r]
         if softcap > 0.0:
             for c in range(n):
                 row[c] = softcap * np.tanh(row[c] / softcap)
-        _mask_row(row, ok)
+        if n_swa <= 0:
+            for c in range(n):
+                row[c] = row[c] if sok[c] & (cell_pos[c] <= qp) else neg
+        else:
+            for c in range(n):
+                row[c] = row[c] if sok[c] & (cell_pos[c] <= qp) & (qp - cell_pos[c] < n_swa) else neg
         m = _row_max(row, n)
-        if m == np.float32(-np.inf):
+        if m == neg:
             for c in range(n):
                 row[c] = 0.0
             continue
