@@ -2,14 +2,14 @@
 
 Leaf kernel module (numpy, numba and sibling kernel modules; the online softmax is softmax.py's). Shapes are
 numpy row-major. Each K/V row is read once per kv head for all query heads of its GQA group (and all queries
-of a query tile): f32/f16/bf16 rows by the register blocks in place (widened in registers), the other kinds
-dequantized one KV tile at a time into a small f32 scratch.
+of a query tile): f32/f16/bf16 rows by the register blocks in place (widened in registers) where an item has
+few rows, otherwise dequantized one KV tile at a time into a small f32 scratch.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, float_rows, pv4_rows, row_addresses, values_4
+from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, gathered, pv4_rows, row_addresses, values_4
 from .config import FASTMATH
 from .kv import decode_tile
 from .softmax import (_row_max, add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
@@ -35,9 +35,9 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
             for i in range(dk):
                 qs[tl * n_gqa + hl, i] = q[t0 + tl, h, i]
     blocks = HAS_BLOCKS and kv_tile % 4 == 0
-    # f32/f16/bf16 rows: the register blocks read the cache rows themselves (by address, widened in registers);
-    # otherwise each tile's rows are dequantized into f32 tiles first
-    direct = blocks and R % 4 == 0 and float_rows(kind_k) and float_rows(kind_v)
+    # f32/f16/bf16 rows of items of few rows: the register blocks read the cache rows themselves (by address,
+    # widened in registers); otherwise each tile's rows are dequantized into f32 tiles first
+    direct = blocks and gathered(kind_k, R) and gathered(kind_v, R)
     kt = np.zeros((0 if direct else kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized K tile
     vt = np.zeros((0 if direct else kv_tile, dv), dtype=np.float32)  # [kv_tile, dv] dequantized V tile
     ka = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)  # the tile's K and V row addresses (padded to 4)

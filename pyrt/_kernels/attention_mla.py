@@ -2,10 +2,10 @@
 
 Leaf kernel module (numpy, numba and sibling kernel modules only). Every query head attends to the same cache row
 [k_pe (n_rot) | c_kv (kv_lora_rank)]; V is the c_kv part of that row, so each cell's row serves the scores
-and the value sum of all heads: f32/f16/bf16 rows read in place by the register blocks, other kinds
-dequantized once per KV tile into an f32 scratch. A q8_0 cache's scores are integer block dots against the
-queries quantized to Q8_0, as llama.cpp computes q8_0 K (its tile then dequantizes V's part only). Shapes are
-numpy row-major.
+and the value sum of all heads: f32/f16/bf16 rows read in place by the register blocks (items of few rows),
+otherwise dequantized once per KV tile into an f32 scratch. A q8_0 cache's scores are integer block dots
+against the queries quantized to Q8_0, as llama.cpp computes q8_0 K (its tile then dequantizes V's part
+only). Shapes are numpy row-major.
 """
 
 import numpy as np
@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attention_mla_amx16 import amx16_fits, mla_item_amx16, pack_q16, query_scale
-from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, float_rows, pv4_rows, row_addresses, values_4
+from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, gathered, pv4_rows, row_addresses, values_4
 from .config import FASTMATH
 from .dots_q8_0 import AUX_WORDS, ROWS, dot_q8_0_q8_0
 from .kv import KIND_F32, KIND_Q8_0, Q8_0_BLOCK_BYTES, QK8_0, decode_row
@@ -125,9 +125,9 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
             for i in range(dk):
                 qr[i] = src[i]
     blocks = HAS_BLOCKS and kv_tile % 4 == 0
-    # f32/f16/bf16 rows: the register blocks read the cache rows themselves (by address, widened in registers);
-    # otherwise (a q8_0 cache aside) each tile's rows are dequantized into an f32 tile first
-    direct = blocks and R % 4 == 0 and float_rows(kind)
+    # f32/f16/bf16 rows of items of few rows: the register blocks read the cache rows themselves (by address,
+    # widened in registers); otherwise (a q8_0 cache aside) each tile's rows are dequantized into an f32 tile first
+    direct = blocks and gathered(kind, R)
     kt = np.empty((0 if direct else kv_tile, dk), dtype=np.float32)  # [kv_tile, dk] dequantized latent rows (K and V)
     ka = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)  # the tile's row addresses, padded to 4 cells
     zrow = np.zeros(dk * 4 if direct else 0, dtype=np.uint8)  # the row of cells no query sees (zeros in any kind)

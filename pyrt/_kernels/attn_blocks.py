@@ -168,11 +168,12 @@ def _pv4_codegen(w, ek=E_F32, gather=False):
                 for u in range(width):
                     builder.store(_ld(builder, _add(builder, arow[r], _add(builder, col_off, 4 * lanes * u)), ty),
                                   acc[r][u])
+            vcol = col_off if eb == 4 else builder.udiv(col_off, ir.Constant(_I64, 4 // eb))  # bytes into a v row
             with cgutils.for_range(builder, nc) as cells:
                 j = cells.index
-                vcol = col_off if eb == 4 else builder.udiv(col_off, ir.Constant(_I64, 4 // eb))
                 if gather:
-                    vrow = _add(builder, _add(builder, _ld(builder, _add(builder, v, _mul(builder, j, 8)), _I64), vs), vcol)
+                    vj = _ld(builder, _add(builder, v, _mul(builder, j, 8)), _I64)
+                    vrow = _add(builder, _add(builder, vj, vs), vcol)
                 else:
                     vrow = _add(builder, _add(builder, v, _mul(builder, vs, j)), vcol)
                 vv = [_ld_elems(builder, _add(builder, vrow, eb * lanes * u), ek, None if lanes == 1 else w)
@@ -222,10 +223,16 @@ _dot_g16, _pv_g16 = GATHERED[W][E_F16]
 _dot_gbf, _pv_gbf = GATHERED[W][E_BF16]
 
 
+# Up to this many query rows a work item, the gathered blocks read f32/f16/bf16 cache rows in place; above it the
+# rows' widening (once per 4 rows) costs more than one f32 tile per KV tile.
+GATHER_ROWS_MAX = 64
+
+
 @njit(cache=True, nogil=True, inline="always")
-def float_rows(kind):
-    """Whether cache rows of kind (codes) are read by the gathered blocks: f32, f16, bf16."""
-    return kind == E_F32 or kind == E_F16 or kind == E_BF16
+def gathered(kind, rows):
+    """Whether a work item of `rows` query rows (a multiple of 4) reads cache rows of kind (codes) in place: f32,
+    f16, bf16 rows and at most GATHER_ROWS_MAX rows."""
+    return rows % 4 == 0 and rows <= GATHER_ROWS_MAX and (kind == E_F32 or kind == E_F16 or kind == E_BF16)
 
 
 @njit(cache=True, nogil=True, inline="always")
