@@ -225,7 +225,7 @@ _dot_gbf, _pv_gbf = GATHERED[W][E_BF16]
 
 # Up to this many query rows a work item, the gathered blocks read f32/f16/bf16 cache rows in place; above it the
 # rows' widening (once per 4 rows) costs more than one f32 tile per KV tile.
-GATHER_ROWS_MAX = 64
+GATHER_ROWS_MAX = 32
 
 
 @njit(cache=True, nogil=True, inline="always")
