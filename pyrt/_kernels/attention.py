@@ -58,7 +58,8 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
             continue
-        # dequantize only the cells someone sees; the others stay finite (zeros or an old row) and are masked
+        # dequantize (or, in place, address) only the cells someone sees; the others stay finite (zeros or an old
+        # row; in place: the zero row) and are masked
         if direct:
             row_addresses(ka, np.int64(k.ctypes.data), np.int64(k.strides[0]), np.int64(g * dk) * k.itemsize, kv_idx,
                           cb, nc, cvis, z_p)

@@ -165,9 +165,9 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
             continue
-        # one dequantization per cell serves every head's K and V (a q8_0 cache's: V's part, its scores read the
-        # rows themselves); the rows of cells no query sees and the rows the 4-cell blocks read past the tile's
-        # cells are zeros (finite: their probabilities are 0)
+        # one dequantization (or, in place, one address) per cell serves every head's K and V (a q8_0 cache's: V's
+        # part, its scores read the rows themselves); the rows of cells no query sees and the rows the 4-cell blocks
+        # read past the tile's cells are zeros (finite: their probabilities are 0)
         if direct:
             row_addresses(ka, k_p, k_rs, 0, kv_idx, cb, nc, cvis, z_p)
         else:

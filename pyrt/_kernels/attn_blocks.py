@@ -214,7 +214,7 @@ BLOCKS = {w: (intrinsic(_int_typer(7, _dot4x4_codegen(w))), intrinsic(_int_typer
 dot4x4_f32, pv4_f32 = BLOCKS[W]
 
 # dot4x4_rows(ek, s, ss, q, qs, ka, n) and pv4_rows(ek, a, as_, p, ps, va, off, nc, n): the blocks over cache rows
-# of kind ek (a float_rows kind) gathered by address: the k rows at the int64 addresses ka[0:4], the
+# of kind ek (E_F32, E_F16, E_BF16) gathered by address: the k rows at the int64 addresses ka[0:4], the
 # value rows at va[j] + off bytes; the same bits as the f32 blocks over those rows widened.
 GATHERED = {w: {ek: (intrinsic(_int_typer(7, _dot4x4_codegen(w, ek, True))),
                      intrinsic(_int_typer(8, _pv4_codegen(w, ek, True)))) for ek in _EBYTES} for w in _SHAPES}
