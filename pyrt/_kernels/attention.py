@@ -77,7 +77,8 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
                     else:
                         dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs,
                                    dk)
-        qk_scores(s, qs, kt, R4, R, 0, nc)
+        if not direct:  # (the rows the blocks leave: none in place)
+            qk_scores(s, qs, kt, R4, R, 0, nc)
         online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)
         if direct:  # acc += P @ V: 4 rows x 16-64 values in registers across the tile's cells
             for r0 in range(0, R4, 4):

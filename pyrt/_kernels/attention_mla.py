@@ -210,7 +210,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                 k3 = kt[j0 + 3]
                 for r0 in range(0, R4, 4):
                     _dot4x4(s, qs[r0], qs[r0 + 1], qs[r0 + 2], qs[r0 + 3], k0, k1, k2, k3, r0, j0, dk)
-        if not q8:
+        if not q8 and not direct:  # (the rows and cells the blocks leave: none in place)
             qk_scores(s, qs, kt, R4, R, 0, ncb)
             qk_scores(s, qs, kt, 0, R, ncb, nc)
         online_update(s, mask, n_head, nc, scale, np.float32(0.0), acc, m, l)
