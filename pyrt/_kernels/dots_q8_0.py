@@ -92,6 +92,7 @@ NT = 8     # tokens of a gemm_* tile (gemm4_*: 4); registers: NT accumulators + 
 # run slower at 16 tokens.
 NT_WIDE = 16
 WIDE_TILES = HAS_AVX512BW and "avx512vl" in _FEATS
+HAS_BITALG = WIDE_TILES and "avx512bitalg" in _FEATS  # vpshufbitqmb: Q5_0's high bits as a mask in one step
 
 
 def _wprep(builder, w, bias, mode):
@@ -199,6 +200,14 @@ def _tile_q5_0(builder, wbs):
     qb = builder.bitcast(qh, v32b)
     zero, sixteen = _splat(_I8, 32, 0), _splat(_I8, 32, 0x10)
     out = []
+    if HAS_BITALG:  # one vpshufbitqmb a vector: byte (row j, i) takes bit 4v+i of qh_j, at 32*(j%2) in its qword
+        fnty = ir.FunctionType(_vec(_I1, 32), [v32b, v32b])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpshufbitqmb.256")
+        for v in range(8):
+            idx = ir.Constant(v32b, [32 * (j % 2) + 4 * v + i for j in range(8) for i in range(4)])
+            set_ = builder.call(fn, [qb, idx])
+            out.append(builder.select(set_, builder.or_(nib[v], sixteen), nib[v]))  # one merge-masked or
+        return out, 16
     for v in range(8):
         spread = builder.shuffle_vector(qb, qb, ir.Constant(_vec(_I32, 32), [4 * j + v // 2 for j in range(8)
                                                                               for _ in range(4)]))

@@ -8,7 +8,7 @@ from numba import njit
 from numba.core import cgutils, types
 
 from . import codes
-from .simd import HAS_AVX512VNNI, _F32, _I8, _I16, _I32, _I64, _call, _load_ptr, _mask, _splat
+from .simd import HAS_AVX512VNNI, _F32, _I8, _I16, _I32, _I64, _call, _load_ptr, _mask, _shr_bytes, _splat
 
 QK_K = 256
 BLOCK_BYTES_Q4_K = 144  # f16 d, f16 dmin, u8 scales[12], u8 qs[128]
@@ -113,8 +113,8 @@ def _k4_scale_bytes(builder, p, n):
     gather = lambda idx: builder.shuffle_vector(q, q, _mask([i - i % 16 + idx[i % 16] for i in range(n)]))  # noqa: E731
     a, b = gather(_K4_LOW_BYTES), gather(_K4_TOP_BYTES)
     low = builder.or_(builder.and_(a, rep([0x3F] * 4 + [0x0F] * 4 + [0x3F] * 4 + [0] * 4)),
-                      builder.and_(builder.lshr(a, rep([4] * 16)), rep([0] * 12 + [0x0F] * 4)))
-    return builder.or_(low, builder.and_(builder.lshr(b, rep([2] * 16)), rep(([0] * 4 + [0x30] * 4) * 2)))
+                      builder.and_(_shr_bytes(builder, a, 4), rep([0] * 12 + [0x0F] * 4)))
+    return builder.or_(low, builder.and_(_shr_bytes(builder, b, 2), rep(([0] * 4 + [0x30] * 4) * 2)))
 
 
 def _k4_scales_mins(builder, p):

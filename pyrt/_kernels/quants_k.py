@@ -19,7 +19,7 @@ from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_B
                    _is_u8_array, _k4_scale_bytes, _k4_scales_mins, _maddubs, _maddubs512, _maddwd, _maddwd512,
                    _pshufb512, _q6_k_quants, matmul_shapes_ok)
 from .simd import (HAS_AVX2, HAS_AVX512BW, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _I64, _call, _h2f, _load_ptr,
-                   _mask, _splat, prefetch_ptr)
+                   _mask, _shr_bytes, _splat, prefetch_ptr)
 from .tiles_k import TILE_MIN_TOKENS, TILE_MIN_TOKENS_Q6_K, matmul_k_tiles
 
 _V2I16 = ir.VectorType(_I16, 2)
@@ -113,7 +113,7 @@ def _q4_k_zmm_block(builder, wp):
     for h in range(2):  # quant bytes 64h..64h+63: sub-blocks 4h, 4h+2 in the low nibbles, 4h+1, 4h+3 in the high
         bits = _load_ptr(builder, _gep(builder, wp, 16 + 64 * h), _V64I8)
         parts.append((builder.and_(bits, m4), (4 * h, 4 * h + 2)))
-        parts.append((builder.lshr(bits, _splat(_I8, 64, 4)), (4 * h + 1, 4 * h + 3)))
+        parts.append((_shr_bytes(builder, bits, 4), (4 * h + 1, 4 * h + 3)))
     quants = [(q, builder.bitcast(_pshufb512(builder, r, [a, -1] * 16 + [b, -1] * 16), _V32I16), (a, b))
               for q, (a, b) in parts]
     mins = _pshufb512(builder, r, [8 + i // 4 if i % 2 == 0 else -1 for i in range(64)])

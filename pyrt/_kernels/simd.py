@@ -110,6 +110,14 @@ def _splat(ty, n, v):
     return ir.Constant(_vec(ty, n), [v] * n)
 
 
+def _shr_bytes(builder, v, n):
+    """Each byte of <k x i8> v shifted right by n (logical): one 16-bit word shift and a byte mask. LLVM lowers a
+    byte-vector lshr to vgf2p8affineqb where the target has GFNI, on the pipes the multiply-adds need."""
+    k = v.type.count
+    w = builder.lshr(builder.bitcast(v, _vec(_I16, k // 2)), _splat(_I16, k // 2, n))
+    return builder.and_(builder.bitcast(w, v.type), _splat(_I8, k, 0xFF >> n))
+
+
 def _call(builder, name, ret, args):
     fnty = ir.FunctionType(ret, [a.type for a in args])
     fn = cgutils.get_or_insert_function(builder.module, fnty, name)
