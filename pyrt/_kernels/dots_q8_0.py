@@ -190,7 +190,7 @@ def _tile_q5_0(builder, wbs):
     The nibbles as _tile_nibbles; quant 4v+i of row j takes bit 4v+i of its qh, i.e. bit 4(v%2)+i of qh byte
     v//2: the 8 qh words in the lanes of one vector, that byte spread over its lane's 4 bytes (an in-lane byte
     shuffle), a test against bits 4(v%2)..4(v%2)+3, and 16 added where set (a mask register and one masked
-    add on AVX-512BW).
+    add on AVX-512BW); with AVX512-BITALG one vpshufbitqmb a vector gives that mask from the qh words directly.
     """
     v8i, v32b = _vec(_I32, 8), _vec(_I8, 32)
     nib = _tile_nibbles(builder, wbs, 6)
@@ -206,7 +206,7 @@ def _tile_q5_0(builder, wbs):
         for v in range(8):
             idx = ir.Constant(v32b, [32 * (j % 2) + 4 * v + i for j in range(8) for i in range(4)])
             set_ = builder.call(fn, [qb, idx])
-            out.append(builder.select(set_, builder.or_(nib[v], sixteen), nib[v]))  # one merge-masked or
+            out.append(builder.select(set_, builder.or_(nib[v], sixteen), nib[v]))  # 16 added where the bit is set
         return out, 16
     for v in range(8):
         spread = builder.shuffle_vector(qb, qb, ir.Constant(_vec(_I32, 32), [4 * j + v // 2 for j in range(8)
