@@ -75,8 +75,6 @@ def test_pv4_matches_float64(n, nc, w):
     assert np.array_equal(a[:, n:], a0[:, n:])  # columns past n untouched
 
 
-
-
 def _gathered_wrappers(w, ek):
     dot_g, pv_g = GATHERED[w][ek]
 
@@ -92,6 +90,7 @@ def _gathered_wrappers(w, ek):
 
 
 KINDS = [codes.F32, codes.F16, codes.BF16]
+_FNS_G = {w: {k: _gathered_wrappers(w, k) for k in KINDS} for w in WIDTHS}
 
 
 def _rows(kind, x):
@@ -131,5 +130,3 @@ def test_gathered_blocks_equal_f32_blocks_on_widened_rows(w, kind, n):
     pv_f(a_ref, p, np.ascontiguousarray(wide[order, off:off + n]), len(order))
     assert np.array_equal(a, a_ref)
 
-
-_FNS_G = {w: {k: _gathered_wrappers(w, k) for k in KINDS} for w in WIDTHS}
