@@ -1,34 +1,24 @@
-import sys, time, mmap, numpy as np, numba
+import sys, time, numpy as np, numba
 from numba import njit, prange
 sys.path.insert(0, "/work/main/tests")
 from test_quants_k import rand_blocks, q8k
 from pyrt._kernels import quants_k as qk, repack_k as rk
+sys.path.insert(0, __import__('os').path.dirname(__file__))
+from r16_huge import huge
 K = qk.KIND_Q4_K
-def huge(shape):
-    n = int(np.prod(shape)); mm = mmap.mmap(-1, n + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mm.madvise(mmap.MADV_HUGEPAGE)
-    a = np.frombuffer(mm, np.uint8); off = (-a.ctypes.data) % (2 << 20)
-    return a[off:off + n].reshape(shape)
-vg = rk._make_vdot_group(0, 0)
-vg2 = rk._make_vdot_group(2, 16384)
-@njit(parallel=True)
-def new_alt(g, u, xq, nb, hg, hu, IT, two):
-    wb = g.shape[1]
-    for it in prange(g.shape[0] // IT):
-        for q in range(IT // 16):
-            vg(g, (it * IT + 16 * q) * wb, xq, 0, nb, hg, it * IT + 16 * q)
-        if two:
+def alt(vg):
+    @njit(parallel=True)
+    def f(g, u, xq, nb, hg, hu, IT, two):
+        wb = g.shape[1]
+        for it in prange(g.shape[0] // IT):
             for q in range(IT // 16):
-                vg(u, (it * IT + 16 * q) * wb, xq, 0, nb, hu, it * IT + 16 * q)
-@njit(parallel=True)
-def new2_alt(g, u, xq, nb, hg, hu, IT, two):
-    wb = g.shape[1]
-    for it in prange(g.shape[0] // IT):
-        for q in range(IT // 16):
-            vg2(g, (it * IT + 16 * q) * wb, xq, 0, nb, hg, it * IT + 16 * q)
-        if two:
-            for q in range(IT // 16):
-                vg2(u, (it * IT + 16 * q) * wb, xq, 0, nb, hu, it * IT + 16 * q)
+                vg(g, (it * IT + 16 * q) * wb, xq, 0, nb, hg, it * IT + 16 * q)
+            if two:
+                for q in range(IT // 16):
+                    vg(u, (it * IT + 16 * q) * wb, xq, 0, nb, hu, it * IT + 16 * q)
+    return f
+new_alt = alt(rk._make_vdot_group(0, 0))
+new2_alt = alt(rk._make_vdot_group(2, 16384))
 @njit(parallel=True)
 def old_alt(g, u, xq, nb, hg, hu, IT, two):
     for it in prange(g.shape[0] // IT):

@@ -1,14 +1,11 @@
-import sys, time, mmap, numpy as np, numba
+import sys, time, numpy as np, numba
 from numba import njit, prange
 sys.path.insert(0, "/work/main/tests")
 from test_quants_k import rand_blocks, q8k
 from pyrt._kernels import quants_k as qk, repack_k as rk, simd
+sys.path.insert(0, __import__('os').path.dirname(__file__))
+from r16_huge import huge
 K = qk.KIND_Q4_K
-def huge(shape):
-    n = int(np.prod(shape)); mm = mmap.mmap(-1, n + (2 << 20), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mm.madvise(mmap.MADV_HUGEPAGE)
-    a = np.frombuffer(mm, np.uint8); off = (-a.ctypes.data) % (2 << 20)
-    return a[off:off + n].reshape(shape)
 def var(mode, dist, loc):
     simd.PREFETCH_LOCALITY = loc
     v = rk._make_vdot_group(mode, dist)
