@@ -35,7 +35,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .config import FASTMATH, NO_SIMD
-from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, x_aux_q8_0
+from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, keep_alive, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
 from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins,
                    is_k_quant)
@@ -507,7 +507,7 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
         else:
             for t in range(n_tok):
                 _rows_q(kind, wp, ws, r0, n_out, xp + t * xs, cp + t * cs, nb, dst[t], np.int64(PREFETCH_BYTES))
-    _keep(xq_pad, xc_pad, cfg)
+    keep_alive(xq_pad, xc_pad, cfg)
 
 
 @njit(cache=True, nogil=True)
@@ -566,9 +566,3 @@ def _item_padded(kind, w, r0, dst, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp
     for t in range(n_tok):
         for r in range(n_out - r0):
             dst[t, r0 + r] = yt[t, r]
-
-
-@njit(cache=True, nogil=True)
-def _keep(a, b, c):
-    """A use of the arrays whose addresses the parallel loop took (their references end after it)."""
-    return a.size + b.size + c.size

@@ -12,7 +12,7 @@ from numba import njit, prange
 from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, gathered, pv4_rows, row_addresses, values_4
 from .config import FASTMATH
 from .kv import decode_tile
-from .matmul_q8_0 import _keep_alive
+from .matmul_q8_0 import keep_alive
 from .softmax import (_row_max, add_pv, cell_scratch, exp_neg, finish_item, merge_split_row, online_update, qk_scores,
                       query_seqs, split_partials, start_rows, tile_mask, work_item)
 
@@ -87,7 +87,7 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         elif blocks:
             values_4(acc, s, vt, 0, R4, nc)
         add_pv(acc, s, vt, 0, R4, R, 0, nc)
-    _keep_alive(ka, va, zrow)
+    keep_alive(ka, va, zrow)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)

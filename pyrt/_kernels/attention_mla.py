@@ -17,7 +17,7 @@ from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, gathered, pv4_rows
 from .config import FASTMATH
 from .dots_q8_0 import AUX_WORDS, ROWS, dot_q8_0_q8_0
 from .kv import KIND_F32, KIND_Q8_0, Q8_0_BLOCK_BYTES, QK8_0, decode_row
-from .matmul_q8_0 import NT, _q_bias, _tile_q, quantize_rows_q8_0, tile_tokens, x_aux_q8_0
+from .matmul_q8_0 import NT, _q_bias, _tile_q, keep_alive, quantize_rows_q8_0, tile_tokens, x_aux_q8_0
 from .simd import PREFETCH_BYTES, prefetch
 from .softmax import (add_pv, cell_scratch, finish_item, merge_split_row, online_update, qk_scores, query_seqs,
                       split_partials, start_rows, tile_mask, work_item)
@@ -102,7 +102,7 @@ def _scores_q8_0(s, qq, qc, k, kv_idx, cb, nc, k8, nb):
         rp = k_p + np.int64(kv_idx[cb + j]) * k_rs
         for r in range(R):
             s[r, j] = dot_q8_0_q8_0(rp, q_p + r * q_rs, c_p + r * c_rs, nb, pf)
-    _keep(k8, qq)
+    keep_alive(k8, qq)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -227,7 +227,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                              kt[j0 + 3, v_off:v_off + dv], dv)
             add_pv(acc, s, kt, v_off, 0, R4, nc4, nc)
         add_pv(acc, s, kt, v_off, R4, R, 0, nc)
-    _keep(ka, zrow)
+    keep_alive(ka, zrow)
 
 
 @njit(cache=True, nogil=True)
@@ -295,7 +295,7 @@ def flash_attn_mla(dst, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_
         return
     for th in prange(n_tok * n_head):
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
-    _keep(amx_cfg, qp)
+    keep_alive(amx_cfg, qp)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -327,7 +327,7 @@ def flash_attn_heads_amx(dst, qp, k, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         return
     for th in prange(n_tok * n_head):
         merge_split_row(dst, pm, pl, pacc, th // n_head, th % n_head)
-    _keep(amx_cfg, qp)
+    keep_alive(amx_cfg, qp)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -344,9 +344,3 @@ def head_rows(dst, pe, kv):
             s = kv[c, h]
             for i in range(w):
                 d[r + i] = s[i]
-
-
-@njit(cache=True, nogil=True)
-def _keep(a, b):
-    """A use of the arrays whose addresses the parallel loop took (their references end after it)."""
-    return a.size + b.size

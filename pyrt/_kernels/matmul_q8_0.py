@@ -202,9 +202,13 @@ def _pad_tail(xq, xc, t0, m, n_pad):
 
 
 @njit(cache=True, nogil=True)
-def _keep_alive(a, b, c):
-    """A use of the arrays whose addresses a parallel loop took (their references end after it)."""
-    return a.size + b.size + c.size
+def keep_alive(a, b, c=None):
+    """A use of the arrays whose addresses a parallel loop took: call it after the loop (Numba frees an array
+    after the last use of its name, so an address kept in an int would otherwise point at reused memory)."""
+    n = a.size + b.size
+    if c is not None:
+        n += c.size
+    return n
 
 
 @njit(cache=True, nogil=True)
@@ -281,7 +285,7 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
             if r < r1:  # the last rows of the matrix, one by one
                 for t in range(t0, t1):
                     _rows_q(kind, wp, ws, r, r1, xp + t * xs, cp + t * cs, nb, dst[t], pf)
-    _keep_alive(xq_pad, xc_pad, out_pad)
+    keep_alive(xq_pad, xc_pad, out_pad)
 
 
 @njit(cache=True, nogil=True, inline="always")
