@@ -9,7 +9,7 @@ few rows, otherwise dequantized one KV tile at a time into a small f32 scratch.
 import numpy as np
 from numba import njit, prange
 
-from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, gathered, pv4_rows, row_addresses, values_4
+from .attn_blocks import HAS_BLOCKS, gathered, pv4_rows, row_addresses, scores_4, values_4
 from .config import FASTMATH
 from .kv import decode_tile
 from .matmul_q8_0 import keep_alive
@@ -44,7 +44,7 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
     ka = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)  # the tile's K and V row addresses (padded to 4)
     va = np.empty(kv_tile + 4 if direct else 0, dtype=np.int64)
     zrow = np.zeros(max(dk, dv) * 4 if direct else 0, dtype=np.uint8)  # the row of cells no query sees
-    ka_p, va_p, z_p = np.int64(ka.ctypes.data), np.int64(va.ctypes.data), np.int64(zrow.ctypes.data)
+    va_p, z_p = np.int64(va.ctypes.data), np.int64(zrow.ctypes.data)
     a_p, a_rs = np.int64(acc.ctypes.data), np.int64(acc.strides[0])
     s = np.empty((R, kv_tile), dtype=np.float32)  # [R, kv_tile] scores, then probabilities
     mask = np.empty((nt, kv_tile), dtype=np.float32)  # [nt, kv_tile] 0 = visible, -inf = masked
@@ -53,8 +53,6 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
     start_rows(acc, m, l)
     R4 = R - R % 4 if blocks else 0  # rows in the register blocks; the others take the plain loops
     s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
-    qs_p, qs_rs = np.int64(qs.ctypes.data), np.int64(qs.strides[0])
-    kt_p, kt_rs = np.int64(kt.ctypes.data), np.int64(kt.strides[0])
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, n_swa):
@@ -72,12 +70,7 @@ def _attn_item(acc, m, l, q, k, v, kind_k, kind_v, seg_k, seg_v, v_off, cell_pos
         if blocks:  # 4 rows x 4 cells a block; the last block pads with the tile's other (finite, unused) rows, so a
             # score has the same arithmetic wherever the tile boundaries fall
             for j0 in range(0, (nc + 3) // 4 * 4, 4):
-                for r0 in range(0, R4, 4):
-                    if direct:
-                        dot4x4_rows(kind_k, s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, ka_p + j0 * 8, dk)
-                    else:
-                        dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs,
-                                   dk)
+                scores_4(direct, kind_k, s, qs, ka, kt, j0, R4, dk)
         if not direct:  # (the rows the blocks leave: none in place)
             qk_scores(s, qs, kt, R4, R, 0, nc)
         online_update(s, mask, n_gqa, nc, scale, softcap, acc, m, l)

@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from .attention_mla_amx import HAS_AMX_BF16, TILE as AMX_TILE, amx_fits, mla_item_amx, pack_q
 from .attention_mla_amx16 import amx16_fits, mla_item_amx16, pack_q16, query_scale
-from .attn_blocks import HAS_BLOCKS, dot4x4_f32, dot4x4_rows, gathered, pv4_rows, row_addresses, values_4
+from .attn_blocks import HAS_BLOCKS, gathered, pv4_rows, row_addresses, scores_4, values_4
 from .config import FASTMATH
 from .dots_q8_0 import AUX_WORDS, ROWS, dot_q8_0_q8_0
 from .kv import KIND_F32, KIND_Q8_0, Q8_0_BLOCK_BYTES, QK8_0, decode_row
@@ -141,12 +141,8 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     cvis, cpos, cseq = cell_scratch(kv_tile)  # cells visible to some query of the item; positions, sequences
     qseq = query_seqs(q_seq, t0, t1)
     start_rows(acc, m, l)
-    s_p = np.int64(s.ctypes.data)  # addresses and byte strides of the register blocks' rows
+    s_p = np.int64(s.ctypes.data)  # address and byte stride of the value blocks' probability rows
     s_rs = np.int64(s.strides[0])
-    qs_p = np.int64(qs.ctypes.data)
-    qs_rs = np.int64(qs.strides[0])
-    kt_p = np.int64(kt.ctypes.data)
-    kt_rs = np.int64(kt.strides[0])
     k_p = np.int64(k.ctypes.data)
     k_rs = np.int64(k.strides[0])
     row_bytes = np.int64(k.shape[1]) * np.int64(k.itemsize)
@@ -196,12 +192,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
                     ra = k_p + np.int64(kv_idx[cb + kv_tile + j]) * k_rs
                     for o in range(0, row_bytes, 64):
                         prefetch(ra + o)
-                for r0 in range(0, R4, 4):
-                    if direct:
-                        dot4x4_rows(kind, s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, ka_p + j0 * 8, dk)
-                    else:
-                        dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, qs_p + r0 * qs_rs, qs_rs, kt_p + j0 * kt_rs, kt_rs,
-                                   dk)
+                scores_4(direct, kind, s, qs, ka, kt, j0, R4, dk)
         else:
             for j0 in range(0, nc4, 4):  # 4 cells x 4 heads per pass: 8 row loads feed 16 accumulators
                 k0 = kt[j0]

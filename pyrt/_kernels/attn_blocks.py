@@ -265,6 +265,21 @@ def pv4_rows(ek, a, as_, p, ps, va, off, nc, n):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def scores_4(direct, ek, s, qs, ka, kt, j0, r4, n):
+    """s[r, j0:j0 + 4] = the scores of query rows qs[r] (r < r4, a multiple of 4) against the tile's cells
+    j0..j0 + 3 in dot4x4 blocks: the cache rows at the addresses ka[j0:j0 + 4] (direct; kind ek) or the f32
+    tile rows kt[j0:j0 + 4]. s, qs, kt f32 with contiguous rows; n values a row."""
+    s_p, s_rs = np.int64(s.ctypes.data), np.int64(s.strides[0])
+    q_p, q_rs = np.int64(qs.ctypes.data), np.int64(qs.strides[0])
+    for r0 in range(0, r4, ROWS):
+        if direct:
+            dot4x4_rows(ek, s_p + r0 * s_rs + j0 * 4, s_rs, q_p + r0 * q_rs, q_rs, np.int64(ka.ctypes.data) + j0 * 8, n)
+        else:
+            dot4x4_f32(s_p + r0 * s_rs + j0 * 4, s_rs, q_p + r0 * q_rs, q_rs,
+                       np.int64(kt.ctypes.data) + j0 * np.int64(kt.strides[0]), np.int64(kt.strides[0]), n)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def values_4(acc, s, vt, v_off, r4, nc):
     """acc[r] += sum_j s[r, j] * vt[j, v_off:v_off + dv] for r < r4 (a multiple of 4), j < nc, in pv4_f32
     blocks; acc [>= r4, dv], s, vt f32 with contiguous rows."""
