@@ -97,6 +97,48 @@ def test_uncachable_kernel_warns_and_runs(tmp_path):
     assert "Cannot cache" in r.stderr
 
 
+def test_cached_inline_asm_callee_links_into_a_fresh_caller(tmp_path):
+    """A kernel compiled in a process that loaded its inline-asm callee from the disk cache (no inline asm built
+    in that process) is emitted with the callee's asm in it: the package readies LLVM's asm parser at import,
+    else LLVM aborts the process (a DeepSeek decode compiling mla_decode for a new signature over the cached
+    AMX FlashMLA items did)."""
+    _package(tmp_path, 1)
+    (tmp_path / "kpkg" / "asmhelper.py").write_text(textwrap.dedent("""
+        from llvmlite import ir
+        from numba import njit, types
+        from numba.extending import intrinsic
+
+        @intrinsic
+        def asm_nop(typingctx, x):
+            def codegen(context, builder, sig, args):
+                fnty = ir.FunctionType(ir.VoidType(), [])
+                builder.call(ir.InlineAsm(fnty, "nop", "~{memory}", side_effect=True), [])
+                return args[0]
+            return types.int64(types.int64), codegen
+
+        @njit(cache=True)
+        def helper(x):
+            return asm_nop(x) + 1
+    """))
+    (tmp_path / "kpkg" / "asmkern.py").write_text(textwrap.dedent("""
+        from numba import njit
+        from .asmhelper import helper
+
+        @njit(cache=True)
+        def kernel(x):
+            return helper(3) * 10 + x
+    """))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=str(tmp_path))
+    script = LISTEN + "from kpkg.asmkern import kernel\nprint(kernel({}), sorted(set(compiled)))"
+    outs = []
+    for arg in ("4", "4.5"):  # the second signature compiles kernel again, helper loads from the cache
+        r = subprocess.run([sys.executable, "-c", script.format(arg)], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout.strip())
+    assert outs == ["44 ['helper', 'kernel']", "44.5 ['kernel']"]
+
+
 def test_no_simd_keeps_its_own_cache(tmp_path):
     _package(tmp_path, 1)
     assert _run(tmp_path) == "40 ['helper', 'kernel']"

@@ -78,18 +78,9 @@ def enable() -> bool:
 
 # ---------------------------------------------------------------------------- tile intrinsics
 
-_asm_parser_ready = False
-
-
 def inline_asm(fnty, text, cons, side_effect=False):
-    """An inline asm callee (every kernel's inline asm is built here). The JIT assembles inline asm whether or not
-    this process runs it, with LLVM's native asm parser: without it, LLVM aborts the process when it finalizes the
-    first function that holds any, so the parser is readied before any is emitted."""
-    global _asm_parser_ready
-    if not _asm_parser_ready:
-        import llvmlite.binding as llb
-        llb.initialize_native_asmparser()
-        _asm_parser_ready = True
+    """An inline asm callee (every kernel's inline asm is built here; the package readies LLVM's asm parser at
+    import, disk_cache.ready_asm_parser)."""
     return ir.InlineAsm(fnty, text, cons, side_effect=side_effect)
 
 

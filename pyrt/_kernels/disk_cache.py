@@ -133,3 +133,14 @@ def bind_calls_locally(package: str) -> bool:
         lib._finalize_final_module = _finalize_final_module
     prefixes.add(prefix)
     return True
+
+
+def ready_asm_parser() -> None:
+    """Rule: LLVM's native asm parser is initialized before any kernel is compiled or loaded from the disk cache.
+
+    A kernel holding inline asm (the AMX tiles, bf16 conversions) is assembled whenever LLVM emits machine code
+    for a module that holds it: when compiled, and also when a cached kernel's module is emitted again in a
+    process that loads it (a caller linking it in, a parfor wrapper). Without the parser LLVM aborts the process
+    ("Inline asm not supported by this streamer"), so it is readied once, at package import, not at the first
+    inline asm this process happens to build."""
+    ll.initialize_native_asmparser()
