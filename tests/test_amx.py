@@ -100,6 +100,11 @@ def _k_case(name, n_tok, n_out, n_in, seed):
     return raw, x, q8k(x)
 
 
+def _bits(a):
+    """The bits of a with -0.0 as +0.0."""
+    return (a + np.float32(0.0)).view(np.uint32)
+
+
 def _f64_ref(raw, t, xq, n_out, n_in):
     from test_quants_k import dequant_q8_k_f64
     wd = dequantize(raw, t).reshape(n_out, n_in).astype(np.float64)
@@ -123,6 +128,23 @@ def test_amx_k_quants_close_to_float64(name, n_tok, n_out, n_in):
 
 
 @pytest.mark.parametrize("name", list(K_KINDS))
+@pytest.mark.parametrize("n_tok,n_out,n_in", [(1, 16, 256), (15, 32, 512), (16, 48, 256), (37, 53, 2048),
+                                              (70, 16, 768)])
+def test_amx_k_quants_same_bits_as_row_dot(name, n_tok, n_out, n_in):
+    """The tiles fold each super-block's exact integer sums as the row dots do (fma(d*dx, S), then
+    fma(-dmin*dx, M)): a prompt on AMX gives the bits a token-by-token decode gives (zeros compared by value:
+    the kernels' fastmath leaves the sign of an exact zero, an all-zero row's, unspecified)."""
+    from pyrt._kernels import quants_k as qk
+    t, kind = K_KINDS[name]
+    raw, _, xq = _k_case(name, n_tok, n_out, n_in, n_tok * 7 + n_out)
+    got = _amx(raw, xq, kind)
+    for i in range(n_tok):
+        dot = np.empty((1, n_out), np.float32)
+        qk.matmul_k(dot, raw, np.ascontiguousarray(xq[i:i + 1]), kind)
+        assert np.array_equal(_bits(got[i]), _bits(dot[0])), i
+
+
+@pytest.mark.parametrize("name", list(K_KINDS))
 def test_amx_k_quants_rows_do_not_depend_on_batching(name):
     """A token's result is the same bits whatever the other tokens and the thread count."""
     import numba
@@ -141,7 +163,7 @@ def test_amx_k_quants_rows_do_not_depend_on_batching(name):
 @pytest.mark.parametrize("name", list(K_KINDS))
 def test_ops_matmul_k_quant_prompt_runs_amx(name):
     """ops.matmul for a K-quant prompt batch takes the AMX path on the Q8_K rows its dot kernel reads (the
-    MoE experts' route through quantized_rows/matmul_quantized too), close to the dot kernel."""
+    MoE experts' route through quantized_rows/matmul_quantized too), with the dot kernel's bits."""
     from pyrt._kernels import quants_k as qk
     t, kind = K_KINDS[name]
     n_tok, n_out, n_in = 40, 48, 512
@@ -155,7 +177,7 @@ def test_ops_matmul_k_quant_prompt_runs_amx(name):
     assert np.array_equal(via_rows.view(np.uint32), got.view(np.uint32))
     dot = np.empty((n_tok, n_out), np.float32)
     qk.matmul_k(dot, raw, xq, kind)
-    np.testing.assert_allclose(got, dot, rtol=2e-6, atol=2e-6 * np.abs(dot).max())
+    assert np.array_equal(_bits(got), _bits(dot))
 
 
 def test_transpose_rows_matches_numpy():

@@ -9,14 +9,15 @@ kernel adds them, acc = fma(dw*dx, S, acc) block after block, so a result has th
 tiles and the one-row dots.
 
 The K-quants multiply the Q8_K rows their dot kernels (and llama.cpp) multiply: the A tile is 32 of a
-block's 256 int8 values and dx its block scale. Q4_K/Q5_K weights are 32-value sub-blocks of value
-d*sc*q - dmin*m (q unsigned, sc and m 6-bit): packed as q with the exact f32 scale d*sc and min dmin*m, the
-min entering as a second term, acc = fma(dmin*m, dx*(-sum(xq)), acc), from the block sums (k_aux_words).
-Q6_K's d*sc*(q - 32) has a scale per 16 values: each 32-value block is two products, each weight tile
-holding one half (the other zero). The same products as the dot kernels, summed in another order.
+block's 256 int8 values. Q4_K/Q5_K weights are 32-value sub-blocks of value d*sc*q - dmin*m (q unsigned, sc
+and m 6-bit), packed as q; Q6_K's d*sc*(q - 32) has a scale per 16 values: each 32-value block is two
+products, each weight tile holding one half (the other zero), q - 32 signed. A super-block's products enter
+exact int32 sums with their integer scales (S = sum sc*product, and for Q4_K/Q5_K M = sum m*block sum),
+folded into the f32 accumulators once per super-block as acc = fma(d*dx, S, acc), acc = fma(-dmin*dx, M,
+acc): the integers and operations of quants_k's row dots, so prompt and decode give the same bits.
 
 The tile instructions are inline assembly (LLVM's AMX intrinsics need the x86_amx type, which llvmlite's
-IR lacks); the assembler parser must be initialized for the JIT (`enable`). Tile registers are live only
+IR lacks); the package readies the assembler parser at import (disk_cache.ready_asm_parser). Tile registers are live only
 inside one `tile_block_amx`/`pack` call sequence of a work item, and a work item configures them first
 (ldtilecfg) and releases them last (tilerelease). AMX needs the process to ask the kernel for the tile
 data state (arch_prctl ARCH_REQ_XCOMP_PERM): `enable` does both and says whether AMX can run; an AMX
@@ -37,9 +38,9 @@ from numba.extending import intrinsic
 from .config import FASTMATH, NO_SIMD
 from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, keep_alive, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _k4_scales_mins,
+from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _dpwssd512, _k4_scales_mins,
                    is_k_quant)
-from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
+from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
 from . import codes
 
 TM = 16          # tokens of a tile (rows of the activation tile and of the result tile)
@@ -140,63 +141,49 @@ def _product_asm(builder, base):
     return _asm(builder, t, 4, ",~{r11}")
 
 
-def _make_tile_block(x_q8k, shift, with_min):
-    """The codegen of 16 tokens x 16 weight rows over nb products; see tile_block_amx.
-
-    x_q8k: the activation rows are Q8_K (else Q8_0); product b multiplies 32-value activation block
-    b >> shift (shift 1: two weight tiles, each holding one 16-value half, per activation block); with_min:
-    an 11th argument mwp and every product adds its min term.
+def _make_tile_block():
+    """The codegen of 16 tokens x 16 weight rows over nb Q8_0-family products; see tile_block_amx.
     Software-pipelined over the two tile sets: block b+1's product is issued before block b's sums are
     scaled into the accumulators, so the tile unit's load-multiply-store chain of one block overlaps the
     vector work of the previous one (one chain at a time left both units mostly waiting)."""
     def codegen(context, builder, signature, args):
-        return _tile_block(builder, args, x_q8k, shift, with_min, context)
+        return _tile_block(builder, args, context)
     return codegen
 
 
-def _tile_block(builder, args, x_q8k, shift, with_min, context):
-    wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args[:10]
-    mwp = args[10] if with_min else None
-    v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
+def _tile_buffers(builder):
+    """The two tile sets' 64-byte aligned result buffers (16 x 16 i32 each) and their product asm."""
     cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 2 * TM * TN))
     cbuf.align = 64
     cbs = [builder.ptrtoint(cbuf, _I64)]
     cbs.append(builder.add(cbs[0], ir.Constant(_I64, 4 * TM * TN)))
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * TN)) for _ in range(TM)]
-    products = [_product_asm(builder, 0), _product_asm(builder, 3)]
+    return cbs, [_product_asm(builder, 0), _product_asm(builder, 3)]
 
-    def issue(b, k):
-        xbk = builder.lshr(b, ir.Constant(_I64, shift))
-        if not x_q8k:  # Q8_0 block: f16 d, then its 32 values
-            xo = builder.add(builder.mul(xbk, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2))
-        else:  # 32 values of Q8_K block xbk/8: f32 d, then 256 values
-            xo = builder.add(builder.mul(builder.lshr(xbk, ir.Constant(_I64, 3)), ir.Constant(_I64, BLOCK_BYTES_Q8_K)),
-                             builder.add(builder.mul(builder.and_(xbk, ir.Constant(_I64, 7)), ir.Constant(_I64, QK)),
-                                         ir.Constant(_I64, 4)))
-        xb = builder.add(xp, xo)
+
+def _bcast(builder, x, n=TN):
+    """<n x T> of scalar x in every lane."""
+    v = builder.insert_element(ir.Constant(_vec(x.type, n), ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_vec(x.type, n), ir.Undefined), _mask([0] * n))
+
+
+def _tile_block(builder, args, context):
+    wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args
+    v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
+    cbs, products = _tile_buffers(builder)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * TN)) for _ in range(TM)]
+
+    def issue(b, k):  # Q8_0 block b: f16 d, then its 32 values
+        xo = builder.add(builder.mul(b, ir.Constant(_I64, Q8_0_BYTES)), ir.Constant(_I64, 2))
         wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
-        builder.call(products[k], [xb, xs, wb, cbs[k]])
+        builder.call(products[k], [builder.add(xp, xo), xs, wb, cbs[k]])
 
     def consume(b, k):
         dwv = _load(builder, builder.add(dwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
-        if mwp is not None:
-            mwv = _load(builder, builder.add(mwp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16f)
-        co = builder.add(cp, builder.add(builder.mul(builder.lshr(b, ir.Constant(_I64, shift)),
-                                                     ir.Constant(_I64, AUX_BYTES)), ir.Constant(_I64, 4)))
+        co = builder.add(cp, builder.add(builder.mul(b, ir.Constant(_I64, AUX_BYTES)), ir.Constant(_I64, 4)))
         for i in range(TM):
-            dx = _load(builder, builder.add(co, builder.mul(cs, ir.Constant(_I64, i))), _F32)
-            dxv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), dx, ir.Constant(_I32, 0)),
-                                         ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, [0] * TN))
+            dxv = _bcast(builder, _load(builder, builder.add(co, builder.mul(cs, ir.Constant(_I64, i))), _F32))
             s = builder.sitofp(_load(builder, builder.add(cbs[k], ir.Constant(_I64, 4 * TN * i)), v16i), v16f)
-            acc = _fma(builder, builder.fmul(dwv, dxv), s, builder.load(accs[i]))
-            if mwp is not None:  # + dmin*m * dx*(-sum(xq)): aux word 0 as k_aux_words left it
-                dxs = _load(builder, builder.sub(builder.add(co, builder.mul(cs, ir.Constant(_I64, i))),
-                                                 ir.Constant(_I64, 4)), _F32)
-                dxsv = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), dxs,
-                                                                     ir.Constant(_I32, 0)),
-                                              ir.Constant(v16f, ir.Undefined), ir.Constant(v16i, [0] * TN))
-                acc = _fma(builder, mwv, dxsv, acc)
-            builder.store(acc, accs[i])
+            builder.store(_fma(builder, builder.fmul(dwv, dxv), s, builder.load(accs[i])), accs[i])
 
     one = ir.Constant(_I64, 1)
     with cgutils.if_likely(builder, builder.icmp_signed(">", nb, ir.Constant(_I64, 0))):
@@ -214,11 +201,16 @@ def _tile_block(builder, args, x_q8k, shift, with_min, context):
             with cgutils.if_likely(builder, builder.icmp_signed("<", b2, nb)):
                 issue(b2, 0)
             consume(b1, 1)
+    _store_results(builder, accs, dp, ds, nt)
+    return context.get_dummy_value()
+
+
+def _store_results(builder, accs, dp, ds, nt):
+    """The first nt of the 16 tokens' accumulators (16 rows each) to dp + i*ds*4."""
     for i in range(TM):
         with cgutils.if_likely(builder, builder.icmp_signed("<", ir.Constant(_I64, i), nt)):
             p = builder.add(dp, builder.mul(ds, ir.Constant(_I64, 4 * i)))
-            builder.store(builder.load(accs[i]), builder.inttoptr(p, ir.PointerType(v16f)), align=4)
-    return context.get_dummy_value()
+            builder.store(builder.load(accs[i]), builder.inttoptr(p, ir.PointerType(_vec(_F32, TN))), align=4)
 
 
 @intrinsic
@@ -232,27 +224,102 @@ def tile_block_amx(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
     """
     if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt)):
         return None
-    return types.none(*([types.int64] * 10)), _make_tile_block(False, 0, False)
+    return types.none(*([types.int64] * 10)), _make_tile_block()
 
 
-@intrinsic
-def tile_block_amx_half(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
-    """tile_block_amx for Q8_K activation rows and nb half-block products (Q6_K's 16-value scales): product b
-    multiplies 32-value block b/2 (values 32(b/2 % 8).. of Q8_K block b/16) with a weight tile whose other
-    half is zero; cp: k_aux_words' words (word 1, d)."""
-    if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt)):
-        return None
-    return types.none(*([types.int64] * 10)), _make_tile_block(True, 1, False)
+# The K-quants' words per 16 weight rows (pack_k) and per activation row (k_aux_words), each super-block:
+# K_SC [products, 16] i32: the integer scale of each product's values, row j in lane j;
+# K_DM [2, 16] f32: d and -dmin of each row; K_MP [4, 16] i32: each row's mins as i16 pairs (m[2i], m[2i+1]);
+# K_AUX_WORDS per activation row: dx (f32 bits), then its 4 pairs of 32-value block sums (i16, i16), 3 zeros.
+K_AUX_WORDS = 8
+K_AUX_BYTES = 4 * K_AUX_WORDS
+K_DM_WORDS = 2 * TN
+K_MP_WORDS = 4 * TN
 
 
-@intrinsic
-def tile_block_amx_min(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt, mwp):
-    """tile_block_amx for Q8_K activation rows (block b: values 32(b%8).. of Q8_K block b/8) plus, per block
-    b, fma(mw[b, j], dx[t, b]*(-sum(xq[t, b])), .): the min term of the K-quants. mwp: the mins [nb, 16] f32
-    (pack_q4_k); cp: k_aux_words' words."""
-    if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt, mwp)):
-        return None
-    return types.none(*([types.int64] * 11)), _make_tile_block(True, 0, True)
+def _make_tile_block_k(q6):
+    """The codegen of 16 tokens x 16 rows of Q4_K/Q5_K (q6: Q6_K) weights over ns super-blocks; see
+    tile_block_amx_k. Each super-block's tile products enter exact int32 sums, S = sum of scale * product
+    (vpmulld: the scales are row lanes) and for Q4_K/Q5_K M = sum of min * block sum (vpdpwssd on the i16
+    pairs), folded into the f32 accumulators once: acc = fma(d*dx, S, acc), then acc = fma(-dmin*dx, M, acc),
+    the row dot's (quants_k) integers and operations, so both give the same bits. Products are
+    software-pipelined over the two tile sets as in tile_block_amx, across super-blocks too."""
+    n_p = 2 * (QK_K // QK) if q6 else QK_K // QK  # products per super-block (Q6_K: one per 16-value half)
+    shift = 1 if q6 else 0
+
+    def codegen(context, builder, signature, args):
+        wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt = args
+        v16f, v16i, v32s = _vec(_F32, TN), _vec(_I32, TN), _vec(_I16, 2 * TN)
+        cbs, products = _tile_buffers(builder)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * TN)) for _ in range(TM)]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16i, [0] * TN)) for _ in range(TM)]
+
+        def issue(b, k):  # product b: 32 values of Q8_K block (b >> shift)/8 from value 32*((b >> shift) % 8)
+            blk = builder.lshr(b, ir.Constant(_I64, shift))
+            xo = builder.add(builder.mul(builder.lshr(blk, ir.Constant(_I64, 3)), ir.Constant(_I64, BLOCK_BYTES_Q8_K)),
+                             builder.add(builder.mul(builder.and_(blk, ir.Constant(_I64, 7)), ir.Constant(_I64, QK)),
+                                         ir.Constant(_I64, 4)))
+            wb = builder.add(wp, builder.mul(b, ir.Constant(_I64, BLOCK_TILE)))
+            builder.call(products[k], [builder.add(xp, xo), xs, wb, cbs[k]])
+
+        def consume(b, k, first):
+            sv = _load(builder, builder.add(scp, builder.mul(b, ir.Constant(_I64, 4 * TN))), v16i)
+            for i in range(TM):
+                t = builder.mul(_load(builder, builder.add(cbs[k], ir.Constant(_I64, 4 * TN * i)), v16i), sv)
+                builder.store(t if first else builder.add(builder.load(sums[i]), t), sums[i])
+
+        def fold(s):
+            dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
+            dv = _load(builder, dm, v16f)
+            if not q6:
+                ndv = _load(builder, _addr(builder, dm, 4 * TN), v16f)
+                mp = builder.add(mpp, builder.mul(s, ir.Constant(_I64, 4 * K_MP_WORDS)))
+                mins = [builder.bitcast(_load(builder, _addr(builder, mp, 4 * TN * i), v16i), v32s) for i in range(4)]
+            co = builder.add(cp, builder.mul(s, ir.Constant(_I64, K_AUX_BYTES)))
+            for i in range(TM):
+                ci = builder.add(co, builder.mul(cs, ir.Constant(_I64, i)))
+                dxv = _bcast(builder, _load(builder, ci, _F32))
+                acc = _fma(builder, builder.fmul(dv, dxv), builder.sitofp(builder.load(sums[i]), v16f),
+                           builder.load(accs[i]))
+                if not q6:
+                    msum = ir.Constant(v16i, [0] * TN)
+                    for j in range(4):
+                        pair = builder.bitcast(_bcast(builder, _load(builder, _addr(builder, ci, 4 + 4 * j), _I32)), v32s)
+                        msum = _dpwssd512(builder, msum, mins[j], pair)
+                    acc = _fma(builder, builder.fmul(ndv, dxv), builder.sitofp(msum, v16f), acc)
+                builder.store(acc, accs[i])
+
+        zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+        with cgutils.if_likely(builder, builder.icmp_signed(">", ns, zero)):
+            issue(zero, 0)
+        with cgutils.for_range(builder, ns) as loop:
+            s = loop.index
+            b0 = builder.mul(s, ir.Constant(_I64, n_p))
+            for k in range(n_p):  # n_p is even: product k of every super-block is on set k % 2
+                if k + 1 < n_p:
+                    issue(builder.add(b0, ir.Constant(_I64, k + 1)), (k + 1) % 2)
+                else:
+                    with cgutils.if_likely(builder, builder.icmp_signed("<", builder.add(s, one), ns)):
+                        issue(builder.add(b0, ir.Constant(_I64, n_p)), 0)
+                consume(builder.add(b0, ir.Constant(_I64, k)), k % 2, k == 0)
+            fold(s)
+        _store_results(builder, accs, dp, ds, nt)
+        return context.get_dummy_value()
+
+    def typer(typingctx, wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt):
+        if not all(isinstance(a, types.Integer) for a in (wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt)):
+            return None
+        return types.none(*([types.int64] * 12)), codegen
+
+    return typer
+
+
+# tile_block_amx_k / tile_block_amx_q6_k(wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt): dst[t, j] = the
+# row dot of weight row j with Q8_K activation row t over ns super-blocks, for 16 tokens x 16 rows. wp: the
+# packed tiles (pack_k); scp, dmp, mpp: K_SC, K_DM, K_MP (mpp unused for Q6_K); xp, xs: token 0's Q8_K row and
+# the row stride (16 rows are read); cp, cs: its k_aux_words and their row stride; dp, ds, nt as tile_block_amx.
+tile_block_amx_k = intrinsic(_make_tile_block_k(False))
+tile_block_amx_q6_k = intrinsic(_make_tile_block_k(True))
 
 
 def _transpose_rows(builder, rows):
@@ -327,142 +394,133 @@ pack_q4_0 = intrinsic(_make_pack(_unpack_q4_0, 18))
 pack_q5_0 = intrinsic(_make_pack(_unpack_q5_0, 22))
 
 
-def _make_pack_k(high_bits):
-    """pack_q4_k (high_bits=False) / pack_q5_k: 16 rows of Q4_K/Q5_K super-blocks -> the VNNI tiles of their
-    32-value sub-blocks (unsigned q), the f32 scales d*sc and the f32 mins dmin*m (both exact products)."""
-    bb = BLOCK_BYTES_Q5_K if high_bits else BLOCK_BYTES_Q4_K
-    qs_off = 48 if high_bits else 16
+def _store_words(builder, base, vecs):
+    """<16 x i32> vectors to base, base + 64, ... (64-byte aligned)."""
+    for i, v in enumerate(vecs):
+        builder.store(v, builder.inttoptr(_addr(builder, base, 4 * TN * i), ir.PointerType(v.type)), align=64)
+
+
+def _f32_word(builder, x):
+    return builder.bitcast(x, _I32)
+
+
+def _make_pack_k(kind):
+    """pack_q4_k / pack_q5_k / pack_q6_k: 16 rows of ns K-quant super-blocks -> the VNNI tiles of their
+    products and the words tile_block_amx_k folds them with (K_SC, K_DM, K_MP). Q4_K/Q5_K: one product per
+    32-value sub-block (unsigned q), its scale the 6-bit sc; Q6_K: two per 32 values, each weight tile one
+    16-value half (the other zero), signed q - 32, its scale the int8 sc of those 16 values."""
+    q6 = kind == KIND_Q6_K
+    bb = {KIND_Q4_K: BLOCK_BYTES_Q4_K, KIND_Q5_K: BLOCK_BYTES_Q5_K, KIND_Q6_K: BLOCK_BYTES_Q6_K}[kind]
     n_sub = QK_K // QK
+    n_p = 2 * n_sub if q6 else n_sub
 
     def codegen(context, builder, signature, args):
-        wp, ws, nb, op, dwp, mwp = args
-        v16f = _vec(_F32, 16)
+        wp, ws, ns, op, scp, dmp, mpp = args
+        v16i = _vec(_I32, 16)
         lo4 = _splat(_I8, 32, 0x0F)
-        with cgutils.for_range(builder, builder.udiv(nb, ir.Constant(_I64, n_sub))) as loop:
+        keep = [ir.Constant(_vec(_I8, 32), [0xFF] * 16 + [0] * 16), ir.Constant(_vec(_I8, 32), [0] * 16 + [0xFF] * 16)]
+        with cgutils.for_range(builder, ns) as loop:
             s = loop.index
-            b0 = builder.mul(s, ir.Constant(_I64, n_sub))  # first sub-block of super-block s
-            sbs, sms, qhs = [], [], []
+            p0 = builder.mul(s, ir.Constant(_I64, n_p))  # first product of super-block s
+            sbs, rows, ds = [], [], []
             for j in range(TN):
                 sb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
                                  builder.mul(s, ir.Constant(_I64, bb)))
+                sbs.append(sb)
+                if q6:  # lanes: the 16 int8 scales
+                    ds.append(_f32_word(builder, _f16_scale(builder, _addr(builder, sb, 208))))
+                    rows.append(builder.sext(_load(builder, _addr(builder, sb, 192), _vec(_I8, 16)), v16i))
+                    continue
+                # lanes: sc[0..7] (i32), the mins as i16 pairs (4 words), d, -dmin (f32 bits), 0, 0
                 d, dmin = _f16_scale(builder, sb), _f16_scale(builder, _addr(builder, sb, 2))
                 scm = _k4_scales_mins(builder, builder.inttoptr(_addr(builder, sb, 4), _I8.as_pointer()))
-                dd = builder.shuffle_vector(builder.insert_element(builder.insert_element(
-                    ir.Constant(_vec(_F32, 2), ir.Undefined), d, ir.Constant(_I32, 0)), dmin, ir.Constant(_I32, 1)),
-                    ir.Constant(_vec(_F32, 2), ir.Undefined), _mask([0] * 8 + [1] * 8))
-                sm = builder.fmul(builder.uitofp(scm, v16f), dd)  # lanes 0..7 d*sc, 8..15 dmin*m: exact
-                sbs.append(sb)
-                sms.append(builder.bitcast(sm, _vec(_I32, 16)))
-                if high_bits:
-                    qhs.append(_load(builder, _addr(builder, sb, 16), _vec(_I8, 32)))
-            # lane i of row j's vector -> scale (i < 8) or min of sub-block i % 8, column j
-            for i, v in enumerate(_transpose_rows(builder, sms)):
-                base = mwp if i >= n_sub else dwp
-                b = builder.add(b0, ir.Constant(_I64, i % n_sub))
-                p = builder.add(base, builder.mul(b, ir.Constant(_I64, 4 * TN)))
-                builder.store(v, builder.inttoptr(p, ir.PointerType(v.type)), align=4)
+                sc8 = builder.zext(builder.shuffle_vector(scm, scm, _mask(range(8))), _vec(_I32, 8))
+                mp4 = builder.bitcast(builder.shuffle_vector(scm, scm, _mask(range(8, 16))), _vec(_I32, 4))
+                dd = ir.Constant(_vec(_I32, 4), [0] * 4)
+                dd = builder.insert_element(dd, _f32_word(builder, d), ir.Constant(_I32, 0))
+                dd = builder.insert_element(dd, _f32_word(builder, builder.fneg(dmin)), ir.Constant(_I32, 1))
+                rows.append(builder.shuffle_vector(sc8, builder.shuffle_vector(mp4, dd, _mask(range(8))),
+                                                   _mask(range(16))))
+            cols = _transpose_rows(builder, rows)  # vector i: lane i of every row
+            _store_words(builder, builder.add(scp, builder.mul(p0, ir.Constant(_I64, 4 * TN))), cols[:n_p])
+            dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
+            if q6:
+                dv = ir.Constant(v16i, [0] * TN)
+                for j, w in enumerate(ds):
+                    dv = builder.insert_element(dv, w, ir.Constant(_I32, j))
+                _store_words(builder, dm, [dv])
+            else:
+                _store_words(builder, dm, cols[12:14])
+                _store_words(builder, builder.add(mpp, builder.mul(s, ir.Constant(_I64, 4 * K_MP_WORDS))), cols[8:12])
             for i in range(n_sub):
                 qs = []
                 for j in range(TN):
-                    raw = _load(builder, _addr(builder, sbs[j], qs_off + 32 * (i // 2)), _vec(_I8, 32))
+                    if q6:  # values 32i..: ql half i//4, low/high nibbles, qh bits 2*(i%4)
+                        h, q4 = i // 4, i % 4
+                        ql = _load(builder, _addr(builder, sbs[j], 64 * h + 32 * (q4 & 1)), _vec(_I8, 32))
+                        qh = _load(builder, _addr(builder, sbs[j], 128 + 32 * h), _vec(_I8, 32))
+                        lo = builder.lshr(ql, _splat(_I8, 32, 4)) if q4 >= 2 else builder.and_(ql, lo4)
+                        hi = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * q4)), _splat(_I8, 32, 3))
+                        qs.append(builder.sub(builder.or_(lo, builder.shl(hi, _splat(_I8, 32, 4))), _splat(_I8, 32, 32)))
+                        continue
+                    high_bits = kind == KIND_Q5_K
+                    raw = _load(builder, _addr(builder, sbs[j], (48 if high_bits else 16) + 32 * (i // 2)), _vec(_I8, 32))
                     q = builder.and_(builder.lshr(raw, _splat(_I8, 32, 4)) if i % 2 else raw, lo4)
                     if high_bits:  # bit i of qh[l] is bit 4 of value l
-                        hb = builder.and_(builder.lshr(qhs[j], _splat(_I8, 32, i)), _splat(_I8, 32, 1))
+                        qh = _load(builder, _addr(builder, sbs[j], 16), _vec(_I8, 32))
+                        hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, i)), _splat(_I8, 32, 1))
                         q = builder.or_(q, builder.shl(hb, _splat(_I8, 32, 4)))
                     qs.append(q)
-                b = builder.add(b0, ir.Constant(_I64, i))
-                _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))), qs)
+                if q6:
+                    for half in range(2):
+                        b = builder.add(p0, ir.Constant(_I64, 2 * i + half))
+                        _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))),
+                                    [builder.and_(q, keep[half]) for q in qs])
+                else:
+                    b = builder.add(p0, ir.Constant(_I64, i))
+                    _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))), qs)
         return context.get_dummy_value()
 
-    def typer(typingctx, wp, ws, nb, op, dwp, mwp):
-        if not all(isinstance(a, types.Integer) for a in (wp, ws, nb, op, dwp, mwp)):
+    def typer(typingctx, wp, ws, ns, op, scp, dmp, mpp):
+        if not all(isinstance(a, types.Integer) for a in (wp, ws, ns, op, scp, dmp, mpp)):
             return None
-        return types.none(*([types.int64] * 6)), codegen
+        return types.none(*([types.int64] * 7)), codegen
 
     return typer
 
 
-# pack_q4_k/pack_q5_k(wp, ws, nb, op, dwp, mwp): as pack_* for nb 32-value sub-blocks (nb/8 super-blocks) of
-# 16 rows, plus mwp [nb, 16] f32 (the mins).
-pack_q4_k = intrinsic(_make_pack_k(False))
-pack_q5_k = intrinsic(_make_pack_k(True))
-
-
-def _pack_q6_k_codegen(context, builder, signature, args):
-    """16 rows of Q6_K super-blocks -> 2 tiles per 32-value sub-block, one per 16-value half (the other half
-    zero), signed q - 32, and their f32 scales d*sc (exact: 11 x 8 bits); mwp is not written."""
-    wp, ws, nb, op, dwp, _ = args
-    v16f = _vec(_F32, 16)
-    keep = [ir.Constant(_vec(_I8, 32), [0xFF] * 16 + [0] * 16), ir.Constant(_vec(_I8, 32), [0] * 16 + [0xFF] * 16)]
-    with cgutils.for_range(builder, builder.udiv(nb, ir.Constant(_I64, QK_K // QK))) as loop:
-        s = loop.index
-        p0 = builder.mul(s, ir.Constant(_I64, 2 * (QK_K // QK)))  # first half-block product of super-block s
-        sbs, scs = [], []
-        for j in range(TN):
-            sb = builder.add(builder.add(wp, builder.mul(ws, ir.Constant(_I64, j))),
-                             builder.mul(s, ir.Constant(_I64, BLOCK_BYTES_Q6_K)))
-            d = _f16_scale(builder, _addr(builder, sb, 208))
-            sc = builder.sitofp(_load(builder, _addr(builder, sb, 192), _vec(_I8, 16)), v16f)
-            dv = builder.shuffle_vector(builder.insert_element(ir.Constant(_vec(_F32, 1), ir.Undefined), d,
-                                                               ir.Constant(_I32, 0)),
-                                        ir.Constant(_vec(_F32, 1), ir.Undefined), _mask([0] * 16))
-            sbs.append(sb)
-            scs.append(builder.bitcast(builder.fmul(sc, dv), _vec(_I32, 16)))
-        for g, v in enumerate(_transpose_rows(builder, scs)):  # scale of values 16g..16g+15: product g
-            p = builder.add(dwp, builder.mul(builder.add(p0, ir.Constant(_I64, g)), ir.Constant(_I64, 4 * TN)))
-            builder.store(v, builder.inttoptr(p, ir.PointerType(v.type)), align=4)
-        for i in range(QK_K // QK):  # values 32i..: ql half i//4, low/high nibbles, qh bits 2*(i%4)
-            h, q4 = i // 4, i % 4
-            qs = []
-            for j in range(TN):
-                ql = _load(builder, _addr(builder, sbs[j], 64 * h + 32 * (q4 & 1)), _vec(_I8, 32))
-                qh = _load(builder, _addr(builder, sbs[j], 128 + 32 * h), _vec(_I8, 32))
-                lo = builder.lshr(ql, _splat(_I8, 32, 4)) if q4 >= 2 else builder.and_(ql, _splat(_I8, 32, 0x0F))
-                hi = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * q4)), _splat(_I8, 32, 3))
-                qs.append(builder.sub(builder.or_(lo, builder.shl(hi, _splat(_I8, 32, 4))), _splat(_I8, 32, 32)))
-            for half in range(2):
-                b = builder.add(p0, ir.Constant(_I64, 2 * i + half))
-                _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))),
-                            [builder.and_(q, keep[half]) for q in qs])
-    return context.get_dummy_value()
-
-
-@intrinsic
-def pack_q6_k(typingctx, wp, ws, nb, op, dwp, mwp):
-    """pack_q6_k(wp, ws, nb, op, dwp, mwp): 16 rows of nb/8 Q6_K super-blocks -> op [2*nb, 8, 64] i8 and dwp
-    [2*nb, 16] f32 (tile_block_amx_half's half-block products)."""
-    if not all(isinstance(a, types.Integer) for a in (wp, ws, nb, op, dwp, mwp)):
-        return None
-    return types.none(*([types.int64] * 6)), _pack_q6_k_codegen
+# pack_q4_k/pack_q5_k/pack_q6_k(wp, ws, ns, op, scp, dmp, mpp): 16 weight rows (wp + j*ws) of ns super-blocks
+# -> op [products, 8, 64] i8 (VNNI tiles), scp K_SC, dmp K_DM, mpp K_MP (not written for Q6_K), all 64-byte aligned.
+pack_q4_k = intrinsic(_make_pack_k(KIND_Q4_K))
+pack_q5_k = intrinsic(_make_pack_k(KIND_Q5_K))
+pack_q6_k = intrinsic(_make_pack_k(KIND_Q6_K))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _products(kind, nb):
-    """Tile products of nb 32-value blocks: two per block for Q6_K (16-value scales), else one."""
-    return 2 * nb if kind == KIND_Q6_K else nb
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _pack(kind, wp, ws, nb, op, dwp, mwp):
+def _pack(kind, wp, ws, nb, op, dwp):
     if kind == KIND_Q4_0:
         pack_q4_0(wp, ws, nb, op, dwp)
     elif kind == KIND_Q8_0:
         pack_q8_0(wp, ws, nb, op, dwp)
-    elif kind == KIND_Q5_0:
-        pack_q5_0(wp, ws, nb, op, dwp)
-    elif kind == KIND_Q4_K:
-        pack_q4_k(wp, ws, nb, op, dwp, mwp)
-    elif kind == KIND_Q5_K:
-        pack_q5_k(wp, ws, nb, op, dwp, mwp)
     else:
-        pack_q6_k(wp, ws, nb, op, dwp, mwp)
+        pack_q5_0(wp, ws, nb, op, dwp)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pack_k(kind, wp, ws, ns, op, scp, dmp, mpp):
+    if kind == KIND_Q4_K:
+        pack_q4_k(wp, ws, ns, op, scp, dmp, mpp)
+    elif kind == KIND_Q5_K:
+        pack_q5_k(wp, ws, ns, op, scp, dmp, mpp)
+    else:
+        pack_q6_k(wp, ws, ns, op, scp, dmp, mpp)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
 def matmul_q_amx(dst, w, xq, kind, cfg):
     """dst[t, r] = dot(w[r], xq[t]) on AMX tiles for Q8_0/Q4_0/Q5_0 weights (kind) and Q8_0 activations (the
-    same bits as matmul_q8_0.matmul_q) or Q4_K/Q5_K/Q6_K weights and Q8_K activations (the products of
-    quants_k.matmul_k, summed in another order). Only where `enable()` said True.
+    same bits as matmul_q8_0.matmul_q) or Q4_K/Q5_K/Q6_K weights and Q8_K activations (the same bits as
+    quants_k.matmul_k's row dots). Only where `enable()` said True.
 
     dst: [n_tok, n_out] f32 C-contiguous; w: [n_out, row_bytes] uint8; xq: [n_tok, n_in/32*34] (Q8_0) or
     [n_tok, n_in/256*292] (Q8_K) uint8 C-contiguous; cfg: config_bytes(). A work item is 16 weight rows:
@@ -471,19 +529,22 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
     """
     n_tok, n_out = dst.shape
     k_quant = is_k_quant(kind)
-    nb = np.int64(xq.shape[1] // BLOCK_BYTES_Q8_K * (QK_K // QK) if k_quant else xq.shape[1] // Q8_0_BYTES)
-    xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)
-    if k_quant:
+    if k_quant:  # nb: super-blocks
+        nb = np.int64(xq.shape[1] // BLOCK_BYTES_Q8_K)
+        xc = np.empty((n_tok, nb, K_AUX_WORDS), np.int32)
         k_aux_words(xc, xq)
-    else:  # word 1, dx, for the tiles; word 0 for the one-row dots
+        cs = np.int64(nb * K_AUX_BYTES)
+    else:  # nb: 32-value blocks; word 1, dx, for the tiles; word 0 for the one-row dots
+        nb = np.int64(xq.shape[1] // Q8_0_BYTES)
+        xc = np.empty((n_tok, nb, AUX_WORDS), np.int32)
         x_aux_q8_0(xc, xq, _q_bias(kind))
+        cs = np.int64(nb * AUX_BYTES)
     n_full = n_tok // TM * TM
     m = n_tok - n_full
     xq_pad, xc_pad = _pad_tail(xq, xc, n_full, m, TM)
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)
-    cs = np.int64(nb * AUX_BYTES)
     dp = np.int64(dst.ctypes.data)
     cfgp = np.int64(cfg.ctypes.data)
     n_it = n_out // TN
@@ -503,44 +564,53 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
 
 @njit(cache=True, nogil=True)
 def k_aux_words(xc, xq):
-    """The aux words of tile_block_amx_min for Q8_K activation rows, per 32-value block b: word 1 = d of Q8_K
-    block b/8, word 0 = d * -(its two 16-value block sums), both f32 bits.
-    xc: [n_tok, nb, 2] int32 (nb = values/32); xq: [n_tok, nb/8*292] uint8 (block_q8_k)."""
+    """tile_block_amx_k's words of Q8_K activation rows, per super-block s: word 0 = d (f32 bits), words 1..4 =
+    the sums of its 32-value blocks as i16 pairs (block 2i low, 2i+1 high: |sum| <= 32*127), 5..7 zero.
+    xc: [n_tok, ns, K_AUX_WORDS] int32; xq: [n_tok, ns*292] uint8 (block_q8_k)."""
     f = xc.view(np.float32)
+    h = xc.view(np.int16)
     for t in range(xc.shape[0]):
-        for s in range(xc.shape[1] // 8):
+        for s in range(xc.shape[1]):
             o = s * BLOCK_BYTES_Q8_K
-            d = xq[t, o:o + 4].view(np.float32)[0]
+            f[t, s, 0] = xq[t, o:o + 4].view(np.float32)[0]
             bs = xq[t, o + 4 + QK_K:o + BLOCK_BYTES_Q8_K].view(np.int16)
-            for i in range(8):
-                f[t, 8 * s + i, 1] = d
-                f[t, 8 * s + i, 0] = d * np.float32(-(np.int32(bs[2 * i]) + np.int32(bs[2 * i + 1])))
+            for i in range(QK_K // QK):
+                h[t, s, 2 + i] = bs[2 * i] + bs[2 * i + 1]
+            for i in range(2 + QK_K // QK, 2 * K_AUX_WORDS):
+                h[t, s, i] = 0
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _item(kind, wp, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp, n_out):
     """One work item of matmul_q_amx: 16 weight rows at wp (stride ws), packed, times every token tile;
-    dp: output of token 0, row 0 of the item; n_out: the output row stride."""
-    n_prod = _products(kind, nb)
+    dp: output of token 0, row 0 of the item; n_out: the output row stride. nb: 32-value blocks (Q8_0
+    family) or super-blocks (K-quants)."""
+    k_quant = is_k_quant(kind)
+    n_prod = nb * (2 * (QK_K // QK) if kind == KIND_Q6_K else QK_K // QK) if k_quant else nb
     wbuf = np.empty(n_prod * BLOCK_TILE + 64, np.uint8)
-    dwbuf = np.empty(2 * n_prod * TN, np.float32)  # [2, n_prod, 16]: scales, then the K-quants' mins
+    # the Q8_0 family's block scales [n_prod, 16] f32; the K-quants' K_SC, K_DM, K_MP
+    words = np.empty(n_prod * TN + (nb * (K_DM_WORDS + K_MP_WORDS) if k_quant else 0) + 16, np.int32)
     wbp = (np.int64(wbuf.ctypes.data) + 63) // 64 * 64
-    dwp = np.int64(dwbuf.ctypes.data)
-    mwp = dwp + n_prod * TN * 4
-    _pack(kind, wp, ws, nb, wbp, dwp, mwp)
+    scp = (np.int64(words.ctypes.data) + 63) // 64 * 64
+    dmp = scp + n_prod * TN * 4
+    mpp = dmp + nb * K_DM_WORDS * 4
+    if k_quant:
+        _pack_k(kind, wp, ws, nb, wbp, scp, dmp, mpp)
+    else:
+        _pack(kind, wp, ws, nb, wbp, scp)
     tile_config(cfgp)
     for t0 in range(0, n_full + (TM if m > 0 else 0), TM):
         x0, c0, nt = xp + t0 * xs, cp + t0 * cs, np.int64(TM)
         if t0 == n_full:  # the padded tail tile of m tokens
             x0, c0, nt = xpp, cpp, np.int64(m)
         if kind == KIND_Q6_K:
-            tile_block_amx_half(wbp, dwp, x0, xs, c0, cs, n_prod, dp + t0 * n_out * 4, n_out, nt)
-        elif is_k_quant(kind):
-            tile_block_amx_min(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt, mwp)
+            tile_block_amx_q6_k(wbp, scp, dmp, mpp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
+        elif k_quant:
+            tile_block_amx_k(wbp, scp, dmp, mpp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
         else:
-            tile_block_amx(wbp, dwp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
+            tile_block_amx(wbp, scp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
     tile_release()
-    return wbuf.size + dwbuf.size
+    return wbuf.size + words.size
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
