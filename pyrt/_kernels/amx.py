@@ -116,16 +116,19 @@ def tile_release(typingctx):
 
 
 def config_bytes() -> np.ndarray:
-    """The tile configuration (palette 1), two sets of three tiles: tmm0/tmm3 16 rows x 64 bytes (i32
-    results), tmm1/tmm4 16 x 32 (activations), tmm2/tmm5 8 x 64 (weights, VNNI)."""
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
+    """The tile configurations (palette 1) at 0 and 64. At 0, two sets of three tiles: tmm0/tmm3 16 rows x 64
+    bytes (i32 results), tmm1/tmm4 16 x 32 (activations), tmm2/tmm5 8 x 64 (weights, VNNI); at 64 (Q4_K/Q5_K,
+    _chain_asm), all eight tiles 16 x 64."""
+    cfg = np.zeros(128, np.uint8)
+    cfg[0] = cfg[64] = 1
     colsb = cfg[16:48].view(np.uint16)
     rows = cfg[48:64]
     for base in (0, 3):
         colsb[base], rows[base] = 4 * TN, TM
         colsb[base + 1], rows[base + 1] = QK, TM
         colsb[base + 2], rows[base + 2] = 4 * TN, QK // 4
+    cfg[64 + 16:64 + 32].view(np.uint16)[:] = 4 * TN
+    cfg[64 + 48:64 + 56] = TM
     return cfg
 
 
@@ -314,6 +317,107 @@ def _make_tile_block_k(q6):
     return typer
 
 
+# Q4_K/Q5_K weights as two u8 tiles per 64 values: q*lo and q*hi, the sub-block scale sc = lo + 2^SPLIT*hi
+# split so that both products fit a byte (Q4_K: 15*15, 15*3; Q5_K: 31*7, 31*7); the tile products of a whole
+# super-block accumulate in two i32 tiles (tdpbsud: signed activations, unsigned weights) and S = C_lo +
+# 2^SPLIT*C_hi is the row dot's sum of sc * block product, exactly.
+SPLIT = {KIND_Q4_K: 4, KIND_Q5_K: 3}
+# From this many tokens a matmul takes the chained products (their packing costs more than the per-sub-block
+# tiles' and is repaid from ~32 tokens; both give the row dots' bits).
+CHAIN_MIN_TOKENS = 32
+CHUNK = 64                       # values of one chained product
+CHUNK_TILE = TN * CHUNK          # bytes of one packed 64-value weight tile (16 VNNI rows of 64 bytes)
+SB_TILES = 2 * (QK_K // CHUNK) * CHUNK_TILE  # packed bytes of a super-block: [chunk][lo, hi]
+
+
+def _chain_asm(builder):
+    """asm(xb, xs, wb, cb): one super-block's products for 16 tokens x 16 rows on the configuration at 64:
+    C_lo (tmm0) and C_hi (tmm1) zeroed, then per 64-value chunk c the activation tile (16 rows from xb + 64c,
+    stride xs) and the packed lo/hi weight tiles (wb + c*2*CHUNK_TILE), on alternating sets (tmm2-4, tmm5-7);
+    C_lo stored at cb, C_hi at cb + 1024."""
+    lines = ["mov $$64, %r11", "tilezero %tmm0", "tilezero %tmm1"]
+    for c in range(QK_K // CHUNK):
+        a, lo, hi = (2, 3, 4) if c % 2 == 0 else (5, 6, 7)
+        lines += [f"tileloadd {CHUNK * c}($0,$1,1), %tmm{a}",
+                  f"tileloadd {2 * CHUNK_TILE * c}($2,%r11,1), %tmm{lo}",
+                  f"tileloadd {2 * CHUNK_TILE * c + CHUNK_TILE}($2,%r11,1), %tmm{hi}",
+                  f"tdpbsud %tmm{lo}, %tmm{a}, %tmm0",
+                  f"tdpbsud %tmm{hi}, %tmm{a}, %tmm1"]
+    lines += ["tilestored %tmm0, ($3,%r11,1)", f"tilestored %tmm1, {4 * TM * TN}($3,%r11,1)"]
+    return _asm(builder, "\n\t".join(lines), 4, ",~{r11}")
+
+
+def _make_tile_chain_k(kind):
+    """The codegen of 16 tokens x 16 rows of Q4_K/Q5_K weights over ns super-blocks on the chained products
+    (_chain_asm, pack_chain_k): per super-block S = C_lo + 2^SPLIT*C_hi, M by vpdpwssd on the mins, folded as
+    tile_block_amx_k does (the row dots' bits). Super-block s+1's products are issued before s is folded,
+    into the other of two result buffers."""
+    split = SPLIT[kind]
+
+    def codegen(context, builder, signature, args):
+        wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt = args
+        v16f, v16i, v32s = _vec(_F32, TN), _vec(_I32, TN), _vec(_I16, 2 * TN)
+        cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 4 * TM * TN))
+        cbuf.align = 64
+        cb0 = builder.ptrtoint(cbuf, _I64)
+        chain = _chain_asm(builder)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * TN)) for _ in range(TM)]
+
+        def cb(s):  # result buffer of super-block s: 2 KB, alternating
+            return builder.add(cb0, builder.mul(builder.and_(s, ir.Constant(_I64, 1)), ir.Constant(_I64, 8 * TM * TN)))
+
+        def issue(s):
+            xb = builder.add(xp, builder.add(builder.mul(s, ir.Constant(_I64, BLOCK_BYTES_Q8_K)), ir.Constant(_I64, 4)))
+            wb = builder.add(wp, builder.mul(s, ir.Constant(_I64, SB_TILES)))
+            builder.call(chain, [xb, xs, wb, cb(s)])
+
+        def fold(s):
+            c = cb(s)
+            dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
+            dv = _load(builder, dm, v16f)
+            ndv = _load(builder, _addr(builder, dm, 4 * TN), v16f)
+            mp = builder.add(mpp, builder.mul(s, ir.Constant(_I64, 4 * K_MP_WORDS)))
+            mins = [builder.bitcast(_load(builder, _addr(builder, mp, 4 * TN * i), v16i), v32s) for i in range(4)]
+            co = builder.add(cp, builder.mul(s, ir.Constant(_I64, K_AUX_BYTES)))
+            for i in range(TM):
+                lo = _load(builder, _addr(builder, c, 4 * TN * i), v16i)
+                hi = _load(builder, _addr(builder, c, 4 * TM * TN + 4 * TN * i), v16i)
+                si = builder.add(lo, builder.shl(hi, _splat(_I32, TN, split)))
+                ci = builder.add(co, builder.mul(cs, ir.Constant(_I64, i)))
+                dxv = _bcast(builder, _load(builder, ci, _F32))
+                acc = _fma(builder, builder.fmul(dv, dxv), builder.sitofp(si, v16f), builder.load(accs[i]))
+                msum = ir.Constant(v16i, [0] * TN)
+                for j in range(4):
+                    pair = builder.bitcast(_bcast(builder, _load(builder, _addr(builder, ci, 4 + 4 * j), _I32)), v32s)
+                    msum = _dpwssd512(builder, msum, mins[j], pair)
+                builder.store(_fma(builder, builder.fmul(ndv, dxv), builder.sitofp(msum, v16f), acc), accs[i])
+
+        zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+        with cgutils.if_likely(builder, builder.icmp_signed(">", ns, zero)):
+            issue(zero)
+        with cgutils.for_range(builder, ns) as loop:
+            s = loop.index
+            s1 = builder.add(s, one)
+            with cgutils.if_likely(builder, builder.icmp_signed("<", s1, ns)):
+                issue(s1)
+            fold(s)
+        _store_results(builder, accs, dp, ds, nt)
+        return context.get_dummy_value()
+
+    def typer(typingctx, wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt):
+        if not all(isinstance(a, types.Integer) for a in (wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt)):
+            return None
+        return types.none(*([types.int64] * 11)), codegen
+
+    return typer
+
+
+# tile_chain_q4_k / tile_chain_q5_k(wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt): tile_block_amx_k on the chained
+# products; wp: pack_chain_k's tiles; the tile configuration at 64 must be loaded.
+tile_chain_q4_k = intrinsic(_make_tile_chain_k(KIND_Q4_K))
+tile_chain_q5_k = intrinsic(_make_tile_chain_k(KIND_Q5_K))
+
+
 # tile_block_amx_k / tile_block_amx_q6_k(wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt): dst[t, j] = the
 # row dot of weight row j with Q8_K activation row t over ns super-blocks, for 16 tokens x 16 rows. wp: the
 # packed tiles (pack_k); scp, dmp, mpp: K_SC, K_DM, K_MP (mpp unused for Q6_K); xp, xs: token 0's Q8_K row and
@@ -404,11 +508,13 @@ def _f32_word(builder, x):
     return builder.bitcast(x, _I32)
 
 
-def _make_pack_k(kind):
+def _make_pack_k(kind, chain=False):
     """pack_q4_k / pack_q5_k / pack_q6_k: 16 rows of ns K-quant super-blocks -> the VNNI tiles of their
     products and the words tile_block_amx_k folds them with (K_SC, K_DM, K_MP). Q4_K/Q5_K: one product per
     32-value sub-block (unsigned q), its scale the 6-bit sc; Q6_K: two per 32 values, each weight tile one
-    16-value half (the other zero), signed q - 32, its scale the int8 sc of those 16 values."""
+    16-value half (the other zero), signed q - 32, its scale the int8 sc of those 16 values.
+    chain (Q4_K/Q5_K): the tiles of tile_chain_q4_k/q5_k instead, [super-block][chunk][lo, hi] 16 x 64 bytes
+    of q*lo and q*hi (SPLIT); K_SC is not written."""
     q6 = kind == KIND_Q6_K
     bb = {KIND_Q4_K: BLOCK_BYTES_Q4_K, KIND_Q5_K: BLOCK_BYTES_Q5_K, KIND_Q6_K: BLOCK_BYTES_Q6_K}[kind]
     n_sub = QK_K // QK
@@ -442,7 +548,8 @@ def _make_pack_k(kind):
                 rows.append(builder.shuffle_vector(sc8, builder.shuffle_vector(mp4, dd, _mask(range(8))),
                                                    _mask(range(16))))
             cols = _transpose_rows(builder, rows)  # vector i: lane i of every row
-            _store_words(builder, builder.add(scp, builder.mul(p0, ir.Constant(_I64, 4 * TN))), cols[:n_p])
+            if not chain:
+                _store_words(builder, builder.add(scp, builder.mul(p0, ir.Constant(_I64, 4 * TN))), cols[:n_p])
             dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
             if q6:
                 dv = ir.Constant(v16i, [0] * TN)
@@ -471,7 +578,20 @@ def _make_pack_k(kind):
                         hb = builder.and_(builder.lshr(qh, _splat(_I8, 32, i)), _splat(_I8, 32, 1))
                         q = builder.or_(q, builder.shl(hb, _splat(_I8, 32, 4)))
                     qs.append(q)
-                if q6:
+                if chain:  # sub-block i: half i % 2 of chunk i // 2, q*lo and q*hi
+                    # q <= 31 and a piece <= 15 with q*piece <= 225: one 16-bit multiply of a dword's byte pairs
+                    # by the piece in both halves gives both bytes' products, no carry between them
+                    dws = _transpose_rows(builder, [builder.bitcast(q, _vec(_I32, QK // 4)) for q in qs])
+                    mask = _splat(_I32, TN, (1 << SPLIT[kind]) - 1)
+                    for part, pc in enumerate((builder.and_(cols[i], mask),
+                                               builder.lshr(cols[i], _splat(_I32, TN, SPLIT[kind])))):
+                        pv = builder.bitcast(builder.or_(pc, builder.shl(pc, _splat(_I32, TN, 16))), _vec(_I16, 2 * TN))
+                        off = builder.add(builder.mul(s, ir.Constant(_I64, SB_TILES)),
+                                          ir.Constant(_I64, (i // 2) * 2 * CHUNK_TILE + part * CHUNK_TILE
+                                                      + (i % 2) * (CHUNK_TILE // 2)))
+                        prods = [builder.bitcast(builder.mul(builder.bitcast(v, pv.type), pv), v.type) for v in dws]
+                        _store_words(builder, builder.add(op, off), prods)
+                elif q6:
                     for half in range(2):
                         b = builder.add(p0, ir.Constant(_I64, 2 * i + half))
                         _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))),
@@ -494,6 +614,8 @@ def _make_pack_k(kind):
 pack_q4_k = intrinsic(_make_pack_k(KIND_Q4_K))
 pack_q5_k = intrinsic(_make_pack_k(KIND_Q5_K))
 pack_q6_k = intrinsic(_make_pack_k(KIND_Q6_K))
+pack_chain_q4_k = intrinsic(_make_pack_k(KIND_Q4_K, chain=True))
+pack_chain_q5_k = intrinsic(_make_pack_k(KIND_Q5_K, chain=True))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -507,8 +629,12 @@ def _pack(kind, wp, ws, nb, op, dwp):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _pack_k(kind, wp, ws, ns, op, scp, dmp, mpp):
-    if kind == KIND_Q4_K:
+def _pack_k(kind, chain, wp, ws, ns, op, scp, dmp, mpp):
+    if kind == KIND_Q4_K and chain:
+        pack_chain_q4_k(wp, ws, ns, op, scp, dmp, mpp)
+    elif kind == KIND_Q5_K and chain:
+        pack_chain_q5_k(wp, ws, ns, op, scp, dmp, mpp)
+    elif kind == KIND_Q4_K:
         pack_q4_k(wp, ws, ns, op, scp, dmp, mpp)
     elif kind == KIND_Q5_K:
         pack_q5_k(wp, ws, ns, op, scp, dmp, mpp)
@@ -587,24 +713,29 @@ def _item(kind, wp, ws, nb, cfgp, n_full, m, xp, xs, cp, cs, xpp, cpp, dp, n_out
     family) or super-blocks (K-quants)."""
     k_quant = is_k_quant(kind)
     n_prod = nb * (2 * (QK_K // QK) if kind == KIND_Q6_K else QK_K // QK) if k_quant else nb
-    wbuf = np.empty(n_prod * BLOCK_TILE + 64, np.uint8)
+    wbuf = np.empty(max(n_prod * BLOCK_TILE, nb * SB_TILES if k_quant else 0) + 64, np.uint8)
     # the Q8_0 family's block scales [n_prod, 16] f32; the K-quants' K_SC, K_DM, K_MP
     words = np.empty(n_prod * TN + (nb * (K_DM_WORDS + K_MP_WORDS) if k_quant else 0) + 16, np.int32)
     wbp = (np.int64(wbuf.ctypes.data) + 63) // 64 * 64
     scp = (np.int64(words.ctypes.data) + 63) // 64 * 64
     dmp = scp + n_prod * TN * 4
     mpp = dmp + nb * K_DM_WORDS * 4
+    chain = (kind == KIND_Q4_K or kind == KIND_Q5_K) and n_full + m >= CHAIN_MIN_TOKENS
     if k_quant:
-        _pack_k(kind, wp, ws, nb, wbp, scp, dmp, mpp)
+        _pack_k(kind, chain, wp, ws, nb, wbp, scp, dmp, mpp)
     else:
         _pack(kind, wp, ws, nb, wbp, scp)
-    tile_config(cfgp)
+    tile_config(cfgp + 64 if chain else cfgp)
     for t0 in range(0, n_full + (TM if m > 0 else 0), TM):
         x0, c0, nt = xp + t0 * xs, cp + t0 * cs, np.int64(TM)
         if t0 == n_full:  # the padded tail tile of m tokens
             x0, c0, nt = xpp, cpp, np.int64(m)
         if kind == KIND_Q6_K:
             tile_block_amx_q6_k(wbp, scp, dmp, mpp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
+        elif kind == KIND_Q4_K and chain:
+            tile_chain_q4_k(wbp, dmp, mpp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
+        elif kind == KIND_Q5_K and chain:
+            tile_chain_q5_k(wbp, dmp, mpp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
         elif k_quant:
             tile_block_amx_k(wbp, scp, dmp, mpp, x0, xs, c0, cs, nb, dp + t0 * n_out * 4, n_out, nt)
         else:
