@@ -133,7 +133,9 @@ def test_amx_k_quants_close_to_float64(name, n_tok, n_out, n_in):
 def test_amx_k_quants_same_bits_as_row_dot(name, n_tok, n_out, n_in):
     """The tiles fold each super-block's exact integer sums as the row dots do (fma(d*dx, S), then
     fma(-dmin*dx, M)): a prompt on AMX gives the bits a token-by-token decode gives (zeros compared by value:
-    the kernels' fastmath leaves the sign of an exact zero, an all-zero row's, unspecified)."""
+    the kernels' fastmath leaves the sign of an exact zero, an all-zero row's, unspecified). Q4_K/Q5_K with
+    n_tok >= amx.CHAIN_MIN_TOKENS (37, 70) run the chained products, fewer tokens the per-sub-block tiles."""
+    assert 16 < amx.CHAIN_MIN_TOKENS <= 37
     from pyrt._kernels import quants_k as qk
     t, kind = K_KINDS[name]
     raw, _, xq = _k_case(name, n_tok, n_out, n_in, n_tok * 7 + n_out)
