@@ -40,7 +40,8 @@ from .matmul_q8_0 import _pad_tail, _q_bias, _rows_q, keep_alive, x_aux_q8_0
 from .dots_q8_0 import AUX_BYTES, AUX_WORDS, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
 from .ir_k import (BLOCK_BYTES_Q4_K, BLOCK_BYTES_Q5_K, BLOCK_BYTES_Q6_K, BLOCK_BYTES_Q8_K, _dpwssd512, _k4_scales_mins,
                    is_k_quant)
-from .simd import PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _load, _mask, _splat, _vec
+from .simd import (PREFETCH_BYTES, _F32, _FEATS, _I8, _I16, _I32, _I64, _addr, _f16_scale, _int_typer, _load, _mask,
+                   _splat, _vec)
 from . import codes
 
 TM = 16          # tokens of a tile (rows of the activation tile and of the result tile)
@@ -309,12 +310,7 @@ def _make_tile_block_k(q6):
         _store_results(builder, accs, dp, ds, nt)
         return context.get_dummy_value()
 
-    def typer(typingctx, wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt):
-        if not all(isinstance(a, types.Integer) for a in (wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt)):
-            return None
-        return types.none(*([types.int64] * 12)), codegen
-
-    return typer
+    return _int_typer(12, codegen)
 
 
 # Q4_K/Q5_K weights as two u8 tiles per 64 values: q*lo and q*hi, the sub-block scale sc = lo + 2^SPLIT*hi
@@ -404,12 +400,7 @@ def _make_tile_chain_k(kind):
         _store_results(builder, accs, dp, ds, nt)
         return context.get_dummy_value()
 
-    def typer(typingctx, wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt):
-        if not all(isinstance(a, types.Integer) for a in (wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt)):
-            return None
-        return types.none(*([types.int64] * 11)), codegen
-
-    return typer
+    return _int_typer(11, codegen)
 
 
 # tile_chain_q4_k / tile_chain_q5_k(wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt): tile_block_amx_k on the chained
@@ -601,12 +592,7 @@ def _make_pack_k(kind, chain=False):
                     _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))), qs)
         return context.get_dummy_value()
 
-    def typer(typingctx, wp, ws, ns, op, scp, dmp, mpp):
-        if not all(isinstance(a, types.Integer) for a in (wp, ws, ns, op, scp, dmp, mpp)):
-            return None
-        return types.none(*([types.int64] * 7)), codegen
-
-    return typer
+    return _int_typer(7, codegen)
 
 
 # pack_q4_k/pack_q5_k/pack_q6_k(wp, ws, ns, op, scp, dmp, mpp): 16 weight rows (wp + j*ws) of ns super-blocks
