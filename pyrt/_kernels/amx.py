@@ -17,9 +17,9 @@ folded into the f32 accumulators once per super-block as acc = fma(d*dx, S, acc)
 acc): the integers and operations of quants_k's row dots, so prompt and decode give the same bits.
 
 The tile instructions are inline assembly (LLVM's AMX intrinsics need the x86_amx type, which llvmlite's
-IR lacks); the package readies the assembler parser at import (disk_cache.ready_asm_parser). Tile registers are live only
-inside one `tile_block_amx`/`pack` call sequence of a work item, and a work item configures them first
-(ldtilecfg) and releases them last (tilerelease). AMX needs the process to ask the kernel for the tile
+IR lacks); the package readies the assembler parser at import (disk_cache.ready_asm_parser). Tile registers
+are live only inside one tile-block/pack call sequence of a work item, and a work item configures them
+first (ldtilecfg) and releases them last (tilerelease). AMX needs the process to ask the kernel for the tile
 data state (arch_prctl ARCH_REQ_XCOMP_PERM): `enable` does both and says whether AMX can run; an AMX
 instruction without that permission kills the process with SIGILL, so nothing here runs before it.
 
@@ -241,6 +241,31 @@ K_DM_WORDS = 2 * TN
 K_MP_WORDS = 4 * TN
 
 
+def _fold_k(builder, s, sums, accs, dmp, mpp, cp, cs):
+    """Super-block s's exact sums S (sums[i]: token i's <16 x i32>, row lanes) into the f32 accumulators as the
+    row dots fold them: acc = fma(d*dx, S, acc), then (mpp not None: Q4_K/Q5_K) acc = fma(-dmin*dx, M, acc) with
+    M = sum of min * block sum, by vpdpwssd on the K_MP pairs and the activation's k_aux_words pairs."""
+    v16f, v16i, v32s = _vec(_F32, TN), _vec(_I32, TN), _vec(_I16, 2 * TN)
+    dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
+    dv = _load(builder, dm, v16f)
+    if mpp is not None:
+        ndv = _load(builder, _addr(builder, dm, 4 * TN), v16f)
+        mp = builder.add(mpp, builder.mul(s, ir.Constant(_I64, 4 * K_MP_WORDS)))
+        mins = [builder.bitcast(_load(builder, _addr(builder, mp, 4 * TN * i), v16i), v32s) for i in range(4)]
+    co = builder.add(cp, builder.mul(s, ir.Constant(_I64, K_AUX_BYTES)))
+    for i in range(TM):
+        ci = builder.add(co, builder.mul(cs, ir.Constant(_I64, i)))
+        dxv = _bcast(builder, _load(builder, ci, _F32))
+        acc = _fma(builder, builder.fmul(dv, dxv), builder.sitofp(sums[i], v16f), builder.load(accs[i]))
+        if mpp is not None:
+            msum = ir.Constant(v16i, [0] * TN)
+            for j in range(4):
+                pair = _bcast(builder, _load(builder, _addr(builder, ci, 4 + 4 * j), _I32))
+                msum = _dpwssd512(builder, msum, mins[j], builder.bitcast(pair, v32s))
+            acc = _fma(builder, builder.fmul(ndv, dxv), builder.sitofp(msum, v16f), acc)
+        builder.store(acc, accs[i])
+
+
 def _make_tile_block_k(q6):
     """The codegen of 16 tokens x 16 rows of Q4_K/Q5_K (q6: Q6_K) weights over ns super-blocks; see
     tile_block_amx_k. Each super-block's tile products enter exact int32 sums, S = sum of scale * product
@@ -253,7 +278,7 @@ def _make_tile_block_k(q6):
 
     def codegen(context, builder, signature, args):
         wp, scp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt = args
-        v16f, v16i, v32s = _vec(_F32, TN), _vec(_I32, TN), _vec(_I16, 2 * TN)
+        v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
         cbs, products = _tile_buffers(builder)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(v16f, [0.0] * TN)) for _ in range(TM)]
         sums = [cgutils.alloca_once_value(builder, ir.Constant(v16i, [0] * TN)) for _ in range(TM)]
@@ -273,25 +298,7 @@ def _make_tile_block_k(q6):
                 builder.store(t if first else builder.add(builder.load(sums[i]), t), sums[i])
 
         def fold(s):
-            dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
-            dv = _load(builder, dm, v16f)
-            if not q6:
-                ndv = _load(builder, _addr(builder, dm, 4 * TN), v16f)
-                mp = builder.add(mpp, builder.mul(s, ir.Constant(_I64, 4 * K_MP_WORDS)))
-                mins = [builder.bitcast(_load(builder, _addr(builder, mp, 4 * TN * i), v16i), v32s) for i in range(4)]
-            co = builder.add(cp, builder.mul(s, ir.Constant(_I64, K_AUX_BYTES)))
-            for i in range(TM):
-                ci = builder.add(co, builder.mul(cs, ir.Constant(_I64, i)))
-                dxv = _bcast(builder, _load(builder, ci, _F32))
-                acc = _fma(builder, builder.fmul(dv, dxv), builder.sitofp(builder.load(sums[i]), v16f),
-                           builder.load(accs[i]))
-                if not q6:
-                    msum = ir.Constant(v16i, [0] * TN)
-                    for j in range(4):
-                        pair = builder.bitcast(_bcast(builder, _load(builder, _addr(builder, ci, 4 + 4 * j), _I32)), v32s)
-                        msum = _dpwssd512(builder, msum, mins[j], pair)
-                    acc = _fma(builder, builder.fmul(ndv, dxv), builder.sitofp(msum, v16f), acc)
-                builder.store(acc, accs[i])
+            _fold_k(builder, s, [builder.load(x) for x in sums], accs, dmp, None if q6 else mpp, cp, cs)
 
         zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
         with cgutils.if_likely(builder, builder.icmp_signed(">", ns, zero)):
@@ -352,7 +359,7 @@ def _make_tile_chain_k(kind):
 
     def codegen(context, builder, signature, args):
         wp, dmp, mpp, xp, xs, cp, cs, ns, dp, ds, nt = args
-        v16f, v16i, v32s = _vec(_F32, TN), _vec(_I32, TN), _vec(_I16, 2 * TN)
+        v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
         cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 4 * TM * TN))
         cbuf.align = 64
         cb0 = builder.ptrtoint(cbuf, _I64)
@@ -369,24 +376,10 @@ def _make_tile_chain_k(kind):
 
         def fold(s):
             c = cb(s)
-            dm = builder.add(dmp, builder.mul(s, ir.Constant(_I64, 4 * K_DM_WORDS)))
-            dv = _load(builder, dm, v16f)
-            ndv = _load(builder, _addr(builder, dm, 4 * TN), v16f)
-            mp = builder.add(mpp, builder.mul(s, ir.Constant(_I64, 4 * K_MP_WORDS)))
-            mins = [builder.bitcast(_load(builder, _addr(builder, mp, 4 * TN * i), v16i), v32s) for i in range(4)]
-            co = builder.add(cp, builder.mul(s, ir.Constant(_I64, K_AUX_BYTES)))
-            for i in range(TM):
-                lo = _load(builder, _addr(builder, c, 4 * TN * i), v16i)
-                hi = _load(builder, _addr(builder, c, 4 * TM * TN + 4 * TN * i), v16i)
-                si = builder.add(lo, builder.shl(hi, _splat(_I32, TN, split)))
-                ci = builder.add(co, builder.mul(cs, ir.Constant(_I64, i)))
-                dxv = _bcast(builder, _load(builder, ci, _F32))
-                acc = _fma(builder, builder.fmul(dv, dxv), builder.sitofp(si, v16f), builder.load(accs[i]))
-                msum = ir.Constant(v16i, [0] * TN)
-                for j in range(4):
-                    pair = builder.bitcast(_bcast(builder, _load(builder, _addr(builder, ci, 4 + 4 * j), _I32)), v32s)
-                    msum = _dpwssd512(builder, msum, mins[j], pair)
-                builder.store(_fma(builder, builder.fmul(ndv, dxv), builder.sitofp(msum, v16f), acc), accs[i])
+            sums = [builder.add(_load(builder, _addr(builder, c, 4 * TN * i), v16i),
+                                builder.shl(_load(builder, _addr(builder, c, 4 * TM * TN + 4 * TN * i), v16i),
+                                            _splat(_I32, TN, split))) for i in range(TM)]
+            _fold_k(builder, s, sums, accs, dmp, mpp, cp, cs)
 
         zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
         with cgutils.if_likely(builder, builder.icmp_signed(">", ns, zero)):
@@ -559,10 +552,12 @@ def _make_pack_k(kind, chain=False):
                         qh = _load(builder, _addr(builder, sbs[j], 128 + 32 * h), _vec(_I8, 32))
                         lo = builder.lshr(ql, _splat(_I8, 32, 4)) if q4 >= 2 else builder.and_(ql, lo4)
                         hi = builder.and_(builder.lshr(qh, _splat(_I8, 32, 2 * q4)), _splat(_I8, 32, 3))
-                        qs.append(builder.sub(builder.or_(lo, builder.shl(hi, _splat(_I8, 32, 4))), _splat(_I8, 32, 32)))
+                        q = builder.or_(lo, builder.shl(hi, _splat(_I8, 32, 4)))
+                        qs.append(builder.sub(q, _splat(_I8, 32, 32)))
                         continue
                     high_bits = kind == KIND_Q5_K
-                    raw = _load(builder, _addr(builder, sbs[j], (48 if high_bits else 16) + 32 * (i // 2)), _vec(_I8, 32))
+                    qo = (48 if high_bits else 16) + 32 * (i // 2)
+                    raw = _load(builder, _addr(builder, sbs[j], qo), _vec(_I8, 32))
                     q = builder.and_(builder.lshr(raw, _splat(_I8, 32, 4)) if i % 2 else raw, lo4)
                     if high_bits:  # bit i of qh[l] is bit 4 of value l
                         qh = _load(builder, _addr(builder, sbs[j], 16), _vec(_I8, 32))
