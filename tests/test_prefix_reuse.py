@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KW = dict(n_ctx=1024, n_batch=1024, n_ubatch=128, warmup=False)
+SPLIT_NMSE = 2e-2  # last-position logits of one prompt evaluated in two different ubatch splits
 
 
 def nmse(a, b):
@@ -66,14 +67,17 @@ def test_rerun_and_extension_evaluate_only_what_is_new(llms, n):
     assert (t.n_p_eval, t.n_eval) == (n, 1), "the rerun must decode only the last token"
     # The reuse is bit for bit what a fresh context computes with the same batches. A different split is
     # not: a one-token step runs the single-query attention kernel, a prompt chunk the matrix-product path,
-    # equal up to f32 rounding, which Gemma 3 270M amplifies (see NMSE_TARGET in test_gemma.py).
+    # equal up to f32 rounding, which Gemma 3 270M amplifies (see NMSE_TARGET in test_gemma.py): one
+    # position's NMSE between two splits was 1.0e-2 at n = 100 on a Xeon (the same with and without AMX, whose
+    # K-quant sums equal the row dots') and 1.5e-3 with other rounding, so the bound is SPLIT_NMSE with the
+    # top-1 token equal.
     assert np.array_equal(again, _replay(fresh, ids, (0, n), (n - 1, n)))
-    assert nmse(again, ref) < 1e-2 and int(again.argmax()) == int(ref.argmax())
+    assert nmse(again, ref) < SPLIT_NMSE and int(again.argmax()) == int(ref.argmax())
     ext = win._ingest(ids + more)
     assert (t.n_p_eval, t.n_eval) == (n + len(more), 1)
     assert np.array_equal(ext, _replay(fresh, ids + more, (0, n), (n - 1, n), (n, n + len(more))))
     one = fresh.eval_logits(ids + more)[-1]
-    assert nmse(ext, one) < 1e-2 and int(ext.argmax()) == int(one.argmax())
+    assert nmse(ext, one) < SPLIT_NMSE and int(ext.argmax()) == int(one.argmax())
 
 
 def test_conversation_turn_evaluates_only_the_new_turn(llms):
