@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 from .amx import HAS_AMX_TARGET, _asm, inline_asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_BF16, KIND_F16, KIND_F32, decode_row
-from .simd import (_F32, _FEATS, _I16, _I32, _I64, _c, _h2f, _int_typer, _vec, empty_lined, prefetch, vector_loop,
+from .simd import (_F32, _FEATS, _I16, _I32, _I64, _bcast, _c, _h2f, _int_typer, _vec, empty_lined, prefetch, vector_loop,
                    zeros_lined)
 from .softmax import cell_scratch, exp_neg_ir, query_seqs, start_rows, tile_mask_t
 
@@ -401,8 +401,7 @@ def _softmax_t_codegen(context, builder, signature, args):
         builder.store(v, builder.inttoptr(a, vt.as_pointer()), align=4)
 
     def splat(x):
-        v = builder.insert_element(ir.Constant(vt, None), x, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, ir.Constant(vt, None), ir.Constant(_vec(_I32, _W), [0] * _W))
+        return _bcast(builder, x, _W)
 
     def const(x):
         return ir.Constant(vt, [x] * _W)

@@ -15,7 +15,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import codes
-from .simd import _F32, _FEATS, _I16, _I32, _I64, _h2f, _int_typer, _vec
+from .simd import _F32, _FEATS, _I16, _I32, _I64, _bcast, _h2f, _int_typer, _vec
 from .config import NO_SIMD
 
 ROWS = 4                     # query rows (heads) of a block
@@ -58,11 +58,6 @@ def _fma(builder, a, b, c):
     name = f"llvm.fma.v{ty.count}f32" if isinstance(ty, ir.VectorType) else "llvm.fma.f32"
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty, ty]), name)
     return builder.call(fn, [a, b, c])
-
-
-def _splat_of(builder, x, w):
-    v = builder.insert_element(ir.Constant(_vec(_F32, w), ir.Undefined), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_vec(_I32, w), [0] * w))
 
 
 def _add(builder, a, b):
@@ -182,7 +177,7 @@ def _pv4_codegen(w, ek=E_F32, gather=False):
                 for r in range(ROWS):
                     pr = _ld(builder, _add(builder, prow[r], pj4), _F32)
                     if ty == vty:
-                        pr = _splat_of(builder, pr, w)
+                        pr = _bcast(builder, pr, w)
                     for u in range(width):
                         builder.store(_fma(builder, pr, vv[u], builder.load(acc[r][u])), acc[r][u])
             for r in range(ROWS):

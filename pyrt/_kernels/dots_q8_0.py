@@ -11,7 +11,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .simd import (HAS_AVX2, HAS_AVX512BW, HAS_F16C, HAS_FMA, HAS_VNNI, _F32, _FEATS, _I1, _I8, _I16, _I32, _I64,
-                   _addr, _call, _f16_scale, _f2h_int, _h2f, _load, _prefetch, _splat, _vec)
+                   _addr, _bcast, _call, _f16_scale, _f2h_int, _h2f, _load, _prefetch, _splat, _vec)
 
 
 # ------------------------------------------------------------------ weight block unpackers
@@ -219,8 +219,7 @@ def _tile_q5_0(builder, wbs):
 
 def _splat_load(builder, addr, ty):
     """The scalar of type ty at addr in all 8 lanes (a broadcast load, or an embedded {1to8} operand)."""
-    v = builder.insert_element(ir.Constant(_vec(ty, 8), ir.Undefined), _load(builder, addr, ty), ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(_vec(ty, 8), ir.Undefined), ir.Constant(_vec(_I32, 8), [0] * 8))
+    return _bcast(builder, _load(builder, addr, ty), 8)
 
 
 def _fma(builder, a, b, c):
@@ -440,8 +439,7 @@ def _dequant_row_codegen(unpack, w_bytes):
                 qi = builder.sub(builder.zext(q, _vec(_I32, 32)), _splat(_I32, 32, bias))
             else:
                 qi = builder.sext(q, _vec(_I32, 32))
-            dv = builder.insert_element(ir.Constant(v32f, ir.Undefined), d, ir.Constant(_I32, 0))
-            dv = builder.shuffle_vector(dv, dv, ir.Constant(_vec(_I32, 32), [0] * 32))
+            dv = _bcast(builder, d, 32)
             val = builder.fmul(dv, builder.sitofp(qi, v32f))
             p = builder.inttoptr(builder.add(dp, builder.mul(b, ir.Constant(_I64, 128))), ir.PointerType(v32f))
             builder.store(val, p, align=4)
@@ -485,8 +483,7 @@ def _quantize_row_codegen(context, builder, signature, args):
         builder.store(h, builder.inttoptr(ob, ir.PointerType(_I16)), align=1)
         nz = builder.fcmp_ordered("!=", amax, ir.Constant(_F32, 0.0))
         idv = builder.select(nz, builder.fdiv(ir.Constant(_F32, 127.0), amax), ir.Constant(_F32, 0.0))
-        idvv = builder.shuffle_vector(builder.insert_element(ir.Constant(v32f, ir.Undefined), idv, ir.Constant(_I32, 0)),
-                                      ir.Constant(v32f, ir.Undefined), ir.Constant(_vec(_I32, 32), [0] * 32))
+        idvv = _bcast(builder, idv, 32)
         q = _call(builder, "llvm.rint.v32f32", v32f, [builder.fmul(v, idvv)])
         q8 = builder.trunc(builder.fptosi(q, _vec(_I32, 32)), _vec(_I8, 32))
         builder.store(q8, builder.inttoptr(_addr(builder, ob, 2), ir.PointerType(_vec(_I8, 32))), align=1)

@@ -110,6 +110,13 @@ def _splat(ty, n, v):
     return ir.Constant(_vec(ty, n), [v] * n)
 
 
+def _bcast(builder, x, n):
+    """<n x T> of the scalar x (type T) in every lane: one broadcast (vpbroadcast/vbroadcastss, or an embedded
+    {1toN} operand where x is a load)."""
+    undef = ir.Constant(_vec(x.type, n), ir.Undefined)
+    return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(_I32, 0)), undef, _mask([0] * n))
+
+
 def _shr_bytes(builder, v, n):
     """Each byte of <k x i8> v shifted right by n (logical): one 16-bit word shift and a byte mask. LLVM lowers a
     byte-vector lshr to vgf2p8affineqb where the target has GFNI, on the pipes the multiply-adds need."""

@@ -16,7 +16,7 @@ from .ir_k import (BLOCK_BYTES_Q8_K, KIND_Q4_K, KIND_Q5_K,
                    QK_K, _BLOCK_BYTES, _V4I32, _V8F32, _V8I32, _V16I8, _V16I16, _V32I8, _byte_ptr, _gep,
                    _k4_scales_mins, _maddubs, _maddwd, _q6_k_quants, matmul_shapes_ok)
 from .config import FASTMATH
-from .simd import HAS_AVX2, HAS_VNNI, _I8, _I16, _I32, _I64, _h2f, _load_ptr, _mask, _splat
+from .simd import HAS_AVX2, HAS_VNNI, _I8, _I16, _I32, _I64, _bcast, _h2f, _load_ptr, _mask, _splat
 
 # ----------------------------------------------------------------------------------------------------------
 # Prompt tiles (Q4_K / Q5_K / Q6_K): 8 weight rows x TILE_TOKENS tokens. A group of 8 rows is unpacked once per call
@@ -51,12 +51,6 @@ _V8I16 = ir.VectorType(_I16, 8)
 
 def _store(builder, v, p, off):
     builder.store(v, builder.bitcast(_gep(builder, p, off), v.type.as_pointer()), align=1)
-
-
-def _bcast32(builder, v):
-    """<8 x i32> of the i32 v in every lane."""
-    e = builder.insert_element(ir.Constant(_V8I32, ir.Undefined), v, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(e, ir.Constant(_V8I32, ir.Undefined), _mask([0] * 8))
 
 
 def _scale_pairs(builder, rows, op, n_sub, pairs_off):
@@ -165,7 +159,7 @@ def _tile_codegen(kind, n_tok, simd):
                 for k in range(8):
                     wv = _load_ptr(builder, _gep(builder, op, _Q_OFF + 32 * (8 * c + k)), _V32I8)
                     for t in range(n_tok):
-                        xv = _bcast32(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * c + 4 * k), _I32))
+                        xv = _bcast(builder, _load_ptr(builder, _gep(builder, xbs[t], 4 + 32 * c + 4 * k), _I32), 8)
                         xv = builder.bitcast(xv, _V32I8)
                         if vnni:
                             chain = part if k % 2 == 0 else odd
@@ -200,10 +194,10 @@ def _tile_codegen(kind, n_tok, simd):
                     bsd = builder.bitcast(builder.trunc(_maddwd(builder, bs, ones, simd), _V8I16), _V4I32)
                 psum = None
                 for k in range(n_pairs):
-                    bk = builder.bitcast(_bcast32(builder, builder.extract_element(bsd, ir.Constant(_I32, k))), _V16I16)
+                    bk = builder.bitcast(_bcast(builder, builder.extract_element(bsd, ir.Constant(_I32, k)), 8), _V16I16)
                     v = _maddwd(builder, pv[k], bk, simd)
                     psum = v if psum is None else builder.add(psum, v)
-                dx = builder.bitcast(_bcast32(builder, _load_ptr(builder, xbs[t], _I32)), _V8F32)
+                dx = builder.bitcast(_bcast(builder, _load_ptr(builder, xbs[t], _I32), 8), _V8F32)
                 if q6:  # quants are stored +32: subtract 32 * sum_s sc[s] * bsums[s]
                     si = builder.sub(sums[t], builder.shl(psum, _splat(_I32, 8, 5)))
                     acc = _fma(builder, builder.fmul(dv, dx), builder.sitofp(si, _V8F32), builder.load(accs[t]))
