@@ -1,4 +1,4 @@
-"""AMX-INT8 prompt matmuls (pyrt._kernels.amx): for Q8_0/Q4_0/Q5_0 weights the same bits as the AVX tiles
+"""AMX-INT8 prompt matmuls (pyrt._kernels.amx_matmul): for Q8_0/Q4_0/Q5_0 weights the same bits as the AVX tiles
 (matmul_q8_0.matmul_q), for Q4_K/Q5_K close to the float64 product of the dequantized weights and Q8_0
 activations, and what ops.matmul runs for prompts where the CPU has AMX. Skipped with the reason where this
 CPU, its kernel or PYRT_NO_AMX gives no AMX."""
@@ -10,7 +10,7 @@ from gguf.quants import dequantize, quantize
 
 from pyrt.ops import matmul as mm
 from pyrt.ops import paths
-from pyrt._kernels import amx, codes
+from pyrt._kernels import amx, amx_k, amx_matmul, codes
 from pyrt._kernels import matmul_q8_0 as ql
 
 KINDS = {"q8_0": (T.Q8_0, codes.Q8_0), "q4_0": (T.Q4_0, codes.Q4_0), "q5_0": (T.Q5_0, codes.Q5_0)}
@@ -41,7 +41,7 @@ def _case(rng, t, n_tok, n_out, n_in):
 
 def _amx(raw, xq, kind):
     out = np.full((xq.shape[0], raw.shape[0]), np.nan, np.float32)
-    amx.matmul_q_amx(out, raw, xq, kind, amx.config_bytes())
+    amx_matmul.matmul_q_amx(out, raw, xq, kind, amx.config_bytes())
     return out
 
 
@@ -134,8 +134,8 @@ def test_amx_k_quants_same_bits_as_row_dot(name, n_tok, n_out, n_in):
     """The tiles fold each super-block's exact integer sums as the row dots do (fma(d*dx, S), then
     fma(-dmin*dx, M)): a prompt on AMX gives the bits a token-by-token decode gives (zeros compared by value:
     the kernels' fastmath leaves the sign of an exact zero, an all-zero row's, unspecified). Q4_K/Q5_K with
-    n_tok >= amx.CHAIN_MIN_TOKENS (37, 70) run the chained products, fewer tokens the per-sub-block tiles."""
-    assert 16 < amx.CHAIN_MIN_TOKENS <= 37
+    n_tok >= amx_k.CHAIN_MIN_TOKENS (37, 70) run the chained products, fewer tokens the per-sub-block tiles."""
+    assert 16 < amx_k.CHAIN_MIN_TOKENS <= 37
     from pyrt._kernels import quants_k as qk
     t, kind = K_KINDS[name]
     raw, _, xq = _k_case(name, n_tok, n_out, n_in, n_tok * 7 + n_out)

@@ -43,10 +43,9 @@ BLAS_MIN_TOKENS_VNNI = dict(BLAS_MIN_TOKENS_INTEL, Q8_0=NEVER, Q4_0=NEVER, Q5_0=
 
 BLAS_MIN_TOKENS = BLAS_MIN_TOKENS_VNNI if (is_amd() or HAS_VNNI) else BLAS_MIN_TOKENS_INTEL
 
-# Weight types whose prompt batches run on AMX-INT8 tiles where the CPU has them (pyrt._kernels.amx), from
+# Weight types whose prompt batches run on AMX-INT8 tiles where the CPU has them (pyrt._kernels.amx_matmul), from
 # paths.amx_min_tokens (K-quants: amx_min_tokens_k) tokens on, several times the throughput of their integer
-# dot kernel: for the Q8_0 family the same bits, for the K-quants the same Q8_K activations summed in
-# another order.
+# dot kernel, with the row dots' bits.
 AMX_TYPES = frozenset({"Q8_0", "Q4_0", "Q5_0", "Q4_K", "Q5_K", "Q6_K"})
 _amx_state: list = []  # [(enabled, config bytes)] once asked
 
@@ -190,7 +189,7 @@ def matmul(x: np.ndarray, raw: np.ndarray, ggml_type: int, out: np.ndarray | Non
 def _matmul_q(out: np.ndarray, raw: np.ndarray, xq: np.ndarray, qt: QType, path: str) -> None:
     """out = x @ W.T from x's quantized rows xq: the AMX tiles (path "amx") or the dot kernel ("dot")."""
     if path == "amx":
-        from .._kernels.amx import matmul_q_amx
+        from .._kernels.amx_matmul import matmul_q_amx
         matmul_q_amx(out, raw, xq, qt.code, _amx_state[0][1])
     else:
         qt.kernel("matmul")(out, raw, xq)
