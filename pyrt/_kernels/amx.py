@@ -106,7 +106,7 @@ def tile_release(typingctx):
 def config_bytes() -> np.ndarray:
     """The tile configurations (palette 1) at 0 and 64. At 0, two sets of three tiles: tmm0/tmm3 16 rows x 64
     bytes (i32 results), tmm1/tmm4 16 x 32 (activations), tmm2/tmm5 8 x 64 (weights, VNNI); at 64 (Q4_K/Q5_K,
-    _chain_asm), all eight tiles 16 x 64."""
+    amx_k._chain_asm), all eight tiles 16 x 64."""
     cfg = np.zeros(128, np.uint8)
     cfg[0] = cfg[64] = 1
     colsb = cfg[16:48].view(np.uint16)

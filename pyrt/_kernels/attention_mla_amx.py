@@ -40,8 +40,8 @@ from numba.extending import intrinsic
 from .amx import HAS_AMX_TARGET, _asm, inline_asm, tile_config, tile_release
 from .config import FASTMATH
 from .kv import KIND_BF16, KIND_F16, KIND_F32, decode_row
-from .simd import (_F32, _FEATS, _I16, _I32, _I64, _bcast, _c, _h2f, _int_typer, _vec, empty_lined, prefetch, vector_loop,
-                   zeros_lined)
+from .simd import (_F32, _FEATS, _I16, _I32, _I64, _bcast, _c, _h2f, _int_typer, _vec, empty_lined, prefetch,
+                   vector_loop, zeros_lined)
 from .softmax import cell_scratch, exp_neg_ir, query_seqs, start_rows, tile_mask_t
 
 HAS_AMX_BF16 = HAS_AMX_TARGET and "amx-bf16" in _FEATS

@@ -194,7 +194,8 @@ def _tile_codegen(kind, n_tok, simd):
                     bsd = builder.bitcast(builder.trunc(_maddwd(builder, bs, ones, simd), _V8I16), _V4I32)
                 psum = None
                 for k in range(n_pairs):
-                    bk = builder.bitcast(_bcast(builder, builder.extract_element(bsd, ir.Constant(_I32, k)), 8), _V16I16)
+                    bk = _bcast(builder, builder.extract_element(bsd, ir.Constant(_I32, k)), 8)
+                    bk = builder.bitcast(bk, _V16I16)
                     v = _maddwd(builder, pv[k], bk, simd)
                     psum = v if psum is None else builder.add(psum, v)
                 dx = builder.bitcast(_bcast(builder, _load_ptr(builder, xbs[t], _I32), 8), _V8F32)
