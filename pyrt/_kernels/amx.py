@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from .config import NO_SIMD
 from .dots_q8_0 import AUX_BYTES, _fma, _unpack_q4_0, _unpack_q5_0, _unpack_q8_0
-from .simd import _F32, _FEATS, _I8, _I32, _I64, _addr, _bcast, _load, _mask, _splat, _vec
+from .simd import _F32, _FEATS, _I8, _I32, _I64, _addr, _bcast, _int_typer, _load, _mask, _splat, _vec
 from . import codes
 
 TM = 16          # tokens of a tile (rows of the activation tile and of the result tile)
@@ -132,16 +132,6 @@ def _product_asm(builder, base):
     return _asm(builder, t, 4, ",~{r11}")
 
 
-def _make_tile_block():
-    """The codegen of 16 tokens x 16 weight rows over nb Q8_0-family products; see tile_block_amx.
-    Software-pipelined over the two tile sets: block b+1's product is issued before block b's sums are
-    scaled into the accumulators, so the tile unit's load-multiply-store chain of one block overlaps the
-    vector work of the previous one (one chain at a time left both units mostly waiting)."""
-    def codegen(context, builder, signature, args):
-        return _tile_block(builder, args, context)
-    return codegen
-
-
 def _tile_buffers(builder):
     """The two tile sets' 64-byte aligned result buffers (16 x 16 i32 each) and their product asm."""
     cbuf = cgutils.alloca_once(builder, ir.ArrayType(_I32, 2 * TM * TN))
@@ -151,7 +141,11 @@ def _tile_buffers(builder):
     return cbs, [_product_asm(builder, 0), _product_asm(builder, 3)]
 
 
-def _tile_block(builder, args, context):
+def _tile_block_codegen(context, builder, signature, args):
+    """The codegen of tile_block_amx: 16 tokens x 16 weight rows over nb Q8_0-family products.
+    Software-pipelined over the two tile sets: block b+1's product is issued before block b's sums are
+    scaled into the accumulators, so the tile unit's load-multiply-store chain of one block overlaps the
+    vector work of the previous one (one chain at a time left both units mostly waiting)."""
     wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt = args
     v16f, v16i = _vec(_F32, TN), _vec(_I32, TN)
     cbs, products = _tile_buffers(builder)
@@ -198,18 +192,13 @@ def _store_results(builder, accs, dp, ds, nt):
             builder.store(builder.load(accs[i]), builder.inttoptr(p, ir.PointerType(_vec(_F32, TN))), align=4)
 
 
-@intrinsic
-def tile_block_amx(typingctx, wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt):
-    """dst[t, j] = sum over blocks b of fma(dw[b, j]*dx[t, b], S[t, j, b]) for 16 tokens t x 16 rows j.
-
-    wp: packed weight blocks [nb, 8, 64] i8 (pack_rows_amx); dwp: their scales [nb, 16] f32; xp, xs: the
-    first token's Q8_0 activation row and the row stride (16 rows are read); cp, cs: its aux words
-    (x_aux_q8_0: dx is word 1) and their row stride; dp, ds: f32 output of token 0, row 0 and the token
-    stride in elements; the first nt (<= 16) tokens are stored. The tiles must be configured (tile_config).
-    """
-    if not all(isinstance(a, types.Integer) for a in (wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt)):
-        return None
-    return types.none(*([types.int64] * 10)), _make_tile_block()
+# tile_block_amx(wp, dwp, xp, xs, cp, cs, nb, dp, ds, nt): dst[t, j] = sum over blocks b of
+# fma(dw[b, j]*dx[t, b], S[t, j, b]) for 16 tokens t x 16 rows j. wp: packed weight blocks [nb, 8, 64] i8
+# (pack_q8_0/q4_0/q5_0); dwp: their scales [nb, 16] f32; xp, xs: the first token's Q8_0 activation row and the
+# row stride (16 rows are read); cp, cs: its aux words (x_aux_q8_0: dx is word 1) and their row stride; dp, ds:
+# f32 output of token 0, row 0 and the token stride in elements; the first nt (<= 16) tokens are stored. The
+# tiles must be configured (tile_config).
+tile_block_amx = intrinsic(_int_typer(10, _tile_block_codegen))
 
 
 def _transpose_rows(builder, rows):
@@ -269,12 +258,7 @@ def _make_pack(unpack, w_bytes):
             _store_tile(builder, builder.add(op, builder.mul(b, ir.Constant(_I64, BLOCK_TILE))), qs)
         return context.get_dummy_value()
 
-    def typer(typingctx, wp, ws, nb, op, dwp):
-        if not all(isinstance(a, types.Integer) for a in (wp, ws, nb, op, dwp)):
-            return None
-        return types.none(*([types.int64] * 5)), codegen
-
-    return typer
+    return _int_typer(5, codegen)
 
 
 # pack_*(wp, ws, nb, op, dwp): 16 weight rows (wp + j*ws) of nb blocks -> op [nb, 8, 64] i8 (q - bias in the
