@@ -1,7 +1,7 @@
 """AMX-INT8 prompt matmuls (pyrt._kernels.amx_matmul): for Q8_0/Q4_0/Q5_0 weights the same bits as the AVX tiles
-(matmul_q8_0.matmul_q), for Q4_K/Q5_K close to the float64 product of the dequantized weights and Q8_0
-activations, and what ops.matmul runs for prompts where the CPU has AMX. Skipped with the reason where this
-CPU, its kernel or PYRT_NO_AMX gives no AMX."""
+(matmul_q8_0.matmul_q); for Q4_K/Q5_K/Q6_K the same bits as the row dots (quants_k.matmul_k) and close to the
+float64 product of the dequantized weights and Q8_K activations; and what ops.matmul runs for prompts where the
+CPU has AMX. Skipped with the reason where this CPU, its kernel or PYRT_NO_AMX gives no AMX."""
 
 import numpy as np
 import pytest
