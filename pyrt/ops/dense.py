@@ -20,10 +20,10 @@ from . import paths
 from .attention import _DTYPE, _KINDS, CacheRows, DecodeSlot, _n_elems, choose_tiles
 from .basic import _gelu_table
 from .matmul import _check_raw
-from .mla import _FUSED_W
+from .mla import _FUSED_W, _frozen, _weight_vec
 from .mla import _f32_vec as _mla_f32_vec
 
-_EMPTY = np.zeros(0, np.float32)
+_EMPTY = _frozen(np.zeros(0, np.float32))  # an absent vector (read-only as the others: mla._frozen)
 
 
 def _f32_vec(name: str, a, n: int) -> np.ndarray:
@@ -93,22 +93,24 @@ class DenseLayerDecode:
             return w
 
         def vec(name, a, n):
-            return _EMPTY if a is None else _f32_vec(name, a, n)
+            return _EMPTY if a is None else _weight_vec(name, a, n, "dense layer")
 
         def bias(x, n):
-            return _EMPTY if x.bias is None else _f32_vec("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n)
+            if x.bias is None:
+                return _EMPTY
+            return _weight_vec("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n, "dense layer")
 
-        return cls(attn_norm=_f32_vec("attn_norm", L.attn_norm, n_embd),
+        return cls(attn_norm=_weight_vec("attn_norm", L.attn_norm, n_embd, "dense layer"),
                    wq=raw(L.attn_q, n_embd, n_head * dk, "attn_q"), wk=raw(L.attn_k, n_embd, n_head_kv * dk, "attn_k"),
                    wv=raw(L.attn_v, n_embd, n_head_kv * dv, "attn_v"), bq=bias(L.attn_q, n_head * dk),
                    bk=bias(L.attn_k, n_head_kv * dk), bv=bias(L.attn_v, n_head_kv * dv),
                    q_norm=vec("attn_q_norm", q_norm, dk), k_norm=vec("attn_k_norm", k_norm, dk),
                    wo=raw(L.attn_output, n_head * dv, n_embd, "attn_output"),
                    post_attn_norm=vec("post_attention_norm", post_attn_norm, n_embd),
-                   ffn_norm=_f32_vec("ffn_norm", L.ffn_norm, n_embd), wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
+                   ffn_norm=_weight_vec("ffn_norm", L.ffn_norm, n_embd, "dense layer"), wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
                    wu=raw(L.ffn_up, n_embd, n_ff, "ffn_up"), wd=raw(L.ffn_down, n_ff, n_embd, "ffn_down"),
                    post_ffn_norm=vec("post_ffw_norm", post_ffn_norm, n_embd),
-                   gelu_table=_gelu_table() if gelu else _EMPTY,
+                   gelu_table=_frozen(_gelu_table()) if gelu else _EMPTY,
                    kinds=np.array([_FUSED_W[int(x.w.ggml_type)] for x in lin], np.int64), n_embd=n_embd,
                    n_head=n_head, n_head_kv=n_head_kv, dk=dk, dv=dv, n_rot=n_rot, neox=bool(neox), eps=float(eps),
                    n_swa=int(n_swa))

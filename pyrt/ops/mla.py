@@ -341,6 +341,20 @@ def _f32_vec(name: str, a, n: int, what: str = "mla block") -> np.ndarray:
     return a
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only view of a. The fused decode kernels take every array fixed at load read-only: Numba compiles one
+    signature per argument's writability, and a vector mapped from the file is read-only where one made at load
+    (or an empty placeholder) is not, so without this each model family compiled its own copy of the kernel."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _weight_vec(name: str, a, n: int, what: str = "mla block") -> np.ndarray:
+    """_f32_vec(name, a, n, what), read-only (_frozen)."""
+    return _frozen(_f32_vec(name, a, n, what))
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class MLABlockDecode:
     """One deepseek2 layer's attention block for a decoded token, checked once at load, for
@@ -387,20 +401,19 @@ class MLABlockDecode:
         wo_ = _check_raw(wo[0], get_qtype(wo[1]), H * dv, "mla block attn_output")
         if q_b is not None:
             wqb = _check_raw(q_b[0], get_qtype(q_b[1]), n_q, "mla block q_b")
-            qan = _f32_vec("q_a_norm", q_a_norm, n_q)
+            qan = _weight_vec("q_a_norm", q_a_norm, n_q)
             qb_kind = _FUSED_W[int(q_b[1])]
         else:
-            wqb = np.zeros((0, 34), np.uint8)
-            wqb.flags.writeable = False
-            qan = np.zeros(0, np.float32)
+            wqb = _frozen(np.zeros((0, 34), np.uint8))
+            qan = _frozen(np.zeros(0, np.float32))
             qb_kind = 0
         n_qh = wqb.shape[0] if q_b is not None else wq.shape[0]
         if n_qh != H * dk or wkv.shape[0] != C + n_rot or wo_.shape[0] != n_embd:
             raise InvalidArgumentError(f"mla block: q / kv_a / attn_output rows ({n_qh}, {wkv.shape[0]}, "
                                        f"{wo_.shape[0]}) do not fit {H} heads of {dk}, {C} + {n_rot} and {n_embd}")
-        return cls(decode=decode, attn_norm=_f32_vec("attn_norm", attn_norm, n_embd), wq=wq,
+        return cls(decode=decode, attn_norm=_weight_vec("attn_norm", attn_norm, n_embd), wq=wq,
                    q_kind=_FUSED_W[int(q[1])], wkv=wkv, kv_kind=_FUSED_W[int(kv_a[1])], wqb=wqb, qb_kind=qb_kind,
-                   q_a_norm=qan, kv_a_norm=_f32_vec("kv_a_norm", kv_a_norm, C), wo=wo_,
+                   q_a_norm=qan, kv_a_norm=_weight_vec("kv_a_norm", kv_a_norm, C), wo=wo_,
                    wo_kind=_FUSED_W[int(wo[1])], n_embd=n_embd, n_rot=n_rot, eps=float(eps))
 
     def slot(self, k: np.ndarray, type_k: str, cell_pos, cell_seq, kv_idx, q_pos, q_seq, cells,
