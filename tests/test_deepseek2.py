@@ -303,3 +303,20 @@ def test_decompressed_prompt_on_tiles_matches_blas(ds2_models):
             res[tiles] = np.asarray(llm.eval_logits(ids), np.float64)
     assert not np.array_equal(res[True], res[False])
     assert _nmse(res[True], res[False]) <= 1e-7
+
+
+def test_one_block_kernel_signature_with_and_without_q_lora(ds2_models):
+    """The attention blocks of a q_lora file (q_a_norm mapped from it) and of a Lite-style one (an empty q_a_norm
+    and q_b) hand mla_block_decode arrays of one Numba type each (every vector read-only): one compiled kernel
+    per cache type, not two."""
+    import numba
+    from dataclasses import fields
+    sigs = set()
+    for name in ("ds2-qlora-kb-q8_0", "ds2-lite-kvb-q4_0"):
+        layers = pyrt.load(ds2_models[name][0], n_ctx=32, warmup=False).model.layers
+        blocks = [L.attn.block for L in layers if L.attn.block is not None]
+        assert blocks, name
+        for b in blocks:
+            sigs.add(tuple((f.name, str(numba.typeof(getattr(b, f.name)))) for f in fields(b)
+                           if isinstance(getattr(b, f.name), np.ndarray)))
+    assert len(sigs) == 1, sigs

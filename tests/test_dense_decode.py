@@ -122,3 +122,19 @@ def test_build_declines_unfused_shapes(files):
     with pytest.raises(InvalidArgumentError):  # attn_q rows that do not fit n_head heads
         DenseLayerDecode.build(L, hp.n_embd, hp.n_head * 2, hp.n_head_kv, hp.n_embd_head_k, hp.n_embd_head_v,
                                hp.n_rot, False, 1e-5)
+
+
+def test_one_kernel_signature_for_every_family(files, gemma_q8):
+    """llama (no biases, no Q/K norms), qwen2 (Q/K/V biases) and gemma3 (Q/K norms, post norms, GELU table) hand
+    dense_layer_decode arrays of one Numba type each (every vector read-only): one compiled kernel per cache
+    type, not one per model family."""
+    import numba
+    from dataclasses import fields
+    sigs = set()
+    for path in (files[("llama", "Q8_0")], files[("qwen2", "Q4_K")], gemma_q8):
+        blocks = pyrt.load(path, n_ctx=32, warmup=False).model.blocks
+        assert blocks
+        for b in blocks:
+            sigs.add(tuple((f.name, str(numba.typeof(getattr(b, f.name)))) for f in fields(b)
+                           if isinstance(getattr(b, f.name), np.ndarray)))
+    assert len(sigs) == 1, sigs
