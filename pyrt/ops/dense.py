@@ -19,11 +19,11 @@ from ..formats.qtypes import get_qtype
 from . import paths
 from .attention import _DTYPE, _KINDS, CacheRows, DecodeSlot, _n_elems, choose_tiles
 from .basic import _gelu_table
-from .matmul import _check_raw
-from .mla import _FUSED_W, _frozen, _weight_vec
+from .matmul import _check_raw, _readonly
+from .mla import _FUSED_W, _weight_vec
 from .mla import _f32_vec as _mla_f32_vec
 
-_EMPTY = _frozen(np.zeros(0, np.float32))  # an absent vector (read-only as the others: mla._frozen)
+_EMPTY = _readonly(np.zeros(0, np.float32))  # an absent vector (read-only as the others: matmul._readonly)
 
 
 def _f32_vec(name: str, a, n: int) -> np.ndarray:
@@ -107,10 +107,11 @@ class DenseLayerDecode:
                    q_norm=vec("attn_q_norm", q_norm, dk), k_norm=vec("attn_k_norm", k_norm, dk),
                    wo=raw(L.attn_output, n_head * dv, n_embd, "attn_output"),
                    post_attn_norm=vec("post_attention_norm", post_attn_norm, n_embd),
-                   ffn_norm=_weight_vec("ffn_norm", L.ffn_norm, n_embd, "dense layer"), wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
+                   ffn_norm=_weight_vec("ffn_norm", L.ffn_norm, n_embd, "dense layer"),
+                   wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
                    wu=raw(L.ffn_up, n_embd, n_ff, "ffn_up"), wd=raw(L.ffn_down, n_ff, n_embd, "ffn_down"),
                    post_ffn_norm=vec("post_ffw_norm", post_ffn_norm, n_embd),
-                   gelu_table=_frozen(_gelu_table()) if gelu else _EMPTY,
+                   gelu_table=_readonly(_gelu_table()) if gelu else _EMPTY,
                    kinds=np.array([_FUSED_W[int(x.w.ggml_type)] for x in lin], np.int64), n_embd=n_embd,
                    n_head=n_head, n_head_kv=n_head_kv, dk=dk, dv=dv, n_rot=n_rot, neox=bool(neox), eps=float(eps),
                    n_swa=int(n_swa))

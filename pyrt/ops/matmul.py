@@ -92,7 +92,8 @@ def drop_scratch(*names: str) -> None:
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
-    # One Numba specialization for weights: the runtime passes read-only mmap views.
+    # One Numba specialization: the kernels take weights, and every array fixed at load, read-only (mapped from
+    # the file they are; arrays made at load are frozen here). Numba compiles a signature per writability.
     if a.flags.writeable:
         a = a.view()
         a.flags.writeable = False

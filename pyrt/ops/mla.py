@@ -25,7 +25,7 @@ from ..formats.qtypes import get_qtype
 from ..io.files import cache_dir, write_file_atomic
 from . import paths
 from .attention import CacheRows, DecodeSlot, rows_view
-from .matmul import _check_raw, amx_enabled
+from .matmul import _check_raw, _readonly, amx_enabled
 
 _KINDS = {c.name: c.code for c in CACHE_TYPES.values() if c.block_size}  # q8_KV: per-head segments, not MLA's row
 MLA_CACHE_TYPES = tuple(_KINDS)
@@ -341,18 +341,10 @@ def _f32_vec(name: str, a, n: int, what: str = "mla block") -> np.ndarray:
     return a
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    """A read-only view of a. The fused decode kernels take every array fixed at load read-only: Numba compiles one
-    signature per argument's writability, and a vector mapped from the file is read-only where one made at load
-    (or an empty placeholder) is not, so without this each model family compiled its own copy of the kernel."""
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
 def _weight_vec(name: str, a, n: int, what: str = "mla block") -> np.ndarray:
-    """_f32_vec(name, a, n, what), read-only (_frozen)."""
-    return _frozen(_f32_vec(name, a, n, what))
+    """_f32_vec(name, a, n, what), read-only (matmul._readonly: one compiled signature of the fused kernels
+    whether the vector was mapped from the file or made at load)."""
+    return _readonly(_f32_vec(name, a, n, what))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -404,8 +396,8 @@ class MLABlockDecode:
             qan = _weight_vec("q_a_norm", q_a_norm, n_q)
             qb_kind = _FUSED_W[int(q_b[1])]
         else:
-            wqb = _frozen(np.zeros((0, 34), np.uint8))
-            qan = _frozen(np.zeros(0, np.float32))
+            wqb = _readonly(np.zeros((0, 34), np.uint8))
+            qan = _readonly(np.zeros(0, np.float32))
             qb_kind = 0
         n_qh = wqb.shape[0] if q_b is not None else wq.shape[0]
         if n_qh != H * dk or wkv.shape[0] != C + n_rot or wo_.shape[0] != n_embd:
