@@ -22,6 +22,18 @@ import mla_pieces as mp
 st = collections.defaultdict(float)
 MODE = os.environ.get("MODE", "parts")
 
+
+def _pieces(d, q_nope, attn, t0):
+    """W_UK then W_UV as separate regions, timed into st; returns the end time."""
+    pc = time.perf_counter
+    H = d.n_head
+    mp.wuk(np.empty((H, d.C), np.float32), q_nope, d.k_b, d.kb_kind)
+    t1 = pc(); st["wuk"] += t1 - t0
+    mp.wuv(attn, np.ones((H, d.C), np.float32), d.v_b, d.v_row0, d.vb_kind)
+    t2 = pc(); st["wuv"] += t2 - t1
+    return t2
+
+
 def _layers(self, inp, x, rope, one, mode):
     if not one:
         return ORIG(self, inp, x, rope, one, mode)
@@ -55,23 +67,13 @@ def _layers(self, inp, x, rope, one, mode):
             kc = slot.k.view(krows, "x")
             t3 = pc()
             if MODE == "cold2":
-                ql = np.empty((H, d.C), np.float32)
-                mp.wuk(ql, q_nope, d.k_b, d.kb_kind)
-                t6 = pc(); st["wuk"] += t6 - t3
-                ol = np.ones((H, d.C), np.float32)
-                mp.wuv(attn, ol, d.v_b, d.v_row0, d.vb_kind)
-                t3 = pc(); st["wuv"] += t3 - t6
+                t3 = _pieces(d, q_nope, attn, t3)
             fk.mla_decode(attn, q_nope, q_pe, d.k_b, d.kb_kind, d.v_b, d.v_row0, d.vb_kind, kc, slot.k.kind,
                           slot.cell_pos, slot.cell_seq, slot.kv_idx, slot.q_pos, slot.q_seq, slot.scale,
                           slot.kv_tile, slot.n_split, amx_config())
             t4 = pc(); st["mla"] += t4 - t3
             if MODE == "pieces":
-                ql = np.empty((H, d.C), np.float32)
-                mp.wuk(ql, q_nope, d.k_b, d.kb_kind)
-                t6 = pc(); st["wuk"] += t6 - t4
-                ol = np.ones((H, d.C), np.float32)
-                mp.wuv(attn, ol, d.v_b, d.v_row0, d.vb_kind)
-                t4 = pc(); st["wuv"] += t4 - t6
+                t4 = _pieces(d, q_nope, attn, t4)
             y = np.empty(B.n_embd, np.float32)
             fk._matvec_q(y, B.wo, B.wo_kind, attn.reshape(-1))
             t5 = pc(); st["wo"] += t5 - t4
