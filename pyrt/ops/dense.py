@@ -30,6 +30,10 @@ def _f32_vec(name: str, a, n: int) -> np.ndarray:
     return _mla_f32_vec(name, a, n, "dense layer")
 
 
+def _weight(name: str, a, n: int) -> np.ndarray:
+    return _weight_vec(name, a, n, "dense layer")
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class DenseLayerDecode:
     """One dense layer (llama / qwen2 / gemma3) for a decoded token, checked once at load, for
@@ -93,22 +97,21 @@ class DenseLayerDecode:
             return w
 
         def vec(name, a, n):
-            return _EMPTY if a is None else _weight_vec(name, a, n, "dense layer")
+            return _EMPTY if a is None else _weight(name, a, n)
 
         def bias(x, n):
             if x.bias is None:
                 return _EMPTY
-            return _weight_vec("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n, "dense layer")
+            return _weight("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n)
 
-        return cls(attn_norm=_weight_vec("attn_norm", L.attn_norm, n_embd, "dense layer"),
+        return cls(attn_norm=_weight("attn_norm", L.attn_norm, n_embd),
                    wq=raw(L.attn_q, n_embd, n_head * dk, "attn_q"), wk=raw(L.attn_k, n_embd, n_head_kv * dk, "attn_k"),
                    wv=raw(L.attn_v, n_embd, n_head_kv * dv, "attn_v"), bq=bias(L.attn_q, n_head * dk),
                    bk=bias(L.attn_k, n_head_kv * dk), bv=bias(L.attn_v, n_head_kv * dv),
                    q_norm=vec("attn_q_norm", q_norm, dk), k_norm=vec("attn_k_norm", k_norm, dk),
                    wo=raw(L.attn_output, n_head * dv, n_embd, "attn_output"),
                    post_attn_norm=vec("post_attention_norm", post_attn_norm, n_embd),
-                   ffn_norm=_weight_vec("ffn_norm", L.ffn_norm, n_embd, "dense layer"),
-                   wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
+                   ffn_norm=_weight("ffn_norm", L.ffn_norm, n_embd), wg=raw(L.ffn_gate, n_embd, n_ff, "ffn_gate"),
                    wu=raw(L.ffn_up, n_embd, n_ff, "ffn_up"), wd=raw(L.ffn_down, n_ff, n_embd, "ffn_down"),
                    post_ffn_norm=vec("post_ffw_norm", post_ffn_norm, n_embd),
                    gelu_table=_readonly(_gelu_table()) if gelu else _EMPTY,
