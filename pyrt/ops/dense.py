@@ -100,9 +100,7 @@ class DenseLayerDecode:
             return _EMPTY if a is None else _weight(name, a, n)
 
         def bias(x, n):
-            if x.bias is None:
-                return _EMPTY
-            return _weight("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n)
+            return _EMPTY if x.bias is None else _weight("a Q/K/V bias", np.ascontiguousarray(x.bias, np.float32), n)
 
         return cls(attn_norm=_weight("attn_norm", L.attn_norm, n_embd),
                    wq=raw(L.attn_q, n_embd, n_head * dk, "attn_q"), wk=raw(L.attn_k, n_embd, n_head_kv * dk, "attn_k"),
