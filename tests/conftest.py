@@ -71,3 +71,9 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("pyrt vs llama.cpp parity (synthetic models)")
         for row in _PARITY_ROWS:
             terminalreporter.write_line(row)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `last` run after all the others, so that the CUDA simulator children load the CPU kernels the
+    rest of the run compiled from its Numba cache rather than each compiling its own copy."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

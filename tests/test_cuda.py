@@ -102,12 +102,14 @@ def test_simulator_shares_one_array_per_block():
     assert r.stdout.strip() == "[64.0]", r.stdout
 
 
+@pytest.mark.last
 def test_simulator():
     """FlashMLA, YaRN and the MoE kernels against the CPU kernels and float64, simulated."""
     pytest.importorskip("numba_cuda")
     run_children([("test_cuda_mla.py", "not slow", True), ("test_cuda_moe.py", "not slow", True)])
 
 
+@pytest.mark.last
 @pytest.mark.slow  # ~1.5 min on 2 cores
 def test_simulator_slow():
     """Each kernel against the CPU ops, KV store bytes, attention and tiny models (tests/cuda/parity_checks.py),
