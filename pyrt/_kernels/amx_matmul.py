@@ -44,7 +44,7 @@ def matmul_q_amx(dst, w, xq, kind, cfg):
         cs = np.int64(nb * AUX_BYTES)
     n_full = n_tok // TM * TM
     m = n_tok - n_full
-    xq_pad, xc_pad = _pad_tail(xq, xc, n_full, m, TM)
+    xq_pad, xc_pad = _pad_tail(xq, xc, n_full, m, np.int64(TM))
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     xpp, cpp = np.int64(xq_pad.ctypes.data), np.int64(xc_pad.ctypes.data)

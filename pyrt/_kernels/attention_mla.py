@@ -156,7 +156,7 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     k8 = np.empty((ROWS if q8 else 0, nbk * Q8_0_BLOCK_BYTES), dtype=np.uint8)
     if q8:
         quantize_rows_q8_0(qq, qs)
-        x_aux_q8_0(qc, qq, _q_bias(KIND_Q8_0))
+        x_aux_q8_0(qc, qq, _q_bias(np.int64(KIND_Q8_0)))
     for cb in range(c0, c1, kv_tile):
         nc = min(kv_tile, c1 - cb)
         if not tile_mask(mask, cvis, cpos, cseq, kv_idx, cb, nc, cell_pos, cell_seq, q_pos, qseq, t0, 0):
@@ -169,9 +169,9 @@ def _mla_item(acc, m, l, q, k, kind, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
         else:
             for j in range(min(kv_tile, (nc + 3) // 4 * 4)):
                 if j < nc and cvis[j] and q8:
-                    decode_row(kt[j, v_off:], k[kv_idx[cb + j]], v_off, dk - v_off, kind, 0)
+                    decode_row(kt[j, v_off:], k[kv_idx[cb + j]], v_off, dk - v_off, kind, np.int64(0))
                 elif j < nc and cvis[j]:
-                    decode_row(kt[j], k[kv_idx[cb + j]], 0, dk, kind, 0)
+                    decode_row(kt[j], k[kv_idx[cb + j]], np.int64(0), dk, kind, np.int64(0))
                 else:
                     kt[j, :] = np.float32(0.0)
         nc4 = nc - nc % 4

@@ -586,7 +586,7 @@ def mla_item_amx(acc, m, l, qp, n_head, k, kind, v_off, cell_pos, cell_seq, kv_i
                     f16_row_words(khp + a, klp + a, vwp + j * 64, src, np.int64(dw), np.int64(v_off))
                     continue
                 if kind != KIND_F32:
-                    decode_row(kf, k[kv_idx[cb + j]], 0, dw, kind, 0)
+                    decode_row(kf, k[kv_idx[cb + j]], np.int64(0), dw, kind, np.int64(0))
                     src = np.int64(kf.ctypes.data)
                 split_bf16(khp + a, klp + a, src, np.int64(dw))
                 words_u16(vwp + j * 64, klp + a + v_off * 2, khp + a + v_off * 2, np.int64(dv))

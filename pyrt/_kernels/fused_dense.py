@@ -66,15 +66,15 @@ def _rows3(qv, kv, vv, wq, wk, wv, kinds, h):
     for it in prange(t_q + t_k + t_v):
         if it < t_q:
             r0 = it * ROW_TILE
-            rows_any(kinds[0], wq, 0, r0, min(r0 + ROW_TILE, n_q), np.int64(xq.ctypes.data),
+            rows_any(kinds[0], wq, np.int64(0), r0, min(r0 + ROW_TILE, n_q), np.int64(xq.ctypes.data),
                      np.int64(xc.ctypes.data), np.int64(nbx), xk[0], nbk, qv, pf)
         elif it < t_q + t_k:
             r0 = (it - t_q) * ROW_TILE
-            rows_any(kinds[1], wk, 0, r0, min(r0 + ROW_TILE, n_k), np.int64(xq.ctypes.data),
+            rows_any(kinds[1], wk, np.int64(0), r0, min(r0 + ROW_TILE, n_k), np.int64(xq.ctypes.data),
                      np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), xk[0], nbk, kv, pf)
         else:
             r0 = (it - t_q - t_k) * ROW_TILE
-            rows_any(kinds[2], wv, 0, r0, min(r0 + ROW_TILE, n_v), np.int64(xq.ctypes.data),
+            rows_any(kinds[2], wv, np.int64(0), r0, min(r0 + ROW_TILE, n_v), np.int64(xq.ctypes.data),
                      np.int64(xc.ctypes.data) + 2 * nbx * AUX_BYTES, np.int64(nbx), xk[0], nbk, vv, pf)
 
 
@@ -101,14 +101,14 @@ def _ffn_rows(y, h, wg, wu, wd, kind_gu, kind_d, gelu):
     pf = np.int64(PREFETCH_BYTES)
     for it in prange((n_ff + FFN_TILE - 1) // FFN_TILE):
         r0 = it * FFN_TILE
-        _gate_up_tile(kind_gu, wg, wu, 0, r0, min(r0 + FFN_TILE, n_ff), np.int64(xq.ctypes.data),
+        _gate_up_tile(kind_gu, wg, wu, np.int64(0), r0, min(r0 + FFN_TILE, n_ff), np.int64(xq.ctypes.data),
                       np.int64(xc.ctypes.data), np.int64(nbx), xk, nbk, g, u, hq, hc, _q_bias(kind_d), not k_dn, gelu,
                       pf)
     hk, nbfk = q8_k_rows(g.reshape(1, n_ff), k_dn)            # [1, nbfk*292] where the down rows are K-quants
     for it in prange((n_embd + ROW_TILE - 1) // ROW_TILE):
         r0 = it * ROW_TILE
-        rows_any(kind_d, wd, 0, r0, min(r0 + ROW_TILE, n_embd), np.int64(hq.ctypes.data), np.int64(hc.ctypes.data),
-                 np.int64(nbf), hk[0], nbfk, y, pf)
+        rows_any(kind_d, wd, np.int64(0), r0, min(r0 + ROW_TILE, n_embd), np.int64(hq.ctypes.data),
+                 np.int64(hc.ctypes.data), np.int64(nbf), hk[0], nbfk, y, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -159,12 +159,12 @@ def dense_layer_decode(x, attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo,
             _rope_neox_row(k[hh * dk:(hh + 1) * dk], cos, sin)
         else:
             _rope_norm_row(k[hh * dk:(hh + 1) * dk], cos, sin)
-    encode_row(kc[cell], k, kind_k, seg_k, 0, n_k)
-    encode_row(vc[cell], v, kind_v, seg_v, 0, n_v)
+    encode_row(kc[cell], k, kind_k, seg_k, np.int64(0), n_k)
+    encode_row(vc[cell], v, kind_v, seg_v, np.int64(0), n_v)
     # (2) attention over the cells, (3) attn_output and the residual
     attn = np.empty((1, n_head, dv), np.float32)
-    flash_attn(attn, q.reshape(1, n_head, dk), kc, vc, kind_k, kind_v, seg_k, seg_v, 0, n_head_kv, cell_pos, cell_seq,
-               kv_idx, q_pos, q_seq, scale, n_swa, np.float32(0.0), q_tile, kv_tile, n_split)
+    flash_attn(attn, q.reshape(1, n_head, dk), kc, vc, kind_k, kind_v, seg_k, seg_v, np.int64(0), n_head_kv, cell_pos,
+               cell_seq, kv_idx, q_pos, q_seq, scale, n_swa, np.float32(0.0), q_tile, kv_tile, n_split)
     y = np.empty(n_embd, np.float32)
     _matvec_q(y, wo, kinds[W_O], attn.reshape(n_head * dv))
     if post_attn_norm.shape[0] > 0:

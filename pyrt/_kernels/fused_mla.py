@@ -63,7 +63,7 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
             h0 = g * HEAD_GROUP
             h1 = h0 + HEAD_GROUP
             for h in range(h0, h1):
-                _rows_q(kb_kind, np.int64(k_b.ctypes.data) + h * C * kbs, kbs, 0, C,
+                _rows_q(kb_kind, np.int64(k_b.ctypes.data) + h * C * kbs, kbs, np.int64(0), C,
                         np.int64(qq.ctypes.data) + h * np.int64(qq.strides[0]),
                         np.int64(qc.ctypes.data) + h * nbq * AUX_BYTES, np.int64(nbq), qa[0, h, n_rot:], pf)
             acc = np.empty((HEAD_GROUP, C), dtype=np.float32)
@@ -82,7 +82,8 @@ def mla_decode(dst, q_nope, q_pe, k_b, kb_kind, v_b, v_row0, vb_kind, k, kind, c
             x_aux_q8_0(oc, oq, _q_bias(vb_kind))
             ok, nbok = q8_k_rows(og, is_k_quant(vb_kind))
             for r in range(HEAD_GROUP):
-                rows_any(vb_kind, v_b, v_row0[h0 + r], 0, dv, np.int64(oq.ctypes.data) + r * np.int64(oq.strides[0]),
+                rows_any(vb_kind, v_b, v_row0[h0 + r], np.int64(0), dv,
+                         np.int64(oq.ctypes.data) + r * np.int64(oq.strides[0]),
                          np.int64(oc.ctypes.data) + r * nbo * AUX_BYTES, np.int64(nbo), ok[r], nbok, dst[h0 + r], pf)
         return
     nt = (C + ROW_TILE - 1) // ROW_TILE
@@ -140,8 +141,8 @@ def _matvec_q(dst, w, kind, x):
     pf = np.int64(PREFETCH_BYTES)
     for it in prange((n_out + ROW_TILE - 1) // ROW_TILE):
         r0 = it * ROW_TILE
-        rows_any(kind, w, 0, r0, min(r0 + ROW_TILE, n_out), np.int64(xq.ctypes.data), np.int64(xc.ctypes.data), nb,
-                 xk[0], nbk, dst, pf)
+        rows_any(kind, w, np.int64(0), r0, min(r0 + ROW_TILE, n_out), np.int64(xq.ctypes.data),
+                 np.int64(xc.ctypes.data), nb, xk[0], nbk, dst, pf)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, parallel=True)
@@ -182,11 +183,11 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     for it in prange(nt_q + (n_kva + ROW_TILE - 1) // ROW_TILE):
         if it < nt_q:
             r0 = it * ROW_TILE
-            rows_any(q_kind, wq, 0, r0, min(r0 + ROW_TILE, n_q), np.int64(xq.ctypes.data), np.int64(xc.ctypes.data),
-                     nbx, xk[0], nbk, qa, pf)
+            rows_any(q_kind, wq, np.int64(0), r0, min(r0 + ROW_TILE, n_q), np.int64(xq.ctypes.data),
+                     np.int64(xc.ctypes.data), nbx, xk[0], nbk, qa, pf)
         else:
             r0 = (it - nt_q) * ROW_TILE
-            rows_any(kv_kind, wkv, 0, r0, min(r0 + ROW_TILE, n_kva), np.int64(xq.ctypes.data),
+            rows_any(kv_kind, wkv, np.int64(0), r0, min(r0 + ROW_TILE, n_kva), np.int64(xq.ctypes.data),
                      np.int64(xc2.ctypes.data), nbx, xk[0], nbk, kva, pf)
     # (2) with q_lora: q = attn_q_b(rmsnorm(q_a) * q_a_norm)
     if wqb.shape[0] > 0:
@@ -202,7 +203,7 @@ def mla_block_decode(x, attn_norm, eps, wq, q_kind, wkv, kv_kind, wqb, qb_kind, 
     for i in range(n_rot):
         row[i] = kva[C + i]
     _rope_norm_row(row[:n_rot], cos, sin)
-    encode_row(k[cell], row, kind, 0, 0, row.shape[0])
+    encode_row(k[cell], row, kind, np.int64(0), np.int64(0), row.shape[0])
     q_nope = np.empty((n_head, dn), np.float32)
     q_pe = np.empty((n_head, n_rot), np.float32)
     for hh in range(n_head):

@@ -132,8 +132,9 @@ def _gate_up_tile(kind, gw, uw, row0, r0, r1, xg, cp, nbx, xk, nbk, g, u, hq, hc
     hq: [nbf*34] uint8; hc: [nbf, 2] int32; r0, r1: multiples of QK (and of ROWS).
     """
     if is_k_quant(kind):
-        rows_any(kind, gw, row0, r0, r1, 0, 0, 0, xk[0], nbk, g, pf)
-        rows_any(kind, uw, row0, r0, r1, 0, 0, 0, xk[0], nbk, u, pf)
+        no = np.int64(0)  # no Q8_0 row: the K-quants read xk
+        rows_any(kind, gw, row0, r0, r1, no, no, no, xk[0], nbk, g, pf)
+        rows_any(kind, uw, row0, r0, r1, no, no, no, xk[0], nbk, u, pf)
     else:
         ws = np.int64(gw.strides[0])
         wg = np.int64(gw.ctypes.data) + row0 * ws
@@ -219,9 +220,9 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
                     logits[e] = dot_f32_f32(gp + e * gs, np.int64(x.ctypes.data), np.int64(n_embd))
         else:
             r0 = (it - n_rt) * FFN_TILE
-            _gate_up_tile(kinds[2], gate_shexp, up_shexp, 0, r0, min(r0 + FFN_TILE, n_sh), np.int64(xq.ctypes.data),
-                          np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), xk, nbk, sg, su, sq, sc,
-                          _q_bias(kinds[3]), not k_sdn, swiglu, pf)
+            _gate_up_tile(kinds[2], gate_shexp, up_shexp, np.int64(0), r0, min(r0 + FFN_TILE, n_sh),
+                          np.int64(xq.ctypes.data), np.int64(xc.ctypes.data) + nbx * AUX_BYTES, np.int64(nbx), xk, nbk,
+                          sg, su, sq, sc, _q_bias(kinds[3]), not k_sdn, swiglu, pf)
     sk, nbsk = q8_k_rows(sg.reshape(1, n_sh), k_sdn)          # [1, nbsk*292]
     probs = np.empty(n_expert, np.float32)
     _route_one(sel, wsel, probs, logits, probs_b, gating, norm_w, w_scale)
@@ -268,7 +269,7 @@ def moe_ffn_decode(y, sel, wsel, x, gate_inp, probs_b, gate_exps, up_exps, down_
                      np.int64(hc.ctypes.data) + k * np.int64(nbf * AUX_BYTES), np.int64(nbf), hk[k], nbfk,
                      dn[k], pf)
         else:
-            rows_any(kinds[3], down_shexp, 0, r0, r1, np.int64(sq.ctypes.data), np.int64(sc.ctypes.data),
+            rows_any(kinds[3], down_shexp, np.int64(0), r0, r1, np.int64(sq.ctypes.data), np.int64(sc.ctypes.data),
                      np.int64(nbs), sk[0], nbsk, dn[k], pf)
     # weighted sum in slot order, then the shared experts (as ggml adds them)
     for i in range(n_embd):

@@ -154,31 +154,31 @@ def store_rows(dst, cells, src, kind, seg):
     """
     n = src.shape[1]
     for t in range(cells.shape[0]):
-        encode_row(dst[cells[t]], src[t], kind, seg, 0, n)
+        encode_row(dst[cells[t]], src[t], kind, seg, np.int64(0), n)
 
 
 @njit(cache=True, nogil=True)
 def store_rows_f16(dst, cells, src):
     """store_rows to f16 rows (dst [size, n] uint16)."""
-    store_rows(dst, cells, src, KIND_F16, 1)
+    store_rows(dst, cells, src, np.int64(KIND_F16), np.int64(1))
 
 
 @njit(cache=True, nogil=True)
 def store_rows_bf16(dst, cells, src):
     """store_rows to bf16 rows (dst [size, n] uint16)."""
-    store_rows(dst, cells, src, KIND_BF16, 1)
+    store_rows(dst, cells, src, np.int64(KIND_BF16), np.int64(1))
 
 
 @njit(cache=True, nogil=True)
 def store_rows_q8_0(dst, cells, src):
     """store_rows to q8_0 rows (dst [size, n/32*34] uint8)."""
-    store_rows(dst, cells, src, KIND_Q8_0, 1)
+    store_rows(dst, cells, src, np.int64(KIND_Q8_0), np.int64(1))
 
 
 @njit(cache=True, nogil=True)
 def store_rows_q8_kv(dst, cells, src, seg):
     """store_rows to q8_KV rows (dst [size, n/seg*(8+seg)] uint8)."""
-    store_rows(dst, cells, src, KIND_Q8_KV, seg)
+    store_rows(dst, cells, src, np.int64(KIND_Q8_KV), seg)
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -321,7 +321,7 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
         c = cells[t]
         x = np.empty(n, dtype=np.float32)  # [n] f32 the dequantized row
         row = buf[c]
-        decode_row(x, row, 0, n, kind, seg)
+        decode_row(x, row, np.int64(0), n, kind, seg)
         for h in range(n_head):
             b = off + h * head_stride
             for i in range(half):
@@ -344,7 +344,7 @@ def kshift_rows(buf, kind, seg, n, cells, cos, sin, n_head, head_stride, off, ne
 def dequant_rows(out, buf, kind, seg, cells):
     """out [m, n] f32 = values of cache rows buf[cells] (tests, debugging, state checks)."""
     for t in range(cells.shape[0]):
-        decode_row(out[t], buf[cells[t]], 0, out.shape[1], kind, seg)
+        decode_row(out[t], buf[cells[t]], np.int64(0), out.shape[1], kind, seg)
 
 
 @njit(cache=True, nogil=True)

@@ -116,7 +116,7 @@ def quantize_rows_q8_0(dst, src):
     """
     nb = src.shape[1] // QK
     for r in range(src.shape[0]):
-        _quantize_blocks_q8_0(dst[r], src[r], 0, nb)
+        _quantize_blocks_q8_0(dst[r], src[r], np.int64(0), nb)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -124,7 +124,7 @@ def quantize_rows_q8_0_par(dst, src):
     """quantize_rows_q8_0 with the rows spread over the threads (prompt batches)."""
     nb = src.shape[1] // QK
     for r in prange(src.shape[0]):
-        _quantize_blocks_q8_0(dst[r], src[r], 0, nb)
+        _quantize_blocks_q8_0(dst[r], src[r], np.int64(0), nb)
 
 
 @njit(cache=True, nogil=True)
@@ -165,7 +165,7 @@ def x_aux_q8_0(dst, xq, bias):
     dst: [n_tok, nb, 2] int32; xq: [n_tok, nb*34] uint8 (block_q8_0); bias: Q4_0 8, Q5_0 16, Q8_0 128.
     """
     for t in range(dst.shape[0]):
-        _x_aux_blocks(dst[t], xq[t], bias, 0, dst.shape[1])
+        _x_aux_blocks(dst[t], xq[t], bias, np.int64(0), dst.shape[1])
 
 
 @njit(cache=True, nogil=True)
@@ -239,7 +239,7 @@ def matmul_q(dst, w, xq, kind, tile_bytes, chunk_bytes):
     # the padded tail: its m tokens (t_pad ..) in one 4-token pass (m = 0: none)
     m = 3 if n_tok % 4 == 3 else 0
     t_pad = n_tok - m if m > 0 else n_tok  # (n_tok: no token starts the padded pass)
-    xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, 4)
+    xq_pad, xc_pad = _pad_tail(xq, xc, t_pad, m, np.int64(4))
     wp, ws = np.int64(w.ctypes.data), np.int64(w.strides[0])
     xp, xs = np.int64(xq.ctypes.data), np.int64(xq.strides[0])
     xps = np.int64(xq_pad.strides[0])
@@ -334,19 +334,19 @@ def _tile_q(kind, n, wp, ws, xp, xs, cp, cs, nb, dp, ds, pf):
 @njit(cache=True, nogil=True)
 def matmul_q8_0(dst, w, xq):
     """Q8_0 weights x Q8_0 activations (matmul_q)."""
-    matmul_q(dst, w, xq, KIND_Q8_0, TILE_BYTES, CHUNK_BYTES)
+    matmul_q(dst, w, xq, np.int64(KIND_Q8_0), np.int64(TILE_BYTES), np.int64(CHUNK_BYTES))
 
 
 @njit(cache=True, nogil=True)
 def matmul_q4_0(dst, w, xq):
     """Q4_0 weights x Q8_0 activations (matmul_q)."""
-    matmul_q(dst, w, xq, KIND_Q4_0, TILE_BYTES, CHUNK_BYTES)
+    matmul_q(dst, w, xq, np.int64(KIND_Q4_0), np.int64(TILE_BYTES), np.int64(CHUNK_BYTES))
 
 
 @njit(cache=True, nogil=True)
 def matmul_q5_0(dst, w, xq):
     """Q5_0 weights x Q8_0 activations (matmul_q)."""
-    matmul_q(dst, w, xq, KIND_Q5_0, TILE_BYTES, CHUNK_BYTES)
+    matmul_q(dst, w, xq, np.int64(KIND_Q5_0), np.int64(TILE_BYTES), np.int64(CHUNK_BYTES))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
@@ -379,19 +379,19 @@ def matmul_float(dst, w, x, kind):
 @njit(cache=True, nogil=True)
 def matmul_f16(dst, w, x):
     """F16 weights x f16 activations (matmul_float)."""
-    matmul_float(dst, w, x, KIND_F16)
+    matmul_float(dst, w, x, np.int64(KIND_F16))
 
 
 @njit(cache=True, nogil=True)
 def matmul_bf16(dst, w, x):
     """BF16 weights x bf16 activations (matmul_float)."""
-    matmul_float(dst, w, x, KIND_BF16)
+    matmul_float(dst, w, x, np.int64(KIND_BF16))
 
 
 @njit(cache=True, nogil=True)
 def matmul_f32(dst, w, x):
     """F32 weights x f32 activations (matmul_float)."""
-    matmul_float(dst, w, x, KIND_F32)
+    matmul_float(dst, w, x, np.int64(KIND_F32))
 
 
 # ------------------------------------------------------------------------- grouped matmul

@@ -598,7 +598,7 @@ def matmul_k(dst, w, xq, kind):
                 if n_tok4 + 2 < n_tok:
                     dst[n_tok4 + 2, r] = a2
         if xq_pad.shape[0] == 0 and n_tok4 < n_tok:  # one leftover token (a decoded one): rows in pairs
-            rows_k1(kind, w, 0, r0, r1, xq, n_tok4 * xb, nb, dst[n_tok4])
+            rows_k1(kind, w, np.int64(0), r0, r1, xq, n_tok4 * xb, nb, dst[n_tok4])
 
 
 @njit(cache=True, nogil=True)
@@ -613,19 +613,19 @@ def _matmul_k_auto(dst, w, xq, kind):
 @njit(cache=True, nogil=True)
 def matmul_q4_k(dst, w, xq):
     """Q4_K weights x Q8_K activations (_matmul_k_auto)."""
-    _matmul_k_auto(dst, w, xq, KIND_Q4_K)
+    _matmul_k_auto(dst, w, xq, np.int64(KIND_Q4_K))
 
 
 @njit(cache=True, nogil=True)
 def matmul_q5_k(dst, w, xq):
     """Q5_K weights x Q8_K activations (_matmul_k_auto)."""
-    _matmul_k_auto(dst, w, xq, KIND_Q5_K)
+    _matmul_k_auto(dst, w, xq, np.int64(KIND_Q5_K))
 
 
 @njit(cache=True, nogil=True)
 def matmul_q6_k(dst, w, xq):
     """Q6_K weights x Q8_K activations (_matmul_k_auto)."""
-    _matmul_k_auto(dst, w, xq, KIND_Q6_K)
+    _matmul_k_auto(dst, w, xq, np.int64(KIND_Q6_K))
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH)

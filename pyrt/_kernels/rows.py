@@ -22,7 +22,7 @@ def rows_any(kind, w, row0, r0, r1, xq, cp, nb, xk, nbk, dst, pf):
     f32; pf: prefetch distance in bytes. The same bits as the one-token matmul of each format.
     """
     if is_k_quant(kind):
-        rows_k1(kind, w, row0, r0, r1, xk, 0, nbk, dst)
+        rows_k1(kind, w, row0, r0, r1, xk, np.int64(0), nbk, dst)
     else:
         ws = np.int64(w.strides[0])
         _rows_q(kind, np.int64(w.ctypes.data) + row0 * ws, ws, r0, r1, xq, cp, nb, dst, pf)
