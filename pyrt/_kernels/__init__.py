@@ -4,6 +4,10 @@ Every cached kernel below this package is keyed on one stamp of all its files, a
 of its own library (disk_cache.py: the same bits whether compiled in this process or loaded from the disk
 cache); both installed here before any kernel module is imported, with LLVM's asm parser readied for the
 kernels that hold inline asm (disk_cache.ready_asm_parser).
+
+A constant that one kernel hands another (a kind code, a zero offset) goes as np.int64(...): Numba types a bare
+constant as a Literal and compiles the callee once more for that value (tests/test_kernel_signatures.py lists
+the few kernels specialized so on purpose).
 """
 
 import os as _os
