@@ -311,8 +311,8 @@ def flash_attn_heads_amx(dst, qp, k, v_off, cell_pos, cell_seq, kv_idx, q_pos, q
     bounds, pm, pl, pacc = split_partials(n_kv, n_split, AMX_TILE, n_tok, n_head, dv)
     for it in prange(n_head * n_qt * n_split):
         h, sp, t0, t1, c0, c1, acc, m, l = work_item(it, n_split, n_qt, q_tile, n_tok, bounds, dv, 1)
-        _amx_item(acc, m, l, qp, 1, k[:, h], KIND_F32, v_off, cell_pos, cell_seq, kv_idx, q_pos, q_seq, scale, t0, t1,
-                  c0, c1, (h * n_tok + t0) // 16, cfgp)
+        _amx_item(acc, m, l, qp, np.int64(1), k[:, h], np.int64(KIND_F32), v_off, cell_pos, cell_seq, kv_idx, q_pos,
+                  q_seq, scale, t0, t1, c0, c1, (h * n_tok + t0) // 16, cfgp)
         finish_item(dst, pm, pl, pacc, acc, m, l, t0, h, 1, sp, n_split)
     if n_split == 1:
         return
